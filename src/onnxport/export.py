@@ -1,0 +1,250 @@
+"""Export a `Source` to an ONNX file: an ordered tuple of strategies, first success wins.
+
+The dynamo-based exporter (`torch.export`) goes first; the TorchScript-based exporter is the
+fallback. Each strategy returns an `ExportAttempt` instead of raising, so that the manifest
+can record which one produced the model and why the others did not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+
+from onnxport.config import DEFAULT_OPSET, Exporter
+from onnxport.errors import ExportError
+from onnxport.sources.base import Source
+
+logger = logging.getLogger(__name__)
+
+# ONNX protobuf files cannot exceed 2 GiB; larger weights go to `<model file>.data`.
+EXTERNAL_DATA_THRESHOLD_BYTES = 2 * 1024**3 - 64 * 1024**2
+DYNAMO_OPSETS = range(18, 24)
+TORCHSCRIPT_OPSETS = range(7, 21)
+
+
+@dataclass(frozen=True)
+class ExportAttempt:
+    exporter: str
+    ok: bool
+    error: str | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    data_file: Path | None
+    exporter: str
+    opset: int
+    seconds: float
+    attempts: tuple[ExportAttempt, ...]
+
+
+class ExportAdapter(torch.nn.Module):
+    """Positional named inputs in, a tuple of named outputs out: one calling convention for
+    every exporter and for the PyTorch reference that validation compares against."""
+
+    def __init__(
+        self, model: torch.nn.Module, input_names: tuple[str, ...], output_names: tuple[str, ...]
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.input_names = input_names
+        self.output_names = output_names
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.model(**dict(zip(self.input_names, args)))
+        if isinstance(outputs, torch.Tensor):
+            outputs = (outputs,)
+        if isinstance(outputs, dict):  # transformers' ModelOutput is a dict
+            return tuple(outputs[name] for name in self.output_names)
+        return tuple(outputs)[: len(self.output_names)]
+
+
+def adapter_for(source: Source) -> ExportAdapter:
+    return ExportAdapter(source.module, source.input_names, source.output_names).eval()
+
+
+def _weights_bytes(module: torch.nn.Module) -> int:
+    tensors = list(module.parameters()) + list(module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    # torch.onnx's own errors are long; the first sentence names the cause.
+    return f"{type(error).__name__}: {text[:300]}"
+
+
+def _export_dynamo(source: Source, path: Path, opset: int, external: bool) -> None:
+    adapter = adapter_for(source)
+    inputs = source.example_inputs()
+    args = tuple(inputs[name] for name in source.input_names)
+    shapes = tuple(source.dynamic_axes.get(name, {}) for name in source.input_names)
+    program = torch.onnx.export(
+        adapter,
+        args,
+        dynamo=True,
+        opset_version=opset,
+        input_names=list(source.input_names),
+        output_names=list(source.output_names),
+        dynamic_shapes=(shapes,),
+        optimize=True,
+    )
+    if program is None:
+        raise ExportError("the dynamo exporter returned no program")
+    program.save(str(path), external_data=external)
+
+
+def _output_axes(source: Source) -> dict[str, dict[int, str]]:
+    """Dynamic axes for outputs, for the TorchScript exporter (dynamo infers them)."""
+    batch, size = source.example_shape
+    with torch.no_grad():
+        outputs = adapter_for(source)(*source.example_inputs().values())
+    axes: dict[str, dict[int, str]] = {}
+    for name, value in zip(source.output_names, outputs):
+        dims: dict[int, str] = {}
+        if value.dim() >= 1 and value.shape[0] == batch:
+            dims[0] = "batch"
+        if value.dim() >= 2 and value.shape[1] == size and "sequence" in str(source.dynamic_axes):
+            dims[1] = "sequence"
+        axes[name] = dims
+    return axes
+
+
+def _export_torchscript(source: Source, path: Path, opset: int, external: bool) -> None:
+    adapter = adapter_for(source)
+    inputs = source.example_inputs()
+    args = tuple(inputs[name] for name in source.input_names)
+    torch.onnx.export(
+        adapter,
+        args,
+        str(path),
+        dynamo=False,
+        opset_version=opset,
+        input_names=list(source.input_names),
+        output_names=list(source.output_names),
+        dynamic_axes={**source.dynamic_axes, **_output_axes(source)},
+        do_constant_folding=True,
+    )
+
+
+@dataclass(frozen=True)
+class ExportStrategy:
+    name: str
+    opsets: range
+    run: Callable[[Source, Path, int, bool], None]
+
+
+EXPORT_STRATEGIES: tuple[ExportStrategy, ...] = (
+    ExportStrategy("dynamo", DYNAMO_OPSETS, _export_dynamo),
+    ExportStrategy("torchscript", TORCHSCRIPT_OPSETS, _export_torchscript),
+)
+
+
+def supported_opsets() -> range:
+    return range(
+        min(s.opsets.start for s in EXPORT_STRATEGIES), max(s.opsets.stop for s in EXPORT_STRATEGIES)
+    )
+
+
+def _gather_external_data(path: Path, before: set[Path]) -> Path:
+    """Rewrite the weights an exporter wrote beside `path` into one `<model file>.data`."""
+    model = onnx.load(str(path), load_external_data=True)
+    for stray in set(path.parent.iterdir()) - before - {path}:
+        stray.unlink()
+    data_name = path.name + ".data"
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data_name,
+        size_threshold=1024,
+    )
+    return path.with_name(data_name)
+
+
+def _remove_new_files(directory: Path, before: set[Path]) -> None:
+    for leftover in set(directory.iterdir()) - before:
+        if leftover.is_file():
+            leftover.unlink()
+
+
+def export_to_onnx(
+    source: Source,
+    output_path: Path,
+    *,
+    opset_version: int = DEFAULT_OPSET,
+    exporter: Exporter = Exporter.AUTO,
+) -> ExportResult:
+    """Export `source` to `output_path` with the first strategy that works.
+
+    Args:
+        source: the loaded model and its example inputs.
+        output_path: where the `.onnx` file goes; its directory must be empty or new, since
+            external data files are written beside it.
+        opset_version: the ONNX opset to target.
+        exporter: `auto` tries every strategy in order; otherwise only the one named.
+    """
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    external = _weights_bytes(source.module) > EXTERNAL_DATA_THRESHOLD_BYTES
+    wanted = [s for s in EXPORT_STRATEGIES if exporter is Exporter.AUTO or s.name == exporter.value]
+    if not any(opset_version in s.opsets for s in wanted):
+        allowed = ", ".join(f"{s.name}: {s.opsets.start}-{s.opsets.stop - 1}" for s in wanted)
+        raise ExportError(
+            f"opset {opset_version} is not supported by the installed exporter ({allowed})",
+            hint=f"set onnx.opset_version to {DEFAULT_OPSET}",
+        )
+    attempts: list[ExportAttempt] = []
+    started = time.perf_counter()
+    for strategy in wanted:
+        if opset_version not in strategy.opsets:
+            attempts.append(ExportAttempt(
+                strategy.name, False, f"opset {opset_version} outside "
+                f"{strategy.opsets.start}-{strategy.opsets.stop - 1}", 0.0))
+            continue
+        logger.info("exporting with the %s exporter (opset %d)", strategy.name, opset_version)
+        t0 = time.perf_counter()
+        before = set(output_path.parent.iterdir())
+        captured = io.StringIO()
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(captured):
+                warnings.simplefilter("ignore")
+                strategy.run(source, output_path, opset_version, external)
+            data_file = _gather_external_data(output_path, before) if external else None
+            onnx.checker.check_model(str(output_path), full_check=False)
+        except Exception as e:  # every exporter failure is recorded, then the next one runs
+            logger.debug("exporter output:\n%s", captured.getvalue())
+            logger.warning("the %s exporter failed: %s", strategy.name, _one_line(e))
+            attempts.append(
+                ExportAttempt(strategy.name, False, _one_line(e), time.perf_counter() - t0)
+            )
+            _remove_new_files(output_path.parent, before)
+            continue
+        attempts.append(ExportAttempt(strategy.name, True, None, time.perf_counter() - t0))
+        seconds = time.perf_counter() - started
+        logger.info("exported with %s in %.1f s to %s", strategy.name, seconds, output_path)
+        return ExportResult(
+            path=output_path,
+            data_file=data_file,
+            exporter=strategy.name,
+            opset=opset_version,
+            seconds=seconds,
+            attempts=tuple(attempts),
+        )
+    reasons = "; ".join(f"{a.exporter}: {a.error}" for a in attempts)
+    raise ExportError(
+        f"no exporter could convert {source.architecture}: {reasons}",
+        hint="try another opset (onnx.opset_version) or exporter (onnx.exporter)",
+    )

@@ -1,0 +1,120 @@
+"""Atomic publishing: work in a hidden sibling directory, rename it into place at the end.
+
+A directory under its final name is either complete (its manifest exists and every checksum
+matches) or absent. A failed or killed conversion leaves at most a hidden `.partial`
+sibling, which the next run removes; an earlier result is replaced only after the new one
+is complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import psutil
+
+from onnxport.errors import OutputError, PublishError
+from onnxport.manifest import MANIFEST_FILENAME, verify_directory
+
+logger = logging.getLogger(__name__)
+
+PARTIAL_MARKER = ".partial-"
+OLD_MARKER = ".old-"
+
+
+def _owner_pid(path: Path, marker: str) -> int | None:
+    try:
+        return int(path.name.split(marker, 1)[1].split("-", 1)[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def remove_stale_partials(final: Path) -> None:
+    """Remove hidden work directories of `final` left by processes that no longer run."""
+    if not final.parent.is_dir():
+        return
+    for marker in (PARTIAL_MARKER, OLD_MARKER):
+        for candidate in final.parent.glob(f".{final.name}{marker}*"):
+            pid = _owner_pid(candidate, marker)
+            if pid is not None and pid != os.getpid() and psutil.pid_exists(pid):
+                continue
+            logger.info("removing the leftover work directory %s", candidate)
+            shutil.rmtree(candidate, ignore_errors=True)
+
+
+def check_output_location(final: Path, *, force: bool) -> None:
+    """Refuse an output path that would lose or overwrite something the user wants kept."""
+    final = Path(final)
+    if final.is_file() or (final.exists() and not final.is_dir()):
+        raise OutputError(
+            f"the output path {final} is an existing file", hint="choose a directory path"
+        )
+    if not final.is_dir() or not any(final.iterdir()):
+        return
+    if not (final / MANIFEST_FILENAME).exists():
+        raise OutputError(
+            f"{final} exists and is not an onnxport output directory; refusing to replace it",
+            hint="choose a new or empty output directory",
+        )
+    problems = verify_directory(final)
+    if not problems and not force:
+        raise OutputError(
+            f"{final} already holds a complete conversion",
+            hint="pass --force to replace it (the old one stays until the new one is complete)",
+        )
+    if problems:
+        logger.warning("%s is damaged (%s); it will be replaced", final, "; ".join(problems))
+
+
+class Staging:
+    """A hidden sibling directory to build the output in, then `publish()` it into place.
+
+    Use as a context manager: leaving the block without `publish()` (an error, an interrupt)
+    removes the work directory and leaves any earlier output untouched.
+    """
+
+    def __init__(self, final: Path) -> None:
+        self.final = Path(final).absolute()
+        self.path = self.final.parent / (
+            f".{self.final.name}{PARTIAL_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        )
+        self.published = False
+
+    def __enter__(self) -> Staging:
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_partials(self.final)
+            self.path.mkdir()
+        except OSError as e:
+            raise OutputError(
+                f"cannot write to {self.final.parent}: {e.strerror or e}",
+                hint="choose a writable output location",
+            ) from e
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.published:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def publish(self) -> Path:
+        """Rename the work directory to its final name, replacing an earlier output last."""
+        old = None
+        try:
+            if self.final.exists():
+                old = self.final.parent / (
+                    f".{self.final.name}{OLD_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                )
+                self.final.rename(old)
+            self.path.rename(self.final)
+        except OSError as e:
+            if old is not None and not self.final.exists():
+                old.rename(self.final)
+            raise PublishError(f"cannot publish {self.final}: {e.strerror or e}") from e
+        self.published = True
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        logger.info("published %s", self.final)
+        return self.final

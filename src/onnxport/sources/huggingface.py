@@ -1,0 +1,379 @@
+"""Load a Hugging Face checkpoint directory: `config.json`, weights, optional tokenizer.
+
+Safe by default: safetensors only, no remote code, nothing fetched from a hub. Pickle-based
+weights (`pytorch_model.bin`) load only with `allow_pickle`, and then with
+`torch.load(weights_only=True)` as transformers does.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from onnxport.errors import SourceError
+from onnxport.samples import sample_texts
+from onnxport.sources.base import Source
+from onnxport.tasks import TASKS, Modality, Task, task_from_architecture, task_names
+
+logger = logging.getLogger(__name__)
+
+SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+# Files published beside the ONNX model so that standard loaders open the output directory.
+COMPANION_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+    "preprocessor_config.json",
+    "image_processor_config.json",
+)
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+DEFAULT_TEXT_SHAPES = ((1, 8), (2, 37), (4, 128))
+TEXT_EXAMPLE_SHAPE = (2, 13)
+DEFAULT_VISION_BATCHES = (1, 2, 4)
+
+
+def is_huggingface_checkpoint(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def _read_config_json(path: Path) -> dict[str, Any]:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise SourceError(
+            f"{path} has no config.json, so it is not a Hugging Face checkpoint",
+            hint="point at the checkpoint directory written by save_pretrained()",
+        )
+    try:
+        data = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SourceError(f"{config_file} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise SourceError(f"{config_file} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _weight_files(path: Path, *, allow_pickle: bool) -> tuple[list[Path], bool]:
+    """The weight files to load, and whether they are safetensors."""
+    safetensors = sorted(path.glob("*.safetensors"))
+    if safetensors or (path / SAFETENSORS_FILES[1]).is_file():
+        if not safetensors:
+            raise SourceError(f"{path}: the safetensors index names shards that are missing")
+        return safetensors, True
+    pickles = [path / name for name in PICKLE_FILES if (path / name).is_file()]
+    pickles += sorted(path.glob("pytorch_model-*.bin"))
+    if pickles:
+        if not allow_pickle:
+            raise SourceError(
+                f"{path} holds pickle-based weights ({pickles[0].name}), which can run code "
+                "when loaded; onnxport loads safetensors only by default",
+                hint="re-save the checkpoint with safe_serialization=True, "
+                "or pass --allow-pickle if you trust its origin",
+            )
+        return pickles, False
+    raise SourceError(
+        f"{path} has no weights (model.safetensors)",
+        hint="check that training finished and saved the model",
+    )
+
+
+def _check_safetensors(file: Path) -> None:
+    """Fail early on a truncated or corrupt safetensors file, naming it."""
+    size = file.stat().st_size
+    try:
+        with file.open("rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            if header_len <= 0 or 8 + header_len > size:
+                raise ValueError("header length beyond end of file")
+            header = json.loads(f.read(header_len))
+    except (struct.error, ValueError, UnicodeDecodeError) as e:
+        raise SourceError(
+            f"{file} is not a valid safetensors file ({e}); it may be truncated",
+            hint="copy the checkpoint again from the training output",
+        ) from e
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    expected = 8 + header_len + (max(ends) if ends else 0)
+    if expected != size:
+        raise SourceError(
+            f"{file} is truncated or padded: {size} bytes, its header describes {expected}",
+            hint="copy the checkpoint again from the training output",
+        )
+
+
+def _resolve_task(config: Any, requested: Task | None, path: Path) -> tuple[Task, str]:
+    architectures = list(getattr(config, "architectures", None) or [])
+    architecture = architectures[0] if architectures else type(config).__name__
+    if requested is not None:
+        return requested, architecture
+    for arch in architectures:
+        task = task_from_architecture(arch)
+        if task is not None:
+            return task, arch
+    raise SourceError(
+        f"{path}/config.json names no architecture onnxport knows the task of "
+        f"({architectures or 'none'})",
+        hint=f"pass --task, one of: {task_names()}",
+    )
+
+
+def _supported_tasks(config: Any) -> list[str]:
+    import transformers
+
+    supported = []
+    for task, info in TASKS.items():
+        auto = getattr(transformers, info.auto_class)
+        if type(config) in auto._model_mapping:
+            supported.append(task.value)
+    return supported
+
+
+def _load_model(path: Path, config: Any, task: Task, *, safetensors: bool, trust: bool):
+    import transformers
+
+    auto = getattr(transformers, TASKS[task].auto_class)
+    if type(config) not in auto._model_mapping and not trust:
+        raise SourceError(
+            f"{config.model_type} models do not support the task {task.value}",
+            hint=f"supported tasks for {config.model_type}: "
+            f"{', '.join(_supported_tasks(config)) or 'none'}",
+        )
+    try:
+        model, info = auto.from_pretrained(
+            path,
+            config=config,
+            use_safetensors=safetensors,
+            trust_remote_code=trust,
+            local_files_only=True,
+            output_loading_info=True,
+            dtype=torch.float32,
+            attn_implementation="eager",
+        )
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+        message = " ".join(str(e).split())[:400]
+        raise SourceError(
+            f"cannot load the weights in {path}: {message}",
+            hint="check that config.json matches the weights (same architecture and sizes)",
+        ) from e
+    missing = list(info.get("missing_keys") or [])
+    mismatched = list(info.get("mismatched_keys") or [])
+    if missing or mismatched:
+        names = ", ".join(str(k) for k in (missing + mismatched)[:4])
+        raise SourceError(
+            f"the weights in {path} do not fit a {type(model).__name__}: "
+            f"{len(missing)} missing and {len(mismatched)} mismatched tensors ({names}, ...)",
+            hint="check --task and that config.json belongs to these weights",
+        )
+    return model
+
+
+def _load_tokenizer(path: Path, trust: bool) -> Any | None:
+    if not any((path / name).is_file() for name in ("tokenizer.json", "vocab.txt", "vocab.json",
+                                                      "spiece.model", "tokenizer.model")):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust)
+    except Exception as e:  # tokenizer libraries raise many types for a corrupt file
+        message = " ".join(str(e).split())[:300]
+        raise SourceError(
+            f"the tokenizer files in {path} cannot be loaded: {message}",
+            hint="copy the tokenizer files again, or remove them to use generated inputs",
+        ) from e
+
+
+def _forward_parameters(model: torch.nn.Module) -> set[str]:
+    return set(inspect.signature(model.forward).parameters)
+
+
+def _text_input_names(model: torch.nn.Module, config: Any, tokenizer: Any | None) -> list[str]:
+    accepted = _forward_parameters(model)
+    wanted = list(getattr(tokenizer, "model_input_names", None) or TEXT_INPUTS)
+    if "input_ids" not in wanted:
+        wanted.insert(0, "input_ids")
+    names = [n for n in TEXT_INPUTS if n in wanted and n in accepted]
+    if "token_type_ids" in names and getattr(config, "type_vocab_size", 1) in (None, 0):
+        names.remove("token_type_ids")
+    return names
+
+
+class TextInputs:
+    """Example inputs for text models: tokenized résumé text, or random ids without a tokenizer."""
+
+    def __init__(self, names: list[str], config: Any, tokenizer: Any | None) -> None:
+        self.names = names
+        self.tokenizer = tokenizer
+        self.vocab_size = int(getattr(config, "vocab_size", 0) or 0)
+        self.pad_id = getattr(config, "pad_token_id", None) or 0
+
+    def __call__(self, batch: int, length: int, seed: int) -> dict[str, torch.Tensor]:
+        if self.tokenizer is not None:
+            return self._tokenized(batch, length, seed)
+        return self._random(batch, length, seed)
+
+    def _tokenized(self, batch: int, length: int, seed: int) -> dict[str, torch.Tensor]:
+        # Long texts fill every position; the last row is shorter, so padding is exercised.
+        lines = max(1, length // 12 + 1)
+        texts = sample_texts(batch, min_lines=lines, offset=seed)
+        if batch > 1:
+            texts[-1] = texts[-1][: max(8, len(texts[-1]) // 3)]
+        encoded = self.tokenizer(
+            texts,
+            padding="max_length",
+            truncation=True,
+            max_length=length,
+            return_tensors="pt",
+        )
+        out = {}
+        for name in self.names:
+            if name in encoded:
+                out[name] = encoded[name].to(torch.int64)
+            else:
+                out[name] = torch.zeros((batch, length), dtype=torch.int64)
+        return out
+
+    def _random(self, batch: int, length: int, seed: int) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(seed)
+        low = min(5, max(self.vocab_size - 1, 0))
+        ids = torch.randint(low, max(self.vocab_size, low + 1), (batch, length), generator=generator)
+        mask = torch.ones((batch, length), dtype=torch.int64)
+        if batch > 1 and length > 2:
+            mask[-1, length // 2 :] = 0
+            ids[-1, length // 2 :] = self.pad_id
+        out = {"input_ids": ids, "attention_mask": mask}
+        out["token_type_ids"] = torch.zeros((batch, length), dtype=torch.int64)
+        return {name: out[name] for name in self.names}
+
+
+class VisionInputs:
+    def __init__(self, channels: int, image_size: int) -> None:
+        self.channels = channels
+        self.image_size = image_size
+
+    def __call__(self, batch: int, size: int, seed: int) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(seed)
+        pixels = torch.randn((batch, self.channels, size, size), generator=generator)
+        return {"pixel_values": pixels}
+
+
+def _image_size(config: Any) -> int:
+    size = getattr(config, "image_size", 224)
+    if isinstance(size, (list, tuple)):
+        size = size[0]
+    if isinstance(size, dict):
+        size = size.get("height", 224)
+    return int(size)
+
+
+def _output_names(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[str, ...]:
+    with torch.no_grad():
+        outputs = model(**inputs, return_dict=True)
+    names = tuple(k for k, v in outputs.items() if isinstance(v, torch.Tensor))
+    if not names:
+        raise SourceError(f"{type(model).__name__} returned no tensor outputs")
+    return names
+
+
+def load_huggingface(
+    path: Path,
+    *,
+    task: Task | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> Source:
+    """Load a checkpoint directory written by `save_pretrained()` as a `Source`."""
+    path = Path(path)
+    raw = _read_config_json(path)
+    if "model_type" not in raw:
+        raise SourceError(
+            f"{path}/config.json has no model_type",
+            hint="save the checkpoint with save_pretrained(), which writes it",
+        )
+    weight_files, safetensors = _weight_files(path, allow_pickle=allow_pickle)
+    for file in weight_files:
+        if safetensors and file.suffix == ".safetensors":
+            _check_safetensors(file)
+        elif file.stat().st_size == 0:
+            raise SourceError(f"{file} is empty", hint="copy the checkpoint again")
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(
+            path, local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    except (ValueError, KeyError, OSError, TypeError) as e:
+        message = " ".join(str(e).split())[:300]
+        hint = "use a model type that the installed transformers knows"
+        if not trust_remote_code:
+            hint += ", or pass --trust-remote-code for a custom model you trust"
+        raise SourceError(
+            f"unknown or invalid model in {path}/config.json "
+            f"(model_type={raw.get('model_type')!r}): {message}",
+            hint=hint,
+        ) from e
+    if hasattr(config, "use_cache"):
+        config.use_cache = False
+    resolved_task, architecture = _resolve_task(config, task, path)
+    info = TASKS[resolved_task]
+    model = _load_model(path, config, resolved_task, safetensors=safetensors,
+                        trust=trust_remote_code)
+    model.eval()
+    companions = tuple(path / n for n in COMPANION_FILES if (path / n).is_file())
+
+    if info.modality is Modality.VISION:
+        image_size = _image_size(config)
+        factory = VisionInputs(int(getattr(config, "num_channels", 3)), image_size)
+        names = ["pixel_values"]
+        dynamic_axes = {"pixel_values": {0: "batch"}}
+        example_shape = (2, image_size)
+        shapes = tuple((b, image_size) for b in DEFAULT_VISION_BATCHES)
+    else:
+        tokenizer = _load_tokenizer(path, trust_remote_code)
+        names = _text_input_names(model, config, tokenizer)
+        factory = TextInputs(names, config, tokenizer)
+        dynamic_axes = {n: {0: "batch", 1: "sequence"} for n in names}
+        limit = int(getattr(config, "max_position_embeddings", 512) or 512)
+        shapes = tuple((b, min(s, limit)) for b, s in DEFAULT_TEXT_SHAPES)
+        example_shape = TEXT_EXAMPLE_SHAPE
+    output_names = _output_names(model, factory(*example_shape, 0))
+    logger.info(
+        "loaded %s (%s, task %s, %d parameters) from %s",
+        type(model).__name__, config.model_type, resolved_task.value,
+        sum(p.numel() for p in model.parameters()), path,
+    )
+    return Source(
+        module=model,
+        task=resolved_task,
+        modality=info.modality,
+        path=path,
+        kind="huggingface",
+        architecture=architecture if task is None else type(model).__name__,
+        input_names=tuple(names),
+        output_names=output_names,
+        dynamic_axes=dynamic_axes,
+        make_inputs=factory,
+        example_shape=example_shape,
+        default_shapes=shapes,
+        weight_files=tuple(weight_files),
+        files_to_copy=companions,
+        model_type=config.model_type,
+        num_parameters=sum(p.numel() for p in model.parameters()),
+    )

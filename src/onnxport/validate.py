@@ -1,0 +1,255 @@
+"""Prove that an ONNX model computes what the PyTorch model computes.
+
+Each variant runs in ONNX Runtime on several input shapes (batch 1, and sequence lengths other
+than the export example, which is what proves the dynamic axes), against PyTorch outputs
+computed once. Per output: max absolute and relative difference against a tolerance; per
+task: an agreement figure (argmax agreement, cosine similarity) against a minimum.
+The result says whether it passed; the pipeline turns a failure into an error, never a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from onnxport.export import adapter_for
+from onnxport.sources.base import Source
+from onnxport.tasks import TASKS, AgreementMetric, Task
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+
+
+# Elementwise tolerances per variant. fp32 must match closely; quantized variants are judged
+# by the task-level gate, their elementwise figures are recorded for the report.
+DEFAULT_TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(atol=1e-4, rtol=1e-3),
+    "fp16": Tolerance(atol=5e-2, rtol=5e-2),
+    "int8": Tolerance(atol=5e-1, rtol=5e-1),
+    "int8-static": Tolerance(atol=5e-1, rtol=5e-1),
+}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """PyTorch's outputs for one input shape, computed once and compared with every variant."""
+
+    shape: tuple[int, int]
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class OutputComparison:
+    max_abs_diff: float
+    max_rel_diff: float
+    atol: float
+    rtol: float
+    passed: bool
+    worst_shape: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class TaskAgreement:
+    metric: str
+    value: float
+    minimum: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    variant: str
+    passed: bool
+    shapes: tuple[tuple[int, int], ...]
+    outputs: dict[str, OutputComparison]
+    task_agreement: TaskAgreement
+    seconds: float
+    elementwise_gate: bool = True
+    failures: tuple[str, ...] = field(default_factory=tuple)
+
+
+def compute_references(
+    source: Source, shapes: list[tuple[int, int]], *, seed: int = 0
+) -> list[Reference]:
+    """Run PyTorch once per shape; the inputs are tokenized sample text where possible."""
+    adapter = adapter_for(source)
+    references = []
+    with torch.inference_mode():
+        for i, (batch, size) in enumerate(shapes):
+            inputs = source.make_inputs(batch, size, seed + i)
+            outputs = adapter(*(inputs[name] for name in source.input_names))
+            references.append(
+                Reference(
+                    shape=(batch, size),
+                    inputs={k: v.numpy() for k, v in inputs.items()},
+                    outputs={
+                        name: value.detach().float().numpy()
+                        for name, value in zip(source.output_names, outputs)
+                    },
+                )
+            )
+    return references
+
+
+def create_session(model_path: Path, *, threads: int | None = None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(
+        str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+
+
+def run_session(session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    wanted = {i.name for i in session.get_inputs()}
+    feed = {k: v for k, v in inputs.items() if k in wanted}
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feed)))
+
+
+def _differences(actual: np.ndarray, expected: np.ndarray, tol: Tolerance) -> tuple[float, float, bool]:
+    actual = actual.astype(np.float64)
+    expected = expected.astype(np.float64)
+    if actual.shape != expected.shape:
+        return float("inf"), float("inf"), False
+    if actual.size == 0:
+        return 0.0, 0.0, True
+    diff = np.abs(actual - expected)
+    finite = bool(np.isfinite(actual).all() == np.isfinite(expected).all())
+    diff = np.where(np.isfinite(diff), diff, np.inf)
+    max_abs = float(diff.max())
+    # Relative to the reference's magnitude, floored at atol so that values near 0 stay sane.
+    max_rel = float((diff / np.maximum(np.abs(expected), tol.atol)).max())
+    passed = finite and bool((diff <= tol.atol + tol.rtol * np.abs(expected)).all())
+    return max_abs, max_rel, passed
+
+
+def _primary_outputs(output_names: list[str]) -> list[str]:
+    logits = [n for n in output_names if n.endswith("logits")]
+    return logits or output_names[:1]
+
+
+def _argmax_agreement(task: Task, ref: Reference, actual: dict[str, np.ndarray]) -> tuple[int, int]:
+    agree = total = 0
+    mask = ref.inputs.get("attention_mask")
+    for name in _primary_outputs(list(ref.outputs)):
+        expected = ref.outputs[name].argmax(axis=-1)
+        got = actual[name].argmax(axis=-1)
+        same = expected == got
+        if TASKS[task].token_level and mask is not None and same.shape == mask.shape:
+            same = same[mask.astype(bool)]
+        agree += int(same.sum())
+        total += int(same.size)
+    return agree, total
+
+
+def _cosine(ref: Reference, actual: dict[str, np.ndarray]) -> float:
+    """Cosine similarity of mean-pooled embeddings (the sentence vectors users compare)."""
+    name = _primary_outputs(list(ref.outputs))[0]
+    expected, got = ref.outputs[name].astype(np.float64), actual[name].astype(np.float64)
+    mask = ref.inputs.get("attention_mask")
+    if expected.ndim == 3 and mask is not None:
+        weights = mask[..., None].astype(np.float64)
+        expected = (expected * weights).sum(1) / np.maximum(weights.sum(1), 1)
+        got = (got * weights).sum(1) / np.maximum(weights.sum(1), 1)
+    expected = expected.reshape(expected.shape[0], -1)
+    got = got.reshape(got.shape[0], -1)
+    dot = (expected * got).sum(1)
+    norms = np.linalg.norm(expected, axis=1) * np.linalg.norm(got, axis=1)
+    return float(np.min(dot / np.maximum(norms, 1e-12)))
+
+
+def validate_model(
+    model_path: Path,
+    references: list[Reference],
+    *,
+    task: Task,
+    variant: str = "fp32",
+    tolerance: Tolerance | None = None,
+    min_agreement: float = 0.99,
+    elementwise_gate: bool = True,
+) -> ValidationResult:
+    """Compare `model_path` in ONNX Runtime with the PyTorch `references`.
+
+    Args:
+        model_path: the ONNX file to check.
+        references: PyTorch outputs from `compute_references`.
+        task: decides the agreement metric.
+        variant: `fp32`, `int8`, ...; picks the default tolerance.
+        tolerance: elementwise tolerance; None means the variant's default.
+        min_agreement: the task-level gate.
+        elementwise_gate: whether an elementwise breach fails the validation (fp32: yes;
+            quantized variants are gated by task agreement alone).
+    """
+    started = time.perf_counter()
+    tol = tolerance or DEFAULT_TOLERANCES.get(variant, DEFAULT_TOLERANCES["fp32"])
+    session = create_session(model_path)
+    metric = TASKS[task].metric
+    per_output: dict[str, list[tuple[float, float, bool, tuple[int, int]]]] = {}
+    agree = total = 0
+    cosines: list[float] = []
+    failures: list[str] = []
+    for ref in references:
+        actual = run_session(session, ref.inputs)
+        for name, expected in ref.outputs.items():
+            if name not in actual:
+                failures.append(f"output '{name}' is missing from the ONNX model")
+                per_output.setdefault(name, []).append((np.inf, np.inf, False, ref.shape))
+                continue
+            max_abs, max_rel, ok = _differences(actual[name], expected, tol)
+            per_output.setdefault(name, []).append((max_abs, max_rel, ok, ref.shape))
+            if not ok and elementwise_gate:
+                failures.append(
+                    f"output '{name}' at shape {list(ref.shape)}: max abs diff {max_abs:.3g}, "
+                    f"max rel diff {max_rel:.3g} exceed atol {tol.atol:g} / rtol {tol.rtol:g}"
+                )
+        if metric is AgreementMetric.ARGMAX:
+            a, t = _argmax_agreement(task, ref, actual)
+            agree, total = agree + a, total + t
+        else:
+            cosines.append(_cosine(ref, actual))
+    value = (agree / total if total else 1.0) if metric is AgreementMetric.ARGMAX else min(cosines)
+    agreement = TaskAgreement(metric.value, value, min_agreement, value >= min_agreement)
+    if not agreement.passed:
+        failures.append(
+            f"{metric.value} {value:.4f} is below the minimum {min_agreement:g} "
+            f"over shapes {[list(r.shape) for r in references]}"
+        )
+    outputs = {
+        name: OutputComparison(
+            max_abs_diff=max(r[0] for r in rows),
+            max_rel_diff=max(r[1] for r in rows),
+            atol=tol.atol,
+            rtol=tol.rtol,
+            passed=all(r[2] for r in rows),
+            worst_shape=max(rows, key=lambda r: r[0])[3],
+        )
+        for name, rows in per_output.items()
+    }
+    result = ValidationResult(
+        variant=variant,
+        passed=not failures,
+        shapes=tuple(r.shape for r in references),
+        outputs=outputs,
+        task_agreement=agreement,
+        seconds=time.perf_counter() - started,
+        elementwise_gate=elementwise_gate,
+        failures=tuple(failures),
+    )
+    logger.info(
+        "validated %s on %d shapes: %s, %s %.4f",
+        variant, len(references), "passed" if result.passed else "FAILED", metric.value, value,
+    )
+    return result
