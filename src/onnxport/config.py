@@ -62,11 +62,21 @@ class TargetConfig(_Strict):
 
 
 class OnnxConfig(_Strict):
-    opset_version: int = Field(DEFAULT_OPSET, ge=MIN_OPSET, le=MAX_OPSET)
+    opset_version: int = DEFAULT_OPSET
     quantization: Quantization = Quantization.NONE
     optimize: OptimizeLevel = OptimizeLevel.NONE
     run_smoke_test: bool = True
     exporter: Exporter = Exporter.AUTO
+
+    @field_validator("opset_version")
+    @classmethod
+    def _supported_opset(cls, value: int) -> int:
+        if not MIN_OPSET <= value <= MAX_OPSET:
+            raise ValueError(
+                f"opset {value} is not supported by the installed exporters "
+                f"({MIN_OPSET}-{MAX_OPSET}: dynamo 18-23, torchscript 7-20); use {DEFAULT_OPSET}"
+            )
+        return value
 
     @field_validator("quantization", mode="before")
     @classmethod
@@ -168,7 +178,7 @@ def _describe(error: PydanticValidationError, origin: str) -> str:
     problems = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"]
+        message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key (check its spelling)"
         problems.append(f"{key}: {message}")
@@ -214,9 +224,7 @@ def load_conversion_config(path: Path) -> ConversionConfig:
     path = Path(path)
     if path.is_dir():
         path = path / CONVERSION_CONFIG_FILENAME
-    return parse_conversion_config(
-        _read_yaml(path, what="conversion config"), origin=str(path)
-    )
+    return parse_conversion_config(_read_yaml(path, what="conversion config"), origin=str(path))
 
 
 def load_experiment_config(config_dir: Path) -> ExperimentConfig:

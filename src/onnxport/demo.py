@@ -18,8 +18,18 @@ from onnxport.samples import RESUME_LINES
 logger = logging.getLogger(__name__)
 
 DEMO_LABELS = (
-    "O", "B-NAME", "I-NAME", "B-EMAIL", "B-PHONE", "I-PHONE",
-    "B-SKILL", "I-SKILL", "B-ORG", "I-ORG", "B-DATE", "I-DATE",
+    "O",
+    "B-NAME",
+    "I-NAME",
+    "B-EMAIL",
+    "B-PHONE",
+    "I-PHONE",
+    "B-SKILL",
+    "I-SKILL",
+    "B-ORG",
+    "I-ORG",
+    "B-DATE",
+    "I-DATE",
 )
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 DEMO_VERSION = "1"

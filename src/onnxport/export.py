@@ -153,7 +153,8 @@ EXPORT_STRATEGIES: tuple[ExportStrategy, ...] = (
 
 def supported_opsets() -> range:
     return range(
-        min(s.opsets.start for s in EXPORT_STRATEGIES), max(s.opsets.stop for s in EXPORT_STRATEGIES)
+        min(s.opsets.start for s in EXPORT_STRATEGIES),
+        max(s.opsets.stop for s in EXPORT_STRATEGIES),
     )
 
 
@@ -210,9 +211,15 @@ def export_to_onnx(
     started = time.perf_counter()
     for strategy in wanted:
         if opset_version not in strategy.opsets:
-            attempts.append(ExportAttempt(
-                strategy.name, False, f"opset {opset_version} outside "
-                f"{strategy.opsets.start}-{strategy.opsets.stop - 1}", 0.0))
+            attempts.append(
+                ExportAttempt(
+                    strategy.name,
+                    False,
+                    f"opset {opset_version} outside "
+                    f"{strategy.opsets.start}-{strategy.opsets.stop - 1}",
+                    0.0,
+                )
+            )
             continue
         logger.info("exporting with the %s exporter (opset %d)", strategy.name, opset_version)
         t0 = time.perf_counter()

@@ -120,7 +120,11 @@ def smoke_test_onnx_model(
     missing = declared - set(inputs)
     if missing:
         result = SmokeTestResult(
-            model_path, False, loaded - started, 0.0, {},
+            model_path,
+            False,
+            loaded - started,
+            0.0,
+            {},
             (f"sample inputs lack {sorted(missing)}",),
         )
         return _finish(result, raise_on_failure)

@@ -112,14 +112,18 @@ def create_session(model_path: Path, *, threads: int | None = None) -> ort.Infer
     )
 
 
-def run_session(session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def run_session(
+    session: ort.InferenceSession, inputs: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     wanted = {i.name for i in session.get_inputs()}
     feed = {k: v for k, v in inputs.items() if k in wanted}
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, feed)))
 
 
-def _differences(actual: np.ndarray, expected: np.ndarray, tol: Tolerance) -> tuple[float, float, bool]:
+def _differences(
+    actual: np.ndarray, expected: np.ndarray, tol: Tolerance
+) -> tuple[float, float, bool]:
     actual = actual.astype(np.float64)
     expected = expected.astype(np.float64)
     if actual.shape != expected.shape:
@@ -250,6 +254,10 @@ def validate_model(
     )
     logger.info(
         "validated %s on %d shapes: %s, %s %.4f",
-        variant, len(references), "passed" if result.passed else "FAILED", metric.value, value,
+        variant,
+        len(references),
+        "passed" if result.passed else "FAILED",
+        metric.value,
+        value,
     )
     return result

@@ -183,8 +183,10 @@ def _load_model(path: Path, config: Any, task: Task, *, safetensors: bool, trust
 
 
 def _load_tokenizer(path: Path, trust: bool) -> Any | None:
-    if not any((path / name).is_file() for name in ("tokenizer.json", "vocab.txt", "vocab.json",
-                                                      "spiece.model", "tokenizer.model")):
+    if not any(
+        (path / name).is_file()
+        for name in ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model")
+    ):
         return None
     from transformers import AutoTokenizer
 
@@ -251,7 +253,9 @@ class TextInputs:
     def _random(self, batch: int, length: int, seed: int) -> dict[str, torch.Tensor]:
         generator = torch.Generator().manual_seed(seed)
         low = min(5, max(self.vocab_size - 1, 0))
-        ids = torch.randint(low, max(self.vocab_size, low + 1), (batch, length), generator=generator)
+        ids = torch.randint(
+            low, max(self.vocab_size, low + 1), (batch, length), generator=generator
+        )
         mask = torch.ones((batch, length), dtype=torch.int64)
         if batch > 1 and length > 2:
             mask[-1, length // 2 :] = 0
@@ -314,6 +318,9 @@ def load_huggingface(
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     try:
         config = AutoConfig.from_pretrained(
@@ -333,8 +340,9 @@ def load_huggingface(
         config.use_cache = False
     resolved_task, architecture = _resolve_task(config, task, path)
     info = TASKS[resolved_task]
-    model = _load_model(path, config, resolved_task, safetensors=safetensors,
-                        trust=trust_remote_code)
+    model = _load_model(
+        path, config, resolved_task, safetensors=safetensors, trust=trust_remote_code
+    )
     model.eval()
     companions = tuple(path / n for n in COMPANION_FILES if (path / n).is_file())
 
@@ -356,8 +364,11 @@ def load_huggingface(
     output_names = _output_names(model, factory(*example_shape, 0))
     logger.info(
         "loaded %s (%s, task %s, %d parameters) from %s",
-        type(model).__name__, config.model_type, resolved_task.value,
-        sum(p.numel() for p in model.parameters()), path,
+        type(model).__name__,
+        config.model_type,
+        resolved_task.value,
+        sum(p.numel() for p in model.parameters()),
+        path,
     )
     return Source(
         module=model,

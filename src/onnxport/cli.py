@@ -1,0 +1,170 @@
+"""The `onnxport` command: parses, builds a request, calls the library, renders the result.
+
+`--debug` (anywhere on the line) shows tracebacks; without it an error is one short message
+and a non-zero exit code: 2 for input the user can fix, 1 for a conversion that failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from onnxport.config import (
+    ConversionConfig,
+    Exporter,
+    load_conversion_config,
+)
+from onnxport.errors import EXIT_BAD_INPUT, InternalError, OnnxportError
+from onnxport.tasks import Task
+
+app = typer.Typer(
+    name="onnxport",
+    help="Convert trained PyTorch and Hugging Face models to validated ONNX models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Pipelines read our output from logs: keep tables whole rather than wrapped at 80 columns.
+console = Console(stderr=True, soft_wrap=True)
+stdout = Console(width=None if sys.stdout.isatty() else 120)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    # torch.onnx logs optional-dependency notices (torchvision) at WARNING on every export.
+    logging.getLogger("torch").setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+def _config(config_file: Path | None) -> ConversionConfig:
+    return load_conversion_config(config_file) if config_file else ConversionConfig()
+
+
+@app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="Checkpoint directory (config.json + weights).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory.")],
+    task: Annotated[Task | None, typer.Option(help="Override the task from config.json.")] = None,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (default 18).")] = None,
+    exporter: Annotated[Exporter | None, typer.Option(help="Exporter to use.")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="A conversion.yaml file.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace a complete output directory.")] = False,
+    allow_pickle: Annotated[
+        bool, typer.Option(help="Load pickle-based weights (pytorch_model.bin).")
+    ] = False,
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="Run model code shipped with the checkpoint.")
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the manifest as JSON instead of tables.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step.")] = False,
+) -> None:
+    """Convert a checkpoint to a validated ONNX model."""
+    from onnxport.pipeline import ConversionRequest
+    from onnxport.pipeline import convert as run_conversion
+    from onnxport.render import ProgressPrinter, manifest_tables
+
+    _setup_logging(verbose)
+    settings = _config(config).with_overrides(
+        onnx={"opset_version": opset, "exporter": exporter.value if exporter else None},
+        source={
+            "task": task.value if task else None,
+            "allow_pickle": allow_pickle or None,
+            "trust_remote_code": trust_remote_code or None,
+        },
+    )
+    request = ConversionRequest(source_path=source, output_dir=output, config=settings, force=force)
+    manifest = run_conversion(request, progress=ProgressPrinter(console))
+    if json_output:
+        stdout.print_json(manifest.to_json())
+        return
+    for table in manifest_tables(manifest, str(output)):
+        stdout.print(table)
+
+
+@app.command()
+def demo(
+    root: Annotated[Path, typer.Option(help="Where the demo writes its output.")] = Path("demo"),
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Where the demo checkpoint is cached.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Convert the built-in demo model (a small résumé entity tagger) and show the result."""
+    from onnxport.demo import build_demo_checkpoint
+    from onnxport.manifest import read_manifest, verify_directory
+    from onnxport.pipeline import ConversionRequest
+    from onnxport.pipeline import convert as run_conversion
+    from onnxport.render import ProgressPrinter, manifest_tables
+
+    _setup_logging(verbose)
+    checkpoint = build_demo_checkpoint(cache_dir)
+    console.print(f"demo checkpoint: {checkpoint}")
+    output = root / "onnx"
+    if not verify_directory(output):
+        console.print(f"reusing the complete conversion in {output} (delete it to convert again)")
+        manifest = read_manifest(output)
+    else:
+        request = ConversionRequest(source_path=checkpoint, output_dir=output, force=True)
+        manifest = run_conversion(request, progress=ProgressPrinter(console))
+    for table in manifest_tables(manifest, str(output)):
+        stdout.print(table)
+    stdout.print(f"report: {output / 'report.md'}")
+
+
+def _print_error(error: BaseException, debug: bool) -> int:
+    if debug:
+        traceback.print_exception(error)
+    if isinstance(error, OnnxportError):
+        console.print(f"[red]error[/red] ({error.stage}): {error.message}", highlight=False)
+        if error.hint:
+            console.print(f"  hint: {error.hint}", highlight=False)
+        return error.exit_code
+    wrapped = InternalError(f"{type(error).__name__}: {error}")
+    console.print(
+        f"[red]internal error[/red]: {wrapped.message}\n"
+        "  this is a bug in onnxport; rerun with --debug and report the traceback",
+        highlight=False,
+    )
+    return wrapped.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `onnxport` and `python -m onnxport.cli`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("ONNXPORT_DEBUG") == "1"
+    args = [a for a in args if a != "--debug"]
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    try:
+        app(args=args, prog_name="onnxport", standalone_mode=False)
+    except OnnxportError as e:
+        return _print_error(e, debug)
+    except typer.Exit as e:
+        return e.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        console.print("interrupted; nothing was published")
+        return 130
+    except Exception as e:
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            return e.exit_code if e.exit_code else EXIT_BAD_INPUT
+        return _print_error(e, debug)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
