@@ -32,7 +32,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # Pipelines read our output from logs: keep tables whole rather than wrapped at 80 columns.
-console = Console(stderr=True, soft_wrap=True)
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 stdout = Console(width=None if sys.stdout.isatty() else 120)
 
 
@@ -124,13 +124,66 @@ def demo(
     stdout.print(f"report: {output / 'report.md'}")
 
 
+@app.command("run")
+def run_from_training(
+    config_dir: Annotated[Path, typer.Option(help="Directory with conversion.yaml.")],
+    parent_training_dir: Annotated[
+        Path, typer.Option(help="Training output: …/spec_<fp>_exec_<fp>/v<n>.")
+    ],
+    parent_spec_fp: Annotated[str, typer.Option(help="The training run's spec fingerprint.")],
+    parent_exec_fp: Annotated[str, typer.Option(help="The training run's exec fingerprint.")],
+    root_dir: Annotated[Path, typer.Option(help="Project root for outputs and mlflow.db.")] = Path(
+        "."
+    ),
+    experiment_name: Annotated[
+        str | None, typer.Option(help="MLflow experiment (default: experiment.yaml's).")
+    ] = None,
+    platform: Annotated[str | None, typer.Option(help="local, azureml, colab, kaggle.")] = None,
+    parent_training_run_id: Annotated[
+        str | None, typer.Option(help="The training run's MLflow run id.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Convert again even if a result exists.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Convert a training run's checkpoint, tracked in MLflow (`python -m onnxport.cli` form)."""
+    from onnxport.manifest import read_manifest
+    from onnxport.orchestration import execute_conversion
+    from onnxport.render import manifest_tables
+
+    _setup_logging(verbose)
+    logging.getLogger("onnxport.orchestration").setLevel(logging.INFO)
+
+    def show(line: str) -> None:
+        if verbose or "onnxport.execution: stage" in line or " ERROR " in line:
+            console.print(f"  [dim]{line}[/dim]", highlight=False)
+
+    output = execute_conversion(
+        root_dir=root_dir,
+        config_dir=config_dir,
+        parent_training_output_dir=parent_training_dir,
+        parent_spec_fp=parent_spec_fp,
+        parent_exec_fp=parent_exec_fp,
+        experiment_config=None,
+        conversion_experiment_name=experiment_name,
+        platform=platform,
+        parent_training_run_id=parent_training_run_id,
+        force=force,
+        on_log_line=show,
+    )
+    for table in manifest_tables(read_manifest(output), str(output)):
+        console.print(table)
+    stdout.print(str(output), highlight=False, soft_wrap=True)
+
+
 def _print_error(error: BaseException, debug: bool) -> int:
     if debug:
         traceback.print_exception(error)
     if isinstance(error, OnnxportError):
-        console.print(f"[red]error[/red] ({error.stage}): {error.message}", highlight=False)
+        console.print(
+            f"[red]error[/red] ({error.stage}): {error.message}", highlight=False, soft_wrap=True
+        )
         if error.hint:
-            console.print(f"  hint: {error.hint}", highlight=False)
+            console.print(f"  hint: {error.hint}", highlight=False, soft_wrap=True)
         return error.exit_code
     wrapped = InternalError(f"{type(error).__name__}: {error}")
     console.print(
@@ -146,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("ONNXPORT_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
+    if args and args[0].startswith("--") and args[0] not in ("--help", "-h"):
+        # The platform calls `python -m onnxport.cli --config-dir ... --parent-training-dir ...`.
+        args.insert(0, "run")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
         app(args=args, prog_name="onnxport", standalone_mode=False)

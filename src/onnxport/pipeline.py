@@ -231,8 +231,20 @@ def _seal(manifest: Manifest, directory: Path) -> None:
     (directory / MANIFEST_FILENAME).write_text(manifest.to_json(), encoding="utf-8")
 
 
-def convert(request: ConversionRequest, progress: ProgressCallback = _ignore) -> Manifest:
+def convert(
+    request: ConversionRequest,
+    progress: ProgressCallback = _ignore,
+    *,
+    before_publish: Callable[[Manifest, Path], None] | None = None,
+) -> Manifest:
     """Convert `request.source_path` into a validated ONNX model in `request.output_dir`.
+
+    Args:
+        request: what to convert, where, with which settings.
+        progress: receives a `StageEvent` as each stage starts and ends.
+        before_publish: called with the sealed manifest and the staging directory just
+            before it is renamed into place (tracking uses it); if it raises, nothing is
+            published.
 
     Returns the manifest of the published directory. Raises an `OnnxportError` subclass
     naming the failed stage; nothing is published then, and an earlier output is untouched.
@@ -306,6 +318,8 @@ def convert(request: ConversionRequest, progress: ProgressCallback = _ignore) ->
             # that follows takes milliseconds.
             manifest.timings["publish"] = round(time.perf_counter() - publish_started, 3)
             _seal(manifest, work)
+            if before_publish is not None:
+                before_publish(manifest, work)
             final = staging.publish()
         logger.info("conversion complete: %s", final)
         return manifest

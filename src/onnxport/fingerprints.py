@@ -1,0 +1,51 @@
+"""Fingerprints: the parent training run's, checked, and the conversion's own (`conv_fp`).
+
+`conv_fp` hashes the parent fingerprints and the resolved conversion config as canonical
+JSON, so YAML formatting and key order never change it and any changed setting does.
+Settings that cannot change the published model (the child's timeout) are left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from onnxport.config import ConversionConfig
+from onnxport.errors import ConfigError
+
+CONV_FP_LENGTH = 16
+_HEX = re.compile(r"^[0-9a-fA-F]{4,64}$")
+# Config sections that decide how a conversion runs, not what it produces.
+NON_SEMANTIC_SECTIONS = ("execution",)
+
+
+def check_fingerprint(value: str, name: str) -> str:
+    """`value` if it is a hex fingerprint (4 to 64 digits), else a `ConfigError` naming it."""
+    if not isinstance(value, str) or not _HEX.match(value):
+        raise ConfigError(
+            f"{name} must be a hex fingerprint (4 to 64 characters of 0-9a-f), got {value!r}",
+            hint="pass the fingerprints from the training run's output path",
+        )
+    return value.lower()
+
+
+def canonical_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def conversion_fingerprint(
+    parent_spec_fp: str, parent_exec_fp: str, config: ConversionConfig, *, variant: str = "1"
+) -> str:
+    """The conversion's fingerprint: equal inputs give equal fingerprints, whatever order."""
+    settings = config.model_dump(mode="json")
+    for section in NON_SEMANTIC_SECTIONS:
+        settings.pop(section, None)
+    payload = {
+        "parent_spec_fp": check_fingerprint(parent_spec_fp, "parent_spec_fp"),
+        "parent_exec_fp": check_fingerprint(parent_exec_fp, "parent_exec_fp"),
+        "parent_variant": str(variant),
+        "conversion": settings,
+    }
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:CONV_FP_LENGTH]

@@ -1,0 +1,214 @@
+"""The platform-facing API: `execute_conversion` for a finished training run.
+
+Reads the training output, fingerprints the request, and either returns the complete
+directory of an identical earlier conversion or runs the conversion in an isolated child
+process, tracked in MLflow with its lineage. One conversion per `conv_fp` at a time: a
+second caller waits on a file lock and then reuses the first one's result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from onnxport.config import ExperimentConfig, load_conversion_config, load_experiment_config
+from onnxport.errors import ConfigError, OnnxportError
+from onnxport.execution import LINEAGE_ENV, REGISTERED_MODEL_ENV, ChildArguments, run_child
+from onnxport.fingerprints import check_fingerprint, conversion_fingerprint
+from onnxport.manifest import read_manifest, verify_directory
+from onnxport.paths import conversion_output_dir, read_parent_training_output
+from onnxport.platform import resolve_platform
+from onnxport.publish import remove_stale_partials
+from onnxport.tracking import (
+    create_run,
+    end_run,
+    ensure_experiment,
+    failed_unless_finished,
+    lineage_tags,
+    prepare_store,
+    resolve_artifact_location,
+    resolve_tracking_uri,
+)
+
+logger = logging.getLogger(__name__)
+
+LOCK_TIMEOUT_SECONDS = 6 * 3600
+
+
+def _experiment(
+    experiment_config: ExperimentConfig | Mapping[str, Any] | None,
+    config_dir: Path,
+    name: str | None,
+) -> ExperimentConfig:
+    if experiment_config is None:
+        experiment = load_experiment_config(config_dir)
+    elif isinstance(experiment_config, ExperimentConfig):
+        experiment = experiment_config
+    elif isinstance(experiment_config, Mapping):
+        known = set(ExperimentConfig.model_fields)
+        try:
+            experiment = ExperimentConfig.model_validate(
+                {k: v for k, v in experiment_config.items() if k in known}
+            )
+        except ValueError as e:
+            raise ConfigError(f"invalid experiment_config: {' '.join(str(e).split())}") from e
+    else:
+        raise ConfigError(
+            f"experiment_config must be an ExperimentConfig or a mapping, "
+            f"not {type(experiment_config).__name__}"
+        )
+    if name:
+        experiment = experiment.model_copy(update={"experiment_name": name})
+    return experiment
+
+
+def execute_conversion(
+    root_dir: Path,
+    config_dir: Path,
+    parent_training_output_dir: Path,
+    parent_spec_fp: str,
+    parent_exec_fp: str,
+    experiment_config: ExperimentConfig | Mapping[str, Any] | None,
+    conversion_experiment_name: str | None,
+    platform: str | None,
+    parent_training_run_id: str | None = None,
+    *,
+    force: bool = False,
+    on_log_line: Callable[[str], None] | None = None,
+) -> Path:
+    """Convert a training run's checkpoint; return the complete output directory.
+
+    Args:
+        root_dir: the project root; outputs, `mlflow.db` and `mlartifacts` go below it.
+        config_dir: holds `conversion.yaml` (and optionally `experiment.yaml`).
+        parent_training_output_dir: `…/spec_<fp>_exec_<fp>/v<n>` with `checkpoint/` and
+            `metadata.json`.
+        parent_spec_fp, parent_exec_fp: the training run's fingerprints (hex).
+        experiment_config: where to track; None reads `<config_dir>/experiment.yaml`.
+        conversion_experiment_name: the MLflow experiment name (overrides the config's).
+        platform: `local`, `azureml`, `colab`, `kaggle`; None detects it.
+        parent_training_run_id: the training run's MLflow run id, recorded as lineage.
+        force: rebuild even if a complete identical conversion exists.
+        on_log_line: receives the conversion process's log lines as they come.
+    """
+    started = time.perf_counter()
+    spec_fp = check_fingerprint(parent_spec_fp, "parent_spec_fp")
+    exec_fp = check_fingerprint(parent_exec_fp, "parent_exec_fp")
+    platform_name = resolve_platform(platform)
+    config = load_conversion_config(Path(config_dir))
+    experiment = _experiment(experiment_config, Path(config_dir), conversion_experiment_name)
+    parent = read_parent_training_output(
+        Path(parent_training_output_dir), parent_spec_fp=spec_fp, parent_exec_fp=exec_fp
+    )
+    conv_fp = conversion_fingerprint(spec_fp, exec_fp, config, variant=parent.variant)
+    output_dir = conversion_output_dir(
+        root_dir,
+        platform=platform_name,
+        backbone=parent.backbone,
+        parent_spec_fp=spec_fp,
+        parent_exec_fp=exec_fp,
+        variant=parent.variant,
+        conv_fp=conv_fp,
+    )
+    lineage = {
+        "parent_spec_fp": spec_fp,
+        "parent_exec_fp": exec_fp,
+        "parent_training_id": parent.training_id,
+        "parent_training_dir": str(parent.path),
+        "conv_fp": conv_fp,
+        "platform": platform_name,
+        "backbone": parent.backbone,
+    }
+    if parent_training_run_id:
+        lineage["parent_training_run_id"] = parent_training_run_id
+
+    tracking_uri = resolve_tracking_uri(Path(root_dir), experiment)
+    client = prepare_store(tracking_uri)  # fails here, before converting, if unreachable
+    experiment_id = ensure_experiment(
+        client, experiment.experiment_name, resolve_artifact_location(Path(root_dir), experiment)
+    )
+    tags = {
+        **experiment.tags,
+        **lineage_tags(lineage),
+        "onnxport.conv_fp": conv_fp,
+        "onnxport.quantization": config.onnx.quantization.value,
+        "onnxport.optimize": config.onnx.optimize.value,
+        "onnxport.opset": str(config.onnx.opset_version),
+    }
+    run_name = (
+        f"conversion-{parent.backbone}-spec_{spec_fp}_exec_{exec_fp}-v{parent.variant}-{conv_fp}"
+    )
+
+    from filelock import FileLock
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(
+        str(output_dir.parent / f".{output_dir.name}.lock"), timeout=LOCK_TIMEOUT_SECONDS
+    )
+    with lock:
+        if not force and not verify_directory(output_dir):
+            _record_cache_hit(client, experiment_id, run_name, tags, output_dir)
+            logger.info(
+                "reusing the complete conversion %s (%.2f s)",
+                output_dir,
+                time.perf_counter() - started,
+            )
+            return output_dir
+        remove_stale_partials(output_dir)
+        run_id = create_run(client, experiment_id, run_name=run_name, tags=tags)
+        logger.info("converting %s into %s (MLflow run %s)", parent.checkpoint, output_dir, run_id)
+        with failed_unless_finished(client, run_id), tempfile.TemporaryDirectory() as scratch:
+            child = run_child(
+                ChildArguments(
+                    checkpoint_path=parent.checkpoint,
+                    config_dir=Path(config_dir),
+                    backbone=parent.backbone,
+                    output_dir=output_dir,
+                    opset_version=config.onnx.opset_version,
+                    quantize_int8=False,
+                    run_smoke_test=config.onnx.run_smoke_test,
+                    force=True,  # a damaged or forced directory is replaced atomically
+                    conv_fp=conv_fp,
+                ),
+                timeout_seconds=config.execution.timeout_seconds,
+                result_file=Path(scratch) / "result.json",
+                env={
+                    "MLFLOW_TRACKING_URI": tracking_uri,
+                    "MLFLOW_RUN_ID": run_id,
+                    "MLFLOW_EXPERIMENT_ID": experiment_id,
+                    LINEAGE_ENV: json.dumps({**lineage, "mlflow_run_id": run_id}),
+                    REGISTERED_MODEL_ENV: experiment.registered_model_name or "",
+                },
+                on_line=on_log_line,
+            )
+            client.log_metric(run_id, "child_peak_rss_mb", child.peak_rss_mb)
+            client.log_metric(run_id, "seconds.total", time.perf_counter() - started)
+    logger.info("conversion complete in %.1f s: %s", time.perf_counter() - started, output_dir)
+    return output_dir
+
+
+def _record_cache_hit(
+    client, experiment_id: str, run_name: str, tags: dict, output_dir: Path
+) -> None:
+    """A FINISHED run that says the result was reused, pointing at the run that made it."""
+    try:
+        original = read_manifest(output_dir).lineage.get("mlflow_run_id", "")
+    except OnnxportError:
+        original = ""
+    run_id = create_run(
+        client,
+        experiment_id,
+        run_name=run_name + "-reused",
+        tags={
+            **tags,
+            "onnxport.cache_hit": "true",
+            "onnxport.original_run_id": original,
+            "onnxport.output_dir": str(output_dir),
+        },
+    )
+    end_run(client, run_id, "FINISHED")

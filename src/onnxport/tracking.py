@@ -1,0 +1,235 @@
+"""MLflow tracking: the store, the conversion run and what is logged to it.
+
+The parent prepares the store (runs the database migration once, under a lock, before any
+child starts), creates the run with its lineage tags, and makes sure it ends FINISHED or
+FAILED. The child continues the run (`MLFLOW_RUN_ID`) and logs parameters, metrics,
+artifacts and the ONNX model itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from onnxport.config import ExperimentConfig
+from onnxport.errors import TrackingError
+from onnxport.manifest import MANIFEST_FILENAME, REPORT_FILENAME, Manifest
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+RUN_TYPE = "conversion"
+DB_FILENAME = "mlflow.db"
+ARTIFACTS_DIRNAME = "mlartifacts"
+LINEAGE_PREFIX = "code.lineage."
+# Values never recorded, whatever environment or config they came from.
+_SECRET_WORDS = ("token", "secret", "password", "key", "connection_string", "sas", "credential")
+
+
+def quiet_mlflow() -> None:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def resolve_tracking_uri(root_dir: Path, experiment: ExperimentConfig) -> str:
+    if experiment.tracking_uri:
+        return experiment.tracking_uri
+    return f"sqlite:///{(Path(root_dir).absolute() / DB_FILENAME).as_posix()}"
+
+
+def resolve_artifact_location(root_dir: Path, experiment: ExperimentConfig) -> str:
+    if experiment.artifact_location:
+        return experiment.artifact_location
+    return (Path(root_dir).absolute() / ARTIFACTS_DIRNAME).as_uri()
+
+
+def _is_locked(error: BaseException) -> bool:
+    text = str(error).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+def with_retry(call: Callable[[], T], *, attempts: int = 8) -> T:
+    """Retry an MLflow call that SQLite refused because another process held the lock."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as e:  # MLflow wraps sqlite's OperationalError in its own types
+            if not _is_locked(e) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1) + random.random() * 0.2)
+    raise AssertionError("unreachable")
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def prepare_store(tracking_uri: str):
+    """An `MlflowClient` on a store that exists and is migrated; fails early if unreachable."""
+    quiet_mlflow()
+    from filelock import FileLock
+    from mlflow.tracking import MlflowClient
+
+    db = _sqlite_path(tracking_uri)
+    try:
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            # Creating the store runs the schema migration; two processes doing it at once
+            # on a new file collide, so the first does it under a lock and the rest wait.
+            with FileLock(str(db) + ".lock", timeout=120):
+                client = MlflowClient(tracking_uri)
+                with_retry(lambda: client.search_experiments(max_results=1))
+        else:
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+            client = MlflowClient(tracking_uri)
+            client.search_experiments(max_results=1)
+    except Exception as e:  # any failure here means the store cannot be used
+        message = " ".join(str(e).split())[:200]
+        raise TrackingError(
+            f"cannot reach the MLflow tracking store {tracking_uri}: {message}",
+            hint="check tracking_uri in experiment.yaml, or leave it out for a local SQLite store",
+        ) from e
+    return client
+
+
+def ensure_experiment(client, name: str, artifact_location: str | None) -> str:
+    def get_or_create() -> str:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except Exception:  # another process created it first
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
+
+    return with_retry(get_or_create)
+
+
+def is_secret(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def lineage_tags(lineage: dict[str, str]) -> dict[str, str]:
+    return {f"{LINEAGE_PREFIX}{k}": str(v) for k, v in lineage.items() if not is_secret(k)}
+
+
+def create_run(client, experiment_id: str, *, run_name: str, tags: dict[str, str]) -> str:
+    safe = {k: v for k, v in tags.items() if not is_secret(k)}
+    safe["mlflow.runType"] = RUN_TYPE
+    run = with_retry(lambda: client.create_run(experiment_id, run_name=run_name, tags=safe))
+    return run.info.run_id
+
+
+def end_run(client, run_id: str, status: str) -> None:
+    with_retry(lambda: client.set_terminated(run_id, status=status))
+
+
+def run_status(client, run_id: str) -> str:
+    return with_retry(lambda: client.get_run(run_id)).info.status
+
+
+@contextmanager
+def failed_unless_finished(client, run_id: str) -> Iterator[None]:
+    """End the run FAILED if the block raises or leaves it unfinished (the parent's duty)."""
+    try:
+        yield
+    except BaseException:
+        try:
+            end_run(client, run_id, "FAILED")
+        except Exception:
+            logger.exception("could not mark MLflow run %s FAILED", run_id)
+        raise
+    if run_status(client, run_id) not in ("FINISHED", "FAILED", "KILLED"):
+        end_run(client, run_id, "FINISHED")
+
+
+def _metrics(manifest: Manifest) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for stage, seconds in manifest.timings.items():
+        metrics[f"seconds.{stage}"] = seconds
+    if manifest.peak_rss_mb is not None:
+        metrics["peak_rss_mb"] = manifest.peak_rss_mb
+    for out in manifest.outputs:
+        prefix = out.variant
+        if out.size_bytes is not None:
+            metrics[f"{prefix}.size_bytes"] = float(out.size_bytes)
+        if out.validation is not None:
+            metrics[f"{prefix}.task_agreement"] = out.validation.task_agreement.value
+            for name, c in out.validation.outputs.items():
+                metrics[f"{prefix}.{name}.max_abs_diff"] = c.max_abs_diff
+                metrics[f"{prefix}.{name}.max_rel_diff"] = c.max_rel_diff
+    return {k: v for k, v in metrics.items() if v == v and abs(v) != float("inf")}
+
+
+def _params(manifest: Manifest) -> dict[str, Any]:
+    onnx_settings = manifest.config.get("onnx", {})
+    return {
+        "opset": manifest.export.opset,
+        "exporter": manifest.export.exporter,
+        "quantization": onnx_settings.get("quantization"),
+        "optimize": onnx_settings.get("optimize"),
+        "task": manifest.source.task,
+        "architecture": manifest.source.architecture,
+        "conv_fp": manifest.conv_fp,
+    }
+
+
+def _signature(model_path: Path):
+    import numpy as np
+    from mlflow.models.signature import infer_signature
+
+    from onnxport.testing import generate_inputs
+    from onnxport.validate import create_session, run_session
+
+    session = create_session(model_path)
+    inputs = generate_inputs(session)
+    outputs = run_session(session, inputs)
+    return infer_signature(
+        {k: np.asarray(v) for k, v in inputs.items()},
+        {k: np.asarray(v) for k, v in outputs.items()},
+    )
+
+
+def log_conversion(
+    manifest: Manifest, directory: Path, *, registered_model_name: str | None = None
+) -> None:
+    """Log a conversion to the active MLflow run: params, metrics, artifacts, the model."""
+    quiet_mlflow()
+    import mlflow
+    import mlflow.onnx
+    import onnx
+
+    mlflow.log_params({k: v for k, v in _params(manifest).items() if v is not None})
+    mlflow.log_metrics(_metrics(manifest))
+    for name in (MANIFEST_FILENAME, REPORT_FILENAME):
+        if (directory / name).is_file():
+            mlflow.log_artifact(str(directory / name))
+    import onnxruntime
+
+    for out in manifest.published_outputs():
+        model_path = directory / out.file
+        model = onnx.load(str(model_path))
+        mlflow.onnx.log_model(
+            copy.deepcopy(model),
+            name=f"onnx_{out.variant}".replace("-", "_"),
+            signature=_signature(model_path),
+            pip_requirements=[
+                f"onnx=={onnx.__version__}",
+                f"onnxruntime=={onnxruntime.__version__}",
+            ],
+            registered_model_name=registered_model_name if out.variant == "fp32" else None,
+        )
