@@ -19,6 +19,7 @@ from rich.console import Console
 from onnxport.config import (
     ConversionConfig,
     Exporter,
+    OptimizeLevel,
     load_conversion_config,
 )
 from onnxport.errors import EXIT_BAD_INPUT, InternalError, OnnxportError
@@ -43,6 +44,15 @@ def _setup_logging(verbose: bool) -> None:
     )
     # torch.onnx logs optional-dependency notices (torchvision) at WARNING on every export.
     logging.getLogger("torch").setLevel(logging.INFO if verbose else logging.ERROR)
+    # onnxruntime.quantization advises pre-processing on the root logger; we run shape
+    # inference ourselves (see passes/quantize.py).
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(
+            lambda record: (
+                "pre-processing before quantization" not in record.getMessage()
+                and "run pre-processing" not in record.getMessage()
+            )
+        )
 
 
 def _config(config_file: Path | None) -> ConversionConfig:
@@ -56,6 +66,16 @@ def convert(
     task: Annotated[Task | None, typer.Option(help="Override the task from config.json.")] = None,
     opset: Annotated[int | None, typer.Option(help="ONNX opset (default 18).")] = None,
     exporter: Annotated[Exporter | None, typer.Option(help="Exporter to use.")] = None,
+    quantize: Annotated[
+        str | None,
+        typer.Option(help="Also publish a variant: int8 (dynamic), int8-static, fp16, none."),
+    ] = None,
+    optimize: Annotated[
+        OptimizeLevel | None, typer.Option(help="Graph optimization level.")
+    ] = None,
+    min_agreement: Annotated[
+        float | None, typer.Option(help="Task-level accuracy gate for every variant (0-1).")
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="A conversion.yaml file.")
     ] = None,
@@ -78,7 +98,13 @@ def convert(
 
     _setup_logging(verbose)
     settings = _config(config).with_overrides(
-        onnx={"opset_version": opset, "exporter": exporter.value if exporter else None},
+        onnx={
+            "opset_version": opset,
+            "exporter": exporter.value if exporter else None,
+            "quantization": quantize,
+            "optimize": optimize.value if optimize else None,
+        },
+        validation={"min_task_agreement": min_agreement},
         source={
             "task": task.value if task else None,
             "allow_pickle": allow_pickle or None,

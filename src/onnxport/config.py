@@ -28,6 +28,7 @@ MAX_OPSET = 23
 DEFAULT_FILENAME_PATTERN = "model_{quantization}.onnx"
 DEFAULT_MIN_TASK_AGREEMENT = 0.99
 DEFAULT_TIMEOUT_SECONDS = 3600.0
+DEFAULT_CALIBRATION_SAMPLES = 32
 
 
 class Quantization(str, Enum):
@@ -128,6 +129,23 @@ class ValidationConfig(_Strict):
         return value
 
 
+class QuantizeConfig(_Strict):
+    """How the quantized variant is made (see `onnxport.passes.quantize`)."""
+
+    per_channel: bool = False
+    reduce_range: bool = False
+    nodes_to_exclude: list[str] = Field(default_factory=list)
+    """Node names left in float; a failed gate's message suggests which."""
+    op_types: list[str] | None = None
+    """Operator types to quantize; None: onnxruntime's defaults."""
+    calibration_file: Path | None = None
+    """Static quantization: a text file, one sample per line; None: built-in sample text."""
+    calibration_samples: int = Field(DEFAULT_CALIBRATION_SAMPLES, ge=1, le=10000)
+    on_failure: Literal["fail", "skip"] = "fail"
+    """A variant under its accuracy gate fails the conversion, or is skipped (not published,
+    recorded in the manifest) while the fp32 model is published."""
+
+
 class SourceConfig(_Strict):
     task: Task | None = None
     allow_pickle: bool = False
@@ -144,6 +162,7 @@ class ConversionConfig(_Strict):
     onnx: OnnxConfig = OnnxConfig()
     output: OutputConfig = OutputConfig()
     validation: ValidationConfig = ValidationConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
     source: SourceConfig = SourceConfig()
     execution: ExecutionConfig = ExecutionConfig()
 

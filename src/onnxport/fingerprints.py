@@ -16,14 +16,14 @@ from onnxport.config import ConversionConfig
 from onnxport.errors import ConfigError
 
 CONV_FP_LENGTH = 16
-_HEX = re.compile(r"^[0-9a-fA-F]{4,64}$")
+_HEX = re.compile(r"[0-9a-fA-F]{4,64}")
 # Config sections that decide how a conversion runs, not what it produces.
 NON_SEMANTIC_SECTIONS = ("execution",)
 
 
 def check_fingerprint(value: str, name: str) -> str:
     """`value` if it is a hex fingerprint (4 to 64 digits), else a `ConfigError` naming it."""
-    if not isinstance(value, str) or not _HEX.match(value):
+    if not isinstance(value, str) or not _HEX.fullmatch(value):
         raise ConfigError(
             f"{name} must be a hex fingerprint (4 to 64 characters of 0-9a-f), got {value!r}",
             hint="pass the fingerprints from the training run's output path",

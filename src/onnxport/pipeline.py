@@ -23,39 +23,46 @@ from onnxport.config import ConversionConfig
 from onnxport.errors import (
     ExportError,
     OnnxportError,
+    PassError,
     PublishError,
+    QuantizationError,
     SmokeTestError,
     SourceError,
     ValidationError,
 )
-from onnxport.export import ExportResult, export_to_onnx
+from onnxport.export import export_to_onnx
 from onnxport.manifest import (
     MANIFEST_FILENAME,
     REPORT_FILENAME,
-    AttemptRecord,
-    ExportRecord,
     Manifest,
     OutputRecord,
-    SmokeTestRecord,
-    SourceRecord,
-    ValidationRecord,
     sha256_file,
 )
+from onnxport.passes import apply_sequence, optimize_passes, quantization_pass
 from onnxport.publish import Staging, check_output_location
+from onnxport.records import (
+    export_record,
+    file_record,
+    smoke_test_record,
+    source_record,
+    validation_record,
+)
 from onnxport.report import render_markdown
 from onnxport.sources import Source, load_source
-from onnxport.testing import SmokeTestResult, smoke_test_onnx_model
-from onnxport.validate import (
-    DEFAULT_TOLERANCES,
-    Tolerance,
-    ValidationResult,
-    compute_references,
-    validate_model,
+from onnxport.testing import smoke_test_onnx_model
+from onnxport.validate import DEFAULT_TOLERANCES, Tolerance, compute_references, validate_model
+from onnxport.variants import (
+    EXPORT_DIRNAME,
+    data_file_of,
+    make_variant,
+    move_model,
+    pass_context,
+    pass_record,
 )
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("load", "export", "validate", "smoke_test", "publish")
+STAGES = ("load", "export", "passes", "validate", "quantize", "smoke_test", "publish")
 
 
 @dataclass(frozen=True)
@@ -148,73 +155,6 @@ def _tolerance(config: ConversionConfig, variant: str) -> Tolerance:
     )
 
 
-def _source_record(source: Source) -> SourceRecord:
-    return SourceRecord(
-        path=str(source.path.absolute()),
-        kind=source.kind,
-        task=source.task.value,
-        architecture=source.architecture,
-        model_type=source.model_type,
-        num_parameters=source.num_parameters,
-        weights_sha256={f.name: sha256_file(f) for f in source.weight_files},
-    )
-
-
-def _export_record(result: ExportResult) -> ExportRecord:
-    return ExportRecord(
-        exporter=result.exporter,
-        opset=result.opset,
-        seconds=round(result.seconds, 3),
-        attempts=[
-            AttemptRecord(exporter=a.exporter, ok=a.ok, error=a.error, seconds=round(a.seconds, 3))
-            for a in result.attempts
-        ],
-    )
-
-
-def validation_record(result: ValidationResult) -> ValidationRecord:
-    return ValidationRecord.model_validate(
-        {
-            "passed": result.passed,
-            "shapes": [list(s) for s in result.shapes],
-            "outputs": {
-                name: {
-                    "max_abs_diff": c.max_abs_diff,
-                    "max_rel_diff": c.max_rel_diff,
-                    "atol": c.atol,
-                    "rtol": c.rtol,
-                    "passed": c.passed,
-                    "worst_shape": list(c.worst_shape),
-                }
-                for name, c in result.outputs.items()
-            },
-            "task_agreement": vars(result.task_agreement),
-            "elementwise_gate": result.elementwise_gate,
-            "failures": list(result.failures),
-            "seconds": round(result.seconds, 3),
-        }
-    )
-
-
-def smoke_test_record(result: SmokeTestResult) -> SmokeTestRecord:
-    return SmokeTestRecord(
-        passed=result.passed,
-        output_shapes=result.output_shapes,
-        problems=list(result.problems),
-        seconds=round(result.load_seconds + result.run_seconds, 3),
-    )
-
-
-def _file_record(record: OutputRecord, directory: Path) -> None:
-    model = directory / record.file
-    record.sha256 = sha256_file(model)
-    record.size_bytes = model.stat().st_size
-    if record.data_file:
-        data = directory / record.data_file
-        record.data_sha256 = sha256_file(data)
-        record.data_size_bytes = data.stat().st_size
-
-
 def _copy_companions(source: Source, directory: Path) -> None:
     for file in source.files_to_copy:
         shutil.copy2(file, directory / file.name)
@@ -259,18 +199,30 @@ def convert(
             references = compute_references(
                 source, validation_shapes(source, config), seed=config.validation.seed
             )
-            source_record = _source_record(source)
+            loaded = source_record(source)
         fp32 = OutputRecord(file=config.output.filename("fp32"), variant="fp32")
+        exported_dir = work / EXPORT_DIRNAME
         with run.stage("export", ExportError):
             exported = export_to_onnx(
                 source,
-                work / fp32.file,
+                exported_dir / fp32.file,
                 opset_version=config.onnx.opset_version,
                 exporter=config.onnx.exporter,
             )
-            fp32.data_file = exported.data_file.name if exported.data_file else None
+        context = pass_context(source, exported.exporter, config, references)
         # PyTorch is done: the references hold its answers. Free its memory before ORT runs.
         source.module = None  # type: ignore[assignment]
+        optimize = optimize_passes(config)
+        if optimize:
+            with run.stage("passes", PassError):
+                results = apply_sequence(
+                    optimize, exported_dir / fp32.file, work / fp32.file, context
+                )
+                fp32.passes = [pass_record(r) for r in results]
+        else:
+            move_model(exported_dir / fp32.file, work / fp32.file)
+        shutil.rmtree(exported_dir)
+        fp32.data_file = data_file_of(work / fp32.file)
         with run.stage("validate", ValidationError):
             result = validate_model(
                 work / fp32.file,
@@ -282,33 +234,44 @@ def convert(
             )
             fp32.validation = validation_record(result)
             if not result.passed:
+                after = f" after {', '.join(p.name for p in fp32.passes)}" if fp32.passes else ""
                 raise ValidationError(
-                    f"the fp32 ONNX model does not compute what PyTorch computes: "
+                    f"the fp32 ONNX model{after} does not compute what PyTorch computes: "
                     f"{'; '.join(result.failures[:3])}",
-                    hint="nothing was published; see the exporter used in the log, "
-                    "or try onnx.exporter: torchscript / another opset",
+                    hint="nothing was published; try onnx.optimize: none, "
+                    "onnx.exporter: torchscript, or another opset",
+                )
+        outputs = [fp32]
+        variant_pass = quantization_pass(config)
+        if variant_pass is not None:
+            with run.stage("quantize", QuantizationError):
+                outputs.append(
+                    make_variant(variant_pass, work, fp32, references, source.task, config, context)
                 )
         if config.onnx.run_smoke_test:
             with run.stage("smoke_test", SmokeTestError):
-                smoke = smoke_test_onnx_model(work / fp32.file, references[0].inputs)
-                fp32.smoke_test = smoke_test_record(smoke)
-                if not smoke.passed:
-                    raise SmokeTestError(
-                        f"the published {fp32.file} fails its smoke test: "
-                        f"{'; '.join(smoke.problems)}"
-                    )
+                for out in (o for o in outputs if o.published):
+                    smoke = smoke_test_onnx_model(work / out.file, references[0].inputs)
+                    out.smoke_test = smoke_test_record(smoke)
+                    if not smoke.passed:
+                        raise SmokeTestError(
+                            f"the published {out.file} fails its smoke test: "
+                            f"{'; '.join(smoke.problems)}"
+                        )
         with run.stage("publish", PublishError):
             publish_started = time.perf_counter()
             _copy_companions(source, work)
-            _file_record(fp32, work)
+            for out in outputs:
+                if out.published:
+                    file_record(out, work)
             manifest = Manifest(
                 onnxport_version=__version__,
                 created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 conv_fp=request.conv_fp,
                 lineage=dict(request.lineage),
-                source=source_record,
-                export=_export_record(exported),
-                outputs=[fp32],
+                source=loaded,
+                export=export_record(exported),
+                outputs=outputs,
                 timings={k: round(v, 3) for k, v in run.timings.items()},
                 peak_rss_mb=round(peak_rss_mb(), 1),
                 versions=library_versions(),

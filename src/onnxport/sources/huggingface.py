@@ -235,6 +235,13 @@ class TextInputs:
         texts = sample_texts(batch, min_lines=lines, offset=seed)
         if batch > 1:
             texts[-1] = texts[-1][: max(8, len(texts[-1]) // 3)]
+        return self.encode(texts, length)
+
+    def encode(self, texts: list[str], length: int) -> dict[str, torch.Tensor]:
+        """Tokenize `texts`, padded or truncated to `length` tokens."""
+        if self.tokenizer is None:
+            raise ValueError("no tokenizer to encode text with")
+        batch = len(texts)
         encoded = self.tokenizer(
             texts,
             padding="max_length",
@@ -387,4 +394,8 @@ def load_huggingface(
         files_to_copy=companions,
         model_type=config.model_type,
         num_parameters=sum(p.numel() for p in model.parameters()),
+        extra={
+            "num_heads": int(getattr(config, "num_attention_heads", 0) or 0),
+            "hidden_size": int(getattr(config, "hidden_size", 0) or 0),
+        },
     )

@@ -1,0 +1,107 @@
+"""What every pass shares: a named unit from one ONNX file to another, with a small result.
+
+Passes take paths, not in-memory models, because models with external data (over 2 GB) must
+stay beside their `.data` file; each pass writes its output in the same directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import onnx
+
+from onnxport.errors import OnnxportError, PassError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PassContext:
+    """What passes may need to know beyond the model file."""
+
+    exporter: str = "dynamo"
+    model_type: str | None = None
+    num_heads: int = 0
+    hidden_size: int = 0
+    calibration_inputs: tuple[dict[str, np.ndarray], ...] = ()
+    settings: Any = None
+    """The `QuantizeConfig` of the conversion (per-channel, nodes to exclude, ...)."""
+
+
+@dataclass(frozen=True)
+class PassResult:
+    name: str
+    output: Path
+    seconds: float
+    nodes_before: int
+    nodes_after: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class OnnxPass(Protocol):
+    name: str
+
+    def run(self, model: Path, output: Path, context: PassContext) -> dict[str, Any]:
+        """Write the transformed `model` to `output`; return what it changed."""
+        ...
+
+
+def count_nodes(path: Path) -> int:
+    return len(onnx.load(str(path), load_external_data=False).graph.node)
+
+
+def has_external_data(path: Path) -> bool:
+    model = onnx.load(str(path), load_external_data=False)
+    return any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
+
+
+def apply_pass(onnx_pass: OnnxPass, model: Path, output: Path, context: PassContext) -> PassResult:
+    """Run one pass, timing it; any failure becomes a `PassError` that names the pass."""
+    before = count_nodes(model)
+    started = time.perf_counter()
+    logger.info("pass %s: %s -> %s (%d nodes)", onnx_pass.name, model.name, output.name, before)
+    try:
+        details = onnx_pass.run(model, output, context)
+    except OnnxportError:
+        raise
+    except Exception as e:  # passes wrap libraries that raise anything
+        message = " ".join(str(e).split())[:300]
+        raise PassError(
+            f"pass '{onnx_pass.name}' failed on {model.name}: {type(e).__name__}: {message}",
+            hint="try another onnx.optimize level or quantization setting",
+        ) from e
+    after = count_nodes(output)
+    seconds = time.perf_counter() - started
+    logger.info("pass %s done in %.1f s: %d -> %d nodes", onnx_pass.name, seconds, before, after)
+    return PassResult(onnx_pass.name, output, seconds, before, after, details)
+
+
+def apply_sequence(
+    passes: Sequence[OnnxPass], model: Path, output: Path, context: PassContext
+) -> list[PassResult]:
+    """Compose passes: each reads the previous one's file; the last one writes `output`."""
+    results: list[PassResult] = []
+    current = model
+    for i, onnx_pass in enumerate(passes):
+        target = (
+            output
+            if i == len(passes) - 1
+            else output.with_name(f".{output.stem}.{onnx_pass.name}.onnx")
+        )
+        results.append(apply_pass(onnx_pass, current, target, context))
+        if current != model:
+            remove_model(current)
+        current = target
+    return results
+
+
+def remove_model(path: Path) -> None:
+    """Remove an intermediate model file and its external data, if any."""
+    for candidate in (path, path.with_name(path.name + ".data")):
+        candidate.unlink(missing_ok=True)

@@ -1,0 +1,145 @@
+"""Quantization passes: int8 dynamic, int8 static (QDQ, calibrated), and float16.
+
+All three use `onnxruntime.quantization` / `onnxruntime.transformers`. Shape inference runs
+first with `onnx.shape_inference.infer_shapes_path`, writing beside the model so that
+external data stays reachable (`quant_pre_process` copies the model to a temporary
+directory without its `.data` file, and then fails).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxport.passes.base import PassContext, has_external_data, remove_model
+
+logger = logging.getLogger(__name__)
+
+
+def _infer_shapes(model: Path) -> Path:
+    inferred = model.with_name(f".{model.stem}.shapes.onnx")
+    onnx.shape_inference.infer_shapes_path(str(model), str(inferred))
+    return inferred
+
+
+def _common_options(context: PassContext) -> dict[str, Any]:
+    settings = context.settings
+    options: dict[str, Any] = {
+        "per_channel": bool(settings and settings.per_channel),
+        "reduce_range": bool(settings and settings.reduce_range),
+        "nodes_to_exclude": list(settings.nodes_to_exclude) if settings else [],
+    }
+    if settings and settings.op_types:
+        options["op_types_to_quantize"] = list(settings.op_types)
+    return options
+
+
+def _quantized_nodes(path: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        if "Integer" in node.op_type or "Quant" in node.op_type:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+class DynamicInt8Pass:
+    """Weights to int8 ahead of time, activations quantized at run time."""
+
+    name = "quantize-int8"
+
+    def run(self, model: Path, output: Path, context: PassContext) -> dict[str, Any]:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        external = has_external_data(model)
+        inferred = _infer_shapes(model)
+        options = _common_options(context)
+        try:
+            quantize_dynamic(
+                inferred,
+                output,
+                weight_type=QuantType.QInt8,
+                use_external_data_format=external,
+                **options,
+            )
+        finally:
+            remove_model(inferred)
+        return {"mode": "dynamic", **options, "quantized_nodes": _quantized_nodes(output)}
+
+
+class _Calibration:
+    """A `CalibrationDataReader` over prepared input dicts."""
+
+    def __init__(self, inputs: tuple[dict[str, np.ndarray], ...], names: set[str]) -> None:
+        self._items = iter([{k: v for k, v in i.items() if k in names} for i in inputs])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._items, None)
+
+
+class StaticInt8Pass:
+    """Weights and activations int8 with ranges from calibration samples, QDQ format."""
+
+    name = "quantize-int8-static"
+
+    def run(self, model: Path, output: Path, context: PassContext) -> dict[str, Any]:
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+
+        if not context.calibration_inputs:
+            raise ValueError("static quantization needs calibration samples")
+        external = has_external_data(model)
+        inferred = _infer_shapes(model)
+        names = {i.name for i in onnx.load(str(model), load_external_data=False).graph.input}
+        reader = _Calibration(context.calibration_inputs, names)
+        CalibrationDataReader.register(_Calibration)
+        options = _common_options(context)
+        options["per_channel"] = True if context.settings is None else options["per_channel"]
+        try:
+            quantize_static(
+                inferred,
+                output,
+                reader,
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                use_external_data_format=external,
+                **options,
+            )
+        finally:
+            remove_model(inferred)
+        return {
+            "mode": "static",
+            "format": "QDQ",
+            "calibration_samples": len(context.calibration_inputs),
+            **options,
+            "quantized_nodes": _quantized_nodes(output),
+        }
+
+
+class Fp16Pass:
+    """float32 weights and compute to float16, inputs and outputs kept in their types."""
+
+    name = "fp16"
+
+    def run(self, model: Path, output: Path, context: PassContext) -> dict[str, Any]:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        external = has_external_data(model)
+        proto = onnx.load(str(model))
+        converted = convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=True)
+        onnx.save_model(
+            converted,
+            str(output),
+            save_as_external_data=external,
+            all_tensors_to_one_file=True,
+            location=output.name + ".data",
+        )
+        return {"keep_io_types": True}
