@@ -151,10 +151,20 @@ def make_variant(
         record.published = False
         record.data_file = None
         return record
-    candidates = _largest_quantized_nodes(work / record.file)
-    hint = (
-        "try quantization: int8-static (calibrated), quantize.per_channel: true, or "
-        f"quantize.nodes_to_exclude: {candidates}"
-        if candidates
-        else "try quantization: int8-static (calibrated) or quantize.per_channel: true"
+    raise QuantizationError(
+        message + "; nothing was published", hint=_advice(work / record.file, config)
     )
+
+
+def _advice(variant_file: Path, config: ConversionConfig) -> str:
+    """What to try next, leaving out what the config already does."""
+    tries = []
+    if config.onnx.quantization.value == "int8":
+        tries.append("quantization: int8-static (calibrated)")
+    if not config.quantize.per_channel:
+        tries.append("quantize.per_channel: true")
+    candidates = _largest_quantized_nodes(variant_file)
+    if candidates:
+        tries.append(f"quantize.nodes_to_exclude: {candidates}")
+    tries.append("quantize.on_failure: skip to publish the fp32 model alone")
+    return "try " + ", or ".join(tries)
