@@ -20,7 +20,7 @@ import onnx
 import torch
 
 from onnxport.config import DEFAULT_OPSET, Exporter
-from onnxport.errors import ExportError
+from onnxport.errors import ConfigError, ExportError
 from onnxport.sources.base import Source
 
 logger = logging.getLogger(__name__)
@@ -202,8 +202,9 @@ def export_to_onnx(
     external = _weights_bytes(source.module) > EXTERNAL_DATA_THRESHOLD_BYTES
     wanted = [s for s in EXPORT_STRATEGIES if exporter is Exporter.AUTO or s.name == exporter.value]
     if not any(opset_version in s.opsets for s in wanted):
+        # A setting the user can fix, found before any export work: bad input, not a failure.
         allowed = ", ".join(f"{s.name}: {s.opsets.start}-{s.opsets.stop - 1}" for s in wanted)
-        raise ExportError(
+        raise ConfigError(
             f"opset {opset_version} is not supported by the installed exporter ({allowed})",
             hint=f"set onnx.opset_version to {DEFAULT_OPSET}",
         )

@@ -16,7 +16,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from onnxport.config import ExperimentConfig, load_conversion_config, load_experiment_config
+from onnxport.config import (
+    CONVERSION_CONFIG_FILENAME,
+    ExperimentConfig,
+    load_conversion_config,
+    load_experiment_config,
+)
 from onnxport.errors import ConfigError, OnnxportError
 from onnxport.execution import LINEAGE_ENV, REGISTERED_MODEL_ENV, ChildArguments, run_child
 from onnxport.fingerprints import check_fingerprint, conversion_fingerprint
@@ -100,7 +105,11 @@ def execute_conversion(
     spec_fp = check_fingerprint(parent_spec_fp, "parent_spec_fp")
     exec_fp = check_fingerprint(parent_exec_fp, "parent_exec_fp")
     platform_name = resolve_platform(platform)
-    config = load_conversion_config(Path(config_dir))
+    config_dir = Path(config_dir)
+    # The directory's conversion.yaml, so that a missing directory is reported by that name.
+    config = load_conversion_config(
+        config_dir if config_dir.is_file() else config_dir / CONVERSION_CONFIG_FILENAME
+    )
     experiment = _experiment(experiment_config, Path(config_dir), conversion_experiment_name)
     parent = read_parent_training_output(
         Path(parent_training_output_dir), parent_spec_fp=spec_fp, parent_exec_fp=exec_fp

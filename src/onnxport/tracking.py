@@ -70,7 +70,11 @@ def with_retry(call: Callable[[], T], *, attempts: int = 8) -> T:
 
 
 def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    """The database file of a `sqlite:///` URI; None for other stores and in-memory SQLite."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
 
 
 def prepare_store(tracking_uri: str):

@@ -145,11 +145,20 @@ def _primary_outputs(output_names: list[str]) -> list[str]:
     return logits or output_names[:1]
 
 
+def _comparable(name: str, ref: Reference, actual: dict[str, np.ndarray]) -> bool:
+    """Whether an output exists with the reference's shape; else it is a failure already
+    recorded elementwise, and its agreement is the worst possible."""
+    return name in actual and actual[name].shape == ref.outputs[name].shape
+
+
 def _argmax_agreement(task: Task, ref: Reference, actual: dict[str, np.ndarray]) -> tuple[int, int]:
     agree = total = 0
     mask = ref.inputs.get("attention_mask")
     for name in _primary_outputs(list(ref.outputs)):
         expected = ref.outputs[name].argmax(axis=-1)
+        if not _comparable(name, ref, actual):  # every position counts as a disagreement
+            total += int(expected.size)
+            continue
         got = actual[name].argmax(axis=-1)
         same = expected == got
         if TASKS[task].token_level and mask is not None and same.shape == mask.shape:
@@ -162,6 +171,8 @@ def _argmax_agreement(task: Task, ref: Reference, actual: dict[str, np.ndarray])
 def _cosine(ref: Reference, actual: dict[str, np.ndarray]) -> float:
     """Cosine similarity of mean-pooled embeddings (the sentence vectors users compare)."""
     name = _primary_outputs(list(ref.outputs))[0]
+    if not _comparable(name, ref, actual):
+        return -1.0  # the worst similarity there is
     expected, got = ref.outputs[name].astype(np.float64), actual[name].astype(np.float64)
     mask = ref.inputs.get("attention_mask")
     if expected.ndim == 3 and mask is not None:

@@ -102,12 +102,13 @@ def _check_safetensors(file: Path) -> None:
             if header_len <= 0 or 8 + header_len > size:
                 raise ValueError("header length beyond end of file")
             header = json.loads(f.read(header_len))
-    except (struct.error, ValueError, UnicodeDecodeError) as e:
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    # A header that is JSON but not a safetensors header (a list, entries without offsets).
+    except (struct.error, ValueError, UnicodeDecodeError, AttributeError, KeyError, TypeError) as e:
         raise SourceError(
             f"{file} is not a valid safetensors file ({e}); it may be truncated",
             hint="copy the checkpoint again from the training output",
         ) from e
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
     expected = 8 + header_len + (max(ends) if ends else 0)
     if expected != size:
         raise SourceError(
@@ -172,11 +173,17 @@ def _load_model(path: Path, config: Any, task: Task, *, safetensors: bool, trust
         ) from e
     missing = list(info.get("missing_keys") or [])
     mismatched = list(info.get("mismatched_keys") or [])
-    if missing or mismatched:
-        names = ", ".join(str(k) for k in (missing + mismatched)[:4])
+    # Tensors the model has no place for mean that config.json describes a smaller model than
+    # the weights (fewer layers): loading would drop them silently. Another head (--task)
+    # legitimately leaves the checkpoint's own head unused, so only the saved class is strict.
+    own_class = type(model).__name__ in (getattr(config, "architectures", None) or [])
+    unexpected = list(info.get("unexpected_keys") or []) if own_class else []
+    if missing or mismatched or unexpected:
+        names = ", ".join(str(k) for k in (missing + mismatched + unexpected)[:4])
         raise SourceError(
             f"the weights in {path} do not fit a {type(model).__name__}: "
-            f"{len(missing)} missing and {len(mismatched)} mismatched tensors ({names}, ...)",
+            f"{len(missing)} missing, {len(mismatched)} mismatched and {len(unexpected)} "
+            f"unexpected tensors ({names}, ...)",
             hint="check --task and that config.json belongs to these weights",
         )
     return model
