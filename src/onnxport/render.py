@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.table import Table
 
 from onnxport.manifest import Manifest
-from onnxport.pipeline import StageEvent
+
+if TYPE_CHECKING:  # importing the pipeline imports torch: `onnxport run` must not pay for it
+    from onnxport.pipeline import StageEvent
 
 STAGE_LABELS = {
     "load": "load source",
