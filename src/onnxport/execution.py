@@ -100,11 +100,30 @@ def _write_result(path: Path | None, payload: dict) -> None:
     tmp.replace(path)
 
 
+def _exit_when_orphaned(parent_pid: int) -> None:
+    """Stop the child when its parent dies, so that no conversion runs on unwatched.
+
+    The child has its own session (so that the parent can kill its whole group), which
+    also means it outlives a killed parent; the MLflow run is marked FAILED on the way out.
+    """
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    logger.error("the parent process %d is gone; stopping the conversion", parent_pid)
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if run_id:
+        with contextlib.suppress(Exception):
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient().set_terminated(run_id, status="FAILED")
+    os._exit(1)
+
+
 def _child_main(argv: list[str]) -> int:
     from onnxport.config import load_conversion_config
     from onnxport.pipeline import ConversionRequest, StageEvent, convert
 
     args = _parse(argv)
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     result_file = args.result_file or (
         Path(os.environ[RESULT_ENV]) if RESULT_ENV in os.environ else None
     )

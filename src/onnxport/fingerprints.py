@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 from onnxport.config import ConversionConfig
@@ -48,4 +49,8 @@ def conversion_fingerprint(
         "parent_variant": str(variant),
         "conversion": settings,
     }
+    calibration = config.quantize.calibration_file
+    if calibration is not None and Path(calibration).is_file():
+        # The samples decide the static ranges: a changed file must not reuse an old result.
+        payload["calibration_sha256"] = hashlib.sha256(Path(calibration).read_bytes()).hexdigest()
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:CONV_FP_LENGTH]
