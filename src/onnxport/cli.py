@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from onnxport.cli_predict import predict_command
 from onnxport.config import (
     ConversionConfig,
     Exporter,
@@ -224,6 +225,9 @@ def run_from_training(
     for table in manifest_tables(read_manifest(output), str(output)):
         console.print(table)
     stdout.print(str(output), highlight=False, soft_wrap=True)
+
+
+app.command("predict")(predict_command)
 
 
 def _print_error(error: BaseException, debug: bool) -> int:

@@ -63,11 +63,12 @@ def has_external_data(path: Path) -> bool:
 
 def apply_pass(onnx_pass: OnnxPass, model: Path, output: Path, context: PassContext) -> PassResult:
     """Run one pass, timing it; any failure becomes a `PassError` that names the pass."""
-    before = count_nodes(model)
     started = time.perf_counter()
-    logger.info("pass %s: %s -> %s (%d nodes)", onnx_pass.name, model.name, output.name, before)
     try:
+        before = count_nodes(model)
+        logger.info("pass %s: %s -> %s (%d nodes)", onnx_pass.name, model.name, output.name, before)
         details = onnx_pass.run(model, output, context)
+        after = count_nodes(output)
     except OnnxportError:
         raise
     except Exception as e:  # passes wrap libraries that raise anything
@@ -76,7 +77,6 @@ def apply_pass(onnx_pass: OnnxPass, model: Path, output: Path, context: PassCont
             f"pass '{onnx_pass.name}' failed on {model.name}: {type(e).__name__}: {message}",
             hint="try another onnx.optimize level or quantization setting",
         ) from e
-    after = count_nodes(output)
     seconds = time.perf_counter() - started
     logger.info("pass %s done in %.1f s: %d -> %d nodes", onnx_pass.name, seconds, before, after)
     return PassResult(onnx_pass.name, output, seconds, before, after, details)

@@ -1,0 +1,132 @@
+"""The accuracy gate on a trained model: variants are published only when they keep the answers.
+
+Random-weight models have near-tied logits, so int8 agreement on them says little; the gate
+is tested on a small tagger trained for a few seconds (the demo's recipe, fewer steps).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from onnxport.config import ConversionConfig
+from onnxport.demo import train_demo_model
+from onnxport.errors import QuantizationError
+from onnxport.manifest import Manifest, read_manifest, verify_directory
+from onnxport.pipeline import ConversionRequest, convert
+
+pytestmark = pytest.mark.slow
+
+FAST = {"exporter": "torchscript"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("trained-tagger")
+    threads = torch.get_num_threads()
+    result = train_demo_model(directory, steps=150)
+    torch.set_num_threads(threads)
+    assert result.held_out_f1 > 0.9, "the fixture model must have learned the task"
+    return directory
+
+
+def _convert(source: Path, output: Path, **sections) -> Manifest:
+    config = ConversionConfig().with_overrides(**sections)
+    return convert(ConversionRequest(source_path=source, output_dir=output, config=config))
+
+
+@pytest.fixture(scope="module")
+def int8(trained, tmp_path_factory):
+    output = tmp_path_factory.mktemp("int8") / "out"
+    return _convert(trained, output, onnx={**FAST, "quantization": "int8"}), output
+
+
+def test_int8_is_published_beside_fp32_with_agreement_above_the_gate(int8):
+    manifest, output = int8
+    assert [o.variant for o in manifest.outputs] == ["fp32", "int8"]
+    fp32, quantized = manifest.outputs
+    assert quantized.published and (output / "model_int8.onnx").is_file()
+    assert quantized.validation.passed
+    assert quantized.validation.task_agreement.value >= 0.99
+    assert quantized.validation.shapes == fp32.validation.shapes
+    # Elementwise figures are recorded for the report but do not decide for int8.
+    assert quantized.validation.elementwise_gate is False
+    assert quantized.size_bytes < fp32.size_bytes
+    assert quantized.passes[-1].name == "quantize-int8"
+    assert quantized.smoke_test.passed
+    assert verify_directory(output) == []
+    assert read_manifest(output).output("int8").sha256 == quantized.sha256
+
+
+def test_a_tight_budget_fails_the_conversion_and_publishes_nothing(trained, int8, tmp_path):
+    measured = int8[0].output("int8").validation.task_agreement.value
+    assert measured < 1.0, "int8 must move at least one argmax for this test to mean anything"
+    budget = (measured + 1.0) / 2
+    output = tmp_path / "out"
+    with pytest.raises(QuantizationError) as info:
+        _convert(
+            trained,
+            output,
+            onnx={**FAST, "quantization": "int8"},
+            validation={"min_task_agreement": budget},
+        )
+    message = str(info.value)
+    assert f"{measured:.4f}" in message and f"{budget:g}" in message
+    assert "per_channel" in message and "int8-static" in message
+    assert not output.exists()
+    assert not list(tmp_path.iterdir())
+
+
+def test_skip_publishes_fp32_alone_and_records_the_failed_variant(trained, int8, tmp_path):
+    measured = int8[0].output("int8").validation.task_agreement.value
+    output = tmp_path / "out"
+    manifest = _convert(
+        trained,
+        output,
+        onnx={**FAST, "quantization": "int8"},
+        validation={"min_task_agreement": (measured + 1.0) / 2},
+        quantize={"on_failure": "skip"},
+    )
+    record = manifest.output("int8")
+    assert record.published is False and record.validation.passed is False
+    assert not (output / "model_int8.onnx").exists()
+    assert (output / "model_fp32.onnx").is_file()
+    assert verify_directory(output) == []
+
+
+def test_quantizing_an_optimized_model_keeps_the_gate(trained, tmp_path):
+    manifest = _convert(
+        trained,
+        tmp_path / "out",
+        onnx={"quantization": "int8", "optimize": "extended"},
+        validation={"min_task_agreement": 0.98},
+    )
+    fp32, quantized = manifest.outputs
+    assert [p.name for p in fp32.passes] == ["optimize-extended"]
+    assert fp32.passes[0].nodes_after < fp32.passes[0].nodes_before
+    assert [p.name for p in quantized.passes] == ["optimize-extended", "quantize-int8"]
+    assert fp32.validation.passed and quantized.validation.passed
+
+
+def test_fp16_variant_is_published(trained, tmp_path):
+    manifest = _convert(trained, tmp_path / "out", onnx={**FAST, "quantization": "fp16"})
+    fp16 = manifest.output("fp16")
+    assert fp16.published and fp16.validation.task_agreement.value >= 0.99
+    assert fp16.validation.outputs["logits"].max_abs_diff < 0.05
+
+
+def test_static_int8_records_its_calibration(trained, tmp_path):
+    calibration = tmp_path / "samples.txt"
+    calibration.write_text("Jane Doe works at Contoso Ltd\nEmail: jane@example.com\n")
+    manifest = _convert(
+        trained,
+        tmp_path / "out",
+        onnx={**FAST, "quantization": "int8-static"},
+        quantize={"calibration_file": str(calibration), "on_failure": "skip"},
+    )
+    record = manifest.output("int8-static")
+    assert record.passes[-1].details["calibration_samples"] == 2
+    assert record.passes[-1].details["format"] == "QDQ"
+    assert record.validation is not None
