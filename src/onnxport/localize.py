@@ -1,0 +1,410 @@
+"""Say where the numbers part ways: the first diverging operation of a failed model.
+
+Against PyTorch: the ONNX model runs once in ONNX Runtime with its intermediate values
+exposed as outputs, and the PyTorch model runs under an FX interpreter over the program
+the dynamo exporter traces (`torch.onnx`'s own verification interpreter pairs values the
+same way, but runs one ONNX Runtime session per value; one run with every value exposed
+is what keeps a BERT-base model within a minute). ONNX values are paired with FX nodes by
+the `pkg.torch.onnx.fx_node` metadata the exporter writes on every node, and the module
+path comes from its `pkg.torch.onnx.name_scopes`.
+
+Against the fp32 ONNX model (for a quantized or fp16 variant): values that keep their
+names in both graphs are compared, and the node whose output error grows the most over
+its inputs' error is named, with the config line that leaves it in float.
+
+Both run on a single input (batch 1), so memory stays bounded by one forward pass.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import logging
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+logger = logging.getLogger(__name__)
+
+FOLLOWING = 5
+
+
+@dataclass(frozen=True)
+class NodeDivergence:
+    value: str
+    node: str
+    op_type: str
+    module: str | None
+    max_abs_diff: float
+    max_rel_diff: float
+    input_max_abs_diff: float
+    """The largest error among its compared inputs: small means this node introduced it."""
+
+
+@dataclass(frozen=True)
+class Localization:
+    against: str  # "pytorch" or "fp32-onnx"
+    shape: tuple[int, ...]
+    compared: int
+    first: NodeDivergence | None
+    following: tuple[NodeDivergence, ...] = ()
+    atol: float = 0.0
+    rtol: float = 0.0
+    suggestion: str | None = None
+    note: str | None = None
+    seconds: float = 0.0
+    exclude: tuple[str, ...] = field(default_factory=tuple)
+
+    def summary(self) -> str:
+        """One line for the error message of a failed conversion."""
+        if self.first is None:
+            return (
+                f"no single diverging node found ({self.note or 'compared ' + str(self.compared)})"
+            )
+        f = self.first
+        where = f"{f.op_type}, {f.module}" if f.module else f.op_type
+        if self.against == "fp32-onnx":
+            line = (
+                f"the variant loses the most at node {f.node} ({where}): relative error "
+                f"{f.max_rel_diff:.2g} against the fp32 model, from inputs at "
+                f"{f.input_max_abs_diff:.2g}"
+            )
+            return line + (f"; try {self.suggestion}" if self.suggestion else "")
+        line = (
+            f"first divergence at node {f.node} ({where}): max abs {f.max_abs_diff:.2g} "
+            f"vs tolerance {self.atol:g}"
+        )
+        return line + (f"; {self.suggestion}" if self.suggestion else "")
+
+
+# ------------------------------------------------------------------- ONNX intermediates
+
+
+@dataclass(frozen=True)
+class _Producer:
+    node: str
+    op_type: str
+    inputs: tuple[str, ...]
+    fx_node: str | None
+    module: str | None
+
+
+def _meta(node: onnx.NodeProto) -> dict[str, str]:
+    return {p.key: p.value for p in node.metadata_props}
+
+
+def _module_path(scopes: str | None, fx_name: str | None) -> str | None:
+    if not scopes:
+        return None
+    try:
+        parts = [p for p in ast.literal_eval(scopes) if p and p != fx_name]
+    except (ValueError, SyntaxError):
+        return None
+    if not parts:
+        return None
+    path = parts[-1]
+    # ExportAdapter wraps the user's model as `model`: show the user's own names.
+    return path.removeprefix("model.") if path != "model" else "(model)"
+
+
+def _fx_name(meta: dict[str, str]) -> str | None:
+    text = meta.get("pkg.torch.onnx.fx_node", "")
+    return text[1:].split(" ", 1)[0] if text.startswith("%") else None
+
+
+def _producers(model: onnx.ModelProto) -> dict[str, _Producer]:
+    producers = {}
+    for node in model.graph.node:
+        meta = _meta(node)
+        fx = _fx_name(meta)
+        module = _module_path(meta.get("pkg.torch.onnx.name_scopes"), fx)
+        for output in node.output:
+            if output:
+                producers[output] = _Producer(
+                    node.name, node.op_type, tuple(node.input), fx, module
+                )
+    return producers
+
+
+def _float_values(model: onnx.ModelProto, names: set[str]) -> list[str]:
+    """The names among `names` whose type is float (shape inference tells)."""
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=False)
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+    typed = {
+        v.name: v.type.tensor_type.elem_type
+        for v in list(inferred.graph.value_info) + list(inferred.graph.output)
+    }
+    return [n for n in names if typed.get(n) in floats]
+
+
+def run_with_intermediates(
+    model_path: Path, names: list[str], inputs: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Run `model_path` with the values `names` exposed as extra outputs; one session."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    existing = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in existing:
+            model.graph.output.append(onnx.ValueInfoProto(name=name))
+    # Written beside the original, so that its external data (a relative path) resolves.
+    with tempfile.NamedTemporaryFile(
+        dir=model_path.parent, prefix=f".{model_path.stem}.", suffix=".debug.onnx", delete=False
+    ) as tmp:
+        tmp.write(model.SerializeToString())
+    try:
+        options = ort.SessionOptions()
+        # Keep the graph as written: fusions would remove the values we want to see.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(tmp.name, options, providers=["CPUExecutionProvider"])
+        wanted = {i.name for i in session.get_inputs()}
+        outputs = [o.name for o in session.get_outputs()]
+        values = session.run(outputs, {k: v for k, v in inputs.items() if k in wanted})
+    finally:
+        Path(tmp.name).unlink(missing_ok=True)
+    return dict(zip(outputs, values))
+
+
+def _errors(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    if actual.shape != expected.shape:
+        return float("inf"), float("inf")
+    if actual.size == 0:
+        return 0.0, 0.0
+    diff = np.abs(actual - expected)
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    scale = max(float(np.abs(expected).max()), 1e-12)
+    return float(diff.max()), float(diff.max() / scale)
+
+
+def _within(max_abs: float, expected: np.ndarray, atol: float, rtol: float) -> bool:
+    return max_abs <= atol + rtol * float(np.abs(np.asarray(expected, np.float64)).max())
+
+
+# ------------------------------------------------------------------- against PyTorch
+
+
+def _fx_values(source, inputs: dict[str, np.ndarray], opset: int, wanted: set[str]):
+    """Values of the FX nodes in `wanted`, from the program the dynamo exporter traces."""
+    import torch
+
+    from onnxport.export import adapter_for
+
+    adapter = adapter_for(source)
+    args = tuple(torch.from_numpy(inputs[name]) for name in source.input_names)
+    shapes = tuple(source.dynamic_axes.get(name, {}) for name in source.input_names)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            adapter,
+            args,
+            dynamo=True,
+            opset_version=opset,
+            input_names=list(source.input_names),
+            output_names=list(source.output_names),
+            dynamic_shapes=(shapes,),
+            optimize=False,
+        )
+    module = program.exported_program.module()
+    values: dict[str, np.ndarray] = {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n):
+            result = super().run_node(n)
+            if n.name in wanted and isinstance(result, torch.Tensor):
+                values[n.name] = result.detach().float().numpy().copy()
+            return result
+
+    with torch.inference_mode():
+        Recorder(module).run(*args)
+    order = [n.name for n in module.graph.nodes if n.name in values]
+    return values, order
+
+
+def localize_against_pytorch(
+    source,
+    model_path: Path,
+    inputs: dict[str, np.ndarray],
+    *,
+    opset: int,
+    atol: float,
+    rtol: float,
+) -> Localization:
+    """The first ONNX node (in topological order) whose output leaves the tolerance while
+    the values feeding it were within it, comparing with the PyTorch model's values."""
+    started = time.perf_counter()
+    shape = tuple(next(iter(inputs.values())).shape)
+    model = onnx.load(str(model_path), load_external_data=False)
+    producers = _producers(model)
+    # A value named after its FX node is that node's result in both graphs.
+    paired = {name for name, p in producers.items() if p.fx_node == name}
+    if not paired:
+        return Localization(
+            "pytorch",
+            shape,
+            0,
+            None,
+            atol=atol,
+            rtol=rtol,
+            note="the model carries no torch.onnx node metadata (exported with TorchScript?); "
+            "localization needs the dynamo exporter",
+            seconds=time.perf_counter() - started,
+        )
+    names = _float_values(model, paired)
+    onnx_values = run_with_intermediates(model_path, names, inputs)
+    torch_values, order = _fx_values(source, inputs, opset, set(names))
+    return _first_divergence(
+        "pytorch", shape, order, onnx_values, torch_values, producers, atol, rtol, started
+    )
+
+
+def _first_divergence(
+    against, shape, order, actual, expected, producers, atol, rtol, started
+) -> Localization:
+    errors: dict[str, tuple[float, float, bool]] = {}
+    diverging: list[NodeDivergence] = []
+    for name in order:
+        if name not in actual or name not in expected:
+            continue
+        max_abs, max_rel = _errors(actual[name], expected[name])
+        ok = _within(max_abs, expected[name], atol, rtol)
+        errors[name] = (max_abs, max_rel, ok)
+        if ok:
+            continue
+        producer = producers[name]
+        upstream = _upstream_errors(name, producers, errors)
+        diverging.append(
+            NodeDivergence(
+                value=name,
+                node=producer.node,
+                op_type=producer.op_type,
+                module=producer.module,
+                max_abs_diff=max_abs,
+                max_rel_diff=max_rel,
+                input_max_abs_diff=max((e[0] for e in upstream), default=0.0),
+            )
+        )
+    # The first whose inputs were all within tolerance introduced the error.
+    origin = next(
+        (d for d in diverging if all(e[2] for e in _upstream_errors(d.value, producers, errors))),
+        diverging[0] if diverging else None,
+    )
+    following = tuple(d for d in diverging if d is not origin)[:FOLLOWING]
+    result = Localization(
+        against,
+        shape,
+        len(errors),
+        origin,
+        following,
+        atol,
+        rtol,
+        seconds=time.perf_counter() - started,
+    )
+    logger.info("localization (%s): %s", against, result.summary())
+    return result
+
+
+def _upstream_errors(name: str, producers: dict[str, _Producer], errors: dict) -> list:
+    """Errors of the nearest compared values upstream of `name` (through unpaired values)."""
+    found, seen = [], set()
+    stack = list(producers[name].inputs) if name in producers else []
+    while stack:
+        value = stack.pop()
+        if value in seen or not value:
+            continue
+        seen.add(value)
+        if value in errors:
+            found.append(errors[value])
+        elif value in producers:
+            stack.extend(producers[value].inputs)
+    return found
+
+
+# -------------------------------------------------------------- against the fp32 ONNX
+
+
+def _relative_l2(actual: np.ndarray, expected: np.ndarray) -> float:
+    """||a - b|| / ||b||: how much of a value is lost, insensitive to single outliers."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    if actual.shape != expected.shape:
+        return float("inf")
+    norm = float(np.linalg.norm(expected))
+    return float(np.linalg.norm(actual - expected)) / max(norm, 1e-12)
+
+
+def _changed_nodes(fp32: onnx.ModelProto, variant: onnx.ModelProto) -> set[str]:
+    """fp32 nodes that the variant replaced (quantized or converted): the candidates."""
+    kept = {(n.name, n.op_type) for n in variant.graph.node}
+    return {n.name for n in fp32.graph.node if (n.name, n.op_type) not in kept}
+
+
+def localize_variant(
+    fp32_path: Path, variant_path: Path, inputs: dict[str, np.ndarray]
+) -> Localization:
+    """The node of the variant whose output error (relative to the fp32 model's value)
+    grows the most over its inputs' error: the one to leave in float."""
+    started = time.perf_counter()
+    shape = tuple(next(iter(inputs.values())).shape)
+    fp32 = onnx.load(str(fp32_path), load_external_data=False)
+    variant = onnx.load(str(variant_path), load_external_data=False)
+    fp32_producers = _producers(fp32)
+    variant_producers = _producers(variant)
+    common = set(fp32_producers) & set(variant_producers)
+    names = _float_values(fp32, common)
+    expected = run_with_intermediates(fp32_path, names, inputs)
+    actual = run_with_intermediates(variant_path, [n for n in names if n in expected], inputs)
+    order = [o for n in fp32.graph.node for o in n.output if o in expected and o in actual]
+    errors = {name: _errors(actual[name], expected[name]) for name in order}
+    relative = {name: _relative_l2(actual[name], expected[name]) for name in order}
+    changed = _changed_nodes(fp32, variant)
+    growth = []
+    for name in order:
+        if fp32_producers[name].node not in changed:
+            continue
+        upstream = _upstream_errors(
+            name, fp32_producers, {k: (relative[k], 0.0, True) for k in relative}
+        )
+        before = max((e[0] for e in upstream), default=0.0)
+        growth.append((relative[name] - before, name, before))
+    ranked = [
+        NodeDivergence(
+            value=name,
+            node=fp32_producers[name].node,
+            op_type=fp32_producers[name].op_type,
+            module=fp32_producers[name].module,
+            max_abs_diff=errors[name][0],
+            max_rel_diff=relative[name],
+            input_max_abs_diff=before,
+        )
+        for delta, name, before in growth  # topological order
+        if delta > 0
+    ]
+    # Errors compound downstream, so the largest growth can sit after the culprit: name the
+    # first node (in order) whose own growth is within half of the largest.
+    largest = max((d.max_rel_diff - d.input_max_abs_diff for d in ranked), default=0.0)
+    first = next(
+        (d for d in ranked if d.max_rel_diff - d.input_max_abs_diff >= max(largest / 2, 1e-3)),
+        None,
+    )
+    ranked.sort(key=lambda d: d.max_rel_diff - d.input_max_abs_diff, reverse=True)
+    ranked = [d for d in ranked if d is not first]
+    exclude = (first.node,) if first else ()
+    suggestion = f"quantize.nodes_to_exclude: [{first.node}]" if first else None
+    result = Localization(
+        "fp32-onnx",
+        shape,
+        len(order),
+        first,
+        tuple(ranked[:FOLLOWING]),
+        suggestion=suggestion,
+        exclude=exclude,
+        seconds=time.perf_counter() - started,
+    )
+    logger.info("localization (variant): %s", result.summary())
+    return result
