@@ -6,6 +6,8 @@ is tested on a small tagger trained for a few seconds (the demo's recipe, fewer 
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -130,3 +132,68 @@ def test_static_int8_records_its_calibration(trained, tmp_path):
     assert record.passes[-1].details["calibration_samples"] == 2
     assert record.passes[-1].details["format"] == "QDQ"
     assert record.validation is not None
+
+
+def test_a_layer_that_int8_breaks_is_named_and_excluding_it_passes(trained, int8, tmp_path):
+    """One weight outlier makes per-tensor int8 zero out the rest of that layer's weights:
+    the gate fails, localization names that layer, and its suggestion makes it pass."""
+    from safetensors.torch import load_file, save_file
+
+    # The budget sits just under what int8 reaches on the intact model.
+    budget = {"min_task_agreement": int8[0].output("int8").validation.task_agreement.value - 0.01}
+
+    checkpoint = tmp_path / "outlier"
+    shutil.copytree(trained, checkpoint)
+    weights = load_file(checkpoint / "model.safetensors")
+    weights["distilbert.transformer.layer.1.ffn.lin1.weight"][0, 0] = 40.0
+    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+
+    with pytest.raises(QuantizationError) as info:
+        _convert(
+            checkpoint, tmp_path / "a", onnx={**FAST, "quantization": "int8"}, validation=budget
+        )
+    message = str(info.value)
+    node = "/model/distilbert/transformer/layer.1/ffn/lin1/MatMul"
+    assert f"loses the most at node {node} (MatMul, distilbert.transformer.layer.1.ffn.lin1)" in (
+        message
+    )
+    assert f"quantize.nodes_to_exclude: [{node}]" in message
+    assert not (tmp_path / "a").exists()
+
+    # Follow the suggestions: the outlier channel also upsets the next layer's activation
+    # quantization, so the user may have to exclude that one as well.
+    excluded = [node]
+    for attempt in range(3):
+        try:
+            manifest = _convert(
+                checkpoint,
+                tmp_path / f"b{attempt}",
+                onnx={**FAST, "quantization": "int8"},
+                quantize={"nodes_to_exclude": excluded},
+                validation=budget,
+            )
+            break
+        except QuantizationError as e:
+            suggested = re.search(r"quantize.nodes_to_exclude: \[([^\]]+)\]", str(e)).group(1)
+            assert suggested not in excluded
+            excluded.append(suggested)
+    else:
+        pytest.fail(f"still failing after excluding {excluded}")
+    assert manifest.output("int8").validation.passed
+    assert manifest.output("int8").passes[-1].details["nodes_to_exclude"] == excluded
+    assert len(excluded) <= 2
+
+
+def test_a_skipped_variant_records_its_localization(trained, int8, tmp_path):
+    measured = int8[0].output("int8").validation.task_agreement.value
+    manifest = _convert(
+        trained,
+        tmp_path / "out",
+        onnx={**FAST, "quantization": "int8"},
+        validation={"min_task_agreement": (measured + 1.0) / 2},
+        quantize={"on_failure": "skip"},
+    )
+    localization = manifest.output("int8").localization
+    assert localization["against"] == "fp32-onnx"
+    assert localization["first"]["op_type"] in ("MatMul", "Gather")
+    assert localization["suggestion"].startswith("quantize.nodes_to_exclude: [")

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from onnxport.cli_benchmark import benchmark_command, report_command
 from onnxport.cli_predict import predict_command
 from onnxport.config import (
     ConversionConfig,
@@ -91,6 +92,9 @@ def convert(
         bool, typer.Option("--json", help="Print the manifest as JSON instead of tables.")
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step.")] = False,
+    benchmark: Annotated[
+        bool, typer.Option(help="Then benchmark the published models against PyTorch.")
+    ] = False,
 ) -> None:
     """Convert a checkpoint to a validated ONNX model."""
     from onnxport.pipeline import ConversionRequest
@@ -114,6 +118,10 @@ def convert(
     )
     request = ConversionRequest(source_path=source, output_dir=output, config=settings, force=force)
     manifest = run_conversion(request, progress=ProgressPrinter(console))
+    if benchmark:
+        from onnxport.cli_benchmark import benchmark_published
+
+        manifest = benchmark_published(output, console)
     if json_output:
         stdout.print_json(manifest.to_json())
         return
@@ -228,6 +236,8 @@ def run_from_training(
 
 
 app.command("predict")(predict_command)
+app.command("benchmark")(benchmark_command)
+app.command("report")(report_command)
 
 
 def _print_error(error: BaseException, debug: bool) -> int:

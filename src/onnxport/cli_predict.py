@@ -104,7 +104,7 @@ def predict_command(
         Path, typer.Argument(metavar="OUT_DIR", help="An onnxport output directory.")
     ],
     texts: Annotated[
-        list[str], typer.Argument(metavar="TEXT...", help="Texts to run, one argument each.")
+        list[str], typer.Argument(metavar="TEXT", help="Texts to run, one argument each.")
     ],
     variant: Annotated[str, typer.Option(help="Published model to run: fp32, int8, ...")] = "fp32",
     max_length: Annotated[
@@ -116,6 +116,9 @@ def predict_command(
     pooling: Annotated[
         Pooling, typer.Option(help="Feature extraction: the mean or the first token's vector.")
     ] = Pooling.MEAN,
+    threads: Annotated[
+        int | None, typer.Option(help="ONNX Runtime threads (default: all cores).")
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON, not tables.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step.")] = False,
 ) -> None:
@@ -128,6 +131,7 @@ def predict_command(
         output_dir,
         variant,
         max_length=max_length,
+        threads=threads,
         on_long_text=on_long_text,
         pooling=pooling,
     )

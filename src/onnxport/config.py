@@ -116,6 +116,8 @@ class ValidationConfig(_Strict):
     rtol: float | None = Field(None, ge=0)
     min_task_agreement: float = Field(DEFAULT_MIN_TASK_AGREEMENT, ge=0.0, le=1.0)
     seed: int = 0
+    localize: bool = True
+    """After a failed validation, find the first diverging node (`onnxport.localize`)."""
 
     @field_validator("shapes")
     @classmethod

@@ -24,7 +24,7 @@ import logging
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,9 @@ class Localization:
     note: str | None = None
     seconds: float = 0.0
     exclude: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
     def summary(self) -> str:
         """One line for the error message of a failed conversion."""
@@ -119,12 +122,23 @@ def _fx_name(meta: dict[str, str]) -> str | None:
     return text[1:].split(" ", 1)[0] if text.startswith("%") else None
 
 
+def _scope_from_name(name: str) -> str | None:
+    """TorchScript-exported nodes carry their module in their name: `/model/enc/lin/MatMul`."""
+    if not name.startswith("/"):
+        return None
+    parts = name.strip("/").split("/")[:-1]
+    if parts and parts[0] == "model":
+        parts = parts[1:]
+    return ".".join(parts) or None
+
+
 def _producers(model: onnx.ModelProto) -> dict[str, _Producer]:
     producers = {}
     for node in model.graph.node:
         meta = _meta(node)
         fx = _fx_name(meta)
         module = _module_path(meta.get("pkg.torch.onnx.name_scopes"), fx)
+        module = module or _scope_from_name(node.name)
         for output in node.output:
             if output:
                 producers[output] = _Producer(
@@ -408,3 +422,40 @@ def localize_variant(
     )
     logger.info("localization (variant): %s", result.summary())
     return result
+
+
+# ------------------------------------------------------------ after a failed validation
+
+
+def failing_input(references, validation) -> dict[str, np.ndarray]:
+    """Batch 1 of the reference input where the first failing output erred most."""
+    failing = [c for c in validation.outputs.values() if not c.passed]
+    shape = failing[0].worst_shape if failing else references[-1].shape
+    reference = next((r for r in references if r.shape == shape), references[-1])
+    return {k: v[:1] for k, v in reference.inputs.items()}
+
+
+def localize_fp32_failure(
+    source_path: Path, settings, model_path: Path, references, validation, *, opset: int
+) -> Localization | None:
+    """Localize a failed fp32 validation; None (and a logged reason) when it cannot run.
+
+    The source is loaded again: the pipeline frees the PyTorch model before validation,
+    and a failure can afford the reload.
+    """
+    from onnxport.sources import load_source
+
+    tolerance = next(iter(validation.outputs.values()), None)
+    try:
+        source = load_source(source_path, settings)
+        return localize_against_pytorch(
+            source,
+            model_path,
+            failing_input(references, validation),
+            opset=opset,
+            atol=tolerance.atol if tolerance else 1e-4,
+            rtol=tolerance.rtol if tolerance else 1e-3,
+        )
+    except Exception as e:  # a diagnostic must never hide the validation error itself
+        logger.warning("could not localize the divergence: %s: %s", type(e).__name__, e)
+        return None

@@ -100,6 +100,8 @@ class OutputRecord(_Record):
     data_size_bytes: int | None = None
     passes: list[PassRecord] = Field(default_factory=list)
     validation: ValidationRecord | None = None
+    localization: dict[str, Any] | None = None
+    """Where a failed variant parts ways with its reference (`onnxport.localize`)."""
     smoke_test: SmokeTestRecord | None = None
 
 
@@ -116,6 +118,8 @@ class Manifest(_Record):
     peak_rss_mb: float | None = None
     versions: dict[str, str] = Field(default_factory=dict)
     config: dict[str, Any] = Field(default_factory=dict)
+    benchmark: dict[str, Any] | None = None
+    """`onnxport benchmark`'s figures (see `onnxport.benchmark.BenchmarkResult`), if run."""
     files: dict[str, str] = Field(default_factory=dict)
     """sha256 of every file in the directory but manifest.json: what `verify` checks."""
 

@@ -31,9 +31,9 @@ from onnxport.errors import (
     ValidationError,
 )
 from onnxport.export import export_to_onnx
+from onnxport.localize import localize_fp32_failure
 from onnxport.manifest import (
     MANIFEST_FILENAME,
-    REPORT_FILENAME,
     Manifest,
     OutputRecord,
     sha256_file,
@@ -47,7 +47,7 @@ from onnxport.records import (
     source_record,
     validation_record,
 )
-from onnxport.report import render_markdown
+from onnxport.report import render_reports
 from onnxport.sources import Source, load_source
 from onnxport.testing import smoke_test_onnx_model
 from onnxport.validate import DEFAULT_TOLERANCES, Tolerance, compute_references, validate_model
@@ -161,8 +161,9 @@ def _copy_companions(source: Source, directory: Path) -> None:
 
 
 def _seal(manifest: Manifest, directory: Path) -> None:
-    """Write report and manifest; the manifest records every other file's checksum."""
-    (directory / REPORT_FILENAME).write_text(render_markdown(manifest), encoding="utf-8")
+    """Write reports and manifest; the manifest records every other file's checksum."""
+    for name, content in render_reports(manifest).items():
+        (directory / name).write_bytes(content)
     manifest.files = {
         p.name: sha256_file(p)
         for p in sorted(directory.iterdir())
@@ -235,9 +236,20 @@ def convert(
             fp32.validation = validation_record(result)
             if not result.passed:
                 after = f" after {', '.join(p.name for p in fp32.passes)}" if fp32.passes else ""
+                where = ""
+                if config.validation.localize:
+                    found = localize_fp32_failure(
+                        request.source_path,
+                        config.source,
+                        work / fp32.file,
+                        references,
+                        result,
+                        opset=config.onnx.opset_version,
+                    )
+                    where = f"; {found.summary()}" if found else ""
                 raise ValidationError(
                     f"the fp32 ONNX model{after} does not compute what PyTorch computes: "
-                    f"{'; '.join(result.failures[:3])}",
+                    f"{'; '.join(result.failures[:3])}{where}",
                     hint="nothing was published; try onnx.optimize: none, "
                     "onnx.exporter: torchscript, or another opset",
                 )

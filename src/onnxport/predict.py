@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,32 @@ from tokenizers import Encoding, Tokenizer
 
 from onnxport.errors import EXIT_BAD_INPUT, OnnxportError
 from onnxport.manifest import Manifest, read_manifest
+from onnxport.predictions import (
+    Entity,
+    EntityPrediction,
+    LabelPrediction,
+    Prediction,
+    ScoredToken,
+    VectorPrediction,
+    group_entities,
+    label_scores,
+    softmax,
+)
 from onnxport.tasks import Task
+
+__all__ = [
+    "Entity",
+    "EntityPrediction",
+    "LabelPrediction",
+    "LongText",
+    "OnnxPredictor",
+    "Pooling",
+    "PredictError",
+    "Prediction",
+    "TextTooLongError",
+    "VectorPrediction",
+    "model_max_length",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -71,102 +95,6 @@ class Pooling(str, Enum):
     """The mean of the token vectors under the attention mask (sentence-transformers' way)."""
     CLS = "cls"
     """The first token's vector."""
-
-
-@dataclass(frozen=True)
-class Entity:
-    """An entity span, with the keys of transformers' pipeline (aggregation "simple")."""
-
-    entity_group: str
-    score: float
-    word: str
-    """The span of the original text (`text[start:end]`), not the detokenized tokens."""
-    start: int
-    end: int
-
-
-@dataclass(frozen=True)
-class EntityPrediction:
-    text: str
-    entities: tuple[Entity, ...]
-    truncated: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "text": self.text,
-            "truncated": self.truncated,
-            "entities": [vars(e).copy() for e in self.entities],
-        }
-
-
-@dataclass(frozen=True)
-class LabelPrediction:
-    text: str
-    label: str
-    score: float
-    truncated: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return vars(self).copy()
-
-
-@dataclass(frozen=True)
-class VectorPrediction:
-    text: str
-    vector: np.ndarray
-    truncated: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "truncated": self.truncated, "vector": self.vector.tolist()}
-
-
-Prediction = EntityPrediction | LabelPrediction | VectorPrediction
-
-
-@dataclass(frozen=True)
-class _Token:
-    label: str
-    score: float
-    start: int
-    end: int
-
-
-def _bio(label: str) -> tuple[str, str]:
-    """("B" or "I", entity type); a label without a B-/I- prefix continues like an I-."""
-    if label.startswith(("B-", "I-")):
-        return label[0], label[2:]
-    return "I", label
-
-
-def group_entities(text: str, tokens: Sequence[_Token]) -> tuple[Entity, ...]:
-    """Group adjacent tokens into entities as transformers' aggregation "simple" does.
-
-    A token joins the previous group when its type is the same and it is not a B- token; a
-    group's label is its first token's without the prefix, its score the mean of its tokens'
-    scores, its span from its first token's start to its last token's end. "O" groups are
-    dropped after grouping, as the pipeline's `ignore_labels` does.
-    """
-    groups: list[list[_Token]] = []
-    for token in tokens:
-        bi, tag = _bio(token.label)
-        if groups and bi != "B" and tag == _bio(groups[-1][-1].label)[1]:
-            groups[-1].append(token)
-        else:
-            groups.append([token])
-    entities = []
-    for group in groups:
-        name = group[0].label.split("-", 1)[-1]
-        if name == "O":
-            continue
-        start, end = group[0].start, group[-1].end
-        score = float(np.nanmean([t.score for t in group]))
-        entities.append(Entity(name, score, text[start:end], start, end))
-    return tuple(entities)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -298,7 +226,7 @@ class OnnxPredictor:
         )
         self._config = config
         self.labels = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()}
-        self._tokenizer = self._load_tokenizer(tokenizer_config)
+        self._tokenizer = self._load_tokenizer()
         self.max_length = self._choose_max_length(max_length, config, tokenizer_config)
         if self.max_length is not None:
             self._tokenizer.enable_truncation(
@@ -317,7 +245,7 @@ class OnnxPredictor:
             self.max_length,
         )
 
-    def _load_tokenizer(self, tokenizer_config: dict[str, Any]) -> Tokenizer:
+    def _load_tokenizer(self) -> Tokenizer:
         path = self.directory / "tokenizer.json"
         if not path.is_file():
             raise PredictError(
@@ -385,24 +313,25 @@ class OnnxPredictor:
         return [r for r in results if r is not None]
 
     def _long_text(self, index: int, text: str, encoding: Encoding) -> None:
-        read = max(
-            (end for (_, end), special in zip(encoding.offsets, encoding.special_tokens_mask)
-             if not special),
-            default=0,
-        )  # fmt: skip
+        spans = [
+            span
+            for span, special in zip(encoding.offsets, encoding.special_tokens_mask)
+            if not special
+        ]
+        start, end = (spans[0][0], spans[-1][1]) if spans else (0, 0)
         if self.on_long_text is LongText.ERROR:
             raise TextTooLongError(
                 f"text {index + 1} ({len(text)} characters) has more than the "
                 f"{self.max_length} tokens the model reads",
-                hint="split it, or truncate (on_long_text='truncate') to read its first "
-                f"{read} characters",
+                hint="split it, or let predict truncate it (on_long_text='truncate') to "
+                f"characters {start}-{end}",
             )
         logger.warning(
-            "text %d has more than %d tokens: truncated, only its first %d of %d characters "
-            "were read",
+            "text %d has more than %d tokens: truncated, only characters %d-%d of %d were read",
             index + 1,
             self.max_length,
-            read,
+            start,
+            end,
             len(text),
         )
 
@@ -430,32 +359,22 @@ class OnnxPredictor:
         truncated = bool(encoding.overflowing)
         size = len(encoding.ids)
         if self.task is Task.TOKEN_CLASSIFICATION:
-            scores = _softmax(output[:size])
+            scores = softmax(output[:size])
             best = scores.argmax(axis=-1)
             tokens = [
-                _Token(self._label(int(b)), float(scores[i, b]), *encoding.offsets[i])
+                ScoredToken(self._label(int(b)), float(scores[i, b]), *encoding.offsets[i])
                 for i, b in enumerate(best)
                 if not encoding.special_tokens_mask[i]
             ]
             return EntityPrediction(text, group_entities(text, tokens), truncated)
         if self.task is Task.SEQUENCE_CLASSIFICATION:
-            scores = self._classification_scores(output)
+            scores = label_scores(output, self._config.get("problem_type"))
             best = int(scores.argmax())
             return LabelPrediction(text, self._label(best), float(scores[best]), truncated)
         # The encoding is unpadded: its tokens are exactly those under the attention mask.
-        tokens = output[:size]
-        vector = tokens.mean(axis=0) if self.pooling is Pooling.MEAN else tokens[0]
+        hidden = output[:size]
+        vector = hidden.mean(axis=0) if self.pooling is Pooling.MEAN else hidden[0]
         return VectorPrediction(text, vector, truncated)
-
-    def _classification_scores(self, logits: np.ndarray) -> np.ndarray:
-        """As the text-classification pipeline's default: raw for regression, sigmoid for one
-        label or multi-label models, softmax otherwise."""
-        problem = self._config.get("problem_type")
-        if problem == "regression":
-            return logits
-        if problem == "multi_label_classification" or logits.shape[-1] == 1:
-            return 1.0 / (1.0 + np.exp(-logits))
-        return _softmax(logits)
 
     def _label(self, index: int) -> str:
         return self.labels.get(index, f"LABEL_{index}")

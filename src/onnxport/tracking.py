@@ -8,6 +8,7 @@ artifacts and the ONNX model itself.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -16,11 +17,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from onnxport.config import ExperimentConfig
 from onnxport.errors import TrackingError
 from onnxport.manifest import MANIFEST_FILENAME, REPORT_FILENAME, Manifest
+
+if TYPE_CHECKING:  # the benchmark module imports onnxruntime; the parent process need not
+    from onnxport.benchmark import BenchmarkResult
 
 logger = logging.getLogger(__name__)
 
@@ -237,3 +241,44 @@ def log_conversion(
             ],
             registered_model_name=registered_model_name if out.variant == "fp32" else None,
         )
+
+
+def benchmark_metrics(result: BenchmarkResult) -> dict[str, float]:
+    """`benchmark.<runtime>.b<batch>.s<size>.p50_ms` and the like, per runtime and shape."""
+    from onnxport.benchmark import PYTORCH
+
+    metrics: dict[str, float] = {}
+    for runtime in result.runtimes:
+        metrics[f"benchmark.{runtime.name}.load_seconds"] = runtime.load_seconds
+        if runtime.rss_growth_mb is not None:
+            metrics[f"benchmark.{runtime.name}.rss_growth_mb"] = runtime.rss_growth_mb
+    for t in result.timings:
+        prefix = f"benchmark.{t.runtime}.b{t.batch_size}.s{t.size}"
+        metrics[f"{prefix}.p50_ms"] = t.p50_ms
+        metrics[f"{prefix}.p90_ms"] = t.p90_ms
+        metrics[f"{prefix}.p99_ms"] = t.p99_ms
+        metrics[f"{prefix}.throughput"] = t.throughput
+        speedup = result.speedup(t)
+        if speedup is not None and t.runtime != PYTORCH:
+            metrics[f"{prefix}.speedup_vs_pytorch"] = round(speedup, 4)
+    return {k.replace("-", "_"): v for k, v in metrics.items()}
+
+
+def log_benchmark(result: BenchmarkResult, directory: Path) -> None:
+    """Log benchmark figures as metrics and the reports as artifacts to the active run, or
+    to the run `MLFLOW_RUN_ID` names."""
+    quiet_mlflow()
+    import mlflow
+
+    from onnxport.report import REPORT_HTML_FILENAME, REPORT_PLOT_FILENAME
+
+    run = contextlib.nullcontext() if mlflow.active_run() else mlflow.start_run()
+    try:
+        with run:
+            mlflow.log_metrics(benchmark_metrics(result))
+            for name in (REPORT_FILENAME, REPORT_HTML_FILENAME, REPORT_PLOT_FILENAME):
+                if (directory / name).is_file():
+                    mlflow.log_artifact(str(directory / name))
+    except Exception as e:  # MLflow and its stores raise many types
+        message = " ".join(str(e).split())[:300]
+        raise TrackingError(f"cannot log the benchmark to MLflow: {message}") from e

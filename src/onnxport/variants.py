@@ -145,6 +145,13 @@ def make_variant(
         f"the {variant} variant fails its accuracy gate: {agreement.metric} "
         f"{agreement.value:.4f} is below the minimum {agreement.minimum:g}"
     )
+    suggestion = ""
+    if config.validation.localize:
+        found = _localize(work, fp32, record, references, validation)
+        if found is not None:
+            record.localization = found.to_dict()
+            message += f"; {found.summary()}"
+            suggestion = found.suggestion or ""
     if config.quantize.on_failure == "skip":
         logger.warning("%s; it is not published (quantize.on_failure: skip)", message)
         remove_model(work / record.file)
@@ -152,18 +159,31 @@ def make_variant(
         record.data_file = None
         return record
     raise QuantizationError(
-        message + "; nothing was published", hint=_advice(work / record.file, config)
+        message + "; nothing was published", hint=_advice(work / record.file, config, suggestion)
     )
 
 
-def _advice(variant_file: Path, config: ConversionConfig) -> str:
+def _localize(work, fp32, record, references, validation):
+    """Localize a failed variant against the fp32 model; None when it cannot run."""
+    from onnxport.localize import failing_input, localize_variant
+
+    try:
+        return localize_variant(
+            work / fp32.file, work / record.file, failing_input(references, validation)
+        )
+    except Exception as e:  # a diagnostic must never hide the gate failure itself
+        logger.warning("could not localize the %s variant's loss: %s", record.variant, e)
+        return None
+
+
+def _advice(variant_file: Path, config: ConversionConfig, suggestion: str = "") -> str:
     """What to try next, leaving out what the config already does."""
-    tries = []
+    tries = [suggestion] if suggestion else []
     if config.onnx.quantization.value == "int8":
         tries.append("quantization: int8-static (calibrated)")
     if not config.quantize.per_channel:
         tries.append("quantize.per_channel: true")
-    candidates = _largest_quantized_nodes(variant_file)
+    candidates = [] if suggestion else _largest_quantized_nodes(variant_file)
     if candidates:
         tries.append(f"quantize.nodes_to_exclude: {candidates}")
     tries.append("quantize.on_failure: skip to publish the fp32 model alone")

@@ -1,0 +1,154 @@
+"""`onnxport benchmark OUT_DIR` and `onnxport report OUT_DIR`, registered by `cli.py`.
+
+The benchmark command measures, records the figures in the manifest, re-renders the reports
+and, inside a tracked run (`MLFLOW_RUN_ID`), logs them to MLflow. `onnxport convert
+--benchmark` calls `benchmark_published` on the directory it has just published.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from onnxport.benchmark import (
+    DEFAULT_ITERATIONS,
+    DEFAULT_WARMUP,
+    BenchmarkInputError,
+    BenchmarkResult,
+    BenchmarkSettings,
+    benchmark_directory,
+    default_threads,
+    record_benchmark,
+)
+from onnxport.manifest import Manifest, read_manifest
+from onnxport.report import REPORT_HTML_FILENAME, REPORT_PLOT_FILENAME, rerender_reports
+
+_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+_stdout = Console(width=None if sys.stdout.isatty() else 120)
+
+
+def parse_sizes(text: str, option: str) -> tuple[int, ...]:
+    """`"1,8"` -> (1, 8); anything else is a one-line input error."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise BenchmarkInputError(f"{option} is empty: give comma-separated positive integers")
+    try:
+        return tuple(int(item) for item in items)
+    except ValueError:
+        raise BenchmarkInputError(
+            f"{option} takes comma-separated positive integers, not {text!r}"
+        ) from None
+
+
+def run_benchmark(
+    output_dir: Path, settings: BenchmarkSettings, *, include_pytorch: bool, console: Console
+) -> BenchmarkResult:
+    """Measure, record in the manifest, re-render the reports, log to MLflow when tracked."""
+    from onnxport.pipeline import StageEvent
+    from onnxport.render import ProgressPrinter
+
+    progress = ProgressPrinter(console)
+    progress(StageEvent("benchmark", "start"))
+    result = benchmark_directory(output_dir, settings, include_pytorch=include_pytorch)
+    record_benchmark(output_dir, result)
+    if os.environ.get("MLFLOW_RUN_ID"):
+        from onnxport.tracking import log_benchmark
+
+        log_benchmark(result, Path(output_dir))
+    progress(StageEvent("benchmark", "done", result.seconds))
+    return result
+
+
+def benchmark_published(output_dir: Path, console: Console) -> Manifest:
+    """The last stage of `onnxport convert --benchmark`: the default grid, PyTorch included.
+
+    Its table goes to `console` (stderr) with the progress lines, so that `--json` keeps
+    stdout for the manifest; returns the manifest with the benchmark recorded.
+    """
+    result = run_benchmark(output_dir, BenchmarkSettings(), include_pytorch=True, console=console)
+    console.print(benchmark_table(result, str(output_dir)))
+    return read_manifest(output_dir)
+
+
+def benchmark_table(result: BenchmarkResult, output_dir: str) -> Table:
+    table = Table(title=f"benchmark: {output_dir} ({result.settings.threads} threads)")
+    for column in ("batch", result.size_name, "runtime", "p50 ms", "p90 ms", "p99 ms"):
+        table.add_column(column, justify="left" if column == "runtime" else "right")
+    table.add_column("samples/s", justify="right")
+    table.add_column("vs PyTorch", justify="right")
+    for t in result.timings:
+        ratio = result.speedup(t)
+        table.add_row(
+            str(t.batch_size),
+            str(t.size),
+            t.runtime,
+            f"{t.p50_ms:.2f}",
+            f"{t.p90_ms:.2f}",
+            f"{t.p99_ms:.2f}",
+            f"{t.throughput:.1f}",
+            "-" if ratio is None else f"{ratio:.2f}x faster",
+        )
+    return table
+
+
+def benchmark_command(
+    output_dir: Annotated[Path, typer.Argument(help="An onnxport output directory.")],
+    batch_sizes: Annotated[
+        str, typer.Option(help="Comma-separated batch sizes.", show_default=True)
+    ] = "1,8",
+    seq_lengths: Annotated[
+        str,
+        typer.Option(help="Comma-separated sequence lengths (vision: the model's image size)."),
+    ] = "32,128",
+    threads: Annotated[
+        int | None, typer.Option(help="Threads for both runtimes (default: all usable CPUs).")
+    ] = None,
+    iterations: Annotated[
+        int, typer.Option(help="Timed runs per runtime and shape.")
+    ] = DEFAULT_ITERATIONS,
+    warmup: Annotated[int, typer.Option(help="Untimed runs before them.")] = DEFAULT_WARMUP,
+    no_pytorch: Annotated[
+        bool, typer.Option("--no-pytorch", help="Benchmark the ONNX models alone (no torch).")
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the figures as JSON instead of a table.")
+    ] = False,
+) -> None:
+    """Measure PyTorch eager and every published ONNX model, interleaved; update the report."""
+    settings = BenchmarkSettings(
+        batch_sizes=parse_sizes(batch_sizes, "--batch-sizes"),
+        seq_lengths=parse_sizes(seq_lengths, "--seq-lengths"),
+        threads=default_threads() if threads is None else threads,
+        iterations=iterations,
+        warmup=warmup,
+    )
+    result = run_benchmark(output_dir, settings, include_pytorch=not no_pytorch, console=_console)
+    if json_output:
+        _stdout.print_json(json.dumps(result.to_dict()))
+        return
+    _stdout.print(benchmark_table(result, str(output_dir)))
+    _stdout.print(
+        f"report: {output_dir / REPORT_HTML_FILENAME} (plot: {REPORT_PLOT_FILENAME})",
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
+def report_command(
+    output_dir: Annotated[Path, typer.Argument(help="An onnxport output directory.")],
+) -> None:
+    """Render report.md, report.html (and report.png) again from the manifest."""
+    manifest = rerender_reports(output_dir)
+    written = [n for n in manifest.files if n.startswith("report.")]
+    _stdout.print(
+        "\n".join(str(output_dir / name) for name in sorted(written)),
+        soft_wrap=True,
+        highlight=False,
+    )

@@ -1,0 +1,90 @@
+"""Checks every published conversion must pass, shared by the pipeline and CLI tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from models import MODELS
+from onnxport import __version__
+from onnxport.export import adapter_for
+from onnxport.manifest import (
+    MANIFEST_FILENAME,
+    REPORT_FILENAME,
+    Manifest,
+    read_manifest,
+    sha256_file,
+    verify_directory,
+)
+from onnxport.sources import Source
+from onnxport.sources.huggingface import TEXT_EXAMPLE_SHAPE
+from onnxport.tasks import Modality
+
+FP32_ATOL = 1e-4
+
+
+def check_published(directory: Path, manifest: Manifest, name: str, checkpoint: Path) -> None:
+    """What every published conversion must satisfy, whichever way it was made."""
+    expected = MODELS[name]
+    assert manifest.status == "complete"
+    assert manifest.onnxport_version == __version__
+    assert manifest.source.task == expected.task.value
+    assert manifest.source.architecture == expected.architecture
+    assert manifest.source.weights_sha256 == {
+        "model.safetensors": sha256_file(checkpoint / "model.safetensors")
+    }
+    assert manifest.export.opset == 18
+
+    (fp32,) = manifest.outputs
+    assert (fp32.variant, fp32.file, fp32.published) == ("fp32", "model_fp32.onnx", True)
+    validation = fp32.validation
+    assert validation is not None and validation.passed, validation
+    assert validation.failures == []
+    assert set(validation.outputs) == set(expected.output_names)
+    for output, comparison in validation.outputs.items():
+        assert comparison.max_abs_diff < FP32_ATOL, output
+        assert comparison.passed
+    agreement = validation.task_agreement
+    if agreement.metric == "argmax_agreement":
+        assert agreement.value == 1.0
+    else:
+        assert agreement.metric == "cosine_similarity"
+        assert agreement.value > 0.9999
+    shapes = [tuple(s) for s in validation.shapes]
+    assert len(shapes) >= 3
+    assert any(batch == 1 for batch, _ in shapes), "batch 1 proves the batch axis"
+    assert any(batch > 2 for batch, _ in shapes), "a batch above the export example's"
+    if expected.task.value != "image-classification":
+        assert any(size != TEXT_EXAMPLE_SHAPE[1] for _, size in shapes), "another sequence"
+    assert fp32.smoke_test is not None and fp32.smoke_test.passed
+
+    files = {p.name for p in directory.iterdir()}
+    assert files == set(manifest.files) | {MANIFEST_FILENAME}
+    assert {"model_fp32.onnx", "config.json", REPORT_FILENAME} <= files
+    assert ("tokenizer.json" in files) is expected.has_tokenizer
+    for file, digest in manifest.files.items():
+        assert sha256_file(directory / file) == digest, file
+    assert fp32.sha256 == sha256_file(directory / fp32.file)
+    assert fp32.size_bytes == (directory / fp32.file).stat().st_size
+    assert (directory / "config.json").read_bytes() == (checkpoint / "config.json").read_bytes()
+    assert verify_directory(directory) == []
+    assert read_manifest(directory) == manifest
+    assert [p.name for p in directory.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def check_agrees_on_a_new_shape(model_file: Path, loaded_source: Source) -> None:
+    """Independent of the manifest: the published file answers like PyTorch on a shape that
+    neither the export nor the validation used."""
+    size = 32 if loaded_source.modality is Modality.VISION else 23
+    inputs = loaded_source.make_inputs(3, size, 99)
+    with torch.no_grad():
+        expected = adapter_for(loaded_source)(*(inputs[n] for n in loaded_source.input_names))
+    session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    actual = session.run(
+        list(loaded_source.output_names), {k: v.numpy() for k, v in inputs.items()}
+    )
+    for want, got in zip(expected, actual, strict=True):
+        np.testing.assert_allclose(got, want.numpy(), atol=FP32_ATOL, rtol=1e-3)

@@ -1,0 +1,169 @@
+"""Shared fixtures: tiny checkpoints and their conversions, each built once per run.
+
+Exports are the slow part (the dynamo exporter takes ~10 s per model on 2 cores), so the
+checkpoints, the loaded sources, one export per exporter and the converted directories are
+session fixtures that build lazily: a test run that selects only some tests pays only for
+what they use. Tests that damage a checkpoint or an output work on a copy (`copy_checkpoint`,
+`copy_output`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from models import MODELS
+from onnxport.config import ConversionConfig, Exporter
+from onnxport.export import ExportResult, export_to_onnx
+from onnxport.manifest import Manifest
+from onnxport.pipeline import ConversionRequest, StageEvent, convert
+from onnxport.sources import Source, load_source
+
+# Helper modules full of asserts: let pytest explain their failures as it does in tests.
+pytest.register_assert_rewrite("checks")
+
+# Loading a checkpoint must never reach for a hub, even when a test gets it wrong.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """`checkpoint(name)`: the directory of the tiny model `name` of `models.MODELS`."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            built[name] = MODELS[name].build(root / name)
+        return built[name]
+
+    return get
+
+
+@pytest.fixture
+def copy_checkpoint(checkpoint, tmp_path: Path) -> Callable[[str], Path]:
+    """`copy_checkpoint(name)`: a private copy of a checkpoint, free to damage."""
+
+    def copy(name: str) -> Path:
+        target = tmp_path / f"{name}-copy"
+        shutil.copytree(checkpoint(name), target)
+        return target
+
+    return copy
+
+
+@pytest.fixture(scope="session")
+def source(checkpoint) -> Callable[[str], Source]:
+    """`source(name)`: the loaded `Source` of a checkpoint. Shared: do not modify it."""
+    loaded: dict[str, Source] = {}
+
+    def get(name: str) -> Source:
+        if name not in loaded:
+            loaded[name] = load_source(checkpoint(name))
+        return loaded[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def exported(source, tmp_path_factory: pytest.TempPathFactory):
+    """`exported(name, exporter)`: an `ExportResult` of `export_to_onnx`, opset 18."""
+    root = tmp_path_factory.mktemp("exported")
+    done: dict[tuple[str, Exporter], ExportResult] = {}
+
+    def get(name: str, exporter: Exporter = Exporter.TORCHSCRIPT) -> ExportResult:
+        key = (name, exporter)
+        if key not in done:
+            path = root / f"{name}-{exporter.value}" / "model.onnx"
+            done[key] = export_to_onnx(source(name), path, exporter=exporter)
+        return done[key]
+
+    return get
+
+
+@dataclass(frozen=True)
+class Converted:
+    manifest: Manifest
+    directory: Path
+    events: tuple[StageEvent, ...]
+
+
+@pytest.fixture(scope="session")
+def converted(checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Converted]:
+    """`converted(name)`: `pipeline.convert` of a checkpoint with the TorchScript exporter
+    (fast); the CLI tests cover the default dynamo exporter. Shared: copy before damaging."""
+    root = tmp_path_factory.mktemp("converted")
+    done: dict[str, Converted] = {}
+    config = ConversionConfig().with_overrides(onnx={"exporter": "torchscript"})
+
+    def get(name: str) -> Converted:
+        if name not in done:
+            events: list[StageEvent] = []
+            request = ConversionRequest(
+                source_path=checkpoint(name), output_dir=root / name, config=config
+            )
+            manifest = convert(request, progress=events.append)
+            done[name] = Converted(manifest, root / name, tuple(events))
+        return done[name]
+
+    return get
+
+
+@pytest.fixture
+def copy_output(converted, tmp_path: Path) -> Callable[[str], Path]:
+    """`copy_output(name)`: a private copy of a converted directory, free to damage."""
+
+    def copy(name: str) -> Path:
+        target = tmp_path / f"{name}-output"
+        shutil.copytree(converted(name).directory, target)
+        return target
+
+    return copy
+
+
+@dataclass(frozen=True)
+class CliRun:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str | Path) -> CliRun:
+    """Run `onnxport.cli.main` in this process, capturing what it prints."""
+    from onnxport.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return CliRun(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def cli() -> Callable[..., CliRun]:
+    """`cli(*args)`: run the `onnxport` command in process; returns code, stdout, stderr."""
+    return run_cli
+
+
+@pytest.fixture(scope="session")
+def cli_converted(checkpoint, tmp_path_factory: pytest.TempPathFactory):
+    """`cli_converted(name)`: `onnxport convert CHECKPOINT -o DIR` in process, default
+    settings (dynamo exporter); returns the run and the output directory."""
+    root = tmp_path_factory.mktemp("cli-converted")
+    done: dict[str, tuple[CliRun, Path]] = {}
+
+    def get(name: str) -> tuple[CliRun, Path]:
+        if name not in done:
+            output = root / name
+            done[name] = (run_cli("convert", checkpoint(name), "-o", output), output)
+        return done[name]
+
+    return get

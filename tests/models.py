@@ -1,0 +1,304 @@
+"""Tiny Hugging Face checkpoints for the tests, built offline with random weights.
+
+Each builder writes a checkpoint with `save_pretrained()` (safetensors) into a directory and
+is small enough (hidden 32, 2 layers) that an export takes seconds. `MODELS` is the registry
+the tests parametrize over; `test_tasks.py` fails when a task has no model here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from onnxport.demo import corpus, train_wordpiece_tokenizer
+from onnxport.tasks import Task
+
+# The trainer stops at ~480 tokens on the résumé corpus; the models leave room above that.
+TOKENIZER_VOCAB_SIZE = 2000
+VOCAB_SIZE = 512
+HIDDEN = 32
+LAYERS = 2
+HEADS = 2
+INTERMEDIATE = 64
+MAX_POSITIONS = 128
+NUM_LABELS = 5
+IMAGE_SIZE = 32
+PATCH_SIZE = 8
+SEED = 0
+
+
+def _save(model: torch.nn.Module, directory: Path) -> Path:
+    model.eval().save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def _labels(count: int) -> dict[str, Any]:
+    return {
+        "num_labels": count,
+        "id2label": {i: f"LABEL_{i}" for i in range(count)},
+        "label2id": {f"LABEL_{i}": i for i in range(count)},
+    }
+
+
+def wordpiece_tokenizer(directory: Path) -> Any:
+    """The demo's WordPiece tokenizer, trained on résumé text; its inputs: ids and mask."""
+    tokenizer = train_wordpiece_tokenizer(corpus(), directory, vocab_size=TOKENIZER_VOCAB_SIZE)
+    assert len(tokenizer) <= VOCAB_SIZE, "the tiny models' embeddings must cover the tokenizer"
+    return tokenizer
+
+
+def bert_tokenizer(directory: Path) -> Any:
+    """The same vocabulary saved as a `BertTokenizer`, which also emits token_type_ids."""
+    from transformers import BertTokenizerFast
+
+    scratch = directory.with_name(directory.name + ".tokenizer-scratch")
+    trained = wordpiece_tokenizer(scratch)
+    shutil.rmtree(scratch)
+    tokenizer = BertTokenizerFast(
+        tokenizer_object=trained.backend_tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=512,
+    )
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def _bert_config(**extra: Any) -> Any:
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=INTERMEDIATE,
+        max_position_embeddings=MAX_POSITIONS,
+        pad_token_id=0,
+        **extra,
+    )
+
+
+def build_distilbert_token_classifier(directory: Path) -> Path:
+    from transformers import DistilBertConfig, DistilBertForTokenClassification
+
+    tokenizer = wordpiece_tokenizer(directory)
+    config = DistilBertConfig(
+        vocab_size=VOCAB_SIZE,
+        dim=HIDDEN,
+        n_layers=LAYERS,
+        n_heads=HEADS,
+        hidden_dim=INTERMEDIATE,
+        max_position_embeddings=MAX_POSITIONS,
+        pad_token_id=tokenizer.pad_token_id,
+        **_labels(NUM_LABELS),
+    )
+    torch.manual_seed(SEED)
+    return _save(DistilBertForTokenClassification(config), directory)
+
+
+def build_bert_token_classifier(directory: Path) -> Path:
+    from transformers import BertForTokenClassification
+
+    bert_tokenizer(directory)
+    torch.manual_seed(SEED)
+    return _save(BertForTokenClassification(_bert_config(**_labels(NUM_LABELS))), directory)
+
+
+def build_roberta_sequence_classifier(directory: Path) -> Path:
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    tokenizer = wordpiece_tokenizer(directory)
+    config = RobertaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=INTERMEDIATE,
+        # RoBERTa numbers positions from pad_token_id + 1: room for 128 tokens.
+        max_position_embeddings=MAX_POSITIONS + 2,
+        pad_token_id=tokenizer.pad_token_id,
+        **_labels(3),
+    )
+    torch.manual_seed(SEED)
+    return _save(RobertaForSequenceClassification(config), directory)
+
+
+def build_bert_encoder(directory: Path) -> Path:
+    """A bare `BertModel` without tokenizer: inputs are generated, token_type_ids included."""
+    from transformers import BertModel
+
+    torch.manual_seed(SEED)
+    return _save(BertModel(_bert_config()), directory)
+
+
+def build_vit_image_classifier(directory: Path) -> Path:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=INTERMEDIATE,
+        **_labels(4),
+    )
+    torch.manual_seed(SEED)
+    return _save(ViTForImageClassification(config), directory)
+
+
+def build_bert_question_answering(directory: Path) -> Path:
+    from transformers import BertForQuestionAnswering
+
+    bert_tokenizer(directory)
+    torch.manual_seed(SEED)
+    return _save(BertForQuestionAnswering(_bert_config()), directory)
+
+
+def build_bert_masked_lm(directory: Path) -> Path:
+    from transformers import BertForMaskedLM
+
+    wordpiece_tokenizer(directory)
+    torch.manual_seed(SEED)
+    return _save(BertForMaskedLM(_bert_config()), directory)
+
+
+def build_gpt2_causal_lm(directory: Path) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = wordpiece_tokenizer(directory)
+    config = GPT2Config(
+        vocab_size=VOCAB_SIZE,
+        n_embd=HIDDEN,
+        n_layer=LAYERS,
+        n_head=HEADS,
+        n_positions=MAX_POSITIONS,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    )
+    torch.manual_seed(SEED)
+    return _save(GPT2LMHeadModel(config), directory)
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    """A registry entry: how to build the checkpoint and what loading it must yield."""
+
+    build: Callable[[Path], Path]
+    task: Task
+    architecture: str
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    has_tokenizer: bool
+
+
+TEXT_INPUTS = ("input_ids", "attention_mask")
+
+MODELS: dict[str, TinyModel] = {
+    "distilbert-token": TinyModel(
+        build_distilbert_token_classifier,
+        Task.TOKEN_CLASSIFICATION,
+        "DistilBertForTokenClassification",
+        TEXT_INPUTS,
+        ("logits",),
+        True,
+    ),
+    "bert-token": TinyModel(
+        build_bert_token_classifier,
+        Task.TOKEN_CLASSIFICATION,
+        "BertForTokenClassification",
+        (*TEXT_INPUTS, "token_type_ids"),
+        ("logits",),
+        True,
+    ),
+    "roberta-sequence": TinyModel(
+        build_roberta_sequence_classifier,
+        Task.SEQUENCE_CLASSIFICATION,
+        "RobertaForSequenceClassification",
+        TEXT_INPUTS,
+        ("logits",),
+        True,
+    ),
+    "bert-encoder": TinyModel(
+        build_bert_encoder,
+        Task.FEATURE_EXTRACTION,
+        "BertModel",
+        (*TEXT_INPUTS, "token_type_ids"),
+        ("last_hidden_state", "pooler_output"),
+        False,
+    ),
+    "vit-image": TinyModel(
+        build_vit_image_classifier,
+        Task.IMAGE_CLASSIFICATION,
+        "ViTForImageClassification",
+        ("pixel_values",),
+        ("logits",),
+        False,
+    ),
+    "bert-qa": TinyModel(
+        build_bert_question_answering,
+        Task.QUESTION_ANSWERING,
+        "BertForQuestionAnswering",
+        (*TEXT_INPUTS, "token_type_ids"),
+        ("start_logits", "end_logits"),
+        True,
+    ),
+    "bert-mlm": TinyModel(
+        build_bert_masked_lm,
+        Task.MASKED_LM,
+        "BertForMaskedLM",
+        TEXT_INPUTS,
+        ("logits",),
+        True,
+    ),
+    "gpt2-causal": TinyModel(
+        build_gpt2_causal_lm,
+        Task.CAUSAL_LM,
+        "GPT2LMHeadModel",
+        TEXT_INPUTS,
+        ("logits",),
+        True,
+    ),
+}
+
+# The five the CLI converts end to end with the default (dynamo) exporter; the pipeline
+# tests convert every entry of MODELS with the faster TorchScript exporter.
+CORE_MODELS = ("distilbert-token", "bert-token", "roberta-sequence", "bert-encoder", "vit-image")
+
+
+def edit_config_json(directory: Path, **changes: Any) -> None:
+    """Change keys of `config.json` in place (None removes a key)."""
+    path = directory / "config.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
+def make_pickle_checkpoint(safetensors_checkpoint: Path, directory: Path) -> Path:
+    """The same model saved the pre-safetensors way: `pytorch_model.bin` (a pickle).
+
+    transformers 5 ignores `save_pretrained(safe_serialization=False)` and always writes
+    safetensors, so the pickle is written with `torch.save` as older versions did.
+    """
+    from safetensors.torch import load_file
+
+    shutil.copytree(safetensors_checkpoint, directory)
+    state = load_file(directory / "model.safetensors")
+    (directory / "model.safetensors").unlink()
+    torch.save(state, directory / "pytorch_model.bin")
+    return directory

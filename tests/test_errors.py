@@ -1,0 +1,67 @@
+"""The error hierarchy: a stage and an exit code per class, and a round trip as data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from onnxport import errors
+from onnxport.errors import (
+    ERROR_TYPES,
+    EXIT_BAD_INPUT,
+    EXIT_CONVERSION_FAILED,
+    ConfigError,
+    InternalError,
+    OnnxportError,
+    OutputError,
+    SourceError,
+)
+
+
+def _all_error_classes() -> set[type[OnnxportError]]:
+    return {
+        value
+        for value in vars(errors).values()
+        if isinstance(value, type) and issubclass(value, OnnxportError)
+    }
+
+
+def test_every_error_class_is_registered_for_the_round_trip() -> None:
+    assert set(ERROR_TYPES.values()) == _all_error_classes()
+
+
+@pytest.mark.parametrize("cls", [ConfigError, SourceError, OutputError])
+def test_input_errors_exit_with_2(cls: type[OnnxportError]) -> None:
+    assert cls("x").exit_code == EXIT_BAD_INPUT == 2
+
+
+def test_other_errors_exit_with_1() -> None:
+    bad_input = {ConfigError, SourceError, OutputError}
+    for cls in _all_error_classes() - bad_input:
+        assert cls("x").exit_code == EXIT_CONVERSION_FAILED == 1, cls
+
+
+def test_each_subclass_names_its_own_stage() -> None:
+    stages = [cls.stage for cls in _all_error_classes() - {OnnxportError}]
+    assert len(stages) == len(set(stages))
+
+
+def test_message_and_hint() -> None:
+    error = SourceError("no weights in /ckpt", hint="check that training finished")
+    assert str(error) == "no weights in /ckpt (check that training finished)"
+    assert str(SourceError("no weights")) == "no weights"
+
+
+@pytest.mark.parametrize("cls", sorted(ERROR_TYPES.values(), key=lambda c: c.__name__))
+def test_round_trip_through_json(cls: type[OnnxportError]) -> None:
+    error = cls("it failed", hint="do this")
+    back = OnnxportError.from_dict(json.loads(json.dumps(error.to_dict())))
+    assert type(back) is cls
+    assert (back.message, back.hint) == ("it failed", "do this")
+
+
+def test_unknown_type_from_a_child_becomes_an_internal_error() -> None:
+    back = OnnxportError.from_dict({"type": "KeyError", "message": "'x'", "hint": None})
+    assert type(back) is InternalError
+    assert back.message == "'x'"

@@ -1,0 +1,171 @@
+"""Export strategies: which one ran, what the ONNX graph looks like, and refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from models import NUM_LABELS
+from onnxport.config import MAX_OPSET, MIN_OPSET, Exporter
+from onnxport.errors import EXIT_BAD_INPUT, ConfigError, ExportError
+from onnxport.export import (
+    EXPORT_STRATEGIES,
+    ExportResult,
+    adapter_for,
+    export_to_onnx,
+    supported_opsets,
+)
+
+
+def _dims(values) -> dict[str, list]:
+    return {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in values
+    }
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _agrees_with_pytorch(result: ExportResult, source, batch: int, size: int) -> None:
+    """The exported file answers like PyTorch on a shape it was not traced with."""
+    inputs = source.make_inputs(batch, size, 5)
+    with torch.no_grad():
+        expected = adapter_for(source)(*(inputs[n] for n in source.input_names))
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    actual = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+    for want, got in zip(expected, actual, strict=True):
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=1e-3)
+
+
+def test_torchscript_when_asked(exported, source) -> None:
+    result = exported("bert-token", Exporter.TORCHSCRIPT)
+    assert result.exporter == "torchscript"
+    assert [a.exporter for a in result.attempts] == ["torchscript"]
+    model = onnx.load(str(result.path))
+    onnx.checker.check_model(model, full_check=True)
+    assert _dims(model.graph.input) == {
+        name: ["batch", "sequence"] for name in ("input_ids", "attention_mask", "token_type_ids")
+    }
+    assert _dims(model.graph.output)["logits"][:2] == ["batch", "sequence"]
+    _agrees_with_pytorch(result, source("bert-token"), 3, 50)
+
+
+def test_vision_model_has_a_dynamic_batch_only(exported, source) -> None:
+    result = exported("vit-image", Exporter.TORCHSCRIPT)
+    model = onnx.load(str(result.path))
+    assert _dims(model.graph.input) == {"pixel_values": ["batch", 3, 32, 32]}
+    assert _dims(model.graph.output) == {"logits": ["batch", 4]}
+    _agrees_with_pytorch(result, source("vit-image"), 5, 32)
+
+
+def test_feature_extraction_exports_every_output(exported) -> None:
+    model = onnx.load(str(exported("bert-encoder", Exporter.TORCHSCRIPT).path))
+    outputs = _dims(model.graph.output)
+    assert outputs == {
+        "last_hidden_state": ["batch", "sequence", 32],
+        "pooler_output": ["batch", 32],
+    }
+
+
+def test_an_opset_below_dynamo_falls_back_to_torchscript(source, tmp_path: Path) -> None:
+    result = export_to_onnx(source("roberta-sequence"), tmp_path / "m.onnx", opset_version=17)
+    assert result.exporter == "torchscript"
+    dynamo, torchscript = result.attempts
+    assert (dynamo.exporter, dynamo.ok, dynamo.error) == ("dynamo", False, "opset 17 outside 18-23")
+    assert (torchscript.exporter, torchscript.ok) == ("torchscript", True)
+    assert _opset(onnx.load(str(result.path))) == 17
+
+
+@pytest.mark.parametrize(
+    ("opset", "exporter", "allowed"),
+    [
+        (MIN_OPSET - 1, Exporter.AUTO, "dynamo: 18-23, torchscript: 7-20"),
+        (MAX_OPSET + 1, Exporter.AUTO, "dynamo: 18-23, torchscript: 7-20"),
+        (21, Exporter.TORCHSCRIPT, "torchscript: 7-20"),
+        (17, Exporter.DYNAMO, "dynamo: 18-23"),
+    ],
+)
+def test_an_opset_no_chosen_exporter_supports_is_bad_input(
+    source, tmp_path: Path, opset: int, exporter: Exporter, allowed: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        export_to_onnx(
+            source("bert-encoder"), tmp_path / "m.onnx", opset_version=opset, exporter=exporter
+        )
+    assert f"opset {opset} is not supported" in str(info.value)
+    assert allowed in str(info.value)
+    assert info.value.exit_code == EXIT_BAD_INPUT
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_exporter_failing_is_an_export_error_that_leaves_no_files(
+    source, tmp_path: Path
+) -> None:
+    # Opset 9 has no dynamic Slice, which BERT's position ids need.
+    with pytest.raises(ExportError) as info:
+        export_to_onnx(
+            source("roberta-sequence"),
+            tmp_path / "m.onnx",
+            opset_version=9,
+            exporter=Exporter.TORCHSCRIPT,
+        )
+    message = str(info.value)
+    assert "no exporter could convert RobertaForSequenceClassification" in message
+    assert "torchscript:" in message
+    assert "\n" not in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_supported_opsets_agree_with_the_config_range() -> None:
+    assert supported_opsets() == range(MIN_OPSET, MAX_OPSET + 1)
+
+
+def test_strategies_are_ordered_dynamo_first() -> None:
+    assert [s.name for s in EXPORT_STRATEGIES] == ["dynamo", "torchscript"]
+    assert {s.name for s in EXPORT_STRATEGIES} == {e.value for e in Exporter} - {"auto"}
+
+
+@pytest.mark.parametrize(
+    "exporter",
+    [
+        # The dynamo exporter takes ~10 s on 2 cores; the TorchScript one about 1 s.
+        pytest.param(Exporter(s.name), marks=[pytest.mark.slow] if s.name == "dynamo" else [])
+        for s in EXPORT_STRATEGIES
+    ],
+)
+def test_each_strategy_exports_a_checked_model_with_named_dynamic_axes(
+    exported, source, exporter: Exporter
+) -> None:
+    """Parametrized over the registry: a new strategy is tested without a new test."""
+    result = exported("distilbert-token", exporter)
+    assert result.exporter == exporter.value
+    assert [(a.exporter, a.ok, a.error) for a in result.attempts] == [(exporter.value, True, None)]
+    assert result.opset == 18
+    assert result.data_file is None
+    assert result.seconds > 0
+    model = onnx.load(str(result.path))
+    onnx.checker.check_model(model, full_check=True)
+    assert _opset(model) == 18
+    assert _dims(model.graph.input) == {
+        "input_ids": ["batch", "sequence"],
+        "attention_mask": ["batch", "sequence"],
+    }
+    assert _dims(model.graph.output) == {"logits": ["batch", "sequence", NUM_LABELS]}
+    _agrees_with_pytorch(result, source("distilbert-token"), 1, 29)
+    _agrees_with_pytorch(result, source("distilbert-token"), 4, 64)
+
+
+def test_adapter_returns_outputs_in_the_sources_order(source) -> None:
+    loaded = source("bert-qa")
+    inputs = loaded.example_inputs()
+    with torch.no_grad():
+        start, end = adapter_for(loaded)(*(inputs[n] for n in loaded.input_names))
+        direct = loaded.module(**inputs)
+    assert torch.equal(start, direct.start_logits)
+    assert torch.equal(end, direct.end_logits)

@@ -1,0 +1,90 @@
+"""Localization: a graph made wrong in one known place is found at exactly that place."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from onnxport.config import Exporter, SourceConfig
+from onnxport.localize import (
+    failing_input,
+    localize_against_pytorch,
+    localize_fp32_failure,
+    localize_variant,
+)
+from onnxport.passes import DynamicInt8Pass, PassContext, apply_pass
+from onnxport.validate import compute_references, validate_model
+
+pytestmark = pytest.mark.slow
+
+BIAS = "model.distilbert.transformer.layer.0.ffn.lin1.bias"
+
+
+@pytest.fixture(scope="module")
+def broken(exported, source, checkpoint, tmp_path_factory):
+    """The tiny DistilBERT's dynamo export with one bias shifted by 0.5."""
+    result = exported("distilbert-token", Exporter.DYNAMO)
+    model = onnx.load(str(result.path))
+    (bias,) = [i for i in model.graph.initializer if i.name == BIAS]
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 0.5, BIAS))
+    path = tmp_path_factory.mktemp("broken") / "model.onnx"
+    onnx.save(model, str(path))
+    src = source("distilbert-token")
+    references = compute_references(src, [(1, 8), (2, 37)])
+    return path, src, references
+
+
+def test_validation_fails_and_localization_names_the_node_and_module(broken, checkpoint):
+    path, src, references = broken
+    validation = validate_model(path, references, task=src.task)
+    assert not validation.passed
+    found = localize_fp32_failure(
+        checkpoint("distilbert-token"), SourceConfig(), path, references, validation, opset=18
+    )
+    assert found is not None and found.against == "pytorch"
+    assert found.first.module == "distilbert.transformer.layer.0.ffn.lin1"
+    assert found.first.value == "linear_4" or found.first.op_type in ("Add", "MatMul", "Gemm")
+    assert found.first.max_abs_diff == pytest.approx(0.5, rel=1e-3)
+    assert found.first.input_max_abs_diff < 1e-4
+    assert found.following, "what diverges after it is listed too"
+    assert found.summary().startswith(f"first divergence at node {found.first.node} (")
+    assert "distilbert.transformer.layer.0.ffn.lin1): max abs 0.5 vs tolerance 0.0001" in (
+        found.summary()
+    )
+
+
+def test_an_intact_model_has_no_divergence(exported, source):
+    result = exported("distilbert-token", Exporter.DYNAMO)
+    src = source("distilbert-token")
+    inputs = {k: v.numpy() for k, v in src.make_inputs(1, 16, 0).items()}
+    found = localize_against_pytorch(src, result.path, inputs, opset=18, atol=1e-4, rtol=1e-3)
+    assert found.first is None
+    assert found.compared > 20
+
+
+def test_a_torchscript_export_says_localization_needs_dynamo(exported, source):
+    result = exported("distilbert-token", Exporter.TORCHSCRIPT)
+    src = source("distilbert-token")
+    inputs = {k: v.numpy() for k, v in src.make_inputs(1, 16, 0).items()}
+    found = localize_against_pytorch(src, result.path, inputs, opset=18, atol=1e-4, rtol=1e-3)
+    assert found.first is None and "dynamo" in found.note
+
+
+def test_failing_input_is_batch_one_of_the_worst_shape(broken):
+    path, src, references = broken
+    validation = validate_model(path, references, task=src.task)
+    inputs = failing_input(references, validation)
+    assert {v.shape[0] for v in inputs.values()} == {1}
+
+
+def test_variant_localization_ranks_quantized_nodes(exported, source, tmp_path):
+    result = exported("distilbert-token", Exporter.TORCHSCRIPT)
+    src = source("distilbert-token")
+    variant = apply_pass(DynamicInt8Pass(), result.path, tmp_path / "q.onnx", PassContext())
+    inputs = {k: v.numpy() for k, v in src.make_inputs(1, 16, 0).items()}
+    found = localize_variant(result.path, variant.output, inputs)
+    assert found.against == "fp32-onnx" and found.compared > 10
+    assert found.first is not None and found.first.op_type == "MatMul"
+    assert found.suggestion == f"quantize.nodes_to_exclude: [{found.first.node}]"
+    assert not list(tmp_path.glob(".*debug*")), "the exposed-values copy is removed"

@@ -1,0 +1,356 @@
+"""OnnxPredictor and `onnxport predict`: the converted model answers as transformers does.
+
+Every answer is compared with the transformers pipeline (or PyTorch itself) run on the same
+PyTorch checkpoint: the tiny random models exercise the grouping on arbitrary labels, the
+trained demo tagger on real résumé entities.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models import _bert_config, wordpiece_tokenizer
+from onnxport.config import ConversionConfig
+from onnxport.manifest import MANIFEST_FILENAME, OutputRecord, read_manifest
+from onnxport.pipeline import ConversionRequest, convert
+from onnxport.predict import (
+    EntityPrediction,
+    LabelPrediction,
+    OnnxPredictor,
+    PredictError,
+    TextTooLongError,
+    VectorPrediction,
+    model_max_length,
+)
+
+SENTENCES = (
+    "Jane Doe , senior data engineer at Contoso Ltd .",
+    "Contact Priya Natarajan at priya.natarajan@example.com or +44 (207) 555-0199 .",
+    "Email : wei.chen@example.org | Phone : +1 (415) 555-0134",
+    "Carlos Ramirez | carlos.ramirez@mail.example.net | +34 (911) 555-0042",
+    "Worked with Fabrikam Inc from March 2019 to 2023 using PyTorch and SQL .",
+    "Zoë Müller-Smith, zoe.muller@example.com, tel. +49 30 555 0199; skills: Python,Docker.",
+)
+RESUME_LINE = SENTENCES[1]
+LONG_TEXT = " ".join(["Jane Doe, jane.doe@example.com, +1 (555) 010-2030."] * 40)
+FAST = ConversionConfig().with_overrides(onnx={"exporter": "torchscript"})
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The trained demo tagger (150 steps, ~30 s) and its conversion with an int8 variant."""
+    from onnxport.demo import train_demo_model
+
+    root = tmp_path_factory.mktemp("demo-predict")
+    train_demo_model(root / "checkpoint", steps=150)
+    config = FAST.with_overrides(onnx={"quantization": "int8"})
+    convert(ConversionRequest(root / "checkpoint", root / "onnx", config=config))
+    return root / "checkpoint", root / "onnx"
+
+
+@pytest.fixture(scope="session")
+def encoder_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny BertModel saved with a tokenizer (the registry's encoder has none), converted."""
+    from transformers import BertModel
+
+    root = tmp_path_factory.mktemp("encoder-predict")
+    wordpiece_tokenizer(root / "checkpoint")
+    torch.manual_seed(0)
+    BertModel(_bert_config()).eval().save_pretrained(root / "checkpoint")
+    convert(ConversionRequest(root / "checkpoint", root / "onnx", config=FAST))
+    return root / "checkpoint", root / "onnx"
+
+
+@pytest.fixture(scope="session")
+def token_model(
+    checkpoint, converted, request: pytest.FixtureRequest
+) -> Callable[[str], tuple[Path, Path]]:
+    """`token_model(name)`: (PyTorch checkpoint, onnxport output) of a token classifier;
+    "demo" is the trained tagger, trained only when asked for."""
+
+    def get(name: str) -> tuple[Path, Path]:
+        if name == "demo":
+            return request.getfixturevalue("demo_model")
+        return checkpoint(name), converted(name).directory
+
+    return get
+
+
+def _pipeline(task: str, checkpoint: Path, **options):
+    from transformers import AutoTokenizer, pipeline
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True)
+    return pipeline(task, model=str(checkpoint), tokenizer=tokenizer, device="cpu", **options)
+
+
+def _entities(prediction) -> list[tuple[str, int, int]]:
+    assert isinstance(prediction, EntityPrediction)
+    return [(e.entity_group, e.start, e.end) for e in prediction.entities]
+
+
+# --- token classification against transformers' pipeline ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["distilbert-token", "bert-token", pytest.param("demo", marks=pytest.mark.slow)],
+)
+def test_entities_equal_the_transformers_pipeline(token_model, name: str) -> None:
+    checkpoint, output = token_model(name)
+    reference = _pipeline("token-classification", checkpoint, aggregation_strategy="simple")
+    predictions = OnnxPredictor(output).predict(SENTENCES)
+    for text, prediction in zip(SENTENCES, predictions):
+        expected = reference(text)
+        assert _entities(prediction) == [
+            (e["entity_group"], e["start"], e["end"]) for e in expected
+        ], text
+        for ours, theirs in zip(prediction.entities, expected):
+            assert ours.word == text[theirs["start"] : theirs["end"]]
+            assert ours.score == pytest.approx(float(theirs["score"]), abs=1e-3)
+        assert prediction.truncated is False
+    assert sum(len(p.entities) for p in predictions) > len(SENTENCES)  # not vacuous
+
+
+@pytest.mark.slow
+def test_demo_model_finds_the_entities_of_a_resume_line(demo_model) -> None:
+    (prediction,) = OnnxPredictor(demo_model[1]).predict(RESUME_LINE)
+    assert [(e.entity_group, e.word) for e in prediction.entities] == [
+        ("NAME", "Priya Natarajan"),
+        ("EMAIL", "priya.natarajan@example.com"),
+        ("PHONE", "+44 (207) 555-0199"),
+    ]
+    assert all(e.score > 0.8 for e in prediction.entities)
+
+
+@pytest.mark.slow
+def test_int8_variant_loads_and_gives_the_same_entities(demo_model) -> None:
+    output = demo_model[1]
+    int8 = OnnxPredictor(output, "int8").predict(SENTENCES[:5])
+    fp32 = OnnxPredictor(output).predict(SENTENCES[:5])
+    assert [_entities(p) for p in int8] == [_entities(p) for p in fp32]
+    assert {"NAME", "EMAIL", "PHONE"} <= {e.entity_group for p in int8 for e in p.entities}
+
+
+# --- the other tasks ------------------------------------------------------------------------
+
+
+def test_sequence_classification_equals_the_transformers_pipeline(checkpoint, converted) -> None:
+    name = "roberta-sequence"
+    reference = _pipeline("text-classification", checkpoint(name))
+    predictions = OnnxPredictor(converted(name).directory).predict(SENTENCES)
+    for text, prediction in zip(SENTENCES, predictions):
+        (expected,) = reference(text)
+        assert isinstance(prediction, LabelPrediction)
+        assert prediction.label == expected["label"]
+        assert prediction.score == pytest.approx(expected["score"], abs=1e-3)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_feature_extraction_vectors_equal_pytorch(encoder_model, pooling: str) -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    checkpoint, output = encoder_model
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True)
+    model = AutoModel.from_pretrained(checkpoint).eval()
+    encoded = tokenizer(list(SENTENCES), padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = model(**encoded).last_hidden_state
+    mask = encoded["attention_mask"].unsqueeze(-1).float()
+    expected = (hidden * mask).sum(1) / mask.sum(1) if pooling == "mean" else hidden[:, 0]
+    predictions = OnnxPredictor(output, pooling=pooling).predict(SENTENCES)
+    for prediction, vector in zip(predictions, expected.numpy()):
+        assert isinstance(prediction, VectorPrediction)
+        got = prediction.vector
+        assert got.shape == vector.shape == (32,)
+        assert got @ vector / (np.linalg.norm(got) * np.linalg.norm(vector)) > 0.9999
+
+
+# --- batching and long text -----------------------------------------------------------------
+
+
+def test_batches_give_what_one_text_at_a_time_gives(converted) -> None:
+    texts = [*SENTENCES, "Jane", RESUME_LINE + " " + RESUME_LINE]
+    output = converted("distilbert-token").directory
+    batched = OnnxPredictor(output, batch_size=3).predict(texts)
+    single = OnnxPredictor(output, batch_size=1)
+    for text, prediction in zip(texts, batched):
+        (alone,) = single.predict(text)
+        assert prediction.text == text
+        assert _entities(prediction) == _entities(alone)
+        for a, b in zip(prediction.entities, alone.entities):
+            assert a.score == pytest.approx(b.score, abs=1e-5)
+
+
+def test_max_length_comes_from_the_model_and_the_tokenizer(checkpoint, converted) -> None:
+    # distilbert: 128 positions, tokenizer 512; roberta: 130 positions numbered from pad + 1.
+    assert OnnxPredictor(converted("distilbert-token").directory).max_length == 128
+    assert OnnxPredictor(converted("roberta-sequence").directory).max_length == 129
+    assert model_max_length({"max_position_embeddings": 514}, {"model_max_length": 512}) == 512
+    assert model_max_length({"n_positions": 1024}, {"model_max_length": int(1e30)}) == 1024
+    assert model_max_length({}, {}) is None
+
+
+@pytest.mark.parametrize("name", ["distilbert-token", "roberta-sequence"])
+def test_long_text_is_truncated_and_says_so(
+    converted, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    predictor = OnnxPredictor(converted(name).directory)
+    with caplog.at_level(logging.WARNING, logger="onnxport.predict"):
+        long, short = predictor.predict([LONG_TEXT, "Jane Doe"])
+    assert (long.truncated, short.truncated) == (True, False)
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert f"text 1 has more than {predictor.max_length} tokens: truncated" in warning
+    assert "only characters 0-" in warning and f"of {len(LONG_TEXT)} were read" in warning
+    if isinstance(long, EntityPrediction):
+        assert max(e.end for e in long.entities) < len(LONG_TEXT) // 2
+
+
+def test_a_smaller_max_length_truncates_earlier(converted) -> None:
+    output = converted("distilbert-token").directory
+    (prediction,) = OnnxPredictor(output, max_length=6).predict(RESUME_LINE)
+    assert prediction.truncated
+    assert max(e.end for e in prediction.entities) <= len("Contact Priya Natarajan at")
+    with pytest.raises(PredictError, match="more than the 128 tokens"):
+        OnnxPredictor(output, max_length=129)
+
+
+def test_long_text_can_be_refused(converted) -> None:
+    predictor = OnnxPredictor(converted("distilbert-token").directory, on_long_text="error")
+    assert predictor.predict("Jane Doe")[0].truncated is False
+    with pytest.raises(TextTooLongError, match=r"text 2 \(\d+ characters\) has more than the 128"):
+        predictor.predict(["Jane Doe", LONG_TEXT])
+    assert TextTooLongError("x").exit_code == 2
+
+
+# onnxport.cli too: `onnxport predict` must start without torch, whatever else the CLI holds.
+@pytest.mark.parametrize("module", ["onnxport.predict", "onnxport.cli"])
+def test_importing_imports_no_torch(module: str) -> None:
+    code = (
+        f"import sys, {module}; "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, "
+        "sorted(m for m in sys.modules if m.startswith(('torch', 'transformers')))[:5]"
+    )
+    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert process.returncode == 0, process.stderr
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+def _unpublish_int8(directory: Path) -> None:
+    manifest = read_manifest(directory)
+    manifest.outputs.append(OutputRecord(file="model_int8.onnx", variant="int8", published=False))
+    (directory / MANIFEST_FILENAME).write_text(manifest.to_json(), encoding="utf-8")
+
+
+def _set_task(directory: Path, task: str) -> None:
+    data = json.loads((directory / MANIFEST_FILENAME).read_text(encoding="utf-8"))
+    data["source"]["task"] = task
+    (directory / MANIFEST_FILENAME).write_text(json.dumps(data), encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("damage", "variant", "message"),
+    [
+        (lambda d: None, "fp16", "has no 'fp16' variant"),
+        (_unpublish_int8, "int8", "the 'int8' variant of .* was not published"),
+        (lambda d: (d / "tokenizer.json").unlink(), "fp32", "holds no tokenizer.json"),
+        (lambda d: (d / MANIFEST_FILENAME).unlink(), "fp32", "holds no manifest.json"),
+        (lambda d: _set_task(d, "masked-lm"), "fp32", "holds a masked-lm model"),
+    ],
+)
+def test_unusable_directories_are_clear_errors(copy_output, damage, variant, message) -> None:
+    directory = copy_output("distilbert-token")
+    damage(directory)
+    with pytest.raises(PredictError, match=message) as raised:
+        OnnxPredictor(directory, variant)
+    assert raised.value.exit_code == 2
+
+
+def test_predict_takes_strings(converted) -> None:
+    predictor = OnnxPredictor(converted("distilbert-token").directory)
+    with pytest.raises(PredictError, match="takes strings, not int"):
+        predictor.predict(["Jane", 3])  # type: ignore[list-item]
+    assert predictor.predict([]) == []
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+def test_cli_prints_entities_per_text(cli, converted) -> None:
+    run = cli("predict", converted("distilbert-token").directory, *SENTENCES[:2], "--threads", "1")
+    assert run.code == 0, run.stderr
+    assert f"1. {SENTENCES[0]}" in run.stdout
+    assert f"2. {SENTENCES[1]}" in run.stdout
+    assert "entity" in run.stdout and "score" in run.stdout
+    assert "LABEL_" in run.stdout
+
+
+def test_cli_json_equals_the_library(cli, converted) -> None:
+    output = converted("distilbert-token").directory
+    run = cli("predict", output, *SENTENCES, "--json")
+    assert run.code == 0, run.stderr
+    printed = json.loads(run.stdout)
+    expected = [p.to_dict() for p in OnnxPredictor(output).predict(SENTENCES)]
+    assert printed == expected
+    assert [p["text"] for p in printed] == list(SENTENCES)
+
+
+def test_cli_labels_vectors_and_truncation(
+    cli, converted, encoder_model, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="onnxport.predict"):
+        run = cli("predict", converted("roberta-sequence").directory, "Jane Doe", LONG_TEXT)
+    assert run.code == 0, run.stderr
+    assert "LABEL_" in run.stdout
+    assert "truncated to the model's maximum length: text 2" in run.stdout
+    assert "text 2 has more than 129 tokens: truncated" in caplog.text
+    run = cli("predict", encoder_model[1], "Jane Doe", "--json", "--pooling", "cls")
+    assert run.code == 0, run.stderr
+    (printed,) = json.loads(run.stdout)
+    assert len(printed["vector"]) == 32
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("{missing}", "Jane"), "is not a directory"),
+        (("{out}", "Jane", "--variant", "int4"), "has no 'int4' variant"),
+        (("{out}", "Jane", "--on-long-text", "ignore"), "'ignore' is not one of"),
+        (("{out}",), "Missing argument 'TEXT"),
+        (("{out}", LONG_TEXT, "--on-long-text", "error"), "has more than the 128 tokens"),
+    ],
+)
+def test_cli_bad_input_exits_with_2(cli, converted, tmp_path: Path, args, message) -> None:
+    paths = {"{out}": converted("distilbert-token").directory, "{missing}": tmp_path / "missing"}
+    run = cli("predict", *(paths.get(a, a) for a in args))
+    assert run.code == 2
+    assert message in run.stderr + run.stdout
+    assert "Traceback" not in run.stderr
+    assert len((run.stderr + run.stdout).strip().splitlines()) <= 4
+
+
+@pytest.mark.slow
+def test_cli_in_a_subprocess_on_the_demo_output(demo_model) -> None:
+    env = {**os.environ, "COLUMNS": "60"}
+    command = [sys.executable, "-m", "onnxport.cli", "predict", str(demo_model[1]), RESUME_LINE]
+    process = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert process.returncode == 0, process.stderr
+    for word in ("NAME", "Priya Natarajan", "EMAIL", "priya.natarajan@example.com", "PHONE"):
+        assert word in process.stdout
+    process = subprocess.run(
+        [*command, "--variant", "int8", "--json"], capture_output=True, text=True, timeout=120
+    )
+    assert process.returncode == 0, process.stderr
+    (printed,) = json.loads(process.stdout)
+    assert [e["entity_group"] for e in printed["entities"]] == ["NAME", "EMAIL", "PHONE"]

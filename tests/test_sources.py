@@ -1,0 +1,348 @@
+"""Loading Hugging Face checkpoints: what a good one yields, and how a bad one is refused."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import (
+    IMAGE_SIZE,
+    MAX_POSITIONS,
+    MODELS,
+    NUM_LABELS,
+    VOCAB_SIZE,
+    edit_config_json,
+    make_pickle_checkpoint,
+)
+from onnxport.config import SourceConfig
+from onnxport.errors import EXIT_BAD_INPUT, SourceError
+from onnxport.sources import load_source
+from onnxport.sources.huggingface import DEFAULT_TEXT_SHAPES, TEXT_EXAMPLE_SHAPE
+from onnxport.tasks import Modality, Task
+
+
+def _refused(path: Path, settings: SourceConfig | None = None) -> str:
+    with pytest.raises(SourceError) as info:
+        load_source(path, settings)
+    assert info.value.exit_code == EXIT_BAD_INPUT
+    return str(info.value)
+
+
+# --- good checkpoints -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_checkpoint_loads_as_a_source(source, checkpoint, name: str) -> None:
+    expected = MODELS[name]
+    loaded = source(name)
+    assert loaded.kind == "huggingface"
+    assert loaded.task is expected.task
+    assert loaded.architecture == expected.architecture
+    assert loaded.input_names == expected.input_names
+    assert loaded.output_names == expected.output_names
+    assert not loaded.module.training
+    assert loaded.weight_files == (checkpoint(name) / "model.safetensors",)
+    copied = {f.name for f in loaded.files_to_copy}
+    assert "config.json" in copied
+    assert ("tokenizer.json" in copied) is expected.has_tokenizer
+    assert loaded.num_parameters == sum(p.numel() for p in loaded.module.parameters())
+
+
+@pytest.mark.parametrize("name", [n for n, m in MODELS.items() if n != "vit-image"])
+def test_text_sources_have_batch_and_sequence_axes(source, name: str) -> None:
+    loaded = source(name)
+    assert loaded.modality is Modality.TEXT
+    assert loaded.dynamic_axes == {n: {0: "batch", 1: "sequence"} for n in loaded.input_names}
+    assert loaded.example_shape == TEXT_EXAMPLE_SHAPE
+    assert loaded.default_shapes == tuple(
+        (b, min(s, MAX_POSITIONS)) for b, s in DEFAULT_TEXT_SHAPES
+    )
+    for batch, length in [(1, 8), (3, 21)]:
+        inputs = loaded.make_inputs(batch, length, 0)
+        assert list(inputs) == list(loaded.input_names)
+        for value in inputs.values():
+            assert value.dtype == torch.int64
+            assert tuple(value.shape) == (batch, length)
+        assert int(inputs["input_ids"].max()) < VOCAB_SIZE
+
+
+def test_vision_source_has_a_batch_axis_and_image_inputs(source) -> None:
+    loaded = source("vit-image")
+    assert loaded.modality is Modality.VISION
+    assert loaded.dynamic_axes == {"pixel_values": {0: "batch"}}
+    assert loaded.default_shapes == ((1, IMAGE_SIZE), (2, IMAGE_SIZE), (4, IMAGE_SIZE))
+    pixels = loaded.make_inputs(3, IMAGE_SIZE, 0)["pixel_values"]
+    assert pixels.shape == (3, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert pixels.dtype == torch.float32
+
+
+def test_tokenized_inputs_are_real_text_with_padding_in_the_last_row(source) -> None:
+    inputs = source("bert-token").make_inputs(3, 40, 0)
+    mask = inputs["attention_mask"]
+    assert bool(mask[0].all()), "long sample text fills the first row"
+    assert int(mask[-1].sum()) < 40, "the shorter last row exercises padding"
+    assert int(inputs["input_ids"][0, 0]) == 2  # [CLS] from the trained tokenizer
+    assert set(inputs["token_type_ids"].unique().tolist()) == {0}
+
+
+@pytest.mark.parametrize("name", ["distilbert-token", "bert-token", "roberta-sequence"])
+def test_default_validation_shapes_exercise_padding(source, name: str) -> None:
+    loaded = source(name)
+    padded = [
+        (batch, length)
+        for i, (batch, length) in enumerate(loaded.default_shapes)
+        if not bool(loaded.make_inputs(batch, length, i)["attention_mask"].all())
+    ]
+    assert padded, "validation must see padded rows, or attention-mask bugs go unnoticed"
+
+
+def test_inputs_are_repeatable_per_seed(source) -> None:
+    for name in ("distilbert-token", "bert-encoder", "vit-image"):
+        loaded = source(name)
+        first, again = loaded.make_inputs(2, 32, 7), loaded.make_inputs(2, 32, 7)
+        assert all(torch.equal(first[k], again[k]) for k in first), name
+    other = source("vit-image").make_inputs(2, 32, 8)["pixel_values"]
+    assert not torch.equal(other, source("vit-image").make_inputs(2, 32, 7)["pixel_values"])
+
+
+def test_without_tokenizer_inputs_are_random_ids_with_a_padded_row(source) -> None:
+    inputs = source("bert-encoder").make_inputs(2, 16, 0)
+    assert bool(inputs["attention_mask"][0].all())
+    assert inputs["attention_mask"][1].tolist() == [1] * 8 + [0] * 8
+    assert inputs["input_ids"][1, 8:].tolist() == [0] * 8  # the pad id
+    assert int(inputs["token_type_ids"].abs().sum()) == 0
+
+
+def test_output_names_follow_the_model_outputs(source) -> None:
+    loaded = source("bert-qa")
+    with torch.no_grad():
+        outputs = loaded.module(**loaded.example_inputs())
+    assert loaded.output_names == ("start_logits", "end_logits")
+    assert outputs["start_logits"].shape == TEXT_EXAMPLE_SHAPE
+
+
+# --- the task ---------------------------------------------------------------------------
+
+
+def test_task_override_loads_another_head(checkpoint) -> None:
+    loaded = load_source(checkpoint("distilbert-token"), SourceConfig(task=Task.FEATURE_EXTRACTION))
+    assert loaded.task is Task.FEATURE_EXTRACTION
+    assert loaded.architecture == "DistilBertModel"
+    assert loaded.output_names == ("last_hidden_state",)
+
+
+def test_task_override_names_an_architecture_onnxport_does_not_know(copy_checkpoint) -> None:
+    path = copy_checkpoint("roberta-sequence")
+    edit_config_json(path, architectures=["RobertaForSomethingNew"])
+    assert "names no architecture onnxport knows" in _refused(path)
+    assert "--task" in _refused(path)
+    loaded = load_source(path, SourceConfig(task=Task.SEQUENCE_CLASSIFICATION))
+    assert loaded.architecture == "RobertaForSequenceClassification"
+
+
+def test_config_without_architectures_needs_a_task(copy_checkpoint) -> None:
+    path = copy_checkpoint("bert-encoder")
+    edit_config_json(path, architectures=None)
+    assert "(none)" in _refused(path)
+    assert load_source(path, SourceConfig(task=Task.FEATURE_EXTRACTION)).task is (
+        Task.FEATURE_EXTRACTION
+    )
+
+
+def test_task_the_architecture_does_not_support_is_refused(checkpoint) -> None:
+    message = _refused(checkpoint("vit-image"), SourceConfig(task=Task.TOKEN_CLASSIFICATION))
+    assert "vit models do not support the task token-classification" in message
+    assert "image-classification" in message  # what it does support
+
+
+def test_another_head_whose_weights_are_missing_is_refused(checkpoint) -> None:
+    # ViTForImageClassification has no pooler; ViTModel would get a random one.
+    message = _refused(checkpoint("vit-image"), SourceConfig(task=Task.FEATURE_EXTRACTION))
+    assert "do not fit a ViTModel" in message
+    assert "pooler" in message
+
+
+# --- safe loading -----------------------------------------------------------------------
+
+
+def test_pickle_checkpoint_is_refused_unless_allowed(checkpoint, tmp_path: Path) -> None:
+    path = make_pickle_checkpoint(checkpoint("bert-token"), tmp_path / "pickled")
+    message = _refused(path)
+    assert "pytorch_model.bin" in message
+    assert "--allow-pickle" in message
+
+    loaded = load_source(path, SourceConfig(allow_pickle=True))
+    assert loaded.weight_files == (path / "pytorch_model.bin",)
+    reference = load_source(checkpoint("bert-token"))
+    inputs = reference.example_inputs()
+    with torch.no_grad():
+        assert torch.equal(loaded.module(**inputs).logits, reference.module(**inputs).logits)
+
+
+def test_safetensors_win_over_a_pickle_beside_them(copy_checkpoint) -> None:
+    path = copy_checkpoint("bert-encoder")
+    (path / "pytorch_model.bin").write_bytes(b"not even a pickle")
+    assert load_source(path).weight_files == (path / "model.safetensors",)
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"), [(b"", "is empty"), (b"PK\x03\x04trunc", "cannot load the weights")]
+)
+def test_allowed_pickle_that_is_damaged_is_refused(
+    checkpoint, tmp_path: Path, content: bytes, fragment: str
+) -> None:
+    path = make_pickle_checkpoint(checkpoint("bert-encoder"), tmp_path / "pickled")
+    (path / "pytorch_model.bin").write_bytes(content)
+    assert fragment in _refused(path, SourceConfig(allow_pickle=True))
+
+
+# --- bad paths and config.json ------------------------------------------------------------
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    message = _refused(tmp_path / "nowhere")
+    assert "source not found" in message
+    assert str(tmp_path / "nowhere") in message
+
+
+def test_a_file_is_not_a_checkpoint(tmp_path: Path) -> None:
+    file = tmp_path / "model.safetensors"
+    file.write_bytes(b"x")
+    assert "is a file" in _refused(file)
+
+
+def test_directory_without_config_json(tmp_path: Path) -> None:
+    assert "has no config.json" in _refused(tmp_path)
+
+
+def test_training_output_points_at_its_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "checkpoint").mkdir()
+    message = _refused(tmp_path)
+    assert "looks like a training output" in message
+    assert str(tmp_path / "checkpoint") in message
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("{not json", "is not valid JSON"),
+        ('{"model_type": "bert",', "is not valid JSON"),
+        ("[1, 2]", "must hold a JSON object, not list"),
+        ("", "is not valid JSON"),
+    ],
+)
+def test_invalid_config_json(copy_checkpoint, text: str, fragment: str) -> None:
+    path = copy_checkpoint("bert-encoder")
+    (path / "config.json").write_text(text, encoding="utf-8")
+    message = _refused(path)
+    assert fragment in message
+    assert str(path / "config.json") in message
+
+
+def test_config_json_in_a_wrong_encoding(copy_checkpoint) -> None:
+    path = copy_checkpoint("bert-encoder")
+    (path / "config.json").write_bytes(b'{"model_type": "\xff"}')
+    assert "is not valid JSON" in _refused(path)
+
+
+def test_config_json_without_model_type(copy_checkpoint) -> None:
+    path = copy_checkpoint("bert-encoder")
+    edit_config_json(path, model_type=None)
+    assert "has no model_type" in _refused(path)
+
+
+def test_unknown_model_type(copy_checkpoint) -> None:
+    path = copy_checkpoint("bert-encoder")
+    edit_config_json(path, model_type="bertish-unknown")
+    message = _refused(path)
+    assert "unknown or invalid model" in message
+    assert "'bertish-unknown'" in message
+    assert "--trust-remote-code" in message
+
+
+# --- bad weights --------------------------------------------------------------------------
+
+
+def test_missing_weights(copy_checkpoint) -> None:
+    path = copy_checkpoint("bert-encoder")
+    (path / "model.safetensors").unlink()
+    assert "has no weights" in _refused(path)
+
+
+def test_safetensors_index_without_its_shards(copy_checkpoint) -> None:
+    path = copy_checkpoint("bert-encoder")
+    (path / "model.safetensors").unlink()
+    (path / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"x": "model-00001-of-00002.safetensors"}})
+    )
+    assert "names shards that are missing" in _refused(path)
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        (lambda data: b"", "not a valid safetensors file"),
+        (lambda data: data[:5], "not a valid safetensors file"),
+        (lambda data: data[:-1], "is truncated or padded"),
+        (lambda data: data[: len(data) // 2], "is truncated or padded"),
+        (lambda data: data + b"\0", "is truncated or padded"),
+        (lambda data: struct.pack("<Q", 10**12) + data[8:], "not a valid safetensors file"),
+        (lambda data: data[:8] + b"\xff" + data[9:], "not a valid safetensors file"),
+    ],
+    ids=["zero-bytes", "five-bytes", "one-byte-short", "half", "padded", "huge-header", "garbage"],
+)
+def test_damaged_safetensors_are_refused_naming_the_file(copy_checkpoint, damage, fragment) -> None:
+    path = copy_checkpoint("bert-encoder")
+    weights = path / "model.safetensors"
+    weights.write_bytes(damage(weights.read_bytes()))
+    message = _refused(path)
+    assert fragment in message
+    assert str(weights) in message
+
+
+@pytest.mark.parametrize(
+    "header", [b"[1, 2, 3]", b'{"w": {"dtype": "F32", "shape": [1]}}', b'{"w": 3}']
+)
+def test_json_header_that_is_not_a_safetensors_header_is_refused(copy_checkpoint, header) -> None:
+    path = copy_checkpoint("bert-encoder")
+    (path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    assert "not a valid safetensors file" in _refused(path)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"hidden_size": 64, "intermediate_size": 128},
+        {"vocab_size": VOCAB_SIZE + 20},
+        {"num_hidden_layers": 3},
+        {"num_hidden_layers": 1},
+    ],
+    ids=["wider", "bigger-vocab", "more-layers", "fewer-layers"],
+)
+def test_weights_that_do_not_match_config_are_refused(copy_checkpoint, changes: dict) -> None:
+    path = copy_checkpoint("bert-encoder")
+    edit_config_json(path, **changes)
+    message = _refused(path)
+    assert "cannot load the weights" in message or "do not fit a BertModel" in message
+    assert "config.json" in message
+
+
+def test_a_classifier_head_of_another_size_is_refused(copy_checkpoint) -> None:
+    path = copy_checkpoint("distilbert-token")
+    labels = NUM_LABELS + 2
+    edit_config_json(
+        path,
+        id2label={str(i): f"L{i}" for i in range(labels)},
+        label2id={f"L{i}": i for i in range(labels)},
+    )
+    assert "config.json" in _refused(path)
+
+
+def test_damaged_tokenizer_is_refused(copy_checkpoint) -> None:
+    path = copy_checkpoint("distilbert-token")
+    (path / "tokenizer.json").write_text("{", encoding="utf-8")
+    assert "the tokenizer files" in _refused(path)

@@ -1,0 +1,250 @@
+"""MLflow tracking: the local SQLite store, the conversion run, and its terminal status."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from onnxport.config import ExperimentConfig
+from onnxport.errors import TrackingError
+from onnxport.tracking import (
+    create_run,
+    end_run,
+    ensure_experiment,
+    failed_unless_finished,
+    is_secret,
+    lineage_tags,
+    prepare_store,
+    quiet_mlflow,
+    resolve_artifact_location,
+    resolve_tracking_uri,
+    run_status,
+    with_retry,
+)
+from orchestration_support import migrated_store, root_with_store
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+UNREACHABLE = "http://127.0.0.1:9"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory):
+    """A migrated SQLite store and an experiment in it, shared by this module's tests."""
+    root = root_with_store(tmp_path_factory, "tracking")
+    client = prepare_store(resolve_tracking_uri(root, ExperimentConfig()))
+    experiment_id = ensure_experiment(
+        client, "tracking-tests", resolve_artifact_location(root, ExperimentConfig())
+    )
+    return client, experiment_id
+
+
+# --------------------------------------------------------------------------- where to track
+
+
+def test_default_tracking_uri_is_an_absolute_sqlite_uri_under_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    uri = resolve_tracking_uri(Path("."), ExperimentConfig())
+    assert uri == f"sqlite:///{(tmp_path / 'mlflow.db').as_posix()}"
+    assert uri.startswith("sqlite:////")  # four slashes: an absolute path
+
+
+def test_tracking_uri_from_the_experiment_config_wins(tmp_path: Path) -> None:
+    config = ExperimentConfig(tracking_uri="http://mlflow.internal:5000")
+    assert resolve_tracking_uri(tmp_path, config) == "http://mlflow.internal:5000"
+
+
+def test_default_artifact_location_is_mlartifacts_under_root(tmp_path: Path) -> None:
+    location = resolve_artifact_location(tmp_path, ExperimentConfig())
+    assert location == (tmp_path / "mlartifacts").as_uri()
+    config = ExperimentConfig(artifact_location="file:///srv/artifacts")
+    assert resolve_artifact_location(tmp_path, config) == "file:///srv/artifacts"
+
+
+# ------------------------------------------------------------------------------- the store
+
+
+def test_prepare_store_creates_and_migrates_the_sqlite_database(
+    tmp_path_factory: pytest.TempPathFactory, store
+) -> None:
+    created = migrated_store(tmp_path_factory)  # by prepare_store, in a new directory
+    assert created.name == "mlflow.db"
+    assert created.parent.name == "not-yet-created"
+    assert created.is_file()
+    client, experiment_id = store
+    assert client.get_experiment(experiment_id).name == "tracking-tests"
+    # Preparing the same store again (a second caller) is harmless and sees the same data.
+    again = prepare_store(client.tracking_uri)
+    assert again.get_experiment_by_name("tracking-tests").experiment_id == experiment_id
+
+
+def test_quiet_mlflow_turns_telemetry_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
+    monkeypatch.delenv("DO_NOT_TRACK", raising=False)
+    quiet_mlflow()
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert os.environ["DO_NOT_TRACK"] == "true"
+
+
+def test_unreachable_tracking_uri_fails_fast_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)  # prepare_store sets them; restore afterwards
+    import mlflow.tracking  # noqa: F401  (pay mlflow's import before timing)
+
+    started = time.perf_counter()
+    with pytest.raises(TrackingError) as raised:
+        prepare_store(UNREACHABLE)
+    assert time.perf_counter() - started < 15
+    assert UNREACHABLE in str(raised.value)
+    assert raised.value.hint
+
+
+def test_unusable_sqlite_location_is_a_tracking_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    uri = f"sqlite:///{(blocker / 'sub' / 'mlflow.db').as_posix()}"
+    with pytest.raises(TrackingError) as raised:
+        prepare_store(uri)
+    assert uri in str(raised.value)
+
+
+def test_in_memory_sqlite_store_leaves_no_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    prepare_store("sqlite:///:memory:").search_experiments()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ensure_experiment_creates_once(store, tmp_path: Path) -> None:
+    client, _ = store
+    location = (tmp_path / "artifacts").as_uri()
+    first = ensure_experiment(client, "created-once", location)
+    assert ensure_experiment(client, "created-once", location) == first
+    experiment = client.get_experiment(first)
+    assert experiment.name == "created-once"
+    assert experiment.artifact_location == location
+
+
+# ------------------------------------------------------------------------------------ runs
+
+
+def test_lineage_tags_are_prefixed_and_secrets_dropped() -> None:
+    tags = lineage_tags(
+        {"parent_spec_fp": "abc123", "conv_fp": "ff00", "api_key": "s3cr3t", "sas_url": "x"}
+    )
+    assert tags == {"code.lineage.parent_spec_fp": "abc123", "code.lineage.conv_fp": "ff00"}
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("AZURE_STORAGE_KEY", True),
+        ("hf_token", True),
+        ("db_password", True),
+        ("connection_string", True),
+        ("parent_spec_fp", False),
+        ("backbone", False),
+    ],
+)
+def test_is_secret(name: str, secret: bool) -> None:
+    assert is_secret(name) is secret
+
+
+def test_create_run_tags_the_run_type_and_drops_secrets(store) -> None:
+    client, experiment_id = store
+    run_id = create_run(
+        client,
+        experiment_id,
+        run_name="conversion-x",
+        tags={"team": "nlp", "my_token": "s3cr3t", "code.lineage.conv_fp": "ff00"},
+    )
+    run = client.get_run(run_id)
+    assert run.info.run_name == "conversion-x"
+    assert run.info.status == "RUNNING"
+    assert run.data.tags["mlflow.runType"] == "conversion"
+    assert run.data.tags["team"] == "nlp"
+    assert run.data.tags["code.lineage.conv_fp"] == "ff00"
+    assert "my_token" not in run.data.tags
+    assert "s3cr3t" not in run.data.tags.values()
+    end_run(client, run_id, "FINISHED")
+
+
+def test_failed_unless_finished_marks_a_raising_block_failed(store) -> None:
+    client, experiment_id = store
+    run_id = create_run(client, experiment_id, run_name="boom", tags={})
+    with pytest.raises(RuntimeError, match="child died"), failed_unless_finished(client, run_id):
+        raise RuntimeError("child died")
+    assert run_status(client, run_id) == "FAILED"
+
+
+def test_failed_unless_finished_marks_an_interrupted_block_failed(store) -> None:
+    client, experiment_id = store
+    run_id = create_run(client, experiment_id, run_name="interrupted", tags={})
+    with pytest.raises(KeyboardInterrupt), failed_unless_finished(client, run_id):
+        raise KeyboardInterrupt
+    assert run_status(client, run_id) == "FAILED"
+
+
+def test_failed_unless_finished_finishes_a_run_left_running(store) -> None:
+    client, experiment_id = store
+    run_id = create_run(client, experiment_id, run_name="ok", tags={})
+    with failed_unless_finished(client, run_id):
+        pass
+    assert run_status(client, run_id) == "FINISHED"
+
+
+@pytest.mark.parametrize("status", ["FINISHED", "FAILED"])
+def test_failed_unless_finished_keeps_a_status_set_inside(store, status: str) -> None:
+    client, experiment_id = store
+    run_id = create_run(client, experiment_id, run_name="ended-by-child", tags={})
+    with failed_unless_finished(client, run_id):
+        end_run(client, run_id, status)
+    assert run_status(client, run_id) == status
+
+
+# ---------------------------------------------------------------------------------- retries
+
+
+def test_with_retry_retries_a_locked_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("onnxport.tracking.time.sleep", lambda _: None)
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert with_retry(flaky) == "ok"
+    assert len(calls) == 3
+
+
+def test_with_retry_gives_up_after_its_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("onnxport.tracking.time.sleep", lambda _: None)
+    calls = []
+
+    def locked() -> None:
+        calls.append(1)
+        raise RuntimeError("database is locked")
+
+    with pytest.raises(RuntimeError, match="locked"):
+        with_retry(locked, attempts=4)
+    assert len(calls) == 4
+
+
+def test_with_retry_does_not_retry_other_errors() -> None:
+    calls = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise ValueError("no such table")
+
+    with pytest.raises(ValueError):
+        with_retry(broken)
+    assert len(calls) == 1

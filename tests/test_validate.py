@@ -1,0 +1,289 @@
+"""Validation against PyTorch: real ONNX Runtime sessions on real and deliberately broken files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from models import NUM_LABELS
+from onnxport.config import Exporter
+from onnxport.tasks import Task
+from onnxport.validate import (
+    DEFAULT_TOLERANCES,
+    Reference,
+    Tolerance,
+    compute_references,
+    create_session,
+    run_session,
+    validate_model,
+)
+
+SHAPES = [(1, 8), (2, 37), (4, 128)]
+
+
+@pytest.fixture(scope="module")
+def token_references(source) -> list[Reference]:
+    return compute_references(source("distilbert-token"), SHAPES)
+
+
+def edit_initializer(
+    model_path: Path, target: Path, name_suffix: str, change: Callable[[np.ndarray], np.ndarray]
+) -> str:
+    """Save a copy of `model_path` with one initializer changed; return that initializer's name."""
+    model = onnx.load(str(model_path))
+    (initializer,) = [i for i in model.graph.initializer if i.name.endswith(name_suffix)]
+    changed = change(numpy_helper.to_array(initializer).copy()).astype(np.float32)
+    initializer.CopyFrom(numpy_helper.from_array(changed, initializer.name))
+    onnx.save(model, str(target))
+    return initializer.name
+
+
+def largest_float_initializer(model_path: Path) -> str:
+    model = onnx.load(str(model_path))
+    floats = [i for i in model.graph.initializer if i.data_type == TensorProto.FLOAT]
+    return max(floats, key=lambda i: int(np.prod(i.dims))).name
+
+
+def identity_model(path: Path, *, scale: float = 1.0, dims: tuple = ("batch", "sequence", 3)):
+    """`logits = scores * scale`: a model whose outputs the test chooses exactly."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["scores", "scale"], ["logits"])],
+        "identity",
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, list(dims))],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, list(dims))],
+        [numpy_helper.from_array(np.array(scale, dtype=np.float32), "scale")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+# --- real exported models -----------------------------------------------------------------
+
+
+def test_references_are_pytorch_outputs_per_shape(token_references, source) -> None:
+    assert [r.shape for r in token_references] == SHAPES
+    for ref, (batch, length) in zip(token_references, SHAPES, strict=True):
+        assert set(ref.inputs) == {"input_ids", "attention_mask"}
+        assert ref.outputs["logits"].shape == (batch, length, NUM_LABELS)
+        assert ref.outputs["logits"].dtype == np.float32
+
+
+def test_exported_model_passes_with_figures(exported, token_references) -> None:
+    result = validate_model(
+        exported("distilbert-token", Exporter.TORCHSCRIPT).path,
+        token_references,
+        task=Task.TOKEN_CLASSIFICATION,
+    )
+    assert result.passed, result.failures
+    assert result.failures == ()
+    assert result.shapes == tuple(SHAPES)
+    logits = result.outputs["logits"]
+    assert 0 < logits.max_abs_diff < 1e-4  # a real comparison: float noise, not identity
+    assert logits.passed
+    assert (logits.atol, logits.rtol) == (1e-4, 1e-3)
+    assert logits.worst_shape in SHAPES
+    agreement = result.task_agreement
+    assert (agreement.metric, agreement.value, agreement.passed) == ("argmax_agreement", 1.0, True)
+
+
+def test_a_corrupted_initializer_fails_naming_the_output_and_figures(
+    exported, token_references, tmp_path: Path
+) -> None:
+    good = exported("distilbert-token", Exporter.TORCHSCRIPT).path
+    name = largest_float_initializer(good)
+    broken = tmp_path / "broken.onnx"
+    edit_initializer(good, broken, name, lambda w: -w)
+
+    result = validate_model(broken, token_references, task=Task.TOKEN_CLASSIFICATION)
+    assert not result.passed
+    logits = result.outputs["logits"]
+    assert not logits.passed
+    assert logits.max_abs_diff > 1e-2
+    assert result.failures, "a failed validation says why"
+    first = result.failures[0]
+    assert first.startswith("output 'logits' at shape [1, 8]: max abs diff ")
+    assert "exceed atol 0.0001 / rtol 0.001" in first
+    figures = [f for f in result.failures if f.startswith("output 'logits'")]
+    assert len(figures) == len(SHAPES)  # one per shape, each with its own figures
+    assert f"{logits.max_abs_diff:.3g}" in " ".join(figures)
+
+
+def test_shifted_logits_keep_the_argmax_but_fail_elementwise(
+    exported, token_references, tmp_path: Path
+) -> None:
+    broken = tmp_path / "shifted.onnx"
+    good = exported("distilbert-token", Exporter.TORCHSCRIPT).path
+    edit_initializer(good, broken, "classifier.bias", lambda b: b + 0.75)
+
+    result = validate_model(broken, token_references, task=Task.TOKEN_CLASSIFICATION)
+    assert result.task_agreement.value == 1.0
+    assert result.outputs["logits"].max_abs_diff == pytest.approx(0.75, abs=1e-4)
+    assert not result.passed
+    assert all("max abs diff 0.75" in f for f in result.failures)
+
+    # Quantized variants are gated on agreement alone; the elementwise figures stay recorded.
+    gated = validate_model(
+        broken,
+        token_references,
+        task=Task.TOKEN_CLASSIFICATION,
+        variant="int8",
+        elementwise_gate=False,
+    )
+    assert gated.passed
+    assert not gated.outputs["logits"].passed
+    assert gated.outputs["logits"].atol == DEFAULT_TOLERANCES["int8"].atol
+
+
+def test_a_changed_argmax_fails_the_agreement_gate(
+    exported, token_references, tmp_path: Path
+) -> None:
+    broken = tmp_path / "label0.onnx"
+    good = exported("distilbert-token", Exporter.TORCHSCRIPT).path
+    edit_initializer(good, broken, "classifier.bias", lambda b: b + np.eye(len(b))[0] * 100)
+
+    result = validate_model(
+        broken, token_references, task=Task.TOKEN_CLASSIFICATION, elementwise_gate=False
+    )
+    assert not result.passed
+    assert result.task_agreement.value < 0.99
+    assert not result.task_agreement.passed
+    (failure,) = result.failures
+    assert failure.startswith(f"argmax_agreement {result.task_agreement.value:.4f} is below")
+    assert "[[1, 8], [2, 37], [4, 128]]" in failure
+
+
+def test_feature_extraction_is_judged_by_cosine_similarity(exported, source) -> None:
+    references = compute_references(source("bert-encoder"), [(1, 8), (3, 21)])
+    result = validate_model(
+        exported("bert-encoder", Exporter.TORCHSCRIPT).path,
+        references,
+        task=Task.FEATURE_EXTRACTION,
+    )
+    assert result.passed, result.failures
+    assert result.task_agreement.metric == "cosine_similarity"
+    assert result.task_agreement.value == pytest.approx(1.0, abs=1e-6)
+    assert set(result.outputs) == {"last_hidden_state", "pooler_output"}
+
+
+def test_vision_model_validates_on_its_batches(exported, source) -> None:
+    references = compute_references(source("vit-image"), [(1, 32), (3, 32)])
+    result = validate_model(
+        exported("vit-image", Exporter.TORCHSCRIPT).path,
+        references,
+        task=Task.IMAGE_CLASSIFICATION,
+    )
+    assert result.passed, result.failures
+    assert result.task_agreement.value == 1.0
+
+
+def test_tolerance_is_respected(exported, token_references) -> None:
+    path = exported("distilbert-token", Exporter.TORCHSCRIPT).path
+    strict = Tolerance(atol=1e-12, rtol=0.0)
+    result = validate_model(
+        path, token_references, task=Task.TOKEN_CLASSIFICATION, tolerance=strict
+    )
+    assert not result.passed
+    assert result.outputs["logits"].atol == 1e-12
+
+
+# --- models whose outputs the test chooses ------------------------------------------------
+
+
+def _reference(scores: np.ndarray, expected: np.ndarray, mask: np.ndarray | None = None):
+    inputs = {"scores": scores}
+    if mask is not None:
+        inputs["attention_mask"] = mask
+    return Reference(shape=scores.shape[:2], inputs=inputs, outputs={"logits": expected})
+
+
+def test_token_agreement_ignores_padded_positions(tmp_path: Path) -> None:
+    model = identity_model(tmp_path / "id.onnx")
+    scores = np.random.default_rng(0).standard_normal((2, 4, 3)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0]])
+    expected = scores.copy()
+    expected[1, 2:] = scores[1, 2:][..., ::-1] * 10  # different argmax, padded positions only
+    refs = [_reference(scores, expected, mask)]
+
+    token = validate_model(model, refs, task=Task.TOKEN_CLASSIFICATION, elementwise_gate=False)
+    assert token.task_agreement.value == 1.0
+    whole = validate_model(model, refs, task=Task.MASKED_LM, elementwise_gate=False)
+    assert whole.task_agreement.value == 1.0  # masked LM is token-level too
+    sequence = validate_model(
+        model, refs, task=Task.SEQUENCE_CLASSIFICATION, elementwise_gate=False
+    )
+    assert sequence.task_agreement.value < 1.0  # not token-level: every position counts
+
+
+def test_cosine_ignores_scale_but_not_direction(tmp_path: Path) -> None:
+    scores = np.random.default_rng(1).standard_normal((2, 5, 3)).astype(np.float32)
+    mask = np.ones((2, 5), dtype=np.int64)
+    refs = [_reference(scores, scores, mask)]
+
+    doubled = identity_model(tmp_path / "double.onnx", scale=2.0)
+    result = validate_model(doubled, refs, task=Task.FEATURE_EXTRACTION)
+    assert result.task_agreement.value == pytest.approx(1.0)
+    assert not result.passed  # fp32 is still gated elementwise
+    assert result.outputs["logits"].max_abs_diff == pytest.approx(np.abs(scores).max(), rel=1e-6)
+
+    negated = identity_model(tmp_path / "neg.onnx", scale=-1.0)
+    result = validate_model(negated, refs, task=Task.FEATURE_EXTRACTION, elementwise_gate=False)
+    assert result.task_agreement.value == pytest.approx(-1.0)
+    assert not result.passed
+
+
+def test_nan_in_the_onnx_output_fails(tmp_path: Path) -> None:
+    scores = np.ones((1, 2, 3), dtype=np.float32)
+    model = identity_model(tmp_path / "nan.onnx", scale=float("nan"))
+    result = validate_model(model, [_reference(scores, scores)], task=Task.TOKEN_CLASSIFICATION)
+    assert not result.passed
+    assert result.outputs["logits"].max_abs_diff == float("inf")
+
+
+@pytest.mark.parametrize("task", [Task.TOKEN_CLASSIFICATION, Task.FEATURE_EXTRACTION])
+@pytest.mark.parametrize("gate", [True, False])
+def test_an_output_of_the_wrong_shape_fails_without_crashing(
+    tmp_path: Path, task: Task, gate: bool
+) -> None:
+    scores = np.ones((1, 2, 3), dtype=np.float32)
+    model = identity_model(tmp_path / "id.onnx")
+    ref = _reference(scores, np.ones((1, 2, 4), dtype=np.float32))
+    result = validate_model(model, [ref], task=task, elementwise_gate=gate)
+    assert not result.passed
+    assert result.outputs["logits"].max_abs_diff == float("inf")
+    assert result.task_agreement.value < result.task_agreement.minimum
+
+
+@pytest.mark.parametrize("task", [Task.TOKEN_CLASSIFICATION, Task.FEATURE_EXTRACTION])
+def test_a_primary_output_missing_from_the_onnx_model_is_named(tmp_path: Path, task) -> None:
+    scores = np.ones((1, 2, 3), dtype=np.float32)
+    ref = Reference((1, 2), {"scores": scores}, {"start_logits": scores, "logits": scores})
+    result = validate_model(identity_model(tmp_path / "id.onnx"), [ref], task=task)
+    assert not result.passed
+    assert "output 'start_logits' is missing from the ONNX model" in result.failures
+    assert not result.task_agreement.passed
+
+
+def test_an_output_missing_from_the_onnx_model_is_named(tmp_path: Path) -> None:
+    scores = np.ones((1, 2, 3), dtype=np.float32)
+    ref = Reference((1, 2), {"scores": scores}, {"logits": scores, "hidden": scores})
+    result = validate_model(
+        identity_model(tmp_path / "id.onnx"), [ref], task=Task.TOKEN_CLASSIFICATION
+    )
+    assert not result.passed
+    assert "output 'hidden' is missing from the ONNX model" in result.failures
+    assert result.task_agreement.passed  # 'logits' is there and agrees
+
+
+def test_run_session_feeds_only_the_declared_inputs(tmp_path: Path) -> None:
+    session = create_session(identity_model(tmp_path / "id.onnx", scale=3.0), threads=1)
+    scores = np.ones((1, 2, 3), dtype=np.float32)
+    out = run_session(session, {"scores": scores, "attention_mask": np.ones((1, 2))})
+    assert list(out) == ["logits"]
+    np.testing.assert_array_equal(out["logits"], scores * 3)
