@@ -283,8 +283,9 @@ def render(result: dict[str, Any]) -> str:
         f"onnxport convert, DistilBERT-base token classification "
         f"({result['checkpoint']['num_parameters'] / 1e6:.1f}M parameters)",
         f"CPU: {result['machine']['cpu']} x{result['machine']['cpus']}, "
-        f"{result['machine']['memory_gb']} GB; fp32 weights "
-        f"{result['checkpoint']['weights_mb']:.1f} MB",
+        f"{result['machine']['memory_gb']} GB, load average "
+        f"{result['machine']['loadavg_before'][0]}; fp32 weights "
+        f"{result['checkpoint']['weights_mb']:.1f} MB (MB = 2^20 bytes throughout)",
         "",
         header,
     ]
@@ -355,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = build_checkpoint(args.workdir / "distilbert-base-token-cls", args.vocab_size)
     weights_mb = weights_bytes(checkpoint) / MB
     output = args.workdir / "onnx"
+    load_before = [round(x, 2) for x in os.getloadavg()]
     runs = []
     for i in range(args.runs):
         print(f"run {i + 1}/{args.runs}: onnxport convert {checkpoint}", file=sys.stderr)
@@ -385,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "memory_gb": round(psutil.virtual_memory().total / 1024**3, 1),
             "python": platform.python_version(),
+            "loadavg_before": load_before,
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         },
         "versions": runs[0]["versions"],
         "checkpoint": {

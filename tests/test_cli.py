@@ -372,12 +372,6 @@ def test_help_lists_the_commands(cli) -> None:
     assert "convert" in run.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="torch's TorchScript exporter prints its IR graph to fd 1 when it fails (its "
-    "setup_onnx_logging tests a function object, so logging is always on); "
-    "export.py's redirect_stdout only catches Python's sys.stdout",
-)
 def test_a_failed_export_leaves_stdout_clean(cli, checkpoint, tmp_path: Path, capfd) -> None:
     run = cli(
         *("convert", checkpoint("roberta-sequence"), "-o", tmp_path / "out"),

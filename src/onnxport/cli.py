@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from onnxport.cli_benchmark import benchmark_command, report_command
+from onnxport.cli_debug import debug_command
 from onnxport.cli_predict import predict_command
 from onnxport.config import (
     ConversionConfig,
@@ -91,6 +92,9 @@ def convert(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the manifest as JSON instead of tables.")
     ] = False,
+    localize: Annotated[
+        bool, typer.Option(help="After a failed validation, find the first diverging node.")
+    ] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step.")] = False,
     benchmark: Annotated[
         bool, typer.Option(help="Then benchmark the published models against PyTorch.")
@@ -109,7 +113,7 @@ def convert(
             "quantization": quantize,
             "optimize": optimize.value if optimize else None,
         },
-        validation={"min_task_agreement": min_agreement},
+        validation={"min_task_agreement": min_agreement, "localize": None if localize else False},
         source={
             "task": task.value if task else None,
             "allow_pickle": allow_pickle or None,
@@ -236,6 +240,7 @@ def run_from_training(
 
 
 app.command("predict")(predict_command)
+app.command("debug")(debug_command)
 app.command("benchmark")(benchmark_command)
 app.command("report")(report_command)
 

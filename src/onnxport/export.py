@@ -10,9 +10,12 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import sys
+import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +80,31 @@ def adapter_for(source: Source) -> ExportAdapter:
 def _weights_bytes(module: torch.nn.Module) -> int:
     tensors = list(module.parameters()) + list(module.buffers())
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@contextlib.contextmanager
+def _captured_stdout() -> Iterator[None]:
+    """Capture what an exporter prints, at the file-descriptor level.
+
+    torch's TorchScript exporter writes its IR graph to fd 1 when it fails, below Python's
+    `sys.stdout`, so `redirect_stdout` alone would let ~70 KB through to the user.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        buffer = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(buffer):
+                yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+            sink.seek(0)
+            printed = buffer.getvalue() + sink.read().decode("utf-8", "replace")
+            if printed:
+                logger.debug("exporter output:\n%s", printed[-4000:])
 
 
 def _one_line(error: BaseException) -> str:
@@ -225,15 +253,14 @@ def export_to_onnx(
         logger.info("exporting with the %s exporter (opset %d)", strategy.name, opset_version)
         t0 = time.perf_counter()
         before = set(output_path.parent.iterdir())
-        captured = io.StringIO()
         try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(captured):
+            with warnings.catch_warnings(), _captured_stdout():
                 warnings.simplefilter("ignore")
                 strategy.run(source, output_path, opset_version, external)
             data_file = _gather_external_data(output_path, before) if external else None
             onnx.checker.check_model(str(output_path), full_check=False)
         except Exception as e:  # every exporter failure is recorded, then the next one runs
-            logger.debug("exporter output:\n%s", captured.getvalue())
+            logger.debug("the %s exporter failed", strategy.name)
             logger.warning("the %s exporter failed: %s", strategy.name, _one_line(e))
             attempts.append(
                 ExportAttempt(strategy.name, False, _one_line(e), time.perf_counter() - t0)

@@ -12,8 +12,6 @@ import logging
 import shutil
 from pathlib import Path
 
-import onnx
-
 from onnxport.config import ConversionConfig
 from onnxport.errors import ConfigError, QuantizationError
 from onnxport.manifest import OutputRecord, PassRecord
@@ -105,14 +103,6 @@ def pass_context(
     )
 
 
-def _largest_quantized_nodes(path: Path, limit: int = 3) -> list[str]:
-    """Names of the biggest quantized weight consumers: candidates to exclude."""
-    model = onnx.load(str(path), load_external_data=False)
-    quantized = ("Integer", "QLinear", "DequantizeLinear")
-    nodes = [n.name for n in model.graph.node if any(q in n.op_type for q in quantized)]
-    return nodes[:limit]
-
-
 def make_variant(
     variant_pass: OnnxPass,
     work: Path,
@@ -158,9 +148,7 @@ def make_variant(
         record.published = False
         record.data_file = None
         return record
-    raise QuantizationError(
-        message + "; nothing was published", hint=_advice(work / record.file, config, suggestion)
-    )
+    raise QuantizationError(message + "; nothing was published", hint=_advice(config, suggestion))
 
 
 def _localize(work, fp32, record, references, validation):
@@ -176,15 +164,14 @@ def _localize(work, fp32, record, references, validation):
         return None
 
 
-def _advice(variant_file: Path, config: ConversionConfig, suggestion: str = "") -> str:
+def _advice(config: ConversionConfig, suggestion: str = "") -> str:
     """What to try next, leaving out what the config already does."""
     tries = [suggestion] if suggestion else []
     if config.onnx.quantization.value == "int8":
         tries.append("quantization: int8-static (calibrated)")
     if not config.quantize.per_channel:
         tries.append("quantize.per_channel: true")
-    candidates = [] if suggestion else _largest_quantized_nodes(variant_file)
-    if candidates:
-        tries.append(f"quantize.nodes_to_exclude: {candidates}")
+    if not suggestion and not config.validation.localize:
+        tries.append("validation.localize: true to find which node to leave in float")
     tries.append("quantize.on_failure: skip to publish the fp32 model alone")
     return "try " + ", or ".join(tries)
