@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import onnx
 import pytest
 from onnx import numpy_helper
@@ -88,3 +90,19 @@ def test_variant_localization_ranks_quantized_nodes(exported, source, tmp_path):
     assert found.first is not None and found.first.op_type == "MatMul"
     assert found.suggestion == f"quantize.nodes_to_exclude: [{found.first.node}]"
     assert not list(tmp_path.glob(".*debug*")), "the exposed-values copy is removed"
+
+
+def test_debug_command_compares_a_published_dynamo_export(cli, cli_converted):
+    run, output = cli_converted("distilbert-token")
+    assert run.code == 0
+    debug = cli("debug", output, "--json")
+    assert debug.code == 0, debug.stderr
+    found = json.loads(debug.stdout)
+    assert found["fp32"]["against"] == "pytorch"
+    assert found["fp32"]["first"] is None and found["fp32"]["compared"] > 20
+
+
+def test_debug_command_on_a_directory_without_manifest_is_a_clear_error(cli, tmp_path):
+    run = cli("debug", tmp_path)
+    assert run.code == 2 and "manifest.json" in run.stderr
+    assert "Traceback" not in run.stderr

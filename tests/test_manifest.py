@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from onnxport.errors import PublishError
+from onnxport.errors import OutputError
 from onnxport.manifest import (
     MANIFEST_FILENAME,
     Manifest,
@@ -88,7 +88,7 @@ def test_no_manifest(copy_output) -> None:
     directory = copy_output(NAME)
     (directory / MANIFEST_FILENAME).unlink()
     assert verify_directory(directory) == [f"no {MANIFEST_FILENAME}"]
-    with pytest.raises(PublishError, match="not a complete onnxport output"):
+    with pytest.raises(OutputError, match="not a complete onnxport output"):
         read_manifest(directory)
 
 
@@ -98,7 +98,7 @@ def test_a_damaged_manifest_is_detected(copy_output, text: str) -> None:
     (directory / MANIFEST_FILENAME).write_text(text, encoding="utf-8")
     (problem,) = verify_directory(directory)
     assert "is damaged" in problem
-    with pytest.raises(PublishError, match="is damaged"):
+    with pytest.raises(OutputError, match="is damaged"):
         read_manifest(directory)
 
 

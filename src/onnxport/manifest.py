@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from onnxport.errors import PublishError
+from onnxport.errors import OutputError
 
 MANIFEST_FILENAME = "manifest.json"
 REPORT_FILENAME = "report.md"
@@ -146,12 +146,12 @@ def read_manifest(directory: Path) -> Manifest:
     try:
         return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
-        raise PublishError(
+        raise OutputError(
             f"{directory} holds no {MANIFEST_FILENAME}, so it is not a complete onnxport output",
             hint="convert again",
         ) from e
     except (ValueError, OSError) as e:
-        raise PublishError(f"{path} is damaged: {' '.join(str(e).split())[:200]}") from e
+        raise OutputError(f"{path} is damaged: {' '.join(str(e).split())[:200]}") from e
 
 
 def verify_directory(directory: Path) -> list[str]:
@@ -161,7 +161,7 @@ def verify_directory(directory: Path) -> list[str]:
         return [f"no {MANIFEST_FILENAME}"]
     try:
         manifest = read_manifest(directory)
-    except PublishError as e:
+    except OutputError as e:
         return [str(e)]
     if manifest.status != "complete":
         return [f"status is {manifest.status!r}"]
