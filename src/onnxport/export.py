@@ -83,7 +83,7 @@ def _weights_bytes(module: torch.nn.Module) -> int:
 
 
 @contextlib.contextmanager
-def _captured_stdout() -> Iterator[None]:
+def captured_stdout() -> Iterator[None]:
     """Capture what an exporter prints, at the file-descriptor level.
 
     torch's TorchScript exporter writes its IR graph to fd 1 when it fails, below Python's
@@ -113,23 +113,32 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:300]}"
 
 
-def _export_dynamo(source: Source, path: Path, opset: int, external: bool) -> None:
-    adapter = adapter_for(source)
-    inputs = source.example_inputs()
-    args = tuple(inputs[name] for name in source.input_names)
+def dynamo_program(
+    source: Source, args: tuple[torch.Tensor, ...], *, opset: int, optimize: bool = True
+) -> torch.onnx.ONNXProgram:
+    """Trace `source` with the dynamo-based exporter; its `exported_program` is the FX
+    program whose node names the ONNX graph's values and metadata refer to."""
     shapes = tuple(source.dynamic_axes.get(name, {}) for name in source.input_names)
     program = torch.onnx.export(
-        adapter,
+        adapter_for(source),
         args,
         dynamo=True,
         opset_version=opset,
         input_names=list(source.input_names),
         output_names=list(source.output_names),
         dynamic_shapes=(shapes,),
-        optimize=True,
+        optimize=optimize,
     )
     if program is None:
         raise ExportError("the dynamo exporter returned no program")
+    return program
+
+
+def _export_dynamo(source: Source, path: Path, opset: int, external: bool) -> None:
+    inputs = source.example_inputs()
+    program = dynamo_program(
+        source, tuple(inputs[name] for name in source.input_names), opset=opset
+    )
     program.save(str(path), external_data=external)
 
 
@@ -254,7 +263,7 @@ def export_to_onnx(
         t0 = time.perf_counter()
         before = set(output_path.parent.iterdir())
         try:
-            with warnings.catch_warnings(), _captured_stdout():
+            with warnings.catch_warnings(), captured_stdout():
                 warnings.simplefilter("ignore")
                 strategy.run(source, output_path, opset_version, external)
             data_file = _gather_external_data(output_path, before) if external else None

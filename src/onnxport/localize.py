@@ -18,8 +18,6 @@ Both run on a single input (batch 1), so memory stays bounded by one forward pas
 from __future__ import annotations
 
 import ast
-import contextlib
-import io
 import logging
 import tempfile
 import time
@@ -208,23 +206,12 @@ def _fx_values(source, inputs: dict[str, np.ndarray], opset: int, wanted: set[st
     """Values of the FX nodes in `wanted`, from the program the dynamo exporter traces."""
     import torch
 
-    from onnxport.export import adapter_for
+    from onnxport.export import captured_stdout, dynamo_program
 
-    adapter = adapter_for(source)
     args = tuple(torch.from_numpy(inputs[name]) for name in source.input_names)
-    shapes = tuple(source.dynamic_axes.get(name, {}) for name in source.input_names)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with warnings.catch_warnings(), captured_stdout():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            adapter,
-            args,
-            dynamo=True,
-            opset_version=opset,
-            input_names=list(source.input_names),
-            output_names=list(source.output_names),
-            dynamic_shapes=(shapes,),
-            optimize=False,
-        )
+        program = dynamo_program(source, args, opset=opset, optimize=False)
     module = program.exported_program.module()
     values: dict[str, np.ndarray] = {}
 
