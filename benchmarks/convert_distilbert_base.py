@@ -43,16 +43,28 @@ TARGET_RSS_RATIO = 3.0
 TARGET_MAX_ABS_DIFF = 1e-4
 TARGET_AGREEMENT = 1.0
 MB = 1024.0 * 1024.0
-# What the CLI's ProgressPrinter prints on stderr when a stage starts (see onnxport.render).
-STAGE_LABELS = {
-    "load source": "load",
-    "export to ONNX": "export",
-    "validate against PyTorch": "validate",
-    "smoke test": "smoke_test",
+# The CLI's ProgressPrinter prints "… <label>" on stderr when a stage starts and
+# "✓ <label> 1.2 s" when it ends; the labels come from onnxport.render (a stage without a
+# label there is printed, and recorded here, under its own name).
+FALLBACK_STAGE_LABELS = {
+    "load": "load source",
+    "export": "export to ONNX",
+    "passes": "optimize / quantize",
+    "validate": "validate against PyTorch",
+    "smoke_test": "smoke test",
     "publish": "publish",
 }
 START_LINE = re.compile(r"^…\s+(?P<label>.+?)\s*$")
 DONE_LINE = re.compile(r"^[✓✗]\s+(?P<label>.+?)\s+[\d.]+ s\s*$")
+
+
+def stage_names() -> dict[str, str]:
+    """Progress label -> stage name."""
+    try:
+        from onnxport.render import STAGE_LABELS as labels
+    except ImportError:
+        labels = FALLBACK_STAGE_LABELS
+    return {label: stage for stage, label in labels.items()}
 
 
 def cpu_model() -> str:
@@ -86,6 +98,21 @@ def build_checkpoint(directory: Path, vocab_size: int) -> Path:
     return directory
 
 
+def git_revision() -> str | None:
+    """The repository's commit, with `+dirty` when src/ has uncommitted changes."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return None
+    return f"{head}+dirty" if head and dirty else head or None
+
+
 def weights_bytes(checkpoint: Path) -> int:
     return sum(f.stat().st_size for f in checkpoint.glob("*.safetensors"))
 
@@ -114,6 +141,7 @@ class Monitor:
     events: list[tuple[float, str, str]] = field(default_factory=list)  # (t, stage, start|done)
     stderr_lines: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    labels: dict[str, str] = field(default_factory=stage_names)
 
     def sample(self) -> None:
         process = psutil.Process(self.pid)
@@ -130,8 +158,9 @@ class Monitor:
             self.stderr_lines.append(line)
             for pattern, kind in ((START_LINE, "start"), (DONE_LINE, "done")):
                 match = pattern.match(line.strip())
-                if match and match["label"] in STAGE_LABELS:
-                    self.events.append((now, STAGE_LABELS[match["label"]], kind))
+                if match:
+                    label = match["label"]
+                    self.events.append((now, self.labels.get(label, label), kind))
         stream.close()
 
     def stage_at(self, t: float) -> str:
@@ -390,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_before": load_before,
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         },
+        "revision": git_revision(),
         "versions": runs[0]["versions"],
         "checkpoint": {
             "path": str(checkpoint),

@@ -1,9 +1,34 @@
-"""report.md: the manifest's figures as Markdown."""
+"""The reports: report.md, the self-contained report.html and the report.png plot."""
 
 from __future__ import annotations
 
-from onnxport.manifest import Manifest
-from onnxport.report import render_markdown
+import base64
+import io
+import re
+from pathlib import Path
+
+import pytest
+from matplotlib.image import imread
+
+from onnxport.benchmark import BenchmarkResult, BenchmarkSettings, RuntimeFigures, Timing
+from onnxport.manifest import (
+    MANIFEST_FILENAME,
+    REPORT_FILENAME,
+    Manifest,
+    read_manifest,
+    verify_directory,
+)
+from onnxport.report import (
+    REPORT_FILENAMES,
+    REPORT_HTML_FILENAME,
+    REPORT_PLOT_FILENAME,
+    ReportError,
+    render_html,
+    render_markdown,
+    render_plot,
+    rerender_reports,
+    write_reports,
+)
 
 
 def test_report_of_a_conversion(converted) -> None:
@@ -54,3 +79,160 @@ def test_report_names_the_lineage(converted) -> None:
     assert "- conversion fingerprint: `deadbeef`" in report
     assert "- parent_exec_fp: `def456`" in report
     assert "conversion fingerprint" not in render_markdown(converted("bert-encoder").manifest)
+
+
+# ------------------------------------------------------------ reports with a benchmark
+
+
+def _benchmark(*, pytorch_ms: float = 10.0, fp32_ms: float = 4.0) -> BenchmarkResult:
+    """A recorded benchmark with round figures (rendering does not care how they were made)."""
+
+    def timing(runtime: str, batch: int, size: int, p50: float) -> Timing:
+        return Timing(runtime, batch, size, 3, p50, p50 * 1.1, p50 * 1.2, p50, batch / p50 * 1e3)
+
+    timings = [
+        timing(name, batch, size, base * batch * size / 32)
+        for batch in (1, 8)
+        for size in (32, 128)
+        for name, base in (("pytorch", pytorch_ms), ("fp32", fp32_ms))
+    ]
+    return BenchmarkResult(
+        settings=BenchmarkSettings(threads=2, iterations=3),
+        runtimes=(
+            RuntimeFigures("pytorch", "pytorch-eager", "model.safetensors", 2_000_000, 1.5, 120.0),
+            RuntimeFigures("fp32", "onnxruntime", "model_fp32.onnx", 2_100_000, 0.05, 10.0),
+        ),
+        timings=tuple(timings),
+        size_name="sequence length",
+        inputs="tokenized sample text",
+        machine={"cpu_model": "Test CPU <x>", "logical_cpus": 2, "threads": 2, "threading": "t"},
+        versions={"onnxruntime": "1.0", "torch": "2.0"},
+        created_at="2026-01-01T00:00:00+00:00",
+        seconds=1.0,
+    )
+
+
+@pytest.fixture
+def benchmarked(converted) -> Manifest:
+    manifest = converted("bert-encoder").manifest.model_copy(deep=True)
+    manifest.benchmark = _benchmark().to_dict()
+    return manifest
+
+
+def test_markdown_has_the_benchmark_tables_and_the_plot(benchmarked: Manifest) -> None:
+    report = render_markdown(benchmarked)
+    lines = report.splitlines()
+    assert "## Benchmark" in lines
+    assert "| pytorch | pytorch-eager | model.safetensors | 2.0 MB | 1.50 | 120 MB |" in lines
+    assert "| 1 | 32 | pytorch | 10.00 | 11.00 | 12.00 | 100.0 | reference |" in lines
+    assert "| 1 | 32 | fp32 | 4.00 | 4.40 | 4.80 | 250.0 | 2.50x |" in lines
+    assert "| 8 | 128 | fp32 | 128.00 | 140.80 | 153.60 | 62.5 | 2.50x |" in lines
+    assert "![median latency by sequence length](report.png)" in lines
+    assert "Test CPU <x> (2 logical CPUs), 2 threads" in report
+    # The sections before and after stay where they were.
+    assert lines.index("## Validation against PyTorch") < lines.index("## Benchmark")
+    assert lines.index("## Benchmark") < lines.index("## Timings")
+
+
+def test_markdown_without_a_benchmark_has_no_benchmark_section(converted) -> None:
+    report = render_markdown(converted("bert-encoder").manifest)
+    assert "## Benchmark" not in report
+    assert REPORT_PLOT_FILENAME not in report
+
+
+def test_plot_is_a_deterministic_png(benchmarked: Manifest, converted) -> None:
+    plot = render_plot(benchmarked)
+    assert plot is not None and plot.startswith(b"\x89PNG\r\n\x1a\n")
+    assert render_plot(benchmarked) == plot, "same manifest, same bytes: checksums stay stable"
+    image = imread(io.BytesIO(plot), format="png")
+    height, width = image.shape[:2]
+    assert width > 2 * height, "one panel per batch size, side by side"
+    assert render_plot(converted("bert-encoder").manifest) is None
+
+
+def test_html_is_self_contained_with_the_plot_embedded(benchmarked: Manifest) -> None:
+    plot = render_plot(benchmarked)
+    page = render_html(benchmarked, plot)
+    assert page.startswith("<!DOCTYPE html>")
+    assert "<style>" in page
+    assert "<script" not in page.lower()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page, re.IGNORECASE)
+    assert "<link" not in page.lower()
+    match = re.search(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert match and base64.b64decode(match.group(1)) == plot
+    assert "<h2>Benchmark</h2>" in page
+    assert '<td class="num faster">2.50x</td>' in page
+    assert "Test CPU &lt;x&gt;" in page, "text is escaped"
+    for name in benchmarked.outputs[0].validation.outputs:  # type: ignore[union-attr]
+        assert f"<td>{name}</td>" in page
+
+
+def test_html_without_a_benchmark_has_no_image(converted) -> None:
+    page = render_html(converted("bert-encoder").manifest)
+    assert "<img" not in page and "<h2>Benchmark</h2>" not in page
+    assert "<h2>Validation against PyTorch</h2>" in page
+
+
+def test_the_pipeline_writes_html_beside_markdown(converted) -> None:
+    result = converted("bert-encoder")
+    html_file = result.directory / REPORT_HTML_FILENAME
+    assert html_file.read_text(encoding="utf-8") == render_html(result.manifest)
+    assert REPORT_HTML_FILENAME in result.manifest.files
+    assert not (result.directory / REPORT_PLOT_FILENAME).exists(), "no plot before a benchmark"
+
+
+def test_write_reports_updates_checksums_and_leaves_no_temporary_file(
+    copy_output, benchmarked: Manifest
+) -> None:
+    directory = copy_output("bert-encoder")
+    written = write_reports(directory, benchmarked)
+    assert verify_directory(directory) == []
+    assert read_manifest(directory) == written
+    assert written.benchmark == benchmarked.benchmark
+    assert {REPORT_FILENAME, REPORT_HTML_FILENAME, REPORT_PLOT_FILENAME} <= set(written.files)
+    assert {p.name for p in directory.iterdir()} == set(written.files) | {MANIFEST_FILENAME}
+    assert (directory / REPORT_PLOT_FILENAME).read_bytes() == render_plot(benchmarked)
+
+
+def test_rerender_repairs_missing_report_files(copy_output, benchmarked: Manifest) -> None:
+    directory = copy_output("bert-encoder")
+    write_reports(directory, benchmarked)
+    before = {name: (directory / name).read_bytes() for name in REPORT_FILENAMES}
+    for name in REPORT_FILENAMES:
+        (directory / name).unlink()
+    assert verify_directory(directory) != []
+    rerender_reports(directory)
+    assert {name: (directory / name).read_bytes() for name in REPORT_FILENAMES} == before
+    assert verify_directory(directory) == []
+
+
+def test_rerender_refuses_a_damaged_model(copy_output) -> None:
+    directory = copy_output("bert-encoder")
+    with (directory / "model_fp32.onnx").open("ab") as f:
+        f.write(b"x")
+    with pytest.raises(ReportError, match="does not match its checksum") as caught:
+        rerender_reports(directory)
+    assert caught.value.exit_code == 2
+
+
+def test_rerender_refuses_a_directory_without_manifest(tmp_path: Path) -> None:
+    with pytest.raises(ReportError, match=r"holds no manifest\.json"):
+        rerender_reports(tmp_path)
+    with pytest.raises(ReportError, match="is not a directory"):
+        rerender_reports(tmp_path / "nowhere")
+
+
+def test_report_command_renders_again(cli, copy_output) -> None:
+    directory = copy_output("bert-encoder")
+    (directory / REPORT_HTML_FILENAME).unlink()
+    run = cli("report", directory)
+    assert run.code == 0, run.stderr
+    assert str(directory / REPORT_HTML_FILENAME) in run.stdout
+    assert verify_directory(directory) == []
+
+
+def test_report_command_refuses_bad_input_in_one_line(cli, tmp_path: Path) -> None:
+    run = cli("report", tmp_path)
+    assert run.code == 2
+    assert run.stderr.startswith("error (report): ")
+    assert "Traceback" not in run.stderr

@@ -3,7 +3,8 @@
 `create_conversion_job` builds a command job that runs the same child process as a local
 conversion (`python -m onnxport.execution`) on the training job's `checkpoint` output and
 publishes into the job's `onnx_model` output; `submit_conversion_job` submits and polls it;
-`validate_conversion_job` downloads that output and checks it as a local one is checked.
+`validate_conversion_job` (from `azureml_service`) downloads that output and checks it as a
+local one is checked. The environment and the uploaded code come from `azureml_environment`.
 
 azure-ai-ml is an optional dependency (`pip install 'onnxport[azureml]'`), imported only
 inside these functions: without it the rest of onnxport works.
@@ -20,28 +21,44 @@ import os
 import re
 import shlex
 import shutil
-import sys
 import tempfile
-import time
-from collections.abc import Callable, Mapping, Sequence
-from importlib import metadata
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-import onnxport
 from onnxport import __version__
+from onnxport.azureml_environment import build_environment, stage_code
+from onnxport.azureml_service import (
+    COMPLETED,
+    DEFAULT_POLL_SECONDS,
+    MODEL_OUTPUT,
+    validate_conversion_job,
+    wait_for_jobs,
+)
 from onnxport.config import ConversionConfig, load_conversion_config
 from onnxport.errors import EXIT_BAD_INPUT, AzureMLError
 from onnxport.execution import LINEAGE_ENV, ChildArguments
 from onnxport.fingerprints import check_fingerprint, conversion_fingerprint
-from onnxport.manifest import MANIFEST_FILENAME, read_manifest, verify_directory
 from onnxport.tracking import lineage_tags
 
 if TYPE_CHECKING:
     from azure.ai.ml import Input, MLClient
     from azure.ai.ml.entities import Command, Environment, Job
+
+__all__ = [
+    "AzureMLNotInstalledError",
+    "build_environment",
+    "check_command_bindings",
+    "create_conversion_job",
+    "get_checkpoint_output_from_training_job",
+    "stage_code",
+    "submit_conversion_job",
+    "validate_conversion_job",
+    "wait_for_jobs",
+    "write_job_yaml",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,35 +67,14 @@ CHECKPOINT_OUTPUT = "checkpoint"
 """The training job's output that holds the Hugging Face checkpoint directory."""
 CHECKPOINT_INPUT = "checkpoint"
 CONFIG_INPUT = "conversion_config"
-MODEL_OUTPUT = "onnx_model"
 MODEL_SUBDIR = "onnx"
 """Publishing renames a finished sibling into place, so it works below the output's root."""
 DEFAULT_EXPERIMENT_NAME = "conversion"
-COMPLETED = "Completed"
-# azure-ai-ml's RunHistoryConstants.TERMINAL_STATUSES: a job in these states never moves on.
-TERMINAL_STATUSES = ("Completed", "Failed", "Canceled", "NotResponding", "Paused")
-DEFAULT_POLL_SECONDS = 30.0
-GET_ATTEMPTS = 3
-DEFAULT_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
-"""Azure ML's standard CPU base image; the conda file adds onnxport's pinned packages."""
-TORCH_CPU_INDEX_URL = "https://download.pytorch.org/whl/cpu"
-AZUREML_MLFLOW_REQUIREMENT = "azureml-mlflow==1.60.0"
-"""MLflow's plugin for the workspace tracking server: the newest release that pip resolves
-together with constraints.txt. Only the remote job needs it."""
 JOB_YAML_SCHEMA = "https://azuremlschemas.azureedge.net/latest/commandJob.schema.json"
 _REMOTE_PREFIXES = ("azureml:", "http://", "https://", "wasb://", "wasbs://", "abfs://")
 _REMOTE_PREFIXES += ("abfss://", "adl://", "git+", "file:")
 _BINDING = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
 _INPUT_OR_OUTPUT = re.compile(r"(inputs|outputs)\.([A-Za-z0-9_.-]+)")
-_STAGED_MARKER = ".onnxport-staged"
-# Installer tools come with the environment's pip; pip freeze (so constraints.txt) omits them.
-_INSTALLER_TOOLS = frozenset({"pip", "setuptools", "wheel"})
-_STATUS_HINTS = {
-    "Failed": "read its log: az ml job stream --name {name} (or open it in Azure ML studio)",
-    "Canceled": "it was canceled before it finished; submit it again",
-    "NotResponding": "its compute stopped answering; check the cluster, then submit it again",
-    "Paused": "resume it in Azure ML studio, or submit it again",
-}
 
 
 class AzureMLNotInstalledError(AzureMLError):
@@ -153,156 +149,6 @@ def get_checkpoint_output_from_training_job(
     return _job_output_input(name, output_name)
 
 
-# -------------------------------------------------------------------------- the environment
-
-
-def _normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _runtime_distributions(root: str = "onnxport") -> dict[str, str]:
-    """Every installed distribution `root` needs at run time (no extras): key -> name."""
-    from packaging.requirements import Requirement
-
-    found: dict[str, str] = {}
-    visited: set[tuple[str, str]] = set()
-    pending = [(root, "")]
-    while pending:
-        name, extra = pending.pop()
-        if (_normalize(name), extra) in visited:
-            continue
-        visited.add((_normalize(name), extra))
-        try:
-            distribution = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            continue  # a dependency of another platform or Python, not installed here
-        if name != root and _normalize(name) not in _INSTALLER_TOOLS:
-            found[_normalize(name)] = distribution.metadata["Name"]
-        for spec in distribution.requires or []:
-            requirement = Requirement(spec)
-            if requirement.marker and not requirement.marker.evaluate({"extra": extra}):
-                continue
-            pending.append((requirement.name, ""))
-            pending.extend((requirement.name, e) for e in requirement.extras)
-    return found
-
-
-def _source_constraints() -> Path | None:
-    """constraints.txt of the source checkout onnxport runs from, if it does."""
-    candidate = Path(onnxport.__file__).resolve().parents[2] / "constraints.txt"
-    return candidate if candidate.is_file() else None
-
-
-def _read_constraints(path: Path) -> dict[str, str]:
-    pins = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        line = line.split("#", 1)[0].strip()
-        if "==" in line and not line.startswith("-"):
-            name, version = line.split("==", 1)
-            pins[_normalize(name.strip())] = version.strip()
-    return pins
-
-
-def runtime_requirements(constraints_file: Path | None = None) -> list[str]:
-    """`name==version` for every package onnxport needs at run time, as tested.
-
-    Args:
-        constraints_file: the pins; None uses the source checkout's `constraints.txt`, or the
-            installed versions when onnxport runs from an installed wheel.
-    """
-    try:
-        metadata.distribution("onnxport")
-    except metadata.PackageNotFoundError as e:
-        raise AzureMLError(
-            "onnxport's own package metadata is missing, so its requirements are unknown",
-            hint="install onnxport (pip install -e .) before building an environment",
-        ) from e
-    distributions = _runtime_distributions()
-    constraints = constraints_file or _source_constraints()
-    pins = _read_constraints(constraints) if constraints else {}
-    requirements = []
-    for key, name in sorted(distributions.items()):
-        version = pins.get(key)
-        if version is None:
-            version = metadata.version(name)
-            if constraints:
-                logger.warning("%s is not pinned in %s; using %s", name, constraints, version)
-        requirements.append(f"{name}=={version}")
-    return requirements
-
-
-def conda_specification(
-    requirements: Sequence[str],
-    *,
-    python_version: str | None = None,
-    torch_index_url: str | None = TORCH_CPU_INDEX_URL,
-) -> dict[str, Any]:
-    """A conda environment file (as a dict) that pip-installs `requirements`."""
-    python_version = python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
-    pip = [f"--extra-index-url {torch_index_url}"] if torch_index_url else []
-    pip += [*requirements, AZUREML_MLFLOW_REQUIREMENT]
-    return {
-        "name": "onnxport",
-        "channels": ["conda-forge"],
-        "dependencies": [f"python={python_version}", "pip", {"pip": pip}],
-    }
-
-
-def build_environment(
-    *,
-    image: str = DEFAULT_IMAGE,
-    constraints_file: Path | None = None,
-    torch_index_url: str | None = TORCH_CPU_INDEX_URL,
-) -> Environment:
-    """An Azure ML environment with onnxport's run-time packages at the tested versions.
-
-    Anonymous (no name), so Azure ML reuses the image it built for the same specification.
-
-    Args:
-        image: the base Docker image.
-        constraints_file: the pins (see `runtime_requirements`).
-        torch_index_url: an extra package index for torch; the default takes the CPU build,
-            None takes PyPI's (CUDA) build.
-    """
-    aml = require_azure_ml()
-    specification = conda_specification(
-        runtime_requirements(constraints_file), torch_index_url=torch_index_url
-    )
-    return aml.entities.Environment(
-        image=image,
-        conda_file=specification,
-        description=f"onnxport {__version__} run time, pinned as tested",
-    )
-
-
-def stage_code(destination: Path) -> Path:
-    """Copy the onnxport package into `destination`, to upload as a job's code directory.
-
-    A version record goes with it, so that the remote manifest names the version that ran.
-    """
-    destination = Path(destination).absolute()
-    package = Path(onnxport.__file__).resolve().parent
-    target = destination / "onnxport"
-    if target.exists():
-        if not (destination / _STAGED_MARKER).is_file():
-            raise AzureMLError(
-                f"{target} exists and was not staged by onnxport; refusing to replace it",
-                hint="stage the code into a new or empty directory",
-            )
-        shutil.rmtree(target)
-        for old in destination.glob("onnxport-*.dist-info"):
-            shutil.rmtree(old)
-    destination.mkdir(parents=True, exist_ok=True)
-    (destination / _STAGED_MARKER).write_text("staged by onnxport.azureml.stage_code\n")
-    shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    dist_info = destination / f"onnxport-{__version__}.dist-info"
-    dist_info.mkdir()
-    (dist_info / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: onnxport\nVersion: {__version__}\n", encoding="utf-8"
-    )
-    return destination
-
-
 # --------------------------------------------------------------------------------- the job
 
 
@@ -373,13 +219,13 @@ def _write_config(config: ConversionConfig, work_dir: Path) -> Path:
 
 def _sdk_validate(job: Command) -> None:
     """azure-ai-ml's own client-side checks, as a clear error instead of at submission."""
-    from azure.ai.ml.exceptions import ValidationException
+    from azure.ai.ml.exceptions import MlException
 
     result = job._validate()
     problems = [f"{path}: {message}" for path, message in result.error_messages.items()]
     try:
         job._to_job()._validate()
-    except ValidationException as e:
+    except MlException as e:  # ValidationException and the environment's own checks
         problems.append(_one_line(e))
     if problems:
         raise AzureMLError("azure-ai-ml rejects the conversion job: " + "; ".join(problems))
@@ -550,62 +396,7 @@ def write_job_yaml(job: Command, path: Path) -> Path:
     return path
 
 
-# ------------------------------------------------------------------------ the service side
-
-
-def _get_job(ml_client: MLClient, name: str, poll_seconds: float) -> Job:
-    for attempt in range(GET_ATTEMPTS):
-        try:
-            return ml_client.jobs.get(name)
-        except Exception as e:  # the SDK raises many types for one failed request
-            if attempt == GET_ATTEMPTS - 1:
-                raise AzureMLError(
-                    f"cannot read the state of job {name}: {_one_line(e)}",
-                    hint="check the workspace and your access (az login); the job is unaffected",
-                ) from e
-            logger.warning("reading job %s failed (%s); retrying", name, _one_line(e, 120))
-            time.sleep(poll_seconds)
-    raise AssertionError("unreachable")
-
-
-def wait_for_jobs(
-    ml_client: MLClient,
-    names: Sequence[str],
-    *,
-    poll_seconds: float = DEFAULT_POLL_SECONDS,
-    timeout_seconds: float | None = None,
-    on_status: Callable[[str, str], None] | None = None,
-) -> dict[str, Job]:
-    """Poll jobs until each is in a terminal state; the finished jobs by name.
-
-    Args:
-        names: the jobs, which run in parallel on the service.
-        poll_seconds: the pause between rounds of polling.
-        timeout_seconds: stop waiting (the jobs go on) after this long; None: no limit.
-        on_status: called with (name, status) whenever a job's status changes.
-    """
-    started = time.monotonic()
-    pending = list(dict.fromkeys(names))
-    latest: dict[str, Job] = {}
-    while True:
-        for name in list(pending):
-            job = _get_job(ml_client, name, poll_seconds)
-            if name not in latest or latest[name].status != job.status:
-                logger.info("job %s: %s", name, job.status)
-                if on_status is not None:
-                    on_status(name, str(job.status))
-            latest[name] = job
-            if job.status in TERMINAL_STATUSES:
-                pending.remove(name)
-        if not pending:
-            return {name: latest[name] for name in names}
-        if timeout_seconds is not None and time.monotonic() - started > timeout_seconds:
-            states = ", ".join(f"{name} {latest[name].status}" for name in pending)
-            raise AzureMLError(
-                f"stopped waiting after {timeout_seconds:g} s; still running: {states}",
-                hint="the jobs go on; check them later (az ml job show --name NAME)",
-            )
-        time.sleep(poll_seconds)
+# ------------------------------------------------------------------------------ submission
 
 
 def submit_conversion_job(
@@ -640,91 +431,3 @@ def submit_conversion_job(
         on_status=on_status,
     )
     return finished[submitted.name]
-
-
-def _download_target(download_dir: Path | None, name: str) -> Path:
-    if download_dir is None:
-        return Path(tempfile.mkdtemp(prefix=f"onnxport-{name}-"))
-    target = Path(download_dir).absolute() / name
-    if target.exists():
-        if any(target.iterdir()) and not (target / "named-outputs").is_dir():
-            raise AzureMLError(
-                f"{target} exists and is not an earlier download of job {name}",
-                hint="choose another download directory",
-            )
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    return target
-
-
-def _find_output_dir(root: Path, name: str) -> Path:
-    manifests = [
-        path
-        for path in sorted(root.rglob(MANIFEST_FILENAME))
-        if not any(part.startswith(".") for part in path.relative_to(root).parts)
-    ]
-    if not manifests:
-        raise AzureMLError(
-            f"the {MODEL_OUTPUT} output of conversion job {name} holds no onnxport output "
-            f"(no {MANIFEST_FILENAME} in {root})",
-            hint="read the job's log: it completed without publishing a model",
-        )
-    if len(manifests) > 1:
-        found = ", ".join(str(p.parent) for p in manifests)
-        raise AzureMLError(
-            f"the {MODEL_OUTPUT} output of conversion job {name} holds several onnxport "
-            f"outputs ({found}); expected one"
-        )
-    return manifests[0].parent
-
-
-def validate_conversion_job(
-    job: Job, ml_client: MLClient, download_dir: Path | None = None
-) -> Path:
-    """Check a conversion job Completed and its output is complete; the local directory.
-
-    Downloads the `onnx_model` output into `<download_dir>/<job name>/` (None: a new
-    temporary directory, left for the caller) and checks it: a manifest, every checksum
-    matching, and validation passed for every published model.
-    """
-    name = job.name
-    status = _get_job(ml_client, name, DEFAULT_POLL_SECONDS).status
-    if status != COMPLETED:
-        hint = _STATUS_HINTS.get(str(status), "check it in Azure ML studio").format(name=name)
-        raise AzureMLError(
-            f"conversion job {name} ended {status}, not Completed: it published no model",
-            hint=hint,
-        )
-    target = _download_target(download_dir, name)
-    try:
-        ml_client.jobs.download(name, output_name=MODEL_OUTPUT, download_path=str(target))
-    except Exception as e:  # the SDK raises many types for one failed download
-        raise AzureMLError(
-            f"cannot download the {MODEL_OUTPUT} output of conversion job {name}: {_one_line(e)}",
-            hint="check your access to the workspace's datastore, then validate again",
-        ) from e
-    directory = _find_output_dir(target, name)
-    problems = verify_directory(directory)
-    if problems:
-        raise AzureMLError(
-            f"the {MODEL_OUTPUT} output of conversion job {name} is damaged: "
-            + "; ".join(problems),
-            hint="download it again; if it stays damaged, convert again",
-        )
-    manifest = read_manifest(directory)
-    published = manifest.published_outputs()
-    failed = [
-        out.file
-        for out in published
-        if out.validation is None
-        or not out.validation.passed
-        or (out.smoke_test is not None and not out.smoke_test.passed)
-    ]
-    if not published or failed:
-        what = ", ".join(failed) if failed else "no model"
-        raise AzureMLError(
-            f"conversion job {name} published {what} without passing validation",
-            hint=f"read {directory / 'report.md'}",
-        )
-    logger.info("conversion job %s: %d validated model(s) in %s", name, len(published), directory)
-    return directory

@@ -16,6 +16,7 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,8 +243,18 @@ def _runtimes(
     return runtimes, make_inputs, kind
 
 
+def _shape_line(timings: list[Timing], size_name: str) -> str:
+    first = timings[0]
+    medians = ", ".join(f"{t.runtime} {t.p50_ms:.2f} ms" for t in timings)
+    return f"batch {first.batch_size}, {size_name} {first.size}: {medians}"
+
+
 def benchmark_directory(
-    output_dir: Path, settings: BenchmarkSettings, *, include_pytorch: bool = True
+    output_dir: Path,
+    settings: BenchmarkSettings,
+    *,
+    include_pytorch: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> BenchmarkResult:
     """Measure PyTorch eager (optional) and every published ONNX variant of `output_dir`.
 
@@ -251,12 +262,16 @@ def benchmark_directory(
         output_dir: a complete onnxport output directory.
         settings: the grid, threads, iterations and warm-up.
         include_pytorch: also load the source checkpoint the manifest records and run it.
+        progress: receives a short line once the input is checked and after each shape.
 
     Raises `BenchmarkInputError` for a directory or settings that cannot be benchmarked.
     """
     output_dir = Path(output_dir)
     manifest = _read_directory(output_dir)
     sizes, size_name = _sizes(manifest, output_dir, settings)
+    shapes = [(b, s) for b in settings.batch_sizes for s in sizes]
+    report = progress or (lambda _: None)
+    report(f"{len(shapes)} shapes, {settings.threads} threads, {settings.iterations} iterations")
     started = time.perf_counter()
     versions = {"onnxruntime": ort.__version__, "python": platform.python_version()}
     torch_threads = None
@@ -270,7 +285,6 @@ def benchmark_directory(
         runtimes, make_inputs, kind = _runtimes(
             manifest, output_dir, settings, largest, include_pytorch=include_pytorch
         )
-        shapes = [(b, s) for b in settings.batch_sizes for s in sizes]
         logger.info(
             "benchmarking %s on %d shapes, %d threads, %d iterations",
             ", ".join(r.name for r in runtimes),
@@ -279,7 +293,12 @@ def benchmark_directory(
             settings.iterations,
         )
         timings = measure_interleaved(
-            runtimes, shapes, make_inputs, iterations=settings.iterations, warmup=settings.warmup
+            runtimes,
+            shapes,
+            make_inputs,
+            iterations=settings.iterations,
+            warmup=settings.warmup,
+            on_shape=lambda done: report(_shape_line(done, size_name)),
         )
     finally:
         if torch_threads is not None:

@@ -279,11 +279,13 @@ def measure_interleaved(
     *,
     iterations: int,
     warmup: int,
+    on_shape: Callable[[list[Timing]], None] | None = None,
 ) -> list[Timing]:
     """Time every runtime on every (batch, size) shape on the same inputs.
 
     In each iteration every runtime runs once; the order rotates, so that no runtime
     always runs right after the same other one and drift hits them all alike.
+    `on_shape` receives the timings of each shape as soon as it is done.
     """
     timings: list[Timing] = []
     for batch, size in shapes:
@@ -306,4 +308,6 @@ def measure_interleaved(
             ", ".join(f"{t.runtime} {t.p50_ms:.2f} ms" for t in shape_timings),
         )
         timings += shape_timings
+        if on_shape is not None:
+            on_shape(shape_timings)
     return timings

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from onnxport.cli_azureml import azureml_app
 from onnxport.cli_benchmark import benchmark_command, report_command
 from onnxport.cli_debug import debug_command
 from onnxport.cli_predict import predict_command
@@ -64,7 +65,13 @@ def _config(config_file: Path | None) -> ConversionConfig:
 
 @app.command()
 def convert(
-    source: Annotated[Path, typer.Argument(help="Checkpoint directory (config.json + weights).")],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="Checkpoint directory (config.json + weights), torch.export .pt2, TorchScript "
+            ".pt, or a weights file with --factory and --input-spec."
+        ),
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output directory.")],
     task: Annotated[Task | None, typer.Option(help="Override the task from config.json.")] = None,
     opset: Annotated[int | None, typer.Option(help="ONNX opset (default 18).")] = None,
@@ -89,6 +96,14 @@ def convert(
     trust_remote_code: Annotated[
         bool, typer.Option(help="Run model code shipped with the checkpoint.")
     ] = False,
+    factory: Annotated[
+        str | None,
+        typer.Option(help="module:callable that builds the model of a weights file (runs it)."),
+    ] = None,
+    input_spec: Annotated[
+        Path | None,
+        typer.Option(help="YAML/JSON: a plain model's input names, dtypes and shapes."),
+    ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the manifest as JSON instead of tables.")
     ] = False,
@@ -118,6 +133,8 @@ def convert(
             "task": task.value if task else None,
             "allow_pickle": allow_pickle or None,
             "trust_remote_code": trust_remote_code or None,
+            "factory": factory,
+            "input_spec": str(input_spec) if input_spec else None,
         },
     )
     request = ConversionRequest(source_path=source, output_dir=output, config=settings, force=force)
@@ -243,21 +260,26 @@ app.command("predict")(predict_command)
 app.command("debug")(debug_command)
 app.command("benchmark")(benchmark_command)
 app.command("report")(report_command)
+app.add_typer(azureml_app, name="azureml")
 
 
 def _print_error(error: BaseException, debug: bool) -> int:
+    from rich.markup import escape  # messages hold brackets: "pip install 'onnxport[azureml]'"
+
     if debug:
         traceback.print_exception(error)
     if isinstance(error, OnnxportError):
         console.print(
-            f"[red]error[/red] ({error.stage}): {error.message}", highlight=False, soft_wrap=True
+            f"[red]error[/red] ({error.stage}): {escape(error.message)}",
+            highlight=False,
+            soft_wrap=True,
         )
         if error.hint:
-            console.print(f"  hint: {error.hint}", highlight=False, soft_wrap=True)
+            console.print(f"  hint: {error.hint}", highlight=False, soft_wrap=True, markup=False)
         return error.exit_code
     wrapped = InternalError(f"{type(error).__name__}: {error}")
     console.print(
-        f"[red]internal error[/red]: {wrapped.message}\n"
+        f"[red]internal error[/red]: {escape(wrapped.message)}\n"
         "  this is a bug in onnxport; rerun with --debug and report the traceback",
         highlight=False,
     )

@@ -20,6 +20,7 @@ from rich.table import Table
 from onnxport.benchmark import (
     DEFAULT_ITERATIONS,
     DEFAULT_WARMUP,
+    PYTORCH,
     BenchmarkInputError,
     BenchmarkResult,
     BenchmarkSettings,
@@ -51,18 +52,21 @@ def run_benchmark(
     output_dir: Path, settings: BenchmarkSettings, *, include_pytorch: bool, console: Console
 ) -> BenchmarkResult:
     """Measure, record in the manifest, re-render the reports, log to MLflow when tracked."""
-    from onnxport.pipeline import StageEvent
-    from onnxport.render import ProgressPrinter
 
-    progress = ProgressPrinter(console)
-    progress(StageEvent("benchmark", "start"))
-    result = benchmark_directory(output_dir, settings, include_pytorch=include_pytorch)
+    # Lines like `onnxport convert`'s (render.ProgressPrinter), without importing the
+    # pipeline, which imports torch: `--no-pytorch` must not.
+    def progress(line: str) -> None:
+        console.print(f"[dim]…[/dim] benchmark: {line}", highlight=False)
+
+    result = benchmark_directory(
+        output_dir, settings, include_pytorch=include_pytorch, progress=progress
+    )
     record_benchmark(output_dir, result)
     if os.environ.get("MLFLOW_RUN_ID"):
         from onnxport.tracking import log_benchmark
 
         log_benchmark(result, Path(output_dir))
-    progress(StageEvent("benchmark", "done", result.seconds))
+    console.print(f"[green]✓[/green] benchmark [dim]{result.seconds:.1f} s[/dim]")
     return result
 
 
@@ -82,7 +86,7 @@ def benchmark_table(result: BenchmarkResult, output_dir: str) -> Table:
     for column in ("batch", result.size_name, "runtime", "p50 ms", "p90 ms", "p99 ms"):
         table.add_column(column, justify="left" if column == "runtime" else "right")
     table.add_column("samples/s", justify="right")
-    table.add_column("vs PyTorch", justify="right")
+    table.add_column("speed-up vs PyTorch", justify="right")
     for t in result.timings:
         ratio = result.speedup(t)
         table.add_row(
@@ -93,7 +97,7 @@ def benchmark_table(result: BenchmarkResult, output_dir: str) -> Table:
             f"{t.p90_ms:.2f}",
             f"{t.p99_ms:.2f}",
             f"{t.throughput:.1f}",
-            "-" if ratio is None else f"{ratio:.2f}x faster",
+            "reference" if t.runtime == PYTORCH else "-" if ratio is None else f"{ratio:.2f}x",
         )
     return table
 

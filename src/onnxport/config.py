@@ -151,8 +151,21 @@ class QuantizeConfig(_Strict):
 class SourceConfig(_Strict):
     task: Task | None = None
     allow_pickle: bool = False
-    """Load pickle-based weights (`pytorch_model.bin`), with torch.load(weights_only=True)."""
+    """Load pickle-based weights (`pytorch_model.bin`, a `torch.save` state dict), with
+    torch.load(weights_only=True), and `.pt2` archives that hold pickled members."""
     trust_remote_code: bool = False
+    factory: str | None = None
+    """`module:callable` returning the `nn.Module` a state dict file belongs to. Importing it
+    runs that module's code, which is why only the user ever names it."""
+    input_spec: Path | None = None
+    """YAML or JSON file describing a plain PyTorch model's inputs (`onnxport.sources.plain`)."""
+
+    @field_validator("factory")
+    @classmethod
+    def _module_and_callable(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[\w.]+:[\w.]+", value):
+            raise ValueError("must be `module:callable`, e.g. my_project.models:build_model")
+        return value
 
 
 class ExecutionConfig(_Strict):

@@ -146,6 +146,8 @@ def _child_main(argv: list[str]) -> int:
         )
         lineage = json.loads(os.environ.get(LINEAGE_ENV, "{}"))
         lineage.setdefault("backbone", args.backbone)
+        if os.environ.get("MLFLOW_RUN_ID"):
+            lineage.setdefault("mlflow_run_id", os.environ["MLFLOW_RUN_ID"])
         request = ConversionRequest(
             source_path=args.checkpoint_path,
             output_dir=args.output_dir,

@@ -134,7 +134,16 @@ def dynamo_program(
     return program
 
 
+def _holds_torchscript(module: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.jit.ScriptModule) for m in module.modules())
+
+
 def _export_dynamo(source: Source, path: Path, opset: int, external: bool) -> None:
+    if _holds_torchscript(source.module):
+        raise ExportError(
+            "torch.export cannot trace a TorchScript module; the TorchScript-based exporter "
+            "converts it"
+        )
     inputs = source.example_inputs()
     program = dynamo_program(
         source, tuple(inputs[name] for name in source.input_names), opset=opset
@@ -145,6 +154,8 @@ def _export_dynamo(source: Source, path: Path, opset: int, external: bool) -> No
 def _output_axes(source: Source) -> dict[str, dict[int, str]]:
     """Dynamic axes for outputs, for the TorchScript exporter (dynamo infers them)."""
     batch, size = source.example_shape
+    # The inputs' dynamic axis other than the batch (`sequence` for text), if they have one.
+    size_names = sorted({n for axes in source.dynamic_axes.values() for a, n in axes.items() if a})
     with torch.no_grad():
         outputs = adapter_for(source)(*source.example_inputs().values())
     axes: dict[str, dict[int, str]] = {}
@@ -152,16 +163,20 @@ def _output_axes(source: Source) -> dict[str, dict[int, str]]:
         dims: dict[int, str] = {}
         if value.dim() >= 1 and value.shape[0] == batch:
             dims[0] = "batch"
-        if value.dim() >= 2 and value.shape[1] == size and "sequence" in str(source.dynamic_axes):
-            dims[1] = "sequence"
+        if value.dim() >= 2 and value.shape[1] == size and size_names:
+            dims[1] = size_names[0]
         axes[name] = dims
     return axes
 
 
 def _export_torchscript(source: Source, path: Path, opset: int, external: bool) -> None:
-    adapter = adapter_for(source)
+    adapter: torch.nn.Module = adapter_for(source)
     inputs = source.example_inputs()
     args = tuple(inputs[name] for name in source.input_names)
+    if _holds_torchscript(adapter):
+        # torch.onnx's tracer cannot call into a ScriptModule held by a Python module ("not
+        # part of the active trace"); traced first, the whole is one ScriptModule it takes.
+        adapter = torch.jit.trace(adapter, args)
     torch.onnx.export(
         adapter,
         args,

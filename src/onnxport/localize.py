@@ -202,8 +202,12 @@ def _within(max_abs: float, expected: np.ndarray, atol: float, rtol: float) -> b
 # ------------------------------------------------------------------- against PyTorch
 
 
-def _fx_values(source, inputs: dict[str, np.ndarray], opset: int, wanted: set[str]):
-    """Values of the FX nodes in `wanted`, from the program the dynamo exporter traces."""
+def _fx_errors(
+    source, inputs: dict[str, np.ndarray], opset: int, onnx_values: dict, atol: float, rtol: float
+) -> tuple[list[str], dict[str, tuple[float, float, bool]]]:
+    """Run the program the dynamo exporter traces under an FX interpreter and compare each
+    paired value as it is computed; each ONNX value is dropped once compared, so memory
+    holds one forward pass, not two."""
     import torch
 
     from onnxport.export import captured_stdout, dynamo_program
@@ -211,21 +215,24 @@ def _fx_values(source, inputs: dict[str, np.ndarray], opset: int, wanted: set[st
     args = tuple(torch.from_numpy(inputs[name]) for name in source.input_names)
     with warnings.catch_warnings(), captured_stdout():
         warnings.simplefilter("ignore")
-        program = dynamo_program(source, args, opset=opset, optimize=False)
-    module = program.exported_program.module()
-    values: dict[str, np.ndarray] = {}
+        module = dynamo_program(source, args, opset=opset, optimize=False).exported_program.module()
+    order: list[str] = []
+    errors: dict[str, tuple[float, float, bool]] = {}
 
-    class Recorder(torch.fx.Interpreter):
+    class Comparer(torch.fx.Interpreter):
         def run_node(self, n):
             result = super().run_node(n)
-            if n.name in wanted and isinstance(result, torch.Tensor):
-                values[n.name] = result.detach().float().numpy().copy()
+            actual = onnx_values.pop(n.name, None)
+            if actual is not None and isinstance(result, torch.Tensor):
+                expected = result.detach().float().numpy()
+                max_abs, max_rel = _errors(actual, expected)
+                errors[n.name] = (max_abs, max_rel, _within(max_abs, expected, atol, rtol))
+                order.append(n.name)
             return result
 
     with torch.inference_mode():
-        Recorder(module).run(*args)
-    order = [n.name for n in module.graph.nodes if n.name in values]
-    return values, order
+        Comparer(module).run(*args)
+    return order, errors
 
 
 def localize_against_pytorch(
@@ -259,23 +266,16 @@ def localize_against_pytorch(
         )
     names = _float_values(model, paired)
     onnx_values = run_with_intermediates(model_path, names, inputs)
-    torch_values, order = _fx_values(source, inputs, opset, set(names))
-    return _first_divergence(
-        "pytorch", shape, order, onnx_values, torch_values, producers, atol, rtol, started
-    )
+    order, errors = _fx_errors(source, inputs, opset, onnx_values, atol, rtol)
+    return _first_divergence("pytorch", shape, order, errors, producers, atol, rtol, started)
 
 
 def _first_divergence(
-    against, shape, order, actual, expected, producers, atol, rtol, started
+    against, shape, order, errors, producers, atol, rtol, started
 ) -> Localization:
-    errors: dict[str, tuple[float, float, bool]] = {}
     diverging: list[NodeDivergence] = []
     for name in order:
-        if name not in actual or name not in expected:
-            continue
-        max_abs, max_rel = _errors(actual[name], expected[name])
-        ok = _within(max_abs, expected[name], atol, rtol)
-        errors[name] = (max_abs, max_rel, ok)
+        max_abs, max_rel, ok = errors[name]
         if ok:
             continue
         producer = producers[name]

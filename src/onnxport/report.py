@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from onnxport.benchmark import PYTORCH, BenchmarkResult
+from onnxport.benchmark import PYTORCH, BenchmarkResult, Timing
 from onnxport.errors import EXIT_BAD_INPUT, OnnxportError
 from onnxport.manifest import (
     MANIFEST_FILENAME,
@@ -31,6 +31,7 @@ REPORT_HTML_FILENAME = "report.html"
 REPORT_PLOT_FILENAME = "report.png"
 REPORT_FILENAMES = (REPORT_FILENAME, REPORT_HTML_FILENAME, REPORT_PLOT_FILENAME)
 _PLOT_DPI = 100
+_LOG_SCALE_RATIO = 10.0
 
 _CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2330;
@@ -135,7 +136,9 @@ def _validation_tables(manifest: Manifest) -> list[tuple[str, _Table]]:
     return tables
 
 
-def _speedup(result: BenchmarkResult, timing) -> str:
+def _speedup(result: BenchmarkResult, timing: Timing) -> str:
+    if timing.runtime == PYTORCH:
+        return "reference"
     ratio = result.speedup(timing)
     return "-" if ratio is None else f"{ratio:.2f}x"
 
@@ -258,8 +261,13 @@ def render_plot(manifest: Manifest) -> bytes | None:
             ax.plot(*zip(*points), marker="o", label=label)
         ax.set_title(f"batch {batch}")
         ax.set_xlabel(result.size_name)
-        ax.set_ylabel("median latency (ms)")
-        ax.set_ylim(bottom=0)
+        latencies = [t.p50_ms for t in result.timings if t.batch_size == batch]
+        if max(latencies) > _LOG_SCALE_RATIO * min(latencies):
+            ax.set_yscale("log")  # else the fast runtimes' lines lie flat on the axis
+            ax.set_ylabel("median latency (ms, log scale)")
+        else:
+            ax.set_ylim(bottom=0)
+            ax.set_ylabel("median latency (ms)")
         ax.grid(alpha=0.3)
     axes[0].legend()
     figure.suptitle(f"{manifest.source.architecture}: {result.settings.threads} threads")

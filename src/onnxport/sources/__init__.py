@@ -1,4 +1,10 @@
-"""Loaders: one per kind of input, each yielding the same `Source`."""
+"""Loaders: one per kind of input, each yielding the same `Source`.
+
+`load_source` picks the loader from what the path is: a directory with config.json is a
+Hugging Face checkpoint; a `.pt2` archive a `torch.export` program; a TorchScript archive a
+TorchScript module; a weights file (safetensors, or a pickle with `allow_pickle`) a state
+dict, which needs the code that builds its model (`factory`) and an `input_spec`.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,28 @@ from onnxport.config import SourceConfig
 from onnxport.errors import SourceError
 from onnxport.sources.base import InputFactory, Source
 from onnxport.sources.huggingface import is_huggingface_checkpoint, load_huggingface
+from onnxport.sources.state_dict import load_state_dict_source, weights_format
+from onnxport.sources.torch_export import is_torch_export_archive, load_torch_export
+from onnxport.sources.torchscript import is_torchscript_archive, load_torchscript
 
 __all__ = ["InputFactory", "Source", "load_source"]
+
+
+def _load_file(path: Path, settings: SourceConfig) -> Source:
+    if settings.factory is not None:
+        return load_state_dict_source(path, settings)
+    if is_torch_export_archive(path):
+        return load_torch_export(path, settings)
+    if is_torchscript_archive(path):
+        return load_torchscript(path, settings)
+    if weights_format(path) is not None:
+        return load_state_dict_source(path, settings)
+    raise SourceError(
+        f"{path} is a file onnxport does not know how to load",
+        hint="pass a Hugging Face checkpoint directory (config.json and model.safetensors), "
+        "a torch.export program (.pt2), a TorchScript module (.pt), or a weights file with "
+        "--factory and --input-spec",
+    )
 
 
 def load_source(path: Path, settings: SourceConfig | None = None) -> Source:
@@ -22,19 +48,22 @@ def load_source(path: Path, settings: SourceConfig | None = None) -> Source:
         raise SourceError(f"cannot read the source path {path}: {e.strerror or e}") from e
     if not exists:
         raise SourceError(f"source not found: {path}", hint="check the path")
-    if path.is_dir():
-        if not is_huggingface_checkpoint(path) and (path / "checkpoint").is_dir():
-            raise SourceError(
-                f"{path} looks like a training output, not a checkpoint",
-                hint=f"pass {path / 'checkpoint'}",
-            )
-        return load_huggingface(
-            path,
-            task=settings.task,
-            allow_pickle=settings.allow_pickle,
-            trust_remote_code=settings.trust_remote_code,
+    if not path.is_dir():
+        return _load_file(path, settings)
+    if settings.factory is not None:
+        raise SourceError(
+            f"--factory loads a weights file, and {path} is a directory",
+            hint="pass the .safetensors file itself, or leave --factory out for a "
+            "Hugging Face checkpoint directory",
         )
-    raise SourceError(
-        f"{path} is a file; onnxport converts Hugging Face checkpoint directories",
-        hint="pass the directory that holds config.json and model.safetensors",
+    if not is_huggingface_checkpoint(path) and (path / "checkpoint").is_dir():
+        raise SourceError(
+            f"{path} looks like a training output, not a checkpoint",
+            hint=f"pass {path / 'checkpoint'}",
+        )
+    return load_huggingface(
+        path,
+        task=settings.task,
+        allow_pickle=settings.allow_pickle,
+        trust_remote_code=settings.trust_remote_code,
     )

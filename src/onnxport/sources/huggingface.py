@@ -93,7 +93,7 @@ def _weight_files(path: Path, *, allow_pickle: bool) -> tuple[list[Path], bool]:
     )
 
 
-def _check_safetensors(file: Path) -> None:
+def check_safetensors(file: Path) -> None:
     """Fail early on a truncated or corrupt safetensors file, naming it."""
     size = file.stat().st_size
     try:
@@ -144,18 +144,33 @@ def _supported_tasks(config: Any) -> list[str]:
     return supported
 
 
+def _model_class(config: Any, task: Task) -> Any | None:
+    """The class the checkpoint names in config.json, when it is one of transformers' and
+    serves `task`. The Auto class maps a model type to one class per task, which is not
+    always the saved one: `T5EncoderModel` (AutoModel gives the encoder-decoder `T5Model`),
+    `DeiTForImageClassificationWithTeacher`."""
+    import transformers
+
+    for name in getattr(config, "architectures", None) or []:
+        found = getattr(transformers, name, None)
+        if found is not None and task_from_architecture(name) is task:
+            return found
+    return None
+
+
 def _load_model(path: Path, config: Any, task: Task, *, safetensors: bool, trust: bool):
     import transformers
 
     auto = getattr(transformers, TASKS[task].auto_class)
-    if type(config) not in auto._model_mapping and not trust:
+    saved_class = _model_class(config, task)
+    if saved_class is None and type(config) not in auto._model_mapping and not trust:
         raise SourceError(
             f"{config.model_type} models do not support the task {task.value}",
             hint=f"supported tasks for {config.model_type}: "
             f"{', '.join(_supported_tasks(config)) or 'none'}",
         )
     try:
-        model, info = auto.from_pretrained(
+        model, info = (saved_class or auto).from_pretrained(
             path,
             config=config,
             use_safetensors=safetensors,
@@ -299,6 +314,12 @@ def _image_size(config: Any) -> int:
     return int(size)
 
 
+def _int_setting(config: Any, name: str) -> int:
+    """A size from the config, 0 when absent or per stage (Swin, SegFormer: lists)."""
+    value = getattr(config, name, 0)
+    return value if isinstance(value, int) else 0
+
+
 def _output_names(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[str, ...]:
     with torch.no_grad():
         outputs = model(**inputs, return_dict=True)
@@ -326,7 +347,7 @@ def load_huggingface(
     weight_files, safetensors = _weight_files(path, allow_pickle=allow_pickle)
     for file in weight_files:
         if safetensors and file.suffix == ".safetensors":
-            _check_safetensors(file)
+            check_safetensors(file)
         elif file.stat().st_size == 0:
             raise SourceError(f"{file} is empty", hint="copy the checkpoint again")
 
@@ -402,7 +423,7 @@ def load_huggingface(
         model_type=config.model_type,
         num_parameters=sum(p.numel() for p in model.parameters()),
         extra={
-            "num_heads": int(getattr(config, "num_attention_heads", 0) or 0),
-            "hidden_size": int(getattr(config, "hidden_size", 0) or 0),
+            "num_heads": _int_setting(config, "num_attention_heads"),
+            "hidden_size": _int_setting(config, "hidden_size"),
         },
     )

@@ -1,0 +1,186 @@
+"""The service side of an Azure ML conversion: wait for jobs, then check what they published.
+
+`wait_for_jobs` polls until every job is in a terminal state; `validate_conversion_job`
+downloads a job's `onnx_model` output and checks it as a local output is checked. Both work
+on any `MLClient`-like object and import nothing from azure-ai-ml.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from onnxport.errors import AzureMLError
+from onnxport.manifest import MANIFEST_FILENAME, read_manifest, verify_directory
+
+if TYPE_CHECKING:
+    from azure.ai.ml import MLClient
+    from azure.ai.ml.entities import Job
+
+logger = logging.getLogger(__name__)
+
+MODEL_OUTPUT = "onnx_model"
+"""The conversion job's output that holds the published directory."""
+COMPLETED = "Completed"
+# azure-ai-ml's RunHistoryConstants.TERMINAL_STATUSES: a job in these states never moves on.
+TERMINAL_STATUSES = ("Completed", "Failed", "Canceled", "NotResponding", "Paused")
+DEFAULT_POLL_SECONDS = 30.0
+GET_ATTEMPTS = 3
+_STATUS_HINTS = {
+    "Failed": "read its log: az ml job stream --name {name} (or open it in Azure ML studio)",
+    "Canceled": "it was canceled before it finished; submit it again",
+    "NotResponding": "its compute stopped answering; check the cluster, then submit it again",
+    "Paused": "resume it in Azure ML studio, or submit it again",
+}
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    return " ".join(str(error).split())[:limit] or type(error).__name__
+
+
+def _get_job(ml_client: MLClient, name: str, poll_seconds: float) -> Job:
+    for attempt in range(GET_ATTEMPTS):
+        try:
+            return ml_client.jobs.get(name)
+        except Exception as e:  # the SDK raises many types for one failed request
+            if attempt == GET_ATTEMPTS - 1:
+                raise AzureMLError(
+                    f"cannot read the state of job {name}: {_one_line(e)}",
+                    hint="check the workspace and your access (az login); the job is unaffected",
+                ) from e
+            logger.warning("reading job %s failed (%s); retrying", name, _one_line(e, 120))
+            time.sleep(poll_seconds)
+    raise AssertionError("unreachable")
+
+
+def wait_for_jobs(
+    ml_client: MLClient,
+    names: Sequence[str],
+    *,
+    poll_seconds: float = DEFAULT_POLL_SECONDS,
+    timeout_seconds: float | None = None,
+    on_status: Callable[[str, str], None] | None = None,
+) -> dict[str, Job]:
+    """Poll jobs until each is in a terminal state; the finished jobs by name.
+
+    Args:
+        names: the jobs, which run in parallel on the service.
+        poll_seconds: the pause between rounds of polling.
+        timeout_seconds: stop waiting (the jobs go on) after this long; None: no limit.
+        on_status: called with (name, status) whenever a job's status changes.
+    """
+    started = time.monotonic()
+    pending = list(dict.fromkeys(names))
+    latest: dict[str, Job] = {}
+    while True:
+        for name in list(pending):
+            job = _get_job(ml_client, name, poll_seconds)
+            if name not in latest or latest[name].status != job.status:
+                logger.info("job %s: %s", name, job.status)
+                if on_status is not None:
+                    on_status(name, str(job.status))
+            latest[name] = job
+            if job.status in TERMINAL_STATUSES:
+                pending.remove(name)
+        if not pending:
+            return {name: latest[name] for name in names}
+        if timeout_seconds is not None and time.monotonic() - started > timeout_seconds:
+            states = ", ".join(f"{name} {latest[name].status}" for name in pending)
+            raise AzureMLError(
+                f"stopped waiting after {timeout_seconds:g} s; still running: {states}",
+                hint="the jobs go on; check them later (az ml job show --name NAME)",
+            )
+        time.sleep(poll_seconds)
+
+
+def _download_target(download_dir: Path | None, name: str) -> Path:
+    if download_dir is None:
+        return Path(tempfile.mkdtemp(prefix=f"onnxport-{name}-"))
+    target = Path(download_dir).absolute() / name
+    if target.exists():
+        if any(target.iterdir()) and not (target / "named-outputs").is_dir():
+            raise AzureMLError(
+                f"{target} exists and is not an earlier download of job {name}",
+                hint="choose another download directory",
+            )
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    return target
+
+
+def _find_output_dir(root: Path, name: str) -> Path:
+    manifests = [
+        path
+        for path in sorted(root.rglob(MANIFEST_FILENAME))
+        if not any(part.startswith(".") for part in path.relative_to(root).parts)
+    ]
+    if not manifests:
+        raise AzureMLError(
+            f"the {MODEL_OUTPUT} output of conversion job {name} holds no onnxport output "
+            f"(no {MANIFEST_FILENAME} in {root})",
+            hint="read the job's log: it completed without publishing a model",
+        )
+    if len(manifests) > 1:
+        found = ", ".join(str(p.parent) for p in manifests)
+        raise AzureMLError(
+            f"the {MODEL_OUTPUT} output of conversion job {name} holds several onnxport "
+            f"outputs ({found}); expected one"
+        )
+    return manifests[0].parent
+
+
+def validate_conversion_job(
+    job: Job, ml_client: MLClient, download_dir: Path | None = None
+) -> Path:
+    """Check a conversion job Completed and its output is complete; the local directory.
+
+    Downloads the `onnx_model` output into `<download_dir>/<job name>/` (None: a new
+    temporary directory, left for the caller) and checks it: a manifest, every checksum
+    matching, and validation passed for every published model.
+    """
+    name = job.name
+    status = _get_job(ml_client, name, DEFAULT_POLL_SECONDS).status
+    if status != COMPLETED:
+        hint = _STATUS_HINTS.get(str(status), "check it in Azure ML studio").format(name=name)
+        raise AzureMLError(
+            f"conversion job {name} ended {status}, not Completed: it published no model",
+            hint=hint,
+        )
+    target = _download_target(download_dir, name)
+    try:
+        ml_client.jobs.download(name, output_name=MODEL_OUTPUT, download_path=str(target))
+    except Exception as e:  # the SDK raises many types for one failed download
+        raise AzureMLError(
+            f"cannot download the {MODEL_OUTPUT} output of conversion job {name}: {_one_line(e)}",
+            hint="check your access to the workspace's datastore, then validate again",
+        ) from e
+    directory = _find_output_dir(target, name)
+    problems = verify_directory(directory)
+    if problems:
+        raise AzureMLError(
+            f"the {MODEL_OUTPUT} output of conversion job {name} is damaged: "
+            + "; ".join(problems),
+            hint="download it again; if it stays damaged, convert again",
+        )
+    manifest = read_manifest(directory)
+    published = manifest.published_outputs()
+    failed = [
+        out.file
+        for out in published
+        if out.validation is None
+        or not out.validation.passed
+        or (out.smoke_test is not None and not out.smoke_test.passed)
+    ]
+    if not published or failed:
+        what = ", ".join(failed) if failed else "no model"
+        raise AzureMLError(
+            f"conversion job {name} published {what} without passing validation",
+            hint=f"read {directory / 'report.md'}",
+        )
+    logger.info("conversion job %s: %d validated model(s) in %s", name, len(published), directory)
+    return directory

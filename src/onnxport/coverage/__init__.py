@@ -1,0 +1,1 @@
+"""Coverage: which architectures and tasks onnxport converts and validates."""

@@ -1,0 +1,127 @@
+"""Run coverage entries through the conversion pipeline and record one row each.
+
+Each entry is built into a scratch directory and converted by `pipeline.convert`, the same
+call `onnxport convert` makes: same loader, exporters, validation and manifest. A failure
+of any stage is a row with its reason, never an exception: the matrix always completes.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from onnxport.config import ConversionConfig
+from onnxport.coverage.registry import CoverageEntry
+from onnxport.errors import OnnxportError
+from onnxport.manifest import Manifest
+from onnxport.pipeline import ConversionRequest, convert
+
+logger = logging.getLogger(__name__)
+
+REASON_LENGTH = 400
+
+
+@dataclass(frozen=True)
+class CoverageRow:
+    """The result of one entry: what exported it, whether it validated, how close it is."""
+
+    architecture: str
+    task: str
+    model_class: str
+    validated: bool
+    exporter: str | None
+    opset: int
+    max_abs_diff: float | None
+    seconds: float
+    reason: str | None = None
+    """Failures: the failed stage and its one-line message."""
+    notes: str | None = None
+    """The entry's quirks, and exporters that failed before the one that worked."""
+
+
+def _one_line(text: str, limit: int = REASON_LENGTH) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _notes(entry: CoverageEntry, manifest: Manifest | None) -> str | None:
+    notes = []
+    if manifest is not None:
+        for attempt in manifest.export.attempts:
+            if not attempt.ok and attempt.error:
+                notes.append(f"{attempt.exporter} failed: {_one_line(attempt.error, 160)}")
+    quirks = entry.quirks.describe()
+    if quirks:
+        notes.insert(0, quirks)
+    return "; ".join(notes) or None
+
+
+def _max_abs_diff(manifest: Manifest) -> float | None:
+    validation = manifest.outputs[0].validation
+    if validation is None or not validation.outputs:
+        return None
+    return max(o.max_abs_diff for o in validation.outputs.values())
+
+
+def run_entry(
+    entry: CoverageEntry, workdir: Path, *, base: ConversionConfig | None = None
+) -> CoverageRow:
+    """Build `entry`'s checkpoint under `workdir`, convert it, and describe the result."""
+    config = entry.conversion_config(base)
+    scratch = Path(workdir) / entry.name.replace("/", "__")
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    scratch.mkdir(parents=True)
+    manifest: Manifest | None = None
+    reason: str | None = None
+    started = time.perf_counter()
+    try:
+        checkpoint = entry.build(scratch / "checkpoint")
+        started = time.perf_counter()
+        request = ConversionRequest(
+            source_path=checkpoint, output_dir=scratch / "onnx", config=config
+        )
+        manifest = convert(request)
+    except OnnxportError as e:
+        reason = _one_line(f"{e.stage}: {e}")
+    except Exception as e:  # a bug in onnxport or a library: recorded, the matrix goes on
+        logger.exception("coverage entry %s raised", entry.name)
+        reason = _one_line(f"internal error: {type(e).__name__}: {e}")
+    seconds = time.perf_counter() - started
+    shutil.rmtree(scratch, ignore_errors=True)
+    gc.collect()
+    return CoverageRow(
+        architecture=entry.architecture,
+        task=entry.task.value,
+        model_class=entry.model_class,
+        validated=manifest is not None,
+        exporter=manifest.export.exporter if manifest else None,
+        opset=manifest.export.opset if manifest else config.onnx.opset_version,
+        max_abs_diff=_max_abs_diff(manifest) if manifest else None,
+        seconds=seconds,
+        reason=reason,
+        notes=_notes(entry, manifest),
+    )
+
+
+def run_matrix(
+    entries: Iterable[CoverageEntry],
+    workdir: Path,
+    *,
+    base: ConversionConfig | None = None,
+    on_row: Callable[[CoverageEntry, CoverageRow], None] | None = None,
+) -> list[CoverageRow]:
+    """Run every entry in order; `on_row` hears of each result as it comes."""
+    rows = []
+    for entry in entries:
+        logger.info("coverage: %s", entry.name)
+        row = run_entry(entry, workdir, base=base)
+        rows.append(row)
+        if on_row is not None:
+            on_row(entry, row)
+    return rows

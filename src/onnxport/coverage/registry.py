@@ -1,0 +1,379 @@
+"""The coverage matrix: one entry per (architecture, task), each a tiny random-weight model.
+
+Every entry builds its checkpoint offline from a `transformers` config (hidden 32, 2 layers,
+small vocabulary and images), writes it with `save_pretrained()`, and is converted by the
+same pipeline as any user checkpoint. Whatever one architecture needs beyond the defaults (an
+exporter, an opset, a looser tolerance) is a `Quirks` value here, with its reason, and
+nowhere else; `docs/coverage.md` shows it beside the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onnxport.config import ConversionConfig, Exporter
+from onnxport.tasks import Task
+
+SEED = 0
+NUM_LABELS = 3
+VOCAB_SIZE = 256
+HIDDEN = 32
+LAYERS = 2
+HEADS = 2
+INTERMEDIATE = 64
+MAX_POSITIONS = 128
+IMAGE_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Quirks:
+    """What one entry needs that the defaults do not give, and why."""
+
+    exporter: Exporter | None = None
+    """None: the conversion's own setting (`auto`: dynamo first, TorchScript as fallback)."""
+    opset: int | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    min_agreement: float | None = None
+    reason: str | None = None
+    """Why the entry departs from the defaults; shown in docs/coverage.md."""
+
+    def describe(self) -> str:
+        parts = []
+        if self.exporter is not None:
+            parts.append(f"exporter {self.exporter.value}")
+        if self.opset is not None:
+            parts.append(f"opset {self.opset}")
+        if self.atol is not None:
+            parts.append(f"atol {self.atol:g}")
+        if self.rtol is not None:
+            parts.append(f"rtol {self.rtol:g}")
+        if self.min_agreement is not None:
+            parts.append(f"agreement ≥ {self.min_agreement:g}")
+        text = ", ".join(parts)
+        if self.reason:
+            text = f"{text}: {self.reason}" if text else self.reason
+        return text
+
+
+DEFAULT_QUIRKS = Quirks()
+
+
+@dataclass(frozen=True)
+class CoverageEntry:
+    """One (architecture, task) pair: how to build its tiny checkpoint and convert it."""
+
+    architecture: str
+    task: Task
+    model_class: str
+    """The `transformers` class saved, e.g. `BertForTokenClassification`."""
+    config_class: str
+    config: Mapping[str, Any] = field(hash=False)
+    quirks: Quirks = DEFAULT_QUIRKS
+
+    @property
+    def name(self) -> str:
+        return f"{self.architecture}/{self.task.value}"
+
+    def build(self, directory: Path) -> Path:
+        """Write the tiny checkpoint (config.json, model.safetensors) into `directory`."""
+        import torch
+        import transformers
+
+        settings = dict(self.config)
+        if self.task in _CLASSIFICATION_TASKS:
+            settings.update(_labels(NUM_LABELS))
+        config = getattr(transformers, self.config_class)(**settings)
+        torch.manual_seed(SEED)
+        model = getattr(transformers, self.model_class)(config).eval()
+        model.save_pretrained(directory)
+        return directory
+
+    def conversion_config(self, base: ConversionConfig | None = None) -> ConversionConfig:
+        """The conversion settings: `base` (defaults) with this entry's quirks applied."""
+        quirks = self.quirks
+        return (base or ConversionConfig()).with_overrides(
+            onnx={
+                "exporter": quirks.exporter.value if quirks.exporter else None,
+                "opset_version": quirks.opset,
+            },
+            validation={
+                "atol": quirks.atol,
+                "rtol": quirks.rtol,
+                "min_task_agreement": quirks.min_agreement,
+            },
+        )
+
+
+_CLASSIFICATION_TASKS = (
+    Task.TOKEN_CLASSIFICATION,
+    Task.SEQUENCE_CLASSIFICATION,
+    Task.IMAGE_CLASSIFICATION,
+)
+
+
+def _labels(count: int) -> dict[str, Any]:
+    return {
+        "num_labels": count,
+        "id2label": {i: f"LABEL_{i}" for i in range(count)},
+        "label2id": {f"LABEL_{i}": i for i in range(count)},
+    }
+
+
+def _architecture(
+    name: str,
+    config_class: str,
+    config: Mapping[str, Any],
+    tasks: Mapping[Task, str],
+    quirks: Mapping[Task, Quirks] | Quirks = DEFAULT_QUIRKS,
+) -> tuple[CoverageEntry, ...]:
+    """The entries of one architecture: its tiny config crossed with the tasks it supports."""
+    return tuple(
+        CoverageEntry(
+            architecture=name,
+            task=task,
+            model_class=model_class,
+            config_class=config_class,
+            config=config,
+            quirks=quirks if isinstance(quirks, Quirks) else quirks.get(task, DEFAULT_QUIRKS),
+        )
+        for task, model_class in tasks.items()
+    )
+
+
+def _heads(prefix: str, *tasks: Task) -> dict[Task, str]:
+    suffixes = {
+        Task.TOKEN_CLASSIFICATION: "ForTokenClassification",
+        Task.SEQUENCE_CLASSIFICATION: "ForSequenceClassification",
+        Task.QUESTION_ANSWERING: "ForQuestionAnswering",
+        Task.MASKED_LM: "ForMaskedLM",
+        Task.FEATURE_EXTRACTION: "Model",
+        Task.IMAGE_CLASSIFICATION: "ForImageClassification",
+        Task.CAUSAL_LM: "ForCausalLM",
+    }
+    return {task: prefix + suffixes[task] for task in tasks}
+
+
+TOKEN, SEQUENCE, QA, MLM, FEATURES, IMAGE, CAUSAL = (
+    Task.TOKEN_CLASSIFICATION,
+    Task.SEQUENCE_CLASSIFICATION,
+    Task.QUESTION_ANSWERING,
+    Task.MASKED_LM,
+    Task.FEATURE_EXTRACTION,
+    Task.IMAGE_CLASSIFICATION,
+    Task.CAUSAL_LM,
+)
+
+_ENCODER = {
+    "vocab_size": VOCAB_SIZE,
+    "hidden_size": HIDDEN,
+    "num_hidden_layers": LAYERS,
+    "num_attention_heads": HEADS,
+    "intermediate_size": INTERMEDIATE,
+    "max_position_embeddings": MAX_POSITIONS,
+}
+# RoBERTa and its kin number positions from pad_token_id + 1: two more for 128 tokens.
+_ROBERTA = {**_ENCODER, "max_position_embeddings": MAX_POSITIONS + 2}
+_VIT = {
+    "image_size": IMAGE_SIZE,
+    "patch_size": 8,
+    "hidden_size": HIDDEN,
+    "num_hidden_layers": LAYERS,
+    "num_attention_heads": HEADS,
+    "intermediate_size": INTERMEDIATE,
+}
+# Convolutional configs have no image size; the loader reads `image_size` from config.json,
+# so the tiny checkpoints record one (a real checkpoint's default is 224).
+_STAGES = {"image_size": IMAGE_SIZE, "hidden_sizes": [16, 32], "depths": [1, 1]}
+
+ENTRIES: tuple[CoverageEntry, ...] = (
+    *_architecture(
+        "bert", "BertConfig", _ENCODER, _heads("Bert", TOKEN, SEQUENCE, QA, MLM, FEATURES)
+    ),
+    *_architecture(
+        "distilbert",
+        "DistilBertConfig",
+        {
+            "vocab_size": VOCAB_SIZE,
+            "dim": HIDDEN,
+            "n_layers": LAYERS,
+            "n_heads": HEADS,
+            "hidden_dim": INTERMEDIATE,
+            "max_position_embeddings": MAX_POSITIONS,
+        },
+        _heads("DistilBert", TOKEN, SEQUENCE, QA, MLM),
+    ),
+    *_architecture(
+        "roberta", "RobertaConfig", _ROBERTA, _heads("Roberta", TOKEN, SEQUENCE, QA, MLM)
+    ),
+    *_architecture(
+        "xlm-roberta", "XLMRobertaConfig", _ROBERTA, _heads("XLMRoberta", TOKEN, SEQUENCE)
+    ),
+    *_architecture("camembert", "CamembertConfig", _ROBERTA, _heads("Camembert", SEQUENCE, MLM)),
+    *_architecture(
+        "albert",
+        "AlbertConfig",
+        {**_ENCODER, "embedding_size": 16},
+        _heads("Albert", TOKEN, SEQUENCE, QA, MLM),
+    ),
+    *_architecture(
+        "electra",
+        "ElectraConfig",
+        {**_ENCODER, "embedding_size": 16},
+        _heads("Electra", TOKEN, SEQUENCE, MLM),
+    ),
+    *_architecture(
+        "deberta-v2",
+        "DebertaV2Config",
+        # DeBERTa-v3's attention: relative positions in buckets, both attention directions.
+        {
+            **_ENCODER,
+            "relative_attention": True,
+            "position_buckets": 32,
+            "max_relative_positions": -1,
+            "pos_att_type": ["p2c", "c2p"],
+            "norm_rel_ebd": "layer_norm",
+            "share_att_key": True,
+            "position_biased_input": False,
+        },
+        _heads("DebertaV2", TOKEN, SEQUENCE, QA, MLM),
+    ),
+    *_architecture("mpnet", "MPNetConfig", _ROBERTA, _heads("MPNet", TOKEN, SEQUENCE, MLM)),
+    *_architecture(
+        "mobilebert",
+        "MobileBertConfig",
+        {
+            **_ENCODER,
+            "hidden_size": 64,
+            "embedding_size": 16,
+            "intra_bottleneck_size": 32,
+            "true_hidden_size": 32,
+            "num_feedforward_networks": 2,
+        },
+        _heads("MobileBert", TOKEN, SEQUENCE, QA),
+    ),
+    *_architecture(
+        "convbert",
+        "ConvBertConfig",
+        {**_ENCODER, "num_attention_heads": 4, "embedding_size": HIDDEN, "conv_kernel_size": 3},
+        _heads("ConvBert", TOKEN, SEQUENCE),
+    ),
+    *_architecture(
+        "longformer",
+        "LongformerConfig",
+        {**_ROBERTA, "attention_window": 8},
+        _heads("Longformer", SEQUENCE),
+    ),
+    *_architecture(
+        "big-bird",
+        "BigBirdConfig",
+        {**_ENCODER, "block_size": 4, "num_random_blocks": 1},
+        _heads("BigBird", SEQUENCE),
+    ),
+    *_architecture(
+        "t5-encoder",
+        "T5Config",
+        {
+            "vocab_size": VOCAB_SIZE,
+            "d_model": HIDDEN,
+            "d_kv": 16,
+            "d_ff": INTERMEDIATE,
+            "num_layers": LAYERS,
+            "num_heads": HEADS,
+        },
+        {FEATURES: "T5EncoderModel"},
+    ),
+    *_architecture(
+        "gpt2",
+        "GPT2Config",
+        {
+            "vocab_size": VOCAB_SIZE,
+            "n_embd": HIDDEN,
+            "n_layer": LAYERS,
+            "n_head": HEADS,
+            "n_positions": MAX_POSITIONS,
+            "pad_token_id": 0,
+        },
+        {CAUSAL: "GPT2LMHeadModel", **_heads("GPT2", SEQUENCE, TOKEN)},
+    ),
+    *_architecture(
+        "llama",
+        "LlamaConfig",
+        {
+            **_ENCODER,
+            "num_key_value_heads": 1,
+            "head_dim": 16,
+            "pad_token_id": 0,
+        },
+        _heads("Llama", CAUSAL, SEQUENCE),
+    ),
+    *_architecture("vit", "ViTConfig", _VIT, _heads("ViT", IMAGE)),
+    *_architecture("deit", "DeiTConfig", _VIT, {IMAGE: "DeiTForImageClassificationWithTeacher"}),
+    *_architecture(
+        "beit",
+        "BeitConfig",
+        {**_VIT, "vocab_size": VOCAB_SIZE, "use_relative_position_bias": True},
+        _heads("Beit", IMAGE),
+    ),
+    *_architecture(
+        "convnext", "ConvNextConfig", {**_STAGES, "num_stages": 2}, _heads("ConvNext", IMAGE)
+    ),
+    *_architecture(
+        "resnet",
+        "ResNetConfig",
+        {**_STAGES, "embedding_size": 16, "layer_type": "basic"},
+        _heads("ResNet", IMAGE),
+    ),
+    *_architecture(
+        "swin",
+        "SwinConfig",
+        {
+            "image_size": IMAGE_SIZE,
+            "patch_size": 4,
+            "embed_dim": 16,
+            "depths": [1, 1],
+            "num_heads": [1, 2],
+            "window_size": 4,
+        },
+        _heads("Swin", IMAGE),
+    ),
+    *_architecture(
+        "segformer",
+        "SegformerConfig",
+        {
+            "image_size": IMAGE_SIZE,
+            "num_encoder_blocks": 2,
+            "depths": [1, 1],
+            "sr_ratios": [2, 1],
+            "hidden_sizes": [16, 32],
+            "patch_sizes": [7, 3],
+            "strides": [4, 2],
+            "num_attention_heads": [1, 2],
+            "mlp_ratios": [2, 2],
+            "decoder_hidden_size": 32,
+        },
+        _heads("Segformer", IMAGE),
+    ),
+    *_architecture(
+        "mobilevit",
+        "MobileViTConfig",
+        {
+            "image_size": IMAGE_SIZE,
+            "hidden_sizes": [16, 24, 32],
+            "neck_hidden_sizes": [8, 8, 16, 16, 24, 32, 64],
+            "num_attention_heads": 2,
+        },
+        _heads("MobileViT", IMAGE),
+    ),
+)
+
+
+def entry(name: str) -> CoverageEntry:
+    """The entry called `name` (`bert/token-classification`)."""
+    for candidate in ENTRIES:
+        if candidate.name == name:
+            return candidate
+    raise KeyError(f"no coverage entry {name!r}; see onnxport.coverage.registry.ENTRIES")
