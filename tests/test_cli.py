@@ -380,3 +380,18 @@ def test_a_failed_export_leaves_stdout_clean(cli, checkpoint, tmp_path: Path, ca
     assert run.code == 1
     assert run.stdout == ""
     assert "Torch IR graph" not in capfd.readouterr().out
+
+
+def test_a_command_that_exits_with_a_code_keeps_it() -> None:
+    import typer
+
+    from onnxport.cli import app, main
+
+    @app.command("exit-three-for-test", hidden=True)
+    def _exit_three() -> None:
+        raise typer.Exit(3)
+
+    try:
+        assert main(["exit-three-for-test"]) == 3
+    finally:
+        app.registered_commands.pop()

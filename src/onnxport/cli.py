@@ -296,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         args.insert(0, "run")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
-        app(args=args, prog_name="onnxport", standalone_mode=False)
+        # Without standalone mode, click returns a `typer.Exit(code)` as the value.
+        returned = app(args=args, prog_name="onnxport", standalone_mode=False)
     except OnnxportError as e:
         return _print_error(e, debug)
     except typer.Exit as e:
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             e.show()
             return e.exit_code if e.exit_code else EXIT_BAD_INPUT
         return _print_error(e, debug)
-    return 0
+    return returned if isinstance(returned, int) else 0
 
 
 if __name__ == "__main__":
