@@ -60,7 +60,9 @@ def test_an_intact_model_has_no_divergence(exported, source):
     result = exported("distilbert-token", Exporter.DYNAMO)
     src = source("distilbert-token")
     inputs = {k: v.numpy() for k, v in src.make_inputs(1, 16, 0).items()}
-    found = localize_against_pytorch(src, result.path, inputs, opset=18, atol=1e-4, rtol=1e-3)
+    found = localize_against_pytorch(
+        lambda: src, result.path, inputs, opset=18, atol=1e-4, rtol=1e-3
+    )
     assert found.first is None
     assert found.compared > 20
 
@@ -69,7 +71,9 @@ def test_a_torchscript_export_says_localization_needs_dynamo(exported, source):
     result = exported("distilbert-token", Exporter.TORCHSCRIPT)
     src = source("distilbert-token")
     inputs = {k: v.numpy() for k, v in src.make_inputs(1, 16, 0).items()}
-    found = localize_against_pytorch(src, result.path, inputs, opset=18, atol=1e-4, rtol=1e-3)
+    found = localize_against_pytorch(
+        lambda: src, result.path, inputs, opset=18, atol=1e-4, rtol=1e-3
+    )
     assert found.first is None and "dynamo" in found.note
 
 

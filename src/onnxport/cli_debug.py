@@ -32,12 +32,13 @@ def debug_command(
         raise OutputError(f"{output_dir} has no published fp32 model to compare")
     settings = SourceConfig.model_validate(manifest.config.get("source", {}))
     source = load_source(Path(manifest.source.path), settings)
-    batch_size = source.example_shape[1] if source.modality.value == "vision" else length
-    inputs = {k: v.numpy() for k, v in source.make_inputs(1, batch_size, 0).items()}
+    size = source.example_shape[1] if source.modality.value == "vision" else length
+    inputs = {k: v.numpy() for k, v in source.make_inputs(1, size, 0).items()}
+    del source  # loaded again after the ONNX side has run: never both in memory
     tolerance = next(iter(fp32.validation.outputs.values())) if fp32.validation else None
     results = {
         "fp32": localize_against_pytorch(
-            source,
+            lambda: load_source(Path(manifest.source.path), settings),
             Path(output_dir) / fp32.file,
             inputs,
             opset=manifest.export.opset,

@@ -8,9 +8,12 @@ can record which one produced the model and why the others did not.
 from __future__ import annotations
 
 import contextlib
+import errno
+import gc
 import io
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import onnx
 import torch
+from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from onnxport.config import DEFAULT_OPSET, Exporter
 from onnxport.errors import ConfigError, ExportError
@@ -107,10 +111,26 @@ def captured_stdout() -> Iterator[None]:
                 logger.debug("exporter output:\n%s", printed[-4000:])
 
 
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+_CLASS_REPR = re.compile(r"<class '(?:\w+\.)*(\w+)'>")
+# How each exporter names an operator it cannot convert: dynamo "op='aten.i0'" (or
+# 'prims.bessel_i0' after decomposition), TorchScript "the operator 'aten::i0'".
+_OPERATOR = re.compile(r"op='([\w.]+)'|operator '([\w:.]+)'")
+
+
 def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    # torch.onnx's own errors are long; the first sentence names the cause.
+    text = _ANSI_ESCAPE.sub("", str(error))
+    # The dynamo exporter's message opens with generic next steps; its summary names the cause.
+    _, summary, cause = text.partition("## Exception summary")
+    if summary:
+        text = _CLASS_REPR.sub(r"\1", cause)
+    text = " ".join(text.split())
     return f"{type(error).__name__}: {text[:300]}"
+
+
+def _operators(attempts: list[ExportAttempt]) -> list[str]:
+    found = {a or b for attempt in attempts for a, b in _OPERATOR.findall(attempt.error or "")}
+    return sorted(found)
 
 
 def dynamo_program(
@@ -210,8 +230,12 @@ def supported_opsets() -> range:
     )
 
 
-def _gather_external_data(path: Path, before: set[Path]) -> Path:
-    """Rewrite the weights an exporter wrote beside `path` into one `<model file>.data`."""
+def _external_data(path: Path, before: set[Path]) -> Path:
+    """The one `<model file>.data` beside `path`: kept when the exporter wrote exactly that,
+    else gathered from the files it wrote (the TorchScript exporter writes one per tensor)."""
+    data = path.with_name(path.name + ".data")
+    if set(path.parent.iterdir()) - before - {path} == {data}:
+        return data
     model = onnx.load(str(path), load_external_data=True)
     for stray in set(path.parent.iterdir()) - before - {path}:
         stray.unlink()
@@ -227,10 +251,81 @@ def _gather_external_data(path: Path, before: set[Path]) -> Path:
     return path.with_name(data_name)
 
 
+def inline_external_data(path: Path) -> None:
+    """Make `path` self-contained again, one tensor at a time.
+
+    Protobuf merges repeated occurrences of a message field, so a model without its external
+    initializers, followed by one `ModelProto(graph=GraphProto(initializer=[t]))` per tensor,
+    parses as the whole model; memory never holds more than one tensor.
+    """
+    model = onnx.load(str(path), load_external_data=False)
+    external = [t for t in model.graph.initializer if uses_external_data(t)]
+    if not external:
+        return
+    kept = [t for t in model.graph.initializer if not uses_external_data(t)]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    data_files = set()
+    merged = path.with_name(f".{path.name}.inline")
+    with merged.open("wb") as out:
+        out.write(model.SerializeToString())
+        for tensor in external:
+            info = ExternalDataInfo(tensor)
+            data_file = path.parent / info.location
+            data_files.add(data_file)
+            with data_file.open("rb") as data:
+                data.seek(info.offset or 0)
+                raw = data.read(info.length) if info.length else data.read()
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.raw_data = raw
+            out.write(
+                onnx.ModelProto(graph=onnx.GraphProto(initializer=[tensor])).SerializeToString()
+            )
+            tensor.ClearField("raw_data")
+    os.replace(merged, path)
+    for data_file in data_files:
+        data_file.unlink()
+
+
+def release_rewriter_state() -> None:
+    """Let go of the last graph onnxscript's rewriter matched.
+
+    onnxscript 0.7's module-level rewrite rules keep their pattern matcher's last graph
+    (`_graph`, `_match`, ...), which holds the exported initializers and so every
+    Parameter of the model: without this, freeing the PyTorch model frees nothing.
+    """
+    try:
+        from onnxscript.rewriter import _matcher
+    except ImportError:
+        return
+    for obj in gc.get_objects():
+        if isinstance(obj, _matcher.SimplePatternMatcher):
+            for attr in ("_graph", "_current_node", "_match", "_tracer"):
+                if hasattr(obj, attr):
+                    setattr(obj, attr, None)
+    gc.collect()
+
+
 def _remove_new_files(directory: Path, before: set[Path]) -> None:
     for leftover in set(directory.iterdir()) - before:
         if leftover.is_file():
             leftover.unlink()
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def _disk_full(error: BaseException) -> OSError | None:
+    """The OSError saying the disk (or the file size limit) is full, if that is the cause."""
+    seen: BaseException | None = error
+    for _ in range(10):  # exporters wrap the error they met
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno in _DISK_FULL:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def export_to_onnx(
@@ -281,9 +376,18 @@ def export_to_onnx(
             with warnings.catch_warnings(), captured_stdout():
                 warnings.simplefilter("ignore")
                 strategy.run(source, output_path, opset_version, external)
-            data_file = _gather_external_data(output_path, before) if external else None
+            data_file = _external_data(output_path, before) if external else None
+            if data_file is None:
+                inline_external_data(output_path)
             onnx.checker.check_model(str(output_path), full_check=False)
         except Exception as e:  # every exporter failure is recorded, then the next one runs
+            full = _disk_full(e)
+            if full is not None:  # another exporter would not find more room
+                _remove_new_files(output_path.parent, before)
+                raise ExportError(
+                    f"cannot write the ONNX model into {output_path.parent}: {full.strerror}",
+                    hint="free space there, or raise the file size limit (ulimit -f)",
+                ) from e
             logger.debug("the %s exporter failed", strategy.name)
             logger.warning("the %s exporter failed: %s", strategy.name, _one_line(e))
             attempts.append(
@@ -303,6 +407,15 @@ def export_to_onnx(
             attempts=tuple(attempts),
         )
     reasons = "; ".join(f"{a.exporter}: {a.error}" for a in attempts)
+    operators = _operators(attempts)
+    if operators:
+        raise ExportError(
+            f"no exporter could convert {source.architecture}: unsupported operator"
+            f"{'s' if len(operators) > 1 else ''} {', '.join(operators)} ({reasons})",
+            hint="the TorchScript exporter knows more operators at higher opsets "
+            "(onnx.exporter: torchscript, onnx.opset_version up to 20); otherwise replace the "
+            "operator in the model",
+        )
     raise ExportError(
         f"no exporter could convert {source.architecture}: {reasons}",
         hint="try another opset (onnx.opset_version) or exporter (onnx.exporter)",

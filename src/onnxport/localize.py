@@ -19,15 +19,20 @@ from __future__ import annotations
 
 import ast
 import logging
-import tempfile
 import time
+import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+
+if TYPE_CHECKING:
+    from onnxport.sources import Source
 
 logger = logging.getLogger(__name__)
 
@@ -145,42 +150,51 @@ def _producers(model: onnx.ModelProto) -> dict[str, _Producer]:
     return producers
 
 
-def _float_values(model: onnx.ModelProto, names: set[str]) -> list[str]:
-    """The names among `names` whose type is float (shape inference tells)."""
-    inferred = onnx.shape_inference.infer_shapes(model, data_prop=False)
-    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
-    typed = {
-        v.name: v.type.tensor_type.elem_type
-        for v in list(inferred.graph.value_info) + list(inferred.graph.output)
-    }
-    return [n for n in names if typed.get(n) in floats]
+def _graph(model_path: Path) -> onnx.ModelProto:
+    """The model's graph without its weights in memory: initializers stay where they are
+    (external data) or are dropped after loading (embedded), since only structure is read."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        tensor.ClearField("raw_data")
+    return model
 
 
 def run_with_intermediates(
     model_path: Path, names: list[str], inputs: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-    """Run `model_path` with the values `names` exposed as extra outputs; one session."""
+    """Run `model_path` with the values `names` exposed as extra outputs, in one session;
+    returns the floating-point values among them.
+
+    The copy with extra outputs is written beside the original with its weights as external
+    data, so that memory holds one copy of the weights (the session's), not three.
+    """
     model = onnx.load(str(model_path), load_external_data=False)
     existing = {o.name for o in model.graph.output}
     for name in names:
         if name not in existing:
             model.graph.output.append(onnx.ValueInfoProto(name=name))
-    # Written beside the original, so that its external data (a relative path) resolves.
-    with tempfile.NamedTemporaryFile(
-        dir=model_path.parent, prefix=f".{model_path.stem}.", suffix=".debug.onnx", delete=False
-    ) as tmp:
-        tmp.write(model.SerializeToString())
+    # Beside the original, so that weights it keeps externally resolve unchanged.
+    copy = model_path.with_name(f".{model_path.stem}.debug-{uuid.uuid4().hex[:8]}.onnx")
+    data = copy.with_name(copy.name + ".data")
     try:
+        onnx.save_model(model, str(copy), save_as_external_data=True, location=data.name)
+        del model
         options = ort.SessionOptions()
         # Keep the graph as written: fusions would remove the values we want to see.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        session = ort.InferenceSession(tmp.name, options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(copy), options, providers=["CPUExecutionProvider"])
         wanted = {i.name for i in session.get_inputs()}
         outputs = [o.name for o in session.get_outputs()]
         values = session.run(outputs, {k: v for k, v in inputs.items() if k in wanted})
+        del session
     finally:
-        Path(tmp.name).unlink(missing_ok=True)
-    return dict(zip(outputs, values))
+        copy.unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
+    return {
+        k: v
+        for k, v in zip(outputs, values)
+        if k in set(names) and np.issubdtype(np.asarray(v).dtype, np.floating)
+    }
 
 
 def _errors(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
@@ -236,7 +250,7 @@ def _fx_errors(
 
 
 def localize_against_pytorch(
-    source,
+    load_source: Callable[[], Source],
     model_path: Path,
     inputs: dict[str, np.ndarray],
     *,
@@ -245,13 +259,16 @@ def localize_against_pytorch(
     rtol: float,
 ) -> Localization:
     """The first ONNX node (in topological order) whose output leaves the tolerance while
-    the values feeding it were within it, comparing with the PyTorch model's values."""
+    the values feeding it were within it, comparing with the PyTorch model's values.
+
+    `load_source` is called only after the ONNX side has run and released its session, so
+    that the ONNX and PyTorch weights are never in memory together.
+    """
     started = time.perf_counter()
     shape = tuple(next(iter(inputs.values())).shape)
-    model = onnx.load(str(model_path), load_external_data=False)
-    producers = _producers(model)
+    producers = _producers(_graph(model_path))
     # A value named after its FX node is that node's result in both graphs.
-    paired = {name for name, p in producers.items() if p.fx_node == name}
+    paired = [name for name, p in producers.items() if p.fx_node == name]
     if not paired:
         return Localization(
             "pytorch",
@@ -264,9 +281,8 @@ def localize_against_pytorch(
             "localization needs the dynamo exporter",
             seconds=time.perf_counter() - started,
         )
-    names = _float_values(model, paired)
-    onnx_values = run_with_intermediates(model_path, names, inputs)
-    order, errors = _fx_errors(source, inputs, opset, onnx_values, atol, rtol)
+    onnx_values = run_with_intermediates(model_path, paired, inputs)
+    order, errors = _fx_errors(load_source(), inputs, opset, onnx_values, atol, rtol)
     return _first_divergence("pytorch", shape, order, errors, producers, atol, rtol, started)
 
 
@@ -352,12 +368,11 @@ def localize_variant(
     grows the most over its inputs' error: the one to leave in float."""
     started = time.perf_counter()
     shape = tuple(next(iter(inputs.values())).shape)
-    fp32 = onnx.load(str(fp32_path), load_external_data=False)
-    variant = onnx.load(str(variant_path), load_external_data=False)
+    fp32 = _graph(fp32_path)
+    variant = _graph(variant_path)
     fp32_producers = _producers(fp32)
     variant_producers = _producers(variant)
-    common = set(fp32_producers) & set(variant_producers)
-    names = _float_values(fp32, common)
+    names = [n for n in fp32_producers if n in variant_producers]
     expected = run_with_intermediates(fp32_path, names, inputs)
     actual = run_with_intermediates(variant_path, [n for n in names if n in expected], inputs)
     order = [o for n in fp32.graph.node for o in n.output if o in expected and o in actual]
@@ -434,9 +449,8 @@ def localize_fp32_failure(
 
     tolerance = next(iter(validation.outputs.values()), None)
     try:
-        source = load_source(source_path, settings)
         return localize_against_pytorch(
-            source,
+            lambda: load_source(source_path, settings),
             model_path,
             failing_input(references, validation),
             opset=opset,

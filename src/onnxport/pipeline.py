@@ -8,6 +8,7 @@ wires them, times them, and folds their results into the `Manifest`.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 import platform as _platform
 import resource
@@ -213,6 +214,7 @@ def convert(
         context = pass_context(source, exported.exporter, config, references)
         # PyTorch is done: the references hold its answers. Free its memory before ORT runs.
         source.module = None  # type: ignore[assignment]
+        gc.collect()  # the exported graph holds reference cycles to the Parameters
         optimize = optimize_passes(config)
         if optimize:
             with run.stage("passes", PassError):
