@@ -155,6 +155,31 @@ def test_vision_models_use_their_own_image_size(converted, tmp_path: Path) -> No
     assert {(t.batch_size, t.size) for t in result.timings} == {(1, 32), (2, 32)}
 
 
+@pytest.fixture(scope="module")
+def plain_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A plain PyTorch source (a torch.export program: inputs `features` and `mask`)."""
+    from plain_models import save_plain_files
+
+    files = save_plain_files(tmp_path_factory.mktemp("plain-files"))
+    output = tmp_path_factory.mktemp("plain") / "out"
+    config = ConversionConfig().with_overrides(onnx={"exporter": "torchscript"})
+    convert(ConversionRequest(files.program, output, config))
+    return output
+
+
+@pytest.mark.parametrize("include_pytorch", [True, False])
+def test_a_plain_source_runs_on_inputs_made_for_its_declared_inputs(
+    plain_output: Path, include_pytorch: bool
+) -> None:
+    settings = BenchmarkSettings(batch_sizes=(1, 3), seq_lengths=(5,), threads=1, iterations=2)
+    result = benchmark_directory(plain_output, settings, include_pytorch=include_pytorch)
+    assert result.size_name == "size"
+    assert result.inputs == "generated inputs"
+    expected = ["pytorch", "fp32"] if include_pytorch else ["fp32"]
+    assert [r.name for r in result.runtimes] == expected
+    assert {(t.batch_size, t.size) for t in result.timings} == {(1, 5), (3, 5)}
+
+
 def test_onnx_alone_does_not_import_torch(tagger: Path) -> None:
     script = textwrap.dedent(
         f"""

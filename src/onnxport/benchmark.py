@@ -181,7 +181,10 @@ def _read_directory(output_dir: Path) -> Manifest:
 def _sizes(
     manifest: Manifest, directory: Path, settings: BenchmarkSettings
 ) -> tuple[list[int], str]:
-    """The sizes of the grid and their name: the model's own image size for vision."""
+    """The sizes of the grid and their name: the model's own image size for vision, the
+    sequence length for Hugging Face text models, the input spec's `size` for the others."""
+    if manifest.source.kind != "huggingface":
+        return list(settings.seq_lengths), "size"
     config = read_json(directory / "config.json")
     if TASKS[Task(manifest.source.task)].modality is Modality.VISION:
         return [image_size(config)], "image size"

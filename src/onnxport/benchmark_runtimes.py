@@ -193,56 +193,89 @@ def source_inputs(source: Any, *, seed: int = 0) -> tuple[InputMaker, str]:
 
     if source.modality is Modality.VISION:
         return make, "random pixels"
+    if source.modality is Modality.TENSOR:
+        return make, "generated inputs"
     has_tokenizer = getattr(source.make_inputs, "tokenizer", None) is not None
     return make, "tokenized sample text" if has_tokenizer else "generated ids"
 
 
+def _generated(arg: ort.NodeArg, batch: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """An input that fits its declared type and shape: the first dynamic dimension is the
+    batch, the others take `size`; small integers (ones for masks), normal floats."""
+    dims = list(arg.shape or [])
+    shape = [d if isinstance(d, int) else (batch if i == 0 else size) for i, d in enumerate(dims)]
+    if arg.type in _ONNX_INTEGER_TYPES:
+        dtype = _ONNX_INTEGER_TYPES[arg.type]
+        if "mask" in arg.name:
+            return np.ones(shape, dtype=dtype)
+        return rng.integers(0, 10, size=shape).astype(dtype)
+    if arg.type == "tensor(bool)":
+        return rng.random(shape) < 0.5
+    dtype = np.float16 if arg.type == "tensor(float16)" else np.float32
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def _text(
+    tokenizer: Any, batch: int, size: int, *, vocab: int, pad_id: int, seed: int
+) -> dict[str, np.ndarray]:
+    """Text inputs as the Hugging Face loader makes them: tokenized sample text (long texts
+    fill every position, the last row is shorter so that padding is exercised), or random
+    ids without a tokenizer."""
+    if tokenizer is not None:
+        texts = sample_texts(batch, min_lines=size // 12 + 1, offset=seed)
+        if batch > 1:
+            texts[-1] = texts[-1][: max(8, len(texts[-1]) // 3)]
+        tokenizer.enable_truncation(size)
+        tokenizer.enable_padding(length=size, pad_id=pad_id)
+        encodings = tokenizer.encode_batch(texts)
+        return {
+            "input_ids": np.array([e.ids for e in encodings]),
+            "attention_mask": np.array([e.attention_mask for e in encodings]),
+            "token_type_ids": np.array([e.type_ids for e in encodings]),
+        }
+    mask = np.ones((batch, size), dtype=np.int64)
+    if batch > 1 and size > 2:
+        mask[-1, size // 2 :] = 0
+    drawn = np.random.default_rng(seed).integers(min(5, vocab - 1), vocab, (batch, size))
+    ids = np.where(mask == 1, drawn, pad_id)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(mask)}
+
+
 def directory_inputs(directory: Path, model: Path, *, seed: int = 0) -> tuple[InputMaker, str]:
-    """Inputs made without torch, from the directory's tokenizer.json and config.json, the
-    way the source's own factory makes them; and their kind."""
+    """Inputs made without torch for the model's declared inputs, with the directory's
+    tokenizer.json and config.json for text models; and their kind."""
     from tokenizers import Tokenizer
 
     config = read_json(directory / "config.json")
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    declared = {i.name: _ONNX_INTEGER_TYPES.get(i.type, np.float32) for i in session.get_inputs()}
-    del session
-    if "pixel_values" in declared:
-        channels = int(config.get("num_channels", 3))
-
-        def pixels(batch: int, size: int) -> NumpyInputs:
-            shape = (batch, channels, size, size)
-            values = np.random.default_rng(seed).standard_normal(shape)
-            return {"pixel_values": values.astype(np.float32)}
-
-        return pixels, "random pixels"
+    declared = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).get_inputs()
+    names = {arg.name for arg in declared}
+    is_text = "input_ids" in names
     tokenizer_file = directory / "tokenizer.json"
-    tokenizer = Tokenizer.from_file(str(tokenizer_file)) if tokenizer_file.is_file() else None
+    tokenizer = (
+        Tokenizer.from_file(str(tokenizer_file)) if is_text and tokenizer_file.is_file() else None
+    )
     vocab = int(config.get("vocab_size") or 100)
     pad_id = int(config.get("pad_token_id") or 0)
 
-    def text(batch: int, size: int) -> NumpyInputs:
-        if tokenizer is not None:
-            # Long texts fill every position; the last row is shorter, so padding is exercised.
-            texts = sample_texts(batch, min_lines=size // 12 + 1, offset=seed)
-            if batch > 1:
-                texts[-1] = texts[-1][: max(8, len(texts[-1]) // 3)]
-            tokenizer.enable_truncation(size)
-            tokenizer.enable_padding(length=size, pad_id=pad_id)
-            encodings = tokenizer.encode_batch(texts)
-            mask = np.array([e.attention_mask for e in encodings])
-            ids = np.array([e.ids for e in encodings])
-            types = np.array([e.type_ids for e in encodings])
-        else:
-            mask = np.ones((batch, size), dtype=np.int64)
-            if batch > 1 and size > 2:
-                mask[-1, size // 2 :] = 0
-            drawn = np.random.default_rng(seed).integers(min(5, vocab - 1), vocab, (batch, size))
-            ids = np.where(mask == 1, drawn, pad_id)
-            types = np.zeros_like(mask)
-        values = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        return {name: values[name].astype(dtype) for name, dtype in declared.items()}
+    def make(batch: int, size: int) -> NumpyInputs:
+        text = (
+            _text(tokenizer, batch, size, vocab=vocab, pad_id=pad_id, seed=seed) if is_text else {}
+        )
+        rng = np.random.default_rng(seed)
+        return {
+            arg.name: text[arg.name].astype(_ONNX_INTEGER_TYPES.get(arg.type, np.int64))
+            if arg.name in text
+            else _generated(arg, batch, size, rng)
+            for arg in declared
+        }
 
-    return text, "tokenized sample text" if tokenizer is not None else "generated ids"
+    if "pixel_values" in names:
+        kind = "random pixels"
+    elif is_text:
+        kind = "tokenized sample text" if tokenizer is not None else "generated ids"
+    else:
+        kind = "generated inputs"
+    return make, kind
 
 
 # -------------------------------------------------------------------------- measuring
