@@ -165,10 +165,14 @@ def _export_dynamo(source: Source, path: Path, opset: int, external: bool) -> No
             "converts it"
         )
     inputs = source.example_inputs()
-    program = dynamo_program(
-        source, tuple(inputs[name] for name in source.input_names), opset=opset
-    )
-    program.save(str(path), external_data=external)
+    args = tuple(inputs[name] for name in source.input_names)
+    program = dynamo_program(source, args, opset=opset)
+    # Always with external data: the save then streams the weights out one by one, where a
+    # self-contained save builds two in-memory copies of them (measured on DistilBERT-base:
+    # peak 1580 MiB vs 793 MiB). Small models are made self-contained again, streaming.
+    program.save(str(path), external_data=True)
+    del program
+    release_rewriter_state()
 
 
 def _output_axes(source: Source) -> dict[str, dict[int, str]]:
@@ -251,12 +255,33 @@ def _external_data(path: Path, before: set[Path]) -> Path:
     return path.with_name(data_name)
 
 
-def inline_external_data(path: Path) -> None:
-    """Make `path` self-contained again, one tensor at a time.
+_GRAPH = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+_INITIALIZER = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
+_RAW_DATA = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
+_COPY_CHUNK = 16 * 1024 * 1024
 
-    Protobuf merges repeated occurrences of a message field, so a model without its external
-    initializers, followed by one `ModelProto(graph=GraphProto(initializer=[t]))` per tensor,
-    parses as the whole model; memory never holds more than one tensor.
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _length_delimited(field: int, length: int) -> bytes:
+    return _varint(field << 3 | 2) + _varint(length)
+
+
+def inline_external_data(path: Path) -> None:
+    """Make `path` self-contained again, streaming each tensor from its data file.
+
+    Protobuf merges repeated occurrences of a message field, so the model without its
+    external initializers, followed by one `graph { initializer { ... raw_data } }` record
+    per tensor, parses as the whole model. Each record is written in wire format around
+    bytes copied in chunks from the data file, so memory never holds a tensor (building the
+    records with the protobuf API copies each tensor three times: +440 MiB on DistilBERT).
     """
     model = onnx.load(str(path), load_external_data=False)
     external = [t for t in model.graph.initializer if uses_external_data(t)]
@@ -273,16 +298,23 @@ def inline_external_data(path: Path) -> None:
             info = ExternalDataInfo(tensor)
             data_file = path.parent / info.location
             data_files.add(data_file)
-            with data_file.open("rb") as data:
-                data.seek(info.offset or 0)
-                raw = data.read(info.length) if info.length else data.read()
+            offset = info.offset or 0
+            length = info.length or data_file.stat().st_size - offset
             del tensor.external_data[:]
             tensor.data_location = onnx.TensorProto.DEFAULT
-            tensor.raw_data = raw
-            out.write(
-                onnx.ModelProto(graph=onnx.GraphProto(initializer=[tensor])).SerializeToString()
-            )
-            tensor.ClearField("raw_data")
+            head = tensor.SerializeToString() + _length_delimited(_RAW_DATA, length)
+            record = _length_delimited(_INITIALIZER, len(head) + length)
+            out.write(_length_delimited(_GRAPH, len(record) + len(head) + length))
+            out.write(record + head)
+            with data_file.open("rb") as data:
+                data.seek(offset)
+                remaining = length
+                while remaining:
+                    chunk = data.read(min(_COPY_CHUNK, remaining))
+                    if not chunk:
+                        raise ExportError(f"{data_file} ends before tensor {tensor.name}")
+                    out.write(chunk)
+                    remaining -= len(chunk)
     os.replace(merged, path)
     for data_file in data_files:
         data_file.unlink()
@@ -376,10 +408,12 @@ def export_to_onnx(
             with warnings.catch_warnings(), captured_stdout():
                 warnings.simplefilter("ignore")
                 strategy.run(source, output_path, opset_version, external)
+            # Checked while the weights are still external: the checker reads a
+            # self-contained file whole, twice over.
+            onnx.checker.check_model(str(output_path), full_check=False)
             data_file = _external_data(output_path, before) if external else None
             if data_file is None:
                 inline_external_data(output_path)
-            onnx.checker.check_model(str(output_path), full_check=False)
         except Exception as e:  # every exporter failure is recorded, then the next one runs
             full = _disk_full(e)
             if full is not None:  # another exporter would not find more room
