@@ -224,7 +224,6 @@ def convert(
                 fp32.passes = [pass_record(r) for r in results]
         else:
             move_model(exported_dir / fp32.file, work / fp32.file)
-        shutil.rmtree(exported_dir)
         fp32.data_file = data_file_of(work / fp32.file)
         with run.stage("validate", ValidationError):
             result = validate_model(
@@ -258,10 +257,15 @@ def convert(
         outputs = [fp32]
         variant_pass = quantization_pass(config)
         if variant_pass is not None:
+            # Quantized from the graph as exported: fused attention ops hide their weights
+            # from the quantizer (DistilBERT-base int8 from the fused graph: 37% of fp32's
+            # size; from the exported graph: 25%). ONNX Runtime fuses it at load time.
+            base = exported_dir / fp32.file if optimize else work / fp32.file
             with run.stage("quantize", QuantizationError):
                 outputs.append(
-                    make_variant(variant_pass, work, fp32, references, source.task, config, context)
+                    make_variant(variant_pass, work, base, references, source.task, config, context)
                 )
+        shutil.rmtree(exported_dir, ignore_errors=True)
         if config.onnx.run_smoke_test:
             with run.stage("smoke_test", SmokeTestError):
                 for out in (o for o in outputs if o.published):

@@ -106,7 +106,7 @@ def pass_context(
 def make_variant(
     variant_pass: OnnxPass,
     work: Path,
-    fp32: OutputRecord,
+    base: Path,
     references: list[Reference],
     task: Task,
     config: ConversionConfig,
@@ -115,8 +115,8 @@ def make_variant(
     """Make one variant from the fp32 model, validate it, and keep it only if it passes."""
     variant = config.onnx.quantization.value
     record = OutputRecord(file=config.output.filename(variant), variant=variant)
-    result = apply_pass(variant_pass, work / fp32.file, work / record.file, context)
-    record.passes = [*fp32.passes, pass_record(result)]
+    result = apply_pass(variant_pass, base, work / record.file, context)
+    record.passes = [pass_record(result)]
     record.data_file = data_file_of(work / record.file)
     validation = validate_model(
         work / record.file,
@@ -137,7 +137,7 @@ def make_variant(
     )
     suggestion = ""
     if config.validation.localize:
-        found = _localize(work, fp32, record, references, validation)
+        found = _localize(base, work / record.file, record.variant, references, validation)
         if found is not None:
             record.localization = found.to_dict()
             message += f"; {found.summary()}"
@@ -151,16 +151,14 @@ def make_variant(
     raise QuantizationError(message + "; nothing was published", hint=_advice(config, suggestion))
 
 
-def _localize(work, fp32, record, references, validation):
-    """Localize a failed variant against the fp32 model; None when it cannot run."""
+def _localize(base: Path, variant_file: Path, variant: str, references, validation):
+    """Localize a failed variant against the model it was made from; None if it cannot run."""
     from onnxport.localize import failing_input, localize_variant
 
     try:
-        return localize_variant(
-            work / fp32.file, work / record.file, failing_input(references, validation)
-        )
+        return localize_variant(base, variant_file, failing_input(references, validation))
     except Exception as e:  # a diagnostic must never hide the gate failure itself
-        logger.warning("could not localize the %s variant's loss: %s", record.variant, e)
+        logger.warning("could not localize the %s variant's loss: %s", variant, e)
         return None
 
 

@@ -1,7 +1,8 @@
 """Passes: each turns one ONNX file into a new variant, composable and named.
 
-`variant_passes(config)` says which passes make which published variant: the fp32 model gets
-the optimize pass (when asked); a quantized variant is made from the optimized fp32 model.
+`optimize_passes(config)` and `quantization_pass(config)` say which passes make which
+published variant: the fp32 model gets the optimize pass (when asked); a quantized or fp16
+variant is made from the graph as exported (see `pipeline.convert` for why).
 """
 
 from __future__ import annotations
