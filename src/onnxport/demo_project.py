@@ -25,7 +25,8 @@ DEMO_CONVERSION_YAML = """\
 target: {format: onnx}
 onnx: {opset_version: 18, quantization: int8, optimize: extended, run_smoke_test: true}
 output: {filename_pattern: "model_{quantization}.onnx"}
-validation: {min_task_agreement: 0.99}
+# The gate is the task-level argmax agreement with PyTorch; int8 typically reaches 0.99.
+validation: {min_task_agreement: 0.98}
 """
 
 
