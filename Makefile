@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: install demo test test-fast lint format clean
+.PHONY: install demo test test-fast coverage lint format clean
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
+
+# The whole architecture/task matrix through the pipeline (~20 min on 2 cores): docs/coverage.md.
+coverage: $(STAMP)
+	$(PY) -m onnxport.coverage --output docs/coverage.md
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

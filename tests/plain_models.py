@@ -93,3 +93,14 @@ def save_plain_files(directory: Path) -> PlainFiles:
     torch.save(model, files.pickled_module)
     files.spec.write_text(yaml.safe_dump(SPEC), encoding="utf-8")
     return files
+
+
+class Bessel(torch.nn.Module):
+    """`torch.special.i0`: an operator neither exporter converts (torch 2.13)."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.special.i0(features)
+
+
+def build_unsupported() -> Bessel:
+    return Bessel()

@@ -122,6 +122,28 @@ def test_every_exporter_failing_is_an_export_error_that_leaves_no_files(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
+def test_an_operator_no_exporter_converts_is_named_with_a_workaround(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from onnxport.config import SourceConfig
+    from onnxport.sources import load_source
+
+    save_file({}, tmp_path / "no_weights.safetensors")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("inputs: [{name: features, shape: [batch, 4]}]", encoding="utf-8")
+    settings = SourceConfig(factory="plain_models:build_unsupported", input_spec=spec)
+    bessel = load_source(tmp_path / "no_weights.safetensors", settings)
+    with pytest.raises(ExportError) as info:
+        export_to_onnx(bessel, tmp_path / "out" / "m.onnx")
+    message = str(info.value)
+    assert "no exporter could convert Bessel: unsupported operators aten::i0" in message
+    # The dynamo exporter's summary, not its generic next steps, is what the message keeps.
+    assert "No ONNX function found" in message
+    assert "\x1b[" not in message
+    assert "onnx.exporter: torchscript" in (info.value.hint or "")
+
+
 def test_supported_opsets_agree_with_the_config_range() -> None:
     assert supported_opsets() == range(MIN_OPSET, MAX_OPSET + 1)
 

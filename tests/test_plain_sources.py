@@ -15,8 +15,6 @@ import pytest
 import torch
 import yaml
 
-from plain_models import CLASSES, FACTORY, FEATURES, SPEC, PlainFiles, build_model, example_args
-from plain_models import save_plain_files as _save_plain_files
 from onnxport.config import ConversionConfig, SourceConfig, parse_conversion_config
 from onnxport.errors import EXIT_BAD_INPUT, ConfigError, SourceError
 from onnxport.manifest import read_manifest, sha256_file
@@ -24,13 +22,23 @@ from onnxport.pipeline import ConversionRequest, convert
 from onnxport.sources import load_source
 from onnxport.sources.plain import DEFAULT_SHAPES, EXAMPLE_SHAPE, PositionalModule
 from onnxport.tasks import Modality, Task
+from plain_models import (
+    CLASSES,
+    FACTORY,
+    FEATURES,
+    SPEC,
+    PlainFiles,
+    build_model,
+    example_args,
+    save_plain_files,
+)
 
 TORCHSCRIPT_EXPORTER = {"exporter": "torchscript"}
 
 
 @pytest.fixture(scope="session")
 def plain(tmp_path_factory: pytest.TempPathFactory) -> PlainFiles:
-    return _save_plain_files(tmp_path_factory.mktemp("plain"))
+    return save_plain_files(tmp_path_factory.mktemp("plain"))
 
 
 def _settings(**values) -> SourceConfig:
@@ -45,7 +53,8 @@ def _refused(path: Path, settings: SourceConfig | None = None) -> str:
 
 
 def _convert(path: Path, output: Path, *, onnx: dict | None = None, **source) -> Path:
-    config = ConversionConfig().with_overrides(source=source, onnx=onnx or TORCHSCRIPT_EXPORTER)
+    onnx = TORCHSCRIPT_EXPORTER if onnx is None else onnx
+    config = ConversionConfig().with_overrides(source=source, onnx=onnx)
     convert(ConversionRequest(source_path=path, output_dir=output, config=config))
     return output
 
@@ -92,9 +101,7 @@ def test_torchscript_module_converts_with_the_torchscript_exporter(
 
 
 def test_state_dict_with_factory_and_spec_converts(plain: PlainFiles, tmp_path: Path) -> None:
-    output = _convert(
-        plain.safetensors, tmp_path / "out", factory=FACTORY, input_spec=plain.spec
-    )
+    output = _convert(plain.safetensors, tmp_path / "out", factory=FACTORY, input_spec=plain.spec)
     _check_converted(output, plain.safetensors, "state-dict", ("logits", "hidden"))
 
 
@@ -244,8 +251,9 @@ def test_program_with_pickled_weights_is_refused(plain: PlainFiles, tmp_path: Pa
         config = json.loads(archive.read(name))
     for meta in config["config"].values():
         meta["use_pickle"] = True
+    content = json.dumps(config).encode()
     tampered = _rewrite_member(
-        plain.program, tmp_path / "tampered.pt2", "_weights_config.json", json.dumps(config).encode()
+        plain.program, tmp_path / "tampered.pt2", "_weights_config.json", content
     )
     assert "holds pickled data" in _refused(tampered)
 
@@ -276,6 +284,14 @@ def test_weights_need_a_factory_and_a_spec(plain: PlainFiles) -> None:
 
 def test_factory_with_a_directory_is_refused(tmp_path: Path) -> None:
     assert "is a directory" in _refused(tmp_path, _settings(factory=FACTORY))
+
+
+@pytest.mark.parametrize("kind", ["program", "torchscript"])
+def test_factory_with_a_program_is_refused(plain: PlainFiles, kind: str) -> None:
+    path = plain.program if kind == "program" else plain.torchscript
+    message = _refused(path, _settings(factory=FACTORY, input_spec=plain.spec))
+    assert "holds its model's code" in message
+    assert "leave --factory out" in message
 
 
 def test_an_unknown_file_is_refused_listing_what_onnxport_loads(tmp_path: Path) -> None:

@@ -166,6 +166,30 @@ def test_another_head_whose_weights_are_missing_is_refused(checkpoint) -> None:
     assert "pooler" in message
 
 
+def test_the_class_config_json_names_is_loaded_when_it_serves_the_task(tmp_path: Path) -> None:
+    # AutoModel maps t5 to the encoder-decoder T5Model, which would need decoder inputs.
+    from onnxport.coverage.registry import entry
+
+    path = entry("t5-encoder/feature-extraction").build(tmp_path / "t5")
+    loaded = load_source(path)
+    assert type(loaded.module).__name__ == "T5EncoderModel"
+    assert loaded.task is Task.FEATURE_EXTRACTION
+    assert loaded.input_names == ("input_ids", "attention_mask")
+    assert loaded.output_names == ("last_hidden_state",)
+
+
+def test_model_type_quirks_apply_on_load_and_warn(tmp_path: Path, caplog) -> None:
+    from onnxport.coverage.registry import entry
+    from onnxport.sources.huggingface import MODEL_TYPE_QUIRKS
+
+    path = entry("big-bird/sequence-classification").build(tmp_path / "big-bird")
+    assert json.loads((path / "config.json").read_text())["attention_type"] == "block_sparse"
+    with caplog.at_level("WARNING", logger="onnxport.sources.huggingface"):
+        loaded = load_source(path)
+    assert loaded.module.config.attention_type == "original_full"
+    assert MODEL_TYPE_QUIRKS["big_bird"].note in caplog.text
+
+
 # --- safe loading -----------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ and these say how to install it (exit code 2).
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -196,20 +197,26 @@ def submit(
     with tempfile.TemporaryDirectory(prefix="onnxport-azureml-") as scratch:
         # A dry run's files stay next to its YAML; a submission's only until they are uploaded.
         files = output.absolute().parent / f"{output.stem}_files" if dry_run else Path(scratch)
-        code_dir = code or stage_code(files / "code")
-        jobs = [
-            create_conversion_job(
-                code_dir,
-                job,
-                environment,
-                compute,
-                conversion_config=config,
-                experiment_name=experiment_name,
-                checkpoint_output=checkpoint_output,
-                work_dir=files,
-            )
-            for job in training
-        ]
+        created = dry_run and not files.exists()
+        try:
+            code_dir = code or stage_code(files / "code")
+            jobs = [
+                create_conversion_job(
+                    code_dir,
+                    job,
+                    environment,
+                    compute,
+                    conversion_config=config,
+                    experiment_name=experiment_name,
+                    checkpoint_output=checkpoint_output,
+                    work_dir=files,
+                )
+                for job in training
+            ]
+        except BaseException:
+            if created:  # a refused dry run leaves no half-made job files behind
+                shutil.rmtree(files, ignore_errors=True)
+            raise
         if dry_run:
             for job, path in zip(jobs, _job_yaml_paths(output, names)):
                 stdout.print(str(write_job_yaml(job, path)), highlight=False, soft_wrap=True)

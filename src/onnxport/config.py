@@ -152,7 +152,8 @@ class SourceConfig(_Strict):
     task: Task | None = None
     allow_pickle: bool = False
     """Load pickle-based weights (`pytorch_model.bin`, a `torch.save` state dict), with
-    torch.load(weights_only=True), and `.pt2` archives that hold pickled members."""
+    torch.load(weights_only=True) only: never an unrestricted unpickler, so `.pt2` archives
+    that hold pickled members stay refused."""
     trust_remote_code: bool = False
     factory: str | None = None
     """`module:callable` returning the `nn.Module` a state dict file belongs to. Importing it

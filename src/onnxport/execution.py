@@ -31,6 +31,7 @@ logger = logging.getLogger("onnxport.execution")  # also when run as __main__
 RESULT_ENV = "ONNXPORT_RESULT_FILE"
 REGISTERED_MODEL_ENV = "ONNXPORT_REGISTERED_MODEL_NAME"
 LINEAGE_ENV = "ONNXPORT_LINEAGE"
+PARENT_PID_ENV = "ONNXPORT_PARENT_PID"
 POLL_SECONDS = 0.1
 
 
@@ -114,16 +115,22 @@ def _exit_when_orphaned(parent_pid: int) -> None:
         with contextlib.suppress(Exception):
             from mlflow.tracking import MlflowClient
 
-            MlflowClient().set_terminated(run_id, status="FAILED")
+            client = MlflowClient()
+            if client.get_run(run_id).info.status == "RUNNING":  # not one logged and ended
+                client.set_terminated(run_id, status="FAILED")
     os._exit(1)
 
 
 def _child_main(argv: list[str]) -> int:
+    # Watch the parent before the imports below, which take seconds: a parent killed
+    # meanwhile must not leave its run RUNNING. Its pid comes from the parent itself, so that
+    # a parent already gone when this line runs is noticed too.
+    parent_pid = int(os.environ.pop(PARENT_PID_ENV, "") or os.getppid())
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
     from onnxport.config import load_conversion_config
     from onnxport.pipeline import ConversionRequest, StageEvent, convert
 
     args = _parse(argv)
-    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     result_file = args.result_file or (
         Path(os.environ[RESULT_ENV]) if RESULT_ENV in os.environ else None
     )
@@ -262,7 +269,12 @@ def run_child(
 
     sink = on_line or (lambda line: logger.info("[conversion] %s", line))
     result_file.unlink(missing_ok=True)
-    child_env = {**os.environ, **(env or {}), RESULT_ENV: str(result_file)}
+    child_env = {
+        **os.environ,
+        **(env or {}),
+        RESULT_ENV: str(result_file),
+        PARENT_PID_ENV: str(os.getpid()),
+    }
     child_env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     command = [sys.executable, "-m", "onnxport.execution", *arguments.argv()]
     started = time.perf_counter()

@@ -36,11 +36,22 @@ def canonical_json(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
+def _without_negative_zero(value: Any) -> Any:
+    """-0.0 becomes 0.0: equal settings (`rtol: -0.0` is `rtol: 0`) hash alike."""
+    if isinstance(value, float) and value == 0.0:
+        return 0.0
+    if isinstance(value, dict):
+        return {k: _without_negative_zero(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_negative_zero(v) for v in value]
+    return value
+
+
 def conversion_fingerprint(
     parent_spec_fp: str, parent_exec_fp: str, config: ConversionConfig, *, variant: str = "1"
 ) -> str:
     """The conversion's fingerprint: equal inputs give equal fingerprints, whatever order."""
-    settings = config.model_dump(mode="json")
+    settings = _without_negative_zero(config.model_dump(mode="json"))
     for section in NON_SEMANTIC_SECTIONS:
         settings.pop(section, None)
     payload = {

@@ -160,6 +160,8 @@ def execute_conversion(
         str(output_dir.parent / f".{output_dir.name}.lock"), timeout=LOCK_TIMEOUT_SECONDS
     )
     with lock:
+        # First: a killed run's leftovers go, and an earlier result it had moved aside returns.
+        remove_stale_partials(output_dir)
         if not force and not verify_directory(output_dir):
             _record_cache_hit(client, experiment_id, run_name, tags, output_dir)
             logger.info(
@@ -168,7 +170,6 @@ def execute_conversion(
                 time.perf_counter() - started,
             )
             return output_dir
-        remove_stale_partials(output_dir)
         run_id = create_run(client, experiment_id, run_name=run_name, tags=tags)
         logger.info("converting %s into %s (MLflow run %s)", parent.checkpoint, output_dir, run_id)
         with failed_unless_finished(client, run_id), tempfile.TemporaryDirectory() as scratch:

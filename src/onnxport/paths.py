@@ -65,12 +65,30 @@ def read_parent_training_output(
 ) -> ParentTrainingOutput:
     """Read a training output directory; its fingerprints must agree with the given ones."""
     path = Path(path).absolute()
-    if not path.is_dir():
+    try:
+        found = path.is_dir()
+        broken = next((p for p in (path, *path.parents) if p.is_symlink() and not p.exists()), None)
+    except OSError as e:  # a name too long, a directory we may not read
+        raise SourceError(
+            f"cannot read the parent training output {path}: {e.strerror or e}"
+        ) from e
+    if broken is not None:
+        raise SourceError(
+            f"the parent training output {path} goes through {broken}, a symbolic link that "
+            "leads nowhere (dangling, or a loop)",
+            hint="pass the training run's output directory itself",
+        )
+    if not found:
         raise SourceError(
             f"parent training output not found: {path}",
             hint="pass the training run's output directory (…/spec_<fp>_exec_<fp>/v<n>)",
         )
     checkpoint = path / CHECKPOINT_DIRNAME
+    if checkpoint.is_symlink() and not checkpoint.exists():
+        raise SourceError(
+            f"{checkpoint} is a symbolic link that leads nowhere (dangling, or a loop)",
+            hint="point it at the saved checkpoint",
+        )
     if not checkpoint.is_dir():
         raise SourceError(
             f"{path} has no {CHECKPOINT_DIRNAME}/ directory",

@@ -8,9 +8,12 @@ is complete.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
@@ -33,27 +36,73 @@ def _owner_pid(path: Path, marker: str) -> int | None:
 
 
 def remove_stale_partials(final: Path) -> None:
-    """Remove hidden work directories of `final` left by processes that no longer run."""
+    """Remove hidden work directories of `final` left by processes that no longer run.
+
+    An earlier output that a killed process had moved aside to publish a new one (`.old-`)
+    is put back under the final name when nothing took its place; otherwise removed.
+    """
     if not final.parent.is_dir():
         return
-    for marker in (PARTIAL_MARKER, OLD_MARKER):
+    for marker in (OLD_MARKER, PARTIAL_MARKER):
         for candidate in final.parent.glob(f".{final.name}{marker}*"):
             pid = _owner_pid(candidate, marker)
             if pid is not None and pid != os.getpid() and psutil.pid_exists(pid):
+                continue
+            if marker == OLD_MARKER and not final.exists() and not verify_directory(candidate):
+                logger.warning("restoring %s, left aside by a stopped publish", final)
+                candidate.rename(final)
                 continue
             logger.info("removing the leftover work directory %s", candidate)
             shutil.rmtree(candidate, ignore_errors=True)
 
 
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two directories in one step (Linux renameat2 RENAME_EXCHANGE), so that the final
+    name never goes missing; False where the system or the filesystem cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a libc without renameat2 (glibc < 2.28, musl)
+        return False
+    done = renameat2(
+        _AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE
+    )
+    if done == 0:
+        return True
+    error = ctypes.get_errno()
+    logger.debug("renameat2 exchange unavailable (%s); renaming in two steps", os.strerror(error))
+    if error in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(error, os.strerror(error), str(second))
+
+
 def check_output_location(final: Path, *, force: bool) -> None:
     """Refuse an output path that would lose or overwrite something the user wants kept."""
     final = Path(final)
-    if final.is_file() or (final.exists() and not final.is_dir()):
+    try:
+        for path in (final, *final.parents):
+            if path.is_symlink() and not path.exists():
+                raise OutputError(
+                    f"the output path {final} goes through {path}, a symbolic link that leads "
+                    "nowhere (dangling, or a loop)",
+                    hint="remove the link or choose another output directory",
+                )
+        if final.is_file() or (final.exists() and not final.is_dir()):
+            raise OutputError(
+                f"the output path {final} is an existing file", hint="choose a directory path"
+            )
+        if not final.is_dir() or not any(final.iterdir()):
+            return
+    except OSError as e:  # a name too long, a directory we may not read
         raise OutputError(
-            f"the output path {final} is an existing file", hint="choose a directory path"
-        )
-    if not final.is_dir() or not any(final.iterdir()):
-        return
+            f"cannot use the output path {final}: {e.strerror or e}",
+            hint="choose a shorter or accessible output path",
+        ) from e
     if not (final / MANIFEST_FILENAME).exists():
         raise OutputError(
             f"{final} exists and is not an onnxport output directory; refusing to replace it",
@@ -103,6 +152,12 @@ class Staging:
         """Rename the work directory to its final name, replacing an earlier output last."""
         old = None
         try:
+            if self.final.is_dir() and _exchange(self.path, self.final):
+                # The new output is in place; the earlier one is now under the work name.
+                self.published = True
+                shutil.rmtree(self.path, ignore_errors=True)
+                logger.info("published %s", self.final)
+                return self.final
             if self.final.exists():
                 old = self.final.parent / (
                     f".{self.final.name}{OLD_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"

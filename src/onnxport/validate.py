@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from onnxport.errors import SourceError
 from onnxport.export import adapter_for
 from onnxport.sources.base import Source
 from onnxport.tasks import TASKS, AgreementMetric, Task
@@ -83,23 +84,42 @@ class ValidationResult:
 def compute_references(
     source: Source, shapes: list[tuple[int, int]], *, seed: int = 0
 ) -> list[Reference]:
-    """Run PyTorch once per shape; the inputs are tokenized sample text where possible."""
+    """Run PyTorch once per shape; the inputs are tokenized sample text where possible.
+
+    Raises `SourceError` when PyTorch itself fails on a shape or answers NaN: there is then
+    nothing to prove the ONNX model against.
+    """
     adapter = adapter_for(source)
     references = []
     with torch.inference_mode():
         for i, (batch, size) in enumerate(shapes):
             inputs = source.make_inputs(batch, size, seed + i)
-            outputs = adapter(*(inputs[name] for name in source.input_names))
-            references.append(
-                Reference(
-                    shape=(batch, size),
-                    inputs={k: v.numpy() for k, v in inputs.items()},
-                    outputs={
-                        name: value.detach().float().numpy()
-                        for name, value in zip(source.output_names, outputs)
-                    },
-                )
+            try:
+                outputs = adapter(*(inputs[name] for name in source.input_names))
+            except Exception as e:  # model code raises anything on inputs it cannot take
+                message = " ".join(str(e).split())[:300]
+                raise SourceError(
+                    f"the PyTorch model fails on the validation input {batch}x{size}: "
+                    f"{type(e).__name__}: {message}",
+                    hint="check validation.shapes against what the model takes "
+                    "(max_position_embeddings, image size)",
+                ) from e
+            reference = Reference(
+                shape=(batch, size),
+                inputs={k: v.numpy() for k, v in inputs.items()},
+                outputs={
+                    name: value.detach().float().numpy()
+                    for name, value in zip(source.output_names, outputs)
+                },
             )
+            for name, value in reference.outputs.items():
+                if np.isnan(value).any():
+                    raise SourceError(
+                        f"the PyTorch model itself outputs NaN ('{name}' on input "
+                        f"{batch}x{size}): there is no answer to validate the ONNX model against",
+                        hint="check the weights (NaN after a diverged training run?)",
+                    )
+            references.append(reference)
     return references
 
 

@@ -1,12 +1,14 @@
 """`python -m onnxport.coverage`: run the matrix and write docs/coverage.md.
 
-python -m onnxport.coverage                      # every entry, the default settings
-python -m onnxport.coverage --only bert/ --only vit --output /tmp/coverage.md
+With no options it runs every entry with the default settings (`make coverage`);
+`--only bert/ --only vit --output /tmp/coverage.md` runs the entries whose names contain
+either text and writes their page elsewhere.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import sys
@@ -43,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.ERROR,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("torch").setLevel(logging.ERROR)
     warnings.simplefilter("ignore")
 
     from transformers.utils import logging as hf_logging
@@ -55,16 +56,22 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    # torch configures its loggers on import: quiet them after (torchvision notices).
+    logging.getLogger("torch").setLevel(logging.ERROR)
     entries = [e for e in ENTRIES if not args.only or any(t in e.name for t in args.only)]
-    if args.list or not entries:
-        for entry in entries:
-            print(entry.name)
-        return 0 if entries else 2
+    if not entries:
+        print(f"no coverage entry matches {args.only}; see --list", file=sys.stderr)
+        return 2
+    if args.list:
+        print("\n".join(e.name for e in entries))
+        return 0
+    counter = itertools.count(1)
 
     def show(entry: CoverageEntry, row: CoverageRow) -> None:
-        done = show.count = getattr(show, "count", 0) + 1
         status = f"validated ({row.exporter})" if row.validated else f"FAILED: {row.reason}"
-        print(f"[{done}/{len(entries)}] {entry.name} {row.seconds:.1f}s {status}", flush=True)
+        print(
+            f"[{next(counter)}/{len(entries)}] {entry.name} {row.seconds:.1f}s {status}", flush=True
+        )
 
     with tempfile.TemporaryDirectory(prefix="onnxport-coverage-") as scratch:
         rows = run_matrix(entries, args.workdir or Path(scratch), on_row=show)

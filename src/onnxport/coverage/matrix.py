@@ -20,10 +20,11 @@ from onnxport.coverage.registry import CoverageEntry
 from onnxport.errors import OnnxportError
 from onnxport.manifest import Manifest
 from onnxport.pipeline import ConversionRequest, convert
+from onnxport.sources.huggingface import MODEL_TYPE_QUIRKS
 
 logger = logging.getLogger(__name__)
 
-REASON_LENGTH = 400
+REASON_LENGTH = 1000
 
 
 @dataclass(frozen=True)
@@ -50,15 +51,16 @@ def _one_line(text: str, limit: int = REASON_LENGTH) -> str:
 
 
 def _notes(entry: CoverageEntry, manifest: Manifest | None) -> str | None:
-    notes = []
+    """The entry's quirks, what the loader knows of its model type, and failed exporters."""
+    notes = [entry.quirks.describe()]
+    known = MODEL_TYPE_QUIRKS.get(entry.model_type)
+    if known is not None and known.note:
+        notes.append(known.note)
     if manifest is not None:
         for attempt in manifest.export.attempts:
             if not attempt.ok and attempt.error:
                 notes.append(f"{attempt.exporter} failed: {_one_line(attempt.error, 160)}")
-    quirks = entry.quirks.describe()
-    if quirks:
-        notes.insert(0, quirks)
-    return "; ".join(notes) or None
+    return "; ".join(n for n in notes if n) or None
 
 
 def _max_abs_diff(manifest: Manifest) -> float | None:
@@ -82,16 +84,21 @@ def run_entry(
     started = time.perf_counter()
     try:
         checkpoint = entry.build(scratch / "checkpoint")
+    except Exception as e:  # transformers refuses the tiny config: the registry is wrong
+        checkpoint = None
+        reason = _one_line(f"build: {type(e).__name__}: {e}")
+    if checkpoint is not None:
         started = time.perf_counter()
         request = ConversionRequest(
             source_path=checkpoint, output_dir=scratch / "onnx", config=config
         )
-        manifest = convert(request)
-    except OnnxportError as e:
-        reason = _one_line(f"{e.stage}: {e}")
-    except Exception as e:  # a bug in onnxport or a library: recorded, the matrix goes on
-        logger.exception("coverage entry %s raised", entry.name)
-        reason = _one_line(f"internal error: {type(e).__name__}: {e}")
+        try:
+            manifest = convert(request)
+        except OnnxportError as e:
+            reason = _one_line(f"{e.stage}: {e}")
+        except Exception as e:  # a bug in onnxport or a library: recorded, the matrix goes on
+            logger.exception("coverage entry %s raised", entry.name)
+            reason = _one_line(f"internal error: {type(e).__name__}: {e}")
     seconds = time.perf_counter() - started
     shutil.rmtree(scratch, ignore_errors=True)
     gc.collect()

@@ -21,13 +21,19 @@ COLUMNS = (
 _ROW = re.compile(r"^\|\s*`?([\w.-]+)`?\s*\|\s*([\w-]+)\s*\|")
 
 
-def _cell(text: str) -> str:
+CELL_LENGTH = 240
+"""Failure reasons are cut to this in the table; the Failures section gives them whole."""
+
+
+def _cell(text: str, limit: int | None = None) -> str:
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
     return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _row(row: CoverageRow) -> str:
     diff = "—" if row.max_abs_diff is None else f"{row.max_abs_diff:.2e}"
-    detail = row.reason if not row.validated else row.notes
+    detail = _cell(row.notes or "") if row.validated else _cell(row.reason or "", CELL_LENGTH)
     cells = (
         row.architecture,
         row.task,
@@ -37,7 +43,7 @@ def _row(row: CoverageRow) -> str:
         str(row.opset),
         diff,
         f"{row.seconds:.1f}",
-        _cell(detail or ""),
+        detail,
     )
     return "| " + " | ".join(cells) + " |"
 
@@ -70,7 +76,9 @@ def render_coverage(
     failures = [r for r in rows if not r.validated]
     if failures:
         lines += ["## Failures", ""]
-        lines += [f"- **{r.architecture} / {r.task}**: {r.reason}" for r in failures]
+        for r in failures:
+            known = f" Known: {r.notes}." if r.notes else ""
+            lines.append(f"- **{r.architecture} / {r.task}**: {r.reason}{known}")
         lines.append("")
     return "\n".join(lines)
 

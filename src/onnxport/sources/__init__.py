@@ -22,13 +22,20 @@ __all__ = ["InputFactory", "Source", "load_source"]
 
 
 def _load_file(path: Path, settings: SourceConfig) -> Source:
-    if settings.factory is not None:
-        return load_state_dict_source(path, settings)
-    if is_torch_export_archive(path):
-        return load_torch_export(path, settings)
-    if is_torchscript_archive(path):
-        return load_torchscript(path, settings)
-    if weights_format(path) is not None:
+    programs = (
+        ("torch.export program", is_torch_export_archive, load_torch_export),
+        ("TorchScript module", is_torchscript_archive, load_torchscript),
+    )
+    for what, is_kind, load in programs:
+        if is_kind(path):
+            if settings.factory is not None:
+                raise SourceError(
+                    f"{path} is a {what}, which holds its model's code: --factory is for "
+                    "weights files",
+                    hint="leave --factory out",
+                )
+            return load(path, settings)
+    if settings.factory is not None or weights_format(path) is not None:
         return load_state_dict_source(path, settings)
     raise SourceError(
         f"{path} is a file onnxport does not know how to load",
@@ -46,6 +53,13 @@ def load_source(path: Path, settings: SourceConfig | None = None) -> Source:
         exists = path.exists()
     except OSError as e:  # a symlink loop, a path too long
         raise SourceError(f"cannot read the source path {path}: {e.strerror or e}") from e
+    broken = [p for p in (path, *path.parents) if not exists and p.is_symlink() and not p.exists()]
+    if broken:
+        raise SourceError(
+            f"the source path {path} goes through {broken[0]}, a symbolic link that leads "
+            "nowhere (dangling, or a loop)",
+            hint="point at the checkpoint itself",
+        )
     if not exists:
         raise SourceError(f"source not found: {path}", hint="check the path")
     if not path.is_dir():

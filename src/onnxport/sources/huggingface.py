@@ -3,6 +3,10 @@
 Safe by default: safetensors only, no remote code, nothing fetched from a hub. Pickle-based
 weights (`pytorch_model.bin`) load only with `allow_pickle`, and then with
 `torch.load(weights_only=True)` as transformers does.
+
+What onnxport knows about particular model types (settings applied on load, limitations to
+warn of) is one table, `MODEL_TYPE_QUIRKS`; the model class is the one config.json names
+when it serves the task (`T5EncoderModel`), else the task's Auto class.
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ import inspect
 import json
 import logging
 import os
+import pickle
 import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +50,35 @@ COMPANION_FILES = (
     "preprocessor_config.json",
     "image_processor_config.json",
 )
+
+
+@dataclass(frozen=True)
+class ModelTypeQuirk:
+    """What onnxport knows about one model type that its config.json does not say."""
+
+    config: Mapping[str, Any] = field(default_factory=dict)
+    """Settings applied on load, before the model is built."""
+    note: str | None = None
+    """Logged as a warning on load, and shown in docs/coverage.md."""
+
+
+# The one place for per-architecture knowledge in loading; `onnxport.coverage` measures it.
+MODEL_TYPE_QUIRKS: dict[str, ModelTypeQuirk] = {
+    "big_bird": ModelTypeQuirk(
+        config={"attention_type": "original_full"},
+        note="block-sparse attention picks its blocks in Python per sequence length and "
+        "cannot be exported; BigBird converts with full attention (transformers itself "
+        "switches to it for inputs under (5 + 2·num_random_blocks)·block_size tokens), so "
+        "the ONNX model matches PyTorch with attention_type='original_full'",
+    ),
+    "longformer": ModelTypeQuirk(
+        note="sliding-window attention derives its chunk count from the sequence length as "
+        "a tensor: the dynamo exporter stops on that data-dependent size, and the "
+        "TorchScript exporter records the traced batch and length as constants, so its "
+        "graph fails on any other shape; no exporter setting avoids it (BigBird converts)",
+    ),
+}
+
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 DEFAULT_TEXT_SHAPES = ((1, 8), (2, 37), (4, 128))
 TEXT_EXAMPLE_SHAPE = (2, 13)
@@ -93,8 +129,8 @@ def _weight_files(path: Path, *, allow_pickle: bool) -> tuple[list[Path], bool]:
     )
 
 
-def check_safetensors(file: Path) -> None:
-    """Fail early on a truncated or corrupt safetensors file, naming it."""
+def check_safetensors(file: Path) -> list[str]:
+    """Fail early on a truncated or corrupt safetensors file, naming it; its tensor names."""
     size = file.stat().st_size
     try:
         with file.open("rb") as f:
@@ -115,6 +151,42 @@ def check_safetensors(file: Path) -> None:
             f"{file} is truncated or padded: {size} bytes, its header describes {expected}",
             hint="copy the checkpoint again from the training output",
         )
+    return [k for k in header if k != "__metadata__"]
+
+
+# config.json keys that count layers; a model is built with that many before its weights load.
+LAYER_KEYS = (
+    "num_hidden_layers",
+    "n_layer",
+    "n_layers",
+    "num_layers",
+    "encoder_layers",
+    "decoder_layers",
+)
+# Layers shared (ALBERT) or built without weights leave fewer numbered layers in the weights
+# than the config counts: only a count far beyond them is refused.
+MAX_LAYERS_WITHOUT_WEIGHTS = 1024
+
+
+def _check_layer_counts(path: Path, raw: dict[str, Any], tensor_names: list[str]) -> None:
+    """Refuse a config.json that counts far more layers than the weights hold: building them
+    would take minutes and all the memory before the weights could be found not to fit."""
+    indices: dict[str, int] = {}
+    for name in tensor_names:
+        parts = name.split(".")
+        for i, part in enumerate(parts):
+            if part.isdigit():
+                prefix = ".".join(parts[:i])
+                indices[prefix] = max(indices.get(prefix, 0), int(part) + 1)
+    held = max(indices.values(), default=0)
+    for key in LAYER_KEYS:
+        value = raw.get(key)
+        if isinstance(value, int) and value > max(MAX_LAYERS_WITHOUT_WEIGHTS, 4 * held):
+            raise SourceError(
+                f"{path}/config.json says {key} = {value}, but the weights hold "
+                f"{held} numbered layers",
+                hint="check that config.json belongs to these weights",
+            )
 
 
 def _resolve_task(config: Any, requested: Task | None, path: Path) -> tuple[Task, str]:
@@ -180,8 +252,16 @@ def _load_model(path: Path, config: Any, task: Task, *, safetensors: bool, trust
             dtype=torch.float32,
             attn_implementation="eager",
         )
+    except pickle.UnpicklingError as e:
+        raise SourceError(
+            f"the pickle-based weights in {path} hold more than tensors, and onnxport loads "
+            "pickles only with torch.load(weights_only=True), which refused them",
+            hint="re-save the checkpoint with save_pretrained(safe_serialization=True)",
+        ) from e
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
         message = " ".join(str(e).split())[:400]
+        if "ignore_mismatched_sizes" in message:  # transformers points at its logged report
+            message = "tensor shapes differ from the sizes config.json gives (see the report above)"
         raise SourceError(
             f"cannot load the weights in {path}: {message}",
             hint="check that config.json matches the weights (same architecture and sizes)",
@@ -321,8 +401,17 @@ def _int_setting(config: Any, name: str) -> int:
 
 
 def _output_names(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[str, ...]:
-    with torch.no_grad():
-        outputs = model(**inputs, return_dict=True)
+    try:
+        with torch.no_grad():
+            outputs = model(**inputs, return_dict=True)
+    except Exception as e:  # model code raises anything on inputs it cannot take
+        shape = "x".join(str(n) for n in next(iter(inputs.values())).shape[:2])
+        message = " ".join(str(e).split())[:300]
+        raise SourceError(
+            f"{type(model).__name__} fails on example inputs ({shape}): "
+            f"{type(e).__name__}: {message}",
+            hint="check config.json (max_position_embeddings, sizes) against the weights",
+        ) from e
     names = tuple(k for k, v in outputs.items() if isinstance(v, torch.Tensor))
     if not names:
         raise SourceError(f"{type(model).__name__} returned no tensor outputs")
@@ -345,11 +434,13 @@ def load_huggingface(
             hint="save the checkpoint with save_pretrained(), which writes it",
         )
     weight_files, safetensors = _weight_files(path, allow_pickle=allow_pickle)
+    tensor_names: list[str] = []
     for file in weight_files:
         if safetensors and file.suffix == ".safetensors":
-            check_safetensors(file)
+            tensor_names += check_safetensors(file)
         elif file.stat().st_size == 0:
             raise SourceError(f"{file} is empty", hint="copy the checkpoint again")
+    _check_layer_counts(path, raw, tensor_names)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoConfig
@@ -373,6 +464,12 @@ def load_huggingface(
         ) from e
     if hasattr(config, "use_cache"):
         config.use_cache = False
+    quirk = MODEL_TYPE_QUIRKS.get(config.model_type)
+    if quirk is not None:
+        for key, value in quirk.config.items():
+            setattr(config, key, value)
+        if quirk.note:
+            logger.warning("%s: %s", config.model_type, quirk.note)
     resolved_task, architecture = _resolve_task(config, task, path)
     info = TASKS[resolved_task]
     model = _load_model(

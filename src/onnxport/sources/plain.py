@@ -44,7 +44,6 @@ DEFAULT_TASK = Task.FEATURE_EXTRACTION
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
     "float64": torch.float64,
     "int64": torch.int64,
     "int32": torch.int32,
@@ -52,9 +51,7 @@ DTYPES: dict[str, torch.dtype] = {
     "uint8": torch.uint8,
     "bool": torch.bool,
 }
-DTypeName = Literal[
-    "float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool"
-]
+DTypeName = Literal["float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"]
 
 
 class TensorSpec(BaseModel):

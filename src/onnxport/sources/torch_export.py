@@ -6,8 +6,9 @@ by JSON. Three things in an archive do go through pickle: tensor subclasses and 
 objects (`torch.load(weights_only=False)`, `pickle.loads`), the legacy (torch ≤ 2.7)
 layout, and the example inputs, which `torch.load` reads with `weights_only=True` but
 retries unrestricted when that fails. So onnxport opens the zip itself and refuses any
-pickled member without `allow_pickle`, and reads the example inputs with
-`weights_only=True` first, so the unrestricted retry can never happen.
+pickled member, even with `allow_pickle` (which allows `torch.load(weights_only=True)`
+only), and reads the example inputs with `weights_only=True` first, so the unrestricted
+retry can never happen.
 
 Inputs: from an input spec when given; otherwise from the program itself (its argument
 names, dtypes and shapes; a symbolic size at position 0 is the batch, other symbolic sizes
@@ -92,10 +93,11 @@ def _spec_from_program(program: Any, path: Path) -> InputSpec:
     for name in program.graph_signature.user_inputs:
         value = placeholders[name].meta.get("val") if name in placeholders else None
         if not isinstance(value, torch.Tensor) or value.dtype not in _DTYPE_NAMES:
+            what = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
             raise SourceError(
                 f"{path}: the program's input {name!r} is not a tensor onnxport can feed "
-                f"({type(value).__name__})",
-                hint="export the program with tensor inputs only, or pass --input-spec",
+                f"({what}; it feeds {', '.join(DTYPES)})",
+                hint="export the program with such tensor inputs only",
             )
         shape: list[int | str] = []
         for axis, dim in enumerate(value.shape):
@@ -130,13 +132,16 @@ def load_torch_export(path: Path, settings: SourceConfig) -> Source:
         pickled = _pickled_members(path)
     except (zipfile.BadZipFile, json.JSONDecodeError, KeyError, OSError) as e:
         raise SourceError(f"{path} is not a readable torch.export archive: {e}") from e
-    if pickled and not settings.allow_pickle:
+    if pickled:
+        # torch.export.load reads these with an unrestricted unpickler (torch.load falls back
+        # to weights_only=False), so --allow-pickle, which allows only weights_only=True,
+        # cannot make them safe: they are refused either way.
         raise SourceError(
             f"{path} holds pickled data ({pickled[0]}"
             f"{f' and {len(pickled) - 1} more' if len(pickled) > 1 else ''}), which can run "
-            "code when loaded; onnxport loads pickle-free archives only by default",
-            hint="export again with plain tensors (no tensor subclasses or custom objects), "
-            "or pass --allow-pickle if you trust its origin",
+            "code when loaded; torch.export.load would unpickle it unrestricted, so onnxport "
+            "loads pickle-free archives only, even with --allow-pickle",
+            hint="export again with plain tensors (no tensor subclasses or custom objects)",
         )
     try:
         program = torch.export.load(str(path))

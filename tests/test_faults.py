@@ -1,0 +1,477 @@
+"""Faults: a conversion killed at any moment, and a disk that fills up.
+
+The fault-injection test kills the conversion child (`python -m onnxport.execution`) with
+SIGKILL at seeded random moments in every stage, through `execute_conversion` with a real
+SQLite MLflow store, and checks after each kill what a pipeline relies on: nothing under the
+final name unless complete and valid, an earlier output untouched, the MLflow run not left
+RUNNING, no process left behind, and the next run converting (each trial is the next run of
+the one before it; the last runs are not killed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+
+from onnxport.errors import ExecutionError, ExportError, PublishError
+from onnxport.manifest import verify_directory
+from onnxport.publish import OLD_MARKER, Staging, remove_stale_partials
+from orchestration_support import CONVERSION_YAML, root_with_store, write_config_dir
+from test_bad_inputs import leftovers, snapshot
+from test_orchestration import CONVERSION_TIMEOUT, Project, conversion_children, make_project
+
+SEED = 9
+TRIALS = 20
+STAGES = ("startup", "load", "export", "validate", "smoke_test", "publish")
+"""`startup`: the child's imports, before its first stage; the rest are pipeline stages."""
+EARLY = 0.6
+"""Kills fall in the first 60% of a stage as the calibration run timed it: that run, on a
+cold store, is slower than the trials, and a kill after the end would miss the stage."""
+TERMINAL = {"FINISHED", "FAILED", "KILLED"}
+DISK_FULL = ("File too large", "No space left on device")
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+# ------------------------------------------------------------------- publishing (fast)
+
+
+def test_an_earlier_output_moved_aside_by_a_killed_publish_is_restored(copy_output) -> None:
+    """A publish killed between its two renames leaves `.old-` and no final directory: the
+    next run puts the earlier output back rather than deleting it."""
+    final = copy_output("distilbert-token")
+    before = snapshot(final)
+    aside = final.parent / f".{final.name}{OLD_MARKER}{_dead_pid()}-0000abcd"
+    final.rename(aside)
+    remove_stale_partials(final)
+    assert snapshot(final) == before
+    assert leftovers(final) == []
+
+
+def test_a_moved_aside_output_is_dropped_once_a_new_one_is_in_place(copy_output) -> None:
+    final = copy_output("distilbert-token")
+    aside = final.parent / f".{final.name}{OLD_MARKER}{_dead_pid()}-0000abcd"
+    shutil.copytree(final, aside)
+    before = snapshot(final)
+    remove_stale_partials(final)
+    assert snapshot(final) == before
+    assert leftovers(final) == []
+
+
+def test_an_incomplete_directory_moved_aside_is_not_restored(tmp_path: Path) -> None:
+    final = tmp_path / "out"
+    aside = tmp_path / f".out{OLD_MARKER}{_dead_pid()}-0000abcd"
+    aside.mkdir()
+    (aside / "model_fp32.onnx").write_bytes(b"half")
+    remove_stale_partials(final)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_replacing_an_output_never_leaves_the_final_name_missing(copy_output) -> None:
+    """A reader polling the final name during 30 replacements always finds it."""
+    final = copy_output("distilbert-token")
+    content = {p.name: p.read_bytes() for p in final.iterdir()}
+    missing: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            if not final.is_dir():
+                missing.append(1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        for _ in range(30):
+            with Staging(final) as staging:
+                for name, data in content.items():
+                    (staging.path / name).write_bytes(data)
+                staging.publish()
+    finally:
+        stop.set()
+        watcher.join()
+    assert missing == [], f"the final directory was missing {len(missing)} times"
+    assert verify_directory(final) == []
+    assert leftovers(final) == []
+
+
+# ------------------------------------------------------------ fault injection (slow)
+
+
+@dataclass
+class Timeline:
+    """When each stage started, in seconds after `execute_conversion` was called."""
+
+    started: dict[str, float] = field(default_factory=dict)
+    finished: float = 0.0
+
+    def durations(self) -> dict[str, float]:
+        order = [s for s in STAGES if s in self.started]
+        ends = [self.started[s] for s in order[1:]] + [self.finished]
+        return {stage: max(end - self.started[stage], 0.05) for stage, end in zip(order, ends)}
+
+
+class Killer:
+    """Kills the conversion child `delay` seconds after `stage` starts (`startup`: after the
+    child process appears), and notes which stage the child was in."""
+
+    def __init__(self, stage: str, delay: float, output_dir: Path) -> None:
+        self.stage = stage
+        self.delay = delay
+        self.output_dir = str(output_dir)
+        self.current = "startup"
+        self.killed_in: str | None = None
+        self._timer: threading.Timer | None = None
+        self._armed = threading.Event()
+
+    def on_line(self, line: str) -> None:
+        for stage in STAGES:
+            if f"stage {stage} started" in line:
+                self.current = stage
+                if stage == self.stage:
+                    self._arm()
+        if "stage publish done" in line:
+            self.current = "done"
+
+    def _arm(self) -> None:
+        if not self._armed.is_set():
+            self._armed.set()
+            self._timer = threading.Timer(self.delay, self._kill)
+            self._timer.start()
+
+    def start(self) -> None:
+        if self.stage == "startup":
+            threading.Thread(target=self._after_spawn, daemon=True).start()
+
+    def _children(self) -> list:
+        """This trial's child: the conversion process writing to its output directory."""
+        mine = []
+        for child in conversion_children():
+            with contextlib.suppress(Exception):
+                if self.output_dir in child.cmdline():
+                    mine.append(child)
+        return mine
+
+    def _after_spawn(self) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not self._children():
+            time.sleep(0.01)
+        self._arm()
+
+    def _kill(self) -> None:
+        for child in self._children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGKILL)
+                self.killed_in = self.current
+
+    def wait(self) -> None:
+        if self._timer is not None:
+            self._timer.join()
+
+
+@dataclass
+class Target:
+    project: Project
+    earlier: dict[str, str] | None = None
+    """The snapshot of the complete output under the final name, if there is one."""
+
+    @property
+    def final(self) -> Path:
+        return self.project.expected_output_dir()
+
+
+def _runs_not_running(project: Project) -> list[str]:
+    statuses = [run.info.status for run in project.runs()]
+    assert statuses, "no MLflow run recorded"
+    return [s for s in statuses if s not in TERMINAL]
+
+
+def _check_after(target: Target, outcome: str, killer: Killer) -> None:
+    final = target.final
+    if final.exists():
+        assert verify_directory(final) == [], f"{final} is incomplete after {killer.stage}"
+    if target.earlier is not None:
+        # Never missing (the swap is atomic), and untouched unless a complete new one won.
+        assert final.is_dir(), f"the earlier output vanished (killed in {killer.killed_in})"
+        if snapshot(final) != target.earlier:
+            assert verify_directory(final) == []
+            assert outcome == "completed" or killer.killed_in in ("publish", "done"), (
+                f"the earlier output changed although the kill came in {killer.killed_in}"
+            )
+    elif outcome == "killed" and final.exists():
+        assert killer.killed_in in ("publish", "done"), killer.killed_in
+    if final.exists():
+        target.earlier = snapshot(final)
+
+
+@pytest.fixture(scope="module")
+def fault_targets(tmp_path_factory, checkpoint) -> tuple[Target, Target]:
+    """Two requests on one training output and one store: A replaces its earlier output on
+    every trial (force), B converts into a fresh place each time."""
+    root = root_with_store(tmp_path_factory, "faults")
+    a = make_project(root, "faults", checkpoint("distilbert-token"))
+    config_b = write_config_dir(
+        root / "config-faults-b", conversion=CONVERSION_YAML + "  seed: 1\n"
+    )
+    b = Project(root, config_b, a.parent, a.experiment, a.spec_fp, a.exec_fp)
+    assert a.expected_output_dir() != b.expected_output_dir()
+    return Target(a), Target(b)
+
+
+def _timed_conversion(project: Project) -> Timeline:
+    timeline = Timeline()
+    started = time.monotonic()
+
+    def on_line(line: str) -> None:
+        for stage in STAGES:
+            if f"stage {stage} started" in line:
+                timeline.started[stage] = time.monotonic() - started
+
+    timeline.started["startup"] = 0.0
+    output = project.call(force=True, on_log_line=on_line)
+    timeline.finished = time.monotonic() - started
+    assert verify_directory(output) == []
+    return timeline
+
+
+@dataclass
+class Trial:
+    target: Target
+    killer: Killer
+    outcome: str = ""
+    seconds: float = 0.0
+
+    def run(self) -> Trial:
+        self.killer.start()
+        began = time.monotonic()
+        try:
+            self.target.project.call(force=True, on_log_line=self.killer.on_line)
+            self.outcome = "completed"
+        except ExecutionError as e:
+            assert "SIGKILL" in str(e), e
+            self.outcome = "killed"
+        finally:
+            self.killer.wait()
+            self.seconds = time.monotonic() - began
+        return self
+
+    def __str__(self) -> str:
+        name = self.target.project.config_dir.name
+        return (
+            f"{self.killer.stage:>10} +{self.killer.delay:5.2f} s: {self.outcome} "
+            f"in {self.killer.killed_in} ({name}, {self.seconds:.1f} s)"
+        )
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_loses_nothing_and_the_next_run_converts(
+    fault_targets: tuple[Target, Target],
+) -> None:
+    """Trials run in pairs, one per request, so that twenty fit in a few minutes."""
+    a, b = fault_targets
+    timeline = _timed_conversion(a.project)  # also A's earlier output
+    a.earlier = snapshot(a.final)
+    durations = timeline.durations()
+    assert set(durations) == set(STAGES), timeline
+    rng = random.Random(SEED)
+    schedule = [STAGES[i % len(STAGES)] for i in range(TRIALS)]
+    rng.shuffle(schedule)
+    trials: list[Trial] = []
+    for first, second in zip(schedule[::2], schedule[1::2]):
+        if b.final.exists():  # B converts into a fresh place every time
+            shutil.rmtree(b.final)
+            b.earlier = None
+        pair = [
+            Trial(t, Killer(stage, rng.uniform(0.0, EARLY * durations[stage]), t.final))
+            for t, stage in ((a, first), (b, second))
+        ]
+        with ThreadPoolExecutor(len(pair)) as pool:
+            done = list(pool.map(Trial.run, pair))
+        for trial in done:
+            _check_after(trial.target, trial.outcome, trial.killer)
+        assert _runs_not_running(a.project) == []
+        assert conversion_children() == [], "a conversion process outlived its trial"
+        trials += done
+
+    print(f"\nconversion stages (s): { {k: round(v, 2) for k, v in durations.items()} }")
+    print("\n".join(str(t) for t in trials))
+    killed = [t for t in trials if t.outcome == "killed"]
+    killed_in = {t.killer.killed_in for t in killed}
+    assert {"startup", "load", "export", "publish"} <= killed_in, killed_in
+    assert killed_in & {"validate", "smoke_test"}, killed_in
+    assert len(killed) >= TRIALS // 2, [str(t) for t in trials]
+
+    # The next runs, not killed: B converts, A reuses its output; no leftover remains.
+    b.project.call(force=True)
+    a.project.call()
+    for target in (a, b):
+        assert verify_directory(target.final) == []
+        assert leftovers(target.final) == []
+    assert _runs_not_running(a.project) == []
+    assert conversion_children() == []
+    statuses = [run.info.status for run in a.project.runs()]
+    assert statuses.count("FAILED") >= len(killed)
+
+
+# ------------------------------------------------------------------------ a full disk
+
+
+@contextlib.contextmanager
+def _file_size_limit(limit: int) -> Iterator[None]:
+    """Start the conversion child with RLIMIT_FSIZE = `limit` bytes (this process keeps its
+    own): a write past it fails with EFBIG, Python ignoring SIGXFSZ."""
+    import onnxport.execution
+
+    real = subprocess.Popen
+
+    def limited(command, *args, **kwargs):
+        if any("onnxport.execution" in str(part) for part in command):
+
+            def preexec() -> None:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+            kwargs["preexec_fn"] = preexec
+        return real(command, *args, **kwargs)
+
+    previous = onnxport.execution.subprocess.Popen
+    onnxport.execution.subprocess.Popen = limited
+    try:
+        yield
+    finally:
+        onnxport.execution.subprocess.Popen = previous
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_in_the_child_is_a_clear_error_and_nothing_half_written(
+    tmp_path_factory, checkpoint
+) -> None:
+    root = root_with_store(tmp_path_factory, "fsize")
+    project = make_project(root, "fsize", checkpoint("distilbert-token"))
+    with _file_size_limit(64 * 1024), pytest.raises(ExportError) as raised:
+        project.call()
+    assert "File too large" in str(raised.value)
+    assert raised.value.hint and "ulimit" in raised.value.hint
+    final = project.expected_output_dir()
+    assert not final.exists()
+    assert leftovers(final) == []
+    (run,) = project.runs()
+    assert run.info.status == "FAILED"
+    assert conversion_children() == []
+
+
+@contextlib.contextmanager
+def _tiny_filesystem(directory: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted on `directory` (root only); skip where it cannot be."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tiny tmpfs needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+def test_a_full_disk_is_a_clear_error_and_the_earlier_output_survives(
+    cli, checkpoint, converted, tmp_path: Path
+) -> None:
+    """--force onto a disk with room for the earlier output but not for a second one."""
+    earlier_size = sum(p.stat().st_size for p in converted("distilbert-token").directory.iterdir())
+    with _tiny_filesystem(tmp_path / "disk", f"{earlier_size * 3 // 2 // 1024}k") as disk:
+        earlier = disk / "out"
+        shutil.copytree(converted("distilbert-token").directory, earlier)
+        before = snapshot(earlier)
+        run = cli(
+            *("convert", checkpoint("distilbert-token"), "-o", earlier),
+            *("--force", "--exporter", "torchscript"),
+        )
+        assert run.code == 1, run.stderr
+        assert any(reason in run.stderr for reason in DISK_FULL), run.stderr
+        assert "Traceback" not in run.stderr
+        assert snapshot(earlier) == before
+        assert sorted(p.name for p in disk.iterdir()) == ["out"], "a half-written leftover"
+
+
+def test_a_full_disk_late_in_the_conversion_is_a_clear_error(
+    checkpoint, converted, tmp_path: Path, monkeypatch
+) -> None:
+    """Room for the model but not for the files published beside it: the stage that hits
+    the full disk names it (publish, with the page sizes here)."""
+    from onnxport.config import ConversionConfig
+    from onnxport.pipeline import ConversionRequest, convert
+
+    model_size = (converted("distilbert-token").directory / "model_fp32.onnx").stat().st_size
+    with _tiny_filesystem(tmp_path / "disk", f"{(model_size + 8192) // 1024 + 4}k") as disk:
+        request = ConversionRequest(
+            source_path=checkpoint("distilbert-token"),
+            output_dir=disk / "out",
+            config=ConversionConfig().with_overrides(onnx={"exporter": "torchscript"}),
+        )
+        with pytest.raises((PublishError, ExportError)) as raised:
+            convert(request)
+        assert any(reason in str(raised.value) for reason in DISK_FULL), raised.value
+        assert list(disk.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_killed_parent_leaves_no_running_run_and_no_orphan(tmp_path_factory, checkpoint) -> None:
+    """SIGKILL the pipeline's own process (`python -m onnxport.cli`) while its child converts:
+    the child notices, marks the run FAILED and stops; nothing is published."""
+    root = root_with_store(tmp_path_factory, "parent-kill")
+    project = make_project(root, "parent-kill", checkpoint("distilbert-token"))
+    parent = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "onnxport.cli", "--config-dir", str(project.config_dir)),
+            *("--parent-training-dir", str(project.parent), "--root-dir", str(root)),
+            *("--parent-spec-fp", project.spec_fp, "--parent-exec-fp", project.exec_fp),
+            *("--experiment-name", project.experiment, "--platform", "local"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        child = None
+        deadline = time.monotonic() + CONVERSION_TIMEOUT
+        while child is None and time.monotonic() < deadline and parent.poll() is None:
+            for process in psutil.Process(parent.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if any("onnxport.execution" in part for part in process.cmdline()):
+                        child = process
+            time.sleep(0.05)
+        assert child is not None, "the conversion child never started"
+        time.sleep(2.0)  # into its imports
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        child.wait(timeout=60)  # it watches its parent once a second
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    (run,) = project.runs()
+    assert run.info.status == "FAILED"
+    assert not project.expected_output_dir().exists()
+    assert not psutil.pid_exists(child.pid) or child.status() == psutil.STATUS_ZOMBIE
