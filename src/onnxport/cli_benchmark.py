@@ -20,7 +20,6 @@ from rich.table import Table
 from onnxport.benchmark import (
     DEFAULT_ITERATIONS,
     DEFAULT_WARMUP,
-    PYTORCH,
     BenchmarkInputError,
     BenchmarkResult,
     BenchmarkSettings,
@@ -29,7 +28,12 @@ from onnxport.benchmark import (
     record_benchmark,
 )
 from onnxport.manifest import Manifest, read_manifest
-from onnxport.report import REPORT_HTML_FILENAME, REPORT_PLOT_FILENAME, rerender_reports
+from onnxport.report import (
+    REPORT_HTML_FILENAME,
+    REPORT_PLOT_FILENAME,
+    latency_row,
+    rerender_reports,
+)
 
 _console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 _stdout = Console(width=None if sys.stdout.isatty() else 120)
@@ -88,17 +92,7 @@ def benchmark_table(result: BenchmarkResult, output_dir: str) -> Table:
     table.add_column("samples/s", justify="right")
     table.add_column("speed-up vs PyTorch", justify="right")
     for t in result.timings:
-        ratio = result.speedup(t)
-        table.add_row(
-            str(t.batch_size),
-            str(t.size),
-            t.runtime,
-            f"{t.p50_ms:.2f}",
-            f"{t.p90_ms:.2f}",
-            f"{t.p99_ms:.2f}",
-            f"{t.throughput:.1f}",
-            "reference" if t.runtime == PYTORCH else "-" if ratio is None else f"{ratio:.2f}x",
-        )
+        table.add_row(*latency_row(result, t))
     return table
 
 
