@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from models import MODELS
 from onnxport.config import ConversionConfig, Exporter
@@ -33,6 +34,15 @@ pytest.register_assert_rewrite("checks")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+# Property tests: the same examples on every run, so that CI does not pass or fail by luck,
+# and no health check about speed (2 loaded cores are slow; that says nothing about the code).
+# `HYPOTHESIS_PROFILE=explore` draws new examples on each run when hunting for bugs.
+settings.register_profile(
+    "ci", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("explore", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")
