@@ -62,14 +62,47 @@ def test_int8_is_published_beside_fp32_with_agreement_above_the_gate(int8):
     assert read_manifest(output).output("int8").sha256 == quantized.sha256
 
 
-def test_a_tight_budget_fails_the_conversion_and_publishes_nothing(trained, int8, tmp_path):
-    measured = int8[0].output("int8").validation.task_agreement.value
-    assert measured < 1.0, "int8 must move at least one argmax for this test to mean anything"
+OUTLIER_WEIGHT = "distilbert.transformer.layer.1.ffn.lin1.weight"
+OUTLIER_NODE = "/model/distilbert/transformer/layer.1/ffn/lin1/MatMul"
+
+
+@pytest.fixture(scope="module")
+def outlier(trained, tmp_path_factory) -> Path:
+    """The trained tagger with one weight outlier: per-tensor int8 then zeroes out the rest of
+    that layer's weights, so int8 moves argmaxes for certain (the intact model's int8 may
+    agree on every token, which would leave no budget between it and 1.0 to test)."""
+    from safetensors.torch import load_file, save_file
+
+    checkpoint = tmp_path_factory.mktemp("outlier") / "checkpoint"
+    shutil.copytree(trained, checkpoint)
+    weights = load_file(checkpoint / "model.safetensors")
+    weights[OUTLIER_WEIGHT][0, 0] = 40.0
+    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    return checkpoint
+
+
+@pytest.fixture(scope="module")
+def skipped(outlier, tmp_path_factory):
+    """The outlier model converted with an int8 gate it fails and `on_failure: skip`."""
+    output = tmp_path_factory.mktemp("skipped") / "out"
+    manifest = _convert(
+        outlier,
+        output,
+        onnx={**FAST, "quantization": "int8"},
+        validation={"min_task_agreement": 0.999},
+        quantize={"on_failure": "skip"},
+    )
+    return manifest, output
+
+
+def test_a_tight_budget_fails_the_conversion_and_publishes_nothing(outlier, skipped, tmp_path):
+    measured = skipped[0].output("int8").validation.task_agreement.value
+    assert measured < 0.999
     budget = (measured + 1.0) / 2
     output = tmp_path / "out"
     with pytest.raises(QuantizationError) as info:
         _convert(
-            trained,
+            outlier,
             output,
             onnx={**FAST, "quantization": "int8"},
             validation={"min_task_agreement": budget},
@@ -81,20 +114,13 @@ def test_a_tight_budget_fails_the_conversion_and_publishes_nothing(trained, int8
     assert not list(tmp_path.iterdir())
 
 
-def test_skip_publishes_fp32_alone_and_records_the_failed_variant(trained, int8, tmp_path):
-    measured = int8[0].output("int8").validation.task_agreement.value
-    output = tmp_path / "out"
-    manifest = _convert(
-        trained,
-        output,
-        onnx={**FAST, "quantization": "int8"},
-        validation={"min_task_agreement": (measured + 1.0) / 2},
-        quantize={"on_failure": "skip"},
-    )
+def test_skip_publishes_fp32_alone_and_records_the_failed_variant(skipped):
+    manifest, output = skipped
     record = manifest.output("int8")
     assert record.published is False and record.validation.passed is False
     assert not (output / "model_int8.onnx").exists()
     assert (output / "model_fp32.onnx").is_file()
+    assert manifest.output("fp32").validation.passed
     assert verify_directory(output) == []
 
 
@@ -136,26 +162,19 @@ def test_static_int8_records_its_calibration(trained, tmp_path):
     assert record.validation is not None
 
 
-def test_a_layer_that_int8_breaks_is_named_and_excluding_it_passes(trained, int8, tmp_path):
+def test_a_layer_that_int8_breaks_is_named_and_excluding_it_passes(outlier, int8, tmp_path):
     """One weight outlier makes per-tensor int8 zero out the rest of that layer's weights:
     the gate fails, localization names that layer, and its suggestion makes it pass."""
-    from safetensors.torch import load_file, save_file
-
     # The budget sits just under what int8 reaches on the intact model.
     budget = {"min_task_agreement": int8[0].output("int8").validation.task_agreement.value - 0.01}
-
-    checkpoint = tmp_path / "outlier"
-    shutil.copytree(trained, checkpoint)
-    weights = load_file(checkpoint / "model.safetensors")
-    weights["distilbert.transformer.layer.1.ffn.lin1.weight"][0, 0] = 40.0
-    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    checkpoint = outlier
 
     with pytest.raises(QuantizationError) as info:
         _convert(
             checkpoint, tmp_path / "a", onnx={**FAST, "quantization": "int8"}, validation=budget
         )
     message = str(info.value)
-    node = "/model/distilbert/transformer/layer.1/ffn/lin1/MatMul"
+    node = OUTLIER_NODE
     assert f"loses the most at node {node} (MatMul, distilbert.transformer.layer.1.ffn.lin1)" in (
         message
     )
@@ -186,16 +205,9 @@ def test_a_layer_that_int8_breaks_is_named_and_excluding_it_passes(trained, int8
     assert len(excluded) <= 2
 
 
-def test_a_skipped_variant_records_its_localization(trained, int8, tmp_path):
-    measured = int8[0].output("int8").validation.task_agreement.value
-    manifest = _convert(
-        trained,
-        tmp_path / "out",
-        onnx={**FAST, "quantization": "int8"},
-        validation={"min_task_agreement": (measured + 1.0) / 2},
-        quantize={"on_failure": "skip"},
-    )
-    localization = manifest.output("int8").localization
+def test_a_skipped_variant_records_its_localization(skipped):
+    localization = skipped[0].output("int8").localization
     assert localization["against"] == "fp32-onnx"
     assert localization["first"]["op_type"] in ("MatMul", "Gather")
-    assert localization["suggestion"].startswith("quantize.nodes_to_exclude: [")
+    assert localization["first"]["node"] == OUTLIER_NODE
+    assert localization["suggestion"] == f"quantize.nodes_to_exclude: [{OUTLIER_NODE}]"
