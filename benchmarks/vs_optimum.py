@@ -222,6 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="a tiny model: checks the script")
     parser.add_argument("--json-out", type=Path, help="write the figures as JSON here")
     parser.add_argument("--onnxport", type=Path, default=Path(sys.executable).with_name("onnxport"))
+    parser.add_argument(
+        "--onnxport-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for `onnxport convert` (repeat: --onnxport-arg=--optimize "
+        "--onnxport-arg=extended); default: onnxport's default settings",
+    )
     args = parser.parse_args(argv)
 
     optimum_versions = ensure_optimum(args.venv)
@@ -229,7 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     tag = "tiny" if args.tiny else "base"
     ours_dir, theirs_dir = args.workdir / f"onnxport-{tag}", args.workdir / f"optimum-{tag}"
     commands = {
-        "onnxport": [str(args.onnxport), "convert", str(ckpt), "-o", str(ours_dir), "--force"],
+        "onnxport": [
+            *(str(args.onnxport), "convert", str(ckpt), "-o", str(ours_dir), "--force"),
+            *args.onnxport_arg,
+        ],
         "optimum": [
             str(args.venv / "bin" / "optimum-cli"),
             *("export", "onnx", "--model", str(ckpt), "--task", TASK, str(theirs_dir)),

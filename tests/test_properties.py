@@ -21,6 +21,7 @@ from onnxport.config import (
     MIN_OPSET,
     ConversionConfig,
     Exporter,
+    ExternalData,
     OptimizeLevel,
     Quantization,
     parse_conversion_config,
@@ -68,6 +69,7 @@ SECTIONS: dict[str, dict[str, st.SearchStrategy]] = {
             st.text(NAME_CHARS, max_size=8),
             st.text(NAME_CHARS, max_size=8),
         ),
+        "external_data": st.sampled_from([e.value for e in ExternalData]),
     },
     "validation": {
         "shapes": st.none()

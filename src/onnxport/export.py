@@ -26,13 +26,13 @@ import onnx
 import torch
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-from onnxport.config import DEFAULT_OPSET, Exporter
+from onnxport.config import DEFAULT_OPSET, EXTERNAL_DATA_AUTO_BYTES, Exporter, ExternalData
 from onnxport.errors import ConfigError, ExportError
 from onnxport.sources.base import Source
 
 logger = logging.getLogger(__name__)
 
-# ONNX protobuf files cannot exceed 2 GiB; larger weights go to `<model file>.data`.
+# ONNX protobuf files cannot exceed 2 GiB; larger weights must go to `<model file>.data`.
 EXTERNAL_DATA_THRESHOLD_BYTES = 2 * 1024**3 - 64 * 1024**2
 DYNAMO_OPSETS = range(18, 24)
 TORCHSCRIPT_OPSETS = range(7, 21)
@@ -84,6 +84,21 @@ def adapter_for(source: Source) -> ExportAdapter:
 def _weights_bytes(module: torch.nn.Module) -> int:
     tensors = list(module.parameters()) + list(module.buffers())
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def wants_external_data(weights_bytes: int, setting: ExternalData) -> bool:
+    """Whether the weights go to `<file>.data`, by `output.external_data` and their size."""
+    if weights_bytes > EXTERNAL_DATA_THRESHOLD_BYTES:
+        if setting is ExternalData.NEVER:
+            raise ConfigError(
+                f"the model's {weights_bytes / 1024**3:.1f} GiB of weights cannot go into one "
+                "ONNX file (protobuf's limit is 2 GiB)",
+                hint="set output.external_data: auto",
+            )
+        return True
+    if setting is ExternalData.AUTO:
+        return weights_bytes > EXTERNAL_DATA_AUTO_BYTES
+    return setting is ExternalData.ALWAYS
 
 
 @contextlib.contextmanager
@@ -366,6 +381,7 @@ def export_to_onnx(
     *,
     opset_version: int = DEFAULT_OPSET,
     exporter: Exporter = Exporter.AUTO,
+    external_data: ExternalData = ExternalData.AUTO,
 ) -> ExportResult:
     """Export `source` to `output_path` with the first strategy that works.
 
@@ -375,10 +391,11 @@ def export_to_onnx(
             external data files are written beside it.
         opset_version: the ONNX opset to target.
         exporter: `auto` tries every strategy in order; otherwise only the one named.
+        external_data: whether the weights go to `<output_path>.data` (`auto`: by size).
     """
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    external = _weights_bytes(source.module) > EXTERNAL_DATA_THRESHOLD_BYTES
+    external = wants_external_data(_weights_bytes(source.module), external_data)
     wanted = [s for s in EXPORT_STRATEGIES if exporter is Exporter.AUTO or s.name == exporter.value]
     if not any(opset_version in s.opsets for s in wanted):
         # A setting the user can fix, found before any export work: bad input, not a failure.

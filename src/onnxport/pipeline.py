@@ -210,6 +210,7 @@ def convert(
                 exported_dir / fp32.file,
                 opset_version=config.onnx.opset_version,
                 exporter=config.onnx.exporter,
+                external_data=config.output.external_data,
             )
         context = pass_context(source, exported.exporter, config, references)
         # PyTorch is done: the references hold its answers. Free its memory before ORT runs.
