@@ -11,7 +11,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -27,6 +27,7 @@ from onnxport.config import (
     load_conversion_config,
 )
 from onnxport.errors import EXIT_BAD_INPUT, InternalError, OnnxportError
+from onnxport.shutdown import exit_process
 from onnxport.tasks import Task
 
 app = typer.Typer(
@@ -316,5 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     return returned if isinstance(returned, int) else 0
 
 
+def run() -> NoReturn:
+    """The `onnxport` command and `python -m onnxport.cli`: `main()`, then a fast exit."""
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

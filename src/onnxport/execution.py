@@ -341,4 +341,6 @@ def _read_result(path: Path) -> dict | None:
 
 
 if __name__ == "__main__":
-    sys.exit(_child_main(sys.argv[1:]))
+    from onnxport.shutdown import exit_process
+
+    exit_process(_child_main(sys.argv[1:]))
