@@ -27,7 +27,7 @@ from onnxport.config import (
     load_conversion_config,
 )
 from onnxport.errors import EXIT_BAD_INPUT, InternalError, OnnxportError
-from onnxport.shutdown import exit_process
+from onnxport.process import exit_process, freeze_startup_objects, own_process
 from onnxport.tasks import Task
 
 app = typer.Typer(
@@ -139,6 +139,7 @@ def convert(
         },
     )
     request = ConversionRequest(source_path=source, output_dir=output, config=settings, force=force)
+    freeze_startup_objects()
     manifest = run_conversion(request, progress=ProgressPrinter(console))
     if benchmark:
         from onnxport.cli_benchmark import benchmark_published
@@ -319,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> NoReturn:
     """The `onnxport` command and `python -m onnxport.cli`: `main()`, then a fast exit."""
+    own_process()
     exit_process(main())
 
 

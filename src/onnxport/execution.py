@@ -129,6 +129,7 @@ def _child_main(argv: list[str]) -> int:
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
     from onnxport.config import load_conversion_config
     from onnxport.pipeline import ConversionRequest, StageEvent, convert
+    from onnxport.process import freeze_startup_objects
 
     args = _parse(argv)
     result_file = args.result_file or (
@@ -171,6 +172,7 @@ def _child_main(argv: list[str]) -> int:
                 logger.info("stage %s started", event.stage)
 
         before_publish = _mlflow_logger() if os.environ.get("MLFLOW_RUN_ID") else None
+        freeze_startup_objects()
         manifest = convert(request, progress=progress, before_publish=before_publish)
     except OnnxportError as e:
         logger.error("%s", e)
@@ -341,6 +343,7 @@ def _read_result(path: Path) -> dict | None:
 
 
 if __name__ == "__main__":
-    from onnxport.shutdown import exit_process
+    from onnxport.process import exit_process, own_process
 
+    own_process()
     exit_process(_child_main(sys.argv[1:]))

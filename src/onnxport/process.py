@@ -1,0 +1,54 @@
+"""Garbage collection in onnxport's own processes: the `onnxport` command and the conversion
+child, never a process that imports onnxport as a library.
+
+Such a process imports torch, transformers and onnxscript (about 400,000 objects that live
+until the end) and then traces a model, which makes millions more; every full collection
+walks them all. Two measured costs on DistilBERT-base (2 cores):
+
+- the export: 14.1-14.6 s, and 12.8-13.7 s with the import-time objects frozen first
+  (`gc.freeze()` moves them to a generation the collector skips);
+- the exit: 2.9 s from the return of `main()` to the end of the process, 0.35 s when
+  everything is frozen first, because the interpreter's teardown collects again and again.
+
+Freezing leaks only reference cycles among the objects frozen that later become garbage: none
+of the import-time objects do, and at exit nothing is left to free. Files, the manifest and
+MLflow runs are closed before the exit, atexit handlers still run, and reference counting
+still frees everything else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import sys
+from typing import NoReturn
+
+_owned = False
+
+
+def own_process() -> None:
+    """Declare this process onnxport's own (the command's and the child's entry points)."""
+    global _owned
+    _owned = True
+
+
+def freeze_startup_objects() -> None:
+    """In onnxport's own process, after the heavy imports and before the model is loaded:
+    keep the import-time objects out of every later collection. Elsewhere, nothing."""
+    if _owned:
+        gc.collect()
+        gc.freeze()
+
+
+def exit_process(code: int) -> NoReturn:
+    """Flush the standard streams and exit with `code`, skipping the slow final collections.
+
+    Only for the end of a process: after `gc.freeze()` the cyclic collector ignores every
+    object alive now, which would leak reference cycles in a process that goes on running.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        # A closed pipe or stream has nothing left to flush.
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    gc.freeze()
+    sys.exit(code)
