@@ -104,6 +104,7 @@ def test_a_training_job_still_running_is_refused(make_job) -> None:
     message = str(error.value)
     assert "train-2" in message and "Running" in message and "not Completed" in message
     assert "checkpoint, logs" in message
+    assert error.value.exit_code == 2, "the caller can fix it: wait, or name another job"
     with pytest.raises(AzureMLError, match="train-2 is Running"):
         make_job(running)
 
@@ -115,6 +116,7 @@ def test_a_missing_output_is_named_with_the_outputs_the_job_has() -> None:
     message = str(error.value)
     assert "train-3 (Completed) has no output named 'checkpoint'" in message
     assert "its outputs: logs, model" in message
+    assert error.value.exit_code == 2
     assert get_checkpoint_output_from_training_job(job, "model").path.endswith("/outputs/model")
 
 

@@ -902,7 +902,7 @@ AZUREML_CASES: dict[str, tuple[Callable[[Path], list], int, tuple[str, ...]]] = 
     ),
     "calibration-file-the-cluster-cannot-read": (
         _calibration_file,
-        1,
+        2,
         ("calibration_file", "cannot read"),
     ),
     "no-training-job": (lambda work: [], 2, ("no training job given",)),
@@ -913,12 +913,12 @@ AZUREML_CASES: dict[str, tuple[Callable[[Path], list], int, tuple[str, ...]]] = 
     ),
     "code-directory-missing": (
         lambda work: ["--training-job", "train-1", "--code", work / "no-code"],
-        1,
+        2,
         ("the code directory", "does not exist"),
     ),
     "compute-empty": (
         lambda work: ["--training-job", "train-1", "--compute", " "],
-        1,
+        2,
         ("no compute cluster given",),
     ),
 }

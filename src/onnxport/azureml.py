@@ -38,7 +38,7 @@ from onnxport.azureml_service import (
     wait_for_jobs,
 )
 from onnxport.config import ConversionConfig, load_conversion_config
-from onnxport.errors import EXIT_BAD_INPUT, AzureMLError
+from onnxport.errors import EXIT_BAD_INPUT, AzureMLError, AzureMLInputError
 from onnxport.execution import LINEAGE_ENV, ChildArguments
 from onnxport.fingerprints import check_fingerprint, conversion_fingerprint
 from onnxport.tracking import lineage_tags
@@ -127,7 +127,7 @@ def get_checkpoint_output_from_training_job(
     """
     name = getattr(training_job, "name", None)
     if not name:
-        raise AzureMLError(
+        raise AzureMLInputError(
             "the training job has no name, so its outputs cannot be addressed",
             hint="pass the job as the service returns it: ml_client.jobs.get(NAME)",
         )
@@ -135,13 +135,13 @@ def get_checkpoint_output_from_training_job(
     outputs = sorted((getattr(training_job, "outputs", None) or {}).keys())
     available = ", ".join(outputs) or "none"
     if status != COMPLETED:
-        raise AzureMLError(
+        raise AzureMLInputError(
             f"training job {name} is {status}, not Completed, so its {output_name!r} output is "
             f"not final (its outputs: {available})",
             hint=f"wait until it completes (az ml job show --name {name}), then convert",
         )
     if output_name not in outputs:
-        raise AzureMLError(
+        raise AzureMLInputError(
             f"training job {name} ({status}) has no output named {output_name!r}; "
             f"its outputs: {available}",
             hint="name the output that holds the checkpoint (output_name=, --checkpoint-output)",
@@ -193,7 +193,7 @@ def _resolve_config(
     if opset_version is not None:
         config = config.with_overrides(onnx={"opset_version": opset_version})
     if config.quantize.calibration_file is not None:
-        raise AzureMLError(
+        raise AzureMLInputError(
             f"quantize.calibration_file ({config.quantize.calibration_file}) is a local file "
             "that the Azure ML job cannot read",
             hint="leave it out to calibrate on the built-in samples, or convert locally",
@@ -275,20 +275,20 @@ def create_conversion_job(
     aml = require_azure_ml()
     script_path = Path(script_path).absolute()
     if not script_path.is_dir():
-        raise AzureMLError(
+        raise AzureMLInputError(
             f"the code directory {script_path} does not exist",
             hint="pass the directory to upload with the job (see onnxport.azureml.stage_code)",
         )
     if environment is None:
         if not (script_path / "onnxport" / "__init__.py").is_file():
-            raise AzureMLError(
+            raise AzureMLInputError(
                 f"the code directory {script_path} does not hold the onnxport package, and the "
                 "environment built for the job does not install it",
                 hint="stage it with onnxport.azureml.stage_code(DIR), or pass an environment",
             )
         environment = build_environment()
     if not compute_cluster or not compute_cluster.strip():
-        raise AzureMLError("no compute cluster given", hint="name the cluster (--compute)")
+        raise AzureMLInputError("no compute cluster given", hint="name the cluster (--compute)")
 
     if isinstance(training_job, str):
         training_name, training_tags = training_job, {}
@@ -299,7 +299,7 @@ def create_conversion_job(
 
     config = _resolve_config(conversion_config, opset_version)
     if (parent_spec_fp is None) != (parent_exec_fp is None):
-        raise AzureMLError("give both parent_spec_fp and parent_exec_fp, or neither")
+        raise AzureMLInputError("give both parent_spec_fp and parent_exec_fp, or neither")
     backbone = backbone or training_tags.get("backbone") or "unknown"
     lineage = {
         "parent_training_job": training_name,

@@ -94,6 +94,12 @@ class AzureMLError(OnnxportError):
     stage = "azureml"
 
 
+class AzureMLInputError(AzureMLError):
+    """A job request the caller can fix: no compute, no code, an unfinished training job."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
 class InternalError(OnnxportError):
     """A bug in onnxport itself; please report it with the --debug traceback."""
 
@@ -117,6 +123,7 @@ ERROR_TYPES: dict[str, type[OnnxportError]] = {
         ExecutionError,
         BenchmarkError,
         AzureMLError,
+        AzureMLInputError,
         InternalError,
     )
 }
