@@ -219,6 +219,10 @@ def test_a_pickled_module_is_refused_even_with_the_opt_in(plain: PlainFiles) -> 
     message = _refused(plain.pickled_module, settings)
     assert "weights_only=True" in message
     assert "state_dict()" in message
+    # Why it was refused, in one line, and never torch's advice to load it unrestricted.
+    assert "which is not a tensor or a plain container" in message
+    assert "weights_only=False" not in message and "set to `False`" not in message
+    assert "\x1b[" not in message and "\n" not in message
 
 
 def _rewrite_member(archive: Path, target: Path, suffix: str, content: bytes) -> Path:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import sys
 import zipfile
 from collections.abc import Callable, Iterator
@@ -76,9 +77,9 @@ def _read_weights(path: Path, *, allow_pickle: bool) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # the restricted unpickler raises several types
-        message = " ".join(str(e).split())[:300]
         raise SourceError(
-            f"{path} cannot be loaded as weights only (torch.load(weights_only=True)): {message}",
+            f"{path} cannot be loaded as weights only (torch.load(weights_only=True)): "
+            f"{_refusal(e)}",
             hint="save model.state_dict(), not the model object, or export the model with "
             "torch.export.save",
         ) from e
@@ -90,6 +91,20 @@ def _read_weights(path: Path, *, allow_pickle: bool) -> dict[str, torch.Tensor]:
             hint="save model.state_dict()",
         )
     return state
+
+
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+
+
+def _refusal(error: Exception) -> str:
+    """Why the restricted unpickler refused, without torch's advice to retry with
+    `weights_only=False`, which would run whatever code the file holds."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    found = _UNSUPPORTED_GLOBAL.search(text)
+    if found:
+        return f"it holds {found.group(1)}, which is not a tensor or a plain container"
+    reason = text.split("WeightsUnpickler error:", 1)[-1]
+    return " ".join(reason.split())[:300] or type(error).__name__
 
 
 @contextmanager
