@@ -57,20 +57,9 @@ def bert_tokenizer(directory: Path) -> Any:
     """The same vocabulary saved as a `BertTokenizer`, which also emits token_type_ids."""
     from transformers import BertTokenizerFast
 
-    scratch = directory.with_name(directory.name + ".tokenizer-scratch")
-    trained = wordpiece_tokenizer(scratch)
-    shutil.rmtree(scratch)
-    tokenizer = BertTokenizerFast(
-        tokenizer_object=trained.backend_tokenizer,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_max_length=512,
+    return train_wordpiece_tokenizer(
+        corpus(), directory, vocab_size=TOKENIZER_VOCAB_SIZE, tokenizer_class=BertTokenizerFast
     )
-    tokenizer.save_pretrained(directory)
-    return tokenizer
 
 
 def _bert_config(**extra: Any) -> Any:

@@ -37,8 +37,17 @@ def default_cache_dir() -> Path:
     return Path(base) / "onnxport" if base else Path.home() / ".cache" / "onnxport"
 
 
-def train_wordpiece_tokenizer(texts: list[str], directory: Path, *, vocab_size: int = 2000):
-    """Train a BERT-style WordPiece tokenizer on `texts` and save it with save_pretrained()."""
+def train_wordpiece_tokenizer(
+    texts: list[str],
+    directory: Path,
+    *,
+    vocab_size: int = 2000,
+    tokenizer_class: type | None = None,
+):
+    """Train a BERT-style WordPiece tokenizer on `texts` and save it with save_pretrained().
+
+    `tokenizer_class`: the transformers fast tokenizer class to save it as (default
+    `PreTrainedTokenizerFast`; `BertTokenizerFast` also emits token_type_ids)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -56,7 +65,7 @@ def train_wordpiece_tokenizer(texts: list[str], directory: Path, *, vocab_size: 
     from tokenizers import decoders
 
     tokenizer.decoder = decoders.WordPiece()
-    fast = PreTrainedTokenizerFast(
+    fast = (tokenizer_class or PreTrainedTokenizerFast)(
         tokenizer_object=tokenizer,
         unk_token="[UNK]",
         pad_token="[PAD]",
