@@ -109,6 +109,9 @@ def test_weights_go_to_a_data_file_that_the_manifest_guards(converted) -> None:
         if record.data_file:
             assert (two / record.data_file).is_file()
     assert verify_directory(two) == []
+    # What the variant weighs, in tables, the report and MLflow: both files.
+    files = (two / fp32.file, two / fp32.data_file)
+    assert fp32.total_size_bytes == sum(f.stat().st_size for f in files)
 
 
 @pytest.mark.slow

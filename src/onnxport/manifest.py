@@ -104,6 +104,13 @@ class OutputRecord(_Record):
     """Where a failed variant parts ways with its reference (`onnxport.localize`)."""
     smoke_test: SmokeTestRecord | None = None
 
+    @property
+    def total_size_bytes(self) -> int | None:
+        """The model file and its external data file together: what the variant weighs."""
+        if self.size_bytes is None:
+            return None
+        return self.size_bytes + (self.data_size_bytes or 0)
+
 
 class Manifest(_Record):
     onnxport_version: str

@@ -52,7 +52,7 @@ def manifest_tables(manifest: Manifest, output_dir: str) -> list[Table]:
     for out in manifest.outputs:
         v = out.validation
         if v is None:
-            outputs.add_row(out.file, out.variant, _mb(out.size_bytes), "-", "-", "-", "-")
+            outputs.add_row(out.file, out.variant, _mb(out.total_size_bytes), "-", "-", "-", "-")
             continue
         worst = max((c.max_abs_diff for c in v.outputs.values()), default=0.0)
         mark = "[green]✓[/green]" if v.passed else "[red]✗[/red]"
@@ -61,7 +61,7 @@ def manifest_tables(manifest: Manifest, output_dir: str) -> list[Table]:
         outputs.add_row(
             out.file,
             out.variant,
-            _mb(out.size_bytes),
+            _mb(out.total_size_bytes),
             mark,
             " ".join(f"{s[0]}x{s[1]}" for s in v.shapes),
             f"{worst:.2e}",

@@ -104,7 +104,7 @@ def _outputs_table(manifest: Manifest) -> _Table:
                 out.file,
                 out.variant,
                 "yes" if out.published else "no",
-                _size(out.size_bytes),
+                _size(out.total_size_bytes),
                 validated,
                 agreement,
             )

@@ -173,8 +173,8 @@ def _metrics(manifest: Manifest) -> dict[str, float]:
         metrics["peak_rss_mb"] = manifest.peak_rss_mb
     for out in manifest.outputs:
         prefix = out.variant
-        if out.size_bytes is not None:
-            metrics[f"{prefix}.size_bytes"] = float(out.size_bytes)
+        if out.total_size_bytes is not None:
+            metrics[f"{prefix}.size_bytes"] = float(out.total_size_bytes)
         if out.validation is not None:
             metrics[f"{prefix}.task_agreement"] = out.validation.task_agreement.value
             for name, c in out.validation.outputs.items():
