@@ -101,12 +101,18 @@ def test_flags_override_the_config_file(cli, checkpoint, tmp_path: Path) -> None
         encoding="utf-8",
     )
     output = tmp_path / "out"
-    run = cli("convert", checkpoint("bert-token"), "-o", output, "-c", config, "--opset", "18")
+    run = cli(
+        "convert", checkpoint("bert-token"), "-o", output, "-c", config, "--opset", "18",
+        "--external-data", "always",
+    )  # fmt: skip
     assert run.code == 0, run.stderr
     manifest = read_manifest(output)
     assert manifest.export.opset == 18
     assert manifest.export.exporter == "torchscript"
     assert manifest.outputs[0].validation.shapes == [[1, 8], [3, 20], [2, 64]]
+    assert manifest.config["output"]["external_data"] == "always"
+    assert manifest.outputs[0].data_file == "model_fp32.onnx.data"
+    assert (output / "model_fp32.onnx.data").is_file()
 
 
 def test_allow_pickle_opts_in(cli, checkpoint, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from onnxport.errors import (
     ERROR_TYPES,
     EXIT_BAD_INPUT,
     EXIT_CONVERSION_FAILED,
+    AzureMLInputError,
     ConfigError,
     InternalError,
     OnnxportError,
@@ -37,14 +38,15 @@ def test_input_errors_exit_with_2(cls: type[OnnxportError]) -> None:
 
 
 def test_other_errors_exit_with_1() -> None:
-    bad_input = {ConfigError, SourceError, OutputError}
+    bad_input = {ConfigError, SourceError, OutputError, AzureMLInputError}
     for cls in _all_error_classes() - bad_input:
         assert cls("x").exit_code == EXIT_CONVERSION_FAILED == 1, cls
 
 
-def test_each_subclass_names_its_own_stage() -> None:
-    stages = [cls.stage for cls in _all_error_classes() - {OnnxportError}]
-    assert len(stages) == len(set(stages))
+def test_each_subclass_names_its_own_stage_or_exit_code() -> None:
+    kinds = [(cls.stage, cls.exit_code) for cls in _all_error_classes() - {OnnxportError}]
+    assert len(kinds) == len(set(kinds))
+    assert AzureMLInputError("x").stage == "azureml" and AzureMLInputError("x").exit_code == 2
 
 
 def test_message_and_hint() -> None:

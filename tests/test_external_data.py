@@ -1,8 +1,8 @@
 """Weights published as external data (`<file>.onnx.data`): every step after the export works
 on the two files as it does on one, and the manifest guards both.
 
-`output.external_data: auto` writes base-sized models (DistilBERT-base: 253 MiB) this way; the
-tiny test models are forced with `always`.
+`output.external_data: always` asks for it at any size (ONNX Runtime then maps the weights
+instead of copying them); `auto` only above protobuf's 2 GiB limit, where it is a must.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from onnx.external_data_helper import uses_external_data
 
 from checks import check_agrees_on_a_new_shape
 from onnxport.config import (
-    EXTERNAL_DATA_AUTO_BYTES,
     ConversionConfig,
     ExperimentConfig,
     ExternalData,
@@ -46,8 +45,8 @@ MiB = 1024**2
 @pytest.mark.parametrize(
     ("weights", "setting", "external"),
     [
-        (EXTERNAL_DATA_AUTO_BYTES, ExternalData.AUTO, False),
-        (EXTERNAL_DATA_AUTO_BYTES + 1, ExternalData.AUTO, True),
+        (EXTERNAL_DATA_THRESHOLD_BYTES, ExternalData.AUTO, False),
+        (1024 * MiB, ExternalData.AUTO, False),
         (MiB, ExternalData.ALWAYS, True),
         (1024 * MiB, ExternalData.NEVER, False),
         (EXTERNAL_DATA_THRESHOLD_BYTES + 1, ExternalData.AUTO, True),

@@ -23,6 +23,7 @@ from onnxport.cli_predict import predict_command
 from onnxport.config import (
     ConversionConfig,
     Exporter,
+    ExternalData,
     OptimizeLevel,
     load_conversion_config,
 )
@@ -87,6 +88,13 @@ def convert(
     min_agreement: Annotated[
         float | None, typer.Option(help="Task-level accuracy gate for every variant (0-1).")
     ] = None,
+    external_data: Annotated[
+        ExternalData | None,
+        typer.Option(
+            help="Weights in <file>.data: auto (above 2 GB), always (less memory per "
+            "ONNX Runtime session), never."
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="A conversion.yaml file.")
     ] = None,
@@ -130,6 +138,7 @@ def convert(
             "optimize": optimize.value if optimize else None,
         },
         validation={"min_task_agreement": min_agreement, "localize": None if localize else False},
+        output={"external_data": external_data.value if external_data else None},
         source={
             "task": task.value if task else None,
             "allow_pickle": allow_pickle or None,

@@ -62,13 +62,6 @@ class ExternalData(str, Enum):
     NEVER = "never"
 
 
-# `auto` writes the weights to `<file>.data` above this size. ONNX Runtime maps an external
-# data file into memory instead of copying the weights out of a parsed protobuf: a session on
-# DistilBERT-base (253 MiB of weights) costs +174 MiB that way and +375 MiB from one file.
-# Below it, one self-contained file is simpler to ship and the saving is small.
-EXTERNAL_DATA_AUTO_BYTES = 128 * 1024**2
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
 
@@ -105,8 +98,9 @@ class OnnxConfig(_Strict):
 class OutputConfig(_Strict):
     filename_pattern: str = DEFAULT_FILENAME_PATTERN
     external_data: ExternalData = ExternalData.AUTO
-    """`auto`: weights in `<file>.data` beside the model above 128 MiB of them (and always
-    above protobuf's 2 GiB limit); `always`; `never` (refused above 2 GiB)."""
+    """`auto`: one self-contained file, weights in `<file>.data` beside it only above
+    protobuf's 2 GiB limit; `always`: in `<file>.data` at any size (ONNX Runtime then maps
+    them instead of copying them: less memory per session); `never`: refused above 2 GiB."""
 
     @field_validator("external_data", mode="before")
     @classmethod

@@ -26,7 +26,7 @@ import onnx
 import torch
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-from onnxport.config import DEFAULT_OPSET, EXTERNAL_DATA_AUTO_BYTES, Exporter, ExternalData
+from onnxport.config import DEFAULT_OPSET, Exporter, ExternalData
 from onnxport.errors import ConfigError, ExportError
 from onnxport.sources.base import Source
 
@@ -96,8 +96,6 @@ def wants_external_data(weights_bytes: int, setting: ExternalData) -> bool:
                 hint="set output.external_data: auto",
             )
         return True
-    if setting is ExternalData.AUTO:
-        return weights_bytes > EXTERNAL_DATA_AUTO_BYTES
     return setting is ExternalData.ALWAYS
 
 
