@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from models import NUM_LABELS
-from onnxport.config import Exporter
+from onnxport.config import Exporter, SourceConfig
+from onnxport.sources import load_source
 from onnxport.tasks import Task
 from onnxport.validate import (
     DEFAULT_TOLERANCES,
@@ -287,3 +290,22 @@ def test_run_session_feeds_only_the_declared_inputs(tmp_path: Path) -> None:
     out = run_session(session, {"scores": scores, "attention_mask": np.ones((1, 2))})
     assert list(out) == ["logits"]
     np.testing.assert_array_equal(out["logits"], scores * 3)
+
+
+def test_constant_reference_outputs_are_warned_about(checkpoint, caplog) -> None:
+    """Zeroed classifier weights: the logits are the bias everywhere, which any ONNX model
+    returning that constant would match."""
+    source = load_source(checkpoint("distilbert-token"), SourceConfig())
+    with torch.no_grad():
+        source.module.classifier.weight.zero_()
+        source.module.classifier.bias.fill_(0.25)
+    with caplog.at_level(logging.WARNING, logger="onnxport.validate"):
+        compute_references(source, [(1, 8), (2, 11)])
+    said = [r.getMessage() for r in caplog.records]
+    assert any("'logits' is the same value (0.25) everywhere" in m for m in said), said
+
+
+def test_varying_reference_outputs_are_not_warned_about(source, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="onnxport.validate"):
+        compute_references(source("distilbert-token"), [(1, 8)])
+    assert not [r for r in caplog.records if "same value" in r.getMessage()]

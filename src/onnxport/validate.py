@@ -120,7 +120,26 @@ def compute_references(
                         hint="check the weights (NaN after a diverged training run?)",
                     )
             references.append(reference)
+    _warn_if_constant(references)
     return references
+
+
+def _warn_if_constant(references: list[Reference]) -> None:
+    """A reference output that (nearly) does not vary proves little: an ONNX model that
+    returns the same constant passes. Said, not refused: a model may rightly answer so."""
+    for name in references[0].outputs if references else ():
+        values = np.concatenate([r.outputs[name].ravel() for r in references])
+        if values.size < 2:
+            continue
+        spread = float(values.max() - values.min())
+        scale = max(float(np.abs(values).max()), 1.0)
+        if spread <= 1e-6 * scale:
+            logger.warning(
+                "PyTorch's '%s' is the same value (%.6g) everywhere on every validation input: "
+                "validating against it proves little (untrained or zeroed weights?)",
+                name,
+                float(values[0]),
+            )
 
 
 def create_session(model_path: Path, *, threads: int | None = None) -> ort.InferenceSession:
