@@ -166,7 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--onnx-spinning", action="store_true", help="let ONNX Runtime's idle threads spin"
     )
-    parser.add_argument("--reconvert", action="store_true", help="convert even if done")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse a complete conversion with the same settings in --workdir (it may have been "
+        "made by an older onnxport: by default every run converts afresh)",
+    )
     parser.add_argument("--tiny", action="store_true", help="a tiny model: checks the script")
     parser.add_argument("--json-out", type=Path, help="write the figures as JSON here")
     parser.add_argument("--onnxport", type=Path, default=Path(sys.executable).with_name("onnxport"))
@@ -178,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     default_dir = args.workdir / f"onnx-{tag}-default"
     optimized_dir = args.workdir / f"onnx-{tag}-{args.optimize}-int8"
     commands = [
-        convert(args.onnxport, ckpt, default_dir, reconvert=args.reconvert),
+        convert(args.onnxport, ckpt, default_dir, reconvert=not args.reuse),
         convert(
             args.onnxport,
             ckpt,
@@ -186,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             optimize=args.optimize,
             quantize="int8",
             min_agreement=args.min_agreement,
-            reconvert=args.reconvert,
+            reconvert=not args.reuse,
         ),
     ]
     load = os.getloadavg()[0]
