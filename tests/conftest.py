@@ -177,3 +177,18 @@ def cli_converted(checkpoint, tmp_path_factory: pytest.TempPathFactory):
         return done[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo cache directory holding the trained demo tagger (`build_demo_checkpoint`,
+    ~30 s of training once per run), shared by the demo and predict tests."""
+    import torch
+
+    from onnxport.demo import build_demo_checkpoint
+
+    cache = tmp_path_factory.mktemp("demo-cache")
+    threads = torch.get_num_threads()
+    build_demo_checkpoint(cache)
+    torch.set_num_threads(threads)  # the training runs single-threaded
+    return cache

@@ -47,15 +47,15 @@ FAST = ConversionConfig().with_overrides(onnx={"exporter": "torchscript"})
 
 
 @pytest.fixture(scope="session")
-def demo_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The trained demo tagger (150 steps, ~30 s) and its conversion with an int8 variant."""
-    from onnxport.demo import train_demo_model
+def demo_model(demo_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The trained demo tagger (shared with the demo test) and its conversion with int8."""
+    from onnxport.demo import build_demo_checkpoint
 
+    checkpoint = build_demo_checkpoint(demo_cache)
     root = tmp_path_factory.mktemp("demo-predict")
-    train_demo_model(root / "checkpoint", steps=150)
     config = FAST.with_overrides(onnx={"quantization": "int8"})
-    convert(ConversionRequest(root / "checkpoint", root / "onnx", config=config))
-    return root / "checkpoint", root / "onnx"
+    convert(ConversionRequest(checkpoint, root / "onnx", config=config))
+    return checkpoint, root / "onnx"
 
 
 @pytest.fixture(scope="session")

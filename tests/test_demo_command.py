@@ -1,0 +1,50 @@
+"""`onnxport demo` end to end: the trained tagger (cached), `execute_conversion` with
+optimization and int8, the held-out entity F1 of each model, the benchmark, the report and the
+MLflow store; a second run reuses the conversion and the benchmark."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from onnxport.manifest import read_manifest, verify_directory
+
+pytestmark = pytest.mark.slow
+
+
+def _f1(stdout: str, model: str) -> float:
+    found = re.search(rf"{model}\s*│\s*([0-9.]+)", stdout)
+    assert found, f"no entity F1 row for {model}:\n{stdout}"
+    return float(found.group(1))
+
+
+def test_demo_tells_the_whole_story_and_reuses_it(cli, demo_cache, tmp_path) -> None:
+    root = tmp_path / "demo"
+    run = cli("demo", "--root", root, "--cache-dir", demo_cache)
+    assert run.code == 0, run.stderr
+    report = re.search(r"report:\s+(\S+report\.html)", run.stdout)
+    assert report, run.stdout
+    output = Path(report.group(1)).parent
+    manifest = read_manifest(output)
+    assert verify_directory(output) == []
+    assert [o.variant for o in manifest.published_outputs()] == ["fp32", "int8"]
+    assert manifest.outputs[0].passes[0].name == "optimize-extended"
+    # The held-out entity F1 of each model, int8 within one point of PyTorch.
+    pytorch, fp32, int8 = (_f1(run.stdout, m) for m in ("pytorch", "onnx fp32", "onnx int8"))
+    assert pytorch > 0.9 and abs(fp32 - pytorch) < 0.005 and abs(int8 - pytorch) <= 0.01
+    # The benchmark table, recorded in the manifest and rendered into the HTML report.
+    assert "speed-up vs PyTorch" in run.stdout
+    runtimes = {t["runtime"] for t in manifest.benchmark["timings"]}
+    assert runtimes == {"pytorch", "fp32", "int8"}
+    html = (output / "report.html").read_text(encoding="utf-8")
+    assert "data:image/png;base64," in html and "int8" in html
+    assert (root / "mlflow.db").is_file() and "mlflow ui --backend-store-uri sqlite:///" in (
+        run.stdout
+    )
+
+    again = cli("demo", "--root", root, "--cache-dir", demo_cache)
+    assert again.code == 0, again.stderr
+    assert "reusing the recorded benchmark" in again.stderr
+    assert read_manifest(output).created_at == manifest.created_at, "the conversion was redone"
