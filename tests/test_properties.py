@@ -83,6 +83,8 @@ SECTIONS: dict[str, dict[str, st.SearchStrategy]] = {
         "min_task_agreement": zero | _floats(0.0, 1.0),
         "seed": st.integers(-(2**40), 2**40),
         "localize": st.booleans(),
+        "eval_file": st.none() | paths.map(lambda p: f"/nonexistent/{p}.jsonl"),
+        "max_metric_drop": _floats(0.0, 1.0),
     },
     "quantize": {
         "per_channel": st.booleans(),

@@ -6,6 +6,7 @@ is tested on a small tagger trained for a few seconds (the demo's recipe, fewer 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -211,3 +212,55 @@ def test_a_skipped_variant_records_its_localization(skipped):
     assert localization["first"]["op_type"] in ("MatMul", "Gather")
     assert localization["first"]["node"] == OUTLIER_NODE
     assert localization["suggestion"] == f"quantize.nodes_to_exclude: [{OUTLIER_NODE}]"
+
+
+# --------------------------------------------------------------- the gate on labelled data
+
+
+def _eval_file(path: Path, count: int = 120) -> Path:
+    """Held-out résumé lines (the demo's generator, another seed than training's)."""
+    from onnxport.demo_data import generate
+
+    lines = [
+        json.dumps({"words": list(e.words), "labels": list(e.labels)})
+        for e in generate(count, seed=10_000)
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_a_labelled_set_adds_entity_f1_to_the_gate(trained, tmp_path):
+    evals = _eval_file(tmp_path / "eval.jsonl")
+    manifest = _convert(
+        trained,
+        tmp_path / "out",
+        onnx={**FAST, "quantization": "int8"},
+        validation={"eval_file": str(evals), "min_task_agreement": 0.9},
+    )
+    fp32, quantized = manifest.outputs
+    assert quantized.published
+    for record in (fp32, quantized):
+        metric = record.validation.task_metric
+        assert (metric.metric, metric.examples, metric.max_drop) == ("entity_f1", 120, 0.01)
+        assert metric.pytorch > 0.9, "the fixture model must have learned the task"
+        assert metric.passed and metric.value >= metric.pytorch - 0.01
+    assert fp32.validation.task_metric.value == pytest.approx(
+        fp32.validation.task_metric.pytorch, abs=1e-6
+    )
+
+
+def test_a_variant_that_loses_entity_f1_is_not_published(outlier, tmp_path):
+    evals = _eval_file(tmp_path / "eval.jsonl")
+    output = tmp_path / "out"
+    with pytest.raises(QuantizationError) as info:
+        _convert(
+            outlier,
+            output,
+            onnx={**FAST, "quantization": "int8"},
+            # Agreement alone would let it through: the labelled set is what refuses it.
+            validation={"eval_file": str(evals), "min_task_agreement": 0.0, "max_metric_drop": 0.0},
+        )
+    message = str(info.value)
+    assert "int8 variant fails its accuracy gate: entity_f1" in message
+    assert "on 120 labelled examples is more than 0 below PyTorch's" in message
+    assert not output.exists()

@@ -135,6 +135,11 @@ class ValidationConfig(_Strict):
     seed: int = 0
     localize: bool = True
     """After a failed validation, find the first diverging node (`onnxport.localize`)."""
+    eval_file: str | None = None
+    """A labelled evaluation set (JSON lines, see `onnxport.evaluation`): every model must
+    then also keep PyTorch's entity F1 (token classification) or accuracy (sequence
+    classification) on it, within `max_metric_drop`."""
+    max_metric_drop: float = Field(0.01, ge=0.0, le=1.0)
 
     @field_validator("shapes")
     @classmethod

@@ -64,4 +64,8 @@ def conversion_fingerprint(
     if calibration is not None and Path(calibration).is_file():
         # The samples decide the static ranges: a changed file must not reuse an old result.
         payload["calibration_sha256"] = hashlib.sha256(Path(calibration).read_bytes()).hexdigest()
+    evaluation = config.validation.eval_file
+    if evaluation is not None and Path(evaluation).is_file():
+        # The labelled set decides the metric gate: a changed file is another conversion.
+        payload["eval_sha256"] = hashlib.sha256(Path(evaluation).read_bytes()).hexdigest()
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:CONV_FP_LENGTH]

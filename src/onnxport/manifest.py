@@ -64,11 +64,23 @@ class TaskAgreementRecord(_Record):
     passed: bool
 
 
+class TaskMetricRecord(_Record):
+    """The task metric on the labelled evaluation set (`validation.eval_file`)."""
+
+    metric: str
+    value: float
+    pytorch: float
+    max_drop: float
+    passed: bool
+    examples: int
+
+
 class ValidationRecord(_Record):
     passed: bool
     shapes: list[list[int]]
     outputs: dict[str, OutputComparisonRecord]
     task_agreement: TaskAgreementRecord
+    task_metric: TaskMetricRecord | None = None
     elementwise_gate: bool = True
     failures: list[str] = Field(default_factory=list)
     seconds: float = 0.0

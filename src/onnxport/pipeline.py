@@ -31,12 +31,14 @@ from onnxport.errors import (
     SourceError,
     ValidationError,
 )
+from onnxport.evaluation import metric_failure, prepare_evaluation
 from onnxport.export import export_to_onnx
 from onnxport.localize import localize_fp32_failure
 from onnxport.manifest import (
     MANIFEST_FILENAME,
     Manifest,
     OutputRecord,
+    TaskMetricRecord,
     sha256_file,
 )
 from onnxport.passes import apply_sequence, optimize_passes, quantization_pass
@@ -202,6 +204,11 @@ def convert(
                 source, validation_shapes(source, config), seed=config.validation.seed
             )
             loaded = source_record(source)
+            evaluation = None
+            if config.validation.eval_file:
+                evaluation = prepare_evaluation(
+                    source, config.validation.eval_file, config.validation.max_metric_drop
+                )
         fp32 = OutputRecord(file=config.output.filename("fp32"), variant="fp32")
         exported_dir = work / EXPORT_DIRNAME
         with run.stage("export", ExportError):
@@ -255,6 +262,16 @@ def convert(
                     hint="nothing was published; try onnx.optimize: none, "
                     "onnx.exporter: torchscript, or another opset",
                 )
+            if evaluation is not None:
+                judged = evaluation.judge(work / fp32.file)
+                fp32.validation.task_metric = TaskMetricRecord(**judged)
+                if not judged["passed"]:
+                    fp32.validation.passed = False
+                    raise ValidationError(
+                        f"the fp32 ONNX model loses accuracy: {metric_failure(judged)}",
+                        hint="nothing was published; try onnx.optimize: none or "
+                        "onnx.exporter: torchscript, or raise validation.max_metric_drop",
+                    )
         outputs = [fp32]
         variant_pass = quantization_pass(config)
         if variant_pass is not None:
@@ -264,7 +281,16 @@ def convert(
             base = exported_dir / fp32.file if optimize else work / fp32.file
             with run.stage("quantize", QuantizationError):
                 outputs.append(
-                    make_variant(variant_pass, work, base, references, source.task, config, context)
+                    make_variant(
+                        variant_pass,
+                        work,
+                        base,
+                        references,
+                        source.task,
+                        config,
+                        context,
+                        evaluation=evaluation,
+                    )
                 )
         shutil.rmtree(exported_dir, ignore_errors=True)
         if config.onnx.run_smoke_test:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from onnxport.config import ConversionConfig
 from onnxport.errors import ConfigError, QuantizationError
-from onnxport.manifest import OutputRecord, PassRecord
+from onnxport.evaluation import Evaluation, metric_failure
+from onnxport.manifest import OutputRecord, PassRecord, TaskMetricRecord
 from onnxport.passes import OnnxPass, PassContext, PassResult, apply_pass, remove_model
 from onnxport.records import validation_record
 from onnxport.sources import Source
@@ -111,8 +112,11 @@ def make_variant(
     task: Task,
     config: ConversionConfig,
     context: PassContext,
+    *,
+    evaluation: Evaluation | None = None,
 ) -> OutputRecord:
-    """Make one variant from the fp32 model, validate it, and keep it only if it passes."""
+    """Make one variant from the fp32 model, validate it, and keep it only if it passes
+    (task agreement with PyTorch, and with `evaluation`, its score on the labelled set)."""
     variant = config.onnx.quantization.value
     record = OutputRecord(file=config.output.filename(variant), variant=variant)
     result = apply_pass(variant_pass, base, work / record.file, context)
@@ -128,13 +132,23 @@ def make_variant(
         elementwise_gate=False,
     )
     record.validation = validation_record(validation)
-    if validation.passed:
+    if evaluation is not None:
+        judged = evaluation.judge(work / record.file)
+        record.validation.task_metric = TaskMetricRecord(**judged)
+        record.validation.passed = record.validation.passed and judged["passed"]
+    if record.validation.passed:
         return record
     agreement = validation.task_agreement
-    message = (
-        f"the {variant} variant fails its accuracy gate: {agreement.metric} "
-        f"{agreement.value:.4f} is below the minimum {agreement.minimum:g}"
-    )
+    if not validation.passed:
+        message = (
+            f"the {variant} variant fails its accuracy gate: {agreement.metric} "
+            f"{agreement.value:.4f} is below the minimum {agreement.minimum:g}"
+        )
+    else:
+        message = (
+            f"the {variant} variant fails its accuracy gate: "
+            f"{metric_failure(record.validation.task_metric.model_dump())}"
+        )
     suggestion = ""
     if config.validation.localize:
         found = _localize(base, work / record.file, record.variant, references, validation)
