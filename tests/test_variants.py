@@ -247,6 +247,8 @@ def test_a_labelled_set_adds_entity_f1_to_the_gate(trained, tmp_path):
     assert fp32.validation.task_metric.value == pytest.approx(
         fp32.validation.task_metric.pytorch, abs=1e-6
     )
+    report = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "on 120 labelled examples (PyTorch " in report
 
 
 def test_a_variant_that_loses_entity_f1_is_not_published(outlier, tmp_path):

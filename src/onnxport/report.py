@@ -98,6 +98,12 @@ def _outputs_table(manifest: Manifest) -> _Table:
             if v
             else "-"
         )
+        if v is not None and v.task_metric is not None:
+            m = v.task_metric
+            agreement += (
+                f"; {m.metric} {m.value:.4f} on {m.examples} labelled examples "
+                f"(PyTorch {m.pytorch:.4f}, max drop {m.max_drop:g})"
+            )
         validated = "-" if v is None else ("yes" if v.passed else "NO")
         rows.append(
             (
