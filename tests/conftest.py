@@ -182,7 +182,7 @@ def cli_converted(checkpoint, tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A demo cache directory holding the trained demo tagger (`build_demo_checkpoint`,
-    ~30 s of training once per run), shared by the demo and predict tests."""
+    ~30 s of training once per run)."""
     import torch
 
     from onnxport.demo import build_demo_checkpoint

@@ -47,15 +47,18 @@ FAST = ConversionConfig().with_overrides(onnx={"exporter": "torchscript"})
 
 
 @pytest.fixture(scope="session")
-def demo_model(demo_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The trained demo tagger (shared with the demo test) and its conversion with int8."""
-    from onnxport.demo import build_demo_checkpoint
+def demo_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The trained demo tagger (150 steps, ~30 s) and its conversion with an int8 variant.
 
-    checkpoint = build_demo_checkpoint(demo_cache)
+    Its own training, not the demo's cached 300-step model: that one's int8 agreement on the
+    validation text sits near 0.99 (0.9869 in one run), which is why the demo gates at 0.98."""
+    from onnxport.demo import train_demo_model
+
     root = tmp_path_factory.mktemp("demo-predict")
+    train_demo_model(root / "checkpoint", steps=150)
     config = FAST.with_overrides(onnx={"quantization": "int8"})
-    convert(ConversionRequest(checkpoint, root / "onnx", config=config))
-    return checkpoint, root / "onnx"
+    convert(ConversionRequest(root / "checkpoint", root / "onnx", config=config))
+    return root / "checkpoint", root / "onnx"
 
 
 @pytest.fixture(scope="session")
