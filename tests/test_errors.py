@@ -17,6 +17,7 @@ from onnxport.errors import (
     OnnxportError,
     OutputError,
     SourceError,
+    one_line,
 )
 
 
@@ -67,3 +68,11 @@ def test_unknown_type_from_a_child_becomes_an_internal_error() -> None:
     back = OnnxportError.from_dict({"type": "KeyError", "message": "'x'", "hint": None})
     assert type(back) is InternalError
     assert back.message == "'x'"
+
+
+def test_one_line_quotes_a_library_error_on_one_short_line() -> None:
+    error = ValueError("shape mismatch:\n  expected [2, 8]\n\tgot [2, 9]")
+    assert one_line(error) == "shape mismatch: expected [2, 8] got [2, 9]"
+    assert one_line(error, 14) == "shape mismatch"
+    assert one_line(KeyError()) == "KeyError", "an empty message names the exception's type"
+    assert one_line("  two\nlines ") == "two lines"

@@ -38,7 +38,7 @@ from onnxport.azureml_service import (
     wait_for_jobs,
 )
 from onnxport.config import ConversionConfig, load_conversion_config
-from onnxport.errors import EXIT_BAD_INPUT, AzureMLError, AzureMLInputError
+from onnxport.errors import EXIT_BAD_INPUT, AzureMLError, AzureMLInputError, one_line
 from onnxport.execution import LINEAGE_ENV, ChildArguments
 from onnxport.fingerprints import check_fingerprint, conversion_fingerprint
 from onnxport.tracking import lineage_tags
@@ -101,10 +101,6 @@ def require_azure_ml():
             hint=INSTALL_HINT,
         ) from e
     return azure.ai.ml
-
-
-def _one_line(error: BaseException, limit: int = 300) -> str:
-    return " ".join(str(error).split())[:limit] or type(error).__name__
 
 
 # ------------------------------------------------------------------------------ the input
@@ -226,7 +222,7 @@ def _sdk_validate(job: Command) -> None:
     try:
         job._to_job()._validate()
     except MlException as e:  # ValidationException and the environment's own checks
-        problems.append(_one_line(e))
+        problems.append(one_line(e))
     if problems:
         raise AzureMLError("azure-ai-ml rejects the conversion job: " + "; ".join(problems))
 
@@ -417,7 +413,7 @@ def submit_conversion_job(
         submitted = ml_client.jobs.create_or_update(job)
     except Exception as e:  # the SDK raises many types for one refused request
         raise AzureMLError(
-            f"Azure ML did not accept the conversion job {job.display_name}: {_one_line(e)}",
+            f"Azure ML did not accept the conversion job {job.display_name}: {one_line(e)}",
             hint="check the compute name, the workspace and your access (az login)",
         ) from e
     logger.info("submitted conversion job %s (%s)", submitted.name, submitted.status)

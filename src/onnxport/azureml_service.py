@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from onnxport.errors import AzureMLError
+from onnxport.errors import AzureMLError, one_line
 from onnxport.manifest import MANIFEST_FILENAME, read_manifest, verify_directory
 
 if TYPE_CHECKING:
@@ -39,10 +39,6 @@ _STATUS_HINTS = {
 }
 
 
-def _one_line(error: BaseException, limit: int = 300) -> str:
-    return " ".join(str(error).split())[:limit] or type(error).__name__
-
-
 def _get_job(ml_client: MLClient, name: str, poll_seconds: float) -> Job:
     for attempt in range(GET_ATTEMPTS):
         try:
@@ -50,10 +46,10 @@ def _get_job(ml_client: MLClient, name: str, poll_seconds: float) -> Job:
         except Exception as e:  # the SDK raises many types for one failed request
             if attempt == GET_ATTEMPTS - 1:
                 raise AzureMLError(
-                    f"cannot read the state of job {name}: {_one_line(e)}",
+                    f"cannot read the state of job {name}: {one_line(e)}",
                     hint="check the workspace and your access (az login); the job is unaffected",
                 ) from e
-            logger.warning("reading job %s failed (%s); retrying", name, _one_line(e, 120))
+            logger.warning("reading job %s failed (%s); retrying", name, one_line(e, 120))
             time.sleep(poll_seconds)
     raise AssertionError("unreachable")
 
@@ -156,7 +152,7 @@ def validate_conversion_job(
         ml_client.jobs.download(name, output_name=MODEL_OUTPUT, download_path=str(target))
     except Exception as e:  # the SDK raises many types for one failed download
         raise AzureMLError(
-            f"cannot download the {MODEL_OUTPUT} output of conversion job {name}: {_one_line(e)}",
+            f"cannot download the {MODEL_OUTPUT} output of conversion job {name}: {one_line(e)}",
             hint="check your access to the workspace's datastore, then validate again",
         ) from e
     directory = _find_output_dir(target, name)

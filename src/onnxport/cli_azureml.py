@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from onnxport.errors import AzureMLError, ConfigError, OnnxportError
+from onnxport.errors import AzureMLError, ConfigError, OnnxportError, one_line
 
 azureml_app = typer.Typer(
     name="azureml",
@@ -243,7 +243,7 @@ def _get_training_job(client, name: str):
         return client.jobs.get(name)
     except Exception as e:  # the SDK raises several types for a missing job
         raise AzureMLError(
-            f"cannot read training job {name}: {' '.join(str(e).split())[:200]}",
+            f"cannot read training job {name}: {one_line(e, 200)}",
             hint="check the job name and the workspace",
         ) from e
 

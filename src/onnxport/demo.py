@@ -128,22 +128,19 @@ def word_predictions(tokenizer, examples: list, logits) -> list[list[str]]:
         truncation=True,
         max_length=MAX_LENGTH,
     )
+    from onnxport.evaluation import word_labels
+
     best = logits.argmax(-1)
-    predictions = []
-    for row, example in enumerate(examples):
-        words = ["O"] * len(example.words)
-        previous = None
-        for col, word in enumerate(encoded.word_ids(row)):
-            if word is not None and word != previous:
-                words[word] = DEMO_LABELS[int(best[row, col])]
-            previous = word
-        predictions.append(words)
-    return predictions
+    id2label = dict(enumerate(DEMO_LABELS))
+    return [
+        word_labels(encoded.word_ids(row), best[row], id2label, len(example.words))
+        for row, example in enumerate(examples)
+    ]
 
 
 def held_out_f1(tokenizer, examples: list, run) -> float:
     """Entity F1 of `run` (named numpy inputs -> logits) on `examples`."""
-    from onnxport.demo_data import entity_f1
+    from onnxport.evaluation import entity_f1
 
     encoded, _ = encode_examples(tokenizer, examples)
     inputs = {k: v.numpy() for k, v in encoded.items() if k in ("input_ids", "attention_mask")}

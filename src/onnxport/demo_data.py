@@ -105,32 +105,3 @@ def generate(count: int, *, seed: int) -> list[Example]:
     """`count` examples; different seeds give different (held-out) combinations."""
     rng = random.Random(seed)
     return [_fill(rng.choice(TEMPLATES), rng) for _ in range(count)]
-
-
-def spans(labels: list[str]) -> set[tuple[int, int, str]]:
-    """(start, end, kind) entity spans of a BIO label sequence."""
-    found = set()
-    start = kind = None
-    for i, label in enumerate([*labels, "O"]):
-        if label.startswith("I-") and kind == label[2:]:
-            continue
-        if kind is not None:
-            found.add((start, i, kind))
-            start = kind = None
-        if label.startswith(("B-", "I-")):
-            start, kind = i, label[2:]
-    return found
-
-
-def entity_f1(gold: list[list[str]], predicted: list[list[str]]) -> float:
-    """Exact-match entity F1 over word-level BIO labels."""
-    tp = fp = fn = 0
-    for g, p in zip(gold, predicted):
-        gs, ps = spans(g), spans(p)
-        tp += len(gs & ps)
-        fp += len(ps - gs)
-        fn += len(gs - ps)
-    if tp == 0:
-        return 0.0
-    precision, recall = tp / (tp + fp), tp / (tp + fn)
-    return 2 * precision * recall / (precision + recall)

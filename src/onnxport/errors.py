@@ -11,6 +11,15 @@ EXIT_CONVERSION_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 
+def one_line(error: BaseException | str, limit: int = 300) -> str:
+    """What a library raised, on one line and at most `limit` characters, for quoting in an
+    onnxport error message; an exception without a message gives its type's name."""
+    text = " ".join(str(error).split())[:limit]
+    if not text and isinstance(error, BaseException):
+        return type(error).__name__
+    return text
+
+
 class OnnxportError(Exception):
     """Base class of every error onnxport raises on purpose."""
 

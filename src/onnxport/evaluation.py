@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from onnxport.demo_data import entity_f1
 from onnxport.errors import ConfigError
 from onnxport.tasks import Task
 
@@ -33,6 +32,52 @@ _BATCH = 32
 
 # Logits for named int64 inputs (one batch); PyTorch's or an ONNX Runtime session's.
 Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+def spans(labels: list[str]) -> set[tuple[int, int, str]]:
+    """(start, end, kind) entity spans of a BIO label sequence."""
+    found = set()
+    start = kind = None
+    for i, label in enumerate([*labels, "O"]):
+        if label.startswith("I-") and kind == label[2:]:
+            continue
+        if kind is not None:
+            found.add((start, i, kind))
+            start = kind = None
+        if label.startswith(("B-", "I-")):
+            start, kind = i, label[2:]
+    return found
+
+
+def entity_f1(gold: list[list[str]], predicted: list[list[str]]) -> float:
+    """Exact-match entity F1 over word-level BIO labels."""
+    tp = fp = fn = 0
+    for g, p in zip(gold, predicted):
+        gs, ps = spans(g), spans(p)
+        tp += len(gs & ps)
+        fp += len(ps - gs)
+        fn += len(gs - ps)
+    if tp == 0:
+        return 0.0
+    precision, recall = tp / (tp + fp), tp / (tp + fn)
+    return 2 * precision * recall / (precision + recall)
+
+
+def word_labels(
+    word_ids: list[int | None] | tuple[int | None, ...],
+    best: Any,
+    id2label: dict[int, str],
+    words: int,
+) -> list[str]:
+    """Word-level labels from one row's token predictions: each word takes the label
+    predicted at its first sub-token (`word_ids` from a fast tokenizer; None: special)."""
+    labels = ["O"] * words
+    previous = None
+    for col, word in enumerate(word_ids):
+        if word is not None and word != previous:
+            labels[word] = id2label[int(best[col])]
+        previous = word
+    return labels
 
 
 @dataclass(frozen=True)
@@ -55,15 +100,10 @@ class EvalSet:
         best = [row for batch in self.batches for row in np.asarray(run(batch)).argmax(-1)]
         if self.metric == ACCURACY:
             return float(np.mean(np.asarray(best) == np.asarray(self.gold)))
-        predicted = []
-        for row, word_ids in enumerate(self.word_ids):
-            words = ["O"] * len(self.gold[row])
-            previous = None
-            for col, word in enumerate(word_ids):
-                if word is not None and word != previous:
-                    words[word] = self.id2label[int(best[row][col])]
-                previous = word
-            predicted.append(words)
+        predicted = [
+            word_labels(word_ids, best[row], self.id2label, len(self.gold[row]))
+            for row, word_ids in enumerate(self.word_ids)
+        ]
         return entity_f1([list(g) for g in self.gold], predicted)
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from onnxport.errors import ExecutionError, OnnxportError, TrackingError
+from onnxport.errors import ExecutionError, OnnxportError, TrackingError, one_line
 
 logger = logging.getLogger("onnxport.execution")  # also when run as __main__
 
@@ -214,7 +214,7 @@ def _mlflow_logger() -> Callable:
         except OnnxportError:
             raise
         except Exception as e:  # MLflow and its stores raise many types
-            message = " ".join(str(e).split())[:300]
+            message = one_line(e)
             raise TrackingError(
                 f"cannot log the conversion to MLflow run {run_id}: {message}"
             ) from e

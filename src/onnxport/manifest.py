@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from onnxport.errors import OutputError
+from onnxport.errors import OutputError, one_line
 
 MANIFEST_FILENAME = "manifest.json"
 REPORT_FILENAME = "report.md"
@@ -170,7 +170,7 @@ def read_manifest(directory: Path) -> Manifest:
             hint="convert again",
         ) from e
     except (ValueError, OSError) as e:
-        raise OutputError(f"{path} is damaged: {' '.join(str(e).split())[:200]}") from e
+        raise OutputError(f"{path} is damaged: {one_line(e, 200)}") from e
 
 
 def verify_directory(directory: Path) -> list[str]:

@@ -30,6 +30,7 @@ from onnxport.errors import (
     SmokeTestError,
     SourceError,
     ValidationError,
+    one_line,
 )
 from onnxport.evaluation import metric_failure, prepare_evaluation
 from onnxport.export import export_to_onnx
@@ -115,7 +116,7 @@ class _Run:
         except Exception as e:
             self.timings[name] = time.perf_counter() - started
             self.progress(StageEvent(name, "failed", self.timings[name]))
-            message = " ".join(str(e).split())[:300]
+            message = one_line(e)
             raise error_type(f"{name} failed: {type(e).__name__}: {message}") from e
         self.timings[name] = time.perf_counter() - started
         self.progress(StageEvent(name, "done", self.timings[name]))

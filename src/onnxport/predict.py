@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
-from onnxport.errors import EXIT_BAD_INPUT, OnnxportError
+from onnxport.errors import EXIT_BAD_INPUT, OnnxportError, one_line
 from onnxport.manifest import Manifest, read_manifest
 from onnxport.predictions import (
     Entity,
@@ -101,7 +101,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise PredictError(f"cannot read {path}: {' '.join(str(e).split())[:200]}") from e
+        raise PredictError(f"cannot read {path}: {one_line(e, 200)}") from e
     if not isinstance(data, dict):
         raise PredictError(f"{path} does not hold a JSON object")
     return data
@@ -255,7 +255,7 @@ class OnnxPredictor:
         try:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises plain Exceptions for a bad file
-            raise PredictError(f"cannot load {path}: {' '.join(str(e).split())[:200]}") from e
+            raise PredictError(f"cannot load {path}: {one_line(e, 200)}") from e
         # Padding is done per batch below; a saved padding or truncation setting would fight it.
         tokenizer.no_padding()
         tokenizer.no_truncation()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from onnxport.errors import SmokeTestError
+from onnxport.errors import SmokeTestError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def smoke_test_onnx_model(
     try:
         session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own untyped errors for bad files
-        message = " ".join(str(e).split())[:300]
+        message = one_line(e)
         result = SmokeTestResult(model_path, False, 0.0, 0.0, {}, (f"cannot load: {message}",))
         return _finish(result, raise_on_failure)
     loaded = time.perf_counter()
@@ -132,7 +132,7 @@ def smoke_test_onnx_model(
     try:
         values = session.run(names, {k: v for k, v in inputs.items() if k in declared})
     except Exception as e:  # a runtime failure is the smoke test's finding, not a crash
-        message = " ".join(str(e).split())[:300]
+        message = one_line(e)
         result = SmokeTestResult(
             model_path, False, loaded - started, 0.0, {}, (f"inference failed: {message}",)
         )

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from onnxport.config import ExperimentConfig
-from onnxport.errors import TrackingError
+from onnxport.errors import TrackingError, one_line
 from onnxport.manifest import MANIFEST_FILENAME, REPORT_FILENAME, Manifest
 
 if TYPE_CHECKING:  # the benchmark module imports onnxruntime; the parent process need not
@@ -102,7 +102,7 @@ def prepare_store(tracking_uri: str):
             client = MlflowClient(tracking_uri)
             client.search_experiments(max_results=1)
     except Exception as e:  # any failure here means the store cannot be used
-        message = " ".join(str(e).split())[:200]
+        message = one_line(e, 200)
         raise TrackingError(
             f"cannot reach the MLflow tracking store {tracking_uri}: {message}",
             hint="check tracking_uri in experiment.yaml, or leave it out for a local SQLite store",
@@ -280,5 +280,5 @@ def log_benchmark(result: BenchmarkResult, directory: Path) -> None:
                 if (directory / name).is_file():
                     mlflow.log_artifact(str(directory / name))
     except Exception as e:  # MLflow and its stores raise many types
-        message = " ".join(str(e).split())[:300]
+        message = one_line(e)
         raise TrackingError(f"cannot log the benchmark to MLflow: {message}") from e

@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from onnxport.errors import SourceError
+from onnxport.errors import SourceError, one_line
 from onnxport.export import adapter_for
 from onnxport.sources.base import Source
 from onnxport.tasks import TASKS, AgreementMetric, Task
@@ -97,7 +97,7 @@ def compute_references(
             try:
                 outputs = adapter(*(inputs[name] for name in source.input_names))
             except Exception as e:  # model code raises anything on inputs it cannot take
-                message = " ".join(str(e).split())[:300]
+                message = one_line(e)
                 raise SourceError(
                     f"the PyTorch model fails on the validation input {batch}x{size}: "
                     f"{type(e).__name__}: {message}",

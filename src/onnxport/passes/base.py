@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 import onnx
 
-from onnxport.errors import OnnxportError, PassError
+from onnxport.errors import OnnxportError, PassError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def apply_pass(onnx_pass: OnnxPass, model: Path, output: Path, context: PassCont
     except OnnxportError:
         raise
     except Exception as e:  # passes wrap libraries that raise anything
-        message = " ".join(str(e).split())[:300]
+        message = one_line(e)
         raise PassError(
             f"pass '{onnx_pass.name}' failed on {model.name}: {type(e).__name__}: {message}",
             hint="try another onnx.optimize level or quantization setting",

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from onnxport.errors import SourceError
+from onnxport.errors import SourceError, one_line
 from onnxport.samples import sample_texts
 from onnxport.sources.base import Source
 from onnxport.tasks import TASKS, Modality, Task, task_from_architecture, task_names
@@ -259,7 +259,7 @@ def _load_model(path: Path, config: Any, task: Task, *, safetensors: bool, trust
             hint="re-save the checkpoint with save_pretrained(safe_serialization=True)",
         ) from e
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
-        message = " ".join(str(e).split())[:400]
+        message = one_line(e, 400)
         if "ignore_mismatched_sizes" in message:  # transformers points at its logged report
             message = "tensor shapes differ from the sizes config.json gives (see the report above)"
         raise SourceError(
@@ -295,7 +295,7 @@ def _load_tokenizer(path: Path, trust: bool) -> Any | None:
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust)
     except Exception as e:  # tokenizer libraries raise many types for a corrupt file
-        message = " ".join(str(e).split())[:300]
+        message = one_line(e)
         raise SourceError(
             f"the tokenizer files in {path} cannot be loaded: {message}",
             hint="copy the tokenizer files again, or remove them to use generated inputs",
@@ -406,7 +406,7 @@ def _output_names(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tu
             outputs = model(**inputs, return_dict=True)
     except Exception as e:  # model code raises anything on inputs it cannot take
         shape = "x".join(str(n) for n in next(iter(inputs.values())).shape[:2])
-        message = " ".join(str(e).split())[:300]
+        message = one_line(e)
         raise SourceError(
             f"{type(model).__name__} fails on example inputs ({shape}): "
             f"{type(e).__name__}: {message}",
@@ -453,7 +453,7 @@ def load_huggingface(
             path, local_files_only=True, trust_remote_code=trust_remote_code
         )
     except (ValueError, KeyError, OSError, TypeError) as e:
-        message = " ".join(str(e).split())[:300]
+        message = one_line(e)
         hint = "use a model type that the installed transformers knows"
         if not trust_remote_code:
             hint += ", or pass --trust-remote-code for a custom model you trust"

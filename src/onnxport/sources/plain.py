@@ -28,7 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from onnxport.errors import SourceError
+from onnxport.errors import SourceError, one_line
 from onnxport.sources.base import Source
 from onnxport.tasks import Modality, Task
 
@@ -219,7 +219,7 @@ def plain_source(
         with torch.no_grad():
             outputs = wrapper(**factory(*EXAMPLE_SHAPE, 0))
     except Exception as e:  # user models raise anything on inputs that do not fit
-        message = " ".join(str(e).split())[:300]
+        message = one_line(e)
         raise SourceError(
             f"{architecture} from {path} fails on inputs built from its input spec "
             f"(batch {EXAMPLE_SHAPE[0]}, size {EXAMPLE_SHAPE[1]}): {type(e).__name__}: {message}",

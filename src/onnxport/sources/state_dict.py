@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from onnxport.config import SourceConfig
-from onnxport.errors import SourceError
+from onnxport.errors import SourceError, one_line
 from onnxport.sources.base import Source
 from onnxport.sources.huggingface import check_safetensors
 from onnxport.sources.plain import plain_source, read_input_spec
@@ -104,7 +104,7 @@ def _refusal(error: Exception) -> str:
     if found:
         return f"it holds {found.group(1)}, which is not a tensor or a plain container"
     reason = text.split("WeightsUnpickler error:", 1)[-1]
-    return " ".join(reason.split())[:300] or type(error).__name__
+    return one_line(reason) or type(error).__name__
 
 
 @contextmanager
@@ -189,7 +189,7 @@ def load_state_dict_source(path: Path, settings: SourceConfig) -> Source:
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # size mismatches
-        message = " ".join(str(e).split())[:400]
+        message = one_line(e, 400)
         raise SourceError(
             f"the weights in {path} do not fit the model from --factory {settings.factory}: "
             f"{message}",

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from onnxport.config import SourceConfig
-from onnxport.errors import SourceError
+from onnxport.errors import SourceError, one_line
 from onnxport.sources.base import Source
 from onnxport.sources.plain import (
     BATCH_DIM,
@@ -146,7 +146,7 @@ def load_torch_export(path: Path, settings: SourceConfig) -> Source:
     try:
         program = torch.export.load(str(path))
     except Exception as e:  # the deserializer raises many types for a damaged archive
-        message = " ".join(str(e).split())[:300]
+        message = one_line(e)
         raise SourceError(
             f"torch.export.load cannot read {path}: {type(e).__name__}: {message}",
             hint=f"save it again with torch.export.save under torch {torch.__version__}",

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from onnxport.config import SourceConfig
-from onnxport.errors import SourceError
+from onnxport.errors import SourceError, one_line
 from onnxport.sources.base import Source
 from onnxport.sources.plain import plain_source, read_input_spec
 
@@ -50,7 +50,7 @@ def load_torchscript(path: Path, settings: SourceConfig) -> Source:
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError, OSError) as e:
-        message = " ".join(str(e).split())[:300]
+        message = one_line(e)
         raise SourceError(f"torch.jit.load cannot read {path}: {message}") from e
     module.eval()
     if settings.input_spec is None:
