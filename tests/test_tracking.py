@@ -248,3 +248,101 @@ def test_with_retry_does_not_retry_other_errors() -> None:
     with pytest.raises(ValueError):
         with_retry(broken)
     assert len(calls) == 1
+
+
+# ------------------------------------------------------------------- the logged ONNX models
+
+SIGNATURE_MODEL = "distilbert-token"
+REGISTERED_NAME = "signature-tagger"
+
+
+@pytest.fixture(scope="module")
+def logged(checkpoint, tmp_path_factory: pytest.TempPathFactory):
+    """A conversion with an int8 variant (default exporter) logged to a real SQLite store,
+    its fp32 model registered: (tracking uri, run id, output directory)."""
+    import mlflow
+
+    from onnxport.config import ConversionConfig
+    from onnxport.manifest import read_manifest
+    from onnxport.pipeline import ConversionRequest, convert
+    from onnxport.tracking import log_conversion
+
+    root = root_with_store(tmp_path_factory, "logged-signature")
+    output = root / "converted"
+    config = ConversionConfig().with_overrides(
+        onnx={"quantization": "int8"},
+        # Random weights: int8 moves near-tied argmaxes; the gate is not under test here.
+        validation={"min_task_agreement": 0.01},
+    )
+    convert(ConversionRequest(checkpoint(SIGNATURE_MODEL), output, config))
+    uri = resolve_tracking_uri(root, ExperimentConfig())
+    client = prepare_store(uri)
+    experiment_id = ensure_experiment(
+        client, "signature", resolve_artifact_location(root, ExperimentConfig())
+    )
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(experiment_id=experiment_id) as run:
+            log_conversion(read_manifest(output), output, registered_model_name=REGISTERED_NAME)
+        yield uri, run.info.run_id, output
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def _model_uris(run_id: str) -> dict[str, str]:
+    return {
+        "fp32": f"runs:/{run_id}/onnx_fp32",
+        "int8": f"runs:/{run_id}/onnx_int8",
+        "registered fp32": f"models:/{REGISTERED_NAME}/1",
+    }
+
+
+@pytest.mark.slow
+def test_logged_models_answer_every_batch_and_sequence_length(logged, source) -> None:
+    import mlflow.pyfunc
+    import numpy as np
+
+    from onnxport.validate import create_session, run_session
+
+    _, run_id, output = logged
+    files = {
+        "fp32": "model_fp32.onnx",
+        "int8": "model_int8.onnx",
+        "registered fp32": "model_fp32.onnx",
+    }
+    for which, uri in _model_uris(run_id).items():
+        model = mlflow.pyfunc.load_model(uri)
+        session = create_session(output / files[which])
+        for seed, (batch, length) in enumerate([(1, 5), (3, 37), (2, 128)]):
+            # Tokenized résumé text: in-vocabulary ids, padded to `length`.
+            inputs = {
+                k: v.numpy()
+                for k, v in source(SIGNATURE_MODEL).make_inputs(batch, length, seed).items()
+            }
+            predicted = model.predict(inputs)
+            expected = run_session(session, inputs)
+            assert set(predicted) == set(expected), which
+            for name, value in expected.items():
+                assert np.asarray(predicted[name]).shape == value.shape, (which, name)
+                np.testing.assert_array_equal(np.asarray(predicted[name]), value)
+
+
+@pytest.mark.slow
+def test_logged_signatures_leave_batch_and_sequence_open(logged) -> None:
+    import mlflow.models
+
+    _, run_id, _ = logged
+    for which, uri in _model_uris(run_id).items():
+        signature = mlflow.models.get_model_info(uri).signature
+        inputs = {spec.name: spec for spec in signature.inputs.inputs}
+        assert set(inputs) == {"input_ids", "attention_mask"}, which
+        for spec in inputs.values():
+            assert spec.shape == (-1, -1), (which, spec)
+            assert str(spec.type) == "int64"
+        (logits,) = signature.outputs.inputs
+        assert logits.name == "logits"
+        # Batch and sequence are open; the label axis is fixed by the classifier head.
+        assert logits.shape[:2] == (-1, -1) and logits.shape[2] > 0, (which, logits)
+        example = mlflow.models.get_model_info(uri).saved_input_example_info
+        assert example is not None, f"{which} was logged without an input example"

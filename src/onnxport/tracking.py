@@ -24,6 +24,10 @@ from onnxport.errors import TrackingError, one_line
 from onnxport.manifest import MANIFEST_FILENAME, REPORT_FILENAME, Manifest
 
 if TYPE_CHECKING:  # the benchmark module imports onnxruntime; the parent process need not
+    import numpy as np
+    import onnx
+    from mlflow.models.signature import ModelSignature
+
     from onnxport.benchmark import BenchmarkResult
 
 logger = logging.getLogger(__name__)
@@ -196,20 +200,53 @@ def _params(manifest: Manifest) -> dict[str, Any]:
     }
 
 
-def _signature(model_path: Path):
+def model_signature(model: onnx.ModelProto) -> ModelSignature:
+    """The MLflow signature of an ONNX model, from its declared inputs and outputs: every
+    named or unknown dimension is -1 (any size), fixed dimensions stay fixed, dtypes as
+    declared. Inferred from one example instead, every dynamic axis but the first would be
+    frozen at the example's size, and MLflow would refuse every other sequence length."""
     import numpy as np
-    from mlflow.models.signature import infer_signature
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+    from onnx.helper import tensor_dtype_to_np_dtype
 
+    initializers = {i.name for i in model.graph.initializer}
+
+    def spec(value) -> TensorSpec:
+        tensor = value.type.tensor_type
+        shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
+        return TensorSpec(np.dtype(tensor_dtype_to_np_dtype(tensor.elem_type)), shape, value.name)
+
+    return ModelSignature(
+        inputs=Schema([spec(v) for v in model.graph.input if v.name not in initializers]),
+        outputs=Schema([spec(v) for v in model.graph.output]),
+    )
+
+
+def input_example(directory: Path, model_path: Path) -> dict[str, np.ndarray]:
+    """One real input for the logged model: a résumé line through the published tokenizer
+    when the model reads token ids, else inputs generated from its declared types."""
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    from onnxport.samples import RESUME_LINES
     from onnxport.testing import generate_inputs
-    from onnxport.validate import create_session, run_session
+    from onnxport.validate import create_session
 
     session = create_session(model_path)
-    inputs = generate_inputs(session)
-    outputs = run_session(session, inputs)
-    return infer_signature(
-        {k: np.asarray(v) for k, v in inputs.items()},
-        {k: np.asarray(v) for k, v in outputs.items()},
-    )
+    fields = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+    tokenizer_file = directory / "tokenizer.json"
+    declared = {i.name: i.type for i in session.get_inputs()}
+    if not tokenizer_file.is_file() or not all(n in fields for n in declared):
+        return generate_inputs(session)
+    encoding = Tokenizer.from_file(str(tokenizer_file)).encode(RESUME_LINES[0])
+    return {
+        name: np.asarray(
+            [getattr(encoding, fields[name])],
+            dtype=np.int32 if kind == "tensor(int32)" else np.int64,
+        )
+        for name, kind in declared.items()
+    }
 
 
 def log_conversion(
@@ -234,7 +271,8 @@ def log_conversion(
         mlflow.onnx.log_model(
             copy.deepcopy(model),
             name=f"onnx_{out.variant}".replace("-", "_"),
-            signature=_signature(model_path),
+            signature=model_signature(model),
+            input_example=input_example(directory, model_path),
             pip_requirements=[
                 f"onnx=={onnx.__version__}",
                 f"onnxruntime=={onnxruntime.__version__}",
