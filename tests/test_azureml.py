@@ -574,3 +574,73 @@ def test_scale_out_one_job_per_training_job_and_a_summary(
         assert "Failed" in rows[2] and all("Completed" in row for row in rows[:2])
         assert "onnxport_conversion_3 ended Failed" in run.stderr
         assert "1 of 3 conversion job(s) published no validated model" in run.stderr
+
+
+# --------------------------------------------------- script_path: the platform's CLI script
+
+PLATFORM_ENVIRONMENT = Environment(
+    image="mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest",
+    conda_file={"name": "platform", "dependencies": ["python=3.11", "pip"]},
+)
+
+
+def test_the_platforms_cli_script_form_builds_the_directory_forms_job(tmp_path) -> None:
+    """The platform passes its CLI script as `script_path` (its README's form); the job is
+    the one the code directory that holds the package gives."""
+    training = training_job("train-platform")
+    jobs = {}
+    for form, script_path in (
+        ("script", REPO / "src" / "onnxport" / "cli.py"),
+        ("directory", REPO / "src"),
+    ):
+        jobs[form] = create_conversion_job(
+            script_path=script_path,
+            training_job=training,
+            environment=PLATFORM_ENVIRONMENT,
+            compute_cluster="cpu-cluster",
+            work_dir=tmp_path / "job-files",
+        )
+    script, directory = jobs["script"], jobs["directory"]
+    assert Path(script.code) == REPO / "src"
+    assert script.code == directory.code
+    assert script.command == directory.command
+    assert script.command.startswith("python -m onnxport.execution ")
+    assert {n: (i.type, i.path) for n, i in script.inputs.items()} == {
+        n: (i.type, i.path) for n, i in directory.inputs.items()
+    }
+    assert {n: (o.type, o.mode) for n, o in script.outputs.items()} == {
+        n: (o.type, o.mode) for n, o in directory.outputs.items()
+    }
+    assert (
+        script.inputs[CHECKPOINT_INPUT].path == "azureml://jobs/train-platform/outputs/checkpoint"
+    )
+    for form, job in jobs.items():
+        path = write_job_yaml(job, tmp_path / f"{form}.yaml")
+        loaded = load_job(path)
+        assert loaded._validate().passed, form
+        loaded._to_job()._validate()
+        assert _resolved(loaded.code, path.parent) == str(REPO / "src")
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("missing", r"code directory or CLI script .*cli\.py \(script_path\) does not exist"),
+        ("not-an-entry-point", r"config\.py is a file, but not onnxport's CLI or execution"),
+        ("not-in-the-package", r"README\.md is a file, but not onnxport's CLI or execution"),
+    ],
+)
+def test_a_script_path_that_is_not_the_cli_is_refused_with_its_reason(
+    tmp_path, name: str, message: str
+) -> None:
+    script_path = {
+        "missing": tmp_path / "src" / "onnxport" / "cli.py",
+        "not-an-entry-point": REPO / "src" / "onnxport" / "config.py",
+        "not-in-the-package": REPO / "README.md",
+    }[name]
+    with pytest.raises(AzureMLError, match=message) as raised:
+        create_conversion_job(
+            script_path, training_job("t"), PLATFORM_ENVIRONMENT, "cpu", work_dir=tmp_path
+        )
+    assert "\n" not in str(raised.value)
+    assert raised.value.exit_code == 2

@@ -71,6 +71,9 @@ MODEL_SUBDIR = "onnx"
 """Publishing renames a finished sibling into place, so it works below the output's root."""
 DEFAULT_EXPERIMENT_NAME = "conversion"
 JOB_YAML_SCHEMA = "https://azuremlschemas.azureedge.net/latest/commandJob.schema.json"
+ENTRY_POINTS = ("cli.py", "cli/__main__.py", "execution.py", "execution/__main__.py")
+"""Files of the onnxport package that `script_path` may name: the CLI the platform passes
+(and the conversion child the job's command runs), in the flat and the package layout."""
 _REMOTE_PREFIXES = ("azureml:", "http://", "https://", "wasb://", "wasbs://", "abfs://")
 _REMOTE_PREFIXES += ("abfss://", "adl://", "git+", "file:")
 _BINDING = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
@@ -213,6 +216,37 @@ def _write_config(config: ConversionConfig, work_dir: Path) -> Path:
     return path
 
 
+def code_directory(script_path: Path) -> Path:
+    """The directory uploaded as a job's code: `script_path` itself when it is a directory;
+    for onnxport's CLI or execution entry point (the platform passes its CLI script), the
+    directory that holds the onnxport package, so that `python -m onnxport.execution` runs."""
+    path = Path(script_path).absolute()
+    if not path.exists():
+        raise AzureMLInputError(
+            f"the code directory or CLI script {path} (script_path) does not exist",
+            hint="pass onnxport's CLI script (src/onnxport/cli.py) or a code directory "
+            "(see onnxport.azureml.stage_code)",
+        )
+    if path.is_dir():
+        return path
+    package = next(
+        (p for p in path.parents if p.name == "onnxport" and (p / "__init__.py").is_file()), None
+    )
+    if package is None or path.relative_to(package).as_posix() not in ENTRY_POINTS:
+        raise AzureMLInputError(
+            f"script_path {path} is a file, but not onnxport's CLI or execution entry point "
+            f"({', '.join('onnxport/' + e for e in ENTRY_POINTS)})",
+            hint="pass src/onnxport/cli.py, or the directory to upload with the job",
+        )
+    if package.parent.name in ("site-packages", "dist-packages"):
+        raise AzureMLInputError(
+            f"script_path {path} belongs to an installed onnxport: its code directory would be "
+            f"{package.parent}, every installed package",
+            hint="stage the code with onnxport.azureml.stage_code(DIR) and pass DIR",
+        )
+    return package.parent
+
+
 def _sdk_validate(job: Command) -> None:
     """azure-ai-ml's own client-side checks, as a clear error instead of at submission."""
     from azure.ai.ml.exceptions import MlException
@@ -250,8 +284,10 @@ def create_conversion_job(
     tags in the workspace) carry the same lineage as a local conversion, platform `azureml`.
 
     Args:
-        script_path: the code directory uploaded with the job; it must hold the onnxport
-            package (see `stage_code`) unless `environment` has onnxport installed.
+        script_path: onnxport's CLI script, as the platform passes it
+            (`Path("src/onnxport/cli.py")`): the directory that holds the onnxport package
+            is uploaded. Or the code directory to upload itself, which must hold the
+            onnxport package (see `stage_code`) unless `environment` has onnxport installed.
         training_job: the Completed training job, as `ml_client.jobs.get` returns it; or its
             name alone, trusted to have Completed with a `checkpoint_output` output.
         environment: an Azure ML environment (object or `azureml:name:version`); None builds
@@ -269,16 +305,11 @@ def create_conversion_job(
             lives as long as this process (the SDK uploads it at submission).
     """
     aml = require_azure_ml()
-    script_path = Path(script_path).absolute()
-    if not script_path.is_dir():
-        raise AzureMLInputError(
-            f"the code directory {script_path} does not exist",
-            hint="pass the directory to upload with the job (see onnxport.azureml.stage_code)",
-        )
+    code = code_directory(script_path)
     if environment is None:
-        if not (script_path / "onnxport" / "__init__.py").is_file():
+        if not (code / "onnxport" / "__init__.py").is_file():
             raise AzureMLInputError(
-                f"the code directory {script_path} does not hold the onnxport package, and the "
+                f"the code directory {code} does not hold the onnxport package, and the "
                 "environment built for the job does not install it",
                 hint="stage it with onnxport.azureml.stage_code(DIR), or pass an environment",
             )
@@ -332,7 +363,7 @@ def create_conversion_job(
     config_file = _write_config(config, work_dir or _owned_temp_dir())
     job = aml.command(
         command="python -m onnxport.execution " + shlex.join(child.argv()),
-        code=str(script_path),
+        code=str(code),
         inputs={
             CHECKPOINT_INPUT: checkpoint,
             CONFIG_INPUT: aml.Input(type="uri_file", path=str(config_file)),
