@@ -1,20 +1,27 @@
 # The two commands of the quick start: `make demo` and `make test`. Both create .venv and
 # install everything on a fresh machine, with the versions pinned in constraints.txt.
 PYTHON ?= python3
+# Extra pip arguments, e.g. PyTorch's CPU index where the default index serves CUDA builds:
+# make PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu" test
+PIP_ARGS ?=
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: install demo test test-fast coverage lint format clean
+# Two workers, one per core; a test group (xdist_group) stays on one worker, so that the
+# process-heavy tests (faults, concurrency) do not compete with each other for the cores.
+PYTEST := $(PY) -m pytest -n 2 --dist loadgroup
+
+.PHONY: install demo test test-fast test-faults coverage lint format clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,azureml]'
+	$(PY) -m pip install --quiet $(PIP_ARGS) -c constraints.txt -e '.[dev,azureml]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,10 +29,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
-	$(PY) -m pytest
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(PYTEST)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
+
+# The SIGKILL fault test with 20 kills instead of the suite's 12 (each stage hit 3-4 times).
+test-faults: $(STAMP)
+	ONNXPORT_FAULT_TRIALS=20 $(PY) -m pytest tests/test_faults.py
 
 # The whole architecture/task matrix through the pipeline (~20 min on 2 cores): docs/coverage.md.
 coverage: $(STAMP)

@@ -10,6 +10,8 @@ import json
 import shutil
 from pathlib import Path
 
+from suite import build_once
+
 SPEC_FP = "abc123"
 EXEC_FP = "def456"
 BACKBONE = "distilbert-base-uncased"
@@ -93,23 +95,19 @@ def corrupt_byte(path: Path, offset: int | None = None) -> None:
     path.write_bytes(bytes(data))
 
 
-_STORE: dict[str, Path] = {}
-
-
 def migrated_store(tmp_path_factory) -> Path:
     """A new SQLite MLflow store made by `prepare_store` in a directory that did not exist.
 
-    Created once per test session (the schema migration takes seconds); tests that need a
+    Created once per test run (the schema migration takes seconds); tests that need a
     store of their own get a copy of it from `root_with_store`.
     """
-    if "db" not in _STORE:
-        from onnxport.config import ExperimentConfig
-        from onnxport.tracking import prepare_store, resolve_tracking_uri
+    from onnxport.config import ExperimentConfig
+    from onnxport.tracking import prepare_store, resolve_tracking_uri
 
-        root = tmp_path_factory.mktemp("mlflow-store") / "not-yet-created"
-        prepare_store(resolve_tracking_uri(root, ExperimentConfig()))
-        _STORE["db"] = root / "mlflow.db"
-    return _STORE["db"]
+    def migrate(directory: Path) -> None:
+        prepare_store(resolve_tracking_uri(directory / "not-yet-created", ExperimentConfig()))
+
+    return build_once(tmp_path_factory, "mlflow-store", migrate) / "not-yet-created" / "mlflow.db"
 
 
 def root_with_store(tmp_path_factory, name: str) -> Path:

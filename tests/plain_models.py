@@ -8,6 +8,7 @@ project directory. `save_plain_files` writes the same model in every plain forma
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,14 +72,9 @@ class PlainFiles:
     spec: Path
 
 
-def save_plain_files(directory: Path) -> PlainFiles:
-    from safetensors.torch import save_file
-
-    directory.mkdir(parents=True, exist_ok=True)
-    model = build_model()
-    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")}
-    program = torch.export.export(model, example_args(), dynamic_shapes=(dims, dims))
-    files = PlainFiles(
+def plain_files(directory: Path) -> PlainFiles:
+    """Where `save_plain_files(directory)` writes each form."""
+    return PlainFiles(
         program=directory / "encoder.pt2",
         torchscript=directory / "encoder_ts.pt",
         safetensors=directory / "encoder.safetensors",
@@ -86,6 +82,22 @@ def save_plain_files(directory: Path) -> PlainFiles:
         pickled_module=directory / "encoder_module.pt",
         spec=directory / "inputs.yaml",
     )
+
+
+def copy_plain_files(files: PlainFiles, directory: Path) -> PlainFiles:
+    """A private copy of saved plain files, free to damage."""
+    shutil.copytree(files.spec.parent, directory)
+    return plain_files(directory)
+
+
+def save_plain_files(directory: Path) -> PlainFiles:
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    model = build_model()
+    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")}
+    program = torch.export.export(model, example_args(), dynamic_shapes=(dims, dims))
+    files = plain_files(directory)
     torch.export.save(program, files.program)
     torch.jit.script(model).save(str(files.torchscript))
     save_file(model.state_dict(), files.safetensors)

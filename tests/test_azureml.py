@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytest.importorskip("azure.ai.ml", reason="needs the azureml extra (pip install -e '.[azureml]')")
+from suite import AZUREML_EXTRA
+
+pytest.importorskip("azure.ai.ml", reason=AZUREML_EXTRA)  # under CI=true: fails in conftest
 
 from azure.ai.ml import Input, load_job
 from azure.ai.ml.entities import Environment
@@ -49,6 +51,7 @@ from onnxport.execution import LINEAGE_ENV, _parse
 from onnxport.fingerprints import conversion_fingerprint
 from onnxport.manifest import MANIFEST_FILENAME, read_manifest, verify_directory
 from onnxport.tracking import lineage_tags
+from orchestration_support import root_with_store
 
 SPEC_FP = "abc123"
 EXEC_FP = "def456"
@@ -447,7 +450,7 @@ except AzureMLNotInstalledError as e:
 @pytest.fixture(scope="session")
 def node(checkpoint, code_dir, tmp_path_factory):
     """The conversion job run as an Azure ML node runs it, on a tiny checkpoint."""
-    root = tmp_path_factory.mktemp("azureml-node")
+    root = root_with_store(tmp_path_factory, "azureml-node")  # the workspace's store
     job = create_conversion_job(
         code_dir,
         training_job("train-distilbert"),

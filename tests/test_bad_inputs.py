@@ -32,6 +32,7 @@ from onnxport.errors import ConfigError, OnnxportError, SourceError, TrackingErr
 from onnxport.manifest import verify_directory
 from onnxport.publish import OLD_MARKER, PARTIAL_MARKER
 from orchestration_support import EXEC_FP, SPEC_FP, root_with_store
+from suite import AZUREML_EXTRA
 from test_orchestration import (
     CONVERSION_TIMEOUT,
     FakeChild,
@@ -825,8 +826,6 @@ BENCHMARK_CASES: dict[str, tuple[Callable[[Path], list], tuple[str, ...]]] = {
 def test_benchmark_refuses_bad_input_and_leaves_the_directory_alone(
     cli, copy_output, case: str
 ) -> None:
-    if not _command_exists("benchmark"):
-        pytest.skip("onnxport benchmark is not there yet")
     spoil, says = BENCHMARK_CASES[case]
     directory = copy_output(GOOD)
     extra = spoil(directory)
@@ -838,8 +837,6 @@ def test_benchmark_refuses_bad_input_and_leaves_the_directory_alone(
 
 
 def test_benchmark_of_a_missing_directory(cli, tmp_path) -> None:
-    if not _command_exists("benchmark"):
-        pytest.skip("onnxport benchmark is not there yet")
     run = cli("benchmark", tmp_path / "missing", "--no-pytorch")
     assert_clean_failure(run.code, run.stdout, run.stderr, 2, ("missing is not a directory",))
     assert list(tmp_path.iterdir()) == []
@@ -849,12 +846,7 @@ def test_benchmark_of_a_missing_directory(cli, tmp_path) -> None:
 
 
 def _azureml_ready() -> None:
-    if not _command_exists("azureml", "submit"):
-        pytest.skip("onnxport azureml submit is not there yet")
-    from onnxport.azureml import azure_ml_available
-
-    if not azure_ml_available():
-        pytest.skip("azure-ai-ml is not installed (the azureml extra)")
+    pytest.importorskip("azure.ai.ml", reason=AZUREML_EXTRA)
 
 
 def _config_option(text: str) -> Callable[[Path], list]:

@@ -156,11 +156,9 @@ def test_vision_models_use_their_own_image_size(converted, tmp_path: Path) -> No
 
 
 @pytest.fixture(scope="module")
-def plain_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def plain_output(plain, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A plain PyTorch source (a torch.export program: inputs `features` and `mask`)."""
-    from plain_models import save_plain_files
-
-    files = save_plain_files(tmp_path_factory.mktemp("plain-files"))
+    files = plain
     output = tmp_path_factory.mktemp("plain") / "out"
     config = ConversionConfig().with_overrides(onnx={"exporter": "torchscript"})
     convert(ConversionRequest(files.program, output, config))
@@ -357,7 +355,7 @@ def test_convert_with_benchmark_benchmarks_the_published_directory(
 
 @pytest.mark.slow
 def test_a_tracked_benchmark_logs_metrics_and_artifacts(
-    cli, copy_output, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cli, copy_output, tmp_path_factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from onnxport.config import ExperimentConfig
     from onnxport.tracking import (
@@ -367,11 +365,13 @@ def test_a_tracked_benchmark_logs_metrics_and_artifacts(
         resolve_artifact_location,
         resolve_tracking_uri,
     )
+    from orchestration_support import root_with_store
 
-    uri = resolve_tracking_uri(tmp_path, ExperimentConfig())
+    root = root_with_store(tmp_path_factory, "benchmark-tracking")
+    uri = resolve_tracking_uri(root, ExperimentConfig())
     client = prepare_store(uri)
     experiment = ensure_experiment(
-        client, "benchmark-tests", resolve_artifact_location(tmp_path, ExperimentConfig())
+        client, "benchmark-tests", resolve_artifact_location(root, ExperimentConfig())
     )
     run_id = create_run(client, experiment, run_name="benchmark", tags={})
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -20,7 +20,8 @@ from orchestration_support import CONVERSION_YAML, root_with_store, write_config
 from test_bad_inputs import leftovers
 from test_orchestration import CONVERSION_TIMEOUT, Project, conversion_children, make_project
 
-pytestmark = pytest.mark.slow
+# Eight conversion processes at once: on one worker, not beside the fault tests' kills.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]
 
 EXPERIMENT = "concurrency"
 SAME, DIFFERENT = 4, 4

@@ -35,8 +35,12 @@ from orchestration_support import CONVERSION_YAML, root_with_store, write_config
 from test_bad_inputs import leftovers, snapshot
 from test_orchestration import CONVERSION_TIMEOUT, Project, conversion_children, make_project
 
+# Kills timed against a calibration run: on one worker, not beside the concurrency test.
+pytestmark = pytest.mark.xdist_group("processes")
+
 SEED = 9
-TRIALS = 20
+TRIALS = int(os.environ.get("ONNXPORT_FAULT_TRIALS", "12"))
+"""12 kills hit each stage twice; `make test-faults` runs 20."""
 STAGES = ("startup", "load", "export", "validate", "smoke_test", "publish")
 """`startup`: the child's imports, before its first stage; the rest are pipeline stages."""
 EARLY = 0.6

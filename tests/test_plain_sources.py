@@ -30,15 +30,9 @@ from plain_models import (
     PlainFiles,
     build_model,
     example_args,
-    save_plain_files,
 )
 
 TORCHSCRIPT_EXPORTER = {"exporter": "torchscript"}
-
-
-@pytest.fixture(scope="session")
-def plain(tmp_path_factory: pytest.TempPathFactory) -> PlainFiles:
-    return save_plain_files(tmp_path_factory.mktemp("plain"))
 
 
 def _settings(**values) -> SourceConfig:

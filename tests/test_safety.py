@@ -35,7 +35,8 @@ from onnxport.errors import SourceError
 from onnxport.manifest import verify_directory
 from onnxport.paths import safe_segment
 from orchestration_support import root_with_store
-from plain_models import FACTORY, save_plain_files
+from plain_models import FACTORY, copy_plain_files
+from suite import AZUREML_EXTRA
 from test_bad_inputs import assert_clean_failure
 from test_orchestration import FakeChild, make_project
 
@@ -110,8 +111,10 @@ def test_a_pickled_checkpoint_never_runs_code(cli, checkpoint, tmp_path, opt_in:
 
 
 @pytest.mark.parametrize("opt_in", [False, True], ids=["default", "--allow-pickle"])
-def test_a_pickled_state_dict_never_runs_code(cli, tmp_path, monkeypatch, opt_in: bool) -> None:
-    files = save_plain_files(tmp_path / "plain")
+def test_a_pickled_state_dict_never_runs_code(
+    cli, plain, tmp_path, monkeypatch, opt_in: bool
+) -> None:
+    files = copy_plain_files(plain, tmp_path / "plain")
     marker = tmp_path / "ran"
     _evil_pickle(files.pickle, marker)
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
@@ -149,7 +152,7 @@ def test_src_never_unpickles_by_itself() -> None:
 
 
 def test_every_torch_load_on_the_way_asks_for_weights_only(
-    checkpoint, tmp_path, monkeypatch
+    checkpoint, plain, tmp_path, monkeypatch
 ) -> None:
     """Behaviourally too: loading pickled weights with the opt-in, through transformers and
     through the state-dict loader, calls torch.load with weights_only=True only."""
@@ -166,7 +169,7 @@ def test_every_torch_load_on_the_way_asks_for_weights_only(
     monkeypatch.setattr(torch, "load", recording)
     pickled = make_pickle_checkpoint(checkpoint("bert-encoder"), tmp_path / "pickled")
     load_source(pickled, SourceConfig(allow_pickle=True))
-    files = save_plain_files(tmp_path / "plain")
+    files = plain
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     load_source(
         files.pickle, SourceConfig(allow_pickle=True, factory=FACTORY, input_spec=files.spec)
@@ -435,10 +438,7 @@ def test_a_tracked_conversion_records_no_secret_from_the_environment(
 def test_an_azureml_dry_run_records_no_secret_from_the_environment(
     cli, tmp_path, monkeypatch, secret_environment
 ) -> None:
-    from onnxport.azureml import azure_ml_available
-
-    if not azure_ml_available():
-        pytest.skip("azure-ai-ml is not installed (the azureml extra)")
+    pytest.importorskip("azure.ai.ml", reason=AZUREML_EXTRA)
     monkeypatch.chdir(tmp_path)
     run = cli(
         *("azureml", "submit", "--compute", "cpu", "--training-job", "train-1"),
@@ -566,7 +566,7 @@ def test_companion_files_that_are_symlinks_are_copied_as_files(
     assert copied.is_file() and not copied.is_symlink()
 
 
-def test_a_program_archive_with_pickled_members_never_runs_code(tmp_path) -> None:
+def test_a_program_archive_with_pickled_members_never_runs_code(plain, tmp_path) -> None:
     """A `.pt2` whose example inputs are a hostile pickle: torch.export.load would retry them
     with an unrestricted torch.load, so they are refused, with or without --allow-pickle."""
     import io
@@ -578,7 +578,7 @@ def test_a_program_archive_with_pickled_members_never_runs_code(tmp_path) -> Non
     marker = tmp_path / "ran"
     buffer = io.BytesIO()
     torch.save({"x": _LeavesAMarker(marker)}, buffer)
-    files = save_plain_files(tmp_path / "plain")
+    files = plain
     evil = _rewrite_member(
         files.program, tmp_path / "evil.pt2", "sample_inputs/model.pt", buffer.getvalue()
     )

@@ -141,6 +141,16 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:300]}"
 
 
+def _report_deprecations(exporter: str, raised: list[warnings.WarningMessage]) -> None:
+    """Say once that an exporter torch has deprecated made the model (the TorchScript-based
+    one, since torch 2.9); the exporters' other warnings are about their internals."""
+    deprecations = {str(w.message) for w in raised if issubclass(w.category, DeprecationWarning)}
+    for message in sorted(m for m in deprecations if "ONNX export" in m):
+        logger.warning("the %s exporter is deprecated by torch: %s", exporter, message[:200])
+    for warning in raised:
+        logger.debug("the %s exporter warned: %s", exporter, warning.message)
+
+
 def _operators(attempts: list[ExportAttempt]) -> list[str]:
     found = {a or b for attempt in attempts for a, b in _OPERATOR.findall(attempt.error or "")}
     return sorted(found)
@@ -420,9 +430,10 @@ def export_to_onnx(
         t0 = time.perf_counter()
         before = set(output_path.parent.iterdir())
         try:
-            with warnings.catch_warnings(), captured_stdout():
-                warnings.simplefilter("ignore")
+            with warnings.catch_warnings(record=True) as raised, captured_stdout():
+                warnings.simplefilter("always")
                 strategy.run(source, output_path, opset_version, external)
+            _report_deprecations(strategy.name, raised)
             # Checked while the weights are still external: the checker reads a
             # self-contained file whole, twice over.
             onnx.checker.check_model(str(output_path), full_check=False)
