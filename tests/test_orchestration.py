@@ -884,8 +884,3 @@ def test_cli_bad_input_exits_2_with_a_one_line_error_and_no_traceback(tmp_path: 
         assert fragment in errors[0], (name, stderr)
         assert all(line == errors[0] or line.startswith("  hint:") for line in lines), stderr
     assert not (tmp_path / "outputs" / "conversion").exists()
-
-
-def test_onnxport_error_is_the_base_of_what_the_orchestration_raises() -> None:
-    for error in (ConfigError, SourceError, ExecutionError, TrackingError):
-        assert issubclass(error, OnnxportError)
