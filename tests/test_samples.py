@@ -24,11 +24,13 @@ def test_lines_cycle_past_the_end() -> None:
     assert texts[1] == f"{RESUME_LINES[1]} {RESUME_LINES[2]}"
 
 
-@pytest.mark.parametrize("offset", [0, 5, 100])
-def test_repeatable(offset: int) -> None:
-    assert sample_texts(4, min_lines=2, offset=offset) == sample_texts(
+@pytest.mark.parametrize("offset", [5, 100])
+def test_an_offset_past_the_end_wraps_around(offset: int) -> None:
+    n = len(RESUME_LINES)
+    assert sample_texts(4, min_lines=2, offset=offset + n) == sample_texts(
         4, min_lines=2, offset=offset
     )
+    assert sample_texts(1, offset=offset) == [RESUME_LINES[offset % n]]
 
 
 def test_texts_differ_by_offset_and_are_not_empty() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from models import NUM_LABELS
 from onnxport.config import Exporter
@@ -72,6 +72,25 @@ def test_a_model_answering_nan_fails(exported, tmp_path: Path) -> None:
     assert result.problems == ("output 'logits' has NaN or infinite values",)
     with pytest.raises(SmokeTestError, match=r"smoke test failed for nan\.onnx: .*NaN"):
         smoke_test_onnx_model(path, raise_on_failure=True)
+
+
+def test_an_output_longer_than_its_declared_axis_fails(tmp_path: Path) -> None:
+    """`logits` declares the input's `sequence` axis but comes out twice as long."""
+    graph = helper.make_graph(
+        [helper.make_node("Concat", ["scores", "scores"], ["logits"], axis=1)],
+        "doubled",
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", "sequence", 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "doubled.onnx"))
+    result = smoke_test_onnx_model(tmp_path / "doubled.onnx")
+    assert not result.passed
+    sequence = DEFAULT_DIM_VALUES["sequence"]
+    assert result.problems == (
+        f"output 'logits' axis 1 (sequence) is {2 * sequence}, expected {sequence}",
+    )
 
 
 def test_sample_inputs_missing_a_declared_input_fail(exported) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import time
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,8 +30,6 @@ from onnxport.tracking import (
 from orchestration_support import migrated_store, root_with_store
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-UNREACHABLE = "http://127.0.0.1:9"
 
 
 @pytest.fixture(scope="module")
@@ -91,16 +92,39 @@ def test_quiet_mlflow_turns_telemetry_off(monkeypatch: pytest.MonkeyPatch) -> No
     assert os.environ["DO_NOT_TRACK"] == "true"
 
 
-def test_unreachable_tracking_uri_fails_fast_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
-        monkeypatch.delenv(name, raising=False)  # prepare_store sets them; restore afterwards
-    import mlflow.tracking  # noqa: F401  (pay mlflow's import before timing)
+@contextlib.contextmanager
+def _hanging_up_server() -> Iterator[tuple[str, list[int]]]:
+    """An HTTP address whose server accepts each connection and closes it at once; yields
+    the address and the list of connections it saw (one entry each)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    seen: list[int] = []
 
-    started = time.perf_counter()
-    with pytest.raises(TrackingError) as raised:
-        prepare_store(UNREACHABLE)
-    assert time.perf_counter() - started < 15
-    assert UNREACHABLE in str(raised.value)
+    def serve() -> None:
+        with contextlib.suppress(OSError):  # the server closed under it: the test is over
+            while True:
+                connection, _ = server.accept()
+                seen.append(1)
+                connection.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}", seen
+    finally:
+        server.close()
+
+
+def test_an_unreachable_tracking_server_is_tried_twice_then_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MLflow's default is 7 retries with exponential backoff (minutes); prepare_store allows
+    one, so that a wrong tracking_uri fails before anything else starts."""
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.setenv(name, "")  # records its absence: prepare_store's value is undone
+        monkeypatch.delenv(name)
+    with _hanging_up_server() as (uri, connections), pytest.raises(TrackingError) as raised:
+        prepare_store(uri)
+    assert len(connections) == 2
+    assert uri in str(raised.value)
     assert raised.value.hint
 
 

@@ -118,6 +118,26 @@ def test_a_corrupted_initializer_fails_naming_the_output_and_figures(
     assert f"{logits.max_abs_diff:.3g}" in " ".join(figures)
 
 
+def test_a_model_wrong_only_on_long_sequences_fails_at_the_largest_shape(
+    exported, token_references, tmp_path: Path
+) -> None:
+    """Positions 64 and up damaged: only the 128-token shape reaches them, so a validation
+    that left out its largest shape would pass this model."""
+    broken = tmp_path / "long.onnx"
+    good = exported("distilbert-token", Exporter.TORCHSCRIPT).path
+    # Not a constant shift of those rows, which the LayerNorm after them would remove.
+    edit_initializer(
+        good, broken, "position_embeddings.weight", lambda t: np.concatenate([t[:64], -3 * t[64:]])
+    )
+
+    result = validate_model(broken, token_references, task=Task.TOKEN_CLASSIFICATION)
+    assert not result.passed
+    assert result.outputs["logits"].worst_shape == (4, 128)
+    (elementwise,) = [f for f in result.failures if f.startswith("output ")]
+    assert elementwise.startswith("output 'logits' at shape [4, 128]: ")
+    assert not result.task_agreement.passed
+
+
 def test_shifted_logits_keep_the_argmax_but_fail_elementwise(
     exported, token_references, tmp_path: Path
 ) -> None:
