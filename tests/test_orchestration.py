@@ -8,6 +8,7 @@ all of them are marked `slow`. The fast tests replace the child by a stand-in.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from onnxport.errors import (
     SourceError,
     TrackingError,
 )
-from onnxport.execution import LINEAGE_ENV, REGISTERED_MODEL_ENV, ChildArguments
+from onnxport.execution import LINEAGE_ENV, REGISTERED_MODEL_ENV, ChildArguments, run_child
 from onnxport.fingerprints import conversion_fingerprint
 from onnxport.manifest import read_manifest, sha256_file, verify_directory
 from onnxport.orchestration import execute_conversion
@@ -185,13 +186,18 @@ def conversion_children() -> list[psutil.Process]:
 
 
 class FakeChild:
-    """Stands in for `run_child`: records what it was given and fails like a killed child."""
+    """Stands in for `run_child`: records what it was given and fails like a killed child.
+
+    The call is bound to `run_child`'s own signature, so a parameter renamed or added there
+    breaks these tests instead of letting the stand-in accept what the real one refuses.
+    """
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
 
-    def __call__(self, arguments: ChildArguments, **kwargs: Any):
-        self.calls.append({"arguments": arguments, **kwargs})
+    def __call__(self, *args: Any, **kwargs: Any):
+        bound = inspect.signature(run_child).bind(*args, **kwargs)
+        self.calls.append(dict(bound.arguments))
         raise ExecutionError("the conversion process was killed by SIGKILL after 1 s")
 
 
@@ -215,6 +221,24 @@ def fake_child(monkeypatch: pytest.MonkeyPatch) -> FakeChild:
     child = FakeChild()
     monkeypatch.setattr("onnxport.orchestration.run_child", child)
     return child
+
+
+def test_the_stand_in_child_refuses_a_call_the_real_one_would_refuse(tmp_path: Path) -> None:
+    child = FakeChild()
+    arguments = ChildArguments(tmp_path / "ckpt", tmp_path / "config", "bert", tmp_path / "out", 18)
+    for wrong in (
+        {"timeout": 5, "result_file": tmp_path / "result.json"},  # a misspelt keyword
+        {"result_file": tmp_path / "result.json"},  # a required keyword left out
+        {"timeout_seconds": 5, "result_file": tmp_path / "r.json", "cwd": tmp_path},
+    ):
+        with pytest.raises(TypeError):
+            child(arguments, **wrong)
+    assert child.calls == []
+    with pytest.raises(ExecutionError):
+        child(arguments, timeout_seconds=5, result_file=tmp_path / "result.json")
+    assert child.calls == [
+        {"arguments": arguments, "timeout_seconds": 5, "result_file": tmp_path / "result.json"}
+    ]
 
 
 # ------------------------------------------------------------- bad input: fails before a child
