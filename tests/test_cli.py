@@ -75,10 +75,92 @@ def test_convert_in_a_subprocess_prints_the_manifest_as_json(checkpoint, tmp_pat
     )
     assert process.returncode == 0, process.stderr
     assert "Traceback" not in process.stderr
+    assert "INFO " not in process.stderr  # steps are logged only with -v
     printed = json.loads(process.stdout)
     assert printed == json.loads((output / MANIFEST_FILENAME).read_text(encoding="utf-8"))
     manifest = read_manifest(output)
     check_published(output, manifest, "bert-qa", checkpoint("bert-qa"))
+
+
+@pytest.fixture(scope="module")
+def flagged(checkpoint, tmp_path_factory: pytest.TempPathFactory):
+    """One `onnxport convert` in a process of its own (as a user runs it, logging set up by
+    the command) with every option that maps to the config away from its default, and -v."""
+    output = tmp_path_factory.mktemp("flagged") / "out"
+    process = subprocess.run(
+        [
+            *(sys.executable, "-m", "onnxport.cli", "convert", checkpoint("distilbert-token")),
+            *("-o", output, *FAST, "--optimize", "basic", "--quantize", "int8"),
+            *("--min-agreement", "0.95", "--no-localize", "-v"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=600,
+    )
+    assert process.returncode == 0, process.stderr
+    return process, output
+
+
+@pytest.mark.slow
+def test_convert_options_reach_the_config(flagged) -> None:
+    _, output = flagged
+    manifest = read_manifest(output)
+    assert manifest.config["onnx"]["optimize"] == "basic"
+    assert manifest.config["onnx"]["quantization"] == "int8"
+    assert manifest.config["validation"]["min_task_agreement"] == 0.95
+    assert manifest.config["validation"]["localize"] is False
+    for out in manifest.outputs:
+        assert out.validation.task_agreement.minimum == 0.95, out.variant
+
+
+@pytest.mark.slow
+def test_convert_optimize_runs_the_optimize_pass(flagged) -> None:
+    fp32 = read_manifest(flagged[1]).output("fp32")
+    assert [p.name for p in fp32.passes] == ["optimize-basic"]
+    assert fp32.passes[0].nodes_after < fp32.passes[0].nodes_before
+
+
+@pytest.mark.slow
+def test_convert_quantize_int8_publishes_a_validated_int8_model(flagged, source) -> None:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    _, output = flagged
+    manifest = read_manifest(output)
+    assert [(o.variant, o.published) for o in manifest.outputs] == [
+        ("fp32", True),
+        ("int8", True),
+    ]
+    int8 = manifest.output("int8")
+    assert int8.file == "model_int8.onnx"
+    assert int8.validation.passed and int8.smoke_test.passed
+    assert [p.name for p in int8.passes] == ["quantize-int8"]
+    assert verify_directory(output) == []
+    model = onnx.load(str(output / int8.file))
+    eight_bit = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    assert any(i.data_type in eight_bit for i in model.graph.initializer)
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} & {n.op_type for n in model.graph.node}
+    assert int8.size_bytes < manifest.output("fp32").size_bytes
+    inputs = {k: v.numpy() for k, v in source("distilbert-token").make_inputs(2, 11, 0).items()}
+    answers = {}
+    for variant in ("fp32", "int8"):
+        session = ort.InferenceSession(
+            str(output / manifest.output(variant).file), providers=["CPUExecutionProvider"]
+        )
+        answers[variant] = session.run(None, inputs)[0]
+    assert answers["int8"].shape == answers["fp32"].shape == (2, 11, answers["fp32"].shape[-1])
+    assert not np.array_equal(answers["int8"], answers["fp32"])  # not the fp32 graph again
+
+
+@pytest.mark.slow
+def test_convert_verbose_logs_each_step(flagged) -> None:
+    process, _ = flagged
+    assert "INFO onnxport.export: exporting with the torchscript exporter (opset 18)" in (
+        process.stderr
+    )
+    assert "INFO onnxport.pipeline: conversion complete:" in process.stderr
 
 
 def test_json_output_in_process(cli, checkpoint, tmp_path: Path) -> None:
