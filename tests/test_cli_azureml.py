@@ -157,3 +157,17 @@ def test_a_refused_submission_stops_with_one_error_line(
     )
     assert list(service.jobs.submitted) == ["onnxport_conversion_1"]
     assert service.jobs.downloads == []
+
+
+def test_an_unreadable_training_job_is_named_before_anything_is_submitted(
+    cli, monkeypatch: pytest.MonkeyPatch, workspace: Path
+) -> None:
+    service = FakeMLClient([training_job("train-a")])
+    serve_jobs(monkeypatch, service)
+    run = cli("azureml", "submit", "-t", "train-a", "-t", "train-z", "--compute", "cpu-cluster",
+              "--workspace-config", workspace, "--environment", "azureml:env:1")  # fmt: skip
+    assert run.code == 1
+    error = [line for line in run.stderr.splitlines() if line.startswith("error")]
+    assert error == ["error (azureml): cannot read training job train-z: Job train-z not found"]
+    assert "hint: check the job name and the workspace" in run.stderr
+    assert service.jobs.submitted == {}
