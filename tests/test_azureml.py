@@ -25,8 +25,16 @@ pytest.importorskip("azure.ai.ml", reason=AZUREML_EXTRA)  # under CI=true: fails
 
 from azure.ai.ml import Input, load_job
 from azure.ai.ml.entities import Environment
+from azure.core.exceptions import ServiceRequestError
 
-from azureml_support import FakeMLClient, run_like_azureml, training_job
+from azureml_support import (
+    FakeMLClient,
+    http_error,
+    run_like_azureml,
+    serve_jobs,
+    training_job,
+    write_workspace_config,
+)
 from onnxport import __version__
 from onnxport.azureml import (
     CHECKPOINT_INPUT,
@@ -350,6 +358,28 @@ def test_each_failure_status_is_a_clear_error(make_job, status: str) -> None:
     assert client.jobs.downloads == []
 
 
+def test_a_refused_submission_is_an_error_naming_the_job(make_job) -> None:
+    refused = http_error(400, "Bad Request", "UserError", "Compute cpu-cluster not found.")
+    client = FakeMLClient(failures={"create_or_update": [refused]})
+    with pytest.raises(AzureMLError) as error:
+        submit_conversion_job(client, make_job(display_name="convert train-1"))
+    assert error.value.message == (
+        "Azure ML did not accept the conversion job convert train-1: (UserError) Compute "
+        "cpu-cluster not found. Code: UserError Message: Compute cpu-cluster not found."
+    )
+    assert "compute name" in error.value.hint
+    assert error.value.__cause__ is refused
+    assert client.jobs.submitted == {}
+    assert [kind for kind, _ in client.jobs.requests] == ["create_or_update"]
+
+
+def test_waiting_after_submission_rides_out_a_failed_poll(make_job) -> None:
+    client = FakeMLClient(failures={"get": [None, ServiceRequestError("Connection aborted.")]})
+    finished = submit_conversion_job(client, make_job(), poll_seconds=0)
+    assert finished.status == "Completed"
+    assert [kind for kind, _ in client.jobs.requests] == ["create_or_update"] + ["get"] * 4
+
+
 def test_waiting_stops_at_the_timeout_and_names_the_running_jobs(make_job) -> None:
     client = FakeMLClient(statuses=["Running"])
     submitted = submit_conversion_job(client, make_job(), wait=False)
@@ -552,12 +582,14 @@ def test_scale_out_one_job_per_training_job_and_a_summary(
         statuses_by_job={"onnxport_conversion_3": ["Queued", "Running", "Running", third]},
         output=lambda name: output,
     )
-    monkeypatch.setattr("onnxport.cli_azureml.connect", lambda *args: client)
+    clients = serve_jobs(monkeypatch, client)
+    workspace = write_workspace_config(tmp_path / "config.json")
     jobs_file = tmp_path / "jobs.txt"
     jobs_file.write_text("train-b\ntrain-c\n")
     run = cli("azureml", "submit", "--training-job", "train-a", "--training-jobs-file", jobs_file,
-              "--compute", "cpu-cluster", "--workspace-config", "unused.json",
+              "--compute", "cpu-cluster", "--workspace-config", workspace,
               "--poll-seconds", "0", "--download-dir", tmp_path / "downloads")  # fmt: skip
+    assert [c.workspace_name for c in clients] == ["ws-test"]  # one client, from the config
     assert len(client.jobs.submitted) == 3
     inputs = [job.inputs[CHECKPOINT_INPUT].path for job in client.jobs.submitted.values()]
     assert inputs == [f"azureml://jobs/{n}/outputs/checkpoint" for n in names]

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,10 +75,92 @@ def test_convert_in_a_subprocess_prints_the_manifest_as_json(checkpoint, tmp_pat
     )
     assert process.returncode == 0, process.stderr
     assert "Traceback" not in process.stderr
+    assert "INFO " not in process.stderr  # steps are logged only with -v
     printed = json.loads(process.stdout)
     assert printed == json.loads((output / MANIFEST_FILENAME).read_text(encoding="utf-8"))
     manifest = read_manifest(output)
     check_published(output, manifest, "bert-qa", checkpoint("bert-qa"))
+
+
+@pytest.fixture(scope="module")
+def flagged(checkpoint, tmp_path_factory: pytest.TempPathFactory):
+    """One `onnxport convert` in a process of its own (as a user runs it, logging set up by
+    the command) with every option that maps to the config away from its default, and -v."""
+    output = tmp_path_factory.mktemp("flagged") / "out"
+    process = subprocess.run(
+        [
+            *(sys.executable, "-m", "onnxport.cli", "convert", checkpoint("distilbert-token")),
+            *("-o", output, *FAST, "--optimize", "basic", "--quantize", "int8"),
+            *("--min-agreement", "0.95", "--no-localize", "-v"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=600,
+    )
+    assert process.returncode == 0, process.stderr
+    return process, output
+
+
+@pytest.mark.slow
+def test_convert_options_reach_the_config(flagged) -> None:
+    _, output = flagged
+    manifest = read_manifest(output)
+    assert manifest.config["onnx"]["optimize"] == "basic"
+    assert manifest.config["onnx"]["quantization"] == "int8"
+    assert manifest.config["validation"]["min_task_agreement"] == 0.95
+    assert manifest.config["validation"]["localize"] is False
+    for out in manifest.outputs:
+        assert out.validation.task_agreement.minimum == 0.95, out.variant
+
+
+@pytest.mark.slow
+def test_convert_optimize_runs_the_optimize_pass(flagged) -> None:
+    fp32 = read_manifest(flagged[1]).output("fp32")
+    assert [p.name for p in fp32.passes] == ["optimize-basic"]
+    assert fp32.passes[0].nodes_after < fp32.passes[0].nodes_before
+
+
+@pytest.mark.slow
+def test_convert_quantize_int8_publishes_a_validated_int8_model(flagged, source) -> None:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    _, output = flagged
+    manifest = read_manifest(output)
+    assert [(o.variant, o.published) for o in manifest.outputs] == [
+        ("fp32", True),
+        ("int8", True),
+    ]
+    int8 = manifest.output("int8")
+    assert int8.file == "model_int8.onnx"
+    assert int8.validation.passed and int8.smoke_test.passed
+    assert [p.name for p in int8.passes] == ["quantize-int8"]
+    assert verify_directory(output) == []
+    model = onnx.load(str(output / int8.file))
+    eight_bit = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    assert any(i.data_type in eight_bit for i in model.graph.initializer)
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} & {n.op_type for n in model.graph.node}
+    assert int8.size_bytes < manifest.output("fp32").size_bytes
+    inputs = {k: v.numpy() for k, v in source("distilbert-token").make_inputs(2, 11, 0).items()}
+    answers = {}
+    for variant in ("fp32", "int8"):
+        session = ort.InferenceSession(
+            str(output / manifest.output(variant).file), providers=["CPUExecutionProvider"]
+        )
+        answers[variant] = session.run(None, inputs)[0]
+    assert answers["int8"].shape == answers["fp32"].shape == (2, 11, answers["fp32"].shape[-1])
+    assert not np.array_equal(answers["int8"], answers["fp32"])  # not the fp32 graph again
+
+
+@pytest.mark.slow
+def test_convert_verbose_logs_each_step(flagged) -> None:
+    process, _ = flagged
+    assert "INFO onnxport.export: exporting with the torchscript exporter (opset 18)" in (
+        process.stderr
+    )
+    assert "INFO onnxport.pipeline: conversion complete:" in process.stderr
 
 
 def test_json_output_in_process(cli, checkpoint, tmp_path: Path) -> None:
@@ -388,16 +471,121 @@ def test_a_failed_export_leaves_stdout_clean(cli, checkpoint, tmp_path: Path, ca
     assert "Torch IR graph" not in capfd.readouterr().out
 
 
-def test_a_command_that_exits_with_a_code_keeps_it() -> None:
+@pytest.fixture
+def hidden_command() -> Iterator[Callable[[str, Callable[[], None]], None]]:
+    """`hidden_command(name, function)`: an `onnxport` command for this test alone."""
+    from onnxport.cli import app
+
+    added: list[str] = []
+
+    def add(name: str, function: Callable[[], None]) -> None:
+        app.command(name, hidden=True)(function)
+        added.append(name)
+
+    yield add
+    app.registered_commands[:] = [c for c in app.registered_commands if c.name not in added]
+
+
+def test_a_command_that_exits_with_a_code_keeps_it(hidden_command) -> None:
     import typer
 
-    from onnxport.cli import app, main
+    from onnxport.cli import main
 
-    @app.command("exit-three-for-test", hidden=True)
-    def _exit_three() -> None:
+    def exit_three() -> None:
         raise typer.Exit(3)
 
+    hidden_command("exit-three-for-test", exit_three)
+    assert main(["exit-three-for-test"]) == 3
+
+
+def _a_bug() -> None:
+    settings: dict[str, str] = {}
+    settings["opset"] += "1"  # a KeyError, as a bug in onnxport would raise
+
+
+def test_an_unexpected_exception_is_an_internal_error_without_a_traceback(
+    cli, hidden_command
+) -> None:
+    hidden_command("bug-for-test", _a_bug)
+    run = cli("bug-for-test")
+    assert run.code == 1
+    assert run.stdout == ""
+    assert run.stderr.splitlines() == [
+        "internal error: KeyError: 'opset'",
+        "  this is a bug in onnxport; rerun with --debug and report the traceback",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("flag", "variable", "shown"),
+    [
+        ("--debug", None, True),
+        (None, "1", True),
+        (None, "0", False),
+        (None, None, False),
+    ],
+    ids=["--debug", "ONNXPORT_DEBUG=1", "ONNXPORT_DEBUG=0", "neither"],
+)
+def test_debug_flag_or_variable_shows_the_traceback_of_any_error(
+    cli, hidden_command, tmp_path: Path, monkeypatch, flag, variable, shown: bool
+) -> None:
+    if variable is None:
+        monkeypatch.delenv("ONNXPORT_DEBUG", raising=False)
+    else:
+        monkeypatch.setenv("ONNXPORT_DEBUG", variable)
+    hidden_command("bug-for-test", _a_bug)
+    extra = [flag] if flag else []
+    internal = cli("bug-for-test", *extra)
+    user = cli("convert", tmp_path / "missing", "-o", tmp_path / "out", *extra)
+    assert (internal.code, user.code) == (1, 2)
+    assert "internal error: KeyError: 'opset'" in internal.stderr
+    assert "error (load): source not found" in user.stderr
+    for run in (internal, user):
+        assert ("Traceback" in run.stderr) is shown, run.stderr
+    if shown:
+        assert 'settings["opset"] += "1"' in internal.stderr  # the line of the bug
+        assert "SourceError" in user.stderr
+
+
+def test_ctrl_c_in_a_command_exits_130(cli, hidden_command) -> None:
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    hidden_command("ctrl-c-for-test", interrupted)
+    run = cli("ctrl-c-for-test")
+    assert run.code == 130
+    assert run.stderr.strip() == "interrupted; nothing was published"
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_conversion_exits_130_and_publishes_nothing(
+    checkpoint, tmp_path: Path
+) -> None:
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "onnxport.cli", "convert", checkpoint("distilbert-token"),
+         "-o", outputs / "out"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    before: list[str] = []
     try:
-        assert main(["exit-three-for-test"]) == 3
+        # The dynamo export takes seconds even on the tiny model: the moment to press Ctrl-C.
+        for line in process.stderr:
+            before.append(line)
+            if "export to ONNX" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        stdout, after = process.communicate(timeout=300)
     finally:
-        app.registered_commands.pop()
+        process.kill()
+    stderr = "".join(before) + after
+    assert any("export to ONNX" in line for line in before), stderr
+    assert process.returncode == 130, stderr
+    assert stdout == ""
+    assert "interrupted; nothing was published" in stderr
+    assert "Traceback" not in stderr
+    assert list(outputs.iterdir()) == [], "an output or a staging directory was left"

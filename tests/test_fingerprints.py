@@ -177,3 +177,19 @@ def test_malformed_fingerprint_is_a_config_error_naming_it(value: object) -> Non
 def test_conversion_fingerprint_rejects_malformed_parent_fingerprints() -> None:
     with pytest.raises(ConfigError, match="parent_spec_fp"):
         conversion_fingerprint("not-hex!", EXEC, ConversionConfig())
+
+
+@pytest.mark.parametrize(
+    ("section", "key"), [("quantize", "calibration_file"), ("validation", "eval_file")]
+)
+def test_conv_fp_changes_with_the_contents_of_a_named_data_file(
+    tmp_path: Path, section: str, key: str
+) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"text": "Senior engineer at Contoso"}\n', encoding="utf-8")
+    config = ConversionConfig().with_overrides(**{section: {key: str(data)}})
+    original = _fp(config)
+    data.write_text('{"text": "Data scientist at Fabrikam"}\n', encoding="utf-8")
+    assert _fp(config) != original, "new samples under the same name reused the old result"
+    data.write_text('{"text": "Senior engineer at Contoso"}\n', encoding="utf-8")
+    assert _fp(config) == original  # the contents count, not when they were written

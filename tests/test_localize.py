@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+from pathlib import Path
 
 import onnx
 import pytest
@@ -23,15 +26,21 @@ pytestmark = pytest.mark.slow
 BIAS = "model.distilbert.transformer.layer.0.ffn.lin1.bias"
 
 
+def shifted_copy(model_path: Path, target: Path) -> Path:
+    """The model at `model_path`, saved at `target` with the bias `BIAS` shifted by 0.5."""
+    model = onnx.load(str(model_path))
+    (bias,) = [i for i in model.graph.initializer if i.name == BIAS]
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 0.5, BIAS))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(target))
+    return target
+
+
 @pytest.fixture(scope="module")
 def broken(exported, source, checkpoint, tmp_path_factory):
     """The tiny DistilBERT's dynamo export with one bias shifted by 0.5."""
     result = exported("distilbert-token", Exporter.DYNAMO)
-    model = onnx.load(str(result.path))
-    (bias,) = [i for i in model.graph.initializer if i.name == BIAS]
-    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 0.5, BIAS))
-    path = tmp_path_factory.mktemp("broken") / "model.onnx"
-    onnx.save(model, str(path))
+    path = shifted_copy(result.path, tmp_path_factory.mktemp("broken") / "model.onnx")
     src = source("distilbert-token")
     references = compute_references(src, [(1, 8), (2, 37)])
     return path, src, references
@@ -113,3 +122,56 @@ def test_debug_command_on_a_directory_without_manifest_is_a_clear_error(cli, tmp
     run = cli("debug", tmp_path)
     assert run.code == 2 and "manifest.json" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+# ------------------------------------------------------------- through `onnxport convert`
+
+
+@pytest.fixture
+def diverging_exporter(exported, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`onnxport convert`'s export stage hands over the tiny DistilBERT's dynamo export with
+    the bias shifted: an exporter that gets one operation wrong, which no real exporter does
+    on demand. The export itself is real: the session's, by `export_to_onnx` with dynamo."""
+
+    def export(source, output_path: Path, *, opset_version, exporter, external_data):
+        assert exporter is Exporter.AUTO, "not convert's default, which tries dynamo first"
+        assert source.architecture == "DistilBertForTokenClassification"
+        result = exported("distilbert-token", Exporter.DYNAMO)
+        assert result.exporter == "dynamo" and result.data_file is None
+        return dataclasses.replace(result, path=shifted_copy(result.path, Path(output_path)))
+
+    monkeypatch.setattr("onnxport.pipeline.export_to_onnx", export)
+
+
+def _error_line(run) -> str:
+    assert "Traceback" not in run.stderr
+    (line,) = [line for line in run.stderr.splitlines() if line.startswith("error")]
+    return line
+
+
+def test_convert_names_the_first_diverging_node_in_its_one_line_error(
+    cli, checkpoint, exported, diverging_exporter, tmp_path
+):
+    run = cli("convert", checkpoint("distilbert-token"), "-o", tmp_path / "out")
+    assert run.code == 1
+    error = _error_line(run)
+    assert error.startswith(
+        "error (validate): the fp32 ONNX model does not compute what PyTorch computes: "
+        "output 'logits' "
+    )
+    model = onnx.load(str(exported("distilbert-token", Exporter.DYNAMO).path))
+    node, op_type = next((n.name, n.op_type) for n in model.graph.node if BIAS in n.input)
+    assert re.search(
+        rf"; first divergence at node {re.escape(node)} \({op_type}, "
+        r"distilbert\.transformer\.layer\.0\.ffn\.lin1\): max abs 0\.5 vs tolerance 0\.0001$",
+        error,
+    ), error
+    assert not (tmp_path / "out").exists()
+
+
+def test_convert_no_localize_fails_without_searching(cli, checkpoint, diverging_exporter, tmp_path):
+    run = cli("convert", checkpoint("distilbert-token"), "-o", tmp_path / "out", "--no-localize")
+    assert run.code == 1
+    error = _error_line(run)
+    assert "does not compute what PyTorch computes: output 'logits' " in error
+    assert "divergence" not in error and "diverging" not in error

@@ -8,6 +8,7 @@ all of them are marked `slow`. The fast tests replace the child by a stand-in.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from onnxport.errors import (
     SourceError,
     TrackingError,
 )
-from onnxport.execution import LINEAGE_ENV, REGISTERED_MODEL_ENV, ChildArguments
+from onnxport.execution import LINEAGE_ENV, REGISTERED_MODEL_ENV, ChildArguments, run_child
 from onnxport.fingerprints import conversion_fingerprint
 from onnxport.manifest import read_manifest, sha256_file, verify_directory
 from onnxport.orchestration import execute_conversion
@@ -185,13 +186,18 @@ def conversion_children() -> list[psutil.Process]:
 
 
 class FakeChild:
-    """Stands in for `run_child`: records what it was given and fails like a killed child."""
+    """Stands in for `run_child`: records what it was given and fails like a killed child.
+
+    The call is bound to `run_child`'s own signature, so a parameter renamed or added there
+    breaks these tests instead of letting the stand-in accept what the real one refuses.
+    """
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
 
-    def __call__(self, arguments: ChildArguments, **kwargs: Any):
-        self.calls.append({"arguments": arguments, **kwargs})
+    def __call__(self, *args: Any, **kwargs: Any):
+        bound = inspect.signature(run_child).bind(*args, **kwargs)
+        self.calls.append(dict(bound.arguments))
         raise ExecutionError("the conversion process was killed by SIGKILL after 1 s")
 
 
@@ -215,6 +221,24 @@ def fake_child(monkeypatch: pytest.MonkeyPatch) -> FakeChild:
     child = FakeChild()
     monkeypatch.setattr("onnxport.orchestration.run_child", child)
     return child
+
+
+def test_the_stand_in_child_refuses_a_call_the_real_one_would_refuse(tmp_path: Path) -> None:
+    child = FakeChild()
+    arguments = ChildArguments(tmp_path / "ckpt", tmp_path / "config", "bert", tmp_path / "out", 18)
+    for wrong in (
+        {"timeout": 5, "result_file": tmp_path / "result.json"},  # a misspelt keyword
+        {"result_file": tmp_path / "result.json"},  # a required keyword left out
+        {"timeout_seconds": 5, "result_file": tmp_path / "r.json", "cwd": tmp_path},
+    ):
+        with pytest.raises(TypeError):
+            child(arguments, **wrong)
+    assert child.calls == []
+    with pytest.raises(ExecutionError):
+        child(arguments, timeout_seconds=5, result_file=tmp_path / "result.json")
+    assert child.calls == [
+        {"arguments": arguments, "timeout_seconds": 5, "result_file": tmp_path / "result.json"}
+    ]
 
 
 # ------------------------------------------------------------- bad input: fails before a child
@@ -433,6 +457,45 @@ def test_missing_backbone_in_metadata_falls_back_to_the_path_and_logs_it(
     )
 
 
+def test_experiment_yaml_decides_where_and_under_what_the_run_is_tracked(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, fake_child: FakeChild
+) -> None:
+    elsewhere = root_with_store(tmp_path_factory, "elsewhere") / "mlflow.db"
+    tracking_uri = f"sqlite:///{elsewhere.as_posix()}"
+    artifacts = (tmp_path / "shared-artifacts").as_uri()
+    project = make_project(
+        tmp_path,
+        "from-file",
+        experiment_yaml=(
+            "experiment_name: resume-taggers\n"
+            f"tracking_uri: {tracking_uri}\n"
+            f"artifact_location: {artifacts}\n"
+            "tags: {team: nlp, cost_center: '42'}\n"
+            "registered_model_name: resume-tagger\n"
+        ),
+    )
+    with pytest.raises(ExecutionError):
+        project.call(conversion_experiment_name=None)
+    with pytest.raises(ExecutionError):
+        project.call(conversion_experiment_name="named-by-the-caller")  # the caller's name wins
+
+    assert not (tmp_path / "mlflow.db").exists(), "tracked in the root's store, not the file's"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    for call, name in zip(fake_child.calls, ["resume-taggers", "named-by-the-caller"]):
+        experiment = client.get_experiment_by_name(name)
+        assert experiment.artifact_location == artifacts
+        (run,) = client.search_runs([experiment.experiment_id])
+        assert run.data.tags["team"] == "nlp"
+        assert run.data.tags["cost_center"] == "42"
+        env = call["env"]
+        assert env["MLFLOW_TRACKING_URI"] == tracking_uri
+        assert env["MLFLOW_EXPERIMENT_ID"] == experiment.experiment_id
+        assert env["MLFLOW_RUN_ID"] == run.info.run_id
+        assert env[REGISTERED_MODEL_ENV] == "resume-tagger"
+
+
 # ------------------------------------------------------------------ in-process CLI bad input
 
 
@@ -474,6 +537,45 @@ def test_cli_main_bad_input_exits_2_with_a_short_error(
     assert len(errors) == 1
     assert fragment in errors[0]
     assert fake_child.calls == []
+
+
+def test_cli_run_records_the_training_run_id_as_lineage(
+    shared_root: Path, fake_child: FakeChild
+) -> None:
+    from onnxport.cli import main
+
+    project = make_project(shared_root, "cli-lineage")
+    flags = {"--experiment-name": project.experiment, "--platform": "local"}
+    code = main(_cli_args(project, **flags, **{"--parent-training-run-id": "train-run-9"}))
+    assert code == 1  # the stand-in child fails
+    (call,) = fake_child.calls
+    assert json.loads(call["env"][LINEAGE_ENV])["parent_training_run_id"] == "train-run-9"
+    (run,) = project.runs()
+    assert run.data.tags["code.lineage.parent_training_run_id"] == "train-run-9"
+
+
+@pytest.mark.slow
+def test_cli_run_force_converts_again_over_a_complete_result(
+    shared_root: Path, fake_child: FakeChild, converted, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from onnxport.cli import main
+
+    project = make_project(shared_root, "cli-force")
+    expected = project.expected_output_dir()
+    shutil.copytree(converted("distilbert-token").directory, expected)  # an earlier result
+    before = (expected / "manifest.json").read_bytes()
+    args = _cli_args(project, **{"--experiment-name": project.experiment, "--platform": "local"})
+
+    assert main(args) == 0
+    assert capsys.readouterr().out.strip() == str(expected)
+    assert fake_child.calls == []  # reused
+    assert main([*args, "--force"]) == 1  # converted again, by the stand-in child that fails
+    (call,) = fake_child.calls
+    assert call["arguments"].output_dir == expected
+    assert [r.info.status for r in project.cache_hit_runs()] == ["FINISHED"]
+    assert [r.info.status for r in project.conversion_runs()] == ["FAILED"]
+    assert (expected / "manifest.json").read_bytes() == before
+    assert verify_directory(expected) == []
 
 
 # =================================================================== end to end (slow)

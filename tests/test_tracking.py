@@ -235,42 +235,101 @@ def test_failed_unless_finished_keeps_a_status_set_inside(store, status: str) ->
 # ---------------------------------------------------------------------------------- retries
 
 
-def test_with_retry_retries_a_locked_database(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("onnxport.tracking.time.sleep", lambda _: None)
+# MLflow sets `PRAGMA busy_timeout = 20000` on every session: a call on a locked database
+# waits 20 s before SQLite gives up. The tests below shorten only that wait.
+MLFLOW_BUSY_TIMEOUT = "busy_timeout = 20000"
+SHORT_BUSY_TIMEOUT = "busy_timeout = 50"
+
+
+@pytest.fixture
+def lockable_store(tmp_path_factory: pytest.TempPathFactory):
+    """A store of its own, an `MlflowClient` on it that waits 50 ms for a lock, and a plain
+    sqlite3 connection to the same file that can hold the lock as another writer would."""
+    import sqlite3
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    root = root_with_store(tmp_path_factory, "lockable")
+    database = root / "mlflow.db"
+    shortened: list[str] = []
+
+    def shorten(conn, cursor, statement, parameters, context, executemany):
+        if MLFLOW_BUSY_TIMEOUT in statement and conn.engine.url.database == str(database):
+            shortened.append(statement)
+            statement = statement.replace(MLFLOW_BUSY_TIMEOUT, SHORT_BUSY_TIMEOUT)
+        return statement, parameters
+
+    event.listen(Engine, "before_cursor_execute", shorten, retval=True)
+    holder = sqlite3.connect(database, isolation_level=None)
+    try:
+        client = prepare_store(resolve_tracking_uri(root, ExperimentConfig()))
+        assert shortened, f"MLflow no longer sets {MLFLOW_BUSY_TIMEOUT}: update this fixture"
+        yield client, holder
+    finally:
+        holder.close()
+        event.remove(Engine, "before_cursor_execute", shorten)
+
+
+def test_with_retry_waits_out_a_real_sqlite_lock(lockable_store) -> None:
+    import sqlite3
+
+    from mlflow.exceptions import MlflowException
+
+    client, holder = lockable_store
+    holder.execute("BEGIN EXCLUSIVE")  # another process is writing
+    failures: list[Exception] = []
+
+    def create() -> str:
+        try:
+            return client.create_experiment("made-under-a-lock")
+        except Exception as e:
+            failures.append(e)
+            holder.rollback()  # the other writer finishes
+            raise
+
+    started = time.perf_counter()
+    experiment_id = with_retry(create)
+    assert time.perf_counter() - started < 10, "the short busy timeout did not apply"
+    (failure,) = failures
+    # What MLflow raises for a locked SQLite store: its own exception, from SQLAlchemy's,
+    # from sqlite3's.
+    assert isinstance(failure, MlflowException)
+    assert isinstance(failure.__cause__.orig, sqlite3.OperationalError)
+    assert str(failure.__cause__.orig) == "database is locked"
+    assert client.get_experiment(experiment_id).name == "made-under-a-lock"
+
+
+def test_with_retry_gives_up_on_a_lock_that_stays(lockable_store) -> None:
+    from mlflow.exceptions import MlflowException
+
+    client, holder = lockable_store
+    holder.execute("BEGIN EXCLUSIVE")
     calls = []
 
-    def flaky() -> str:
+    def create() -> str:
         calls.append(1)
-        if len(calls) < 3:
-            raise RuntimeError("(sqlite3.OperationalError) database is locked")
-        return "ok"
+        return client.create_experiment("never-made")
 
-    assert with_retry(flaky) == "ok"
+    with pytest.raises(MlflowException, match="database is locked"):
+        with_retry(create, attempts=3)
     assert len(calls) == 3
+    holder.rollback()
+    assert client.get_experiment_by_name("never-made") is None
 
 
-def test_with_retry_gives_up_after_its_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("onnxport.tracking.time.sleep", lambda _: None)
+def test_with_retry_does_not_retry_other_errors(store) -> None:
+    from mlflow.exceptions import MlflowException
+
+    client, _ = store
     calls = []
 
-    def locked() -> None:
+    def missing_run():
         calls.append(1)
-        raise RuntimeError("database is locked")
+        return client.get_run("0" * 32)
 
-    with pytest.raises(RuntimeError, match="locked"):
-        with_retry(locked, attempts=4)
-    assert len(calls) == 4
-
-
-def test_with_retry_does_not_retry_other_errors() -> None:
-    calls = []
-
-    def broken() -> None:
-        calls.append(1)
-        raise ValueError("no such table")
-
-    with pytest.raises(ValueError):
-        with_retry(broken)
+    with pytest.raises(MlflowException, match="not found"):
+        with_retry(missing_run)
     assert len(calls) == 1
 
 

@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from onnxport.errors import AzureMLError, one_line
 from onnxport.manifest import MANIFEST_FILENAME, read_manifest, verify_directory
@@ -24,13 +24,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 MODEL_OUTPUT = "onnx_model"
 """The conversion job's output that holds the published directory."""
 COMPLETED = "Completed"
 # azure-ai-ml's RunHistoryConstants.TERMINAL_STATUSES: a job in these states never moves on.
 TERMINAL_STATUSES = ("Completed", "Failed", "Canceled", "NotResponding", "Paused")
 DEFAULT_POLL_SECONDS = 30.0
-GET_ATTEMPTS = 3
+REQUEST_ATTEMPTS = 3
 _STATUS_HINTS = {
     "Failed": "read its log: az ml job stream --name {name} (or open it in Azure ML studio)",
     "Canceled": "it was canceled before it finished; submit it again",
@@ -39,19 +41,35 @@ _STATUS_HINTS = {
 }
 
 
-def _get_job(ml_client: MLClient, name: str, poll_seconds: float) -> Job:
-    for attempt in range(GET_ATTEMPTS):
+def _retried(
+    request: Callable[[], T],
+    what: str,
+    pause: float,
+    before_retry: Callable[[], None] | None = None,
+) -> T:
+    """`request()`, tried up to `REQUEST_ATTEMPTS` times: the service fails a single request
+    now and then (a reset connection, a busy front end). The last failure is raised."""
+    for attempt in range(REQUEST_ATTEMPTS):
         try:
-            return ml_client.jobs.get(name)
+            return request()
         except Exception as e:  # the SDK raises many types for one failed request
-            if attempt == GET_ATTEMPTS - 1:
-                raise AzureMLError(
-                    f"cannot read the state of job {name}: {one_line(e)}",
-                    hint="check the workspace and your access (az login); the job is unaffected",
-                ) from e
-            logger.warning("reading job %s failed (%s); retrying", name, one_line(e, 120))
-            time.sleep(poll_seconds)
+            if attempt == REQUEST_ATTEMPTS - 1:
+                raise
+            logger.warning("%s failed (%s); retrying", what, one_line(e, 120))
+            if before_retry is not None:
+                before_retry()
+            time.sleep(pause)
     raise AssertionError("unreachable")
+
+
+def _get_job(ml_client: MLClient, name: str, poll_seconds: float) -> Job:
+    try:
+        return _retried(lambda: ml_client.jobs.get(name), f"reading job {name}", poll_seconds)
+    except Exception as e:
+        raise AzureMLError(
+            f"cannot read the state of job {name}: {one_line(e)}",
+            hint="check the workspace and your access (az login); the job is unaffected",
+        ) from e
 
 
 def wait_for_jobs(
@@ -136,8 +154,9 @@ def validate_conversion_job(
     """Check a conversion job Completed and its output is complete; the local directory.
 
     Downloads the `onnx_model` output into `<download_dir>/<job name>/` (None: a new
-    temporary directory, left for the caller) and checks it: a manifest, every checksum
-    matching, and validation passed for every published model.
+    temporary directory, left for the caller if the output passes, else removed) and
+    checks it: a manifest, every checksum matching, and validation passed for every
+    published model. A failed request is tried again, as reading a job's state is.
     """
     name = job.name
     status = _get_job(ml_client, name, DEFAULT_POLL_SECONDS).status
@@ -149,8 +168,31 @@ def validate_conversion_job(
         )
     target = _download_target(download_dir, name)
     try:
-        ml_client.jobs.download(name, output_name=MODEL_OUTPUT, download_path=str(target))
-    except Exception as e:  # the SDK raises many types for one failed download
+        return _download_and_check(ml_client, name, target)
+    except BaseException:
+        if download_dir is None:  # only this function knows where it is
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+
+
+def _empty(directory: Path) -> None:
+    shutil.rmtree(directory)
+    directory.mkdir()
+
+
+def _download_and_check(ml_client: MLClient, name: str, target: Path) -> Path:
+    """Download job `name`'s output into `target`; the checked onnxport directory in it."""
+    try:
+        _retried(
+            lambda: ml_client.jobs.download(
+                name, output_name=MODEL_OUTPUT, download_path=str(target)
+            ),
+            f"downloading the {MODEL_OUTPUT} output of job {name}",
+            DEFAULT_POLL_SECONDS,
+            # A broken download may leave files behind: the next attempt starts clean.
+            before_retry=lambda: _empty(target),
+        )
+    except Exception as e:
         raise AzureMLError(
             f"cannot download the {MODEL_OUTPUT} output of conversion job {name}: {one_line(e)}",
             hint="check your access to the workspace's datastore, then validate again",

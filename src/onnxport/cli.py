@@ -27,7 +27,7 @@ from onnxport.config import (
     OptimizeLevel,
     load_conversion_config,
 )
-from onnxport.errors import EXIT_BAD_INPUT, InternalError, OnnxportError
+from onnxport.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InternalError, OnnxportError
 from onnxport.process import exit_process, freeze_startup_objects, own_process
 from onnxport.tasks import Task
 
@@ -331,8 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as e:
         return e.exit_code
     except (typer.Abort, KeyboardInterrupt):
-        console.print("interrupted; nothing was published")
-        return 130
+        return _interrupted()
     except Exception as e:
         import click
 
@@ -341,7 +340,15 @@ def main(argv: list[str] | None = None) -> int:
             e.show()
             return e.exit_code if e.exit_code else EXIT_BAD_INPUT
         return _print_error(e, debug)
+    if returned == EXIT_INTERRUPTED:
+        # Typer turns Ctrl-C inside a command into this return value, and says nothing.
+        return _interrupted()
     return returned if isinstance(returned, int) else 0
+
+
+def _interrupted() -> int:
+    console.print("interrupted; nothing was published")
+    return EXIT_INTERRUPTED
 
 
 def run() -> NoReturn:

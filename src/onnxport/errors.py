@@ -9,6 +9,7 @@ from __future__ import annotations
 
 EXIT_CONVERSION_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a process stopped by Ctrl-C
 
 
 def one_line(error: BaseException | str, limit: int = 300) -> str:
