@@ -321,8 +321,7 @@ def test_sigkill_in_every_stage_loses_nothing_and_the_next_run_converts(
     rng = random.Random(SEED)
     plans = [(stage, None) for stage in STAGES]
     plans += [
-        (STAGES[i % len(STAGES)], rng.uniform(0.0, MAX_DELAY))
-        for i in range(TRIALS - len(STAGES))
+        (STAGES[i % len(STAGES)], rng.uniform(0.0, MAX_DELAY)) for i in range(TRIALS - len(STAGES))
     ]
     rng.shuffle(plans)
     where: dict[str, str] = {}

@@ -288,9 +288,7 @@ def test_with_retry_waits_out_a_real_sqlite_lock(lockable_store) -> None:
             holder.rollback()  # the other writer finishes
             raise
 
-    started = time.perf_counter()
     experiment_id = with_retry(create)
-    assert time.perf_counter() - started < 10, "the short busy timeout did not apply"
     (failure,) = failures
     # What MLflow raises for a locked SQLite store: its own exception, from SQLAlchemy's,
     # from sqlite3's.
