@@ -54,6 +54,15 @@ def pytest_configure(config: pytest.Config) -> None:
     check_ci_has_the_extras()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A module's tests run on one worker (`--dist loadgroup`), unless they name a group of
+    their own: its module-scoped fixtures (conversions, MLflow stores) are then built once,
+    not once per worker."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """`checkpoint(name)`: the directory of the tiny model `name` of `models.MODELS`."""
