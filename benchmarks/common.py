@@ -29,7 +29,7 @@ def build_tiny_checkpoint(directory: Path) -> Path:
     import torch
     from transformers import DistilBertConfig, DistilBertForTokenClassification
 
-    from onnxport.demo import corpus, train_wordpiece_tokenizer
+    from onnxport.demo.training import corpus, train_wordpiece_tokenizer
 
     print(f"building a tiny checkpoint in {directory} (once)", file=sys.stderr)
     directory.mkdir(parents=True, exist_ok=True)

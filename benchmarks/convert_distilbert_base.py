@@ -44,27 +44,16 @@ TARGET_MAX_ABS_DIFF = 1e-4
 TARGET_AGREEMENT = 1.0
 MB = 1024.0 * 1024.0
 # The CLI's ProgressPrinter prints "… <label>" on stderr when a stage starts and
-# "✓ <label> 1.2 s" when it ends; the labels come from onnxport.render (a stage without a
-# label there is printed, and recorded here, under its own name).
-FALLBACK_STAGE_LABELS = {
-    "load": "load source",
-    "export": "export to ONNX",
-    "passes": "optimize / quantize",
-    "validate": "validate against PyTorch",
-    "smoke_test": "smoke test",
-    "publish": "publish",
-}
+# "✓ <label> 1.2 s" when it ends; the labels are the stages' own (onnxport.progress.Stage).
 START_LINE = re.compile(r"^…\s+(?P<label>.+?)\s*$")
 DONE_LINE = re.compile(r"^[✓✗]\s+(?P<label>.+?)\s+[\d.]+ s\s*$")
 
 
 def stage_names() -> dict[str, str]:
     """Progress label -> stage name."""
-    try:
-        from onnxport.render import STAGE_LABELS as labels
-    except ImportError:
-        labels = FALLBACK_STAGE_LABELS
-    return {label: stage for stage, label in labels.items()}
+    from onnxport.progress import Stage
+
+    return {stage.label: stage.value for stage in Stage}
 
 
 def cpu_model() -> str:
@@ -84,7 +73,7 @@ def build_checkpoint(directory: Path, vocab_size: int) -> Path:
     import torch
     from transformers import DistilBertConfig, DistilBertForTokenClassification
 
-    from onnxport.demo import corpus, train_wordpiece_tokenizer
+    from onnxport.demo.training import corpus, train_wordpiece_tokenizer
 
     print(f"building the checkpoint in {directory} (once)", file=sys.stderr)
     directory.mkdir(parents=True, exist_ok=True)
@@ -241,10 +230,10 @@ def per_shape_figures(checkpoint: Path, model_path: Path) -> list[dict[str, Any]
     The manifest keeps the worst figure over the shapes; this runs `validate_model` on one
     shape at a time with the same references (same inputs and seed) as the pipeline.
     """
-    from onnxport.config import ConversionConfig
     from onnxport.pipeline import validation_shapes
+    from onnxport.request.config import ConversionConfig
     from onnxport.sources import load_source
-    from onnxport.validate import DEFAULT_TOLERANCES, compute_references, validate_model
+    from onnxport.verify.validate import DEFAULT_TOLERANCES, compute_references, validate_model
 
     config = ConversionConfig()
     source = load_source(checkpoint, config.source)
@@ -258,7 +247,6 @@ def per_shape_figures(checkpoint: Path, model_path: Path) -> list[dict[str, Any]
             model_path,
             [reference],
             task=source.task,
-            variant="fp32",
             tolerance=DEFAULT_TOLERANCES["fp32"],
             min_agreement=config.validation.min_task_agreement,
         )

@@ -32,7 +32,8 @@ from typing import Any
 
 from common import checkpoint, machine, now
 
-from onnxport.benchmark_runtimes import (
+from onnxport.artifact.manifest import read_manifest, verify_directory
+from onnxport.benchmark.runtimes import (
     measure_interleaved,
     open_onnx,
     open_pytorch,
@@ -40,7 +41,6 @@ from onnxport.benchmark_runtimes import (
     source_inputs,
     warm_up,
 )
-from onnxport.manifest import read_manifest, verify_directory
 
 TARGETS = {"fp32 (default)": 0.65, "int8": 0.33}
 

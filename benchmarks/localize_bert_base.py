@@ -28,7 +28,7 @@ def prepare(workdir: Path) -> None:
     from onnx import numpy_helper
     from transformers import BertConfig, BertForTokenClassification
 
-    from onnxport.demo import corpus, train_wordpiece_tokenizer
+    from onnxport.demo.training import corpus, train_wordpiece_tokenizer
     from onnxport.export import export_to_onnx
     from onnxport.sources import load_source
 
@@ -49,10 +49,10 @@ def prepare(workdir: Path) -> None:
 
 
 def localize(workdir: Path) -> None:
-    from onnxport.config import SourceConfig
-    from onnxport.localize import localize_fp32_failure
+    from onnxport.request.config import SourceConfig
     from onnxport.sources import load_source
-    from onnxport.validate import compute_references, validate_model
+    from onnxport.verify.divergence import locate_fp32_failure
+    from onnxport.verify.validate import compute_references, validate_model
 
     started = time.perf_counter()
     source = load_source(workdir / "checkpoint")
@@ -62,9 +62,8 @@ def localize(workdir: Path) -> None:
     del source
     gc.collect()
     validation = validate_model(workdir / "broken" / "model.onnx", references, task=task)
-    found = localize_fp32_failure(
-        workdir / "checkpoint",
-        SourceConfig(),
+    found = locate_fp32_failure(
+        lambda: load_source(workdir / "checkpoint", SourceConfig()),
         workdir / "broken" / "model.onnx",
         references,
         validation,

@@ -38,8 +38,8 @@ import numpy as np
 import psutil
 from common import checkpoint, machine, now, tree_rss
 
-from onnxport.benchmark_runtimes import directory_inputs, measure_interleaved, open_onnx
-from onnxport.manifest import read_manifest
+from onnxport.artifact.manifest import read_manifest
+from onnxport.benchmark.runtimes import directory_inputs, measure_interleaved, open_onnx
 
 MB = 1024.0 * 1024.0
 OPTIMUM_REQUIREMENTS = (

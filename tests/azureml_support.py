@@ -29,7 +29,8 @@ from azure.ai.ml.entities import CommandJob, Job
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.core.pipeline.transport import HttpRequest, RequestsTransportResponse
 
-from onnxport.azureml_service import MODEL_OUTPUT, TERMINAL_STATUSES
+from onnxport.azureml.job import MODEL_OUTPUT
+from onnxport.azureml.sdk import TERMINAL_STATUSES
 from onnxport.tracking import ensure_experiment, prepare_store
 
 TRAINING_ENVIRONMENT = "azureml:training-env:1"

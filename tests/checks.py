@@ -10,8 +10,7 @@ import torch
 
 from models import MODELS
 from onnxport import __version__
-from onnxport.export import adapter_for
-from onnxport.manifest import (
+from onnxport.artifact.manifest import (
     MANIFEST_FILENAME,
     REPORT_FILENAME,
     Manifest,
@@ -19,6 +18,7 @@ from onnxport.manifest import (
     sha256_file,
     verify_directory,
 )
+from onnxport.export.strategies import adapter_for
 from onnxport.sources import Source
 from onnxport.sources.huggingface import TEXT_EXAMPLE_SHAPE
 from onnxport.tasks import Modality

@@ -22,10 +22,13 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from models import MODELS
-from onnxport.config import ConversionConfig, Exporter
-from onnxport.export import ExportResult, export_to_onnx
-from onnxport.manifest import Manifest
-from onnxport.pipeline import ConversionRequest, StageEvent, convert
+from onnxport.artifact.manifest import Manifest
+from onnxport.artifact.records import ExportRecord
+from onnxport.export import export_to_onnx
+from onnxport.pipeline import convert
+from onnxport.progress import StageEvent
+from onnxport.request import ConversionRequest
+from onnxport.request.config import ConversionConfig, Exporter
 from onnxport.sources import Source, load_source
 from suite import build_once, check_ci_has_the_extras, one_core_per_worker
 
@@ -102,17 +105,25 @@ def source(checkpoint) -> Callable[[str], Source]:
     return get
 
 
+@dataclass(frozen=True)
+class Exported:
+    """An exported model file and the export's record."""
+
+    path: Path
+    record: ExportRecord
+
+
 @pytest.fixture(scope="session")
 def exported(source, tmp_path_factory: pytest.TempPathFactory):
-    """`exported(name, exporter)`: an `ExportResult` of `export_to_onnx`, opset 18."""
+    """`exported(name, exporter)`: `export_to_onnx` of a checkpoint, opset 18."""
     root = tmp_path_factory.mktemp("exported")
-    done: dict[tuple[str, Exporter], ExportResult] = {}
+    done: dict[tuple[str, Exporter], Exported] = {}
 
-    def get(name: str, exporter: Exporter = Exporter.TORCHSCRIPT) -> ExportResult:
+    def get(name: str, exporter: Exporter = Exporter.TORCHSCRIPT) -> Exported:
         key = (name, exporter)
         if key not in done:
             path = root / f"{name}-{exporter.value}" / "model.onnx"
-            done[key] = export_to_onnx(source(name), path, exporter=exporter)
+            done[key] = Exported(path, export_to_onnx(source(name), path, exporter=exporter))
         return done[key]
 
     return get
@@ -201,7 +212,7 @@ def cli_converted(checkpoint, tmp_path_factory: pytest.TempPathFactory):
 def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A demo cache directory holding the trained demo tagger (`build_demo_checkpoint`,
     ~15 s of training once per run)."""
-    from onnxport.demo import build_demo_checkpoint
+    from onnxport.demo.training import build_demo_checkpoint
 
     return build_once(tmp_path_factory, "demo-cache", _keeping_threads(build_demo_checkpoint))
 
@@ -217,7 +228,7 @@ def trained_tagger(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Not the demo's cached 300-step model: that one's int8 agreement on the validation text
     sits near 0.99 (0.9869 in one run), which is why the demo gates at 0.98. Shared: copy
     before damaging."""
-    from onnxport.demo import train_demo_model
+    from onnxport.demo.training import train_demo_model
 
     def train(directory: Path) -> None:
         result = train_demo_model(directory, steps=TRAINED_TAGGER_STEPS)

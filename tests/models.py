@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from onnxport.demo import corpus, train_wordpiece_tokenizer
+from onnxport.demo.training import corpus, train_wordpiece_tokenizer
 from onnxport.tasks import Task
 
 # The trainer stops at ~480 tokens on the résumé corpus; the models leave room above that.

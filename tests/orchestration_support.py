@@ -101,7 +101,7 @@ def migrated_store(tmp_path_factory) -> Path:
     Created once per test run (the schema migration takes seconds); tests that need a
     store of their own get a copy of it from `root_with_store`.
     """
-    from onnxport.config import ExperimentConfig
+    from onnxport.request.config import ExperimentConfig
     from onnxport.tracking import prepare_store, resolve_tracking_uri
 
     def migrate(directory: Path) -> None:

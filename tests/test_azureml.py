@@ -36,28 +36,27 @@ from azureml_support import (
     write_workspace_config,
 )
 from onnxport import __version__
+from onnxport.artifact.manifest import MANIFEST_FILENAME, read_manifest, verify_directory
 from onnxport.azureml import (
-    CHECKPOINT_INPUT,
-    CONFIG_INPUT,
-    MODEL_SUBDIR,
     check_command_bindings,
     create_conversion_job,
     get_checkpoint_output_from_training_job,
     submit_conversion_job,
     write_job_yaml,
 )
-from onnxport.azureml_environment import (
+from onnxport.azureml.environment import (
     AZUREML_MLFLOW_REQUIREMENT,
     runtime_requirements,
     stage_code,
 )
-from onnxport.azureml_service import MODEL_OUTPUT, validate_conversion_job, wait_for_jobs
-from onnxport.cli_azureml import read_training_job_names
-from onnxport.config import ConversionConfig, load_conversion_config
+from onnxport.azureml.job import CHECKPOINT_INPUT, CONFIG_INPUT, MODEL_OUTPUT, MODEL_SUBDIR
+from onnxport.azureml.service import validate_conversion_job, wait_for_jobs
+from onnxport.commands.azureml import read_training_job_names
 from onnxport.errors import AzureMLError, ConfigError
-from onnxport.execution import LINEAGE_ENV, _parse
-from onnxport.fingerprints import conversion_fingerprint
-from onnxport.manifest import MANIFEST_FILENAME, read_manifest, verify_directory
+from onnxport.execution import LINEAGE_ENV
+from onnxport.execution.runner import _parse
+from onnxport.request.config import ConversionConfig, load_conversion_config
+from onnxport.request.fingerprints import conversion_fingerprint
 from onnxport.tracking import lineage_tags
 from orchestration_support import root_with_store
 
@@ -243,7 +242,7 @@ def test_runtime_requirements_are_the_pinned_run_time_packages() -> None:
 
 def test_stage_code_replaces_only_what_it_staged(tmp_path) -> None:
     staged = stage_code(tmp_path / "code")
-    assert (staged / "onnxport" / "azureml.py").is_file()
+    assert (staged / "onnxport" / "azureml" / "job.py").is_file()
     assert not list(staged.rglob("__pycache__"))
     assert (staged / f"onnxport-{__version__}.dist-info" / "METADATA").is_file()
     assert stage_code(staged) == staged  # again, over its own copy
@@ -423,7 +422,7 @@ def test_dry_run_writes_yaml_that_load_job_loads(cli, tmp_path) -> None:
     assert command_job.tags["onnxport.quantization"] == "int8"
     config_input = output.parent / command_job.inputs[CONFIG_INPUT].path
     assert load_conversion_config(config_input).onnx.quantization.value == "int8"
-    assert (output.parent / command_job.code / "onnxport" / "execution.py").is_file()
+    assert (output.parent / command_job.code / "onnxport" / "execution" / "__main__.py").is_file()
 
     several = cli("azureml", "submit", "-t", "a", "-t", "b", "--compute", "c",
                   "--dry-run", "-o", tmp_path / "many.yaml")  # fmt: skip
@@ -661,7 +660,7 @@ def test_the_platforms_cli_script_form_builds_the_directory_forms_job(tmp_path) 
     ("name", "message"),
     [
         ("missing", r"code directory or CLI script .*cli\.py \(script_path\) does not exist"),
-        ("not-an-entry-point", r"config\.py is a file, but not onnxport's CLI or execution"),
+        ("not-an-entry-point", r"pipeline\.py is a file, but not onnxport's CLI or execution"),
         ("not-in-the-package", r"README\.md is a file, but not onnxport's CLI or execution"),
     ],
 )
@@ -670,7 +669,7 @@ def test_a_script_path_that_is_not_the_cli_is_refused_with_its_reason(
 ) -> None:
     script_path = {
         "missing": tmp_path / "src" / "onnxport" / "cli.py",
-        "not-an-entry-point": REPO / "src" / "onnxport" / "config.py",
+        "not-an-entry-point": REPO / "src" / "onnxport" / "pipeline.py",
         "not-in-the-package": REPO / "README.md",
     }[name]
     with pytest.raises(AzureMLError, match=message) as raised:

@@ -17,16 +17,16 @@ pytest.importorskip("azure.ai.ml", reason="needs the azureml extra (pip install 
 from azure.core.exceptions import HttpResponseError, ServiceRequestError
 
 from azureml_support import FakeMLClient, http_error, training_job
+from onnxport.artifact.manifest import MANIFEST_FILENAME, verify_directory
 from onnxport.azureml import create_conversion_job, submit_conversion_job
-from onnxport.azureml_service import (
+from onnxport.azureml.job import MODEL_OUTPUT
+from onnxport.azureml.service import (
     DEFAULT_POLL_SECONDS,
-    MODEL_OUTPUT,
     REQUEST_ATTEMPTS,
     validate_conversion_job,
     wait_for_jobs,
 )
 from onnxport.errors import AzureMLError
-from onnxport.manifest import MANIFEST_FILENAME, verify_directory
 
 REPO = Path(__file__).resolve().parents[1]
 # A registered environment: the job needs no staged code or built environment.
@@ -68,7 +68,7 @@ def submit(tmp_path: Path):
 def pauses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The pauses the service side takes between attempts, recorded instead of slept."""
     taken: list[float] = []
-    monkeypatch.setattr("onnxport.azureml_service.time.sleep", taken.append)
+    monkeypatch.setattr("onnxport.azureml.service.time.sleep", taken.append)
     return taken
 
 
@@ -100,7 +100,7 @@ def test_transient_failures_to_read_a_job_are_retried(
     client = FakeMLClient(failures={"get": [connection_reset(), None, service_busy()]})
     name = submit(client)
     seen: list[str] = []
-    with caplog.at_level(logging.WARNING, logger="onnxport.azureml_service"):
+    with caplog.at_level(logging.WARNING, logger="onnxport.azureml.service"):
         done = wait_for_jobs(
             client, [name], poll_seconds=0, on_status=lambda job, status: seen.append(status)
         )
@@ -110,7 +110,7 @@ def test_transient_failures_to_read_a_job_are_retried(
     warnings = [
         r.getMessage()
         for r in caplog.records
-        if r.name == "onnxport.azureml_service" and r.levelno == logging.WARNING
+        if r.name == "onnxport.azureml.service" and r.levelno == logging.WARNING
     ]
     assert len(warnings) == 2
     assert warnings[0].startswith(f"reading job {name} failed (('Connection aborted.'")

@@ -29,9 +29,9 @@ import torch
 import yaml
 
 from models import _bert_config, edit_config_json
+from onnxport.artifact.manifest import verify_directory
+from onnxport.artifact.publish import OLD_MARKER, PARTIAL_MARKER
 from onnxport.errors import ConfigError, OnnxportError, SourceError, TrackingError
-from onnxport.manifest import verify_directory
-from onnxport.publish import OLD_MARKER, PARTIAL_MARKER
 from orchestration_support import EXEC_FP, SPEC_FP, root_with_store
 from suite import AZUREML_EXTRA
 from test_orchestration import (

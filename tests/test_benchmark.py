@@ -10,23 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from onnxport.benchmark import (
-    BenchmarkInputError,
-    BenchmarkResult,
-    BenchmarkSettings,
-    benchmark_directory,
-    record_benchmark,
+from onnxport.artifact.manifest import (
+    MANIFEST_FILENAME,
+    read_manifest,
+    sha256_file,
+    verify_directory,
 )
-from onnxport.benchmark_runtimes import (
-    Runtime,
-    RuntimeFigures,
-    measure_interleaved,
-    onnx_session_options,
-)
-from onnxport.config import ConversionConfig
-from onnxport.manifest import MANIFEST_FILENAME, read_manifest, sha256_file, verify_directory
-from onnxport.pipeline import ConversionRequest, convert
-from onnxport.report import REPORT_HTML_FILENAME, REPORT_PLOT_FILENAME
+from onnxport.artifact.records import BenchmarkRecord, RuntimeRecord
+from onnxport.artifact.report import REPORT_HTML_FILENAME, REPORT_PLOT_FILENAME
+from onnxport.benchmark import BenchmarkSettings, benchmark_directory, record_benchmark
+from onnxport.benchmark.runtimes import Runtime, measure_interleaved
+from onnxport.errors import BenchmarkInputError, OutputError
+from onnxport.pipeline import convert
+from onnxport.request import ConversionRequest
+from onnxport.request.config import ConversionConfig
+from onnxport.verify.runtime import session_options
 
 TINY = BenchmarkSettings(batch_sizes=(1, 2), seq_lengths=(8, 16), threads=1, iterations=3, warmup=1)
 
@@ -38,7 +36,7 @@ def tagger(converted) -> Path:
 
 
 @pytest.fixture(scope="module")
-def result(tagger: Path) -> BenchmarkResult:
+def result(tagger: Path) -> BenchmarkRecord:
     return benchmark_directory(tagger, TINY)
 
 
@@ -58,10 +56,10 @@ def quantized(checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ------------------------------------------------------------------------ the figures
 
 
-def test_every_runtime_is_measured_on_every_shape(result: BenchmarkResult) -> None:
+def test_every_runtime_is_measured_on_every_shape(result: BenchmarkRecord) -> None:
     assert [r.name for r in result.runtimes] == ["pytorch", "fp32"]
     assert [r.engine for r in result.runtimes] == ["pytorch-eager", "onnxruntime"]
-    assert result.settings == TINY
+    assert result.settings == TINY.record()
     assert result.size_name == "sequence length"
     assert result.inputs == "tokenized sample text"
     grid = {(b, s) for b in TINY.batch_sizes for s in TINY.seq_lengths}
@@ -71,7 +69,7 @@ def test_every_runtime_is_measured_on_every_shape(result: BenchmarkResult) -> No
     assert len(result.timings) == 2 * len(grid)
 
 
-def test_figures_are_positive_and_consistent(result: BenchmarkResult) -> None:
+def test_figures_are_positive_and_consistent(result: BenchmarkRecord) -> None:
     for t in result.timings:
         assert t.iterations == TINY.iterations
         assert 0 < t.p50_ms <= t.p90_ms <= t.p99_ms, t
@@ -85,7 +83,7 @@ def test_figures_are_positive_and_consistent(result: BenchmarkResult) -> None:
         assert r.rss_growth_mb is not None
 
 
-def test_file_sizes_are_those_on_disk(result: BenchmarkResult, tagger: Path, checkpoint) -> None:
+def test_file_sizes_are_those_on_disk(result: BenchmarkRecord, tagger: Path, checkpoint) -> None:
     sizes = {r.name: r.size_bytes for r in result.runtimes}
     assert sizes["fp32"] == (tagger / "model_fp32.onnx").stat().st_size
     weights = checkpoint("distilbert-token") / "model.safetensors"
@@ -105,7 +103,7 @@ def test_every_published_variant_is_measured(quantized: Path) -> None:
     assert verify_directory(quantized) == [], "benchmarking changes nothing"
 
 
-def test_threads_and_machine_are_recorded(result: BenchmarkResult) -> None:
+def test_threads_and_machine_are_recorded(result: BenchmarkRecord) -> None:
     assert result.machine["threads"] == TINY.threads
     assert result.machine["cpu_model"]
     assert "torch.set_num_threads(1)" in result.machine["threading"]
@@ -113,9 +111,8 @@ def test_threads_and_machine_are_recorded(result: BenchmarkResult) -> None:
     assert set(result.versions) >= {"torch", "onnxruntime"}
 
 
-def test_the_result_survives_json(result: BenchmarkResult) -> None:
-    data = json.loads(json.dumps(result.to_dict()))
-    assert BenchmarkResult.from_dict(data) == result
+def test_the_result_survives_json(result: BenchmarkRecord) -> None:
+    assert BenchmarkRecord.model_validate_json(result.model_dump_json()) == result
 
 
 def test_torch_threads_are_restored(tagger: Path) -> None:
@@ -128,10 +125,10 @@ def test_torch_threads_are_restored(tagger: Path) -> None:
 
 
 def test_session_options_are_the_same_threads_without_spinning() -> None:
-    options = onnx_session_options(3)
+    options = session_options(threads=3, spinning=False)
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (3, 1)
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    spinning = onnx_session_options(3, spinning=True)
+    spinning = session_options(threads=3, spinning=True)
     assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
 
 
@@ -139,7 +136,8 @@ def test_runs_are_interleaved_in_rotating_order() -> None:
     calls: list[str] = []
 
     def runtime(name: str) -> Runtime:
-        return Runtime(RuntimeFigures(name, "fake", None, 1, 0.0), lambda _: calls.append(name))
+        figures = RuntimeRecord(name=name, engine="fake", file=None, size_bytes=1, load_seconds=0)
+        return Runtime(figures, lambda _: calls.append(name))
 
     runtimes = [runtime("a"), runtime("b"), runtime("c")]
     timings = measure_interleaved(runtimes, [(1, 4)], lambda b, s: {}, iterations=3, warmup=1)
@@ -200,15 +198,14 @@ def test_onnx_alone_does_not_import_torch(tagger: Path) -> None:
 
 
 def test_record_benchmark_updates_the_manifest_and_keeps_it_verified(
-    result: BenchmarkResult, copy_output
+    result: BenchmarkRecord, copy_output
 ) -> None:
     directory = copy_output("distilbert-token")
     model = sha256_file(directory / "model_fp32.onnx")
     written = record_benchmark(directory, result)
     manifest = read_manifest(directory)
     assert manifest == written
-    assert manifest.benchmark == result.to_dict()
-    assert BenchmarkResult.from_dict(manifest.benchmark) == result
+    assert manifest.benchmark == result
     assert verify_directory(directory) == []
     assert {p.name for p in directory.iterdir()} == set(manifest.files) | {MANIFEST_FILENAME}
     assert (directory / REPORT_PLOT_FILENAME).read_bytes().startswith(b"\x89PNG")
@@ -240,9 +237,9 @@ def test_bad_settings_are_refused(changes: dict, says: str) -> None:
 
 
 def test_a_directory_that_is_not_an_output_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(BenchmarkInputError, match="is not a directory"):
+    with pytest.raises(OutputError, match="is not a directory"):
         benchmark_directory(tmp_path / "nowhere", TINY)
-    with pytest.raises(BenchmarkInputError, match="holds no manifest"):
+    with pytest.raises(OutputError, match="holds no manifest"):
         benchmark_directory(tmp_path, TINY)
 
 
@@ -250,7 +247,7 @@ def test_a_damaged_directory_is_refused(copy_output) -> None:
     directory = copy_output("distilbert-token")
     with (directory / "model_fp32.onnx").open("ab") as f:
         f.write(b"\0")
-    with pytest.raises(BenchmarkInputError, match=r"is damaged: model_fp32\.onnx does not match"):
+    with pytest.raises(OutputError, match=r"is damaged: model_fp32\.onnx does not match"):
         benchmark_directory(directory, TINY)
 
 
@@ -263,7 +260,8 @@ def test_a_sequence_longer_than_the_model_reads_is_refused(converted) -> None:
 def test_a_moved_source_checkpoint_suggests_no_pytorch(copy_output, tmp_path: Path) -> None:
     directory = copy_output("distilbert-token")
     manifest = read_manifest(directory)
-    manifest.source.path = str(tmp_path / "moved-away")
+    moved = manifest.source.model_copy(update={"path": str(tmp_path / "moved-away")})
+    manifest = manifest.model_copy(update={"source": moved})
     (directory / MANIFEST_FILENAME).write_text(manifest.to_json(), encoding="utf-8")
     with pytest.raises(BenchmarkInputError, match="cannot load the source checkpoint") as caught:
         benchmark_directory(directory, TINY)
@@ -282,7 +280,7 @@ def test_benchmark_command_prints_json_and_records_it(cli, copy_output) -> None:
     )
     assert run.code == 0, run.stderr
     printed = json.loads(run.stdout)
-    assert read_manifest(directory).benchmark == printed
+    assert read_manifest(directory).benchmark.model_dump(mode="json") == printed
     assert {t["runtime"] for t in printed["timings"]} == {"pytorch", "fp32"}
     assert "✓ benchmark" in run.stderr
     assert verify_directory(directory) == []
@@ -326,7 +324,7 @@ def test_benchmark_command_refuses_bad_directories(cli, copy_output, tmp_path: P
         run = cli("benchmark", directory)
         assert run.code == 2, run.stderr
         first = run.stderr.splitlines()[0]
-        assert first.startswith("error (benchmark): ") and says in first
+        assert first.startswith("error (output): ") and says in first
         assert "Traceback" not in run.stderr
 
 
@@ -341,9 +339,9 @@ def test_convert_with_benchmark_benchmarks_the_published_directory(
     )
     assert run.code == 0, run.stderr
     manifest = read_manifest(output)
-    assert json.loads(run.stdout)["benchmark"] == manifest.benchmark
-    result = BenchmarkResult.from_dict(manifest.benchmark)
-    assert result.settings.batch_sizes == (1, 8) and result.settings.seq_lengths == (32, 128)
+    assert json.loads(run.stdout)["benchmark"] == manifest.benchmark.model_dump(mode="json")
+    result = manifest.benchmark
+    assert result.settings.batch_sizes == [1, 8] and result.settings.seq_lengths == [32, 128]
     assert [r.name for r in result.runtimes] == ["pytorch", "fp32"]
     assert (output / REPORT_PLOT_FILENAME).is_file()
     assert verify_directory(output) == []
@@ -357,7 +355,7 @@ def test_convert_with_benchmark_benchmarks_the_published_directory(
 def test_a_tracked_benchmark_logs_metrics_and_artifacts(
     cli, copy_output, tmp_path_factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from onnxport.config import ExperimentConfig
+    from onnxport.request.config import ExperimentConfig
     from onnxport.tracking import (
         create_run,
         ensure_experiment,

@@ -20,7 +20,7 @@ import yaml
 
 from checks import check_agrees_on_a_new_shape, check_published
 from models import CORE_MODELS, edit_config_json, make_pickle_checkpoint
-from onnxport.manifest import MANIFEST_FILENAME, read_manifest, verify_directory
+from onnxport.artifact.manifest import MANIFEST_FILENAME, read_manifest, verify_directory
 
 FAST = ("--exporter", "torchscript")
 
@@ -157,7 +157,7 @@ def test_convert_quantize_int8_publishes_a_validated_int8_model(flagged, source)
 @pytest.mark.slow
 def test_convert_verbose_logs_each_step(flagged) -> None:
     process, _ = flagged
-    assert "INFO onnxport.export: exporting with the torchscript exporter (opset 18)" in (
+    assert "INFO onnxport.export.exporter: exporting with the torchscript exporter (opset 18)" in (
         process.stderr
     )
     assert "INFO onnxport.pipeline: conversion complete:" in process.stderr

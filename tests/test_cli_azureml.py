@@ -18,8 +18,8 @@ from azure.identity import DefaultAzureCredential
 
 from azureml_support import FakeMLClient, http_error, serve_jobs, training_job
 from azureml_support import write_workspace_config as workspace_config
-from onnxport.azureml import CHECKPOINT_INPUT
-from onnxport.cli_azureml import connect
+from onnxport.azureml.job import CHECKPOINT_INPUT
+from onnxport.commands.azureml import connect
 from onnxport.errors import ConfigError
 
 NAMED = ("sub-1", "rg-1", "ws-1")

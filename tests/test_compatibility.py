@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from onnxport.manifest import MANIFEST_FILENAME, read_manifest, verify_directory
+from onnxport.artifact.manifest import MANIFEST_FILENAME, read_manifest, verify_directory
 from onnxport.predict import EntityPrediction, OnnxPredictor
 
 FIXTURE = Path(__file__).parent / "fixtures" / "onnxport-0.1.0"
@@ -62,7 +62,7 @@ def test_it_benchmarks_and_re_renders_its_report(cli, published: Path) -> None:
     )  # fmt: skip
     assert run.code == 0, run.stderr
     benchmark = read_manifest(published).benchmark
-    assert {t["runtime"] for t in benchmark["timings"]} == {"fp32", "int8"}
+    assert {t.runtime for t in benchmark.timings} == {"fp32", "int8"}
     assert verify_directory(published) == []
     (published / "report.md").unlink()
     run = cli("report", published)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from onnxport.config import (
+from onnxport.errors import EXIT_BAD_INPUT, ConfigError
+from onnxport.request.config import (
     CONVERSION_CONFIG_FILENAME,
     DEFAULT_OPSET,
     EXPERIMENT_CONFIG_FILENAME,
@@ -22,7 +23,6 @@ from onnxport.config import (
     load_experiment_config,
     parse_conversion_config,
 )
-from onnxport.errors import EXIT_BAD_INPUT, ConfigError
 from onnxport.tasks import Task
 
 README_EXAMPLE = """\

@@ -14,11 +14,11 @@ import pytest
 import torch
 import transformers
 
-from onnxport.config import ConversionConfig, Exporter
 from onnxport.coverage.matrix import CoverageRow, run_entry
 from onnxport.coverage.registry import ENTRIES, CoverageEntry, Quirks, entry
 from onnxport.coverage.table import documented_pairs, render_coverage
-from onnxport.export import adapter_for
+from onnxport.export.strategies import adapter_for
+from onnxport.request.config import ConversionConfig, Exporter
 from onnxport.sources import load_source
 from onnxport.tasks import Task, task_from_architecture
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from onnxport.demo import SPECIAL_TOKENS, corpus, train_wordpiece_tokenizer
+from onnxport.demo.training import SPECIAL_TOKENS, corpus, train_wordpiece_tokenizer
 from onnxport.samples import RESUME_LINES
 
 

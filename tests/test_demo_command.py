@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from onnxport.manifest import read_manifest, verify_directory
+from onnxport.artifact.manifest import read_manifest, verify_directory
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def test_demo_tells_the_whole_story_and_reuses_it(cli, demo_cache, tmp_path) -> 
     assert pytorch > 0.9 and abs(fp32 - pytorch) < 0.005 and abs(int8 - pytorch) <= 0.01
     # The benchmark table, recorded in the manifest and rendered into the HTML report.
     assert "speed-up vs PyTorch" in run.stdout
-    runtimes = {t["runtime"] for t in manifest.benchmark["timings"]}
+    runtimes = {t.runtime for t in manifest.benchmark.timings}
     assert runtimes == {"pytorch", "fp32", "int8"}
     html = (output / "report.html").read_text(encoding="utf-8")
     assert "data:image/png;base64," in html and "int8" in html

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from onnxport.errors import ConfigError
-from onnxport.evaluation import load_eval_set
 from onnxport.tasks import Task
+from onnxport.verify.evaluation import load_eval_set
 
 LABELS = {"O": 0, "B-NAME": 1, "I-NAME": 2}
 NAMES = ("input_ids", "attention_mask")

@@ -23,7 +23,8 @@ from onnxport.errors import (
     SourceError,
     ValidationError,
 )
-from onnxport.execution import RESULT_ENV, ChildArguments, _parse, run_child
+from onnxport.execution import ChildArguments, run_child
+from onnxport.execution.runner import RESULT_ENV, _parse
 
 FAKE_CHILD = r"""#!/bin/bash
 # Stands in for `python -m onnxport.execution ...`; behaves as $FAKE_MODE says.
@@ -255,7 +256,7 @@ def test_an_interrupted_caller_kills_the_child_and_its_children(
     fake_child, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """KeyboardInterrupt in the caller: the child does not live on as an orphan."""
-    import onnxport.execution as execution
+    import onnxport.execution.runner as execution
 
     seen: list[str] = []
     real_sleep = time.sleep

@@ -11,15 +11,10 @@ import pytest
 import torch
 
 from models import NUM_LABELS
-from onnxport.config import MAX_OPSET, MIN_OPSET, Exporter
 from onnxport.errors import EXIT_BAD_INPUT, ConfigError, ExportError
-from onnxport.export import (
-    EXPORT_STRATEGIES,
-    ExportResult,
-    adapter_for,
-    export_to_onnx,
-    supported_opsets,
-)
+from onnxport.export import export_to_onnx
+from onnxport.export.strategies import EXPORT_STRATEGIES, adapter_for, supported_opsets
+from onnxport.request.config import MAX_OPSET, MIN_OPSET, Exporter
 
 
 def _dims(values) -> dict[str, list]:
@@ -32,12 +27,12 @@ def _opset(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def _agrees_with_pytorch(result: ExportResult, source, batch: int, size: int) -> None:
+def _agrees_with_pytorch(path: Path, source, batch: int, size: int) -> None:
     """The exported file answers like PyTorch on a shape it was not traced with."""
     inputs = source.make_inputs(batch, size, 5)
     with torch.no_grad():
         expected = adapter_for(source)(*(inputs[n] for n in source.input_names))
-    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     actual = session.run(None, {k: v.numpy() for k, v in inputs.items()})
     for want, got in zip(expected, actual, strict=True):
         np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=1e-3)
@@ -45,15 +40,15 @@ def _agrees_with_pytorch(result: ExportResult, source, batch: int, size: int) ->
 
 def test_torchscript_when_asked(exported, source) -> None:
     result = exported("bert-token", Exporter.TORCHSCRIPT)
-    assert result.exporter == "torchscript"
-    assert [a.exporter for a in result.attempts] == ["torchscript"]
+    assert result.record.exporter == "torchscript"
+    assert [a.exporter for a in result.record.attempts] == ["torchscript"]
     model = onnx.load(str(result.path))
     onnx.checker.check_model(model, full_check=True)
     assert _dims(model.graph.input) == {
         name: ["batch", "sequence"] for name in ("input_ids", "attention_mask", "token_type_ids")
     }
     assert _dims(model.graph.output)["logits"][:2] == ["batch", "sequence"]
-    _agrees_with_pytorch(result, source("bert-token"), 3, 50)
+    _agrees_with_pytorch(result.path, source("bert-token"), 3, 50)
 
 
 def test_vision_model_has_a_dynamic_batch_only(exported, source) -> None:
@@ -61,7 +56,7 @@ def test_vision_model_has_a_dynamic_batch_only(exported, source) -> None:
     model = onnx.load(str(result.path))
     assert _dims(model.graph.input) == {"pixel_values": ["batch", 3, 32, 32]}
     assert _dims(model.graph.output) == {"logits": ["batch", 4]}
-    _agrees_with_pytorch(result, source("vit-image"), 5, 32)
+    _agrees_with_pytorch(result.path, source("vit-image"), 5, 32)
 
 
 def test_feature_extraction_exports_every_output(exported) -> None:
@@ -74,12 +69,12 @@ def test_feature_extraction_exports_every_output(exported) -> None:
 
 
 def test_an_opset_below_dynamo_falls_back_to_torchscript(source, tmp_path: Path) -> None:
-    result = export_to_onnx(source("roberta-sequence"), tmp_path / "m.onnx", opset_version=17)
-    assert result.exporter == "torchscript"
-    dynamo, torchscript = result.attempts
+    record = export_to_onnx(source("roberta-sequence"), tmp_path / "m.onnx", opset_version=17)
+    assert record.exporter == "torchscript"
+    dynamo, torchscript = record.attempts
     assert (dynamo.exporter, dynamo.ok, dynamo.error) == ("dynamo", False, "opset 17 outside 18-23")
     assert (torchscript.exporter, torchscript.ok) == ("torchscript", True)
-    assert _opset(onnx.load(str(result.path))) == 17
+    assert _opset(onnx.load(str(tmp_path / "m.onnx"))) == 17
 
 
 @pytest.mark.parametrize(
@@ -126,7 +121,7 @@ def test_every_exporter_failing_is_an_export_error_that_leaves_no_files(
 def test_an_operator_no_exporter_converts_is_named_with_a_workaround(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from onnxport.config import SourceConfig
+    from onnxport.request.config import SourceConfig
     from onnxport.sources import load_source
 
     save_file({}, tmp_path / "no_weights.safetensors")
@@ -166,11 +161,12 @@ def test_each_strategy_exports_a_checked_model_with_named_dynamic_axes(
 ) -> None:
     """Parametrized over the registry: a new strategy is tested without a new test."""
     result = exported("distilbert-token", exporter)
-    assert result.exporter == exporter.value
-    assert [(a.exporter, a.ok, a.error) for a in result.attempts] == [(exporter.value, True, None)]
-    assert result.opset == 18
-    assert result.data_file is None
-    assert result.seconds > 0
+    record = result.record
+    assert record.exporter == exporter.value
+    assert [(a.exporter, a.ok, a.error) for a in record.attempts] == [(exporter.value, True, None)]
+    assert record.opset == 18
+    assert not result.path.with_name(result.path.name + ".data").exists()
+    assert record.seconds > 0
     model = onnx.load(str(result.path))
     onnx.checker.check_model(model, full_check=True)
     assert _opset(model) == 18
@@ -179,8 +175,8 @@ def test_each_strategy_exports_a_checked_model_with_named_dynamic_axes(
         "attention_mask": ["batch", "sequence"],
     }
     assert _dims(model.graph.output) == {"logits": ["batch", "sequence", NUM_LABELS]}
-    _agrees_with_pytorch(result, source("distilbert-token"), 1, 29)
-    _agrees_with_pytorch(result, source("distilbert-token"), 4, 64)
+    _agrees_with_pytorch(result.path, source("distilbert-token"), 1, 29)
+    _agrees_with_pytorch(result.path, source("distilbert-token"), 4, 64)
 
 
 def test_adapter_returns_outputs_in_the_sources_order(source) -> None:

@@ -18,16 +18,17 @@ import pytest
 from onnx.external_data_helper import uses_external_data
 
 from checks import check_agrees_on_a_new_shape
-from onnxport.config import (
+from onnxport.artifact.manifest import read_manifest, verify_directory
+from onnxport.errors import ConfigError
+from onnxport.export.external_data import EXTERNAL_DATA_THRESHOLD_BYTES, wants_external_data
+from onnxport.pipeline import convert
+from onnxport.predict import OnnxPredictor
+from onnxport.request import ConversionRequest
+from onnxport.request.config import (
     ConversionConfig,
     ExperimentConfig,
     ExternalData,
 )
-from onnxport.errors import ConfigError
-from onnxport.export import EXTERNAL_DATA_THRESHOLD_BYTES, wants_external_data
-from onnxport.manifest import read_manifest, verify_directory
-from onnxport.pipeline import ConversionRequest, convert
-from onnxport.predict import OnnxPredictor
 from onnxport.tracking import (
     ensure_experiment,
     log_conversion,
@@ -35,7 +36,7 @@ from onnxport.tracking import (
     resolve_artifact_location,
     resolve_tracking_uri,
 )
-from onnxport.validate import create_session, run_session
+from onnxport.verify.validate import create_session, run_session
 from orchestration_support import root_with_store
 
 MODEL = "distilbert-token"

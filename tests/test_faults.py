@@ -31,9 +31,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from onnxport.artifact.manifest import verify_directory
+from onnxport.artifact.publish import OLD_MARKER, Staging, remove_stale_partials
 from onnxport.errors import ExecutionError, ExportError, PublishError
-from onnxport.manifest import verify_directory
-from onnxport.publish import OLD_MARKER, Staging, remove_stale_partials
 from orchestration_support import CONVERSION_YAML, root_with_store, write_config_dir
 from test_bad_inputs import leftovers, snapshot
 from test_orchestration import CONVERSION_TIMEOUT, Project, conversion_children, make_project
@@ -156,7 +156,7 @@ handler runs before the one that prints the stage's line)."""
 @contextlib.contextmanager
 def _children_that_stop(where: dict[str, str]) -> Iterator[None]:
     """Start each conversion child as `CHILD_THAT_STOPS`, stopping at `where[output_dir]`."""
-    import onnxport.execution
+    import onnxport.execution.runner
 
     real = subprocess.Popen
 
@@ -167,11 +167,11 @@ def _children_that_stop(where: dict[str, str]) -> Iterator[None]:
             command = [command[0], "-c", CHILD_THAT_STOPS, *command[3:]]
         return real(command, *args, **kwargs)
 
-    onnxport.execution.subprocess.Popen = stopping
+    onnxport.execution.runner.subprocess.Popen = stopping
     try:
         yield
     finally:
-        onnxport.execution.subprocess.Popen = real
+        onnxport.execution.runner.subprocess.Popen = real
 
 
 def _stage_reached(lines: list[str]) -> str:
@@ -368,7 +368,7 @@ def test_sigkill_in_every_stage_loses_nothing_and_the_next_run_converts(
 def _file_size_limit(limit: int) -> Iterator[None]:
     """Start the conversion child with RLIMIT_FSIZE = `limit` bytes (this process keeps its
     own): a write past it fails with EFBIG, Python ignoring SIGXFSZ."""
-    import onnxport.execution
+    import onnxport.execution.runner
 
     real = subprocess.Popen
 
@@ -381,12 +381,12 @@ def _file_size_limit(limit: int) -> Iterator[None]:
             kwargs["preexec_fn"] = preexec
         return real(command, *args, **kwargs)
 
-    previous = onnxport.execution.subprocess.Popen
-    onnxport.execution.subprocess.Popen = limited
+    previous = onnxport.execution.runner.subprocess.Popen
+    onnxport.execution.runner.subprocess.Popen = limited
     try:
         yield
     finally:
-        onnxport.execution.subprocess.Popen = previous
+        onnxport.execution.runner.subprocess.Popen = previous
 
 
 @pytest.mark.slow
@@ -451,8 +451,9 @@ def test_a_full_disk_late_in_the_conversion_is_a_clear_error(
 ) -> None:
     """Room for the model but not for the files published beside it: the stage that hits
     the full disk names it (publish, with the page sizes here)."""
-    from onnxport.config import ConversionConfig
-    from onnxport.pipeline import ConversionRequest, convert
+    from onnxport.pipeline import convert
+    from onnxport.request import ConversionRequest
+    from onnxport.request.config import ConversionConfig
 
     model_size = (converted("distilbert-token").directory / "model_fp32.onnx").stat().st_size
     with _tiny_filesystem(tmp_path / "disk", f"{(model_size + 8192) // 1024 + 4}k") as disk:

@@ -7,9 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from onnxport.config import ConversionConfig, load_conversion_config, parse_conversion_config
 from onnxport.errors import ConfigError
-from onnxport.fingerprints import CONV_FP_LENGTH, check_fingerprint, conversion_fingerprint
+from onnxport.request.config import (
+    ConversionConfig,
+    load_conversion_config,
+    parse_conversion_config,
+)
+from onnxport.request.fingerprints import CONV_FP_LENGTH, check_fingerprint, conversion_fingerprint
 
 SPEC, EXEC = "abc123", "def456"
 

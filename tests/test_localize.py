@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from pathlib import Path
@@ -11,15 +10,14 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from onnxport.config import Exporter, SourceConfig
-from onnxport.localize import (
-    failing_input,
-    localize_against_pytorch,
-    localize_fp32_failure,
-    localize_variant,
-)
 from onnxport.passes import DynamicInt8Pass, PassContext, apply_pass
-from onnxport.validate import compute_references, validate_model
+from onnxport.request.config import Exporter, SourceConfig
+from onnxport.sources import load_source
+from onnxport.verify.compare import Tolerance
+from onnxport.verify.divergence import failing_input, locate_fp32_failure
+from onnxport.verify.divergence.pytorch import localize_against_pytorch
+from onnxport.verify.divergence.variant import localize_variant
+from onnxport.verify.validate import DEFAULT_TOLERANCES, compute_references, validate_model
 
 pytestmark = pytest.mark.slow
 
@@ -50,8 +48,12 @@ def test_validation_fails_and_localization_names_the_node_and_module(broken, che
     path, src, references = broken
     validation = validate_model(path, references, task=src.task)
     assert not validation.passed
-    found = localize_fp32_failure(
-        checkpoint("distilbert-token"), SourceConfig(), path, references, validation, opset=18
+    found = locate_fp32_failure(
+        lambda: load_source(checkpoint("distilbert-token"), SourceConfig()),
+        path,
+        references,
+        validation,
+        opset=18,
     )
     assert found is not None and found.against == "pytorch"
     assert found.first.module == "distilbert.transformer.layer.0.ffn.lin1"
@@ -73,7 +75,7 @@ def test_an_intact_model_has_no_divergence(exported, source):
     src = source("distilbert-token")
     inputs = {k: v.numpy() for k, v in src.make_inputs(1, 16, 0).items()}
     found = localize_against_pytorch(
-        lambda: src, result.path, inputs, opset=18, atol=1e-4, rtol=1e-3
+        lambda: src, result.path, inputs, opset=18, tolerance=Tolerance(1e-4, 1e-3)
     )
     assert found.first is None
     assert found.compared > 20
@@ -84,7 +86,7 @@ def test_a_torchscript_export_says_localization_needs_dynamo(exported, source):
     src = source("distilbert-token")
     inputs = {k: v.numpy() for k, v in src.make_inputs(1, 16, 0).items()}
     found = localize_against_pytorch(
-        lambda: src, result.path, inputs, opset=18, atol=1e-4, rtol=1e-3
+        lambda: src, result.path, inputs, opset=18, tolerance=Tolerance(1e-4, 1e-3)
     )
     assert found.first is None and "dynamo" in found.note
 
@@ -99,9 +101,11 @@ def test_failing_input_is_batch_one_of_the_worst_shape(broken):
 def test_variant_localization_ranks_quantized_nodes(exported, source, tmp_path):
     result = exported("distilbert-token", Exporter.TORCHSCRIPT)
     src = source("distilbert-token")
-    variant = apply_pass(DynamicInt8Pass(), result.path, tmp_path / "q.onnx", PassContext())
+    apply_pass(DynamicInt8Pass(), result.path, tmp_path / "q.onnx", PassContext())
     inputs = {k: v.numpy() for k, v in src.make_inputs(1, 16, 0).items()}
-    found = localize_variant(result.path, variant.output, inputs)
+    found = localize_variant(
+        result.path, tmp_path / "q.onnx", inputs, tolerance=DEFAULT_TOLERANCES["int8"]
+    )
     assert found.against == "fp32-onnx" and found.compared > 10
     assert found.first is not None and found.first.op_type == "MatMul"
     assert found.suggestion == f"quantize.nodes_to_exclude: [{found.first.node}]"
@@ -137,8 +141,9 @@ def diverging_exporter(exported, monkeypatch: pytest.MonkeyPatch) -> None:
         assert exporter is Exporter.AUTO, "not convert's default, which tries dynamo first"
         assert source.architecture == "DistilBertForTokenClassification"
         result = exported("distilbert-token", Exporter.DYNAMO)
-        assert result.exporter == "dynamo" and result.data_file is None
-        return dataclasses.replace(result, path=shifted_copy(result.path, Path(output_path)))
+        assert result.record.exporter == "dynamo"
+        shifted_copy(result.path, Path(output_path))
+        return result.record
 
     monkeypatch.setattr("onnxport.pipeline.export_to_onnx", export)
 

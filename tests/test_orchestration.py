@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 import pytest
 
-from onnxport.config import ExperimentConfig, load_conversion_config
+from onnxport.artifact.manifest import read_manifest, sha256_file, verify_directory
 from onnxport.errors import (
     ConfigError,
     ExecutionError,
@@ -36,10 +36,10 @@ from onnxport.errors import (
     TrackingError,
 )
 from onnxport.execution import LINEAGE_ENV, REGISTERED_MODEL_ENV, ChildArguments, run_child
-from onnxport.fingerprints import conversion_fingerprint
-from onnxport.manifest import read_manifest, sha256_file, verify_directory
 from onnxport.orchestration import execute_conversion
-from onnxport.paths import conversion_output_dir
+from onnxport.request.config import ExperimentConfig, load_conversion_config
+from onnxport.request.fingerprints import conversion_fingerprint
+from onnxport.request.paths import conversion_output_dir
 from onnxport.tracking import resolve_tracking_uri
 from orchestration_support import (
     BACKBONE,

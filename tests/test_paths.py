@@ -8,9 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from onnxport.config import ConversionConfig, load_conversion_config, parse_conversion_config
 from onnxport.errors import ConfigError, SourceError
-from onnxport.paths import (
+from onnxport.request.config import (
+    ConversionConfig,
+    load_conversion_config,
+    parse_conversion_config,
+)
+from onnxport.request.paths import (
     ParentTrainingOutput,
     conversion_output_dir,
     read_parent_training_output,
@@ -210,10 +214,10 @@ def test_missing_or_invalid_metadata_falls_back_to_the_paths_backbone_and_says_s
     tmp_path: Path, caplog: pytest.LogCaptureFixture, metadata: object, why: str
 ) -> None:
     path = _training_output(tmp_path, backbone="bert-from-path", metadata=metadata)
-    with caplog.at_level(logging.WARNING, logger="onnxport.paths"):
+    with caplog.at_level(logging.WARNING, logger="onnxport.request.paths"):
         parent = _read(path)
     assert parent.backbone == "bert-from-path", why
-    records = [r for r in caplog.records if r.name == "onnxport.paths"]
+    records = [r for r in caplog.records if r.name == "onnxport.request.paths"]
     assert records, f"{why}: the fallback was not logged"
     assert any("bert-from-path" in r.getMessage() for r in records), why
     assert all(r.levelno >= logging.WARNING for r in records)
@@ -224,7 +228,7 @@ def test_metadata_in_another_encoding_falls_back(
 ) -> None:
     path = _training_output(tmp_path, backbone="bert-from-path", metadata=False)
     (path / "metadata.json").write_bytes(b'{"backbone": "\xff\xfe"}')
-    with caplog.at_level(logging.WARNING, logger="onnxport.paths"):
+    with caplog.at_level(logging.WARNING, logger="onnxport.request.paths"):
         assert _read(path).backbone == "bert-from-path"
     assert "metadata.json" in caplog.text
 

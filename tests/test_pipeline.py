@@ -13,14 +13,16 @@ import pytest
 
 from checks import check_agrees_on_a_new_shape, check_published
 from models import MODELS
-from onnxport.config import ConversionConfig
-from onnxport.errors import OutputError, PublishError, SourceError, ValidationError
-from onnxport.manifest import (
+from onnxport.artifact.manifest import (
     REPORT_FILENAME,
     read_manifest,
     verify_directory,
 )
-from onnxport.pipeline import ConversionRequest, StageEvent, convert, validation_shapes
+from onnxport.errors import OutputError, PublishError, SourceError, ValidationError
+from onnxport.pipeline import convert, validation_shapes
+from onnxport.progress import StageEvent
+from onnxport.request import ConversionRequest
+from onnxport.request.config import ConversionConfig
 
 STAGES_RUN = ("load", "export", "validate", "smoke_test", "publish")
 FAST = ConversionConfig().with_overrides(onnx={"exporter": "torchscript"})

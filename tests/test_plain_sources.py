@@ -15,10 +15,11 @@ import pytest
 import torch
 import yaml
 
-from onnxport.config import ConversionConfig, SourceConfig, parse_conversion_config
+from onnxport.artifact.manifest import read_manifest, sha256_file
 from onnxport.errors import EXIT_BAD_INPUT, ConfigError, SourceError
-from onnxport.manifest import read_manifest, sha256_file
-from onnxport.pipeline import ConversionRequest, convert
+from onnxport.pipeline import convert
+from onnxport.request import ConversionRequest
+from onnxport.request.config import ConversionConfig, SourceConfig, parse_conversion_config
 from onnxport.sources import load_source
 from onnxport.sources.plain import DEFAULT_SHAPES, EXAMPLE_SHAPE, PositionalModule
 from onnxport.tasks import Modality, Task

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from onnxport.errors import ConfigError
-from onnxport.platform import PLATFORMS, detect_platform, resolve_platform
+from onnxport.request.hosting import PLATFORMS, detect_platform, resolve_platform
 
 _ALL_MARKERS = (
     "AZUREML_RUN_ID",

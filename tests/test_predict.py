@@ -20,9 +20,10 @@ import pytest
 import torch
 
 from models import _bert_config, wordpiece_tokenizer
-from onnxport.config import ConversionConfig
-from onnxport.manifest import MANIFEST_FILENAME, OutputRecord, read_manifest
-from onnxport.pipeline import ConversionRequest, convert
+from onnxport.artifact.manifest import MANIFEST_FILENAME, read_manifest
+from onnxport.artifact.records import OutputRecord
+from onnxport.errors import OutputError
+from onnxport.pipeline import convert
 from onnxport.predict import (
     EntityPrediction,
     LabelPrediction,
@@ -32,6 +33,8 @@ from onnxport.predict import (
     VectorPrediction,
     model_max_length,
 )
+from onnxport.request import ConversionRequest
+from onnxport.request.config import ConversionConfig
 
 SENTENCES = (
     "Jane Doe , senior data engineer at Contoso Ltd .",
@@ -246,7 +249,8 @@ def test_importing_imports_no_torch(module: str) -> None:
 
 def _unpublish_int8(directory: Path) -> None:
     manifest = read_manifest(directory)
-    manifest.outputs.append(OutputRecord(file="model_int8.onnx", variant="int8", published=False))
+    unpublished = OutputRecord(file="model_int8.onnx", variant="int8", published=False)
+    manifest = manifest.model_copy(update={"outputs": [*manifest.outputs, unpublished]})
     (directory / MANIFEST_FILENAME).write_text(manifest.to_json(), encoding="utf-8")
 
 
@@ -261,7 +265,11 @@ def _set_task(directory: Path, task: str) -> None:
     [
         (lambda d: None, "fp16", "has no 'fp16' variant"),
         (_unpublish_int8, "int8", "the 'int8' variant of .* was not published"),
-        (lambda d: (d / "tokenizer.json").unlink(), "fp32", "holds no tokenizer.json"),
+        (
+            lambda d: (d / "tokenizer.json").unlink(),
+            "fp32",
+            "is damaged: tokenizer.json is missing",
+        ),
         (lambda d: (d / MANIFEST_FILENAME).unlink(), "fp32", "holds no manifest.json"),
         (lambda d: _set_task(d, "masked-lm"), "fp32", "holds a masked-lm model"),
     ],
@@ -269,7 +277,7 @@ def _set_task(directory: Path, task: str) -> None:
 def test_unusable_directories_are_clear_errors(copy_output, damage, variant, message) -> None:
     directory = copy_output("distilbert-token")
     damage(directory)
-    with pytest.raises(PredictError, match=message) as raised:
+    with pytest.raises((PredictError, OutputError), match=message) as raised:
         OnnxPredictor(directory, variant)
     assert raised.value.exit_code == 2
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxport.predictions import ScoredToken, group_entities, label_scores
+from onnxport.predict.predictions import ScoredToken, group_entities, label_scores
 
 
 def test_grouping_follows_the_simple_strategy() -> None:

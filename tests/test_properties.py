@@ -16,7 +16,7 @@ import yaml
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from onnxport.config import (
+from onnxport.request.config import (
     MAX_OPSET,
     MIN_OPSET,
     ConversionConfig,
@@ -26,7 +26,7 @@ from onnxport.config import (
     Quantization,
     parse_conversion_config,
 )
-from onnxport.fingerprints import conversion_fingerprint
+from onnxport.request.fingerprints import conversion_fingerprint
 from onnxport.tasks import Task
 
 SPEC, EXEC = "abc123", "def456"

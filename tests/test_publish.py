@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from onnxport.errors import EXIT_BAD_INPUT, OutputError
-from onnxport.manifest import read_manifest, verify_directory
-from onnxport.publish import (
+from onnxport.artifact.manifest import read_manifest, verify_directory
+from onnxport.artifact.publish import (
     OLD_MARKER,
     PARTIAL_MARKER,
     Staging,
     check_output_location,
     remove_stale_partials,
 )
+from onnxport.errors import EXIT_BAD_INPUT, OutputError
 
 NAME = "distilbert-token"
 
@@ -72,7 +72,7 @@ def test_a_complete_directory_needs_force(copy_output) -> None:
 def test_a_damaged_directory_may_be_replaced(copy_output, caplog) -> None:
     damaged = copy_output(NAME)
     (damaged / "model_fp32.onnx").write_bytes(b"half a model")
-    with caplog.at_level(logging.WARNING, logger="onnxport.publish"):
+    with caplog.at_level(logging.WARNING, logger="onnxport.artifact.publish"):
         check_output_location(damaged, force=False)
     assert "is damaged (model_fp32.onnx does not match its checksum)" in caplog.text
 

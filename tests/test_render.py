@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from onnxport.pipeline import StageEvent
-from onnxport.render import ProgressPrinter, manifest_tables
+from onnxport.commands.render import ProgressPrinter, manifest_tables
+from onnxport.progress import Stage, StageEvent, Status
 
 
 def _console() -> Console:
@@ -15,10 +15,10 @@ def _console() -> Console:
 def test_progress_prints_one_line_per_event() -> None:
     console = _console()
     printer = ProgressPrinter(console)
-    printer(StageEvent("export", "start"))
-    printer(StageEvent("export", "done", 12.34))
-    printer(StageEvent("validate", "failed", 0.5))
-    printer(StageEvent("benchmark", "skipped"))
+    printer(StageEvent(Stage.EXPORT, Status.START))
+    printer(StageEvent(Stage.EXPORT, Status.DONE, 12.34))
+    printer(StageEvent(Stage.VALIDATE, Status.FAILED, 0.5))
+    printer(StageEvent(Stage.BENCHMARK, Status.SKIPPED))
     assert console.export_text().splitlines() == [
         "… export to ONNX",
         "✓ export to ONNX 12.3 s",
@@ -47,12 +47,18 @@ def test_tables_show_the_validation_figures(converted) -> None:
 
 
 def test_tables_mark_an_unpublished_variant(converted) -> None:
-    manifest = converted("distilbert-token").manifest.model_copy(deep=True)
-    skipped = manifest.outputs[0].model_copy(deep=True)
-    skipped.variant, skipped.file, skipped.published = "int8", "model_int8.onnx", False
-    assert skipped.validation is not None
-    skipped.validation.passed = False
-    manifest.outputs.append(skipped)
+    manifest = converted("distilbert-token").manifest
+    fp32 = manifest.outputs[0]
+    assert fp32.validation is not None
+    skipped = fp32.model_copy(
+        update={
+            "variant": "int8",
+            "file": "model_int8.onnx",
+            "published": False,
+            "validation": fp32.validation.model_copy(update={"passed": False}),
+        }
+    )
+    manifest = manifest.model_copy(update={"outputs": [fp32, skipped]})
     console = _console()
     console.print(manifest_tables(manifest, "out/")[0])
     row = next(line for line in console.export_text().splitlines() if "model_int8" in line)

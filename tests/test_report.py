@@ -10,25 +10,30 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
-from onnxport.benchmark import BenchmarkResult, BenchmarkSettings, RuntimeFigures, Timing
-from onnxport.manifest import (
+from onnxport.artifact.manifest import (
     MANIFEST_FILENAME,
     REPORT_FILENAME,
     Manifest,
     read_manifest,
     verify_directory,
 )
-from onnxport.report import (
+from onnxport.artifact.records import (
+    BenchmarkRecord,
+    BenchmarkSettingsRecord,
+    RuntimeRecord,
+    TimingRecord,
+)
+from onnxport.artifact.report import (
     REPORT_FILENAMES,
     REPORT_HTML_FILENAME,
     REPORT_PLOT_FILENAME,
-    ReportError,
     render_html,
     render_markdown,
     render_plot,
     rerender_reports,
     write_reports,
 )
+from onnxport.errors import OutputError
 
 
 def test_report_of_a_conversion(converted) -> None:
@@ -55,17 +60,19 @@ def test_report_of_a_conversion(converted) -> None:
 
 
 def test_report_shows_a_failed_or_unpublished_variant(converted) -> None:
-    manifest = converted("bert-encoder").manifest.model_copy(deep=True)
-    failed = manifest.outputs[0].model_copy(deep=True)
-    failed.variant, failed.file, failed.published, failed.size_bytes = (
-        "int8",
-        "model_int8.onnx",
-        False,
-        None,
+    manifest = converted("bert-encoder").manifest
+    fp32 = manifest.outputs[0]
+    assert fp32.validation is not None
+    failed = fp32.model_copy(
+        update={
+            "variant": "int8",
+            "file": "model_int8.onnx",
+            "published": False,
+            "size_bytes": None,
+            "validation": fp32.validation.model_copy(update={"passed": False}),
+        }
     )
-    assert failed.validation is not None
-    failed.validation.passed = False
-    manifest.outputs.append(failed)
+    manifest = manifest.model_copy(update={"outputs": [fp32, failed]})
     report = render_markdown(manifest)
     assert "| model_int8.onnx | int8 | no | - | NO |" in report
     assert "### int8 (shapes" in report
@@ -84,11 +91,31 @@ def test_report_names_the_lineage(converted) -> None:
 # ------------------------------------------------------------ reports with a benchmark
 
 
-def _benchmark(*, pytorch_ms: float = 10.0, fp32_ms: float = 4.0) -> BenchmarkResult:
+def _benchmark(*, pytorch_ms: float = 10.0, fp32_ms: float = 4.0) -> BenchmarkRecord:
     """A recorded benchmark with round figures (rendering does not care how they were made)."""
 
-    def timing(runtime: str, batch: int, size: int, p50: float) -> Timing:
-        return Timing(runtime, batch, size, 3, p50, p50 * 1.1, p50 * 1.2, p50, batch / p50 * 1e3)
+    def timing(runtime: str, batch: int, size: int, p50: float) -> TimingRecord:
+        return TimingRecord(
+            runtime=runtime,
+            batch_size=batch,
+            size=size,
+            iterations=3,
+            p50_ms=p50,
+            p90_ms=p50 * 1.1,
+            p99_ms=p50 * 1.2,
+            mean_ms=p50,
+            throughput=batch / p50 * 1e3,
+        )
+
+    def runtime(name: str, engine: str, file: str, size: int, load: float, rss: float):
+        return RuntimeRecord(
+            name=name,
+            engine=engine,
+            file=file,
+            size_bytes=size,
+            load_seconds=load,
+            rss_growth_mb=rss,
+        )
 
     timings = [
         timing(name, batch, size, base * batch * size / 32)
@@ -96,13 +123,15 @@ def _benchmark(*, pytorch_ms: float = 10.0, fp32_ms: float = 4.0) -> BenchmarkRe
         for size in (32, 128)
         for name, base in (("pytorch", pytorch_ms), ("fp32", fp32_ms))
     ]
-    return BenchmarkResult(
-        settings=BenchmarkSettings(threads=2, iterations=3),
-        runtimes=(
-            RuntimeFigures("pytorch", "pytorch-eager", "model.safetensors", 2_000_000, 1.5, 120.0),
-            RuntimeFigures("fp32", "onnxruntime", "model_fp32.onnx", 2_100_000, 0.05, 10.0),
+    return BenchmarkRecord(
+        settings=BenchmarkSettingsRecord(
+            batch_sizes=[1, 8], seq_lengths=[32, 128], threads=2, iterations=3, warmup=3
         ),
-        timings=tuple(timings),
+        runtimes=[
+            runtime("pytorch", "pytorch-eager", "model.safetensors", 2_000_000, 1.5, 120.0),
+            runtime("fp32", "onnxruntime", "model_fp32.onnx", 2_100_000, 0.05, 10.0),
+        ],
+        timings=timings,
         size_name="sequence length",
         inputs="tokenized sample text",
         machine={"cpu_model": "Test CPU <x>", "logical_cpus": 2, "threads": 2, "threading": "t"},
@@ -114,9 +143,7 @@ def _benchmark(*, pytorch_ms: float = 10.0, fp32_ms: float = 4.0) -> BenchmarkRe
 
 @pytest.fixture
 def benchmarked(converted) -> Manifest:
-    manifest = converted("bert-encoder").manifest.model_copy(deep=True)
-    manifest.benchmark = _benchmark().to_dict()
-    return manifest
+    return converted("bert-encoder").manifest.model_copy(update={"benchmark": _benchmark()})
 
 
 def test_markdown_has_the_benchmark_tables_and_the_plot(benchmarked: Manifest) -> None:
@@ -210,15 +237,15 @@ def test_rerender_refuses_a_damaged_model(copy_output) -> None:
     directory = copy_output("bert-encoder")
     with (directory / "model_fp32.onnx").open("ab") as f:
         f.write(b"x")
-    with pytest.raises(ReportError, match="does not match its checksum") as caught:
+    with pytest.raises(OutputError, match="does not match its checksum") as caught:
         rerender_reports(directory)
     assert caught.value.exit_code == 2
 
 
 def test_rerender_refuses_a_directory_without_manifest(tmp_path: Path) -> None:
-    with pytest.raises(ReportError, match=r"holds no manifest\.json"):
+    with pytest.raises(OutputError, match=r"holds no manifest\.json"):
         rerender_reports(tmp_path)
-    with pytest.raises(ReportError, match="is not a directory"):
+    with pytest.raises(OutputError, match="is not a directory"):
         rerender_reports(tmp_path / "nowhere")
 
 
@@ -234,5 +261,5 @@ def test_report_command_renders_again(cli, copy_output) -> None:
 def test_report_command_refuses_bad_input_in_one_line(cli, tmp_path: Path) -> None:
     run = cli("report", tmp_path)
     assert run.code == 2
-    assert run.stderr.startswith("error (report): ")
+    assert run.stderr.startswith("error (output): ")
     assert "Traceback" not in run.stderr

@@ -25,15 +25,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from models import edit_config_json, make_pickle_checkpoint
-from onnxport.config import (
+from onnxport.artifact.manifest import verify_directory
+from onnxport.errors import SourceError
+from onnxport.request.config import (
     ConfigError,
     ConversionConfig,
     load_conversion_config,
     load_experiment_config,
 )
-from onnxport.errors import SourceError
-from onnxport.manifest import verify_directory
-from onnxport.paths import safe_segment
+from onnxport.request.paths import safe_segment
 from orchestration_support import root_with_store
 from plain_models import FACTORY, copy_plain_files
 from suite import AZUREML_EXTRA
@@ -156,7 +156,7 @@ def test_every_torch_load_on_the_way_asks_for_weights_only(
 ) -> None:
     """Behaviourally too: loading pickled weights with the opt-in, through transformers and
     through the state-dict loader, calls torch.load with weights_only=True only."""
-    from onnxport.config import SourceConfig
+    from onnxport.request.config import SourceConfig
     from onnxport.sources import load_source
 
     calls: list[object] = []
@@ -507,7 +507,8 @@ def test_a_hostile_backbone_in_metadata_json_stays_under_the_root(
 def test_a_conversion_writes_only_under_its_output_root(checkpoint, tmp_path, monkeypatch) -> None:
     """Every file opened for writing, directory made, renamed or copied by a conversion
     (Python's audit events) is under the output's parent or the scratch directory."""
-    from onnxport.pipeline import ConversionRequest, convert
+    from onnxport.pipeline import convert
+    from onnxport.request import ConversionRequest
 
     root, scratch = tmp_path / "root", tmp_path / "scratch"
     root.mkdir()
@@ -575,7 +576,7 @@ def test_a_program_archive_with_pickled_members_never_runs_code(plain, tmp_path)
     with an unrestricted torch.load, so they are refused, with or without --allow-pickle."""
     import io
 
-    from onnxport.config import SourceConfig
+    from onnxport.request.config import SourceConfig
     from onnxport.sources import load_source
     from test_plain_sources import _rewrite_member
 

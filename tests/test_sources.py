@@ -18,8 +18,8 @@ from models import (
     edit_config_json,
     make_pickle_checkpoint,
 )
-from onnxport.config import SourceConfig
 from onnxport.errors import EXIT_BAD_INPUT, SourceError
+from onnxport.request.config import SourceConfig
 from onnxport.sources import load_source
 from onnxport.sources.huggingface import DEFAULT_TEXT_SHAPES, TEXT_EXAMPLE_SHAPE
 from onnxport.tasks import Modality, Task
@@ -180,7 +180,7 @@ def test_the_class_config_json_names_is_loaded_when_it_serves_the_task(tmp_path:
 
 def test_model_type_quirks_apply_on_load_and_warn(tmp_path: Path, caplog) -> None:
     from onnxport.coverage.registry import entry
-    from onnxport.sources.huggingface import MODEL_TYPE_QUIRKS
+    from onnxport.sources.quirks import MODEL_TYPE_QUIRKS
 
     path = entry("big-bird/sequence-classification").build(tmp_path / "big-bird")
     assert json.loads((path / "config.json").read_text())["attention_type"] == "block_sparse"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from onnxport.config import ExperimentConfig
 from onnxport.errors import TrackingError
+from onnxport.request.config import ExperimentConfig
 from onnxport.tracking import (
     create_run,
     end_run,
@@ -343,9 +343,10 @@ def logged(checkpoint, tmp_path_factory: pytest.TempPathFactory):
     its fp32 model registered: (tracking uri, run id, output directory)."""
     import mlflow
 
-    from onnxport.config import ConversionConfig
-    from onnxport.manifest import read_manifest
-    from onnxport.pipeline import ConversionRequest, convert
+    from onnxport.artifact.manifest import read_manifest
+    from onnxport.pipeline import convert
+    from onnxport.request import ConversionRequest
+    from onnxport.request.config import ConversionConfig
     from onnxport.tracking import log_conversion
 
     root = root_with_store(tmp_path_factory, "logged-signature")
@@ -384,7 +385,7 @@ def test_logged_models_answer_every_batch_and_sequence_length(logged, source) ->
     import mlflow.pyfunc
     import numpy as np
 
-    from onnxport.validate import create_session, run_session
+    from onnxport.verify.validate import create_session, run_session
 
     _, run_id, output = logged
     files = {

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from onnxport.config import ConversionConfig
-from onnxport.errors import QuantizationError
-from onnxport.manifest import Manifest, read_manifest, verify_directory
-from onnxport.pipeline import ConversionRequest, convert
+from onnxport.artifact.manifest import Manifest, read_manifest, verify_directory
+from onnxport.errors import ValidationError
+from onnxport.pipeline import convert
+from onnxport.request import ConversionRequest
+from onnxport.request.config import ConversionConfig
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +95,7 @@ def test_a_tight_budget_fails_the_conversion_and_publishes_nothing(outlier, skip
     assert measured < 0.999
     budget = (measured + 1.0) / 2
     output = tmp_path / "out"
-    with pytest.raises(QuantizationError) as info:
+    with pytest.raises(ValidationError) as info:
         _convert(
             outlier,
             output,
@@ -174,7 +175,7 @@ def test_a_layer_that_int8_breaks_is_named_and_excluding_it_passes(outlier, int8
     budget = {"min_task_agreement": int8[0].output("int8").validation.task_agreement.value - 0.01}
     checkpoint = outlier
 
-    with pytest.raises(QuantizationError) as info:
+    with pytest.raises(ValidationError) as info:
         _convert(
             checkpoint, tmp_path / "a", onnx={**FAST, "quantization": "int8"}, validation=budget
         )
@@ -199,7 +200,7 @@ def test_a_layer_that_int8_breaks_is_named_and_excluding_it_passes(outlier, int8
                 validation=budget,
             )
             break
-        except QuantizationError as e:
+        except ValidationError as e:
             suggested = re.search(r"quantize.nodes_to_exclude: \[([^\]]+)\]", str(e)).group(1)
             assert suggested not in excluded
             excluded.append(suggested)
@@ -212,10 +213,10 @@ def test_a_layer_that_int8_breaks_is_named_and_excluding_it_passes(outlier, int8
 
 def test_a_skipped_variant_records_its_localization(skipped):
     localization = skipped[0].output("int8").localization
-    assert localization["against"] == "fp32-onnx"
-    assert localization["first"]["op_type"] in ("MatMul", "Gather")
-    assert localization["first"]["node"] == OUTLIER_NODE
-    assert localization["suggestion"] == f"quantize.nodes_to_exclude: [{OUTLIER_NODE}]"
+    assert localization.against == "fp32-onnx"
+    assert localization.first.op_type in ("MatMul", "Gather")
+    assert localization.first.node == OUTLIER_NODE
+    assert localization.suggestion == f"quantize.nodes_to_exclude: [{OUTLIER_NODE}]"
 
 
 # --------------------------------------------------------------- the gate on labelled data
@@ -223,7 +224,7 @@ def test_a_skipped_variant_records_its_localization(skipped):
 
 def _eval_file(path: Path, count: int = 120) -> Path:
     """Held-out résumé lines (the demo's generator, another seed than training's)."""
-    from onnxport.demo_data import generate
+    from onnxport.demo.data import generate
 
     lines = [
         json.dumps({"words": list(e.words), "labels": list(e.labels)})
@@ -258,7 +259,7 @@ def test_a_labelled_set_adds_entity_f1_to_the_gate(trained, tmp_path):
 def test_a_variant_that_loses_entity_f1_is_not_published(outlier, tmp_path):
     evals = _eval_file(tmp_path / "eval.jsonl")
     output = tmp_path / "out"
-    with pytest.raises(QuantizationError) as info:
+    with pytest.raises(ValidationError) as info:
         _convert(
             outlier,
             output,
@@ -267,6 +268,7 @@ def test_a_variant_that_loses_entity_f1_is_not_published(outlier, tmp_path):
             validation={"eval_file": str(evals), "min_task_agreement": 0.0, "max_metric_drop": 0.0},
         )
     message = str(info.value)
-    assert "int8 variant fails its accuracy gate: entity_f1" in message
+    assert "int8 ONNX model after quantize-int8 does not compute what PyTorch computes: " in message
+    assert "entity_f1" in message
     assert "on 120 labelled examples is more than 0 below PyTorch's" in message
     assert not output.exists()

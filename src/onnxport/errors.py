@@ -1,15 +1,24 @@
-"""One exception per stage, so that callers and the CLI can tell what failed and what to do.
+"""Every error onnxport raises on purpose, one class per stage, so that callers and the CLI can
+tell what failed and what to do.
 
 User errors (bad input, a model that does not compute the same thing) derive from
-`OnnxportError`; `InternalError` marks a bug in onnxport itself. Each carries the exit
-code the CLI uses: 2 for input the user can fix, 1 for a conversion that failed.
+`OnnxportError` and carry the exit code the CLI uses: 2 for input the user can fix, 1 for a
+conversion that failed. `InternalError` marks a bug in onnxport itself and stands outside
+that hierarchy, so that `except OnnxportError` never swallows one. Every class registers
+itself by name, so that the conversion child can hand any of them to its parent as data
+(`to_dict`) and the parent raises the same type again (`error_from_dict`).
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 EXIT_CONVERSION_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a process stopped by Ctrl-C
+
+ERROR_TYPES: dict[str, type[OnnxportError | InternalError]] = {}
+"""Every error class by name: what a child's error can be raised as in its parent."""
 
 
 def one_line(error: BaseException | str, limit: int = 300) -> str:
@@ -21,11 +30,15 @@ def one_line(error: BaseException | str, limit: int = 300) -> str:
     return text
 
 
-class OnnxportError(Exception):
-    """Base class of every error onnxport raises on purpose."""
+class _Channelled(Exception):
+    """An error with a stage, a message and a hint, registered for the child's channel."""
 
-    stage: str = "conversion"
-    exit_code: int = EXIT_CONVERSION_FAILED
+    stage: ClassVar[str] = "conversion"
+    exit_code: ClassVar[int] = EXIT_CONVERSION_FAILED
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        ERROR_TYPES[cls.__name__] = cls
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -39,10 +52,21 @@ class OnnxportError(Exception):
         """A JSON-able form, so a child process can hand the error to its parent."""
         return {"type": type(self).__name__, "message": self.message, "hint": self.hint}
 
-    @staticmethod
-    def from_dict(data: dict[str, str | None]) -> OnnxportError:
-        cls = ERROR_TYPES.get(str(data.get("type")), InternalError)
-        return cls(str(data.get("message")), hint=data.get("hint"))
+
+def error_from_dict(data: dict[str, str | None]) -> OnnxportError | InternalError:
+    """The error `to_dict` described, as its own type; an unknown type is a bug."""
+    cls = ERROR_TYPES.get(str(data.get("type")), InternalError)
+    return cls(str(data.get("message")), hint=data.get("hint"))
+
+
+class OnnxportError(_Channelled):
+    """Base class of every error onnxport raises about the user's input or model."""
+
+
+class InternalError(_Channelled):
+    """A bug in onnxport itself; please report it with the --debug traceback."""
+
+    stage = "internal"
 
 
 class ConfigError(OnnxportError):
@@ -100,6 +124,30 @@ class BenchmarkError(OnnxportError):
     stage = "benchmark"
 
 
+class BenchmarkInputError(BenchmarkError):
+    """The directory or the settings cannot be benchmarked; the user can fix it."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class ReportError(OnnxportError):
+    """The directory cannot be reported on; the user can fix it."""
+
+    stage = "report"
+    exit_code = EXIT_BAD_INPUT
+
+
+class PredictError(OnnxportError):
+    """The directory, the variant or a text cannot be used for prediction."""
+
+    stage = "predict"
+    exit_code = EXIT_BAD_INPUT
+
+
+class TextTooLongError(PredictError):
+    """A text has more tokens than the model reads, and `on_long_text="error"` was asked."""
+
+
 class AzureMLError(OnnxportError):
     stage = "azureml"
 
@@ -110,30 +158,7 @@ class AzureMLInputError(AzureMLError):
     exit_code = EXIT_BAD_INPUT
 
 
-class InternalError(OnnxportError):
-    """A bug in onnxport itself; please report it with the --debug traceback."""
+class AzureMLNotInstalledError(AzureMLError):
+    """azure-ai-ml (the `azureml` extra) is missing or cannot be imported."""
 
-    stage = "internal"
-
-
-ERROR_TYPES: dict[str, type[OnnxportError]] = {
-    cls.__name__: cls
-    for cls in (
-        OnnxportError,
-        ConfigError,
-        SourceError,
-        OutputError,
-        ExportError,
-        PassError,
-        QuantizationError,
-        ValidationError,
-        SmokeTestError,
-        PublishError,
-        TrackingError,
-        ExecutionError,
-        BenchmarkError,
-        AzureMLError,
-        AzureMLInputError,
-        InternalError,
-    )
-}
+    exit_code = EXIT_BAD_INPUT

@@ -16,19 +16,19 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from onnxport.config import (
+from onnxport.artifact.manifest import read_manifest, verify_directory
+from onnxport.artifact.publish import remove_stale_partials
+from onnxport.errors import ConfigError, OnnxportError
+from onnxport.execution import LINEAGE_ENV, REGISTERED_MODEL_ENV, ChildArguments, run_child
+from onnxport.request.config import (
     CONVERSION_CONFIG_FILENAME,
     ExperimentConfig,
     load_conversion_config,
     load_experiment_config,
 )
-from onnxport.errors import ConfigError, OnnxportError
-from onnxport.execution import LINEAGE_ENV, REGISTERED_MODEL_ENV, ChildArguments, run_child
-from onnxport.fingerprints import check_fingerprint, conversion_fingerprint
-from onnxport.manifest import read_manifest, verify_directory
-from onnxport.paths import conversion_output_dir, read_parent_training_output
-from onnxport.platform import resolve_platform
-from onnxport.publish import remove_stale_partials
+from onnxport.request.fingerprints import check_fingerprint, conversion_fingerprint
+from onnxport.request.hosting import resolve_platform
+from onnxport.request.paths import conversion_output_dir, read_parent_training_output
 from onnxport.tracking import (
     create_run,
     end_run,

@@ -1,8 +1,8 @@
-"""The conversion pipeline: load, export, validate, smoke test, publish.
+"""The conversion pipeline, wiring only: load, export, passes, the gate, smoke test, publish.
 
 `convert(request)` runs the stages in order inside a staging directory and publishes it only
-when every stage passed. Each stage is a typed function from the other modules; this module
-wires them, times them, and folds their results into the `Manifest`.
+when every stage passed. Each stage is a typed function of another module that returns its
+record; this module times the stages, reports them, and makes the manifest of the records.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from onnxport import __version__
-from onnxport.config import ConversionConfig
+from onnxport.artifact.manifest import Manifest
+from onnxport.artifact.publish import Staging, check_output_location, finish_output, seal
+from onnxport.artifact.records import OutputRecord, SmokeTestRecord, ValidationRecord
 from onnxport.errors import (
     ExportError,
     OnnxportError,
@@ -32,94 +33,55 @@ from onnxport.errors import (
     ValidationError,
     one_line,
 )
-from onnxport.evaluation import metric_failure, prepare_evaluation
 from onnxport.export import export_to_onnx
-from onnxport.localize import localize_fp32_failure
-from onnxport.manifest import (
-    MANIFEST_FILENAME,
-    Manifest,
-    OutputRecord,
-    TaskMetricRecord,
-    sha256_file,
+from onnxport.export.external_data import move_model
+from onnxport.passes import (
+    apply_pass,
+    apply_sequence,
+    optimize_passes,
+    pass_context,
+    quantization_pass,
 )
-from onnxport.passes import apply_sequence, optimize_passes, quantization_pass
-from onnxport.publish import Staging, check_output_location
-from onnxport.records import (
-    export_record,
-    file_record,
-    smoke_test_record,
-    source_record,
-    validation_record,
-)
-from onnxport.report import render_reports
+from onnxport.progress import ProgressCallback, Stage, StageEvent, Status, ignore_progress
+from onnxport.request import ConversionRequest
+from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantization
 from onnxport.sources import Source, load_source
 from onnxport.testing import smoke_test_onnx_model
-from onnxport.validate import DEFAULT_TOLERANCES, Tolerance, compute_references, validate_model
-from onnxport.variants import (
-    EXPORT_DIRNAME,
-    data_file_of,
-    make_variant,
-    move_model,
-    pass_context,
-    pass_record,
-)
+from onnxport.verify.compare import Tolerance
+from onnxport.verify.divergence import locate_fp32_failure, locate_variant_failure
+from onnxport.verify.evaluation import Evaluation, prepare_evaluation
+from onnxport.verify.gate import Candidate, Rules, judge
+from onnxport.verify.validate import DEFAULT_TOLERANCES, Reference, compute_references
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("load", "export", "passes", "validate", "quantize", "smoke_test", "publish")
+EXPORT_DIRNAME = ".export"
 
 
-@dataclass(frozen=True)
-class StageEvent:
-    stage: str
-    status: str  # "start", "done", "failed"
-    seconds: float | None = None
-    detail: str | None = None
+class _Stages:
+    """Times each stage once, reports it, and turns an unexpected exception into the
+    stage's error type: the one clock of a stage is the one its events and the manifest
+    show."""
 
-
-ProgressCallback = Callable[[StageEvent], None]
-
-
-def _ignore(_: StageEvent) -> None:
-    return None
-
-
-@dataclass(frozen=True)
-class ConversionRequest:
-    """Everything one conversion needs; the CLI and the orchestration layer both build one."""
-
-    source_path: Path
-    output_dir: Path
-    config: ConversionConfig = field(default_factory=ConversionConfig)
-    force: bool = False
-    conv_fp: str | None = None
-    lineage: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class _Run:
-    request: ConversionRequest
-    progress: ProgressCallback
-    timings: dict[str, float] = field(default_factory=dict)
+    def __init__(self, progress: ProgressCallback) -> None:
+        self.progress = progress
+        self.timings: dict[str, float] = {}
 
     @contextmanager
-    def stage(self, name: str, error_type: type[OnnxportError]) -> Iterator[None]:
-        """Time a stage and report it; unexpected exceptions become the stage's error type."""
-        self.progress(StageEvent(name, "start"))
+    def stage(self, stage: Stage, error_type: type[OnnxportError]) -> Iterator[None]:
+        self.progress(StageEvent(stage, Status.START))
         started = time.perf_counter()
         try:
             yield
-        except OnnxportError:
-            self.timings[name] = time.perf_counter() - started
-            self.progress(StageEvent(name, "failed", self.timings[name]))
-            raise
         except Exception as e:
-            self.timings[name] = time.perf_counter() - started
-            self.progress(StageEvent(name, "failed", self.timings[name]))
+            seconds = self.timings[stage.value] = round(time.perf_counter() - started, 3)
+            self.progress(StageEvent(stage, Status.FAILED, seconds))
+            if isinstance(e, OnnxportError):
+                raise
             message = one_line(e)
-            raise error_type(f"{name} failed: {type(e).__name__}: {message}") from e
-        self.timings[name] = time.perf_counter() - started
-        self.progress(StageEvent(name, "done", self.timings[name]))
+            raise error_type(f"{stage.value} failed: {type(e).__name__}: {message}") from e
+        seconds = self.timings[stage.value] = round(time.perf_counter() - started, 3)
+        self.progress(StageEvent(stage, Status.DONE, seconds))
 
 
 def peak_rss_mb() -> float:
@@ -149,36 +111,53 @@ def validation_shapes(source: Source, config: ConversionConfig) -> list[tuple[in
     return [tuple(s) for s in shapes]  # type: ignore[misc]
 
 
-def _tolerance(config: ConversionConfig, variant: str) -> Tolerance:
-    default = DEFAULT_TOLERANCES.get(variant, DEFAULT_TOLERANCES["fp32"])
-    if variant != "fp32":
-        return default
-    return Tolerance(
+def fp32_rules(config: ConversionConfig, evaluation: Evaluation | None) -> Rules:
+    """The fp32 model matches PyTorch element by element, and on the task."""
+    default = DEFAULT_TOLERANCES["fp32"]
+    tolerance = Tolerance(
         atol=config.validation.atol or default.atol,
         rtol=default.rtol if config.validation.rtol is None else config.validation.rtol,
     )
+    remedies = [
+        "onnx.optimize: none" if config.onnx.optimize is not OptimizeLevel.NONE else "",
+        "onnx.exporter: torchscript" if config.onnx.exporter.value != "torchscript" else "",
+        "another opset",
+    ]
+    if evaluation is not None:
+        remedies.append("a larger validation.max_metric_drop")
+    return Rules(
+        tolerance=tolerance,
+        elementwise=True,
+        min_agreement=config.validation.min_task_agreement,
+        evaluation=evaluation,
+        remedies=tuple(r for r in remedies if r),
+    )
 
 
-def _copy_companions(source: Source, directory: Path) -> None:
-    for file in source.files_to_copy:
-        shutil.copy2(file, directory / file.name)
-
-
-def _seal(manifest: Manifest, directory: Path) -> None:
-    """Write reports and manifest; the manifest records every other file's checksum."""
-    for name, content in render_reports(manifest).items():
-        (directory / name).write_bytes(content)
-    manifest.files = {
-        p.name: sha256_file(p)
-        for p in sorted(directory.iterdir())
-        if p.is_file() and p.name != MANIFEST_FILENAME
-    }
-    (directory / MANIFEST_FILENAME).write_text(manifest.to_json(), encoding="utf-8")
+def variant_rules(config: ConversionConfig, evaluation: Evaluation | None) -> Rules:
+    """A variant is judged on the task; its elementwise figures are recorded."""
+    variant = config.onnx.quantization
+    remedies = []
+    if variant is Quantization.INT8:
+        remedies.append("quantization: int8-static (calibrated)")
+    if not config.quantize.per_channel:
+        remedies.append("quantize.per_channel: true")
+    if not config.validation.localize:
+        remedies.append("validation.localize: true to find which node to leave in float")
+    remedies.append("quantize.on_failure: skip to publish the fp32 model alone")
+    return Rules(
+        tolerance=DEFAULT_TOLERANCES[variant.value],
+        elementwise=False,
+        min_agreement=config.validation.min_task_agreement,
+        evaluation=evaluation,
+        on_failure=config.quantize.on_failure,
+        remedies=tuple(remedies),
+    )
 
 
 def convert(
     request: ConversionRequest,
-    progress: ProgressCallback = _ignore,
+    progress: ProgressCallback = ignore_progress,
     *,
     before_publish: Callable[[Manifest, Path], None] | None = None,
 ) -> Manifest:
@@ -196,139 +175,135 @@ def convert(
     """
     config = request.config
     check_output_location(request.output_dir, force=request.force)
-    run = _Run(request, progress)
+    run = _Stages(progress)
     with Staging(request.output_dir) as staging:
         work = staging.path
-        with run.stage("load", SourceError):
+        with run.stage(Stage.LOAD, SourceError):
             source = load_source(request.source_path, config.source)
             references = compute_references(
                 source, validation_shapes(source, config), seed=config.validation.seed
             )
-            loaded = source_record(source)
+            loaded = source.record()
             evaluation = None
             if config.validation.eval_file:
                 evaluation = prepare_evaluation(
                     source, config.validation.eval_file, config.validation.max_metric_drop
                 )
-        fp32 = OutputRecord(file=config.output.filename("fp32"), variant="fp32")
-        exported_dir = work / EXPORT_DIRNAME
-        with run.stage("export", ExportError):
-            exported = export_to_onnx(
+        fp32_file = config.output.filename("fp32")
+        exported = work / EXPORT_DIRNAME / fp32_file
+        with run.stage(Stage.EXPORT, ExportError):
+            export = export_to_onnx(
                 source,
-                exported_dir / fp32.file,
+                exported,
                 opset_version=config.onnx.opset_version,
                 exporter=config.onnx.exporter,
                 external_data=config.output.external_data,
             )
-        context = pass_context(source, exported.exporter, config, references)
+        context = pass_context(source, export.exporter, config)
         # PyTorch is done: the references hold its answers. Free its memory before ORT runs.
         source.module = None  # type: ignore[assignment]
         gc.collect()  # the exported graph holds reference cycles to the Parameters
         optimize = optimize_passes(config)
+        fp32_passes = ()
         if optimize:
-            with run.stage("passes", PassError):
-                results = apply_sequence(
-                    optimize, exported_dir / fp32.file, work / fp32.file, context
-                )
-                fp32.passes = [pass_record(r) for r in results]
+            with run.stage(Stage.PASSES, PassError):
+                fp32_passes = tuple(apply_sequence(optimize, exported, work / fp32_file, context))
         else:
-            move_model(exported_dir / fp32.file, work / fp32.file)
-        fp32.data_file = data_file_of(work / fp32.file)
-        with run.stage("validate", ValidationError):
-            result = validate_model(
-                work / fp32.file,
+            move_model(exported, work / fp32_file)
+
+        def locate_fp32(model: Path, validation: ValidationRecord):
+            return locate_fp32_failure(
+                lambda: load_source(request.source_path, config.source),
+                model,
                 references,
-                task=source.task,
-                variant="fp32",
-                tolerance=_tolerance(config, "fp32"),
-                min_agreement=config.validation.min_task_agreement,
+                validation,
+                opset=config.onnx.opset_version,
             )
-            fp32.validation = validation_record(result)
-            if not result.passed:
-                after = f" after {', '.join(p.name for p in fp32.passes)}" if fp32.passes else ""
-                where = ""
-                if config.validation.localize:
-                    found = localize_fp32_failure(
-                        request.source_path,
-                        config.source,
-                        work / fp32.file,
-                        references,
-                        result,
-                        opset=config.onnx.opset_version,
-                    )
-                    where = f"; {found.summary()}" if found else ""
-                raise ValidationError(
-                    f"the fp32 ONNX model{after} does not compute what PyTorch computes: "
-                    f"{'; '.join(result.failures[:3])}{where}",
-                    hint="nothing was published; try onnx.optimize: none, "
-                    "onnx.exporter: torchscript, or another opset",
+
+        with run.stage(Stage.VALIDATE, ValidationError):
+            outputs = [
+                judge(
+                    Candidate("fp32", work / fp32_file, fp32_passes),
+                    references,
+                    task=source.task,
+                    rules=fp32_rules(config, evaluation),
+                    locate=locate_fp32 if config.validation.localize else None,
                 )
-            if evaluation is not None:
-                judged = evaluation.judge(work / fp32.file)
-                fp32.validation.task_metric = TaskMetricRecord(**judged)
-                if not judged["passed"]:
-                    fp32.validation.passed = False
-                    raise ValidationError(
-                        f"the fp32 ONNX model loses accuracy: {metric_failure(judged)}",
-                        hint="nothing was published; try onnx.optimize: none or "
-                        "onnx.exporter: torchscript, or raise validation.max_metric_drop",
-                    )
-        outputs = [fp32]
+            ]
         variant_pass = quantization_pass(config)
         if variant_pass is not None:
             # Quantized from the graph as exported: fused attention ops hide their weights
             # from the quantizer (DistilBERT-base int8 from the fused graph: 37% of fp32's
             # size; from the exported graph: 25%). ONNX Runtime fuses it at load time.
-            base = exported_dir / fp32.file if optimize else work / fp32.file
-            with run.stage("quantize", QuantizationError):
+            base = exported if optimize else work / fp32_file
+            with run.stage(Stage.QUANTIZE, QuantizationError):
                 outputs.append(
-                    make_variant(
-                        variant_pass,
-                        work,
-                        base,
-                        references,
-                        source.task,
-                        config,
-                        context,
-                        evaluation=evaluation,
+                    _variant(
+                        variant_pass, base, work, references, source, config, context, evaluation
                     )
                 )
-        shutil.rmtree(exported_dir, ignore_errors=True)
+        shutil.rmtree(work / EXPORT_DIRNAME, ignore_errors=True)
+        smoke: dict[str, SmokeTestRecord] = {}
         if config.onnx.run_smoke_test:
-            with run.stage("smoke_test", SmokeTestError):
+            with run.stage(Stage.SMOKE_TEST, SmokeTestError):
                 for out in (o for o in outputs if o.published):
-                    smoke = smoke_test_onnx_model(work / out.file, references[0].inputs)
-                    out.smoke_test = smoke_test_record(smoke)
-                    if not smoke.passed:
+                    smoke[out.variant] = smoke_test_onnx_model(
+                        work / out.file, references[0].inputs
+                    )
+                    if not smoke[out.variant].passed:
                         raise SmokeTestError(
                             f"the published {out.file} fails its smoke test: "
-                            f"{'; '.join(smoke.problems)}"
+                            f"{'; '.join(smoke[out.variant].problems)}"
                         )
-        with run.stage("publish", PublishError):
+        with run.stage(Stage.PUBLISH, PublishError):
             publish_started = time.perf_counter()
-            _copy_companions(source, work)
-            for out in outputs:
-                if out.published:
-                    file_record(out, work)
+            for file in source.files_to_copy:
+                shutil.copy2(file, work / file.name)
             manifest = Manifest(
                 onnxport_version=__version__,
                 created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 conv_fp=request.conv_fp,
                 lineage=dict(request.lineage),
                 source=loaded,
-                export=export_record(exported),
-                outputs=outputs,
-                timings={k: round(v, 3) for k, v in run.timings.items()},
+                export=export,
+                outputs=[finish_output(o, work, smoke.get(o.variant)) for o in outputs],
+                # The publish time recorded is that of copying and checksumming; the rename
+                # that follows takes milliseconds.
+                timings={**run.timings, "publish": round(time.perf_counter() - publish_started, 3)},
                 peak_rss_mb=round(peak_rss_mb(), 1),
                 versions=library_versions(),
                 config=config.model_dump(mode="json"),
             )
-            # The publish time recorded is that of copying and checksumming; the rename
-            # that follows takes milliseconds.
-            manifest.timings["publish"] = round(time.perf_counter() - publish_started, 3)
-            _seal(manifest, work)
+            manifest = seal(manifest, work)
             if before_publish is not None:
                 before_publish(manifest, work)
             final = staging.publish()
         logger.info("conversion complete: %s", final)
         return manifest
+
+
+def _variant(
+    variant_pass,
+    base: Path,
+    work: Path,
+    references: list[Reference],
+    source: Source,
+    config: ConversionConfig,
+    context,
+    evaluation: Evaluation | None,
+) -> OutputRecord:
+    """Make the quantized or float16 model from `base` and put it through the gate."""
+    variant = config.onnx.quantization.value
+    path = work / config.output.filename(variant)
+    record = apply_pass(variant_pass, base, path, context)
+
+    def locate(model: Path, validation: ValidationRecord):
+        return locate_variant_failure(base, model, references, validation)
+
+    return judge(
+        Candidate(variant, path, (record,)),
+        references,
+        task=source.task,
+        rules=variant_rules(config, evaluation),
+        locate=locate if config.validation.localize else None,
+    )

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from onnxport.artifact.records import SmokeTestRecord
 from onnxport.errors import SmokeTestError, one_line
+from onnxport.verify.runtime import create_session, run_session
 
 logger = logging.getLogger(__name__)
 
@@ -29,16 +30,6 @@ _ONNX_TO_NUMPY = {
     "tensor(int32)": np.int32,
     "tensor(bool)": np.bool_,
 }
-
-
-@dataclass(frozen=True)
-class SmokeTestResult:
-    model_path: Path
-    passed: bool
-    load_seconds: float
-    run_seconds: float
-    output_shapes: dict[str, list[int]]
-    problems: tuple[str, ...] = ()
 
 
 def _dims(arg: ort.NodeArg) -> list[int | str | None]:
@@ -98,7 +89,7 @@ def smoke_test_onnx_model(
     sample_inputs: dict[str, np.ndarray] | None = None,
     *,
     raise_on_failure: bool = False,
-) -> SmokeTestResult:
+) -> SmokeTestRecord:
     """Load `model_path` in a fresh session and check finite outputs of the declared shapes.
 
     Args:
@@ -108,55 +99,41 @@ def smoke_test_onnx_model(
     """
     model_path = Path(model_path)
     started = time.perf_counter()
+    outputs: dict[str, np.ndarray] = {}
     try:
-        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        session = create_session(model_path)
     except Exception as e:  # onnxruntime raises its own untyped errors for bad files
-        message = one_line(e)
-        result = SmokeTestResult(model_path, False, 0.0, 0.0, {}, (f"cannot load: {message}",))
-        return _finish(result, raise_on_failure)
-    loaded = time.perf_counter()
+        problems = [f"cannot load: {one_line(e)}"]
+    else:
+        problems, outputs = _check(session, sample_inputs)
+    record = SmokeTestRecord(
+        passed=not problems,
+        output_shapes={k: list(v.shape) for k, v in outputs.items()},
+        problems=problems,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    if record.passed:
+        logger.info("smoke test passed for %s: %s", model_path.name, record.output_shapes)
+        return record
+    logger.error("smoke test failed for %s: %s", model_path, "; ".join(record.problems))
+    if raise_on_failure:
+        raise SmokeTestError(
+            f"smoke test failed for {model_path.name}: {'; '.join(record.problems)}"
+        )
+    return record
+
+
+def _check(
+    session: ort.InferenceSession, sample_inputs: dict[str, np.ndarray] | None
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """What is wrong with the session's answer to the inputs, and the answer."""
     declared = {arg.name for arg in session.get_inputs()}
     inputs = generate_inputs(session) if sample_inputs is None else dict(sample_inputs)
     missing = declared - set(inputs)
     if missing:
-        result = SmokeTestResult(
-            model_path,
-            False,
-            loaded - started,
-            0.0,
-            {},
-            (f"sample inputs lack {sorted(missing)}",),
-        )
-        return _finish(result, raise_on_failure)
-    names = [o.name for o in session.get_outputs()]
+        return [f"sample inputs lack {sorted(missing)}"], {}
     try:
-        values = session.run(names, {k: v for k, v in inputs.items() if k in declared})
+        outputs = run_session(session, inputs)
     except Exception as e:  # a runtime failure is the smoke test's finding, not a crash
-        message = one_line(e)
-        result = SmokeTestResult(
-            model_path, False, loaded - started, 0.0, {}, (f"inference failed: {message}",)
-        )
-        return _finish(result, raise_on_failure)
-    outputs = dict(zip(names, values))
-    problems = _expected_problems(session, inputs, outputs)
-    result = SmokeTestResult(
-        model_path=model_path,
-        passed=not problems,
-        load_seconds=loaded - started,
-        run_seconds=time.perf_counter() - loaded,
-        output_shapes={k: list(v.shape) for k, v in outputs.items()},
-        problems=tuple(problems),
-    )
-    return _finish(result, raise_on_failure)
-
-
-def _finish(result: SmokeTestResult, raise_on_failure: bool) -> SmokeTestResult:
-    if result.passed:
-        logger.info("smoke test passed for %s: %s", result.model_path.name, result.output_shapes)
-    else:
-        logger.error("smoke test failed for %s: %s", result.model_path, "; ".join(result.problems))
-        if raise_on_failure:
-            raise SmokeTestError(
-                f"smoke test failed for {result.model_path.name}: {'; '.join(result.problems)}"
-            )
-    return result
+        return [f"inference failed: {one_line(e)}"], {}
+    return _expected_problems(session, inputs, outputs), outputs

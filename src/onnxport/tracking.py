@@ -19,16 +19,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from onnxport.config import ExperimentConfig
+from onnxport.artifact.manifest import MANIFEST_FILENAME, REPORT_FILENAME, Manifest
 from onnxport.errors import TrackingError, one_line
-from onnxport.manifest import MANIFEST_FILENAME, REPORT_FILENAME, Manifest
+from onnxport.request.config import ExperimentConfig
 
 if TYPE_CHECKING:  # the benchmark module imports onnxruntime; the parent process need not
     import numpy as np
     import onnx
     from mlflow.models.signature import ModelSignature
 
-    from onnxport.benchmark import BenchmarkResult
+    from onnxport.artifact.records import BenchmarkRecord
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def input_example(directory: Path, model_path: Path) -> dict[str, np.ndarray]:
 
     from onnxport.samples import RESUME_LINES
     from onnxport.testing import generate_inputs
-    from onnxport.validate import create_session
+    from onnxport.verify.runtime import create_session
 
     session = create_session(model_path)
     fields = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
@@ -281,9 +281,9 @@ def log_conversion(
         )
 
 
-def benchmark_metrics(result: BenchmarkResult) -> dict[str, float]:
+def benchmark_metrics(result: BenchmarkRecord) -> dict[str, float]:
     """`benchmark.<runtime>.b<batch>.s<size>.p50_ms` and the like, per runtime and shape."""
-    from onnxport.benchmark import PYTORCH
+    from onnxport.artifact.records import PYTORCH
 
     metrics: dict[str, float] = {}
     for runtime in result.runtimes:
@@ -302,13 +302,13 @@ def benchmark_metrics(result: BenchmarkResult) -> dict[str, float]:
     return {k.replace("-", "_"): v for k, v in metrics.items()}
 
 
-def log_benchmark(result: BenchmarkResult, directory: Path) -> None:
+def log_benchmark(result: BenchmarkRecord, directory: Path) -> None:
     """Log benchmark figures as metrics and the reports as artifacts to the active run, or
     to the run `MLFLOW_RUN_ID` names."""
     quiet_mlflow()
     import mlflow
 
-    from onnxport.report import REPORT_HTML_FILENAME, REPORT_PLOT_FILENAME
+    from onnxport.artifact.report import REPORT_HTML_FILENAME, REPORT_PLOT_FILENAME
 
     run = contextlib.nullcontext() if mlflow.active_run() else mlflow.start_run()
     try:

@@ -15,12 +15,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from onnxport.config import ConversionConfig
+from onnxport.artifact.manifest import Manifest
 from onnxport.coverage.registry import CoverageEntry
 from onnxport.errors import OnnxportError
-from onnxport.manifest import Manifest
-from onnxport.pipeline import ConversionRequest, convert
-from onnxport.sources.huggingface import MODEL_TYPE_QUIRKS
+from onnxport.pipeline import convert
+from onnxport.request import ConversionRequest
+from onnxport.request.config import ConversionConfig
+from onnxport.sources.quirks import MODEL_TYPE_QUIRKS
 
 logger = logging.getLogger(__name__)
 

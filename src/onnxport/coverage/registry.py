@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onnxport.config import ConversionConfig, Exporter
+from onnxport.request.config import ConversionConfig, Exporter
 from onnxport.tasks import Task
 
 SEED = 0

@@ -7,18 +7,18 @@ variant is made from the graph as exported (see `pipeline.convert` for why).
 
 from __future__ import annotations
 
-from onnxport.config import ConversionConfig, OptimizeLevel, Quantization
 from onnxport.passes.base import (
     OnnxPass,
     PassContext,
-    PassResult,
     apply_pass,
     apply_sequence,
     count_nodes,
-    remove_model,
 )
+from onnxport.passes.calibration import calibration_inputs
 from onnxport.passes.optimize import OptimizePass
 from onnxport.passes.quantize import DynamicInt8Pass, Fp16Pass, StaticInt8Pass
+from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantization
+from onnxport.sources.base import Source
 
 __all__ = [
     "QUANTIZATION_PASSES",
@@ -27,14 +27,13 @@ __all__ = [
     "OnnxPass",
     "OptimizePass",
     "PassContext",
-    "PassResult",
     "StaticInt8Pass",
     "apply_pass",
     "apply_sequence",
     "count_nodes",
     "optimize_passes",
+    "pass_context",
     "quantization_pass",
-    "remove_model",
 ]
 
 QUANTIZATION_PASSES: dict[Quantization, type] = {
@@ -52,3 +51,16 @@ def optimize_passes(config: ConversionConfig) -> list[OnnxPass]:
 def quantization_pass(config: ConversionConfig) -> OnnxPass | None:
     cls = QUANTIZATION_PASSES.get(config.onnx.quantization)
     return cls() if cls else None
+
+
+def pass_context(source: Source, exporter: str, config: ConversionConfig) -> PassContext:
+    """What the passes of this conversion need to know beyond the model file."""
+    static = config.onnx.quantization is Quantization.INT8_STATIC
+    return PassContext(
+        exporter=exporter,
+        model_type=source.model_type,
+        num_heads=source.facts.num_heads,
+        hidden_size=source.facts.hidden_size,
+        calibration_inputs=calibration_inputs(source, config) if static else (),
+        settings=config.quantize,
+    )

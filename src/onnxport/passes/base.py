@@ -9,14 +9,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import onnx
 
+from onnxport.artifact.records import PassRecord
 from onnxport.errors import OnnxportError, PassError, one_line
+from onnxport.export.external_data import remove_model
 
 logger = logging.getLogger(__name__)
 
@@ -32,16 +34,6 @@ class PassContext:
     calibration_inputs: tuple[dict[str, np.ndarray], ...] = ()
     settings: Any = None
     """The `QuantizeConfig` of the conversion (per-channel, nodes to exclude, ...)."""
-
-
-@dataclass(frozen=True)
-class PassResult:
-    name: str
-    output: Path
-    seconds: float
-    nodes_before: int
-    nodes_after: int
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 class OnnxPass(Protocol):
@@ -61,7 +53,7 @@ def has_external_data(path: Path) -> bool:
     return any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
 
 
-def apply_pass(onnx_pass: OnnxPass, model: Path, output: Path, context: PassContext) -> PassResult:
+def apply_pass(onnx_pass: OnnxPass, model: Path, output: Path, context: PassContext) -> PassRecord:
     """Run one pass, timing it; any failure becomes a `PassError` that names the pass."""
     started = time.perf_counter()
     try:
@@ -79,14 +71,20 @@ def apply_pass(onnx_pass: OnnxPass, model: Path, output: Path, context: PassCont
         ) from e
     seconds = time.perf_counter() - started
     logger.info("pass %s done in %.1f s: %d -> %d nodes", onnx_pass.name, seconds, before, after)
-    return PassResult(onnx_pass.name, output, seconds, before, after, details)
+    return PassRecord(
+        name=onnx_pass.name,
+        seconds=round(seconds, 3),
+        nodes_before=before,
+        nodes_after=after,
+        details=details,
+    )
 
 
 def apply_sequence(
     passes: Sequence[OnnxPass], model: Path, output: Path, context: PassContext
-) -> list[PassResult]:
+) -> list[PassRecord]:
     """Compose passes: each reads the previous one's file; the last one writes `output`."""
-    results: list[PassResult] = []
+    results: list[PassRecord] = []
     current = model
     for i, onnx_pass in enumerate(passes):
         target = (
@@ -99,9 +97,3 @@ def apply_sequence(
             remove_model(current)
         current = target
     return results
-
-
-def remove_model(path: Path) -> None:
-    """Remove an intermediate model file and its external data, if any."""
-    for candidate in (path, path.with_name(path.name + ".data")):
-        candidate.unlink(missing_ok=True)

@@ -18,24 +18,24 @@ from typing import Any
 
 import onnxruntime as ort
 
-from onnxport.config import OptimizeLevel
 from onnxport.passes.base import PassContext, has_external_data
+from onnxport.request.config import OptimizeLevel
+from onnxport.verify.runtime import create_session, session_options
 
 logger = logging.getLogger(__name__)
 
 
 def _ort_offline(model: Path, output: Path, level: ort.GraphOptimizationLevel) -> None:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = level
-    options.optimized_model_filepath = str(output)
+    entries = {}
     if has_external_data(model):
-        options.add_session_config_entry(
-            "session.optimized_model_external_initializers_file_name", output.name + ".data"
-        )
-        options.add_session_config_entry(
-            "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
-        )
-    ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+        entries = {
+            "session.optimized_model_external_initializers_file_name": output.name + ".data",
+            "session.optimized_model_external_initializers_min_size_in_bytes": "1024",
+        }
+    options = session_options(
+        optimization=level, optimized_model_path=output, config_entries=entries
+    )
+    create_session(model, options)  # writes the optimized graph as it loads
 
 
 def _fuse_dynamo(model: Path, output: Path) -> dict[str, Any]:

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxport.passes.base import PassContext, has_external_data, remove_model
+from onnxport.export.external_data import remove_model
+from onnxport.passes.base import PassContext, has_external_data
 
 logger = logging.getLogger(__name__)
 

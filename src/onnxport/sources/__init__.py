@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from onnxport.config import SourceConfig
 from onnxport.errors import SourceError
+from onnxport.request.config import SourceConfig
 from onnxport.sources.base import InputFactory, Source
-from onnxport.sources.huggingface import is_huggingface_checkpoint, load_huggingface
+from onnxport.sources.checkpoint_files import is_huggingface_checkpoint
+from onnxport.sources.huggingface import load_huggingface
 from onnxport.sources.state_dict import load_state_dict_source, weights_format
 from onnxport.sources.torch_export import is_torch_export_archive, load_torch_export
 from onnxport.sources.torchscript import is_torchscript_archive, load_torchscript

@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from onnxport.artifact.manifest import sha256_file
+from onnxport.artifact.records import SourceRecord
 from onnxport.tasks import Modality, Task
 
 # An input factory builds named example inputs for a (batch, size) shape; `size` is the
 # sequence length for text and the image side for vision. The seed makes them repeatable.
 InputFactory = Callable[[int, int, int], dict[str, torch.Tensor]]
+# Tokenized texts, padded or truncated to a length, as named model inputs.
+TextEncoder = Callable[[list[str], int], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What later stages need to know about the model, beyond its inputs and outputs."""
+
+    num_heads: int = 0
+    """Attention heads (0: unknown, or per stage): the TorchScript graph's fusions need it."""
+    hidden_size: int = 0
+    label2id: Mapping[str, int] = field(default_factory=dict)
+    """The classifier's labels (config.json), which a labelled evaluation set names."""
 
 
 @dataclass
@@ -40,8 +55,23 @@ class Source:
     """Files published beside the model (config.json, tokenizer) so loaders open the dir."""
     model_type: str | None = None
     num_parameters: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Any | None = None
+    """The checkpoint's tokenizer (a transformers tokenizer), when it ships one."""
+    encode: TextEncoder | None = None
+    """Real text as model inputs, when the source has a tokenizer."""
+    facts: ModelFacts = field(default_factory=ModelFacts)
 
     def example_inputs(self, seed: int = 0) -> dict[str, torch.Tensor]:
         batch, size = self.example_shape
         return self.make_inputs(batch, size, seed)
+
+    def record(self) -> SourceRecord:
+        return SourceRecord(
+            path=str(self.path.absolute()),
+            kind=self.kind,
+            task=self.task.value,
+            architecture=self.architecture,
+            model_type=self.model_type,
+            num_parameters=self.num_parameters,
+            weights_sha256={f.name: sha256_file(f) for f in self.weight_files},
+        )

@@ -12,13 +12,9 @@ when it serves the task (`T5EncoderModel`), else the task's Auto class.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import os
 import pickle
-import struct
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,167 +22,23 @@ import torch
 
 from onnxport.errors import SourceError, one_line
 from onnxport.samples import sample_texts
-from onnxport.sources.base import Source
+from onnxport.sources.base import ModelFacts, Source
+from onnxport.sources.checkpoint_files import (
+    COMPANION_FILES,
+    check_layer_counts,
+    check_safetensors,
+    read_config_json,
+    weight_files,
+)
+from onnxport.sources.quirks import MODEL_TYPE_QUIRKS
 from onnxport.tasks import TASKS, Modality, Task, task_from_architecture, task_names
 
 logger = logging.getLogger(__name__)
-
-SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
-PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
-# Files published beside the ONNX model so that standard loaders open the output directory.
-COMPANION_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "tokenizer.model",
-    "preprocessor_config.json",
-    "image_processor_config.json",
-)
-
-
-@dataclass(frozen=True)
-class ModelTypeQuirk:
-    """What onnxport knows about one model type that its config.json does not say."""
-
-    config: Mapping[str, Any] = field(default_factory=dict)
-    """Settings applied on load, before the model is built."""
-    note: str | None = None
-    """Logged as a warning on load, and shown in docs/coverage.md."""
-
-
-# The one place for per-architecture knowledge in loading; `onnxport.coverage` measures it.
-MODEL_TYPE_QUIRKS: dict[str, ModelTypeQuirk] = {
-    "big_bird": ModelTypeQuirk(
-        config={"attention_type": "original_full"},
-        note="block-sparse attention picks its blocks in Python per sequence length and "
-        "cannot be exported; BigBird converts with full attention (transformers itself "
-        "switches to it for inputs under (5 + 2·num_random_blocks)·block_size tokens), so "
-        "the ONNX model matches PyTorch with attention_type='original_full'",
-    ),
-    "longformer": ModelTypeQuirk(
-        note="sliding-window attention derives its chunk count from the sequence length as "
-        "a tensor: the dynamo exporter stops on that data-dependent size, and the "
-        "TorchScript exporter records the traced batch and length as constants, so its "
-        "graph fails on any other shape; no exporter setting avoids it (BigBird converts)",
-    ),
-}
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 DEFAULT_TEXT_SHAPES = ((1, 8), (2, 37), (4, 128))
 TEXT_EXAMPLE_SHAPE = (2, 13)
 DEFAULT_VISION_BATCHES = (1, 2, 4)
-
-
-def is_huggingface_checkpoint(path: Path) -> bool:
-    return (path / "config.json").is_file()
-
-
-def _read_config_json(path: Path) -> dict[str, Any]:
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise SourceError(
-            f"{path} has no config.json, so it is not a Hugging Face checkpoint",
-            hint="point at the checkpoint directory written by save_pretrained()",
-        )
-    try:
-        data = json.loads(config_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SourceError(f"{config_file} is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise SourceError(f"{config_file} must hold a JSON object, not {type(data).__name__}")
-    return data
-
-
-def _weight_files(path: Path, *, allow_pickle: bool) -> tuple[list[Path], bool]:
-    """The weight files to load, and whether they are safetensors."""
-    safetensors = sorted(path.glob("*.safetensors"))
-    if safetensors or (path / SAFETENSORS_FILES[1]).is_file():
-        if not safetensors:
-            raise SourceError(f"{path}: the safetensors index names shards that are missing")
-        return safetensors, True
-    pickles = [path / name for name in PICKLE_FILES if (path / name).is_file()]
-    pickles += sorted(path.glob("pytorch_model-*.bin"))
-    if pickles:
-        if not allow_pickle:
-            raise SourceError(
-                f"{path} holds pickle-based weights ({pickles[0].name}), which can run code "
-                "when loaded; onnxport loads safetensors only by default",
-                hint="re-save the checkpoint with safe_serialization=True, "
-                "or pass --allow-pickle if you trust its origin",
-            )
-        return pickles, False
-    raise SourceError(
-        f"{path} has no weights (model.safetensors)",
-        hint="check that training finished and saved the model",
-    )
-
-
-def check_safetensors(file: Path) -> list[str]:
-    """Fail early on a truncated or corrupt safetensors file, naming it; its tensor names."""
-    size = file.stat().st_size
-    try:
-        with file.open("rb") as f:
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            if header_len <= 0 or 8 + header_len > size:
-                raise ValueError("header length beyond end of file")
-            header = json.loads(f.read(header_len))
-        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-    # A header that is JSON but not a safetensors header (a list, entries without offsets).
-    except (struct.error, ValueError, UnicodeDecodeError, AttributeError, KeyError, TypeError) as e:
-        raise SourceError(
-            f"{file} is not a valid safetensors file ({e}); it may be truncated",
-            hint="copy the checkpoint again from the training output",
-        ) from e
-    expected = 8 + header_len + (max(ends) if ends else 0)
-    if expected != size:
-        raise SourceError(
-            f"{file} is truncated or padded: {size} bytes, its header describes {expected}",
-            hint="copy the checkpoint again from the training output",
-        )
-    return [k for k in header if k != "__metadata__"]
-
-
-# config.json keys that count layers; a model is built with that many before its weights load.
-LAYER_KEYS = (
-    "num_hidden_layers",
-    "n_layer",
-    "n_layers",
-    "num_layers",
-    "encoder_layers",
-    "decoder_layers",
-)
-# Layers shared (ALBERT) or built without weights leave fewer numbered layers in the weights
-# than the config counts: only a count far beyond them is refused.
-MAX_LAYERS_WITHOUT_WEIGHTS = 1024
-
-
-def _check_layer_counts(path: Path, raw: dict[str, Any], tensor_names: list[str]) -> None:
-    """Refuse a config.json that counts far more layers than the weights hold: building them
-    would take minutes and all the memory before the weights could be found not to fit."""
-    indices: dict[str, int] = {}
-    for name in tensor_names:
-        parts = name.split(".")
-        for i, part in enumerate(parts):
-            if part.isdigit():
-                prefix = ".".join(parts[:i])
-                indices[prefix] = max(indices.get(prefix, 0), int(part) + 1)
-    held = max(indices.values(), default=0)
-    for key in LAYER_KEYS:
-        value = raw.get(key)
-        if isinstance(value, int) and value > max(MAX_LAYERS_WITHOUT_WEIGHTS, 4 * held):
-            raise SourceError(
-                f"{path}/config.json says {key} = {value}, but the weights hold "
-                f"{held} numbered layers",
-                hint="check that config.json belongs to these weights",
-            )
 
 
 def _resolve_task(config: Any, requested: Task | None, path: Path) -> tuple[Task, str]:
@@ -427,20 +279,20 @@ def load_huggingface(
 ) -> Source:
     """Load a checkpoint directory written by `save_pretrained()` as a `Source`."""
     path = Path(path)
-    raw = _read_config_json(path)
+    raw = read_config_json(path)
     if "model_type" not in raw:
         raise SourceError(
             f"{path}/config.json has no model_type",
             hint="save the checkpoint with save_pretrained(), which writes it",
         )
-    weight_files, safetensors = _weight_files(path, allow_pickle=allow_pickle)
+    files, safetensors = weight_files(path, allow_pickle=allow_pickle)
     tensor_names: list[str] = []
-    for file in weight_files:
+    for file in files:
         if safetensors and file.suffix == ".safetensors":
             tensor_names += check_safetensors(file)
         elif file.stat().st_size == 0:
             raise SourceError(f"{file} is empty", hint="copy the checkpoint again")
-    _check_layer_counts(path, raw, tensor_names)
+    check_layer_counts(path, raw, tensor_names)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoConfig
@@ -478,6 +330,7 @@ def load_huggingface(
     model.eval()
     companions = tuple(path / n for n in COMPANION_FILES if (path / n).is_file())
 
+    tokenizer = encode = None
     if info.modality is Modality.VISION:
         image_size = _image_size(config)
         factory = VisionInputs(int(getattr(config, "num_channels", 3)), image_size)
@@ -489,6 +342,7 @@ def load_huggingface(
         tokenizer = _load_tokenizer(path, trust_remote_code)
         names = _text_input_names(model, config, tokenizer)
         factory = TextInputs(names, config, tokenizer)
+        encode = factory.encode if tokenizer is not None else None
         dynamic_axes = {n: {0: "batch", 1: "sequence"} for n in names}
         limit = int(getattr(config, "max_position_embeddings", 512) or 512)
         shapes = tuple((b, min(s, limit)) for b, s in DEFAULT_TEXT_SHAPES)
@@ -515,12 +369,15 @@ def load_huggingface(
         make_inputs=factory,
         example_shape=example_shape,
         default_shapes=shapes,
-        weight_files=tuple(weight_files),
+        weight_files=tuple(files),
         files_to_copy=companions,
         model_type=config.model_type,
         num_parameters=sum(p.numel() for p in model.parameters()),
-        extra={
-            "num_heads": _int_setting(config, "num_attention_heads"),
-            "hidden_size": _int_setting(config, "hidden_size"),
-        },
+        tokenizer=tokenizer,
+        encode=encode,
+        facts=ModelFacts(
+            num_heads=_int_setting(config, "num_attention_heads"),
+            hidden_size=_int_setting(config, "hidden_size"),
+            label2id={str(k): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()},
+        ),
     )

@@ -27,10 +27,10 @@ from typing import Any
 
 import torch
 
-from onnxport.config import SourceConfig
 from onnxport.errors import SourceError, one_line
+from onnxport.request.config import SourceConfig
 from onnxport.sources.base import Source
-from onnxport.sources.huggingface import check_safetensors
+from onnxport.sources.checkpoint_files import check_safetensors
 from onnxport.sources.plain import plain_source, read_input_spec
 
 logger = logging.getLogger(__name__)

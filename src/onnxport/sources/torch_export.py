@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from onnxport.config import SourceConfig
 from onnxport.errors import SourceError, one_line
+from onnxport.request.config import SourceConfig
 from onnxport.sources.base import Source
 from onnxport.sources.plain import (
     BATCH_DIM,

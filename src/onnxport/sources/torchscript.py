@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from onnxport.config import SourceConfig
 from onnxport.errors import SourceError, one_line
+from onnxport.request.config import SourceConfig
 from onnxport.sources.base import Source
 from onnxport.sources.plain import plain_source, read_input_spec
 

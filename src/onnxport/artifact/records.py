@@ -1,0 +1,264 @@
+"""The one set of typed records: each stage returns its record, the manifest is made of them,
+and nothing edits one afterwards (they are frozen). Adding a manifest field is one edit here.
+
+Other tools read `manifest.json`, so keys are only ever added, never renamed; a record keeps
+keys it does not know (a newer onnxport's), so reading and writing back loses nothing.
+This module imports no torch and no ONNX Runtime: a server reads these records too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PYTORCH = "pytorch"
+"""The benchmark's name for PyTorch eager, the reference of every speed-up."""
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True, ser_json_inf_nan="strings")
+
+
+# ------------------------------------------------------------------------------ load, export
+
+
+class SourceRecord(Record):
+    path: str
+    kind: str
+    task: str
+    architecture: str
+    model_type: str | None = None
+    num_parameters: int = 0
+    weights_sha256: dict[str, str] = Field(default_factory=dict)
+
+
+class AttemptRecord(Record):
+    """One exporter's try: whether it produced the model, and why not."""
+
+    exporter: str
+    ok: bool
+    error: str | None = None
+    seconds: float = 0.0
+
+
+class ExportRecord(Record):
+    exporter: str
+    """The exporter that produced the model."""
+    opset: int
+    seconds: float
+    attempts: list[AttemptRecord]
+
+
+class PassRecord(Record):
+    """One pass from one ONNX file to the next (`onnxport.passes`)."""
+
+    name: str
+    seconds: float = 0.0
+    nodes_before: int | None = None
+    nodes_after: int | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+class OutputComparisonRecord(Record):
+    """One output of the ONNX model against PyTorch's, over every validation shape."""
+
+    max_abs_diff: float
+    max_rel_diff: float
+    atol: float
+    rtol: float
+    passed: bool
+    worst_shape: list[int] = Field(default_factory=list)
+
+
+class TaskAgreementRecord(Record):
+    metric: str
+    value: float
+    minimum: float
+    passed: bool
+
+
+class TaskMetricRecord(Record):
+    """The task metric on the labelled evaluation set (`validation.eval_file`)."""
+
+    metric: str
+    value: float
+    pytorch: float
+    max_drop: float
+    passed: bool
+    examples: int
+
+
+class ValidationRecord(Record):
+    passed: bool
+    shapes: list[list[int]]
+    outputs: dict[str, OutputComparisonRecord]
+    task_agreement: TaskAgreementRecord
+    task_metric: TaskMetricRecord | None = None
+    elementwise_gate: bool = True
+    failures: list[str] = Field(default_factory=list)
+    seconds: float = 0.0
+
+
+class NodeDivergenceRecord(Record):
+    """One ONNX node's output against its reference (PyTorch's value, or the fp32 model's)."""
+
+    value: str
+    node: str
+    op_type: str
+    module: str | None
+    max_abs_diff: float
+    max_rel_diff: float
+    input_max_abs_diff: float
+    """The largest error among its compared inputs: small means this node introduced it."""
+    relative_l2: float | None = None
+    """||actual - expected|| / ||expected||: how much of the value is lost (variants)."""
+    input_relative_l2: float | None = None
+    """The largest `relative_l2` among its compared inputs (variants)."""
+
+
+class DivergenceRecord(Record):
+    """Where a failed model parts ways with its reference (`onnxport.verify.divergence`)."""
+
+    against: str
+    """`pytorch`, or `fp32-onnx` for a variant."""
+    shape: list[int]
+    compared: int
+    first: NodeDivergenceRecord | None
+    following: list[NodeDivergenceRecord] = Field(default_factory=list)
+    atol: float = 0.0
+    rtol: float = 0.0
+    suggestion: str | None = None
+    note: str | None = None
+    seconds: float = 0.0
+    exclude: list[str] = Field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for the error message of a failed conversion."""
+        if self.first is None:
+            return f"no single diverging node found ({self.note or f'compared {self.compared}'})"
+        f = self.first
+        where = f"{f.op_type}, {f.module}" if f.module else f.op_type
+        if self.against == "fp32-onnx":
+            line = (
+                f"the variant loses the most at node {f.node} ({where}): relative error "
+                f"{f.relative_l2 or 0.0:.2g} against the fp32 model, from inputs at "
+                f"{f.input_relative_l2 or 0.0:.2g}"
+            )
+            return line + (f"; try {self.suggestion}" if self.suggestion else "")
+        line = (
+            f"first divergence at node {f.node} ({where}): max abs {f.max_abs_diff:.2g} "
+            f"vs tolerance {self.atol:g}"
+        )
+        return line + (f"; {self.suggestion}" if self.suggestion else "")
+
+
+class SmokeTestRecord(Record):
+    passed: bool
+    output_shapes: dict[str, list[int]] = Field(default_factory=dict)
+    problems: list[str] = Field(default_factory=list)
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------------- outputs
+
+
+class OutputRecord(Record):
+    """One model the conversion made: the gate's verdict on it, and once published, its file
+    facts and smoke test."""
+
+    file: str
+    variant: str
+    published: bool = True
+    sha256: str | None = None
+    size_bytes: int | None = None
+    data_file: str | None = None
+    data_sha256: str | None = None
+    data_size_bytes: int | None = None
+    passes: list[PassRecord] = Field(default_factory=list)
+    validation: ValidationRecord | None = None
+    localization: DivergenceRecord | None = None
+    """Where a refused model parts ways with its reference."""
+    smoke_test: SmokeTestRecord | None = None
+
+    @property
+    def total_size_bytes(self) -> int | None:
+        """The model file and its external data file together: what the variant weighs."""
+        if self.size_bytes is None:
+            return None
+        return self.size_bytes + (self.data_size_bytes or 0)
+
+
+# -------------------------------------------------------------------------------- benchmark
+
+
+class BenchmarkSettingsRecord(Record):
+    batch_sizes: list[int]
+    seq_lengths: list[int]
+    threads: int
+    iterations: int
+    warmup: int
+    seed: int = 0
+    onnx_spinning: bool = False
+
+
+class RuntimeRecord(Record):
+    """One runtime: what it costs to load and hold, whatever the input shape."""
+
+    name: str
+    """`pytorch`, or the ONNX variant (`fp32`, `int8`, ...)."""
+    engine: str
+    """`pytorch-eager` or `onnxruntime`."""
+    file: str | None
+    size_bytes: int
+    """The ONNX file with its external data; for PyTorch, the checkpoint's weight files."""
+    load_seconds: float
+    """Session creation; for PyTorch, loading the checkpoint (model and tokenizer)."""
+    rss_growth_mb: float | None = None
+    """Growth of the process's resident memory over loading and warm-up at the largest
+    shape. Not an isolated peak: memory that another runtime freed may be reused."""
+
+
+class TimingRecord(Record):
+    """One runtime on one input shape."""
+
+    runtime: str
+    batch_size: int
+    size: int
+    iterations: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    throughput: float
+    """Samples per second at the median latency: batch_size / p50."""
+
+
+class BenchmarkRecord(Record):
+    """`onnxport benchmark`'s figures: every runtime on every shape, measured interleaved."""
+
+    settings: BenchmarkSettingsRecord
+    runtimes: list[RuntimeRecord]
+    timings: list[TimingRecord]
+    size_name: str
+    """`sequence length`, or `image size` for vision models."""
+    inputs: str
+    """How the inputs were made: tokenized sample text, generated ids, random pixels."""
+    machine: dict[str, Any]
+    versions: dict[str, str]
+    created_at: str
+    seconds: float
+
+    def timing(self, runtime: str, batch_size: int, size: int) -> TimingRecord | None:
+        key = (runtime, batch_size, size)
+        return next((t for t in self.timings if (t.runtime, t.batch_size, t.size) == key), None)
+
+    def speedup(self, timing: TimingRecord) -> float | None:
+        """PyTorch's median latency over this one's, on the same shape (2.0: twice as fast)."""
+        reference = self.timing(PYTORCH, timing.batch_size, timing.size)
+        if reference is None or timing.p50_ms <= 0:
+            return None
+        return reference.p50_ms / timing.p50_ms

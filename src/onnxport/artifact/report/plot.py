@@ -1,0 +1,49 @@
+"""`report.png`: median latency by sequence length (or image size), one line per runtime,
+one panel per batch size; rendered only once a benchmark is recorded."""
+
+from __future__ import annotations
+
+import io
+
+from onnxport.artifact.manifest import Manifest
+from onnxport.artifact.records import PYTORCH
+
+_PLOT_DPI = 100
+_LOG_SCALE_RATIO = 10.0
+
+
+def render_plot(manifest: Manifest) -> bytes | None:
+    """The latency plot as PNG bytes; None when no benchmark is recorded."""
+    result = manifest.benchmark
+    if result is None:
+        return None
+    from matplotlib.figure import Figure  # no pyplot: no global backend, no display needed
+
+    batches = sorted({t.batch_size for t in result.timings})
+    figure = Figure(figsize=(4.6 * len(batches), 3.6), dpi=_PLOT_DPI, layout="constrained")
+    axes = figure.subplots(1, len(batches), squeeze=False)[0]
+    for ax, batch in zip(axes, batches):
+        for runtime in result.runtimes:
+            points = sorted(
+                (t.size, t.p50_ms)
+                for t in result.timings
+                if t.runtime == runtime.name and t.batch_size == batch
+            )
+            label = "PyTorch eager" if runtime.name == PYTORCH else f"ONNX {runtime.name}"
+            ax.plot(*zip(*points), marker="o", label=label)
+        ax.set_title(f"batch {batch}")
+        ax.set_xlabel(result.size_name)
+        latencies = [t.p50_ms for t in result.timings if t.batch_size == batch]
+        if max(latencies) > _LOG_SCALE_RATIO * min(latencies):
+            ax.set_yscale("log")  # else the fast runtimes' lines lie flat on the axis
+            ax.set_ylabel("median latency (ms, log scale)")
+        else:
+            ax.set_ylim(bottom=0)
+            ax.set_ylabel("median latency (ms)")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    figure.suptitle(f"{manifest.source.architecture}: {result.settings.threads} threads")
+    buffer = io.BytesIO()
+    # No Software tag: the same manifest renders the same bytes, so checksums stay stable.
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()

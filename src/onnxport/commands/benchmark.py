@@ -1,0 +1,144 @@
+"""`onnxport benchmark OUT_DIR` and `onnxport report OUT_DIR`, registered by `cli.py`.
+
+The benchmark command measures, records the figures in the manifest, re-renders the reports
+and, inside a tracked run (`MLFLOW_RUN_ID`), logs them to MLflow. `onnxport convert
+--benchmark` calls `benchmark_published` on the directory it has just published.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from onnxport.artifact.manifest import Manifest, read_manifest
+from onnxport.artifact.records import BenchmarkRecord
+from onnxport.artifact.report import REPORT_HTML_FILENAME, REPORT_PLOT_FILENAME, rerender_reports
+from onnxport.artifact.report.tables import latency_row
+from onnxport.benchmark import (
+    DEFAULT_ITERATIONS,
+    DEFAULT_WARMUP,
+    BenchmarkSettings,
+    benchmark_directory,
+    default_threads,
+    record_benchmark,
+)
+from onnxport.commands.console import console, stdout
+from onnxport.errors import BenchmarkInputError
+
+
+def parse_sizes(text: str, option: str) -> tuple[int, ...]:
+    """`"1,8"` -> (1, 8); anything else is a one-line input error."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise BenchmarkInputError(f"{option} is empty: give comma-separated positive integers")
+    try:
+        return tuple(int(item) for item in items)
+    except ValueError:
+        raise BenchmarkInputError(
+            f"{option} takes comma-separated positive integers, not {text!r}"
+        ) from None
+
+
+def run_benchmark(
+    output_dir: Path, settings: BenchmarkSettings, *, include_pytorch: bool, console: Console
+) -> BenchmarkRecord:
+    """Measure, record in the manifest, re-render the reports, log to MLflow when tracked."""
+
+    # Lines like `onnxport convert`'s (render.ProgressPrinter), without importing the
+    # pipeline, which imports torch: `--no-pytorch` must not.
+    def progress(line: str) -> None:
+        console.print(f"[dim]…[/dim] benchmark: {line}", highlight=False)
+
+    result = benchmark_directory(
+        output_dir, settings, include_pytorch=include_pytorch, progress=progress
+    )
+    record_benchmark(output_dir, result)
+    if os.environ.get("MLFLOW_RUN_ID"):
+        from onnxport.tracking import log_benchmark
+
+        log_benchmark(result, Path(output_dir))
+    console.print(f"[green]✓[/green] benchmark [dim]{result.seconds:.1f} s[/dim]")
+    return result
+
+
+def benchmark_published(output_dir: Path, console: Console) -> Manifest:
+    """The last stage of `onnxport convert --benchmark`: the default grid, PyTorch included.
+
+    Its table goes to `console` (stderr) with the progress lines, so that `--json` keeps
+    stdout for the manifest; returns the manifest with the benchmark recorded.
+    """
+    result = run_benchmark(output_dir, BenchmarkSettings(), include_pytorch=True, console=console)
+    console.print(benchmark_table(result, str(output_dir)))
+    return read_manifest(output_dir)
+
+
+def benchmark_table(result: BenchmarkRecord, output_dir: str) -> Table:
+    table = Table(title=f"benchmark: {output_dir} ({result.settings.threads} threads)")
+    for column in ("batch", result.size_name, "runtime", "p50 ms", "p90 ms", "p99 ms"):
+        table.add_column(column, justify="left" if column == "runtime" else "right")
+    table.add_column("samples/s", justify="right")
+    table.add_column("speed-up vs PyTorch", justify="right")
+    for t in result.timings:
+        table.add_row(*latency_row(result, t))
+    return table
+
+
+def benchmark_command(
+    output_dir: Annotated[Path, typer.Argument(help="An onnxport output directory.")],
+    batch_sizes: Annotated[
+        str, typer.Option(help="Comma-separated batch sizes.", show_default=True)
+    ] = "1,8",
+    seq_lengths: Annotated[
+        str,
+        typer.Option(help="Comma-separated sequence lengths (vision: the model's image size)."),
+    ] = "32,128",
+    threads: Annotated[
+        int | None, typer.Option(help="Threads for both runtimes (default: all usable CPUs).")
+    ] = None,
+    iterations: Annotated[
+        int, typer.Option(help="Timed runs per runtime and shape.")
+    ] = DEFAULT_ITERATIONS,
+    warmup: Annotated[int, typer.Option(help="Untimed runs before them.")] = DEFAULT_WARMUP,
+    no_pytorch: Annotated[
+        bool, typer.Option("--no-pytorch", help="Benchmark the ONNX models alone (no torch).")
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the figures as JSON instead of a table.")
+    ] = False,
+) -> None:
+    """Measure PyTorch eager and every published ONNX model, interleaved; update the report."""
+    settings = BenchmarkSettings(
+        batch_sizes=parse_sizes(batch_sizes, "--batch-sizes"),
+        seq_lengths=parse_sizes(seq_lengths, "--seq-lengths"),
+        threads=default_threads() if threads is None else threads,
+        iterations=iterations,
+        warmup=warmup,
+    )
+    result = run_benchmark(output_dir, settings, include_pytorch=not no_pytorch, console=console)
+    if json_output:
+        stdout.print_json(result.model_dump_json())
+        return
+    stdout.print(benchmark_table(result, str(output_dir)))
+    stdout.print(
+        f"report: {output_dir / REPORT_HTML_FILENAME} (plot: {REPORT_PLOT_FILENAME})",
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
+def report_command(
+    output_dir: Annotated[Path, typer.Argument(help="An onnxport output directory.")],
+) -> None:
+    """Render report.md, report.html (and report.png) again from the manifest."""
+    manifest = rerender_reports(output_dir)
+    written = [n for n in manifest.files if n.startswith("report.")]
+    stdout.print(
+        "\n".join(str(output_dir / name) for name in sorted(written)),
+        soft_wrap=True,
+        highlight=False,
+    )

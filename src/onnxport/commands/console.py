@@ -1,0 +1,63 @@
+"""The terminal, shared by every command: the two consoles, logging, and how an error is
+printed (one or a few lines, the traceback only with --debug)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+
+from rich.console import Console
+from rich.markup import escape
+
+from onnxport.errors import InternalError, OnnxportError
+
+# Pipelines read our output from logs: keep tables whole rather than wrapped at 80 columns.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+stdout = Console(width=None if sys.stdout.isatty() else 120)
+
+
+def setup_logging(verbose: bool) -> None:
+    """Warnings and errors only, or every step with `verbose`."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    # torch.onnx logs optional-dependency notices (torchvision) at WARNING on every export.
+    logging.getLogger("torch").setLevel(logging.INFO if verbose else logging.ERROR)
+    # onnxruntime.quantization advises pre-processing on the root logger; we run shape
+    # inference ourselves (see passes/quantize.py).
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(
+            lambda record: (
+                "pre-processing before quantization" not in record.getMessage()
+                and "run pre-processing" not in record.getMessage()
+            )
+        )
+
+
+def print_error(error: BaseException, debug: bool) -> int:
+    """Print `error` for a person and return the exit code: an onnxport error as its message
+    and hint; anything else (or a child's InternalError) as a bug to report."""
+    if debug:
+        traceback.print_exception(error)
+    if isinstance(error, OnnxportError):
+        console.print(
+            f"[red]error[/red] ({error.stage}): {escape(error.message)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        if error.hint:
+            console.print(f"  hint: {error.hint}", highlight=False, soft_wrap=True, markup=False)
+        return error.exit_code
+    wrapped = (
+        error
+        if isinstance(error, InternalError)
+        else InternalError(f"{type(error).__name__}: {error}")
+    )
+    console.print(
+        f"[red]internal error[/red]: {escape(wrapped.message)}\n"
+        "  this is a bug in onnxport; rerun with --debug and report the traceback",
+        highlight=False,
+    )
+    return wrapped.exit_code

@@ -1,0 +1,67 @@
+"""`onnxport debug OUT_DIR`: where does each published model part ways with its reference?"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def debug_command(
+    output_dir: Annotated[Path, typer.Argument(help="A converted output directory.")],
+    length: Annotated[int, typer.Option(help="Sequence length of the input compared.")] = 37,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Compare every published model node by node: fp32 with PyTorch, variants with fp32."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from onnxport.artifact.reader import PublishedDirectory
+    from onnxport.commands.console import setup_logging
+    from onnxport.request.config import SourceConfig
+    from onnxport.sources import load_source
+    from onnxport.verify.compare import Tolerance
+    from onnxport.verify.divergence.pytorch import localize_against_pytorch
+    from onnxport.verify.divergence.variant import localize_variant
+    from onnxport.verify.validate import DEFAULT_TOLERANCES
+
+    setup_logging(verbose=False)
+    published = PublishedDirectory.open(output_dir)
+    manifest = published.manifest
+    fp32 = published.output("fp32")
+    settings = SourceConfig.model_validate(manifest.config.get("source", {}))
+    source = load_source(Path(manifest.source.path), settings)
+    size = source.example_shape[1] if source.modality.value == "vision" else length
+    inputs = {k: v.numpy() for k, v in source.make_inputs(1, size, 0).items()}
+    del source  # loaded again after the ONNX side has run: never both in memory
+    first = next(iter(fp32.validation.outputs.values()), None) if fp32.validation else None
+    tolerance = Tolerance(first.atol, first.rtol) if first else DEFAULT_TOLERANCES["fp32"]
+    results = {
+        "fp32": localize_against_pytorch(
+            lambda: load_source(Path(manifest.source.path), settings),
+            published.path / fp32.file,
+            inputs,
+            opset=manifest.export.opset,
+            tolerance=tolerance,
+        )
+    }
+    for out in published.published():
+        if out.variant != "fp32":
+            results[out.variant] = localize_variant(
+                published.path / fp32.file,
+                published.path / out.file,
+                inputs,
+                tolerance=DEFAULT_TOLERANCES.get(out.variant, tolerance),
+            )
+    if json_output:
+        print(json.dumps({k: v.model_dump(mode="json") for k, v in results.items()}, indent=2))
+        return
+    table = Table(title=f"onnxport debug: {output_dir}")
+    for column in ("variant", "against", "values compared", "finding"):
+        table.add_column(column)
+    for variant, found in results.items():
+        finding = found.summary() if found.first or found.note else "no divergence"
+        table.add_row(variant, found.against, str(found.compared), finding)
+    Console(width=140).print(table)

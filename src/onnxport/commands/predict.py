@@ -1,0 +1,143 @@
+"""`onnxport predict OUT_DIR TEXT...`: a converted model answering text, as tables or JSON.
+
+Registered on the `onnxport` app by `cli.py`. Like `onnxport.predict`, it imports no torch, so
+the command starts in about a second.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from onnxport.commands.console import setup_logging, stdout
+from onnxport.predict import (
+    EntityPrediction,
+    LabelPrediction,
+    LongText,
+    OnnxPredictor,
+    Pooling,
+    Prediction,
+    VectorPrediction,
+)
+
+_TITLE_CHARS = 100
+_VECTOR_PREVIEW = 4
+_TRUNCATED = "truncated to the model's maximum length"
+
+
+def _short(text: str, limit: int = _TITLE_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _entity_table(index: int, prediction: EntityPrediction) -> RenderableType:
+    """The text on a line of its own (a table title would wrap to the table's width)."""
+    header = Text(f"{index}. {_short(prediction.text)}", style="bold")
+    if prediction.truncated:
+        header.append(f"  ({_TRUNCATED})", style="yellow")
+    if not prediction.entities:
+        return Group(header, Text("   no entities", style="dim"))
+    table = Table()
+    table.add_column("entity")
+    table.add_column("text")
+    table.add_column("chars", justify="right")
+    table.add_column("score", justify="right")
+    for e in prediction.entities:
+        table.add_row(e.entity_group, e.word, f"{e.start}-{e.end}", f"{e.score:.3f}")
+    return Group(header, table)
+
+
+def _truncated_caption(table: Table, predictions: Sequence[Prediction]) -> None:
+    truncated = [str(i) for i, p in enumerate(predictions, 1) if p.truncated]
+    if truncated:
+        table.caption = f"{_TRUNCATED}: text {', '.join(truncated)}"
+
+
+def _label_table(predictions: list[LabelPrediction]) -> Table:
+    table = Table(title="labels")
+    table.add_column("#", justify="right")
+    table.add_column("text")
+    table.add_column("label")
+    table.add_column("score", justify="right")
+    for index, p in enumerate(predictions, 1):
+        table.add_row(str(index), _short(p.text), p.label, f"{p.score:.3f}")
+    _truncated_caption(table, predictions)
+    return table
+
+
+def _vector_table(predictions: list[VectorPrediction]) -> Table:
+    table = Table(title="vectors (--json prints them whole)")
+    table.add_column("#", justify="right")
+    table.add_column("text")
+    table.add_column("dims", justify="right")
+    table.add_column("norm", justify="right")
+    table.add_column("first values")
+    for index, p in enumerate(predictions, 1):
+        preview = ", ".join(f"{v:.4f}" for v in p.vector[:_VECTOR_PREVIEW])
+        norm = float(np.linalg.norm(p.vector))
+        table.add_row(str(index), _short(p.text), str(p.vector.size), f"{norm:.3f}", preview)
+    _truncated_caption(table, predictions)
+    return table
+
+
+def render_predictions(predictions: Sequence[Prediction]) -> list[RenderableType]:
+    """Tables for the terminal: one per text for entities, one for all labels or vectors."""
+    entities = [p for p in predictions if isinstance(p, EntityPrediction)]
+    labels = [p for p in predictions if isinstance(p, LabelPrediction)]
+    vectors = [p for p in predictions if isinstance(p, VectorPrediction)]
+    tables: list[RenderableType] = [_entity_table(i, p) for i, p in enumerate(entities, 1)]
+    if labels:
+        tables.append(_label_table(labels))
+    if vectors:
+        tables.append(_vector_table(vectors))
+    return tables
+
+
+def predict_command(
+    output_dir: Annotated[
+        Path, typer.Argument(metavar="OUT_DIR", help="An onnxport output directory.")
+    ],
+    texts: Annotated[
+        list[str], typer.Argument(metavar="TEXT", help="Texts to run, one argument each.")
+    ],
+    variant: Annotated[str, typer.Option(help="Published model to run: fp32, int8, ...")] = "fp32",
+    max_length: Annotated[
+        int | None, typer.Option(help="Most tokens read per text (default: the model's).")
+    ] = None,
+    on_long_text: Annotated[
+        LongText, typer.Option(help="A text over the maximum length: truncate it, or stop.")
+    ] = LongText.TRUNCATE,
+    pooling: Annotated[
+        Pooling, typer.Option(help="Feature extraction: the mean or the first token's vector.")
+    ] = Pooling.MEAN,
+    threads: Annotated[
+        int | None, typer.Option(help="ONNX Runtime threads (default: all cores).")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON, not tables.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step.")] = False,
+) -> None:
+    """Run a converted model on text: entities, a label or a vector per text."""
+    # cli.py imports this module to register the command: take its helpers at call time.
+
+    setup_logging(verbose)
+    predictor = OnnxPredictor(
+        output_dir,
+        variant,
+        max_length=max_length,
+        threads=threads,
+        on_long_text=on_long_text,
+        pooling=pooling,
+    )
+    predictions = predictor.predict(texts)
+    if json_output:
+        stdout.print_json(json.dumps([p.to_dict() for p in predictions], ensure_ascii=False))
+        return
+    for table in render_predictions(predictions):
+        stdout.print(table)

@@ -1,0 +1,76 @@
+"""Terminal rendering of progress and manifests (rich). Only the CLI imports this module."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from onnxport.artifact.manifest import Manifest
+from onnxport.progress import StageEvent, Status
+
+STAGE_LABELS = {
+    "load": "load source",
+    "export": "export to ONNX",
+    "passes": "optimize / quantize",
+    "validate": "validate against PyTorch",
+    "smoke_test": "smoke test",
+    "benchmark": "benchmark",
+    "publish": "publish",
+}
+
+
+class ProgressPrinter:
+    """One line per stage as it starts and ends."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def __call__(self, event: StageEvent) -> None:
+        label = event.stage.label
+        if event.status is Status.START:
+            self.console.print(f"[dim]…[/dim] {label}", highlight=False)
+        elif event.status is Status.DONE:
+            self.console.print(f"[green]✓[/green] {label} [dim]{event.seconds:.1f} s[/dim]")
+        elif event.status is Status.FAILED:
+            self.console.print(f"[red]✗[/red] {label} [dim]{event.seconds:.1f} s[/dim]")
+        else:
+            self.console.print(f"[dim]- {label} ({event.status.value})[/dim]")
+
+
+def _mb(num: int | None) -> str:
+    return "-" if num is None else f"{num / 1e6:.1f} MB"
+
+
+def manifest_tables(manifest: Manifest, output_dir: str) -> list[Table]:
+    outputs = Table(title=f"onnxport: {manifest.source.architecture} → {output_dir}")
+    for column in ("file", "variant", "size", "valid", "shapes", "max |Δ|", "agreement"):
+        outputs.add_column(column, no_wrap=column in ("file", "size", "max |Δ|"))
+    for out in manifest.outputs:
+        v = out.validation
+        if v is None:
+            outputs.add_row(out.file, out.variant, _mb(out.total_size_bytes), "-", "-", "-", "-")
+            continue
+        worst = max((c.max_abs_diff for c in v.outputs.values()), default=0.0)
+        mark = "[green]✓[/green]" if v.passed else "[red]✗[/red]"
+        if not out.published:
+            mark += " (not published)"
+        outputs.add_row(
+            out.file,
+            out.variant,
+            _mb(out.total_size_bytes),
+            mark,
+            " ".join(f"{s[0]}x{s[1]}" for s in v.shapes),
+            f"{worst:.2e}",
+            f"{v.task_agreement.value:.4f} ≥ {v.task_agreement.minimum:g}"
+            + (f"\n{_metric(v.task_metric)}" if v.task_metric else ""),
+        )
+    timings = Table(title="seconds per stage")
+    for stage in manifest.timings:
+        timings.add_column(stage, justify="right")
+    timings.add_row(*(f"{v:.2f}" for v in manifest.timings.values()))
+    return [outputs, timings]
+
+
+def _metric(metric) -> str:
+    """The labelled-set score beside PyTorch's: `entity_f1 0.9769 (PyTorch 0.9753)`."""
+    return f"{metric.metric} {metric.value:.4f} (PyTorch {metric.pytorch:.4f})"

@@ -1,0 +1,192 @@
+"""Export a `Source` to an ONNX file: the strategies in order, first success wins.
+
+Each strategy's attempt is recorded instead of raised, so that the manifest can say which
+one produced the model and why the others did not.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import re
+import time
+import warnings
+from pathlib import Path
+
+import onnx
+
+from onnxport.artifact.records import AttemptRecord, ExportRecord
+from onnxport.errors import ConfigError, ExportError
+from onnxport.export.external_data import (
+    gather_external_data,
+    inline_external_data,
+    wants_external_data,
+    weights_bytes,
+)
+from onnxport.export.strategies import EXPORT_STRATEGIES
+from onnxport.export.workarounds import captured_stdout
+from onnxport.request.config import DEFAULT_OPSET, Exporter, ExternalData
+from onnxport.sources.base import Source
+
+logger = logging.getLogger(__name__)
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+_CLASS_REPR = re.compile(r"<class '(?:\w+\.)*(\w+)'>")
+# How each exporter names an operator it cannot convert: dynamo "op='aten.i0'" (or
+# 'prims.bessel_i0' after decomposition), TorchScript "the operator 'aten::i0'".
+_OPERATOR = re.compile(r"op='([\w.]+)'|operator '([\w:.]+)'")
+
+
+def _one_line(error: BaseException) -> str:
+    text = _ANSI_ESCAPE.sub("", str(error))
+    # The dynamo exporter's message opens with generic next steps; its summary names the cause.
+    _, summary, cause = text.partition("## Exception summary")
+    if summary:
+        text = _CLASS_REPR.sub(r"\1", cause)
+    text = " ".join(text.split())
+    return f"{type(error).__name__}: {text[:300]}"
+
+
+def _report_deprecations(exporter: str, raised: list[warnings.WarningMessage]) -> None:
+    """Say once that an exporter torch has deprecated made the model (the TorchScript-based
+    one, since torch 2.9); the exporters' other warnings are about their internals."""
+    deprecations = {str(w.message) for w in raised if issubclass(w.category, DeprecationWarning)}
+    for message in sorted(m for m in deprecations if "ONNX export" in m):
+        logger.warning("the %s exporter is deprecated by torch: %s", exporter, message[:200])
+    for warning in raised:
+        logger.debug("the %s exporter warned: %s", exporter, warning.message)
+
+
+def _operators(attempts: list[AttemptRecord]) -> list[str]:
+    found = {a or b for attempt in attempts for a, b in _OPERATOR.findall(attempt.error or "")}
+    return sorted(found)
+
+
+def _remove_new_files(directory: Path, before: set[Path]) -> None:
+    for leftover in set(directory.iterdir()) - before:
+        if leftover.is_file():
+            leftover.unlink()
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def _disk_full(error: BaseException) -> OSError | None:
+    """The OSError saying the disk (or the file size limit) is full, if that is the cause."""
+    seen: BaseException | None = error
+    for _ in range(10):  # exporters wrap the error they met
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno in _DISK_FULL:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def export_to_onnx(
+    source: Source,
+    output_path: Path,
+    *,
+    opset_version: int = DEFAULT_OPSET,
+    exporter: Exporter = Exporter.AUTO,
+    external_data: ExternalData = ExternalData.AUTO,
+) -> ExportRecord:
+    """Export `source` to `output_path` with the first strategy that works; the record says
+    which one made the model and why the others did not. External data, when the weights
+    go there, is `<output_path>.data`.
+
+    Args:
+        source: the loaded model and its example inputs.
+        output_path: where the `.onnx` file goes; its directory must be empty or new, since
+            external data files are written beside it.
+        opset_version: the ONNX opset to target.
+        exporter: `auto` tries every strategy in order; otherwise only the one named.
+        external_data: whether the weights go to `<output_path>.data` (`auto`: by size).
+    """
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    external = wants_external_data(weights_bytes(source.module), external_data)
+    wanted = [s for s in EXPORT_STRATEGIES if exporter is Exporter.AUTO or s.name == exporter.value]
+    if not any(opset_version in s.opsets for s in wanted):
+        # A setting the user can fix, found before any export work: bad input, not a failure.
+        allowed = ", ".join(f"{s.name}: {s.opsets.start}-{s.opsets.stop - 1}" for s in wanted)
+        raise ConfigError(
+            f"opset {opset_version} is not supported by the installed exporter ({allowed})",
+            hint=f"set onnx.opset_version to {DEFAULT_OPSET}",
+        )
+    attempts: list[AttemptRecord] = []
+    started = time.perf_counter()
+    for strategy in wanted:
+        if opset_version not in strategy.opsets:
+            attempts.append(
+                AttemptRecord(
+                    exporter=strategy.name,
+                    ok=False,
+                    error=f"opset {opset_version} outside "
+                    f"{strategy.opsets.start}-{strategy.opsets.stop - 1}",
+                )
+            )
+            continue
+        logger.info("exporting with the %s exporter (opset %d)", strategy.name, opset_version)
+        t0 = time.perf_counter()
+        before = set(output_path.parent.iterdir())
+        try:
+            with warnings.catch_warnings(record=True) as raised, captured_stdout():
+                warnings.simplefilter("always")
+                strategy.run(source, output_path, opset_version, external)
+            _report_deprecations(strategy.name, raised)
+            # Checked while the weights are still external: the checker reads a
+            # self-contained file whole, twice over.
+            onnx.checker.check_model(str(output_path), full_check=False)
+            if external:
+                gather_external_data(output_path, before)
+            else:
+                inline_external_data(output_path)
+        except Exception as e:  # every exporter failure is recorded, then the next one runs
+            full = _disk_full(e)
+            if full is not None:  # another exporter would not find more room
+                _remove_new_files(output_path.parent, before)
+                raise ExportError(
+                    f"cannot write the ONNX model into {output_path.parent}: {full.strerror}",
+                    hint="free space there, or raise the file size limit (ulimit -f)",
+                ) from e
+            logger.debug("the %s exporter failed", strategy.name)
+            logger.warning("the %s exporter failed: %s", strategy.name, _one_line(e))
+            attempts.append(
+                AttemptRecord(
+                    exporter=strategy.name,
+                    ok=False,
+                    error=_one_line(e),
+                    seconds=round(time.perf_counter() - t0, 3),
+                )
+            )
+            _remove_new_files(output_path.parent, before)
+            continue
+        attempts.append(
+            AttemptRecord(
+                exporter=strategy.name, ok=True, seconds=round(time.perf_counter() - t0, 3)
+            )
+        )
+        seconds = time.perf_counter() - started
+        logger.info("exported with %s in %.1f s to %s", strategy.name, seconds, output_path)
+        return ExportRecord(
+            exporter=strategy.name,
+            opset=opset_version,
+            seconds=round(seconds, 3),
+            attempts=attempts,
+        )
+    reasons = "; ".join(f"{a.exporter}: {a.error}" for a in attempts)
+    operators = _operators(attempts)
+    if operators:
+        raise ExportError(
+            f"no exporter could convert {source.architecture}: unsupported operator"
+            f"{'s' if len(operators) > 1 else ''} {', '.join(operators)} ({reasons})",
+            hint="the TorchScript exporter knows more operators at higher opsets "
+            "(onnx.exporter: torchscript, onnx.opset_version up to 20); otherwise replace the "
+            "operator in the model",
+        )
+    raise ExportError(
+        f"no exporter could convert {source.architecture}: {reasons}",
+        hint="try another opset (onnx.opset_version) or exporter (onnx.exporter)",
+    )

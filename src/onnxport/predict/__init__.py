@@ -1,0 +1,31 @@
+"""Answer real text with a converted model: ONNX Runtime, the `tokenizers` package and numpy.
+
+`OnnxPredictor(directory)` opens an onnxport output directory (a model variant, the tokenizer,
+the label map of `config.json`) and turns texts into entities (token classification), a label
+(sequence classification) or a vector (feature extraction). Nothing on this path imports torch
+or transformers, so a serving process stays small and starts fast.
+"""
+
+from onnxport.errors import PredictError, TextTooLongError
+from onnxport.predict.predictions import (
+    Entity,
+    EntityPrediction,
+    LabelPrediction,
+    Prediction,
+    VectorPrediction,
+)
+from onnxport.predict.predictor import LongText, OnnxPredictor, Pooling, model_max_length
+
+__all__ = [
+    "Entity",
+    "EntityPrediction",
+    "LabelPrediction",
+    "LongText",
+    "OnnxPredictor",
+    "Pooling",
+    "PredictError",
+    "Prediction",
+    "TextTooLongError",
+    "VectorPrediction",
+    "model_max_length",
+]

@@ -1,0 +1,299 @@
+"""Answer real text with a converted model: ONNX Runtime, the `tokenizers` package and numpy.
+
+`OnnxPredictor(directory)` opens an onnxport output directory (a model variant, the tokenizer,
+the label map of `config.json`) and turns texts into entities (token classification), a label
+(sequence classification) or a vector (feature extraction). Nothing on this path imports torch
+or transformers, so a serving process stays small and starts fast.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Encoding, Tokenizer
+
+from onnxport.artifact.manifest import Manifest
+from onnxport.artifact.reader import PublishedDirectory
+from onnxport.errors import PredictError, TextTooLongError, one_line
+from onnxport.predict.predictions import (
+    EntityPrediction,
+    LabelPrediction,
+    Prediction,
+    ScoredToken,
+    VectorPrediction,
+    group_entities,
+    label_scores,
+    softmax,
+)
+from onnxport.tasks import Task
+from onnxport.verify.runtime import create_session, session_options
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 32
+SUPPORTED_TASKS = (
+    Task.TOKEN_CLASSIFICATION,
+    Task.SEQUENCE_CLASSIFICATION,
+    Task.FEATURE_EXTRACTION,
+)
+# transformers saves a huge sentinel as model_max_length when a tokenizer has no limit.
+_NO_LIMIT = 10**20
+# Models that number positions from pad_token_id + 1 (RoBERTa's scheme): their
+# max_position_embeddings holds pad_token_id + 1 more positions than the longest input.
+_PADDING_OFFSET_MODELS = frozenset(
+    {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "mpnet"}
+)
+# Model input name -> the `tokenizers.Encoding` attribute that holds it.
+_ENCODING_FIELDS = {
+    "input_ids": "ids",
+    "attention_mask": "attention_mask",
+    "token_type_ids": "type_ids",
+}
+_INTEGER_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+class LongText(str, Enum):
+    TRUNCATE = "truncate"
+    """Read the first `max_length` tokens; the result says `truncated` and a warning is logged."""
+    ERROR = "error"
+    """Raise `TextTooLongError`."""
+
+
+class Pooling(str, Enum):
+    MEAN = "mean"
+    """The mean of the token vectors under the attention mask (sentence-transformers' way)."""
+    CLS = "cls"
+    """The first token's vector."""
+
+
+def _task(directory: Path, manifest: Manifest) -> Task:
+    try:
+        task = Task(manifest.source.task)
+    except ValueError:
+        task = None
+    if task not in SUPPORTED_TASKS:
+        raise PredictError(
+            f"{directory} holds a {manifest.source.task} model; predict answers "
+            f"{', '.join(t.value for t in SUPPORTED_TASKS)}"
+        )
+    return task  # type: ignore[return-value]
+
+
+def _token_setting(tokenizer_config: dict[str, Any], key: str) -> str | None:
+    """A special token from tokenizer_config.json: a string, or an AddedToken dict."""
+    value = tokenizer_config.get(key)
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def model_max_length(config: dict[str, Any], tokenizer_config: dict[str, Any]) -> int | None:
+    """The most tokens the model reads: the smaller of its position table (config.json) and
+    the tokenizer's `model_max_length` (tokenizer_config.json); None when neither says."""
+    limits = []
+    positions = config.get("max_position_embeddings", config.get("n_positions"))
+    if isinstance(positions, int) and positions > 0:
+        if config.get("model_type") in _PADDING_OFFSET_MODELS:
+            positions -= int(config.get("pad_token_id") or 0) + 1
+        limits.append(positions)
+    declared = tokenizer_config.get("model_max_length")
+    if isinstance(declared, (int, float)) and 0 < declared < _NO_LIMIT:
+        limits.append(int(declared))
+    return min(limits) if limits else None
+
+
+class OnnxPredictor:
+    """Predictions from an onnxport output directory, with ONNX Runtime only.
+
+    Args:
+        directory: the output of `onnxport convert` (manifest.json, model, tokenizer files).
+        variant: which published model to run: fp32, int8, fp16, ...
+        max_length: the most tokens read per text; None: the model's maximum.
+        threads: ONNX Runtime intra-op threads; None: its default (all cores).
+        on_long_text: a text longer than `max_length` is truncated (and the result says so)
+            or refused with `TextTooLongError`.
+        pooling: how feature extraction turns token vectors into one vector.
+        batch_size: texts run together, padded to the longest of them.
+    """
+
+    def __init__(
+        self,
+        directory: Path | str,
+        variant: str = "fp32",
+        *,
+        max_length: int | None = None,
+        threads: int | None = None,
+        on_long_text: LongText | str = LongText.TRUNCATE,
+        pooling: Pooling | str = Pooling.MEAN,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        self.directory = Path(directory)
+        self.variant = variant
+        try:
+            self.on_long_text = LongText(on_long_text)
+            self.pooling = Pooling(pooling)
+        except ValueError as e:
+            raise PredictError(str(e)) from e
+        if batch_size < 1:
+            raise PredictError(f"batch_size must be at least 1, not {batch_size}")
+        self.batch_size = batch_size
+        published = PublishedDirectory.open(self.directory)
+        model_path = published.model_file(variant)
+        self.task = _task(self.directory, published.manifest)
+        config = published.json_file("config.json")
+        tokenizer_config = published.json_file("tokenizer_config.json", required=False)
+        self._config = config
+        self.labels = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()}
+        self._tokenizer = self._load_tokenizer()
+        self.max_length = self._choose_max_length(max_length, config, tokenizer_config)
+        if self.max_length is not None:
+            self._tokenizer.enable_truncation(
+                self.max_length,
+                direction=str(tokenizer_config.get("truncation_side") or "right"),
+            )
+        pad_token = _token_setting(tokenizer_config, "pad_token")
+        pad_id = self._tokenizer.token_to_id(pad_token) if pad_token else None
+        self._pad_id = pad_id if pad_id is not None else int(config.get("pad_token_id") or 0)
+        self._session = self._load_session(model_path, threads)
+        logger.info(
+            "predictor ready: %s %s (%s), max length %s",
+            self.directory,
+            variant,
+            self.task.value,
+            self.max_length,
+        )
+
+    def _load_tokenizer(self) -> Tokenizer:
+        path = self.directory / "tokenizer.json"
+        if not path.is_file():
+            raise PredictError(
+                f"{self.directory} holds no tokenizer.json, which predict needs",
+                hint="convert a checkpoint saved with its (fast) tokenizer",
+            )
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises plain Exceptions for a bad file
+            raise PredictError(f"cannot load {path}: {one_line(e, 200)}") from e
+        # Padding is done per batch below; a saved padding or truncation setting would fight it.
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        return tokenizer
+
+    def _choose_max_length(
+        self, requested: int | None, config: dict[str, Any], tokenizer_config: dict[str, Any]
+    ) -> int | None:
+        limit = model_max_length(config, tokenizer_config)
+        if requested is None:
+            return limit
+        specials = self._tokenizer.num_special_tokens_to_add(False)
+        if requested <= specials:
+            raise PredictError(
+                f"max_length {requested} leaves no room for text beside {specials} special tokens"
+            )
+        if limit is not None and requested > limit:
+            raise PredictError(
+                f"max_length {requested} is more than the {limit} tokens this model reads"
+            )
+        return requested
+
+    def _load_session(self, model_path: Path, threads: int | None) -> ort.InferenceSession:
+        session = create_session(model_path, session_options(threads=threads))
+        unknown = [i.name for i in session.get_inputs() if i.name not in _ENCODING_FIELDS]
+        if unknown:
+            raise PredictError(
+                f"{model_path.name} takes inputs predict cannot fill from text: {unknown}"
+            )
+        return session
+
+    def predict(self, texts: str | Sequence[str]) -> list[Prediction]:
+        """One prediction per text, in order (a single string gives a list of one)."""
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        bad = [type(t).__name__ for t in batch if not isinstance(t, str)]
+        if bad:
+            raise PredictError(f"predict takes strings, not {', '.join(sorted(set(bad)))}")
+        encodings = self._tokenizer.encode_batch(batch)
+        for index, (text, encoding) in enumerate(zip(batch, encodings)):
+            if encoding.overflowing:
+                self._long_text(index, text, encoding)
+        results: list[Prediction | None] = [None] * len(batch)
+        # Texts of similar length run together, so that a batch pads little.
+        order = sorted(range(len(batch)), key=lambda i: len(encodings[i].ids))
+        for first in range(0, len(order), self.batch_size):
+            rows = order[first : first + self.batch_size]
+            output = self._run([encodings[i] for i in rows])
+            for row, index in enumerate(rows):
+                results[index] = self._answer(batch[index], encodings[index], output[row])
+        return [r for r in results if r is not None]
+
+    def _long_text(self, index: int, text: str, encoding: Encoding) -> None:
+        spans = [
+            span
+            for span, special in zip(encoding.offsets, encoding.special_tokens_mask)
+            if not special
+        ]
+        start, end = (spans[0][0], spans[-1][1]) if spans else (0, 0)
+        if self.on_long_text is LongText.ERROR:
+            raise TextTooLongError(
+                f"text {index + 1} ({len(text)} characters) has more than the "
+                f"{self.max_length} tokens the model reads",
+                hint="split it, or let predict truncate it (on_long_text='truncate') to "
+                f"characters {start}-{end}",
+            )
+        logger.warning(
+            "text %d has more than %d tokens: truncated, only characters %d-%d of %d were read",
+            index + 1,
+            self.max_length,
+            start,
+            end,
+            len(text),
+        )
+
+    def _run(self, encodings: list[Encoding]) -> np.ndarray:
+        """The model's main output for a batch, padded on the right to its longest text
+        (encoder models number positions from the left, so right padding changes nothing)."""
+        length = max(len(e.ids) for e in encodings)
+        feed = {}
+        for arg in self._session.get_inputs():
+            field = _ENCODING_FIELDS[arg.name]
+            fill = self._pad_id if arg.name == "input_ids" else 0
+            values = np.full(
+                (len(encodings), length), fill, dtype=_INTEGER_TYPES.get(arg.type, np.int64)
+            )
+            for row, encoding in enumerate(encodings):
+                row_values = getattr(encoding, field)
+                values[row, : len(row_values)] = row_values
+            feed[arg.name] = values
+        names = [o.name for o in self._session.get_outputs()]
+        wanted = "last_hidden_state" if self.task is Task.FEATURE_EXTRACTION else "logits"
+        name = wanted if wanted in names else names[0]
+        return self._session.run([name], feed)[0].astype(np.float32)
+
+    def _answer(self, text: str, encoding: Encoding, output: np.ndarray) -> Prediction:
+        truncated = bool(encoding.overflowing)
+        size = len(encoding.ids)
+        if self.task is Task.TOKEN_CLASSIFICATION:
+            scores = softmax(output[:size])
+            best = scores.argmax(axis=-1)
+            tokens = [
+                ScoredToken(self._label(int(b)), float(scores[i, b]), *encoding.offsets[i])
+                for i, b in enumerate(best)
+                if not encoding.special_tokens_mask[i]
+            ]
+            return EntityPrediction(text, group_entities(text, tokens), truncated)
+        if self.task is Task.SEQUENCE_CLASSIFICATION:
+            scores = label_scores(output, self._config.get("problem_type"))
+            best = int(scores.argmax())
+            return LabelPrediction(text, self._label(best), float(scores[best]), truncated)
+        # The encoding is unpadded: its tokens are exactly those under the attention mask.
+        hidden = output[:size]
+        vector = hidden.mean(axis=0) if self.pooling is Pooling.MEAN else hidden[0]
+        return VectorPrediction(text, vector, truncated)
+
+    def _label(self, index: int) -> str:
+        return self.labels.get(index, f"LABEL_{index}")

@@ -1,0 +1,22 @@
+"""What a conversion is asked to do: the typed settings (`config`), the fingerprints that name
+it (`fingerprints`), where its inputs and outputs live (`paths`), which platform it runs on
+(`hosting`), and the lineage that ties it to its training run (`lineage`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from onnxport.request.config import ConversionConfig
+
+
+@dataclass(frozen=True)
+class ConversionRequest:
+    """Everything one conversion needs; the CLI and the orchestration layer both build one."""
+
+    source_path: Path
+    output_dir: Path
+    config: ConversionConfig = field(default_factory=ConversionConfig)
+    force: bool = False
+    conv_fp: str | None = None
+    lineage: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,298 @@
+"""Typed configuration: `conversion.yaml` and the experiment config.
+
+YAML files and CLI flags build the same pydantic objects. Unknown keys, wrong types and
+out-of-range values are `ConfigError`s that name the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from onnxport.errors import ConfigError
+from onnxport.tasks import Task
+
+CONVERSION_CONFIG_FILENAME = "conversion.yaml"
+EXPERIMENT_CONFIG_FILENAME = "experiment.yaml"
+
+DEFAULT_OPSET = 18
+# What the installed torch.onnx exporters accept: TorchScript-based 7..20, dynamo-based 18..23.
+MIN_OPSET = 7
+MAX_OPSET = 23
+DEFAULT_FILENAME_PATTERN = "model_{quantization}.onnx"
+DEFAULT_MIN_TASK_AGREEMENT = 0.99
+DEFAULT_TIMEOUT_SECONDS = 3600.0
+DEFAULT_CALIBRATION_SAMPLES = 32
+
+
+class Quantization(str, Enum):
+    NONE = "none"
+    INT8 = "int8"
+    INT8_STATIC = "int8-static"
+    FP16 = "fp16"
+
+
+# Spellings accepted for the same setting; `dynamic` is the platform's older name for int8.
+_QUANTIZATION_ALIASES = {"dynamic": "int8", "int8-dynamic": "int8", "static": "int8-static"}
+
+
+class OptimizeLevel(str, Enum):
+    NONE = "none"
+    BASIC = "basic"
+    EXTENDED = "extended"
+
+
+class Exporter(str, Enum):
+    AUTO = "auto"
+    DYNAMO = "dynamo"
+    TORCHSCRIPT = "torchscript"
+
+
+class ExternalData(str, Enum):
+    """Where the published model's weights go: in the `.onnx` file or in `<file>.data`."""
+
+    AUTO = "auto"
+    ALWAYS = "always"
+    NEVER = "never"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+class TargetConfig(_Strict):
+    format: Literal["onnx"] = "onnx"
+
+
+class OnnxConfig(_Strict):
+    opset_version: int = DEFAULT_OPSET
+    quantization: Quantization = Quantization.NONE
+    optimize: OptimizeLevel = OptimizeLevel.NONE
+    run_smoke_test: bool = True
+    exporter: Exporter = Exporter.AUTO
+
+    @field_validator("opset_version")
+    @classmethod
+    def _supported_opset(cls, value: int) -> int:
+        if not MIN_OPSET <= value <= MAX_OPSET:
+            raise ValueError(
+                f"opset {value} is not supported by the installed exporters "
+                f"({MIN_OPSET}-{MAX_OPSET}: dynamo 18-23, torchscript 7-20); use {DEFAULT_OPSET}"
+            )
+        return value
+
+    @field_validator("quantization", mode="before")
+    @classmethod
+    def _alias(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return _QUANTIZATION_ALIASES.get(value.strip().lower(), value.strip().lower())
+        return value
+
+
+class OutputConfig(_Strict):
+    filename_pattern: str = DEFAULT_FILENAME_PATTERN
+    external_data: ExternalData = ExternalData.AUTO
+    """`auto`: one self-contained file, weights in `<file>.data` beside it only above
+    protobuf's 2 GiB limit; `always`: in `<file>.data` at any size (ONNX Runtime then maps
+    them instead of copying them: less memory per session); `never`: refused above 2 GiB."""
+
+    @field_validator("external_data", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("filename_pattern")
+    @classmethod
+    def _plain_file_name(cls, value: str) -> str:
+        if "{quantization}" not in value:
+            raise ValueError("must contain '{quantization}' so that each variant gets its own file")
+        if "/" in value or "\\" in value or ".." in value or value.startswith("~"):
+            raise ValueError("must be a plain file name inside the output directory (no '/', '..')")
+        if not value.endswith(".onnx"):
+            raise ValueError("must end with '.onnx'")
+        try:
+            value.format(quantization="fp32")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"has a placeholder other than '{{quantization}}': {e}") from None
+        return value
+
+    def filename(self, variant: str) -> str:
+        return self.filename_pattern.format(quantization=variant)
+
+
+class ValidationConfig(_Strict):
+    shapes: list[tuple[int, int]] | None = None
+    """(batch, sequence) pairs for text, (batch, image size) for vision; None: the defaults."""
+    atol: float | None = Field(None, gt=0)
+    rtol: float | None = Field(None, ge=0)
+    min_task_agreement: float = Field(DEFAULT_MIN_TASK_AGREEMENT, ge=0.0, le=1.0)
+    seed: int = 0
+    localize: bool = True
+    """After a failed validation, find the first diverging node (`onnxport.verify.divergence`)."""
+    eval_file: str | None = None
+    """A labelled evaluation set (JSON lines, see `onnxport.verify.evaluation`): every model must
+    then also keep PyTorch's entity F1 (token classification) or accuracy (sequence
+    classification) on it, within `max_metric_drop`."""
+    max_metric_drop: float = Field(0.01, ge=0.0, le=1.0)
+
+    @field_validator("shapes")
+    @classmethod
+    def _positive(cls, value: list[tuple[int, int]] | None) -> list[tuple[int, int]] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("must list at least one shape, or be left out")
+            for shape in value:
+                if min(shape) < 1 or max(shape) > 65536:
+                    raise ValueError(f"{list(shape)} has a dimension outside 1..65536")
+        return value
+
+
+class QuantizeConfig(_Strict):
+    """How the quantized variant is made (see `onnxport.passes.quantize`)."""
+
+    per_channel: bool = False
+    reduce_range: bool = False
+    nodes_to_exclude: list[str] = Field(default_factory=list)
+    """Node names left in float; a failed gate's message suggests which."""
+    op_types: list[str] | None = None
+    """Operator types to quantize; None: onnxruntime's defaults."""
+    calibration_file: Path | None = None
+    """Static quantization: a text file, one sample per line; None: built-in sample text."""
+    calibration_samples: int = Field(DEFAULT_CALIBRATION_SAMPLES, ge=1, le=10000)
+    on_failure: Literal["fail", "skip"] = "fail"
+    """A variant under its accuracy gate fails the conversion, or is skipped (not published,
+    recorded in the manifest) while the fp32 model is published."""
+
+
+class SourceConfig(_Strict):
+    task: Task | None = None
+    allow_pickle: bool = False
+    """Load pickle-based weights (`pytorch_model.bin`, a `torch.save` state dict), with
+    torch.load(weights_only=True) only: never an unrestricted unpickler, so `.pt2` archives
+    that hold pickled members stay refused."""
+    trust_remote_code: bool = False
+    factory: str | None = None
+    """`module:callable` returning the `nn.Module` a state dict file belongs to. Importing it
+    runs that module's code, which is why only the user ever names it."""
+    input_spec: Path | None = None
+    """YAML or JSON file describing a plain PyTorch model's inputs (`onnxport.sources.plain`)."""
+
+    @field_validator("factory")
+    @classmethod
+    def _module_and_callable(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[\w.]+:[\w.]+", value):
+            raise ValueError("must be `module:callable`, e.g. my_project.models:build_model")
+        return value
+
+
+class ExecutionConfig(_Strict):
+    timeout_seconds: float = Field(DEFAULT_TIMEOUT_SECONDS, gt=0)
+
+
+class ConversionConfig(_Strict):
+    target: TargetConfig = TargetConfig()
+    onnx: OnnxConfig = OnnxConfig()
+    output: OutputConfig = OutputConfig()
+    validation: ValidationConfig = ValidationConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    source: SourceConfig = SourceConfig()
+    execution: ExecutionConfig = ExecutionConfig()
+
+    def with_overrides(self, **sections: dict[str, Any]) -> ConversionConfig:
+        """A copy with some settings replaced, validated like the YAML (CLI flags use this)."""
+        data = self.model_dump(mode="json")
+        for section, values in sections.items():
+            data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+        return parse_conversion_config(data, origin="command-line options")
+
+
+class ExperimentConfig(_Strict):
+    """Where conversions are tracked. Read from `<config_dir>/experiment.yaml` when present."""
+
+    experiment_name: str = "conversion"
+    tracking_uri: str | None = None
+    """None: a SQLite store at `<root_dir>/mlflow.db`."""
+    artifact_location: str | None = None
+    """None: `<root_dir>/mlartifacts`."""
+    tags: dict[str, str] = Field(default_factory=dict)
+    registered_model_name: str | None = None
+
+    @field_validator("experiment_name")
+    @classmethod
+    def _non_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+
+def _describe(error: PydanticValidationError, origin: str) -> str:
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling)"
+        problems.append(f"{key}: {message}")
+    return f"{origin}: " + "; ".join(problems)
+
+
+def parse_conversion_config(data: Any, *, origin: str) -> ConversionConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{origin}: expected a mapping of sections (target, onnx, output, ...), "
+            f"got a {type(data).__name__}",
+            hint="see the README for an example conversion.yaml",
+        )
+    try:
+        return ConversionConfig.model_validate(data)
+    except PydanticValidationError as e:
+        raise ConfigError(_describe(e, origin)) from e
+
+
+def _read_yaml(path: Path, *, what: str) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}", hint="create it or pass the right directory")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {what} {path}: {e}") from e
+    if not text.strip():
+        raise ConfigError(f"{path} is empty", hint=f"write the {what} settings into it")
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {_one_line(str(e))}") from e
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def load_conversion_config(path: Path) -> ConversionConfig:
+    """Load `conversion.yaml`, from the file itself or from the directory that holds it."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CONVERSION_CONFIG_FILENAME
+    return parse_conversion_config(_read_yaml(path, what="conversion config"), origin=str(path))
+
+
+def load_experiment_config(config_dir: Path) -> ExperimentConfig:
+    """Load `<config_dir>/experiment.yaml`; defaults when the file does not exist."""
+    path = Path(config_dir) / EXPERIMENT_CONFIG_FILENAME
+    if not path.exists():
+        return ExperimentConfig()
+    data = _read_yaml(path, what="experiment config")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping, got a {type(data).__name__}")
+    try:
+        return ExperimentConfig.model_validate(data)
+    except PydanticValidationError as e:
+        raise ConfigError(_describe(e, str(path))) from e

@@ -1,0 +1,77 @@
+"""Say where the numbers part ways: the first diverging operation of a failed model, against
+PyTorch (`pytorch`) or, for a variant, against the fp32 ONNX model (`variant`).
+
+Both run on a single input (batch 1), so memory stays bounded by one forward pass, and both
+compare values with `verify.compare`, the comparison validation uses. A search that cannot
+run is logged and returns None: a diagnostic never hides the failure it explains.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from onnxport.artifact.records import DivergenceRecord, ValidationRecord
+from onnxport.verify.compare import Tolerance
+from onnxport.verify.divergence.pytorch import localize_against_pytorch
+from onnxport.verify.divergence.variant import localize_variant
+from onnxport.verify.validate import Reference
+
+__all__ = ["failing_input", "locate_fp32_failure", "locate_variant_failure"]
+
+logger = logging.getLogger(__name__)
+
+
+def failing_input(
+    references: Sequence[Reference], validation: ValidationRecord
+) -> dict[str, np.ndarray]:
+    """Batch 1 of the reference input where the first failing output erred most."""
+    failing = [c for c in validation.outputs.values() if not c.passed]
+    shape = tuple(failing[0].worst_shape) if failing else references[-1].shape
+    reference = next((r for r in references if tuple(r.shape) == shape), references[-1])
+    return {k: v[:1] for k, v in reference.inputs.items()}
+
+
+def _tolerance(validation: ValidationRecord) -> Tolerance:
+    first = next(iter(validation.outputs.values()), None)
+    return Tolerance(first.atol, first.rtol) if first else Tolerance(1e-4, 1e-3)
+
+
+def locate_fp32_failure(
+    load_source: Callable[[], object],
+    model_path: Path,
+    references: Sequence[Reference],
+    validation: ValidationRecord,
+    *,
+    opset: int,
+) -> DivergenceRecord | None:
+    """Where a failed fp32 model parts ways with PyTorch. The source is loaded again
+    (`load_source`): the pipeline frees the PyTorch model before validation, and a failure
+    can afford the reload."""
+    try:
+        return localize_against_pytorch(
+            load_source,  # type: ignore[arg-type]
+            model_path,
+            failing_input(references, validation),
+            opset=opset,
+            tolerance=_tolerance(validation),
+        )
+    except Exception as e:  # a diagnostic must never hide the validation error itself
+        logger.warning("could not localize the divergence: %s: %s", type(e).__name__, e)
+        return None
+
+
+def locate_variant_failure(
+    base: Path, variant: Path, references: Sequence[Reference], validation: ValidationRecord
+) -> DivergenceRecord | None:
+    """Where a failed variant loses the most against the model it was made from."""
+    try:
+        return localize_variant(
+            base, variant, failing_input(references, validation), tolerance=_tolerance(validation)
+        )
+    except Exception as e:  # a diagnostic must never hide the gate failure itself
+        logger.warning("could not localize the variant's loss: %s: %s", type(e).__name__, e)
+        return None

@@ -1,0 +1,121 @@
+"""The one accuracy gate, for the fp32 model and every variant alike.
+
+A model made by the export and its passes is validated against PyTorch on every reference
+shape (and, with a labelled set, scored on it in the same session). It passes, and the gate
+returns its finished record; or it fails, and the gate says where it parts ways (`locate`)
+and either raises, publishing nothing, or (a variant with `quantize.on_failure: skip`)
+returns it as not published, its file removed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from onnxport.artifact.records import (
+    DivergenceRecord,
+    OutputRecord,
+    PassRecord,
+    ValidationRecord,
+)
+from onnxport.errors import ValidationError
+from onnxport.export.external_data import data_file_of, remove_model
+from onnxport.tasks import Task
+from onnxport.verify.compare import Tolerance
+from onnxport.verify.evaluation import Evaluation
+from onnxport.verify.validate import Reference, validate_model
+
+logger = logging.getLogger(__name__)
+
+Locate = Callable[[Path, ValidationRecord], DivergenceRecord | None]
+"""Where a failed model parts ways with its reference; None when it cannot be said."""
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What a model must do to pass, and what happens when it does not.
+
+    Args:
+        tolerance: the elementwise tolerance against PyTorch.
+        elementwise: whether an elementwise breach fails the model (fp32) or is only
+            recorded (quantized variants, which the task-level figures judge).
+        min_agreement: the task-level agreement a model must reach.
+        evaluation: a labelled set whose metric must stay near PyTorch's.
+        on_failure: `fail` raises; `skip` returns the model as not published.
+        remedies: what the user can try, in the order to try them.
+    """
+
+    tolerance: Tolerance
+    elementwise: bool
+    min_agreement: float
+    evaluation: Evaluation | None = None
+    on_failure: Literal["fail", "skip"] = "fail"
+    remedies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A model the passes made, waiting for the gate's verdict."""
+
+    variant: str
+    path: Path
+    passes: tuple[PassRecord, ...] = ()
+
+    def describe(self) -> str:
+        after = f" after {', '.join(p.name for p in self.passes)}" if self.passes else ""
+        return f"the {self.variant} ONNX model{after}"
+
+
+def judge(
+    candidate: Candidate,
+    references: Sequence[Reference],
+    *,
+    task: Task,
+    rules: Rules,
+    locate: Locate | None = None,
+) -> OutputRecord:
+    """The candidate's record once judged: published when it passes; otherwise the gate
+    raises `ValidationError` (nothing is published), or with `on_failure: skip` returns it
+    unpublished with where it fails."""
+    validation = validate_model(
+        candidate.path,
+        list(references),
+        task=task,
+        tolerance=rules.tolerance,
+        min_agreement=rules.min_agreement,
+        elementwise_gate=rules.elementwise,
+        evaluation=rules.evaluation,
+    )
+    if validation.passed:
+        return OutputRecord(
+            file=candidate.path.name,
+            variant=candidate.variant,
+            data_file=data_file_of(candidate.path),
+            passes=list(candidate.passes),
+            validation=validation,
+        )
+    divergence = locate(candidate.path, validation) if locate is not None else None
+    message = (
+        f"{candidate.describe()} does not compute what PyTorch computes: "
+        + "; ".join(validation.failures[:3])
+        + (f"; {divergence.summary()}" if divergence is not None else "")
+    )
+    if rules.on_failure == "skip":
+        logger.warning("%s; it is not published (quantize.on_failure: skip)", message)
+        remove_model(candidate.path)
+        return OutputRecord(
+            file=candidate.path.name,
+            variant=candidate.variant,
+            published=False,
+            passes=list(candidate.passes),
+            validation=validation,
+            localization=divergence,
+        )
+    tries = [t for t in (divergence and divergence.suggestion, *rules.remedies) if t]
+    raise ValidationError(
+        message,
+        hint="nothing was published" + ("; try " + ", or ".join(tries) if tries else ""),
+    )

@@ -1,0 +1,80 @@
+"""The one place onnxport opens ONNX Runtime sessions: providers, threads, graph optimization
+and spinning are decided here for every caller (validation, divergence, smoke test, task
+metrics, passes, benchmark, predict, tracking).
+
+Imports no torch: `onnxport.predict` serves models through it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+PROVIDERS = ["CPUExecutionProvider"]
+THREADS_ENV = "ONNXPORT_THREADS"
+"""Intra-op threads of every session that does not set its own: for containers whose CPU
+quota is below the cores ONNX Runtime counts, and for test workers sharing a machine."""
+
+
+def default_threads() -> int | None:
+    """`ONNXPORT_THREADS` when set, else None: ONNX Runtime's own choice (one per core)."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def session_options(
+    *,
+    threads: int | None = None,
+    optimization: ort.GraphOptimizationLevel | None = None,
+    spinning: bool | None = None,
+    optimized_model_path: Path | None = None,
+    config_entries: Mapping[str, str] | None = None,
+) -> ort.SessionOptions:
+    """Options for one session.
+
+    Args:
+        threads: intra-op threads (inter-op is then 1); None: `default_threads()`.
+        optimization: graph optimization level; None: ONNX Runtime's default (all).
+        spinning: whether idle intra-op threads spin-wait; None: ONNX Runtime's default.
+        optimized_model_path: write the optimized graph there (an offline pass).
+        config_entries: further session configuration entries.
+    """
+    options = ort.SessionOptions()
+    threads = threads or default_threads()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if optimization is not None:
+        options.graph_optimization_level = optimization
+    if spinning is not None:
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if spinning else "0"
+        )
+    if optimized_model_path is not None:
+        options.optimized_model_filepath = str(optimized_model_path)
+    for key, value in (config_entries or {}).items():
+        options.add_session_config_entry(key, value)
+    return options
+
+
+def create_session(
+    model_path: Path, options: ort.SessionOptions | None = None
+) -> ort.InferenceSession:
+    """A CPU session on `model_path` (its external data resolved beside it)."""
+    return ort.InferenceSession(
+        str(model_path), sess_options=options or session_options(), providers=PROVIDERS
+    )
+
+
+def run_session(
+    session: ort.InferenceSession, inputs: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Every output by name, feeding the inputs the model declares (others are ignored)."""
+    wanted = {i.name for i in session.get_inputs()}
+    feed = {k: v for k, v in inputs.items() if k in wanted}
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feed)))

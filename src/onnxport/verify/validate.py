@@ -1,0 +1,254 @@
+"""Prove that an ONNX model computes what the PyTorch model computes.
+
+Each variant runs in ONNX Runtime on several input shapes (batch 1, and sequence lengths other
+than the export example, which is what proves the dynamic axes), against PyTorch outputs
+computed once. Per output: max absolute and relative difference against a tolerance; per
+task: an agreement figure (argmax agreement, cosine similarity) against a minimum.
+The result says whether it passed; the pipeline turns a failure into an error, never a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from onnxport.artifact.records import (
+    OutputComparisonRecord,
+    TaskAgreementRecord,
+    ValidationRecord,
+)
+from onnxport.errors import SourceError, one_line
+from onnxport.export.strategies import adapter_for
+from onnxport.request.config import DEFAULT_MIN_TASK_AGREEMENT
+from onnxport.sources.base import Source
+from onnxport.tasks import TASKS, AgreementMetric, Task
+from onnxport.verify.compare import Tolerance, compare
+from onnxport.verify.evaluation import Evaluation, metric_failure
+from onnxport.verify.runtime import create_session, run_session
+
+logger = logging.getLogger(__name__)
+
+
+# Elementwise tolerances per variant. fp32 must match closely; quantized variants are judged
+# by the task-level gate, their elementwise figures are recorded for the report.
+DEFAULT_TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(atol=1e-4, rtol=1e-3),
+    "fp16": Tolerance(atol=5e-2, rtol=5e-2),
+    "int8": Tolerance(atol=5e-1, rtol=5e-1),
+    "int8-static": Tolerance(atol=5e-1, rtol=5e-1),
+}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """PyTorch's outputs for one input shape, computed once and compared with every variant."""
+
+    shape: tuple[int, int]
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+
+
+def compute_references(
+    source: Source, shapes: list[tuple[int, int]], *, seed: int = 0
+) -> list[Reference]:
+    """Run PyTorch once per shape; the inputs are tokenized sample text where possible.
+
+    Raises `SourceError` when PyTorch itself fails on a shape or answers NaN: there is then
+    nothing to prove the ONNX model against.
+    """
+    adapter = adapter_for(source)
+    references = []
+    with torch.inference_mode():
+        for i, (batch, size) in enumerate(shapes):
+            inputs = source.make_inputs(batch, size, seed + i)
+            try:
+                outputs = adapter(*(inputs[name] for name in source.input_names))
+            except Exception as e:  # model code raises anything on inputs it cannot take
+                message = one_line(e)
+                raise SourceError(
+                    f"the PyTorch model fails on the validation input {batch}x{size}: "
+                    f"{type(e).__name__}: {message}",
+                    hint="check validation.shapes against what the model takes "
+                    "(max_position_embeddings, image size)",
+                ) from e
+            reference = Reference(
+                shape=(batch, size),
+                inputs={k: v.numpy() for k, v in inputs.items()},
+                outputs={
+                    name: value.detach().float().numpy()
+                    for name, value in zip(source.output_names, outputs)
+                },
+            )
+            for name, value in reference.outputs.items():
+                if np.isnan(value).any():
+                    raise SourceError(
+                        f"the PyTorch model itself outputs NaN ('{name}' on input "
+                        f"{batch}x{size}): there is no answer to validate the ONNX model against",
+                        hint="check the weights (NaN after a diverged training run?)",
+                    )
+            references.append(reference)
+    _warn_if_constant(references)
+    return references
+
+
+def _warn_if_constant(references: list[Reference]) -> None:
+    """A reference output that (nearly) does not vary proves little: an ONNX model that
+    returns the same constant passes. Said, not refused: a model may rightly answer so."""
+    for name in references[0].outputs if references else ():
+        values = np.concatenate([r.outputs[name].ravel() for r in references])
+        if values.size < 2:
+            continue
+        spread = float(values.max() - values.min())
+        scale = max(float(np.abs(values).max()), 1.0)
+        if spread <= 1e-6 * scale:
+            logger.warning(
+                "PyTorch's '%s' is the same value (%.6g) everywhere on every validation input: "
+                "validating against it proves little (untrained or zeroed weights?)",
+                name,
+                float(values[0]),
+            )
+
+
+def _primary_outputs(output_names: list[str]) -> list[str]:
+    logits = [n for n in output_names if n.endswith("logits")]
+    return logits or output_names[:1]
+
+
+def _comparable(name: str, ref: Reference, actual: dict[str, np.ndarray]) -> bool:
+    """Whether an output exists with the reference's shape; else it is a failure already
+    recorded elementwise, and its agreement is the worst possible."""
+    return name in actual and actual[name].shape == ref.outputs[name].shape
+
+
+def _argmax_agreement(task: Task, ref: Reference, actual: dict[str, np.ndarray]) -> tuple[int, int]:
+    agree = total = 0
+    mask = ref.inputs.get("attention_mask")
+    for name in _primary_outputs(list(ref.outputs)):
+        expected = ref.outputs[name].argmax(axis=-1)
+        if not _comparable(name, ref, actual):  # every position counts as a disagreement
+            total += int(expected.size)
+            continue
+        got = actual[name].argmax(axis=-1)
+        same = expected == got
+        if TASKS[task].token_level and mask is not None and same.shape == mask.shape:
+            same = same[mask.astype(bool)]
+        agree += int(same.sum())
+        total += int(same.size)
+    return agree, total
+
+
+def _cosine(ref: Reference, actual: dict[str, np.ndarray]) -> float:
+    """Cosine similarity of mean-pooled embeddings (the sentence vectors users compare)."""
+    name = _primary_outputs(list(ref.outputs))[0]
+    if not _comparable(name, ref, actual):
+        return -1.0  # the worst similarity there is
+    expected, got = ref.outputs[name].astype(np.float64), actual[name].astype(np.float64)
+    mask = ref.inputs.get("attention_mask")
+    if expected.ndim == 3 and mask is not None:
+        weights = mask[..., None].astype(np.float64)
+        expected = (expected * weights).sum(1) / np.maximum(weights.sum(1), 1)
+        got = (got * weights).sum(1) / np.maximum(weights.sum(1), 1)
+    expected = expected.reshape(expected.shape[0], -1)
+    got = got.reshape(got.shape[0], -1)
+    dot = (expected * got).sum(1)
+    norms = np.linalg.norm(expected, axis=1) * np.linalg.norm(got, axis=1)
+    return float(np.min(dot / np.maximum(norms, 1e-12)))
+
+
+def validate_model(
+    model_path: Path,
+    references: list[Reference],
+    *,
+    task: Task,
+    tolerance: Tolerance = DEFAULT_TOLERANCES["fp32"],
+    min_agreement: float = DEFAULT_MIN_TASK_AGREEMENT,
+    elementwise_gate: bool = True,
+    evaluation: Evaluation | None = None,
+) -> ValidationRecord:
+    """Compare `model_path` in ONNX Runtime with the PyTorch `references`.
+
+    Args:
+        model_path: the ONNX file to check.
+        references: PyTorch outputs from `compute_references`.
+        task: decides the agreement metric.
+        tolerance: the elementwise tolerance (`verify.compare`).
+        min_agreement: the task-level gate.
+        elementwise_gate: whether an elementwise breach fails the validation (fp32: yes;
+            quantized variants are gated by task agreement alone).
+        evaluation: a labelled set whose task metric must stay near PyTorch's, scored in
+            the same session.
+    """
+    started = time.perf_counter()
+    session = create_session(model_path)
+    metric = TASKS[task].metric
+    per_output: dict[str, list[tuple[float, float, bool, tuple[int, int]]]] = {}
+    agree = total = 0
+    cosines: list[float] = []
+    failures: list[str] = []
+    for ref in references:
+        actual = run_session(session, ref.inputs)
+        for name, expected in ref.outputs.items():
+            if name not in actual:
+                failures.append(f"output '{name}' is missing from the ONNX model")
+                per_output.setdefault(name, []).append((np.inf, np.inf, False, ref.shape))
+                continue
+            found = compare(actual[name], expected, tolerance)
+            per_output.setdefault(name, []).append(
+                (found.max_abs_diff, found.max_rel_diff, found.within, ref.shape)
+            )
+            if not found.within and elementwise_gate:
+                failures.append(
+                    f"output '{name}' at shape {list(ref.shape)}: max abs diff "
+                    f"{found.max_abs_diff:.3g}, max rel diff {found.max_rel_diff:.3g} exceed "
+                    f"atol {tolerance.atol:g} / rtol {tolerance.rtol:g}"
+                )
+        if metric is AgreementMetric.ARGMAX:
+            a, t = _argmax_agreement(task, ref, actual)
+            agree, total = agree + a, total + t
+        else:
+            cosines.append(_cosine(ref, actual))
+    value = (agree / total if total else 1.0) if metric is AgreementMetric.ARGMAX else min(cosines)
+    if value < min_agreement:
+        failures.append(
+            f"{metric.value} {value:.4f} is below the minimum {min_agreement:g} "
+            f"over shapes {[list(r.shape) for r in references]}"
+        )
+    task_metric = evaluation.judge(session) if evaluation is not None else None
+    if task_metric is not None and not task_metric.passed:
+        failures.append(metric_failure(task_metric))
+    record = ValidationRecord(
+        passed=not failures,
+        shapes=[list(r.shape) for r in references],
+        outputs={
+            name: OutputComparisonRecord(
+                max_abs_diff=max(r[0] for r in rows),
+                max_rel_diff=max(r[1] for r in rows),
+                atol=tolerance.atol,
+                rtol=tolerance.rtol,
+                passed=all(r[2] for r in rows),
+                worst_shape=list(max(rows, key=lambda r: r[0])[3]),
+            )
+            for name, rows in per_output.items()
+        },
+        task_agreement=TaskAgreementRecord(
+            metric=metric.value, value=value, minimum=min_agreement, passed=value >= min_agreement
+        ),
+        task_metric=task_metric,
+        elementwise_gate=elementwise_gate,
+        failures=failures,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    logger.info(
+        "validated %s on %d shapes: %s, %s %.4f",
+        model_path.name,
+        len(references),
+        "passed" if record.passed else "FAILED",
+        metric.value,
+        value,
+    )
+    return record

@@ -1,0 +1,149 @@
+"""The layout is the pipeline: every module sits in a ring and imports only from its own ring
+or the rings below it, no two modules import each other (function-level imports included),
+and what serves a published model (`artifact/`, `predict/`) never loads torch."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "onnxport"
+
+# Ring of each top-level module or package (docs: DESIGN.md, "Where the code lives").
+RINGS = {
+    "onnxport": 0,
+    "errors": 0,
+    "progress": 0,
+    "process": 0,
+    "tasks": 0,
+    "samples": 0,
+    "request": 0,
+    "sources": 1,
+    "export": 1,
+    "passes": 1,
+    "verify": 1,
+    "testing": 1,
+    "artifact": 1,
+    "pipeline": 2,
+    # Tools on top of the pipeline (rings 0-2); the demo runs `execute_conversion` (ring 3).
+    "benchmark": 2,
+    "predict": 2,
+    "coverage": 2,
+    "tracking": 3,
+    "execution": 3,
+    "orchestration": 3,
+    "azureml": 3,
+    "demo": 3,
+    "cli": 4,
+    "commands": 4,
+}
+TORCH_FREE = ("artifact", "predict")
+
+
+def _module_name(file: Path) -> str:
+    parts = file.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(f): f for f in PACKAGE.rglob("*.py")}
+
+
+def _imports(name: str) -> set[str]:
+    """The onnxport modules `name` imports anywhere in its file, functions included."""
+    found = set()
+    for node in ast.walk(ast.parse(MODULES[name].read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            assert node.level == 0, f"{name} uses a relative import"
+            targets = [
+                f"{node.module}.{alias.name}"
+                if f"{node.module}.{alias.name}" in MODULES
+                else node.module
+                for alias in node.names
+            ]
+        else:
+            continue
+        found |= {t for t in targets if t in MODULES and t != name}
+    return found
+
+
+GRAPH = {name: _imports(name) for name in MODULES}
+
+
+def _ring(name: str) -> int:
+    top = name.split(".")[1] if "." in name else name
+    assert top in RINGS, f"{name} is in no ring: add it to RINGS (and to DESIGN.md)"
+    return RINGS[top]
+
+
+def test_every_module_imports_only_its_own_ring_and_below() -> None:
+    upward = sorted(
+        f"{name} (ring {_ring(name)}) imports {target} (ring {_ring(target)})"
+        for name, targets in GRAPH.items()
+        for target in targets
+        if _ring(target) > _ring(name)
+    )
+    assert upward == []
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph[node]):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycles() -> None:
+    assert _cycles(GRAPH) == []
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+@pytest.mark.parametrize("package", TORCH_FREE)
+def test_serving_code_never_loads_torch(package: str) -> None:
+    """Checked in a fresh interpreter: a module imported earlier in this one would hide it."""
+    names = sorted(
+        n for n in MODULES if n == f"onnxport.{package}" or n.startswith(f"onnxport.{package}.")
+    )
+    code = "; ".join(f"import {n}" for n in names)
+    code += "; import sys; heavy = ('torch', 'transformers')"
+    code += "; print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "[]", f"{package}/ loads {done.stdout.strip()[:200]}"
