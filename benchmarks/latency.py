@@ -33,14 +33,8 @@ from typing import Any
 from common import checkpoint, machine, now
 
 from onnxport.artifact.manifest import read_manifest, verify_directory
-from onnxport.benchmark.runtimes import (
-    measure_interleaved,
-    open_onnx,
-    open_pytorch,
-    rss_bytes,
-    source_inputs,
-    warm_up,
-)
+from onnxport.benchmark.runtimes import open_pytorch, rss_bytes, source_inputs, warm_up
+from onnxport.verify.timing import measure_interleaved, open_onnx
 
 TARGETS = {"fp32 (default)": 0.65, "int8": 0.33}
 

@@ -39,7 +39,8 @@ import psutil
 from common import checkpoint, machine, now, tree_rss
 
 from onnxport.artifact.manifest import read_manifest
-from onnxport.benchmark.runtimes import directory_inputs, measure_interleaved, open_onnx
+from onnxport.benchmark.runtimes import directory_inputs
+from onnxport.verify.timing import measure_interleaved, open_onnx
 
 MB = 1024.0 * 1024.0
 OPTIMUM_REQUIREMENTS = (

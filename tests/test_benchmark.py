@@ -19,12 +19,12 @@ from onnxport.artifact.manifest import (
 from onnxport.artifact.records import BenchmarkRecord, RuntimeRecord
 from onnxport.artifact.report import REPORT_HTML_FILENAME, REPORT_PLOT_FILENAME
 from onnxport.benchmark import BenchmarkSettings, benchmark_directory, record_benchmark
-from onnxport.benchmark.runtimes import Runtime, measure_interleaved
 from onnxport.errors import BenchmarkInputError, OutputError
 from onnxport.pipeline import convert
 from onnxport.request import ConversionRequest
 from onnxport.request.config import ConversionConfig
 from onnxport.verify.runtime import session_options
+from onnxport.verify.timing import Runtime, measure_interleaved
 
 TINY = BenchmarkSettings(batch_sizes=(1, 2), seq_lengths=(8, 16), threads=1, iterations=3, warmup=1)
 

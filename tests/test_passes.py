@@ -21,6 +21,7 @@ from onnxport.passes import (
     optimize_passes,
     quantization_pass,
 )
+from onnxport.passes.calibration import Calibration
 from onnxport.request.config import ConversionConfig, Exporter, OptimizeLevel, QuantizeConfig
 from onnxport.verify.runtime import create_session, run_session
 from onnxport.verify.validate import compute_references
@@ -82,6 +83,8 @@ def test_optimize_extended_fuses_attention_and_keeps_the_numbers(model, tmp_path
     assert out.nodes_after < out.nodes_before
     assert out.details["engine"] == "onnxscript.rewriter.ort_fusions"
     assert out.details["fusions"].get("skip_layer_normalization", 0) > 0
+    # What the graph holds, counted: the fusions the report shows.
+    assert out.details["fused_operators"]["SkipLayerNormalization"] > 0
     assert {"SkipLayerNormalization"} <= _op_types(tmp_path / "m.onnx")
     assert _max_diff(tmp_path / "m.onnx", references) < 1e-4
 
@@ -91,7 +94,7 @@ def test_optimize_basic_runs_onnxruntime_offline(model, tmp_path):
     out = apply_pass(
         OptimizePass(OptimizeLevel.BASIC), result.path, tmp_path / "m.onnx", _context(src)
     )
-    assert out.details == {"level": "basic", "engine": "onnxruntime"}
+    assert out.details == {"level": "basic", "engine": "onnxruntime", "fused_operators": {}}
     assert out.nodes_after <= out.nodes_before
     assert _max_diff(tmp_path / "m.onnx", references) < 1e-4
 
@@ -143,7 +146,9 @@ def test_static_int8_writes_qdq_with_calibration(model, tmp_path):
     result, src, references = model
     samples = tuple({k: v.numpy() for k, v in src.make_inputs(1, 16, i).items()} for i in range(4))
     context = PassContext(
-        exporter="dynamo", calibration_inputs=samples, settings=QuantizeConfig(per_channel=True)
+        exporter="dynamo",
+        calibration=Calibration(samples, "test samples"),
+        settings=QuantizeConfig(per_channel=True),
     )
     out = apply_pass(StaticInt8Pass(), result.path, tmp_path / "s.onnx", context)
     assert out.details["format"] == "QDQ"
@@ -180,7 +185,9 @@ def test_a_pass_that_raises_becomes_a_pass_error_naming_it(model, tmp_path):
     result, _, _ = model
     valid_copy = tmp_path / "in.onnx"
     shutil.copy(result.path, valid_copy)
-    context = PassContext(exporter="dynamo", calibration_inputs=({"nonsense": np.zeros(1)},))
+    context = PassContext(
+        exporter="dynamo", calibration=Calibration(({"nonsense": np.zeros(1)},), "nonsense")
+    )
     with pytest.raises(PassError) as info:
         apply_pass(StaticInt8Pass(), valid_copy, tmp_path / "out.onnx", context)
     assert "pass 'quantize-int8-static' failed" in str(info.value)

@@ -36,6 +36,7 @@ QUANTIZATION_SPELLINGS = {
     "int8": ["int8", "dynamic", "int8-dynamic", "INT8"],
     "int8-static": ["int8-static", "static"],
     "fp16": ["fp16", "FP16"],
+    "auto": ["auto", "AUTO"],
 }
 
 
@@ -95,6 +96,8 @@ SECTIONS: dict[str, dict[str, st.SearchStrategy]] = {
         "calibration_file": st.none() | paths.map(lambda p: f"/nonexistent/{p}.txt"),
         "calibration_samples": st.integers(1, 10000),
         "on_failure": st.sampled_from(["fail", "skip"]),
+        "search_budget_seconds": _floats(0.0, 1e6, exclude_low=True),
+        "max_excluded_nodes": st.integers(0, 100),
     },
     "source": {
         "task": st.none() | st.sampled_from([t.value for t in Task]),

@@ -21,7 +21,7 @@ from pathlib import Path
 from onnxport import __version__
 from onnxport.artifact.manifest import Manifest
 from onnxport.artifact.publish import Staging, check_output_location, finish_output, seal
-from onnxport.artifact.records import OutputRecord, SmokeTestRecord, ValidationRecord
+from onnxport.artifact.records import OutputRecord, PassRecord, SmokeTestRecord, ValidationRecord
 from onnxport.errors import (
     ExportError,
     OnnxportError,
@@ -34,14 +34,16 @@ from onnxport.errors import (
     one_line,
 )
 from onnxport.export import export_to_onnx
-from onnxport.export.external_data import move_model
+from onnxport.export.external_data import move_model, remove_model
 from onnxport.passes import (
+    PassContext,
     apply_pass,
     apply_sequence,
     optimize_passes,
     pass_context,
     quantization_pass,
 )
+from onnxport.passes.search import Timer, search_int8, search_optimization
 from onnxport.progress import ProgressCallback, Stage, StageEvent, Status, ignore_progress
 from onnxport.request import ConversionRequest
 from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantization
@@ -51,6 +53,7 @@ from onnxport.verify.compare import Tolerance
 from onnxport.verify.divergence import locate_fp32_failure, locate_variant_failure
 from onnxport.verify.evaluation import Evaluation, prepare_evaluation
 from onnxport.verify.gate import Candidate, Rules, judge
+from onnxport.verify.timing import default_threads, machine_record
 from onnxport.verify.validate import DEFAULT_TOLERANCES, Reference, compute_references
 
 logger = logging.getLogger(__name__)
@@ -146,7 +149,7 @@ def variant_rules(config: ConversionConfig, evaluation: Evaluation | None) -> Ru
         remedies.append("validation.localize: true to find which node to leave in float")
     remedies.append("quantize.on_failure: skip to publish the fp32 model alone")
     return Rules(
-        tolerance=DEFAULT_TOLERANCES[variant.value],
+        tolerance=DEFAULT_TOLERANCES[variant.variant],
         elementwise=False,
         min_agreement=config.validation.min_task_agreement,
         evaluation=evaluation,
@@ -203,13 +206,7 @@ def convert(
         # PyTorch is done: the references hold its answers. Free its memory before ORT runs.
         source.module = None  # type: ignore[assignment]
         gc.collect()  # the exported graph holds reference cycles to the Parameters
-        optimize = optimize_passes(config)
-        fp32_passes = ()
-        if optimize:
-            with run.stage(Stage.PASSES, PassError):
-                fp32_passes = tuple(apply_sequence(optimize, exported, work / fp32_file, context))
-        else:
-            move_model(exported, work / fp32_file)
+        timer = Timer(references, threads=default_threads())
 
         def locate_fp32(model: Path, validation: ValidationRecord):
             return locate_fp32_failure(
@@ -220,27 +217,48 @@ def convert(
                 opset=config.onnx.opset_version,
             )
 
-        with run.stage(Stage.VALIDATE, ValidationError):
-            outputs = [
-                judge(
+        fp32_rules_ = fp32_rules(config, evaluation)
+        locate = locate_fp32 if config.validation.localize else None
+        # Variants are quantized from the graph as exported: fused attention ops hide their
+        # weights from the quantizer (DistilBERT-base int8 from the fused graph: 37% of
+        # fp32's size; from the exported graph: 25%). ONNX Runtime fuses it at load time.
+        base = work / fp32_file
+        if config.onnx.optimize is OptimizeLevel.AUTO:
+            base = exported
+            with run.stage(Stage.PASSES, PassError):
+                fp32 = search_optimization(
+                    exported,
+                    work / fp32_file,
+                    context=context,
+                    references=references,
+                    task=source.task,
+                    rules=fp32_rules_,
+                    timer=timer,
+                    locate=locate,
+                )
+        else:
+            fp32_passes: tuple[PassRecord, ...] = ()
+            if optimize_passes(config):
+                base = exported
+                with run.stage(Stage.PASSES, PassError):
+                    fp32_passes = tuple(
+                        apply_sequence(optimize_passes(config), exported, work / fp32_file, context)
+                    )
+            else:
+                move_model(exported, work / fp32_file)
+            with run.stage(Stage.VALIDATE, ValidationError):
+                fp32 = judge(
                     Candidate("fp32", work / fp32_file, fp32_passes),
                     references,
                     task=source.task,
-                    rules=fp32_rules(config, evaluation),
-                    locate=locate_fp32 if config.validation.localize else None,
+                    rules=fp32_rules_,
+                    locate=locate,
                 )
-            ]
-        variant_pass = quantization_pass(config)
-        if variant_pass is not None:
-            # Quantized from the graph as exported: fused attention ops hide their weights
-            # from the quantizer (DistilBERT-base int8 from the fused graph: 37% of fp32's
-            # size; from the exported graph: 25%). ONNX Runtime fuses it at load time.
-            base = exported if optimize else work / fp32_file
+        outputs = [fp32]
+        if config.onnx.quantization is not Quantization.NONE:
             with run.stage(Stage.QUANTIZE, QuantizationError):
                 outputs.append(
-                    _variant(
-                        variant_pass, base, work, references, source, config, context, evaluation
-                    )
+                    _variant(base, work, references, source, config, context, evaluation, timer)
                 )
         shutil.rmtree(work / EXPORT_DIRNAME, ignore_errors=True)
         smoke: dict[str, SmokeTestRecord] = {}
@@ -271,6 +289,7 @@ def convert(
                 # that follows takes milliseconds.
                 timings={**run.timings, "publish": round(time.perf_counter() - publish_started, 3)},
                 peak_rss_mb=round(peak_rss_mb(), 1),
+                machine=machine_record(),
                 versions=library_versions(),
                 config=config.model_dump(mode="json"),
             )
@@ -283,27 +302,45 @@ def convert(
 
 
 def _variant(
-    variant_pass,
     base: Path,
     work: Path,
     references: list[Reference],
     source: Source,
     config: ConversionConfig,
-    context,
+    context: PassContext,
     evaluation: Evaluation | None,
+    timer: Timer,
 ) -> OutputRecord:
-    """Make the quantized or float16 model from `base` and put it through the gate."""
-    variant = config.onnx.quantization.value
+    """Make the quantized or float16 model from `base` and put it through the gate (or, for
+    `quantization: auto`, search for the fastest int8 model that passes it)."""
+    variant = config.onnx.quantization.variant
     path = work / config.output.filename(variant)
-    record = apply_pass(variant_pass, base, path, context)
+    rules = variant_rules(config, evaluation)
 
     def locate(model: Path, validation: ValidationRecord):
         return locate_variant_failure(base, model, references, validation)
 
-    return judge(
+    if config.onnx.quantization is Quantization.AUTO:
+        # The search needs the divergence search to know which node to leave in float.
+        return search_int8(
+            base,
+            path,
+            variant=variant,
+            context=context,
+            references=references,
+            task=source.task,
+            rules=rules,
+            timer=timer,
+            locate=locate,
+        )
+    record = apply_pass(quantization_pass(config), base, path, context)
+    judged = judge(
         Candidate(variant, path, (record,)),
         references,
         task=source.task,
-        rules=variant_rules(config, evaluation),
+        rules=rules,
         locate=locate if config.validation.localize else None,
     )
+    if not judged.published:
+        remove_model(path)
+    return judged

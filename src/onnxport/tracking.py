@@ -177,6 +177,15 @@ def _metrics(manifest: Manifest) -> dict[str, float]:
         metrics["peak_rss_mb"] = manifest.peak_rss_mb
     for out in manifest.outputs:
         prefix = out.variant
+        if out.search is not None:
+            for i, candidate in enumerate(out.search.candidates):
+                name = f"{prefix}.search.{i}"
+                if candidate.agreement is not None:
+                    metrics[f"{name}.agreement"] = candidate.agreement
+                metrics[f"{name}.passed"] = float(candidate.passed)
+                metrics[f"{name}.chosen"] = float(candidate.chosen)
+                for shape, ms in candidate.latency_ms.items():
+                    metrics[f"{name}.p50_ms.{shape}"] = ms
         if out.total_size_bytes is not None:
             metrics[f"{prefix}.size_bytes"] = float(out.total_size_bytes)
         if out.validation is not None:
@@ -197,6 +206,11 @@ def _params(manifest: Manifest) -> dict[str, Any]:
         "task": manifest.source.task,
         "architecture": manifest.source.architecture,
         "conv_fp": manifest.conv_fp,
+        **{
+            f"{out.variant}.chosen": out.search.chosen
+            for out in manifest.outputs
+            if out.search is not None
+        },
     }
 
 

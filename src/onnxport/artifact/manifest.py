@@ -17,6 +17,7 @@ from pydantic import Field
 from onnxport.artifact.records import (
     BenchmarkRecord,
     ExportRecord,
+    MachineRecord,
     OutputRecord,
     Record,
     SourceRecord,
@@ -42,6 +43,8 @@ class Manifest(Record):
     peak_rss_mb: float | None = None
     versions: dict[str, str] = Field(default_factory=dict)
     config: dict[str, Any] = Field(default_factory=dict)
+    machine: MachineRecord | None = None
+    """The machine that converted: measured choices (`auto` settings) are true for it."""
     benchmark: BenchmarkRecord | None = None
     """`onnxport benchmark`'s figures, once it has run on the directory."""
     files: dict[str, str] = Field(default_factory=dict)

@@ -163,6 +163,42 @@ class SmokeTestRecord(Record):
     seconds: float = 0.0
 
 
+# ---------------------------------------------------------------------------------- search
+
+
+class CandidateRecord(Record):
+    """One setting the search tried (`passes.search`): what it was, what the gate said, and
+    how fast it ran here."""
+
+    name: str
+    settings: dict[str, Any] = Field(default_factory=dict)
+    excluded_nodes: list[str] = Field(default_factory=list)
+    """Nodes left in float (quantization)."""
+    passed: bool
+    agreement: float | None = None
+    """The task-level agreement with PyTorch the gate judged."""
+    task_metric: float | None = None
+    failures: list[str] = Field(default_factory=list)
+    latency_ms: dict[str, float] = Field(default_factory=dict)
+    """Median latency per input shape (`1x128`), batch 1, measured interleaved."""
+    chosen: bool = False
+    seconds: float = 0.0
+
+
+class SearchRecord(Record):
+    """How a published model was chosen among candidates measured on this machine."""
+
+    target: str
+    """`optimize` (the fp32 graph) or the variant (`int8`)."""
+    candidates: list[CandidateRecord]
+    chosen: str | None
+    threads: int
+    """The intra-op threads the latencies were measured with."""
+    seconds: float = 0.0
+    note: str | None = None
+    """Why the search stopped early (its time budget), if it did."""
+
+
 # ---------------------------------------------------------------------------------- outputs
 
 
@@ -183,6 +219,8 @@ class OutputRecord(Record):
     localization: DivergenceRecord | None = None
     """Where a refused model parts ways with its reference."""
     smoke_test: SmokeTestRecord | None = None
+    search: SearchRecord | None = None
+    """The candidates measured and judged when the model was chosen by a search."""
 
     @property
     def total_size_bytes(self) -> int | None:
@@ -193,6 +231,16 @@ class OutputRecord(Record):
 
 
 # -------------------------------------------------------------------------------- benchmark
+
+
+class MachineRecord(Record):
+    """The machine a measurement was taken on: a measured choice is only true for it."""
+
+    cpu_model: str
+    logical_cpus: int
+    isa: list[str] = Field(default_factory=list)
+    """The x86 instruction sets that decide the kernels used (avx2, avx512_vnni, amx...)."""
+    machine: str = ""
 
 
 class BenchmarkSettingsRecord(Record):

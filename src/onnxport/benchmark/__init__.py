@@ -26,13 +26,8 @@ from onnxport.artifact.reader import PublishedDirectory
 from onnxport.artifact.records import BenchmarkRecord, BenchmarkSettingsRecord, TimingRecord
 from onnxport.artifact.report import write_reports
 from onnxport.benchmark.runtimes import (
-    InputMaker,
-    Runtime,
-    cpu_model,
     directory_inputs,
     image_size,
-    measure_interleaved,
-    open_onnx,
     open_pytorch,
     read_json,
     rss_bytes,
@@ -41,6 +36,14 @@ from onnxport.benchmark.runtimes import (
 )
 from onnxport.errors import BenchmarkInputError, SourceError
 from onnxport.tasks import TASKS, Modality, Task
+from onnxport.verify.timing import (
+    InputMaker,
+    Runtime,
+    cpu_model,
+    default_threads,
+    measure_interleaved,
+    open_onnx,
+)
 
 __all__ = ["BenchmarkSettings", "benchmark_directory", "record_benchmark"]
 
@@ -50,13 +53,6 @@ DEFAULT_BATCH_SIZES = (1, 8)
 DEFAULT_SEQ_LENGTHS = (32, 128)
 DEFAULT_ITERATIONS = 20
 DEFAULT_WARMUP = 3
-
-
-def default_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,17 @@
-"""The runtimes a benchmark compares, their inputs, and the interleaved timing loop.
+"""The runtimes a benchmark compares and their inputs.
 
-A `Runtime` is a loaded model that answers named numpy inputs: an ONNX Runtime session
-(`open_onnx`) or the PyTorch source model in eager mode (`open_pytorch`, which alone imports
-torch). `measure_interleaved` times several of them on the same inputs, one run of each in
-turn per iteration. `onnxport.benchmark` uses these for an output directory;
-`benchmarks/latency.py` uses them across several directories in one run.
+A `Runtime` (`verify.timing`) is a loaded model that answers named numpy inputs: an ONNX
+Runtime session (`open_onnx`) or the PyTorch source model in eager mode (`open_pytorch`,
+which alone imports torch); `measure_interleaved` times them. `onnxport.benchmark` uses these
+for an output directory; `benchmarks/latency.py` uses them across several directories.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import platform
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,71 +20,24 @@ import onnxruntime as ort
 import psutil
 
 from onnxport.artifact.manifest import Manifest
-from onnxport.artifact.records import PYTORCH, RuntimeRecord, TimingRecord
+from onnxport.artifact.records import PYTORCH, RuntimeRecord
 from onnxport.samples import sample_texts
 from onnxport.tasks import Modality
-from onnxport.verify.runtime import create_session, session_options
+from onnxport.verify.runtime import create_session
+from onnxport.verify.timing import (
+    InputMaker,
+    NumpyInputs,
+    Runtime,
+)
 
 logger = logging.getLogger(__name__)
 
 _MB = 1024.0 * 1024.0
 _ONNX_INTEGER_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
-NumpyInputs = dict[str, np.ndarray]
-InputMaker = Callable[[int, int], NumpyInputs]
-"""(batch, size) -> named inputs; `size` is the sequence length, or the image side."""
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """A loaded model that answers numpy inputs; `figures` says what loading it cost."""
-
-    figures: RuntimeRecord
-    run: Callable[[NumpyInputs], object]
-
-    @property
-    def name(self) -> str:
-        return self.figures.name
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
 
 def rss_bytes() -> int:
     return psutil.Process().memory_info().rss
-
-
-def open_onnx(name: str, path: Path, *, threads: int, spinning: bool = False) -> Runtime:
-    """An ONNX Runtime CPU session on `path`; its creation is timed."""
-    path = Path(path)
-    started = time.perf_counter()
-    # Spinning is off by default: ONNX Runtime's idle workers otherwise keep spinning on the
-    # cores after a run returns, and the runtime that runs next in the same process finds
-    # them busy (on 2 cores this slowed PyTorch eager several times over).
-    session = create_session(path, session_options(threads=threads, spinning=spinning))
-    seconds = time.perf_counter() - started
-    wanted = [i.name for i in session.get_inputs()]
-    data = path.with_name(path.name + ".data")
-    size = path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
-
-    def run(inputs: NumpyInputs) -> object:
-        return session.run(None, {k: inputs[k] for k in wanted})
-
-    record = RuntimeRecord(
-        name=name,
-        engine="onnxruntime",
-        file=path.name,
-        size_bytes=size,
-        load_seconds=round(seconds, 4),
-    )
-    return Runtime(record, run)
 
 
 def open_pytorch(manifest: Manifest, *, threads: int) -> tuple[Runtime, Any]:
@@ -252,59 +202,3 @@ def warm_up(runtime: Runtime, inputs: NumpyInputs, runs: int, *, rss_before: int
         runtime.run(inputs)
     growth = round((rss_bytes() - rss_before) / _MB, 1)
     return replace(runtime, figures=runtime.figures.model_copy(update={"rss_growth_mb": growth}))
-
-
-def _timing(name: str, batch: int, size: int, samples_ms: list[float]) -> TimingRecord:
-    p50, p90, p99 = (float(p) for p in np.percentile(np.asarray(samples_ms), [50, 90, 99]))
-    return TimingRecord(
-        runtime=name,
-        batch_size=batch,
-        size=size,
-        iterations=len(samples_ms),
-        p50_ms=round(p50, 4),
-        p90_ms=round(p90, 4),
-        p99_ms=round(p99, 4),
-        mean_ms=round(float(np.mean(samples_ms)), 4),
-        throughput=round(batch / (p50 / 1000.0), 3),
-    )
-
-
-def measure_interleaved(
-    runtimes: Sequence[Runtime],
-    shapes: Sequence[tuple[int, int]],
-    make_inputs: InputMaker,
-    *,
-    iterations: int,
-    warmup: int,
-    on_shape: Callable[[list[TimingRecord]], None] | None = None,
-) -> list[TimingRecord]:
-    """Time every runtime on every (batch, size) shape on the same inputs.
-
-    In each iteration every runtime runs once; the order rotates, so that no runtime
-    always runs right after the same other one and drift hits them all alike.
-    `on_shape` receives the timings of each shape as soon as it is done.
-    """
-    timings: list[TimingRecord] = []
-    for batch, size in shapes:
-        inputs = make_inputs(batch, size)
-        for _ in range(warmup):
-            for runtime in runtimes:
-                runtime.run(inputs)
-        samples: dict[str, list[float]] = {r.name: [] for r in runtimes}
-        for i in range(iterations):
-            for k in range(len(runtimes)):
-                runtime = runtimes[(i + k) % len(runtimes)]
-                started = time.perf_counter()
-                runtime.run(inputs)
-                samples[runtime.name].append((time.perf_counter() - started) * 1000.0)
-        shape_timings = [_timing(r.name, batch, size, samples[r.name]) for r in runtimes]
-        logger.info(
-            "batch %d, size %d: %s",
-            batch,
-            size,
-            ", ".join(f"{t.runtime} {t.p50_ms:.2f} ms" for t in shape_timings),
-        )
-        timings += shape_timings
-        if on_shape is not None:
-            on_shape(shape_timings)
-    return timings

@@ -24,11 +24,11 @@ from onnxport.benchmark import (
     DEFAULT_WARMUP,
     BenchmarkSettings,
     benchmark_directory,
-    default_threads,
     record_benchmark,
 )
 from onnxport.commands.console import console, stdout
 from onnxport.errors import BenchmarkInputError
+from onnxport.verify.timing import default_threads
 
 
 def parse_sizes(text: str, option: str) -> tuple[int, ...]:

@@ -37,10 +37,14 @@ def convert_command(
     exporter: Annotated[Exporter | None, typer.Option(help="Exporter to use.")] = None,
     quantize: Annotated[
         str | None,
-        typer.Option(help="Also publish a variant: int8 (dynamic), int8-static, fp16, none."),
+        typer.Option(
+            help="Also publish a variant: int8 (dynamic), int8-static, fp16, none, or auto "
+            "(the fastest int8 setting that passes the gate, searched)."
+        ),
     ] = None,
     optimize: Annotated[
-        OptimizeLevel | None, typer.Option(help="Graph optimization level.")
+        OptimizeLevel | None,
+        typer.Option(help="Graph optimization level; auto: the fastest that validates, measured."),
     ] = None,
     min_agreement: Annotated[
         float | None, typer.Option(help="Task-level accuracy gate for every variant (0-1).")

@@ -6,6 +6,8 @@ from rich.console import Console
 from rich.table import Table
 
 from onnxport.artifact.manifest import Manifest
+from onnxport.artifact.report.tables import Table as ReportTable
+from onnxport.artifact.report.tables import search_tables
 from onnxport.progress import StageEvent, Status
 
 STAGE_LABELS = {
@@ -64,11 +66,22 @@ def manifest_tables(manifest: Manifest, output_dir: str) -> list[Table]:
             f"{v.task_agreement.value:.4f} ≥ {v.task_agreement.minimum:g}"
             + (f"\n{_metric(v.task_metric)}" if v.task_metric else ""),
         )
+    searches = [_rich(table, title) for title, table in search_tables(manifest)]
     timings = Table(title="seconds per stage")
     for stage in manifest.timings:
         timings.add_column(stage, justify="right")
     timings.add_row(*(f"{v:.2f}" for v in manifest.timings.values()))
-    return [outputs, timings]
+    return [outputs, *searches, timings]
+
+
+def _rich(table: ReportTable, title: str) -> Table:
+    """A report table for the terminal."""
+    rendered = Table(title=title)
+    for i, header in enumerate(table.headers):
+        rendered.add_column(header, justify="right" if i in table.numeric else "left")
+    for row in table.rows:
+        rendered.add_row(*row)
+    return rendered
 
 
 def _metric(metric) -> str:

@@ -14,7 +14,7 @@ from onnxport.passes.base import (
     apply_sequence,
     count_nodes,
 )
-from onnxport.passes.calibration import calibration_inputs
+from onnxport.passes.calibration import calibration
 from onnxport.passes.optimize import OptimizePass
 from onnxport.passes.quantize import DynamicInt8Pass, Fp16Pass, StaticInt8Pass
 from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantization
@@ -45,7 +45,7 @@ QUANTIZATION_PASSES: dict[Quantization, type] = {
 
 def optimize_passes(config: ConversionConfig) -> list[OnnxPass]:
     level = config.onnx.optimize
-    return [] if level is OptimizeLevel.NONE else [OptimizePass(level)]
+    return [] if level in (OptimizeLevel.NONE, OptimizeLevel.AUTO) else [OptimizePass(level)]
 
 
 def quantization_pass(config: ConversionConfig) -> OnnxPass | None:
@@ -55,12 +55,12 @@ def quantization_pass(config: ConversionConfig) -> OnnxPass | None:
 
 def pass_context(source: Source, exporter: str, config: ConversionConfig) -> PassContext:
     """What the passes of this conversion need to know beyond the model file."""
-    static = config.onnx.quantization is Quantization.INT8_STATIC
+    static = config.onnx.quantization in (Quantization.INT8_STATIC, Quantization.AUTO)
     return PassContext(
         exporter=exporter,
         model_type=source.model_type,
         num_heads=source.facts.num_heads,
         hidden_size=source.facts.hidden_size,
-        calibration_inputs=calibration_inputs(source, config) if static else (),
+        calibration=calibration(source, config) if static else None,
         settings=config.quantize,
     )

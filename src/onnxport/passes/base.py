@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import onnx
 
 from onnxport.artifact.records import PassRecord
 from onnxport.errors import OnnxportError, PassError, one_line
 from onnxport.export.external_data import remove_model
+from onnxport.passes.calibration import Calibration
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,8 @@ class PassContext:
     model_type: str | None = None
     num_heads: int = 0
     hidden_size: int = 0
-    calibration_inputs: tuple[dict[str, np.ndarray], ...] = ()
+    calibration: Calibration | None = None
+    """Static quantization's samples (`passes.calibration`)."""
     settings: Any = None
     """The `QuantizeConfig` of the conversion (per-channel, nodes to exclude, ...)."""
 

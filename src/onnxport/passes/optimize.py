@@ -13,9 +13,11 @@ faster on a 2-core CPU than the plain graph under ORT's session-time optimizatio
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import onnx
 import onnxruntime as ort
 
 from onnxport.passes.base import PassContext, has_external_data
@@ -63,6 +65,16 @@ def _fuse_torchscript(model: Path, output: Path, context: PassContext) -> dict[s
     return {"fusions": {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}}
 
 
+CONTRIB_DOMAIN = "com.microsoft"
+
+
+def fused_operators(model: Path) -> dict[str, int]:
+    """The ONNX Runtime contrib operators in a graph: what the fusions made (Attention,
+    SkipLayerNormalization, Gelu, ...), counted."""
+    graph = onnx.load(str(model), load_external_data=False).graph
+    return dict(Counter(n.op_type for n in graph.node if n.domain == CONTRIB_DOMAIN))
+
+
 class OptimizePass:
     def __init__(self, level: OptimizeLevel) -> None:
         self.level = level
@@ -71,11 +83,11 @@ class OptimizePass:
     def run(self, model: Path, output: Path, context: PassContext) -> dict[str, Any]:
         if self.level is OptimizeLevel.BASIC:
             _ort_offline(model, output, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
-            return {"level": "basic", "engine": "onnxruntime"}
-        if context.exporter == "dynamo":
-            details = _fuse_dynamo(model, output)
-            engine = "onnxscript.rewriter.ort_fusions"
+            details: dict[str, Any] = {"level": "basic", "engine": "onnxruntime"}
+        elif context.exporter == "dynamo":
+            details = {"level": self.level.value, "engine": "onnxscript.rewriter.ort_fusions"}
+            details.update(_fuse_dynamo(model, output))
         else:
-            details = _fuse_torchscript(model, output, context)
-            engine = "onnxruntime.transformers.optimizer"
-        return {"level": self.level.value, "engine": engine, **details}
+            details = {"level": self.level.value, "engine": "onnxruntime.transformers.optimizer"}
+            details.update(_fuse_torchscript(model, output, context))
+        return {**details, "fused_operators": fused_operators(output)}

@@ -94,12 +94,12 @@ class StaticInt8Pass:
             quantize_static,
         )
 
-        if not context.calibration_inputs:
+        if context.calibration is None or not context.calibration.inputs:
             raise ValueError("static quantization needs calibration samples")
         external = has_external_data(model)
         inferred = _infer_shapes(model)
         names = {i.name for i in onnx.load(str(model), load_external_data=False).graph.input}
-        reader = _Calibration(context.calibration_inputs, names)
+        reader = _Calibration(context.calibration.inputs, names)
         CalibrationDataReader.register(_Calibration)
         options = _common_options(context)
         options["per_channel"] = True if context.settings is None else options["per_channel"]
@@ -119,7 +119,8 @@ class StaticInt8Pass:
         return {
             "mode": "static",
             "format": "QDQ",
-            "calibration_samples": len(context.calibration_inputs),
+            "calibration_samples": len(context.calibration.inputs),
+            "calibration": context.calibration.details(),
             **options,
             "quantized_nodes": _quantized_nodes(output),
         }

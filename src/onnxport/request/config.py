@@ -29,6 +29,8 @@ DEFAULT_FILENAME_PATTERN = "model_{quantization}.onnx"
 DEFAULT_MIN_TASK_AGREEMENT = 0.99
 DEFAULT_TIMEOUT_SECONDS = 3600.0
 DEFAULT_CALIBRATION_SAMPLES = 32
+DEFAULT_SEARCH_BUDGET_SECONDS = 600.0
+DEFAULT_MAX_EXCLUDED_NODES = 4
 
 
 class Quantization(str, Enum):
@@ -36,6 +38,13 @@ class Quantization(str, Enum):
     INT8 = "int8"
     INT8_STATIC = "int8-static"
     FP16 = "fp16"
+    AUTO = "auto"
+    """Search int8 settings for the fastest one that passes the gate (`passes.search`)."""
+
+    @property
+    def variant(self) -> str:
+        """The published variant's name: the search publishes an int8 model."""
+        return Quantization.INT8.value if self is Quantization.AUTO else self.value
 
 
 # Spellings accepted for the same setting; `dynamic` is the platform's older name for int8.
@@ -46,6 +55,8 @@ class OptimizeLevel(str, Enum):
     NONE = "none"
     BASIC = "basic"
     EXTENDED = "extended"
+    AUTO = "auto"
+    """Measure every level on this machine and keep the fastest that validates."""
 
 
 class Exporter(str, Enum):
@@ -163,11 +174,16 @@ class QuantizeConfig(_Strict):
     op_types: list[str] | None = None
     """Operator types to quantize; None: onnxruntime's defaults."""
     calibration_file: Path | None = None
-    """Static quantization: a text file, one sample per line; None: built-in sample text."""
+    """Static quantization's samples: plain text, one per line, or JSON lines (`text`, or
+    `words` as in an eval file); None: `validation.eval_file`'s texts, else built-in text."""
     calibration_samples: int = Field(DEFAULT_CALIBRATION_SAMPLES, ge=1, le=10000)
     on_failure: Literal["fail", "skip"] = "fail"
     """A variant under its accuracy gate fails the conversion, or is skipped (not published,
     recorded in the manifest) while the fp32 model is published."""
+    search_budget_seconds: float = Field(DEFAULT_SEARCH_BUDGET_SECONDS, gt=0)
+    """`quantization: auto`: no new candidate is tried once the search has run this long."""
+    max_excluded_nodes: int = Field(DEFAULT_MAX_EXCLUDED_NODES, ge=0, le=100)
+    """`quantization: auto`: at most this many nodes left in float per candidate setting."""
 
 
 class SourceConfig(_Strict):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -16,8 +16,15 @@ from onnxport.tasks import Modality, Task
 # An input factory builds named example inputs for a (batch, size) shape; `size` is the
 # sequence length for text and the image side for vision. The seed makes them repeatable.
 InputFactory = Callable[[int, int, int], dict[str, torch.Tensor]]
-# Tokenized texts, padded or truncated to a length, as named model inputs.
-TextEncoder = Callable[[list[str], int], dict[str, torch.Tensor]]
+
+
+class TextEncoder(Protocol):
+    """Tokenized texts as named model inputs, truncated to `length` tokens and padded to it
+    (`pad`) or to the longest text."""
+
+    def __call__(
+        self, texts: list[str], length: int, *, pad: bool = True
+    ) -> dict[str, torch.Tensor]: ...
 
 
 @dataclass(frozen=True)

@@ -191,25 +191,25 @@ class TextInputs:
             texts[-1] = texts[-1][: max(8, len(texts[-1]) // 3)]
         return self.encode(texts, length)
 
-    def encode(self, texts: list[str], length: int) -> dict[str, torch.Tensor]:
-        """Tokenize `texts`, padded or truncated to `length` tokens."""
+    def encode(self, texts: list[str], length: int, *, pad: bool = True) -> dict[str, torch.Tensor]:
+        """Tokenize `texts`, truncated to `length` tokens and padded to it (`pad`) or to the
+        longest of them."""
         if self.tokenizer is None:
             raise ValueError("no tokenizer to encode text with")
-        batch = len(texts)
         encoded = self.tokenizer(
             texts,
-            padding="max_length",
+            padding="max_length" if pad else "longest",
             truncation=True,
             max_length=length,
             return_tensors="pt",
         )
-        out = {}
-        for name in self.names:
-            if name in encoded:
-                out[name] = encoded[name].to(torch.int64)
-            else:
-                out[name] = torch.zeros((batch, length), dtype=torch.int64)
-        return out
+        shape = encoded["input_ids"].shape
+        return {
+            name: encoded[name].to(torch.int64)
+            if name in encoded
+            else torch.zeros(shape, dtype=torch.int64)
+            for name in self.names
+        }
 
     def _random(self, batch: int, length: int, seed: int) -> dict[str, torch.Tensor]:
         generator = torch.Generator().manual_seed(seed)

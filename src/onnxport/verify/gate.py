@@ -3,8 +3,9 @@
 A model made by the export and its passes is validated against PyTorch on every reference
 shape (and, with a labelled set, scored on it in the same session). It passes, and the gate
 returns its finished record; or it fails, and the gate says where it parts ways (`locate`)
-and either raises, publishing nothing, or (a variant with `quantize.on_failure: skip`)
-returns it as not published, its file removed.
+and either raises, publishing nothing, or (`on_failure: skip`: a variant with
+`quantize.on_failure: skip`, a candidate of a search) returns it as not published. The gate
+judges files; it does not remove them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from onnxport.artifact.records import (
     ValidationRecord,
 )
 from onnxport.errors import ValidationError
-from onnxport.export.external_data import data_file_of, remove_model
+from onnxport.export.external_data import data_file_of
 from onnxport.tasks import Task
 from onnxport.verify.compare import Tolerance
 from onnxport.verify.evaluation import Evaluation
@@ -79,7 +80,7 @@ def judge(
 ) -> OutputRecord:
     """The candidate's record once judged: published when it passes; otherwise the gate
     raises `ValidationError` (nothing is published), or with `on_failure: skip` returns it
-    unpublished with where it fails."""
+    unpublished with where it fails: its file is then the caller's to remove."""
     validation = validate_model(
         candidate.path,
         list(references),
@@ -104,8 +105,7 @@ def judge(
         + (f"; {divergence.summary()}" if divergence is not None else "")
     )
     if rules.on_failure == "skip":
-        logger.warning("%s; it is not published (quantize.on_failure: skip)", message)
-        remove_model(candidate.path)
+        logger.warning("%s; it is not published", message)
         return OutputRecord(
             file=candidate.path.name,
             variant=candidate.variant,

@@ -20,7 +20,7 @@ THREADS_ENV = "ONNXPORT_THREADS"
 quota is below the cores ONNX Runtime counts, and for test workers sharing a machine."""
 
 
-def default_threads() -> int | None:
+def configured_threads() -> int | None:
     """`ONNXPORT_THREADS` when set, else None: ONNX Runtime's own choice (one per core)."""
     value = os.environ.get(THREADS_ENV, "").strip()
     return int(value) if value.isdigit() and int(value) > 0 else None
@@ -37,14 +37,14 @@ def session_options(
     """Options for one session.
 
     Args:
-        threads: intra-op threads (inter-op is then 1); None: `default_threads()`.
+        threads: intra-op threads (inter-op is then 1); None: `configured_threads()`.
         optimization: graph optimization level; None: ONNX Runtime's default (all).
         spinning: whether idle intra-op threads spin-wait; None: ONNX Runtime's default.
         optimized_model_path: write the optimized graph there (an offline pass).
         config_entries: further session configuration entries.
     """
     options = ort.SessionOptions()
-    threads = threads or default_threads()
+    threads = threads or configured_threads()
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -21,7 +21,7 @@ from onnxport.artifact.manifest import (
 from onnxport.artifact.reader import PublishedDirectory
 from onnxport.artifact.report.html import render_html
 from onnxport.artifact.report.markdown import REPORT_PLOT_FILENAME, render_markdown
-from onnxport.artifact.report.plot import render_plot
+from onnxport.artifact.report.plot import render_plot, render_search_plot
 from onnxport.errors import ReportError
 
 REPORT_HTML_FILENAME = "report.html"
@@ -33,7 +33,9 @@ def render_reports(manifest: Manifest) -> dict[str, bytes]:
     plot = render_plot(manifest)
     files = {
         REPORT_FILENAME: render_markdown(manifest).encode("utf-8"),
-        REPORT_HTML_FILENAME: render_html(manifest, plot).encode("utf-8"),
+        REPORT_HTML_FILENAME: render_html(manifest, plot, render_search_plot(manifest)).encode(
+            "utf-8"
+        ),
     }
     if plot is not None:
         files[REPORT_PLOT_FILENAME] = plot

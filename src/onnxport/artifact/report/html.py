@@ -11,7 +11,9 @@ from onnxport.artifact.report.tables import (
     benchmark_note,
     benchmark_tables,
     facts,
+    fusions_table,
     outputs_table,
+    search_tables,
     validation_tables,
 )
 
@@ -64,7 +66,14 @@ def _html_table(table: Table) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def render_html(manifest: Manifest, plot: bytes | None = None) -> str:
+def _image(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
+def render_html(
+    manifest: Manifest, plot: bytes | None = None, search_plot: bytes | None = None
+) -> str:
     """One self-contained page: no script, no external stylesheet or image."""
     title = f"onnxport conversion: {manifest.source.architecture}"
     parts = [
@@ -80,6 +89,13 @@ def render_html(manifest: Manifest, plot: bytes | None = None) -> str:
     ]
     for heading, table in validation_tables(manifest):
         parts += [f"<h3>{html.escape(heading)}</h3>", _html_table(table)]
+    for heading, table in search_tables(manifest):
+        parts += [f"<h2>Search: {html.escape(heading)}</h2>", _html_table(table)]
+    if search_plot is not None:
+        parts.append(_image(search_plot, "median latency of the search's candidates"))
+    fusions = fusions_table(manifest)
+    if fusions is not None:
+        parts += ["<h2>Graph optimization</h2>", _html_table(fusions)]
     result = manifest.benchmark
     if result is not None:
         runtimes, latency = benchmark_tables(result)
@@ -90,11 +106,7 @@ def render_html(manifest: Manifest, plot: bytes | None = None) -> str:
             _html_table(latency),
         ]
         if plot is not None:
-            data = base64.b64encode(plot).decode("ascii")
-            parts.append(
-                f'<img src="data:image/png;base64,{data}" '
-                f'alt="median latency by {html.escape(result.size_name)}, per batch size">'
-            )
+            parts.append(_image(plot, f"median latency by {result.size_name}, per batch size"))
     timings = Table(
         ("stage", "seconds"),
         tuple((k, f"{v:.2f}") for k, v in manifest.timings.items()),

@@ -8,7 +8,9 @@ from onnxport.artifact.report.tables import (
     benchmark_note,
     benchmark_tables,
     facts,
+    fusions_table,
     outputs_table,
+    search_tables,
     validation_tables,
 )
 
@@ -28,6 +30,11 @@ def render_markdown(manifest: Manifest) -> str:
     lines += ["", "## Validation against PyTorch", ""]
     for title, table in validation_tables(manifest):
         lines += [f"### {title}", "", *_markdown_table(table), ""]
+    for title, table in search_tables(manifest):
+        lines += [f"## Search: {title}", "", *_markdown_table(table), ""]
+    fusions = fusions_table(manifest)
+    if fusions is not None:
+        lines += ["## Graph optimization", "", *_markdown_table(fusions), ""]
     result = manifest.benchmark
     if result is not None:
         runtimes, latency = benchmark_tables(result)

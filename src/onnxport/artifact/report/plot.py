@@ -47,3 +47,39 @@ def render_plot(manifest: Manifest) -> bytes | None:
     # No Software tag: the same manifest renders the same bytes, so checksums stay stable.
     figure.savefig(buffer, format="png", metadata={"Software": None})
     return buffer.getvalue()
+
+
+def render_search_plot(manifest: Manifest) -> bytes | None:
+    """The candidates of every search, their median latency per input shape as bars; None
+    when no search ran. Embedded in report.html."""
+    searches = [(out.variant, out.search) for out in manifest.outputs if out.search]
+    timed = [(v, s) for v, s in searches if any(c.latency_ms for c in s.candidates)]
+    if not timed:
+        return None
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5.2 * len(timed), 3.8), dpi=_PLOT_DPI, layout="constrained")
+    axes = figure.subplots(1, len(timed), squeeze=False)[0]
+    for ax, (variant, search) in zip(axes, timed):
+        candidates = [c for c in search.candidates if c.latency_ms]
+        shapes = list(dict.fromkeys(s for c in candidates for s in c.latency_ms))
+        width = 0.8 / len(candidates)
+        for i, candidate in enumerate(candidates):
+            label = candidate.name + (
+                f" -{len(candidate.excluded_nodes)}" if candidate.excluded_nodes else ""
+            )
+            ax.bar(
+                [x + i * width for x in range(len(shapes))],
+                [candidate.latency_ms.get(s, 0.0) for s in shapes],
+                width,
+                label=label + (" (chosen)" if candidate.chosen else ""),
+            )
+        ax.set_xticks([x + width * (len(candidates) - 1) / 2 for x in range(len(shapes))], shapes)
+        ax.set_xlabel("input (batch x length)")
+        ax.set_ylabel("median latency (ms)")
+        ax.set_title(f"{variant}: {search.target} candidates that passed")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize="small")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()

@@ -33,6 +33,9 @@ def facts(manifest: Manifest) -> list[str]:
     ]
     if manifest.conv_fp:
         facts.append(f"conversion fingerprint: `{manifest.conv_fp}`")
+    machine = machine_fact(manifest)
+    if machine:
+        facts.append(machine)
     facts += [f"{key}: `{value}`" for key, value in sorted(manifest.lineage.items())]
     return facts
 
@@ -157,3 +160,58 @@ def benchmark_note(result: BenchmarkRecord) -> str:
         f"shape after {s.warmup} warm-up runs, interleaved (each iteration runs every runtime "
         f"once, in rotating order) on the same inputs ({result.inputs}); {versions}."
     )
+
+
+def search_tables(manifest: Manifest) -> list[tuple[str, Table]]:
+    """Per searched output: every candidate, what the gate said, how fast it ran here."""
+    tables = []
+    for out in manifest.outputs:
+        search = out.search
+        if search is None:
+            continue
+        shapes = list(dict.fromkeys(s for c in search.candidates for s in c.latency_ms))
+        rows = tuple(
+            (
+                candidate.name,
+                ", ".join(candidate.excluded_nodes) or "-",
+                "yes" if candidate.passed else "no",
+                "-" if candidate.agreement is None else f"{candidate.agreement:.4f}",
+                *(
+                    f"{candidate.latency_ms[s]:.2f}" if s in candidate.latency_ms else "-"
+                    for s in shapes
+                ),
+                "yes" if candidate.chosen else "",
+            )
+            for candidate in search.candidates
+        )
+        headers = (
+            "candidate",
+            "left in float",
+            "validated",
+            "agreement",
+            *(f"{s} p50 ms" for s in shapes),
+            "chosen",
+        )
+        title = f"{out.variant}: {search.target} search, {search.threads} threads"
+        if search.note:
+            title += f" ({search.note})"
+        tables.append((title, Table(headers, rows, frozenset(range(3, 4 + len(shapes))))))
+    return tables
+
+
+def fusions_table(manifest: Manifest) -> Table | None:
+    """The fused operators each optimization pass left in the published graphs."""
+    rows = tuple(
+        (out.file, p.name, f"{op} x{count}")
+        for out in manifest.outputs
+        for p in out.passes
+        for op, count in sorted(p.details.get("fused_operators", {}).items())
+    )
+    return Table(("file", "pass", "fused operator"), rows) if rows else None
+
+
+def machine_fact(manifest: Manifest) -> str | None:
+    m = manifest.machine
+    if m is None:
+        return None
+    return f"converted on: {m.cpu_model}, {m.logical_cpus} CPUs, {' '.join(m.isa) or 'no SIMD'}"

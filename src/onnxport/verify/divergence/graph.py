@@ -98,7 +98,9 @@ def run_with_intermediates(
         if name not in existing:
             model.graph.output.append(onnx.ValueInfoProto(name=name))
     # Beside the original, so that weights it keeps externally resolve unchanged.
-    copy = model_path.with_name(f".{model_path.stem}.debug-{uuid.uuid4().hex[:8]}.onnx")
+    # A plain name: onnx refuses external data whose location holds '..' (a leading dot of
+    # a hidden model's name would make one).
+    copy = model_path.with_name(f".debug-{uuid.uuid4().hex[:8]}-{model_path.stem.lstrip('.')}.onnx")
     data = copy.with_name(copy.name + ".data")
     try:
         onnx.save_model(model, str(copy), save_as_external_data=True, location=data.name)

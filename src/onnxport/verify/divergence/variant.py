@@ -29,9 +29,21 @@ logger = logging.getLogger(__name__)
 
 
 def _changed_nodes(fp32: onnx.ModelProto, variant: onnx.ModelProto) -> set[str]:
-    """fp32 nodes that the variant replaced (quantized or converted): the candidates."""
+    """fp32 nodes that the variant quantized or converted: the candidates. A dynamic int8
+    model replaces them (another op type); a QDQ model keeps them and feeds them through
+    DequantizeLinear."""
+    made_by = {out: n.op_type for n in variant.graph.node for out in n.output}
+    quantized = {
+        (n.name, n.op_type)
+        for n in variant.graph.node
+        if any(made_by.get(i) == "DequantizeLinear" for i in n.input)
+    }
     kept = {(n.name, n.op_type) for n in variant.graph.node}
-    return {n.name for n in fp32.graph.node if (n.name, n.op_type) not in kept}
+    return {
+        n.name
+        for n in fp32.graph.node
+        if (n.name, n.op_type) not in kept or (n.name, n.op_type) in quantized
+    }
 
 
 def localize_variant(

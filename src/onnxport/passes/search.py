@@ -1,0 +1,354 @@
+"""Find the fastest model that passes the proof, on this machine.
+
+`optimize: auto` makes the fp32 graph at every optimization level, puts each through the gate
+and keeps the fastest that passes. `quantization: auto` tries int8 settings (dynamic
+per-tensor, dynamic per-channel, static QDQ per-channel calibrated on real text); when one
+fails the gate it leaves in float the node the divergence search blames and tries again,
+within `quantize.max_excluded_nodes` and `quantize.search_budget_seconds`; it keeps the
+fastest that passes. Every candidate goes through the one gate (`verify.gate`), unchanged:
+the search looks for a model that passes, it never lowers the bar. Latency is measured
+interleaved, batch 1, at the validation lengths, with the benchmark's threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from onnxport.artifact.records import (
+    CandidateRecord,
+    OutputRecord,
+    PassRecord,
+    SearchRecord,
+)
+from onnxport.errors import ValidationError
+from onnxport.export.external_data import move_model, remove_model
+from onnxport.passes.base import OnnxPass, PassContext, apply_pass
+from onnxport.passes.optimize import OptimizePass
+from onnxport.passes.quantize import DynamicInt8Pass, StaticInt8Pass
+from onnxport.request.config import OptimizeLevel
+from onnxport.tasks import Task
+from onnxport.verify.gate import Candidate, Locate, Rules, judge
+from onnxport.verify.timing import measure_interleaved, open_onnx
+from onnxport.verify.validate import Reference
+
+logger = logging.getLogger(__name__)
+
+TIMING_ITERATIONS = 10
+TIMING_WARMUP = 2
+
+
+@dataclass(frozen=True)
+class Int8Setting:
+    name: str
+    static: bool
+    per_channel: bool
+    op_types: tuple[str, ...] | None = None
+    """What to quantize when the user names nothing; None: onnxruntime's defaults."""
+
+    def onnx_pass(self) -> OnnxPass:
+        return StaticInt8Pass() if self.static else DynamicInt8Pass()
+
+
+INT8_SETTINGS = (
+    Int8Setting("dynamic per-tensor", static=False, per_channel=False),
+    Int8Setting("dynamic per-channel", static=False, per_channel=True),
+    # Static QDQ of every op type puts the residual Adds and LayerNorms of a transformer in
+    # int8 too, which costs it the most accuracy (a sentence encoder: cosine 0.58); its
+    # MatMuls carry the speed-up.
+    Int8Setting("static QDQ per-channel", static=True, per_channel=True, op_types=("MatMul",)),
+)
+OPTIMIZE_LEVELS = (OptimizeLevel.NONE, OptimizeLevel.BASIC, OptimizeLevel.EXTENDED)
+
+
+@dataclass(frozen=True)
+class Timer:
+    """How candidates are timed: interleaved, batch 1 of each reference input."""
+
+    references: Sequence[Reference]
+    threads: int
+
+    def latencies(self, models: dict[str, Path]) -> dict[str, dict[str, float]]:
+        """Median milliseconds per model and input shape (`1x128`)."""
+        runtimes = [open_onnx(name, path, threads=self.threads) for name, path in models.items()]
+        inputs = {
+            f"1x{r.shape[1]}": {k: np.ascontiguousarray(v[:1]) for k, v in r.inputs.items()}
+            for r in self.references
+        }
+        shapes = [(1, i) for i in range(len(inputs))]
+        keyed = list(inputs.values())
+        timings = measure_interleaved(
+            runtimes,
+            shapes,
+            lambda _, i: keyed[i],
+            iterations=TIMING_ITERATIONS,
+            warmup=TIMING_WARMUP,
+        )
+        names = list(inputs)
+        found: dict[str, dict[str, float]] = {name: {} for name in models}
+        for t in timings:
+            found[t.runtime][names[t.size]] = t.p50_ms
+        return found
+
+
+def _fastest(latencies: dict[str, dict[str, float]]) -> str:
+    """The candidate with the smallest total of medians over the shapes."""
+    return min(latencies, key=lambda name: sum(latencies[name].values()))
+
+
+@dataclass
+class _Tried:
+    """A candidate as the search goes; recorded once the choice is made."""
+
+    name: str
+    settings: dict[str, object]
+    excluded: list[str]
+    output: OutputRecord
+    path: Path | None
+    seconds: float
+
+    def record(self, latency: dict[str, float], chosen: bool) -> CandidateRecord:
+        validation = self.output.validation
+        return CandidateRecord(
+            name=self.name,
+            settings=self.settings,
+            excluded_nodes=self.excluded,
+            passed=self.output.published,
+            agreement=validation.task_agreement.value if validation else None,
+            task_metric=validation.task_metric.value
+            if validation and validation.task_metric
+            else None,
+            failures=list(validation.failures[:2]) if validation else [],
+            latency_ms=latency,
+            chosen=chosen,
+            seconds=round(self.seconds, 3),
+        )
+
+
+def _finish(
+    target: str,
+    tried: list[_Tried],
+    timer: Timer,
+    final: Path,
+    started: float,
+    note: str | None,
+    keep: Path | None = None,
+) -> tuple[_Tried | None, SearchRecord]:
+    """Time the candidates that passed, publish the fastest under the `final` name, remove
+    the others (but `keep`, which is copied if chosen), and record them all."""
+    # Keyed by position: one setting is tried again with more nodes left in float.
+    passing = {str(i): t for i, t in enumerate(tried) if t.output.published and t.path}
+    latencies = timer.latencies({key: t.path for key, t in passing.items()}) if passing else {}
+    chosen = passing[_fastest(latencies)] if passing else None
+    for t in passing.values():
+        if t is not chosen and t.path != keep:
+            remove_model(t.path)
+    if chosen is not None and chosen.path == keep:
+        _copy_model(chosen.path, final)
+    elif chosen is not None:
+        move_model(chosen.path, final)
+    record = SearchRecord(
+        target=target,
+        candidates=[t.record(latencies.get(str(i), {}), t is chosen) for i, t in enumerate(tried)],
+        chosen=chosen.name if chosen else None,
+        threads=timer.threads,
+        seconds=round(time.perf_counter() - started, 3),
+        note=note,
+    )
+    if chosen is not None:
+        logger.info("search (%s): %s, of %d candidates", target, chosen.name, len(tried))
+    return chosen, record
+
+
+def _refusal(target: str, record: SearchRecord) -> ValidationError:
+    tried = "; ".join(
+        f"{c.name}"
+        + (f" leaving {', '.join(c.excluded_nodes)} in float" if c.excluded_nodes else "")
+        + (f": agreement {c.agreement:.4f}" if c.agreement is not None else "")
+        for c in record.candidates
+    )
+    return ValidationError(
+        f"no {target} candidate passes the accuracy gate (tried {tried})"
+        + (f"; {record.note}" if record.note else ""),
+        hint="nothing was published; try quantize.on_failure: skip to publish the fp32 model "
+        "alone, or a larger quantize.max_excluded_nodes or quantize.search_budget_seconds",
+    )
+
+
+def search_int8(
+    base: Path,
+    final: Path,
+    *,
+    variant: str,
+    context: PassContext,
+    references: Sequence[Reference],
+    task: Task,
+    rules: Rules,
+    timer: Timer,
+    locate: Locate | None,
+) -> OutputRecord:
+    """The fastest int8 model made from `base` that passes `rules`, published at `final`.
+
+    `locate` is the divergence search for a candidate made from `base`: the node it blames
+    is left in float in the next try. Raises `ValidationError` with what was tried when none
+    passes (unless `rules.on_failure` is `skip`: then the record is returned unpublished).
+    """
+    settings = context.settings
+    budget, most = settings.search_budget_seconds, settings.max_excluded_nodes
+    started = time.perf_counter()
+    tried: list[_Tried] = []
+    note = None
+    for setting in INT8_SETTINGS:
+        excluded = list(settings.nodes_to_exclude)
+        while True:
+            if tried and time.perf_counter() - started > budget:
+                note = f"the search stopped at its budget of {budget:g} s"
+                break
+            attempt = final.with_name(f".{final.stem}.candidate-{len(tried)}.onnx")
+            try_started = time.perf_counter()
+            candidate_settings = settings.model_copy(
+                update={
+                    "per_channel": setting.per_channel,
+                    "nodes_to_exclude": list(excluded),
+                    "op_types": settings.op_types or setting.op_types,
+                }
+            )
+            pass_record = apply_pass(
+                setting.onnx_pass(),
+                base,
+                attempt,
+                dataclasses.replace(context, settings=candidate_settings),
+            )
+            output = judge(
+                Candidate(variant, attempt, (pass_record,)),
+                references,
+                task=task,
+                rules=dataclasses.replace(rules, on_failure="skip"),
+                locate=locate,
+            )
+            tried.append(
+                _Tried(
+                    setting.name,
+                    {
+                        "static": setting.static,
+                        "per_channel": setting.per_channel,
+                        "op_types": list(candidate_settings.op_types or []),
+                    },
+                    list(excluded),
+                    output,
+                    attempt if output.published else None,
+                    time.perf_counter() - try_started,
+                )
+            )
+            if not output.published:
+                remove_model(attempt)
+            blamed = _blamed(output)
+            if output.published or blamed is None or blamed in excluded:
+                break
+            if len(excluded) - len(settings.nodes_to_exclude) >= most:
+                break
+            excluded.append(blamed)
+        if note is not None:
+            break
+    chosen, record = _finish(variant, tried, timer, final, started, note)
+    if chosen is not None:
+        return chosen.output.model_copy(
+            update={
+                "file": final.name,
+                "data_file": _data_file(final),
+                "search": record,
+            }
+        )
+    if rules.on_failure == "skip":
+        last = tried[-1].output if tried else OutputRecord(file=final.name, variant=variant)
+        logger.warning("%s; it is not published", _refusal(variant, record).message)
+        return last.model_copy(update={"file": final.name, "published": False, "search": record})
+    raise _refusal(variant, record)
+
+
+def _blamed(output: OutputRecord) -> str | None:
+    found = output.localization
+    return found.first.node if found is not None and found.first is not None else None
+
+
+def _data_file(model: Path) -> str | None:
+    data = model.with_name(model.name + ".data")
+    return data.name if data.is_file() else None
+
+
+def search_optimization(
+    exported: Path,
+    final: Path,
+    *,
+    context: PassContext,
+    references: Sequence[Reference],
+    task: Task,
+    rules: Rules,
+    timer: Timer,
+    locate: Locate | None,
+) -> OutputRecord:
+    """The fastest fp32 graph, at any optimization level, that passes `rules`, published at
+    `final`. Raises the gate's error for the graph as exported when no level passes."""
+    started = time.perf_counter()
+    tried: list[_Tried] = []
+    for level in OPTIMIZE_LEVELS:
+        # The graph as exported is judged where it is: it stays the base of the variants.
+        path = exported
+        try_started = time.perf_counter()
+        passes: tuple[PassRecord, ...] = ()
+        if level is not OptimizeLevel.NONE:
+            path = final.with_name(f".{final.stem}.{level.value}.onnx")
+            passes = (apply_pass(OptimizePass(level), exported, path, context),)
+        output = judge(
+            Candidate("fp32", path, passes),
+            references,
+            task=task,
+            rules=dataclasses.replace(rules, on_failure="skip"),
+            locate=locate if level is OptimizeLevel.NONE else None,
+        )
+        if not output.published and path != exported:
+            remove_model(path)
+        tried.append(
+            _Tried(
+                f"optimize: {level.value}",
+                {"level": level.value},
+                [],
+                output,
+                path if output.published else None,
+                time.perf_counter() - try_started,
+            )
+        )
+    chosen, record = _finish("optimize", tried, timer, final, started, None, keep=exported)
+    if chosen is None:
+        # The graph as exported fails: the conversion fails as it would without a search.
+        raise _fp32_refusal(tried[0].output, rules)
+    return chosen.output.model_copy(
+        update={"file": final.name, "data_file": _data_file(final), "search": record}
+    )
+
+
+def _fp32_refusal(output: OutputRecord, rules: Rules) -> ValidationError:
+    validation = output.validation
+    failures = "; ".join(validation.failures[:3]) if validation else "no validation"
+    divergence = output.localization
+    tries = [t for t in rules.remedies if t]
+    return ValidationError(
+        f"the fp32 ONNX model does not compute what PyTorch computes at any optimization "
+        f"level: {failures}" + (f"; {divergence.summary()}" if divergence else ""),
+        hint="nothing was published" + ("; try " + ", or ".join(tries) if tries else ""),
+    )
+
+
+def _copy_model(source: Path, target: Path) -> None:
+    """A copy of a model file (and its external data) that the gate may remove."""
+    shutil.copyfile(source, target)
+    data = source.with_name(source.name + ".data")
+    if data.is_file():
+        shutil.copyfile(data, target.with_name(data.name))
