@@ -215,3 +215,24 @@ def test_the_config_decides_which_passes_run():
     assert [p.name for p in optimize_passes(config)] == ["optimize-extended"]
     assert quantization_pass(config).name == "quantize-int8"
     assert quantization_pass(ConversionConfig()) is None
+
+
+def test_dynamic_int8_without_the_quantizers_second_copy_makes_the_same_model(model, tmp_path):
+    """The pass keeps onnxruntime's quantizer from reloading a deep copy of a model without
+    Gemm nodes (memory); the model it writes is the one the quantizer writes by itself."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    result, src, _ = model
+    assert not [n for n in onnx.load(str(result.path)).graph.node if n.op_type == "Gemm"]
+    apply_pass(DynamicInt8Pass(), result.path, tmp_path / "ours.onnx", _context(src))
+    quantize_dynamic(result.path, tmp_path / "theirs.onnx", weight_type=QuantType.QInt8)
+    ours, theirs = (onnx.load(str(tmp_path / f"{n}.onnx")) for n in ("ours", "theirs"))
+    assert [(n.op_type, list(n.input)) for n in ours.graph.node] == [
+        (n.op_type, list(n.input)) for n in theirs.graph.node
+    ]
+    theirs_weights = {i.name: onnx.numpy_helper.to_array(i) for i in theirs.graph.initializer}
+    for initializer in ours.graph.initializer:
+        np.testing.assert_array_equal(
+            onnx.numpy_helper.to_array(initializer), theirs_weights[initializer.name]
+        )
+    assert len(ours.graph.initializer) == len(theirs.graph.initializer)
