@@ -170,10 +170,11 @@ class Monitor:
 
 
 def run_conversion(
-    executable: Path, checkpoint: Path, output: Path, interval: float
+    executable: Path, checkpoint: Path, output: Path, interval: float, extra: list[str]
 ) -> dict[str, Any]:
     """One measured `onnxport convert` in a child process."""
     command = [str(executable), "convert", str(checkpoint), "-o", str(output), "--json", "--force"]
+    command += extra
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
     stdout_file = output.with_name(output.name + ".stdout.json")
     started = time.perf_counter()
@@ -230,10 +231,11 @@ def per_shape_figures(checkpoint: Path, model_path: Path) -> list[dict[str, Any]
     The manifest keeps the worst figure over the shapes; this runs `validate_model` on one
     shape at a time with the same references (same inputs and seed) as the pipeline.
     """
-    from onnxport.pipeline import validation_shapes
+    from onnxport.preparation import validation_shapes
     from onnxport.request.config import ConversionConfig
     from onnxport.sources import load_source
-    from onnxport.verify.validate import DEFAULT_TOLERANCES, compute_references, validate_model
+    from onnxport.verify.references import compute_references
+    from onnxport.verify.validate import DEFAULT_TOLERANCES, validate_model
 
     config = ConversionConfig()
     source = load_source(checkpoint, config.source)
@@ -368,6 +370,13 @@ def main(argv: list[str] | None = None) -> int:
         default=Path(sys.executable).with_name("onnxport"),
         help="the onnxport executable (default: beside this Python)",
     )
+    parser.add_argument(
+        "--onnxport-arg",
+        action="append",
+        default=[],
+        help="an extra `onnxport convert` argument, repeatable: "
+        "--onnxport-arg=--quantize --onnxport-arg=int8",
+    )
     args = parser.parse_args(argv)
 
     checkpoint = build_checkpoint(args.workdir / "distilbert-base-token-cls", args.vocab_size)
@@ -377,7 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for i in range(args.runs):
         print(f"run {i + 1}/{args.runs}: onnxport convert {checkpoint}", file=sys.stderr)
-        runs.append(run_conversion(args.onnxport, checkpoint, output, args.interval))
+        runs.append(
+            run_conversion(args.onnxport, checkpoint, output, args.interval, args.onnxport_arg)
+        )
         print(
             f"  {runs[-1]['wall_seconds']} s, peak RSS {runs[-1]['peak_rss_mb_wait4']} MB",
             file=sys.stderr,

@@ -52,7 +52,8 @@ def localize(workdir: Path) -> None:
     from onnxport.request.config import SourceConfig
     from onnxport.sources import load_source
     from onnxport.verify.divergence import locate_fp32_failure
-    from onnxport.verify.validate import compute_references, validate_model
+    from onnxport.verify.references import compute_references
+    from onnxport.verify.validate import validate_model
 
     started = time.perf_counter()
     source = load_source(workdir / "checkpoint")

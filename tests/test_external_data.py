@@ -36,7 +36,7 @@ from onnxport.tracking import (
     resolve_artifact_location,
     resolve_tracking_uri,
 )
-from onnxport.verify.validate import create_session, run_session
+from onnxport.verify.runtime import create_session, run_session
 from orchestration_support import root_with_store
 
 MODEL = "distilbert-token"

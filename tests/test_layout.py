@@ -29,6 +29,7 @@ RINGS = {
     "testing": 1,
     "artifact": 1,
     "pipeline": 2,
+    "preparation": 2,
     # Tools on top of the pipeline (rings 0-2); the demo runs `execute_conversion` (ring 3).
     "benchmark": 2,
     "predict": 2,
@@ -42,6 +43,9 @@ RINGS = {
     "commands": 4,
 }
 TORCH_FREE = ("artifact", "predict")
+# Imported without torch: the passes and the gate run in a process torch never entered
+# when the export ran in a child (`onnxport.preparation`).
+TORCH_FREE_ENTRY_POINTS = ("onnxport.pipeline", "onnxport.passes.search", "onnxport.verify.gate")
 
 
 def _module_name(file: Path) -> str:
@@ -134,12 +138,20 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-@pytest.mark.parametrize("package", TORCH_FREE)
-def test_serving_code_never_loads_torch(package: str) -> None:
-    """Checked in a fresh interpreter: a module imported earlier in this one would hide it."""
-    names = sorted(
+def _modules_of(package: str) -> list[str]:
+    return sorted(
         n for n in MODULES if n == f"onnxport.{package}" or n.startswith(f"onnxport.{package}.")
     )
+
+
+@pytest.mark.parametrize(
+    "names",
+    [_modules_of(p) for p in TORCH_FREE] + [[m] for m in TORCH_FREE_ENTRY_POINTS],
+    ids=[*TORCH_FREE, *TORCH_FREE_ENTRY_POINTS],
+)
+def test_serving_and_post_export_code_never_loads_torch(names: list[str]) -> None:
+    """Checked in a fresh interpreter: a module imported earlier in this one would hide it."""
+    package = names[0]
     code = "; ".join(f"import {n}" for n in names)
     code += "; import sys; heavy = ('torch', 'transformers')"
     code += "; print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))"

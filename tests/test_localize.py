@@ -17,7 +17,8 @@ from onnxport.verify.compare import Tolerance
 from onnxport.verify.divergence import failing_input, locate_fp32_failure
 from onnxport.verify.divergence.pytorch import localize_against_pytorch
 from onnxport.verify.divergence.variant import localize_variant
-from onnxport.verify.validate import DEFAULT_TOLERANCES, compute_references, validate_model
+from onnxport.verify.references import compute_references
+from onnxport.verify.validate import DEFAULT_TOLERANCES, validate_model
 
 pytestmark = pytest.mark.slow
 
@@ -145,7 +146,7 @@ def diverging_exporter(exported, monkeypatch: pytest.MonkeyPatch) -> None:
         shifted_copy(result.path, Path(output_path))
         return result.record
 
-    monkeypatch.setattr("onnxport.pipeline.export_to_onnx", export)
+    monkeypatch.setattr("onnxport.export.export_to_onnx", export)  # preparation imports it when it runs
 
 
 def _error_line(run) -> str:

@@ -23,8 +23,8 @@ from onnxport.passes import (
 )
 from onnxport.passes.calibration import Calibration
 from onnxport.request.config import ConversionConfig, Exporter, OptimizeLevel, QuantizeConfig
+from onnxport.verify.references import compute_references
 from onnxport.verify.runtime import create_session, run_session
-from onnxport.verify.validate import compute_references
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,8 @@ from onnxport.artifact.manifest import (
     verify_directory,
 )
 from onnxport.errors import OutputError, PublishError, SourceError, ValidationError
-from onnxport.pipeline import convert, validation_shapes
+from onnxport.pipeline import convert
+from onnxport.preparation import validation_shapes
 from onnxport.progress import StageEvent
 from onnxport.request import ConversionRequest
 from onnxport.request.config import ConversionConfig

@@ -106,7 +106,10 @@ SECTIONS: dict[str, dict[str, st.SearchStrategy]] = {
         "factory": st.none() | st.builds(lambda m, f: f"{m}:{f}", identifiers, identifiers),
         "input_spec": st.none() | paths.map(lambda p: f"{p}.yaml"),
     },
-    "execution": {"timeout_seconds": _floats(0.0, 1e9, exclude_low=True)},
+    "execution": {
+        "timeout_seconds": _floats(0.0, 1e9, exclude_low=True),
+        "isolate_export": st.sampled_from(["auto", "always", "never"]),
+    },
 }
 
 

@@ -24,13 +24,13 @@ pytestmark = pytest.mark.slow
 FAST = {"exporter": "torchscript"}
 FFN = "distilbert.transformer.layer.0.ffn."
 LIN2 = "/model/distilbert/transformer/layer.0/ffn/lin2/MatMul"
-SCALE = 30.0
+SCALE = 100.0
 
 
 @pytest.fixture(scope="module")
 def outlier(trained_tagger, tmp_path_factory) -> Path:
-    """The trained tagger with one first-layer feed-forward neuron 30 times larger, and its
-    outgoing weights 30 times smaller: nearly the same function, with an activation outlier
+    """The trained tagger with one first-layer feed-forward neuron 100 times larger, and its
+    outgoing weights 100 times smaller: nearly the same function, with an activation outlier
     feeding `lin2` that per-tensor activation quantization cannot resolve."""
     checkpoint = tmp_path_factory.mktemp("activation-outlier") / "checkpoint"
     shutil.copytree(trained_tagger, checkpoint)

@@ -15,7 +15,8 @@ from models import NUM_LABELS
 from onnxport.errors import SmokeTestError
 from onnxport.request.config import Exporter
 from onnxport.testing import DEFAULT_DIM_VALUES, generate_inputs, smoke_test_onnx_model
-from onnxport.verify.validate import compute_references, create_session
+from onnxport.verify.references import compute_references
+from onnxport.verify.runtime import create_session
 
 
 def _poison(model_path: Path, target: Path) -> Path:

@@ -385,7 +385,7 @@ def test_logged_models_answer_every_batch_and_sequence_length(logged, source) ->
     import mlflow.pyfunc
     import numpy as np
 
-    from onnxport.verify.validate import create_session, run_session
+    from onnxport.verify.runtime import create_session, run_session
 
     _, run_id, output = logged
     files = {

@@ -17,11 +17,11 @@ from onnxport.request.config import Exporter, SourceConfig
 from onnxport.sources import load_source
 from onnxport.tasks import Task
 from onnxport.verify.compare import Tolerance
+from onnxport.verify.references import compute_references
 from onnxport.verify.runtime import create_session, run_session, session_options
 from onnxport.verify.validate import (
     DEFAULT_TOLERANCES,
     Reference,
-    compute_references,
     validate_model,
 )
 

@@ -8,83 +8,48 @@ record; this module times the stages, reports them, and makes the manifest of th
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import logging
 import platform as _platform
 import resource
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from onnxport import __version__
+from onnxport.artifact.files import move_model, remove_model
 from onnxport.artifact.manifest import Manifest
 from onnxport.artifact.publish import Staging, check_output_location, finish_output, seal
 from onnxport.artifact.records import OutputRecord, PassRecord, SmokeTestRecord, ValidationRecord
 from onnxport.errors import (
-    ExportError,
-    OnnxportError,
     PassError,
     PublishError,
     QuantizationError,
     SmokeTestError,
-    SourceError,
     ValidationError,
-    one_line,
 )
-from onnxport.export import export_to_onnx
-from onnxport.export.external_data import move_model, remove_model
 from onnxport.passes import (
-    PassContext,
     apply_pass,
     apply_sequence,
     optimize_passes,
-    pass_context,
     quantization_pass,
 )
 from onnxport.passes.search import Timer, search_int8, search_optimization
-from onnxport.progress import ProgressCallback, Stage, StageEvent, Status, ignore_progress
+from onnxport.preparation import Prepared, isolated, prepare, prepare_in_a_child
+from onnxport.progress import ProgressCallback, Stage, StageClock, ignore_progress
 from onnxport.request import ConversionRequest
 from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantization
-from onnxport.sources import Source, load_source
 from onnxport.testing import smoke_test_onnx_model
 from onnxport.verify.compare import Tolerance
 from onnxport.verify.divergence import locate_fp32_failure, locate_variant_failure
-from onnxport.verify.evaluation import Evaluation, prepare_evaluation
+from onnxport.verify.evaluation import Evaluation
 from onnxport.verify.gate import Candidate, Rules, judge
 from onnxport.verify.timing import default_threads, machine_record
-from onnxport.verify.validate import DEFAULT_TOLERANCES, Reference, compute_references
+from onnxport.verify.validate import DEFAULT_TOLERANCES
 
 logger = logging.getLogger(__name__)
 
 EXPORT_DIRNAME = ".export"
-
-
-class _Stages:
-    """Times each stage once, reports it, and turns an unexpected exception into the
-    stage's error type: the one clock of a stage is the one its events and the manifest
-    show."""
-
-    def __init__(self, progress: ProgressCallback) -> None:
-        self.progress = progress
-        self.timings: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, stage: Stage, error_type: type[OnnxportError]) -> Iterator[None]:
-        self.progress(StageEvent(stage, Status.START))
-        started = time.perf_counter()
-        try:
-            yield
-        except Exception as e:
-            seconds = self.timings[stage.value] = round(time.perf_counter() - started, 3)
-            self.progress(StageEvent(stage, Status.FAILED, seconds))
-            if isinstance(e, OnnxportError):
-                raise
-            message = one_line(e)
-            raise error_type(f"{stage.value} failed: {type(e).__name__}: {message}") from e
-        seconds = self.timings[stage.value] = round(time.perf_counter() - started, 3)
-        self.progress(StageEvent(stage, Status.DONE, seconds))
 
 
 def peak_rss_mb() -> float:
@@ -92,26 +57,14 @@ def peak_rss_mb() -> float:
 
 
 def library_versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-    import onnxscript
-    import torch
-    import transformers
+    """The versions that made the model, read from the installed distributions: importing
+    torch here only to ask would bring it into a process that does not need it."""
+    from importlib.metadata import version
 
-    return {
-        "onnxport": __version__,
-        "python": _platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "onnxscript": onnxscript.__version__,
-    }
-
-
-def validation_shapes(source: Source, config: ConversionConfig) -> list[tuple[int, int]]:
-    shapes = config.validation.shapes or list(source.default_shapes)
-    return [tuple(s) for s in shapes]  # type: ignore[misc]
+    found = {"onnxport": __version__, "python": _platform.python_version()}
+    for name in ("torch", "transformers", "onnx", "onnxruntime", "onnxscript"):
+        found[name] = version(name)
+    return found
 
 
 def fp32_rules(config: ConversionConfig, evaluation: Evaluation | None) -> Rules:
@@ -178,37 +131,25 @@ def convert(
     """
     config = request.config
     check_output_location(request.output_dir, force=request.force)
-    run = _Stages(progress)
+    run = StageClock(progress)
     with Staging(request.output_dir) as staging:
         work = staging.path
-        with run.stage(Stage.LOAD, SourceError):
-            source = load_source(request.source_path, config.source)
-            references = compute_references(
-                source, validation_shapes(source, config), seed=config.validation.seed
-            )
-            loaded = source.record()
-            evaluation = None
-            if config.validation.eval_file:
-                evaluation = prepare_evaluation(
-                    source, config.validation.eval_file, config.validation.max_metric_drop
-                )
         fp32_file = config.output.filename("fp32")
         exported = work / EXPORT_DIRNAME / fp32_file
-        with run.stage(Stage.EXPORT, ExportError):
-            export = export_to_onnx(
-                source,
-                exported,
-                opset_version=config.onnx.opset_version,
-                exporter=config.onnx.exporter,
-                external_data=config.output.external_data,
-            )
-        context = pass_context(source, export.exporter, config)
-        # PyTorch is done: the references hold its answers. Free its memory before ORT runs.
-        source.module = None  # type: ignore[assignment]
-        gc.collect()  # the exported graph holds reference cycles to the Parameters
+        if isolated(config, request.source_path):
+            prepared = prepare_in_a_child(request, exported, run)
+        else:
+            prepared = prepare(request, exported, run)
+        references, evaluation, context = (
+            prepared.references,
+            prepared.evaluation,
+            prepared.context,
+        )
         timer = Timer(references, threads=default_threads())
 
         def locate_fp32(model: Path, validation: ValidationRecord):
+            from onnxport.sources import load_source  # a failure can afford torch's import
+
             return locate_fp32_failure(
                 lambda: load_source(request.source_path, config.source),
                 model,
@@ -231,7 +172,7 @@ def convert(
                     work / fp32_file,
                     context=context,
                     references=references,
-                    task=source.task,
+                    task=prepared.task,
                     rules=fp32_rules_,
                     timer=timer,
                     locate=locate,
@@ -250,16 +191,14 @@ def convert(
                 fp32 = judge(
                     Candidate("fp32", work / fp32_file, fp32_passes),
                     references,
-                    task=source.task,
+                    task=prepared.task,
                     rules=fp32_rules_,
                     locate=locate,
                 )
         outputs = [fp32]
         if config.onnx.quantization is not Quantization.NONE:
             with run.stage(Stage.QUANTIZE, QuantizationError):
-                outputs.append(
-                    _variant(base, work, references, source, config, context, evaluation, timer)
-                )
+                outputs.append(_variant(base, work, prepared, config, timer))
         shutil.rmtree(work / EXPORT_DIRNAME, ignore_errors=True)
         smoke: dict[str, SmokeTestRecord] = {}
         if config.onnx.run_smoke_test:
@@ -275,15 +214,15 @@ def convert(
                         )
         with run.stage(Stage.PUBLISH, PublishError):
             publish_started = time.perf_counter()
-            for file in source.files_to_copy:
+            for file in prepared.files_to_copy:
                 shutil.copy2(file, work / file.name)
             manifest = Manifest(
                 onnxport_version=__version__,
                 created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 conv_fp=request.conv_fp,
                 lineage=dict(request.lineage),
-                source=loaded,
-                export=export,
+                source=prepared.source,
+                export=prepared.export,
                 outputs=[finish_output(o, work, smoke.get(o.variant)) for o in outputs],
                 # The publish time recorded is that of copying and checksumming; the rename
                 # that follows takes milliseconds.
@@ -302,23 +241,16 @@ def convert(
 
 
 def _variant(
-    base: Path,
-    work: Path,
-    references: list[Reference],
-    source: Source,
-    config: ConversionConfig,
-    context: PassContext,
-    evaluation: Evaluation | None,
-    timer: Timer,
+    base: Path, work: Path, prepared: Prepared, config: ConversionConfig, timer: Timer
 ) -> OutputRecord:
     """Make the quantized or float16 model from `base` and put it through the gate (or, for
     `quantization: auto`, search for the fastest int8 model that passes it)."""
     variant = config.onnx.quantization.variant
     path = work / config.output.filename(variant)
-    rules = variant_rules(config, evaluation)
+    rules = variant_rules(config, prepared.evaluation)
 
     def locate(model: Path, validation: ValidationRecord):
-        return locate_variant_failure(base, model, references, validation)
+        return locate_variant_failure(base, model, prepared.references, validation)
 
     if config.onnx.quantization is Quantization.AUTO:
         # The search needs the divergence search to know which node to leave in float.
@@ -326,18 +258,18 @@ def _variant(
             base,
             path,
             variant=variant,
-            context=context,
-            references=references,
-            task=source.task,
+            context=prepared.context,
+            references=prepared.references,
+            task=prepared.task,
             rules=rules,
             timer=timer,
             locate=locate,
         )
-    record = apply_pass(quantization_pass(config), base, path, context)
+    record = apply_pass(quantization_pass(config), base, path, prepared.context)
     judged = judge(
         Candidate(variant, path, (record,)),
-        references,
-        task=source.task,
+        prepared.references,
+        task=prepared.task,
         rules=rules,
         locate=locate if config.validation.localize else None,
     )

@@ -6,10 +6,14 @@ to its parent as JSON (`to_dict` / `from_dict`), so that no one parses log text.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+
+from onnxport.errors import OnnxportError, one_line
 
 
 class Stage(str, Enum):
@@ -80,3 +84,33 @@ ProgressCallback = Callable[[StageEvent], None]
 
 def ignore_progress(_: StageEvent) -> None:
     return None
+
+
+class StageClock:
+    """Times each stage once and reports it; an unexpected exception becomes the stage's
+    error type. The one clock of a stage: its events and the manifest show the same figure."""
+
+    def __init__(self, progress: ProgressCallback) -> None:
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, stage: Stage, error_type: type[OnnxportError]) -> Iterator[None]:
+        self.progress(StageEvent(stage, Status.START))
+        started = time.perf_counter()
+        try:
+            yield
+        except Exception as e:
+            self.relay(StageEvent(stage, Status.FAILED, round(time.perf_counter() - started, 3)))
+            if isinstance(e, OnnxportError):
+                raise
+            message = one_line(e)
+            raise error_type(f"{stage.value} failed: {type(e).__name__}: {message}") from e
+        self.relay(StageEvent(stage, Status.DONE, round(time.perf_counter() - started, 3)))
+
+    def relay(self, event: StageEvent) -> None:
+        """Report an event, and record the seconds of an ended stage (also for stages timed
+        by another process)."""
+        if event.seconds is not None:
+            self.timings[event.stage.value] = event.seconds
+        self.progress(event)

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,26 +45,48 @@ def train_wordpiece_tokenizer(
     vocab_size: int = 2000,
     tokenizer_class: type | None = None,
 ):
-    """Train a BERT-style WordPiece tokenizer on `texts` and save it with save_pretrained().
+    """Make a BERT-style WordPiece tokenizer for `texts` and save it with save_pretrained().
 
+    The vocabulary is chosen deterministically: the special tokens, every character (alone
+    and as a `##` continuation), then the most frequent words, ties in alphabetical order.
+    (`tokenizers`' WordPiece trainer breaks its ties differently in every process, so the
+    demo model, and every accuracy figure measured on it, would change from run to run.)
     `tokenizer_class`: the transformers fast tokenizer class to save it as (default
     `PreTrainedTokenizerFast`; `BertTokenizerFast` also emits token_type_ids)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS))
-    tokenizer.train_from_iterator(texts, trainer=trainer)
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words: Counter[str] = Counter(
+        word
+        for text in texts
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+    )
+    characters = sorted({c for word in words for c in word})
+    vocab = list(SPECIAL_TOKENS) + characters + [f"##{c}" for c in characters]
+    # Candidates: whole words, word beginnings and (as `##` pieces) word endings, by how many
+    # words hold them: common stems and endings let unseen words split into known pieces.
+    pieces: Counter[str] = Counter()
+    for word, count in words.items():
+        pieces[word] += count
+        for cut in range(2, len(word)):
+            pieces[word[:cut]] += count
+            pieces[f"##{word[cut:]}"] += count
+    known = set(vocab)
+    ranked = sorted((p for p in pieces if p not in known), key=lambda p: (-pieces[p], p))
+    vocab += ranked[: max(0, vocab_size - len(vocab))]
+    tokenizer = Tokenizer(
+        models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]")
+    )
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
-    from tokenizers import decoders
-
     tokenizer.decoder = decoders.WordPiece()
     fast = (tokenizer_class or PreTrainedTokenizerFast)(
         tokenizer_object=tokenizer,

@@ -9,15 +9,17 @@ or stream it back inline without holding a tensor in memory.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
-import torch
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from onnxport.errors import ConfigError, ExportError
 from onnxport.request.config import ExternalData
+
+if TYPE_CHECKING:
+    import torch
 
 # ONNX protobuf files cannot exceed 2 GiB; larger weights must go to `<model file>.data`.
 EXTERNAL_DATA_THRESHOLD_BYTES = 2 * 1024**3 - 64 * 1024**2
@@ -125,23 +127,3 @@ def inline_external_data(path: Path) -> None:
     os.replace(merged, path)
     for data_file in data_files:
         data_file.unlink()
-
-
-def data_file_of(model: Path) -> str | None:
-    """The name of the model's external data file, if it has one beside it."""
-    data = model.with_name(model.name + ".data")
-    return data.name if data.is_file() else None
-
-
-def move_model(source: Path, target: Path) -> None:
-    """Move a model and its external data; the data file's name is kept, so it still resolves."""
-    shutil.move(str(source), str(target))
-    data = source.with_name(source.name + ".data")
-    if data.is_file():
-        shutil.move(str(data), str(target.with_name(data.name)))
-
-
-def remove_model(path: Path) -> None:
-    """Remove a model file and its external data, if any."""
-    for candidate in (path, path.with_name(path.name + ".data")):
-        candidate.unlink(missing_ok=True)

@@ -7,6 +7,8 @@ variant is made from the graph as exported (see `pipeline.convert` for why).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from onnxport.passes.base import (
     OnnxPass,
     PassContext,
@@ -18,7 +20,9 @@ from onnxport.passes.calibration import calibration
 from onnxport.passes.optimize import OptimizePass
 from onnxport.passes.quantize import DynamicInt8Pass, Fp16Pass, StaticInt8Pass
 from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantization
-from onnxport.sources.base import Source
+
+if TYPE_CHECKING:  # sources import torch; the passes run without it
+    from onnxport.sources.base import Source
 
 __all__ = [
     "QUANTIZATION_PASSES",

@@ -15,9 +15,9 @@ from typing import Any, Protocol
 
 import onnx
 
+from onnxport.artifact.files import remove_model
 from onnxport.artifact.records import PassRecord
 from onnxport.errors import OnnxportError, PassError, one_line
-from onnxport.export.external_data import remove_model
 from onnxport.passes.calibration import Calibration
 
 logger = logging.getLogger(__name__)

@@ -13,13 +13,16 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from onnxport.errors import ConfigError
 from onnxport.request.config import ConversionConfig
 from onnxport.samples import sample_texts
-from onnxport.sources.base import Source
+
+if TYPE_CHECKING:  # sources import torch; the passes run without it
+    from onnxport.sources.base import Source
 
 logger = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxport.artifact.files import move_model, remove_model
 from onnxport.artifact.records import (
     CandidateRecord,
     OutputRecord,
@@ -29,7 +30,6 @@ from onnxport.artifact.records import (
     SearchRecord,
 )
 from onnxport.errors import ValidationError
-from onnxport.export.external_data import move_model, remove_model
 from onnxport.passes.base import OnnxPass, PassContext, apply_pass
 from onnxport.passes.optimize import OptimizePass
 from onnxport.passes.quantize import DynamicInt8Pass, StaticInt8Pass

@@ -207,8 +207,18 @@ class SourceConfig(_Strict):
         return value
 
 
+class IsolateExport(str, Enum):
+    """Whether loading and exporting run in a process of their own (`onnxport.preparation`)."""
+
+    AUTO = "auto"
+    """Above 64 MiB of weights: torch and the traced model leave memory before the passes."""
+    ALWAYS = "always"
+    NEVER = "never"
+
+
 class ExecutionConfig(_Strict):
     timeout_seconds: float = Field(DEFAULT_TIMEOUT_SECONDS, gt=0)
+    isolate_export: IsolateExport = IsolateExport.AUTO
 
 
 class ConversionConfig(_Strict):

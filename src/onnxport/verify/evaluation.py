@@ -25,7 +25,6 @@ import onnxruntime as ort
 
 from onnxport.artifact.records import TaskMetricRecord
 from onnxport.errors import ConfigError
-from onnxport.sources.base import Source
 from onnxport.tasks import Task
 from onnxport.verify.runtime import run_session
 
@@ -213,25 +212,6 @@ class Evaluation:
             passed=value >= self.pytorch - self.max_drop - 1e-12,
             examples=self.eval_set.examples,
         )
-
-
-def prepare_evaluation(source: Source, eval_file: str, max_drop: float) -> Evaluation:
-    """Read `eval_file` for `source` (a loaded `Source`) and score PyTorch on it."""
-    import torch
-
-    from onnxport.export.strategies import adapter_for
-
-    tokenizer = source.tokenizer
-    label2id = dict(source.facts.label2id)
-    eval_set = load_eval_set(Path(eval_file), source.task, tokenizer, label2id, source.input_names)
-    adapter = adapter_for(source)
-
-    def run(batch: dict[str, np.ndarray]) -> np.ndarray:
-        with torch.inference_mode():
-            outputs = adapter(*(torch.from_numpy(batch[n]) for n in source.input_names))
-        return outputs[0].float().numpy()
-
-    return Evaluation(eval_set, eval_set.score(run), max_drop)
 
 
 def metric_failure(record: TaskMetricRecord) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from onnxport.artifact.files import data_file_of
 from onnxport.artifact.records import (
     DivergenceRecord,
     OutputRecord,
@@ -23,7 +24,6 @@ from onnxport.artifact.records import (
     ValidationRecord,
 )
 from onnxport.errors import ValidationError
-from onnxport.export.external_data import data_file_of
 from onnxport.tasks import Task
 from onnxport.verify.compare import Tolerance
 from onnxport.verify.evaluation import Evaluation

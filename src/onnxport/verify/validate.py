@@ -15,17 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from onnxport.artifact.records import (
     OutputComparisonRecord,
     TaskAgreementRecord,
     ValidationRecord,
 )
-from onnxport.errors import SourceError, one_line
-from onnxport.export.strategies import adapter_for
 from onnxport.request.config import DEFAULT_MIN_TASK_AGREEMENT
-from onnxport.sources.base import Source
 from onnxport.tasks import TASKS, AgreementMetric, Task
 from onnxport.verify.compare import Tolerance, compare
 from onnxport.verify.evaluation import Evaluation, metric_failure
@@ -51,67 +47,6 @@ class Reference:
     shape: tuple[int, int]
     inputs: dict[str, np.ndarray]
     outputs: dict[str, np.ndarray]
-
-
-def compute_references(
-    source: Source, shapes: list[tuple[int, int]], *, seed: int = 0
-) -> list[Reference]:
-    """Run PyTorch once per shape; the inputs are tokenized sample text where possible.
-
-    Raises `SourceError` when PyTorch itself fails on a shape or answers NaN: there is then
-    nothing to prove the ONNX model against.
-    """
-    adapter = adapter_for(source)
-    references = []
-    with torch.inference_mode():
-        for i, (batch, size) in enumerate(shapes):
-            inputs = source.make_inputs(batch, size, seed + i)
-            try:
-                outputs = adapter(*(inputs[name] for name in source.input_names))
-            except Exception as e:  # model code raises anything on inputs it cannot take
-                message = one_line(e)
-                raise SourceError(
-                    f"the PyTorch model fails on the validation input {batch}x{size}: "
-                    f"{type(e).__name__}: {message}",
-                    hint="check validation.shapes against what the model takes "
-                    "(max_position_embeddings, image size)",
-                ) from e
-            reference = Reference(
-                shape=(batch, size),
-                inputs={k: v.numpy() for k, v in inputs.items()},
-                outputs={
-                    name: value.detach().float().numpy()
-                    for name, value in zip(source.output_names, outputs)
-                },
-            )
-            for name, value in reference.outputs.items():
-                if np.isnan(value).any():
-                    raise SourceError(
-                        f"the PyTorch model itself outputs NaN ('{name}' on input "
-                        f"{batch}x{size}): there is no answer to validate the ONNX model against",
-                        hint="check the weights (NaN after a diverged training run?)",
-                    )
-            references.append(reference)
-    _warn_if_constant(references)
-    return references
-
-
-def _warn_if_constant(references: list[Reference]) -> None:
-    """A reference output that (nearly) does not vary proves little: an ONNX model that
-    returns the same constant passes. Said, not refused: a model may rightly answer so."""
-    for name in references[0].outputs if references else ():
-        values = np.concatenate([r.outputs[name].ravel() for r in references])
-        if values.size < 2:
-            continue
-        spread = float(values.max() - values.min())
-        scale = max(float(np.abs(values).max()), 1.0)
-        if spread <= 1e-6 * scale:
-            logger.warning(
-                "PyTorch's '%s' is the same value (%.6g) everywhere on every validation input: "
-                "validating against it proves little (untrained or zeroed weights?)",
-                name,
-                float(values[0]),
-            )
 
 
 def _primary_outputs(output_names: list[str]) -> list[str]:

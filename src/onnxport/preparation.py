@@ -1,0 +1,203 @@
+"""Before the passes: load the source, compute PyTorch's answers, export. The only part of a
+conversion that needs torch.
+
+`prepare` runs the load and export stages and returns what the rest of the pipeline needs,
+torch-free (`Prepared`). For a large model (`execution.isolate_export`, by default above
+`ISOLATE_ABOVE_BYTES` of weights) it runs in a process of its own
+which ends before the passes begin: the model, the traced program and torch itself leave
+memory, and the passes and quantization run with what they need only. The child reports
+its stages and hands over its result (or its typed error) on a pipe.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import multiprocessing
+import signal
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from onnxport.artifact.records import ExportRecord, SourceRecord
+from onnxport.errors import (
+    ExportError,
+    InternalError,
+    OnnxportError,
+    SourceError,
+    error_from_dict,
+)
+from onnxport.passes.base import PassContext
+from onnxport.process import exit_process, own_process
+from onnxport.progress import Stage, StageClock, StageEvent, Status
+from onnxport.request import ConversionRequest
+from onnxport.request.config import ConversionConfig, IsolateExport
+from onnxport.tasks import Task
+from onnxport.verify.evaluation import Evaluation
+from onnxport.verify.validate import Reference
+
+if TYPE_CHECKING:  # loading imports torch: only `prepare` does, when it runs
+    from onnxport.sources.base import Source
+
+ISOLATE_ABOVE_BYTES = 64 * 1024**2
+"""`isolate_export: auto` exports in a process of its own above this many bytes of weights
+(a child costs a few seconds of imports; below this size it would cost more than it saves)."""
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".pt2", ".ckpt")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the passes, the gate and publishing need of the source and its export."""
+
+    source: SourceRecord
+    task: Task
+    references: list[Reference]
+    evaluation: Evaluation | None
+    export: ExportRecord
+    context: PassContext
+    files_to_copy: tuple[Path, ...]
+
+
+def validation_shapes(source: Source, config: ConversionConfig) -> list[tuple[int, int]]:
+    """The shapes of the validation inputs: the config's, else the source's defaults."""
+    shapes = config.validation.shapes or list(source.default_shapes)
+    return [tuple(s) for s in shapes]  # type: ignore[misc]
+
+
+def prepare(request: ConversionRequest, exported: Path, clock: StageClock) -> Prepared:
+    """Load, compute the references, export to `exported`; in this process."""
+    from onnxport.export import export_to_onnx
+    from onnxport.passes import pass_context
+    from onnxport.sources import load_source
+    from onnxport.verify.references import compute_references, prepare_evaluation
+
+    config = request.config
+    with clock.stage(Stage.LOAD, SourceError):
+        source = load_source(request.source_path, config.source)
+        references = compute_references(
+            source,
+            validation_shapes(source, config),
+            seed=config.validation.seed,
+        )
+        evaluation = None
+        if config.validation.eval_file:
+            evaluation = prepare_evaluation(
+                source, config.validation.eval_file, config.validation.max_metric_drop
+            )
+    with clock.stage(Stage.EXPORT, ExportError):
+        export = export_to_onnx(
+            source,
+            exported,
+            opset_version=config.onnx.opset_version,
+            exporter=config.onnx.exporter,
+            external_data=config.output.external_data,
+        )
+    prepared = Prepared(
+        source=source.record(),
+        task=source.task,
+        references=references,
+        evaluation=evaluation,
+        export=export,
+        context=pass_context(source, export.exporter, config),
+        files_to_copy=source.files_to_copy,
+    )
+    # PyTorch is done: the references hold its answers. Free its memory before ORT runs.
+    source.module = None  # type: ignore[assignment]
+    gc.collect()  # the exported graph holds reference cycles to the Parameters
+    return prepared
+
+
+def weights_on_disk(path: Path) -> int:
+    """The bytes of weights a source holds, read from file sizes alone (no torch); 0 for a
+    path that cannot be read (loading it then names the problem)."""
+    path = Path(path)
+    try:
+        if path.is_file():
+            return path.stat().st_size
+        if not path.is_dir():
+            return 0
+        return sum(p.stat().st_size for p in path.iterdir() if p.suffix in _WEIGHT_SUFFIXES)
+    except OSError:
+        return 0
+
+
+def isolated(config: ConversionConfig, source_path: Path) -> bool:
+    setting = config.execution.isolate_export
+    if setting is IsolateExport.AUTO:
+        return weights_on_disk(source_path) > ISOLATE_ABOVE_BYTES
+    return setting is IsolateExport.ALWAYS
+
+
+def prepare_in_a_child(request: ConversionRequest, exported: Path, clock: StageClock) -> Prepared:
+    """`prepare` in a process of its own; its stages reach `clock` as they happen, its
+    error comes back as the same typed error.
+
+    The child is started fresh (`spawn`: nothing of this process's memory is shared) and
+    talks over one pipe only the two processes hold: stage events, then its result.
+    """
+    spawn = multiprocessing.get_context("spawn")
+    ours, theirs = spawn.Pipe(duplex=False)
+    child = spawn.Process(
+        target=_child,
+        args=(request, exported, theirs, logging.getLogger().getEffectiveLevel()),
+        name="onnxport-export",
+    )
+    child.start()
+    theirs.close()  # the child holds the only writing end: EOF when it ends
+    result: tuple[bool, object] | None = None
+    running: dict[Stage, float] = {}  # the child's stages begun and not ended, since when
+    try:
+        while result is None:
+            try:
+                kind, payload = ours.recv()
+            except EOFError:
+                break
+            if kind == "event":
+                if payload.status is Status.START:
+                    running[payload.stage] = time.perf_counter()
+                else:
+                    running.pop(payload.stage, None)
+                clock.relay(payload)
+            else:
+                result = payload
+        child.join()
+    except BaseException:
+        child.kill()  # the caller was interrupted: no export goes on unwatched
+        child.join()
+        raise
+    finally:
+        ours.close()
+    if result is None:
+        for stage, since in running.items():  # the child died in it
+            clock.relay(StageEvent(stage, Status.FAILED, round(time.perf_counter() - since, 3)))
+        code = child.exitcode or 0
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited {code}"
+        raise ExportError(
+            f"the export process {how} without a result",
+            hint="the machine may have run out of memory" if code == -signal.SIGKILL else None,
+        )
+    ok, value = result
+    if not ok:
+        raise error_from_dict(value)  # type: ignore[arg-type]
+    return value  # type: ignore[return-value]
+
+
+def _child(request: ConversionRequest, exported: Path, parent: Connection, log_level: int) -> None:
+    """The export process: log as the parent logs, prepare, hand the result over, exit."""
+    own_process()
+    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("torch").setLevel(logging.ERROR)
+    try:
+        prepared = prepare(request, exported, StageClock(lambda e: parent.send(("event", e))))
+        result: tuple[bool, object] = (True, prepared)
+        code = 0
+    except (OnnxportError, InternalError) as e:
+        result, code = (False, e.to_dict()), e.exit_code
+    except Exception as e:  # a bug: the parent raises it as one
+        bug = InternalError(f"{type(e).__name__}: {e}")
+        result, code = (False, bug.to_dict()), bug.exit_code
+    parent.send(("result", result))
+    parent.close()
+    exit_process(code)
