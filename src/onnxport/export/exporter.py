@@ -23,6 +23,7 @@ from onnxport.export.external_data import (
     wants_external_data,
     weights_bytes,
 )
+from onnxport.export.metadata import strip_debug_metadata
 from onnxport.export.strategies import EXPORT_STRATEGIES
 from onnxport.export.workarounds import captured_stdout
 from onnxport.request.config import DEFAULT_OPSET, Exporter, ExternalData
@@ -91,6 +92,7 @@ def export_to_onnx(
     opset_version: int = DEFAULT_OPSET,
     exporter: Exporter = Exporter.AUTO,
     external_data: ExternalData = ExternalData.AUTO,
+    keep_debug_metadata: bool = False,
 ) -> ExportRecord:
     """Export `source` to `output_path` with the first strategy that works; the record says
     which one made the model and why the others did not. External data, when the weights
@@ -103,6 +105,8 @@ def export_to_onnx(
         opset_version: the ONNX opset to target.
         exporter: `auto` tries every strategy in order; otherwise only the one named.
         external_data: whether the weights go to `<output_path>.data` (`auto`: by size).
+        keep_debug_metadata: keep the exporter's stack traces and source locations, which
+            hold this machine's file paths (`export.metadata`); by default they are removed.
     """
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,6 +143,10 @@ def export_to_onnx(
             # Checked while the weights are still external: the checker reads a
             # self-contained file whole, twice over.
             onnx.checker.check_model(str(output_path), full_check=False)
+            if not keep_debug_metadata:
+                # Before the weights come inline (dynamo always writes them external): the
+                # graph is then rewritten without reading them.
+                strip_debug_metadata(output_path)
             if external:
                 gather_external_data(output_path, before)
             else:

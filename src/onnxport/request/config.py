@@ -101,6 +101,9 @@ class OutputConfig(_Strict):
     """`auto`: one self-contained file, weights in `<file>.data` beside it only above
     protobuf's 2 GiB limit; `always`: in `<file>.data` at any size (ONNX Runtime then maps
     them instead of copying them: less memory per session); `never`: refused above 2 GiB."""
+    keep_debug_metadata: bool = False
+    """Keep the exporter's stack traces and source locations in the published models; they
+    hold the converting machine's file paths (`onnxport.export.metadata`)."""
 
     @field_validator("external_data", mode="before")
     @classmethod
