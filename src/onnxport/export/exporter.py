@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 
 from onnxport.artifact.records import AttemptRecord, ExportRecord
-from onnxport.errors import ConfigError, ExportError
+from onnxport.errors import ConfigError, ExportError, one_line
 from onnxport.export.external_data import (
     gather_external_data,
     inline_external_data,
@@ -32,21 +32,20 @@ from onnxport.sources.base import Source
 logger = logging.getLogger(__name__)
 
 
-_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 _CLASS_REPR = re.compile(r"<class '(?:\w+\.)*(\w+)'>")
 # How each exporter names an operator it cannot convert: dynamo "op='aten.i0'" (or
 # 'prims.bessel_i0' after decomposition), TorchScript "the operator 'aten::i0'".
 _OPERATOR = re.compile(r"op='([\w.]+)'|operator '([\w:.]+)'")
 
 
-def _one_line(error: BaseException) -> str:
-    text = _ANSI_ESCAPE.sub("", str(error))
+def _exporter_error(error: BaseException) -> str:
+    """An exporter's error on one line, after its type's name."""
+    text = one_line(str(error), limit=None)
     # The dynamo exporter's message opens with generic next steps; its summary names the cause.
     _, summary, cause = text.partition("## Exception summary")
     if summary:
         text = _CLASS_REPR.sub(r"\1", cause)
-    text = " ".join(text.split())
-    return f"{type(error).__name__}: {text[:300]}"
+    return f"{type(error).__name__}: {one_line(text)}"
 
 
 def _report_deprecations(exporter: str, raised: list[warnings.WarningMessage]) -> None:
@@ -160,12 +159,12 @@ def export_to_onnx(
                     hint="free space there, or raise the file size limit (ulimit -f)",
                 ) from e
             logger.debug("the %s exporter failed", strategy.name)
-            logger.warning("the %s exporter failed: %s", strategy.name, _one_line(e))
+            logger.warning("the %s exporter failed: %s", strategy.name, _exporter_error(e))
             attempts.append(
                 AttemptRecord(
                     exporter=strategy.name,
                     ok=False,
-                    error=_one_line(e),
+                    error=_exporter_error(e),
                     seconds=round(time.perf_counter() - t0, 3),
                 )
             )
