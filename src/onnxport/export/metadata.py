@@ -49,10 +49,10 @@ def strip_machine_traces(message: Message) -> int:
         message.ClearField("doc_string")
         removed += 1
     if "metadata_props" in fields:
-        kept = [(p.key, p.value) for p in message.metadata_props]
-        kept = [(k, v) for k, v in kept if not holds_machine_trace(v)]
-        if len(kept) < len(message.metadata_props):
-            removed += len(message.metadata_props) - len(kept)
+        props = [(p.key, p.value) for p in message.metadata_props]
+        kept = [(k, v) for k, v in props if not holds_machine_trace(v)]
+        if len(kept) < len(props):
+            removed += len(props) - len(kept)
             del message.metadata_props[:]
             for key, value in kept:
                 message.metadata_props.add(key=key, value=value)
