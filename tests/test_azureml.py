@@ -57,7 +57,6 @@ from onnxport.execution import LINEAGE_ENV
 from onnxport.execution.runner import _parse
 from onnxport.request.config import ConversionConfig, load_conversion_config
 from onnxport.request.fingerprints import conversion_fingerprint
-from onnxport.tracking import lineage_tags
 from orchestration_support import root_with_store
 
 SPEC_FP = "abc123"
@@ -201,7 +200,13 @@ def test_the_job_carries_the_lineage_of_a_local_conversion(make_job) -> None:
         "conv_fp": conv_fp,
     }
     assert job.tags == {
-        **lineage_tags(lineage),
+        "code.lineage.parent_training_job": "train-1",
+        "code.lineage.parent_training_run_id": "train-1",
+        "code.lineage.platform": "azureml",
+        "code.lineage.backbone": "distilbert-base-uncased",
+        "code.lineage.parent_spec_fp": SPEC_FP,
+        "code.lineage.parent_exec_fp": EXEC_FP,
+        "code.lineage.conv_fp": conv_fp,
         "onnxport.version": __version__,
         "onnxport.conv_fp": conv_fp,
         "onnxport.quantization": "none",

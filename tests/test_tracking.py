@@ -18,8 +18,6 @@ from onnxport.tracking import (
     end_run,
     ensure_experiment,
     failed_unless_finished,
-    is_secret,
-    lineage_tags,
     prepare_store,
     quiet_mlflow,
     resolve_artifact_location,
@@ -156,28 +154,6 @@ def test_ensure_experiment_creates_once(store, tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ runs
-
-
-def test_lineage_tags_are_prefixed_and_secrets_dropped() -> None:
-    tags = lineage_tags(
-        {"parent_spec_fp": "abc123", "conv_fp": "ff00", "api_key": "s3cr3t", "sas_url": "x"}
-    )
-    assert tags == {"code.lineage.parent_spec_fp": "abc123", "code.lineage.conv_fp": "ff00"}
-
-
-@pytest.mark.parametrize(
-    ("name", "secret"),
-    [
-        ("AZURE_STORAGE_KEY", True),
-        ("hf_token", True),
-        ("db_password", True),
-        ("connection_string", True),
-        ("parent_spec_fp", False),
-        ("backbone", False),
-    ],
-)
-def test_is_secret(name: str, secret: bool) -> None:
-    assert is_secret(name) is secret
 
 
 def test_create_run_tags_the_run_type_and_drops_secrets(store) -> None:

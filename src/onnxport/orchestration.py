@@ -28,13 +28,13 @@ from onnxport.request.config import (
 )
 from onnxport.request.fingerprints import check_fingerprint, conversion_fingerprint
 from onnxport.request.hosting import resolve_platform
+from onnxport.request.lineage import local_lineage, run_tags
 from onnxport.request.paths import conversion_output_dir, read_parent_training_output
 from onnxport.tracking import (
     create_run,
     end_run,
     ensure_experiment,
     failed_unless_finished,
-    lineage_tags,
     prepare_store,
     resolve_artifact_location,
     resolve_tracking_uri,
@@ -124,31 +124,21 @@ def execute_conversion(
         variant=parent.variant,
         conv_fp=conv_fp,
     )
-    lineage = {
-        "parent_spec_fp": spec_fp,
-        "parent_exec_fp": exec_fp,
-        "parent_training_id": parent.training_id,
-        "parent_training_dir": str(parent.path),
-        "conv_fp": conv_fp,
-        "platform": platform_name,
-        "backbone": parent.backbone,
-    }
-    if parent_training_run_id:
-        lineage["parent_training_run_id"] = parent_training_run_id
+    lineage = local_lineage(
+        parent,
+        parent_spec_fp=spec_fp,
+        parent_exec_fp=exec_fp,
+        conv_fp=conv_fp,
+        platform=platform_name,
+        parent_training_run_id=parent_training_run_id,
+    )
 
     tracking_uri = resolve_tracking_uri(Path(root_dir), experiment)
     client = prepare_store(tracking_uri)  # fails here, before converting, if unreachable
     experiment_id = ensure_experiment(
         client, experiment.experiment_name, resolve_artifact_location(Path(root_dir), experiment)
     )
-    tags = {
-        **experiment.tags,
-        **lineage_tags(lineage),
-        "onnxport.conv_fp": conv_fp,
-        "onnxport.quantization": config.onnx.quantization.value,
-        "onnxport.optimize": config.onnx.optimize.value,
-        "onnxport.opset": str(config.onnx.opset_version),
-    }
+    tags = run_tags(lineage, config, user_tags=experiment.tags)
     run_name = (
         f"conversion-{parent.backbone}-spec_{spec_fp}_exec_{exec_fp}-v{parent.variant}-{conv_fp}"
     )

@@ -198,6 +198,7 @@ def convert(
                 opset_version=config.onnx.opset_version,
                 exporter=config.onnx.exporter,
                 external_data=config.output.external_data,
+                keep_debug_metadata=config.output.keep_debug_metadata,
             )
         context = pass_context(source, export.exporter, config)
         # PyTorch is done: the references hold its answers. Free its memory before ORT runs.

@@ -1,9 +1,9 @@
 """MLflow tracking: the store, the conversion run and what is logged to it.
 
 The parent prepares the store (runs the database migration once, under a lock, before any
-child starts), creates the run with its lineage tags, and makes sure it ends FINISHED or
-FAILED. The child continues the run (`MLFLOW_RUN_ID`) and logs parameters, metrics,
-artifacts and the ONNX model itself.
+child starts), creates the run with its tags (built by `request.lineage`), and makes sure it
+ends FINISHED or FAILED. The child continues the run (`MLFLOW_RUN_ID`) and logs parameters,
+metrics, artifacts and the ONNX model itself.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from onnxport.artifact.manifest import MANIFEST_FILENAME, REPORT_FILENAME, Manifest
 from onnxport.errors import TrackingError, one_line
 from onnxport.request.config import ExperimentConfig
+from onnxport.request.lineage import is_secret
 
 if TYPE_CHECKING:  # the benchmark module imports onnxruntime; the parent process need not
     import numpy as np
@@ -36,9 +37,6 @@ T = TypeVar("T")
 RUN_TYPE = "conversion"
 DB_FILENAME = "mlflow.db"
 ARTIFACTS_DIRNAME = "mlartifacts"
-LINEAGE_PREFIX = "code.lineage."
-# Values never recorded, whatever environment or config they came from.
-_SECRET_WORDS = ("token", "secret", "password", "key", "connection_string", "sas", "credential")
 
 
 def quiet_mlflow() -> None:
@@ -128,15 +126,6 @@ def ensure_experiment(client, name: str, artifact_location: str | None) -> str:
             return experiment.experiment_id
 
     return with_retry(get_or_create)
-
-
-def is_secret(name: str) -> bool:
-    lowered = name.lower()
-    return any(word in lowered for word in _SECRET_WORDS)
-
-
-def lineage_tags(lineage: dict[str, str]) -> dict[str, str]:
-    return {f"{LINEAGE_PREFIX}{k}": str(v) for k, v in lineage.items() if not is_secret(k)}
 
 
 def create_run(client, experiment_id: str, *, run_name: str, tags: dict[str, str]) -> str:
