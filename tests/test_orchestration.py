@@ -31,6 +31,7 @@ from onnxport.artifact.manifest import read_manifest, sha256_file, verify_direct
 from onnxport.errors import (
     ConfigError,
     ExecutionError,
+    ExportError,
     OnnxportError,
     SourceError,
     TrackingError,
@@ -576,6 +577,46 @@ def test_cli_run_records_the_training_run_id_as_lineage(
     assert json.loads(call["env"][LINEAGE_ENV])["parent_training_run_id"] == "train-run-9"
     (run,) = project.runs()
     assert run.data.tags["code.lineage.parent_training_run_id"] == "train-run-9"
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_cli_run_renders_progress_from_events_and_the_childs_lines_only_with_verbose(
+    shared_root: Path, monkeypatch: pytest.MonkeyPatch, cli, verbose: bool
+) -> None:
+    """The lines `onnxport convert` prints, from the child's events; its log lines with -v.
+    A line that reads like a stage's log line is not taken for progress."""
+    child = FakeChild(
+        events=(
+            StageEvent(Stage.LOAD, Status.START),
+            StageEvent(Stage.LOAD, Status.DONE, 1.24),
+            StageEvent(Stage.EXPORT, Status.START),
+            StageEvent(Stage.EXPORT, Status.FAILED, 0.5),
+        ),
+        lines=("12:00:00 INFO onnxport.execution: stage validate done in 9.9 s", "[odd] text"),
+        error=ExportError("the exporter gave up"),
+    )
+    monkeypatch.setattr("onnxport.orchestration.run_child", child)
+    project = make_project(shared_root, f"cli-progress-{verbose}")
+    flags = {"--experiment-name": project.experiment, "--platform": "local"}
+    torch_level = logging.getLogger("torch").level
+    try:
+        run = cli("run", *_cli_args(project, **flags), *(["-v"] if verbose else []))
+    finally:
+        # -v lets torch log INFO, which it does at exit, to a handler an earlier in-process
+        # CLI call left on a stream pytest has closed since.
+        logging.getLogger("torch").setLevel(torch_level)
+    assert run.code == 1
+    err = run.stderr.splitlines()
+    progress = [line for line in err if line[:1] in "…✓✗"]
+    assert progress == [
+        "… load source",
+        "✓ load source 1.2 s",
+        "… export to ONNX",
+        "✗ export to ONNX 0.5 s",
+    ]
+    shown = [line.strip() for line in err if line.startswith("  ")]
+    assert shown == (list(child.lines) if verbose else [])
+    assert "error (export): the exporter gave up" in err
 
 
 @pytest.mark.slow
