@@ -54,7 +54,7 @@ from onnxport.azureml.service import validate_conversion_job, wait_for_jobs
 from onnxport.commands.azureml import read_training_job_names
 from onnxport.errors import AzureMLError, ConfigError
 from onnxport.execution import LINEAGE_ENV
-from onnxport.execution.runner import _parse
+from onnxport.execution.child import parse_arguments
 from onnxport.request.config import ConversionConfig, load_conversion_config
 from onnxport.request.fingerprints import conversion_fingerprint
 from orchestration_support import root_with_store
@@ -93,7 +93,7 @@ def _child_arguments(job, **paths: str):
         command = command.replace("${{" + binding.replace("__", ".") + "}}", path)
     words = shlex.split(command)
     assert words[:3] == ["python", "-m", "onnxport.execution"]
-    return _parse(words[3:])
+    return parse_arguments(words[3:])
 
 
 # ---------------------------------------------------------------- the training job's output

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ from onnxport.artifact.manifest import read_manifest, verify_directory
 from onnxport.artifact.publish import remove_stale_partials
 from onnxport.errors import ConfigError, OnnxportError
 from onnxport.execution import LINEAGE_ENV, REGISTERED_MODEL_ENV, ChildArguments, run_child
+from onnxport.progress import ProgressCallback
 from onnxport.request.config import (
     CONVERSION_CONFIG_FILENAME,
     ExperimentConfig,
@@ -85,6 +85,7 @@ def execute_conversion(
     *,
     force: bool = False,
     on_log_line: Callable[[str], None] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> Path:
     """Convert a training run's checkpoint; return the complete output directory.
 
@@ -99,7 +100,9 @@ def execute_conversion(
         platform: `local`, `azureml`, `colab`, `kaggle`; None detects it.
         parent_training_run_id: the training run's MLflow run id, recorded as lineage.
         force: rebuild even if a complete identical conversion exists.
-        on_log_line: receives the conversion process's log lines as they come.
+        on_log_line: receives the conversion process's log lines as they come (its records
+            of WARNING and above go to this process's logging instead).
+        on_progress: receives the conversion's `StageEvent`s as they come; default: logged.
     """
     started = time.perf_counter()
     spec_fp = check_fingerprint(parent_spec_fp, "parent_spec_fp")
@@ -162,7 +165,7 @@ def execute_conversion(
             return output_dir
         run_id = create_run(client, experiment_id, run_name=run_name, tags=tags)
         logger.info("converting %s into %s (MLflow run %s)", parent.checkpoint, output_dir, run_id)
-        with failed_unless_finished(client, run_id), tempfile.TemporaryDirectory() as scratch:
+        with failed_unless_finished(client, run_id):
             child = run_child(
                 ChildArguments(
                     checkpoint_path=parent.checkpoint,
@@ -176,7 +179,6 @@ def execute_conversion(
                     conv_fp=conv_fp,
                 ),
                 timeout_seconds=config.execution.timeout_seconds,
-                result_file=Path(scratch) / "result.json",
                 env={
                     "MLFLOW_TRACKING_URI": tracking_uri,
                     "MLFLOW_RUN_ID": run_id,
@@ -184,6 +186,7 @@ def execute_conversion(
                     LINEAGE_ENV: json.dumps({**lineage, "mlflow_run_id": run_id}),
                     REGISTERED_MODEL_ENV: experiment.registered_model_name or "",
                 },
+                on_event=on_progress,
                 on_line=on_log_line,
             )
             client.log_metric(run_id, "child_peak_rss_mb", child.peak_rss_mb)
