@@ -59,19 +59,16 @@ def served_config(values: dict[str, Any] | None) -> ServedConfig:
 
 
 def input_texts(model_input: Any, max_batch: int) -> list[Any]:
-    """The texts of a request: a DataFrame's `text` column (or its only column), or a list of
-    texts (or one).
+    """The texts of a request: a DataFrame's `text` column (or its first), or a list of texts
+    (or one).
 
     Their type is checked by `OnnxPredictor.predict`; their number here."""
-    if isinstance(model_input, pd.DataFrame):
-        # MLflow makes a list of texts a table of one unnamed column.
-        if TEXT_COLUMN in model_input.columns:
-            texts = model_input[TEXT_COLUMN].tolist()
-        elif len(model_input.columns) == 1:
-            texts = model_input.iloc[:, 0].tolist()
-        else:
-            columns = ", ".join(map(str, model_input.columns)) or "none"
-            raise PredictError(f"the input has no '{TEXT_COLUMN}' column (columns: {columns})")
+    if isinstance(model_input, pd.DataFrame) and TEXT_COLUMN in model_input.columns:
+        texts = model_input[TEXT_COLUMN].tolist()
+    elif isinstance(model_input, pd.DataFrame) and len(model_input.columns) > 0:
+        # MLflow makes a list of texts a table of one unnamed column, and keeps only the
+        # first column of a table (the signature declares one).
+        texts = model_input.iloc[:, 0].tolist()
     elif isinstance(model_input, str):
         texts = [model_input]
     elif isinstance(model_input, (list, tuple)):
