@@ -6,7 +6,6 @@ The serving code (MLflow, uvicorn) is imported when the command runs, not when t
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -42,9 +41,12 @@ def serve_command(
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 5000,
     workers: Annotated[int, typer.Option(help="Server processes.", min=1)] = 1,
     threads: Annotated[
-        int | None,
-        typer.Option(help="ONNX Runtime threads per worker (default: cores / workers).", min=1),
-    ] = None,
+        int,
+        typer.Option(
+            help="ONNX Runtime threads per request (requests run in parallel, one core each).",
+            min=1,
+        ),
+    ] = 1,
     max_batch: Annotated[
         int, typer.Option(help="Most texts in one request.", min=1)
     ] = DEFAULT_MAX_BATCH,
@@ -70,11 +72,7 @@ def serve_command(
     if model_uri is not None and variant is not None:
         raise ServeError("--variant picks a model of OUT_DIR; --model-uri names one already")
     check_port(host, port)
-    served = ServedConfig(
-        max_batch=max_batch,
-        on_long_text=on_long_text,
-        threads=threads or max(1, (os.cpu_count() or 1) // workers),
-    )
+    served = ServedConfig(max_batch=max_batch, on_long_text=on_long_text, threads=threads)
     with tempfile.TemporaryDirectory(prefix="onnxport-serve-") as scratch:
         if model_uri is not None:
             if tracking_uri:
@@ -89,7 +87,8 @@ def serve_command(
             what = f"{output_dir} ({chosen})"
         console.print(
             f"serving {what} at http://{host}:{port}/invocations: {workers} worker(s), "
-            f"{served.threads} thread(s) each, at most {max_batch} texts per request; "
+            f"{threads} ONNX Runtime thread(s) per request, at most {max_batch} texts per "
+            "request; "
             "Ctrl-C stops it",
             highlight=False,
             soft_wrap=True,

@@ -229,7 +229,9 @@ class OnnxPredictor:
         return requested
 
     def _load_session(self, model_path: Path, threads: int | None) -> ort.InferenceSession:
-        session = create_session(model_path, session_options(threads=threads))
+        # Idle intra-op threads sleep rather than spin: a server runs several requests at once,
+        # and spinning threads would take the cores from the others and from the tokenizer.
+        session = create_session(model_path, session_options(threads=threads, spinning=False))
         unknown = [i.name for i in session.get_inputs() if i.name not in _ENCODING_FIELDS]
         if unknown:
             raise PredictError(

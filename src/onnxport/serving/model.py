@@ -40,8 +40,9 @@ class ServedConfig(BaseModel):
     max_batch: int = Field(DEFAULT_MAX_BATCH, ge=1)
     """The most texts one request may hold."""
     on_long_text: LongText = LongText.TRUNCATE
-    threads: int = Field(0, ge=0)
-    """ONNX Runtime intra-op threads; 0: ONNX Runtime's choice."""
+    threads: int = Field(1, ge=0)
+    """ONNX Runtime intra-op threads per request; 0: one per core. MLflow's server answers
+    requests in parallel threads, so one each keeps every core busy without contention."""
 
     def logged(self) -> dict[str, Any]:
         """As MLflow stores it (plain YAML values): every key, so every key is overridable."""

@@ -10,8 +10,9 @@
 
 The other refusals (no texts, more than `max_batch`, a text too long under
 `on_long_text=error`) are the model's own (`serving.model`), so they hold under a plain
-`mlflow models serve` too. Each uvicorn worker builds its app with `create_app`, from the
-settings the parent put in the environment.
+`mlflow models serve` too. `onnxport serve` saves the model and starts uvicorn in a child
+process; each uvicorn worker builds its app with `create_app`, from the settings in its
+environment.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,8 @@ from onnxport.serving.model import NO_TEXTS, ServedConfig
 logger = logging.getLogger(__name__)
 
 SETTINGS_ENV = "ONNXPORT_SERVE_SETTINGS"
+STOP_SECONDS = 30
+"""How long a stopping server may take to finish the requests it holds."""
 INVOCATIONS = "/invocations"
 DATAFRAME_SPLIT = "dataframe_split"
 REQUEST_FORMATS = ("inputs", "instances", "dataframe_records", DATAFRAME_SPLIT)
@@ -244,17 +250,34 @@ def check_port(host: str, port: int) -> None:
 
 
 def run_server(settings: ServeSettings, *, host: str, port: int, workers: int) -> None:
-    """Serve until interrupted: uvicorn with `workers` processes, each building `create_app`
-    from the settings passed to it in the environment."""
-    import uvicorn
+    """Serve until interrupted (Ctrl-C, or SIGTERM to this process): uvicorn in a child
+    process with `workers` processes, each building `create_app` from the settings passed in
+    its environment. A fresh interpreter loads only what serving needs, not the modules that
+    made the model (the server's memory is then MLflow's, ONNX Runtime's and the model's)."""
+    command = [
+        *(sys.executable, "-m", "uvicorn", "--factory", f"{__name__}:create_app"),
+        *("--host", host, "--port", str(port), "--workers", str(workers)),
+    ]
+    environment = {**os.environ, SETTINGS_ENV: settings.model_dump_json()}
+    logger.info("serving %s at http://%s:%d%s", settings.model_path, host, port, INVOCATIONS)
+    child = subprocess.Popen(command, env=environment)
+    previous = signal.signal(signal.SIGTERM, lambda *_: child.terminate())
+    try:
+        code = child.wait()
+    except KeyboardInterrupt:  # the terminal's Ctrl-C reached the server too: it stops
+        code = 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _stop(child)
+    if code not in (0, -signal.SIGTERM):
+        raise ServeError(f"the server stopped with exit code {code}", hint="its messages are above")
 
-    os.environ[SETTINGS_ENV] = settings.model_dump_json()
-    logger.info(
-        "serving %s at http://%s:%d%s with %d worker(s)",
-        settings.model_path,
-        host,
-        port,
-        INVOCATIONS,
-        workers,
-    )
-    uvicorn.run(f"{__name__}:create_app", factory=True, host=host, port=port, workers=workers)
+
+def _stop(child: subprocess.Popen) -> None:
+    if child.poll() is None:
+        child.terminate()
+    try:
+        child.wait(timeout=STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
