@@ -26,6 +26,7 @@ from onnxport.artifact.manifest import MANIFEST_FILENAME, read_manifest, verify_
 from onnxport.artifact.reader import PublishedDirectory
 from onnxport.errors import ServeError
 from onnxport.predict import OnnxPredictor
+from onnxport.serving.model import NO_TEXTS
 from onnxport.serving.package import (
     SERVING_REQUIREMENTS,
     log_text_model,
@@ -378,6 +379,28 @@ def test_the_standard_endpoints_answer(demo_server) -> None:
     assert requests.get(f"{url}/ping", timeout=10).status_code == 200
     assert requests.get(f"{url}/health", timeout=10).status_code == 200
     assert requests.get(f"{url}/version", timeout=10).text == mlflow.__version__
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ({"inputs": ["Jane", "Doe"]}, None),
+        ({"inputs": "Jane"}, None),
+        ({"instances": [{"text": "Jane"}]}, None),
+        ({"dataframe_split": {"columns": ["text"], "data": [["Jane"], ["Doe"]]}}, None),
+        ({"inputs": ["Jane", True]}, "text 2 is true or false, not a string"),
+        ({"inputs": [["Jane"]]}, "text 1 is a list, not a string"),
+        ({"inputs": {"text": ["Jane", 1.5]}}, "text 2 is a number, not a string"),
+        ({"dataframe_records": [{"text": {"a": 1}}]}, "text 1 is an object, not a string"),
+        ({"dataframe_split": {"columns": ["text"], "data": []}}, NO_TEXTS),
+        ({"texts": [3]}, None),  # no format MLflow knows: MLflow says which it takes
+        ([3], None),
+    ],
+)
+def test_the_texts_of_every_request_format_must_be_strings(payload, reason) -> None:
+    from onnxport.serving.server import non_text_reason
+
+    assert non_text_reason(json.dumps(payload).encode()) == reason
 
 
 # --- the command's bad input ----------------------------------------------------------------

@@ -73,33 +73,27 @@ def _json_kind(value: Any) -> str:
     return {dict: "an object", list: "a list", type(None): "null"}.get(type(value), "not text")
 
 
+def _cells(values: Any) -> list[Any]:
+    return list(values) if isinstance(values, list) else [values]
+
+
 def request_texts(payload: Any) -> list[Any]:
     """The values a JSON request sends as texts, in any of MLflow's request formats
     (`inputs`, `instances`, `dataframe_records`, `dataframe_split`); [] for a request in
     none of them, which MLflow refuses with what it expects."""
     if not isinstance(payload, dict):
         return []
-    split = DATAFRAME_SPLIT in payload
-    if split:
+    if DATAFRAME_SPLIT in payload:
         table = payload[DATAFRAME_SPLIT]
         rows = table.get("data", []) if isinstance(table, dict) else []
-    else:
-        rows = next((payload[k] for k in REQUEST_FORMATS if k in payload), [])
-    if isinstance(rows, dict):  # columns: {"text": [...]}
-        return [
-            t
-            for column in rows.values()
-            for t in (column if isinstance(column, list) else [column])
-        ]
-    texts: list[Any] = []
-    for row in rows if isinstance(rows, list) else [rows]:
-        if isinstance(row, dict):
-            texts.extend(row.values())
-        elif isinstance(row, list) and split:
-            texts.extend(row)
-        else:
-            texts.append(row)
-    return texts
+        return [cell for row in _cells(rows) for cell in _cells(row)]
+    data = next((payload[k] for k in REQUEST_FORMATS if k in payload), [])
+    if isinstance(data, dict):  # by column: {"text": [...]}
+        return [cell for column in data.values() for cell in _cells(column)]
+    # A list of texts, or of records ({"text": ...}); a list inside is no text.
+    return [
+        cell for row in _cells(data) for cell in (row.values() if isinstance(row, dict) else [row])
+    ]
 
 
 def non_text_reason(body: bytes) -> str | None:
@@ -132,7 +126,7 @@ def _error_body(error_code: str, message: str) -> bytes:
     return json.dumps({"error_code": error_code, "message": message}).encode()
 
 
-async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]):
+async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
     headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
