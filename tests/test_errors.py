@@ -21,6 +21,7 @@ from onnxport.errors import (
     OutputError,
     PredictError,
     ReportError,
+    ServeError,
     SourceError,
     TextTooLongError,
     error_from_dict,
@@ -37,6 +38,7 @@ BAD_INPUT = {
     ReportError,
     PredictError,
     TextTooLongError,
+    ServeError,
 }
 
 

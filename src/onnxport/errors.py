@@ -155,6 +155,13 @@ class TextTooLongError(PredictError):
     """A text has more tokens than the model reads, and `on_long_text="error"` was asked."""
 
 
+class ServeError(OnnxportError):
+    """A model that cannot be served as asked: no such model, a port in use, bad settings."""
+
+    stage = "serve"
+    exit_code = EXIT_BAD_INPUT
+
+
 class AzureMLError(OnnxportError):
     stage = "azureml"
 

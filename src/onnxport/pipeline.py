@@ -46,6 +46,7 @@ from onnxport.progress import ProgressCallback, Stage, StageEvent, Status, ignor
 from onnxport.request import ConversionRequest
 from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantization
 from onnxport.sources import Source, load_source
+from onnxport.sources.checkpoint_files import publish_companions
 from onnxport.testing import smoke_test_onnx_model
 from onnxport.verify.compare import Tolerance
 from onnxport.verify.divergence import locate_fp32_failure, locate_variant_failure
@@ -258,8 +259,7 @@ def convert(
                         )
         with run.stage(Stage.PUBLISH, PublishError):
             publish_started = time.perf_counter()
-            for file in source.files_to_copy:
-                shutil.copy2(file, work / file.name)
+            publish_companions(source.files_to_copy, work)
             manifest = Manifest(
                 onnxport_version=__version__,
                 created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -241,20 +241,34 @@ def input_example(directory: Path, model_path: Path) -> dict[str, np.ndarray]:
 def log_conversion(
     manifest: Manifest, directory: Path, *, registered_model_name: str | None = None
 ) -> None:
-    """Log a conversion to the active MLflow run: params, metrics, artifacts, the model."""
+    """Log a conversion to the active MLflow run: params, metrics, artifacts, and per
+    published variant the ONNX model (`onnx_<variant>`, token ids in, logits out) and, when
+    the task answers text, the text model (`text_<variant>`, what `onnxport serve` and
+    `mlflow models serve` answer texts with).
+
+    `registered_model_name` registers the fp32 text model (the ONNX one when the conversion
+    cannot answer text), its version tagged with the conversion's `conv_fp`, variant and
+    lineage (the training run among it)."""
     quiet_mlflow()
     import mlflow
     import mlflow.onnx
     import onnx
+    import onnxruntime
+
+    from onnxport.artifact.reader import PublishedDirectory
+    from onnxport.serving.package import log_text_model, unservable_reason
 
     mlflow.log_params({k: v for k, v in _params(manifest).items() if v is not None})
     mlflow.log_metrics(_metrics(manifest))
     for name in (MANIFEST_FILENAME, REPORT_FILENAME):
         if (directory / name).is_file():
             mlflow.log_artifact(str(directory / name))
-    import onnxruntime
-
+    published = PublishedDirectory.open(directory)
+    unservable = unservable_reason(published)
+    if unservable is not None:
+        logger.info("no text model logged: %s", unservable)
     for out in manifest.published_outputs():
+        registered = registered_model_name if out.variant == "fp32" else None
         model_path = directory / out.file
         model = onnx.load(str(model_path))
         mlflow.onnx.log_model(
@@ -266,8 +280,13 @@ def log_conversion(
                 f"onnx=={onnx.__version__}",
                 f"onnxruntime=={onnxruntime.__version__}",
             ],
-            registered_model_name=registered_model_name if out.variant == "fp32" else None,
+            registered_model_name=registered if unservable is not None else None,
         )
+        if unservable is None:
+            tags = {"onnxport.variant": out.variant, **lineage_tags(manifest.lineage)}
+            if manifest.conv_fp:
+                tags["onnxport.conv_fp"] = manifest.conv_fp
+            log_text_model(published, out.variant, registered_model_name=registered, tags=tags)
 
 
 def benchmark_metrics(result: BenchmarkRecord) -> dict[str, float]:
