@@ -14,7 +14,7 @@ export DO_NOT_TRACK := true
 # process-heavy tests (faults, concurrency) do not compete with each other for the cores.
 PYTEST := $(PY) -m pytest -n 2 --dist loadgroup
 
-.PHONY: install demo test test-fast test-faults coverage lint format clean
+.PHONY: install install-bench demo test test-fast test-faults coverage lint format clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet $(PIP_ARGS) -c constraints.txt -e '.[dev,azureml]'
 	touch $(STAMP)
+
+# The load generator of benchmarks/serve_load.py (locust, the `bench` extra), pinned.
+install-bench: $(STAMP)
+	$(PY) -m pip install --quiet $(PIP_ARGS) -c constraints.txt -e '.[bench]'
 
 demo: $(STAMP)
 	$(VENV)/bin/onnxport demo

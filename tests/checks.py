@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import site
+import sys
+import sysconfig
+import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
+from google.protobuf.message import Message
 
 from models import MODELS
 from onnxport import __version__
@@ -24,6 +30,46 @@ from onnxport.sources.huggingface import TEXT_EXAMPLE_SHAPE
 from onnxport.tasks import Modality
 
 FP32_ATOL = 1e-4
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _machine_directories() -> list[str]:
+    """Directories of this machine that a stack trace or source location would name."""
+    found = {
+        str(REPO),
+        sys.prefix,
+        sys.base_prefix,
+        sysconfig.get_paths()["purelib"],
+        *site.getsitepackages(),
+        str(Path.home()),
+        tempfile.gettempdir(),  # checkpoints and outputs of the tests live there
+    }
+    return sorted(d for d in found if len(Path(d).parts) > 1)
+
+
+def machine_traces(model_file: Path) -> list[str]:
+    """Every doc string and metadata value anywhere in the model (nodes, subgraphs,
+    functions, values, graph, model) that names a directory of this machine or quotes a
+    Python stack trace, as `where: text`; empty for a model that leaks none."""
+    directories = _machine_directories()
+    found: list[str] = []
+
+    def visit(message: Message, where: str) -> None:
+        texts = [("doc_string", getattr(message, "doc_string", ""))]
+        texts += [(p.key, p.value) for p in getattr(message, "metadata_props", ())]
+        for key, text in texts:
+            if 'File "' in text or any(d in text for d in directories):
+                found.append(f"{where}.{key}: {text[:120]}")
+        for field, value in message.ListFields():
+            if field.message_type is None:
+                continue
+            if not field.is_repeated:
+                visit(value, f"{where}.{field.name}")
+            for i, item in enumerate(value if field.is_repeated else ()):
+                visit(item, f"{where}.{field.name}[{i}]")
+
+    visit(onnx.load(str(model_file), load_external_data=False), model_file.name)
+    return found
 
 
 def check_published(directory: Path, manifest: Manifest, name: str, checkpoint: Path) -> None:
@@ -72,6 +118,8 @@ def check_published(directory: Path, manifest: Manifest, name: str, checkpoint: 
     assert (directory / "config.json").read_bytes() == (checkpoint / "config.json").read_bytes()
     assert verify_directory(directory) == []
     assert read_manifest(directory) == manifest
+    for out in manifest.published_outputs():
+        assert machine_traces(directory / out.file) == [], out.file
     assert [p.name for p in directory.parent.iterdir() if p.name.startswith(".")] == []
 
 

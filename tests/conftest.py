@@ -237,6 +237,20 @@ def trained_tagger(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_once(tmp_path_factory, "trained-tagger", _keeping_threads(train))
 
 
+@pytest.fixture(scope="session")
+def demo_model(trained_tagger, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The trained tagger and its conversion with an int8 variant (TorchScript exporter),
+    converted once for every worker (predict, serving). Shared: copy before damaging."""
+    config = ConversionConfig().with_overrides(
+        onnx={"exporter": "torchscript", "quantization": "int8"}
+    )
+
+    def build(directory: Path) -> None:
+        convert(ConversionRequest(trained_tagger, directory / "onnx", config=config))
+
+    return trained_tagger, build_once(tmp_path_factory, "demo-model", build) / "onnx"
+
+
 def _keeping_threads(build: Callable[[Path], object]) -> Callable[[Path], object]:
     """Training runs single-threaded and sets torch's thread count; put it back after."""
     import torch

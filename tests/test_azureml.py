@@ -54,10 +54,9 @@ from onnxport.azureml.service import validate_conversion_job, wait_for_jobs
 from onnxport.commands.azureml import read_training_job_names
 from onnxport.errors import AzureMLError, ConfigError
 from onnxport.execution import LINEAGE_ENV
-from onnxport.execution.runner import _parse
+from onnxport.execution.child import parse_arguments
 from onnxport.request.config import ConversionConfig, load_conversion_config
 from onnxport.request.fingerprints import conversion_fingerprint
-from onnxport.tracking import lineage_tags
 from orchestration_support import root_with_store
 
 SPEC_FP = "abc123"
@@ -94,7 +93,7 @@ def _child_arguments(job, **paths: str):
         command = command.replace("${{" + binding.replace("__", ".") + "}}", path)
     words = shlex.split(command)
     assert words[:3] == ["python", "-m", "onnxport.execution"]
-    return _parse(words[3:])
+    return parse_arguments(words[3:])
 
 
 # ---------------------------------------------------------------- the training job's output
@@ -201,7 +200,13 @@ def test_the_job_carries_the_lineage_of_a_local_conversion(make_job) -> None:
         "conv_fp": conv_fp,
     }
     assert job.tags == {
-        **lineage_tags(lineage),
+        "code.lineage.parent_training_job": "train-1",
+        "code.lineage.parent_training_run_id": "train-1",
+        "code.lineage.platform": "azureml",
+        "code.lineage.backbone": "distilbert-base-uncased",
+        "code.lineage.parent_spec_fp": SPEC_FP,
+        "code.lineage.parent_exec_fp": EXEC_FP,
+        "code.lineage.conv_fp": conv_fp,
         "onnxport.version": __version__,
         "onnxport.conv_fp": conv_fp,
         "onnxport.quantization": "none",

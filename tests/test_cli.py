@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from checks import check_agrees_on_a_new_shape, check_published
+from checks import check_agrees_on_a_new_shape, check_published, machine_traces
 from models import CORE_MODELS, edit_config_json, make_pickle_checkpoint
 from onnxport.artifact.manifest import MANIFEST_FILENAME, read_manifest, verify_directory
 
@@ -138,6 +138,8 @@ def test_convert_quantize_int8_publishes_a_validated_int8_model(flagged, source)
     assert int8.validation.passed and int8.smoke_test.passed
     assert [p.name for p in int8.passes] == ["quantize-int8"]
     assert verify_directory(output) == []
+    for out in manifest.published_outputs():  # TorchScript, optimized by ONNX Runtime, int8
+        assert machine_traces(output / out.file) == [], out.file
     model = onnx.load(str(output / int8.file))
     eight_bit = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
     assert any(i.data_type in eight_bit for i in model.graph.initializer)

@@ -61,6 +61,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert config.onnx.exporter is Exporter.AUTO
     assert config.onnx.run_smoke_test is True
     assert config.output.filename("fp32") == "model_fp32.onnx"
+    assert config.output.keep_debug_metadata is False
     assert config.validation.shapes is None
     assert config.validation.min_task_agreement == 0.99
     assert config.source.allow_pickle is False
@@ -88,6 +89,13 @@ def test_design_minimal_example_loads_from_its_directory(tmp_path: Path) -> None
     assert config.onnx.opset_version == 17
     assert config.onnx.run_smoke_test is False
     assert config.output.filename("int8") == "resume_ner_int8.onnx"
+
+
+def test_keep_debug_metadata_is_read_from_yaml(tmp_path: Path) -> None:
+    config = load_conversion_config(_write(tmp_path, "output: {keep_debug_metadata: true}\n"))
+    assert config.output.keep_debug_metadata is True
+    message = _refused(tmp_path, "output: {keep_debug_metadata: sometimes}\n")
+    assert "output.keep_debug_metadata: Input should be a valid boolean" in message
 
 
 def test_strings_become_enums(tmp_path: Path) -> None:

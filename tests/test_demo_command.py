@@ -24,6 +24,21 @@ def test_demo_tells_the_whole_story_and_reuses_it(cli, demo_cache, tmp_path) -> 
     root = tmp_path / "demo"
     run = cli("demo", "--root", root, "--cache-dir", demo_cache)
     assert run.code == 0, run.stderr
+    # Progress from the child's events, the lines `onnxport convert` prints; its log lines
+    # (`12:00:00 INFO onnxport.pipeline: ...`) only with -v.
+    conversion = run.stderr.split("2/4", 1)[1].split("3/4", 1)[0].splitlines()
+    progress = [line.strip() for line in conversion if line.strip()[:1] in "…✓✗"]
+    assert [line.split(" ", 1)[1] for line in progress if line.startswith("…")] == [
+        "load source",
+        "export to ONNX",
+        "optimize",
+        "validate against PyTorch",
+        "quantize and validate the variant",
+        "smoke test",
+        "publish",
+    ]
+    assert len([line for line in progress if line.startswith("✓")]) == 7, progress
+    assert not any(re.match(r"\s*\d\d:\d\d:\d\d INFO ", line) for line in conversion)
     report = re.search(r"report:\s+(\S+report\.html)", run.stdout)
     assert report, run.stdout
     output = Path(report.group(1)).parent
@@ -47,4 +62,5 @@ def test_demo_tells_the_whole_story_and_reuses_it(cli, demo_cache, tmp_path) -> 
     again = cli("demo", "--root", root, "--cache-dir", demo_cache)
     assert again.code == 0, again.stderr
     assert "reusing the recorded benchmark" in again.stderr
+    assert "… load source" not in again.stderr  # reused: no child, no progress
     assert read_manifest(output).created_at == manifest.created_at, "the conversion was redone"

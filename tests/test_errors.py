@@ -21,6 +21,7 @@ from onnxport.errors import (
     OutputError,
     PredictError,
     ReportError,
+    ServeError,
     SourceError,
     TextTooLongError,
     error_from_dict,
@@ -37,6 +38,7 @@ BAD_INPUT = {
     ReportError,
     PredictError,
     TextTooLongError,
+    ServeError,
 }
 
 
@@ -118,6 +120,9 @@ def test_unknown_type_from_a_child_becomes_an_internal_error() -> None:
 def test_one_line_quotes_a_library_error_on_one_short_line() -> None:
     error = ValueError("shape mismatch:\n  expected [2, 8]\n\tgot [2, 9]")
     assert one_line(error) == "shape mismatch: expected [2, 8] got [2, 9]"
-    assert one_line(error, 14) == "shape mismatch"
+    assert one_line(error, 15) == "shape mismatch…", "a cut message says so, within the limit"
+    assert one_line(error, limit=None) == one_line(error)
+    assert one_line("x" * 400, limit=None) == "x" * 400
+    assert one_line("\x1b[1m\x1b[31mError:\x1b[0m no kernel") == "Error: no kernel"
     assert one_line(KeyError()) == "KeyError", "an empty message names the exception's type"
     assert one_line("  two\nlines ") == "two lines"

@@ -1,13 +1,15 @@
-"""The isolated conversion process: its command line, and the parent-side runner.
+"""The isolated conversion process: its command line, its channel, and the parent-side runner.
 
-The runner's protocol (result file, typed errors, signals, timeout, streamed lines) is tested
-against a stand-in child, a small shell script put in place of the Python interpreter, so
-these tests take milliseconds. One slow test runs the real `python -m onnxport.execution`.
+The runner's protocol (progress events, forwarded log records, the outcome with typed errors,
+signals, timeout, streamed lines) is tested against a stand-in child, a small shell script
+put in place of the Python interpreter that writes to the channel as the real child does, so
+these tests take milliseconds. Two slow tests run the real `python -m onnxport.execution`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -24,48 +26,68 @@ from onnxport.errors import (
     ValidationError,
 )
 from onnxport.execution import ChildArguments, run_child
-from onnxport.execution.runner import RESULT_ENV, _parse
+from onnxport.execution.child import parse_arguments
+from onnxport.execution.protocol import RESULT_ENV, Outcome, decode, encode
+from onnxport.progress import Stage, StageEvent, Status
 
 FAKE_CHILD = r"""#!/bin/bash
 # Stands in for `python -m onnxport.execution ...`; behaves as $FAKE_MODE says.
-result="$ONNXPORT_RESULT_FILE"
+send() { printf '%s\n' "$1" >&"$ONNXPORT_EVENTS_FD"; }
+event() {  # STAGE STATUS [SECONDS]
+  local body='{"stage": "%s", "status": "%s", "seconds": %s, "detail": null}'
+  send "{\"kind\": \"progress\", \"event\": $(printf "$body" "$1" "$2" "${3:-null}")}"
+}
+outcome() { send "{\"kind\": \"outcome\", \"outcome\": $1}"; }
+failure() {  # TYPE MESSAGE HINT-AS-JSON
+  outcome "{\"ok\": false, \"error\": {\"type\": \"$1\", \"message\": \"$2\", \"hint\": $3}}"
+}
 case "$FAKE_MODE" in
   ok)
-    echo "stage load started"
+    event load start
     echo "args: $*"
     echo "env: run=$MLFLOW_RUN_ID telemetry=$MLFLOW_DISABLE_TELEMETRY"
+    send '{"kind": "log", "name": "onnxport.pipeline", "level": 30, "message": "slow 100%"}'
     sleep 0.5
-    printf '{"ok": true, "manifest": "/out/manifest.json", "peak_rss_mb": 12.5}' > "$result"
+    event load done 0.5
+    outcome '{"ok": true, "manifest": "/out/manifest.json"}'
     ;;
   streamed)
     echo "first"
-    # Wait (at most 30 s) for the parent to have handled "first" while this child still runs.
-    for _ in $(seq 300); do [ -e "$SEEN_FIRST" ] && break; sleep 0.1; done
+    event load start
+    # Wait (at most 30 s) for the parent to have handled "first" and the event while this
+    # child still runs.
+    for _ in $(seq 300); do [ -e "$SEEN_FIRST" ] && [ -e "$SEEN_EVENT" ] && break; sleep 0.1; done
     if [ -e "$SEEN_FIRST" ]; then echo "second"; else echo "first was not streamed"; fi
-    printf '{"ok": true, "manifest": "/out/manifest.json"}' > "$result"
+    if [ -e "$SEEN_EVENT" ]; then event load done 0.1; else event export start; fi
+    outcome '{"ok": true, "manifest": "/out/manifest.json"}'
     ;;
   validation-error)
+    event load start
+    event load done 1.5
+    event validate start
     echo "the child logs its error"
-    printf '{"ok": false, "error": {"type": "ValidationError", ' > "$result"
-    printf '"message": "logits differ by 3.0", "hint": "try torchscript"}}' >> "$result"
+    event validate failed 0.25
+    failure ValidationError "logits differ by 3.0" '"try torchscript"'
     exit 1
     ;;
   unknown-error)
-    printf '{"ok": false, "error": {"type": "NoSuchError", ' > "$result"
-    printf '"message": "odd", "hint": null}}' >> "$result"
+    failure NoSuchError odd null
     exit 1
     ;;
   stderr-only)
     echo "SourceError: this looks like an error but is only text" >&2
+    echo '{"kind": "outcome", "outcome": {"ok": true, "manifest": "/printed/manifest.json"}}'
     exit 3
     ;;
   garbage)
-    printf '{"ok": tr' > "$result"
+    send '{"kind": "outcome", "outcome": {"ok": tr'
     exit 1
     ;;
-  sigkill) echo "about to die"; kill -KILL $$ ;;
+  silent) event load start; exit 0 ;;
+  sigkill) event load start; echo "about to die"; kill -KILL $$ ;;
   sigterm) kill -TERM $$ ;;
   hang)
+    event load start
     sleep 300 &
     echo "grandchild $!"
     wait
@@ -74,24 +96,32 @@ esac
 """
 
 
+class FakeRun:
+    """Runs the stand-in child in a mode; keeps the lines and events it handed on."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.events: list[StageEvent] = []
+
+    def __call__(self, mode: str, *, env=None, **kwargs):
+        kwargs.setdefault("timeout_seconds", 30)
+        kwargs.setdefault("on_line", self.lines.append)
+        kwargs.setdefault("on_event", self.events.append)
+        return run_child(ARGS, env={"FAKE_MODE": mode, **(env or {})}, **kwargs)
+
+
 @pytest.fixture
-def fake_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Make run_child start the stand-in script; return a runner for a given mode."""
+def fake_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeRun:
+    """Make run_child start the stand-in script."""
     script = tmp_path / "fake-python"
     script.write_text(FAKE_CHILD)
     script.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(script))
+    return FakeRun()
 
-    def run(mode: str, *, on_line=None, env=None, **kwargs):
-        lines: list[str] = []
-        kwargs.setdefault("timeout_seconds", 30)
-        kwargs.setdefault("result_file", tmp_path / "result.json")
-        result = run_child(
-            ARGS, env={"FAKE_MODE": mode, **(env or {})}, on_line=on_line or lines.append, **kwargs
-        )
-        return result, lines
 
-    return run
+def _events(*pairs: tuple[str, str, float | None]) -> list[StageEvent]:
+    return [StageEvent(Stage(stage), Status(status), seconds) for stage, status, seconds in pairs]
 
 
 def _grandchild_pid(lines: list[str]) -> int:
@@ -148,7 +178,7 @@ def test_child_command_line_names_the_documented_flags() -> None:
 
 
 def test_child_command_line_round_trips_through_the_child_parser() -> None:
-    parsed = _parse(ARGS.argv())
+    parsed = parse_arguments(ARGS.argv())
     assert parsed.checkpoint_path == ARGS.checkpoint_path
     assert parsed.config_dir == ARGS.config_dir
     assert parsed.backbone == ARGS.backbone
@@ -168,38 +198,131 @@ def test_optional_flags_are_left_out_when_off() -> None:
     assert "--conv-fp" not in argv
 
 
+# ----------------------------------------------------------------------------- the channel
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        StageEvent(Stage.EXPORT, Status.START),
+        StageEvent(Stage.VALIDATE, Status.FAILED, 0.25, "fp32"),
+        Outcome(manifest=Path("/out/manifest.json"), peak_rss_mb=812.5),
+        Outcome(error=ValidationError("logits differ", hint="try torchscript").to_dict()),
+    ],
+)
+def test_a_message_reads_back_as_it_was_written(message) -> None:
+    line = encode(message)
+    assert "\n" not in line
+    assert decode(line) == message
+
+
+def test_a_log_record_reads_back_with_its_name_level_and_traceback() -> None:
+    try:
+        raise KeyError("weights")
+    except KeyError:
+        record = logging.LogRecord(
+            "onnxport.pipeline", logging.ERROR, __file__, 1, "%s at 100%%", ("failed",), None
+        )
+        record.exc_info = sys.exc_info()
+    decoded = decode(encode(record))
+    assert isinstance(decoded, logging.LogRecord)
+    assert (decoded.name, decoded.levelno, decoded.levelname) == (
+        "onnxport.pipeline",
+        logging.ERROR,
+        "ERROR",
+    )
+    first, *rest = decoded.getMessage().splitlines()
+    assert first == "failed at 100%"
+    assert rest[0] == "Traceback (most recent call last):"
+    assert rest[-1] == "KeyError: 'weights'"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"kind": "outcome", "outcome": {"ok": tr',
+        '{"kind": "outcome", "outcome": {"ok": false}}',
+        '{"kind": "progress", "event": {"stage": "no-such-stage", "status": "start"}}',
+        '{"kind": "gossip"}',
+        "[]",
+        "stage export done in 3.2 s",
+    ],
+)
+def test_anything_else_on_the_channel_is_refused(line: str) -> None:
+    with pytest.raises(ValueError, match="not a message of the conversion process"):
+        decode(line)
+
+
 # ------------------------------------------------------------------------------ the runner
 
 
-def test_success_returns_the_childs_result(fake_child, tmp_path: Path) -> None:
-    result, lines = fake_child("ok", env={"MLFLOW_RUN_ID": "run-123"})
+def test_success_returns_the_childs_result(fake_child: FakeRun) -> None:
+    result = fake_child("ok", env={"MLFLOW_RUN_ID": "run-123"})
     assert result.manifest_path == Path("/out/manifest.json")
     assert result.seconds >= 0.5
     assert result.peak_rss_mb > 0
-    assert lines[0] == "stage load started"
-    assert lines[1] == "args: -m onnxport.execution " + " ".join(ARGS.argv())
-    assert lines[2] == "env: run=run-123 telemetry=true"
+    assert fake_child.lines == [
+        "args: -m onnxport.execution " + " ".join(ARGS.argv()),
+        "env: run=run-123 telemetry=true",
+    ]
+    assert fake_child.events == _events(("load", "start", None), ("load", "done", 0.5))
 
 
-def test_child_lines_are_streamed_as_they_come(fake_child, tmp_path: Path) -> None:
-    """The child prints "second" only once the parent has handled "first"."""
-    seen_first = tmp_path / "seen-first"
-    lines: list[str] = []
+def test_a_childs_warning_reaches_the_parents_logging_under_its_name(
+    fake_child: FakeRun, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="onnxport.pipeline"):
+        fake_child("ok")
+    (record,) = [r for r in caplog.records if r.name == "onnxport.pipeline"]
+    assert (record.levelno, record.getMessage()) == (logging.WARNING, "slow 100%")
+    assert not any("slow" in line for line in fake_child.lines)
+
+
+def test_events_default_to_the_parents_log(
+    fake_child: FakeRun, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="onnxport.execution"):
+        fake_child("ok", on_event=None)
+    assert "stage load started" in caplog.messages
+    assert "stage load done in 0.5 s" in caplog.messages
+
+
+def test_child_lines_and_events_are_streamed_as_they_come(fake_child, tmp_path: Path) -> None:
+    """The child prints "second" and ends its stage only once the parent has handled
+    "first" and the stage's start."""
+    seen_first, seen_event = tmp_path / "seen-first", tmp_path / "seen-event"
 
     def on_line(line: str) -> None:
-        lines.append(line)
+        fake_child.lines.append(line)
         if line == "first":
             seen_first.touch()
 
-    fake_child("streamed", on_line=on_line, env={"SEEN_FIRST": str(seen_first)})
-    assert lines == ["first", "second"]
+    def on_event(event: StageEvent) -> None:
+        fake_child.events.append(event)
+        seen_event.touch()
+
+    fake_child(
+        "streamed",
+        on_line=on_line,
+        on_event=on_event,
+        env={"SEEN_FIRST": str(seen_first), "SEEN_EVENT": str(seen_event)},
+    )
+    assert fake_child.lines == ["first", "second"]
+    assert fake_child.events == _events(("load", "start", None), ("load", "done", 0.1))
 
 
-def test_a_childs_typed_error_is_raised_as_the_same_type(fake_child) -> None:
+def test_a_childs_typed_error_is_raised_as_the_same_type_after_its_events(fake_child) -> None:
     with pytest.raises(ValidationError) as raised:
         fake_child("validation-error")
     assert raised.value.message == "logits differ by 3.0"
     assert raised.value.hint == "try torchscript"
+    assert fake_child.events == _events(
+        ("load", "start", None),
+        ("load", "done", 1.5),
+        ("validate", "start", None),
+        ("validate", "failed", 0.25),
+    )
+    assert fake_child.lines == ["the child logs its error"]
 
 
 def test_an_unknown_error_type_becomes_an_internal_error(fake_child) -> None:
@@ -207,24 +330,26 @@ def test_an_unknown_error_type_becomes_an_internal_error(fake_child) -> None:
         fake_child("unknown-error")
 
 
-def test_stderr_text_is_not_mistaken_for_a_result(fake_child) -> None:
-    """The error comes from the result file, never from grepping the child's output."""
+def test_printed_text_is_not_mistaken_for_a_result(fake_child) -> None:
+    """The outcome comes from the channel, never from the child's output: not an error
+    printed on stderr, not a result printed on stdout."""
     with pytest.raises(ExecutionError) as raised:
         fake_child("stderr-only")
     assert not isinstance(raised.value, SourceError)
     assert "exited with code 3 without a result" in str(raised.value)
+    assert len(fake_child.lines) == 2
 
 
-def test_a_damaged_result_file_is_not_trusted(fake_child) -> None:
+def test_a_damaged_message_is_not_trusted(fake_child, caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(ExecutionError, match="code 1"):
         fake_child("garbage")
+    assert any("not a message of the conversion process" in m for m in caplog.messages)
 
 
-def test_a_stale_result_file_from_an_earlier_run_is_ignored(fake_child, tmp_path: Path) -> None:
-    stale = tmp_path / "result.json"
-    stale.write_text(json.dumps({"ok": True, "manifest": "/old/manifest.json"}))
-    with pytest.raises(ExecutionError, match="without a result"):
-        fake_child("stderr-only", result_file=stale)
+def test_a_child_that_exits_without_an_outcome_is_an_execution_error(fake_child) -> None:
+    with pytest.raises(ExecutionError, match="exited with code 0 without a result"):
+        fake_child("silent")
+    assert fake_child.events == _events(("load", "start", None))
 
 
 @pytest.mark.parametrize(("mode", "name"), [("sigkill", "SIGKILL"), ("sigterm", "SIGTERM")])
@@ -236,20 +361,21 @@ def test_a_child_killed_by_a_signal_is_an_execution_error_naming_it(
     assert name in str(raised.value)
     if name == "SIGKILL":
         assert "memory" in str(raised.value)  # the usual reason: the OOM killer
+        # What it sent before it died still arrives.
+        assert fake_child.events == _events(("load", "start", None))
 
 
 def test_timeout_stops_the_child_and_its_whole_process_group(fake_child) -> None:
-    seen: list[str] = []
     started = time.perf_counter()
     with pytest.raises(ExecutionError) as raised:
-        fake_child("hang", timeout_seconds=1.5, on_line=seen.append)
+        fake_child("hang", timeout_seconds=1.5)
     # Not stopped early; a loaded machine can only make this truer. Had the timeout not
     # fired, the child would have ended on its own after 300 s with no result instead.
     assert time.perf_counter() - started >= 1.5
     message = str(raised.value)
     assert "1.5 s" in message
     assert "timeout_seconds" in message
-    assert _gone(_grandchild_pid(seen)), "the child's own child outlived the timeout"
+    assert _gone(_grandchild_pid(fake_child.lines)), "the child's own child outlived the timeout"
 
 
 def test_an_interrupted_caller_kills_the_child_and_its_children(
@@ -258,37 +384,60 @@ def test_an_interrupted_caller_kills_the_child_and_its_children(
     """KeyboardInterrupt in the caller: the child does not live on as an orphan."""
     import onnxport.execution.runner as execution
 
-    seen: list[str] = []
     real_sleep = time.sleep
 
     def interrupting_sleep(seconds: float) -> None:
-        if any(line.startswith("grandchild") for line in seen):
+        if any(line.startswith("grandchild") for line in fake_child.lines):
             raise KeyboardInterrupt
         real_sleep(seconds)
 
     monkeypatch.setattr(execution.time, "sleep", interrupting_sleep)
     with pytest.raises(KeyboardInterrupt):
-        fake_child("hang", timeout_seconds=60, on_line=seen.append)
-    assert _gone(_grandchild_pid(seen))
+        fake_child("hang", timeout_seconds=60)
+    assert _gone(_grandchild_pid(fake_child.lines))
+
+
+def test_a_callback_that_raises_stops_the_child_and_its_error_reaches_the_caller(
+    fake_child,
+) -> None:
+    """As in a conversion in this process, where a progress callback's error ends it."""
+
+    class PrinterBroke(Exception):
+        pass
+
+    def on_event(event: StageEvent) -> None:
+        raise PrinterBroke(event.stage.value)
+
+    # Had the child not been stopped, this would end after 60 s in the timeout's error.
+    with pytest.raises(PrinterBroke, match="load"):
+        fake_child("hang", timeout_seconds=60, on_event=on_event)
+    assert [p for p in psutil.Process().children() if "onnxport.execution" in p.cmdline()] == []
 
 
 # --------------------------------------------------------------------------- the real child
 
 
-@pytest.mark.slow
-def test_real_child_writes_a_typed_error_as_data(tmp_path: Path) -> None:
-    """`python -m onnxport.execution` on a missing checkpoint: exit 2, a SourceError result."""
+def _missing_checkpoint(tmp_path: Path) -> ChildArguments:
     config_dir = tmp_path / "config"
     config_dir.mkdir()
     (config_dir / "conversion.yaml").write_text("onnx: {opset_version: 18}\n")
-    result_file = tmp_path / "result.json"
-    args = ChildArguments(
+    return ChildArguments(
         checkpoint_path=tmp_path / "no-such-checkpoint",
         config_dir=config_dir,
         backbone="bert",
         output_dir=tmp_path / "out",
         opset_version=18,
     )
+
+
+@pytest.mark.slow
+def test_real_child_on_its_own_logs_its_events_and_writes_its_error_as_data(
+    tmp_path: Path,
+) -> None:
+    """`python -m onnxport.execution` without a parent, as Azure ML runs it, on a missing
+    checkpoint: exit 2, a SourceError in the result file, its stages and error in its log."""
+    args = _missing_checkpoint(tmp_path)
+    result_file = tmp_path / "result.json"
     completed = subprocess.run(
         [sys.executable, "-m", "onnxport.execution", *args.argv()],
         env={**os.environ, RESULT_ENV: str(result_file), "MLFLOW_RUN_ID": ""},
@@ -301,5 +450,30 @@ def test_real_child_writes_a_typed_error_as_data(tmp_path: Path) -> None:
     assert payload["ok"] is False
     assert payload["error"]["type"] == "SourceError"
     assert "no-such-checkpoint" in payload["error"]["message"]
+    log = completed.stderr.splitlines()
+    assert any(line.endswith("INFO onnxport.execution: stage load started") for line in log)
+    assert any(" INFO onnxport.execution: stage load failed in " in line for line in log)
+    assert any(
+        " ERROR onnxport.execution: " in line and "no-such-checkpoint" in line for line in log
+    )
     assert "Traceback" not in completed.stdout + completed.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_real_child_under_run_child_sends_its_events_and_its_typed_error(
+    tmp_path: Path,
+) -> None:
+    args = _missing_checkpoint(tmp_path)
+    events: list[StageEvent] = []
+    lines: list[str] = []
+    with pytest.raises(SourceError, match="no-such-checkpoint"):
+        run_child(args, timeout_seconds=300, on_event=events.append, on_line=lines.append)
+    assert [(e.stage, e.status) for e in events] == [
+        (Stage.LOAD, Status.START),
+        (Stage.LOAD, Status.FAILED),
+    ]
+    assert events[1].seconds is not None and events[1].seconds >= 0
+    # Said once, by the error the parent raises: not in the child's lines too.
+    assert not any("no-such-checkpoint" in line for line in lines), lines
     assert not (tmp_path / "out").exists()

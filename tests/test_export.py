@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from checks import machine_traces
 from models import NUM_LABELS
 from onnxport.errors import EXIT_BAD_INPUT, ConfigError, ExportError
 from onnxport.export import export_to_onnx
@@ -175,6 +176,7 @@ def test_each_strategy_exports_a_checked_model_with_named_dynamic_axes(
         "attention_mask": ["batch", "sequence"],
     }
     assert _dims(model.graph.output) == {"logits": ["batch", "sequence", NUM_LABELS]}
+    assert machine_traces(result.path) == [], "stack traces hold this machine's paths"
     _agrees_with_pytorch(result.path, source("distilbert-token"), 1, 29)
     _agrees_with_pytorch(result.path, source("distilbert-token"), 4, 64)
 

@@ -17,7 +17,7 @@ import onnx
 import pytest
 from onnx.external_data_helper import uses_external_data
 
-from checks import check_agrees_on_a_new_shape
+from checks import check_agrees_on_a_new_shape, machine_traces
 from onnxport.artifact.manifest import read_manifest, verify_directory
 from onnxport.errors import ConfigError
 from onnxport.export.external_data import EXTERNAL_DATA_THRESHOLD_BYTES, wants_external_data
@@ -112,6 +112,18 @@ def test_weights_go_to_a_data_file_that_the_manifest_guards(converted) -> None:
     # What the variant weighs, in tables, the report and MLflow: both files.
     files = (two / fp32.file, two / fp32.data_file)
     assert fp32.total_size_bytes == sum(f.stat().st_size for f in files)
+
+
+@pytest.mark.slow
+def test_no_model_carries_a_path_of_this_machine_and_debug_metadata_stays(converted) -> None:
+    """The exporter's stack traces were stripped before the weights came inline or went
+    out; the node metadata the divergence search reads is left, in every variant."""
+    for directory in converted:
+        for out in read_manifest(directory).published_outputs():
+            assert machine_traces(directory / out.file) == [], (directory.name, out.file)
+            model = onnx.load(str(directory / out.file), load_external_data=False)
+            keys = {p.key for n in model.graph.node for p in n.metadata_props}
+            assert {"pkg.torch.onnx.fx_node", "pkg.torch.onnx.name_scopes"} <= keys, out.file
 
 
 @pytest.mark.slow

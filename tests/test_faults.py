@@ -34,6 +34,7 @@ import pytest
 from onnxport.artifact.manifest import verify_directory
 from onnxport.artifact.publish import OLD_MARKER, Staging, remove_stale_partials
 from onnxport.errors import ExecutionError, ExportError, PublishError
+from onnxport.progress import Stage, StageEvent, Status
 from orchestration_support import CONVERSION_YAML, root_with_store, write_config_dir
 from test_bad_inputs import leftovers, snapshot
 from test_orchestration import CONVERSION_TIMEOUT, Project, conversion_children, make_project
@@ -127,7 +128,7 @@ def test_replacing_an_output_never_leaves_the_final_name_missing(copy_output) ->
 STOP_AT_ENV = "ONNXPORT_TEST_STOP_AT"
 STOPPED = re.compile(r"stopped at (\w+), pid (\d+)")
 CHILD_THAT_STOPS = f"""
-import logging, os, runpy, signal
+import os, runpy, signal
 
 STAGE = os.environ.pop({STOP_AT_ENV!r})
 
@@ -137,20 +138,24 @@ def stop():
     os.kill(os.getpid(), signal.SIGSTOP)
 
 
-class StopAtStage(logging.Handler):
-    def emit(self, record):
-        if record.getMessage() == f"stage {{STAGE}} started":
-            stop()
-
-
 if STAGE == "startup":
     stop()
-logging.getLogger("onnxport.execution").addHandler(StopAtStage())
+else:
+    from onnxport.execution.protocol import ParentChannel
+
+    send = ParentChannel.send
+
+    def send_then_stop(channel, message):
+        send(channel, message)
+        if getattr(message, "stage", None) == STAGE and message.status == "start":
+            stop()
+
+    ParentChannel.send = send_then_stop
 runpy.run_module("onnxport.execution", run_name="__main__", alter_sys=True)
 """
 """`python -m onnxport.execution`, but it stops itself (SIGSTOP) where $ONNXPORT_TEST_STOP_AT
-says: `startup`, before its imports, or as that stage starts, before any of its work (this
-handler runs before the one that prints the stage's line)."""
+says: `startup`, before its imports, or as that stage starts, once it has sent the stage's
+start to its parent and before any of the stage's work."""
 
 
 @contextlib.contextmanager
@@ -174,18 +179,15 @@ def _children_that_stop(where: dict[str, str]) -> Iterator[None]:
         onnxport.execution.runner.subprocess.Popen = real
 
 
-def _stage_reached(lines: list[str]) -> str:
-    """The last stage the child began (`done` once it published), from its own lines: each
-    one is flushed before the child goes on, so they tell where it was when it died."""
+def _stage_reached(events: list[StageEvent]) -> str:
+    """The last stage the child began (`done` once it published), from the events it sent:
+    each is written to the channel before the child goes on, and what a killed child wrote
+    still arrives, so they tell where it was when it died."""
     reached = "startup"
-    for line in lines:
-        stopped = STOPPED.fullmatch(line)
-        if stopped:
-            reached = stopped.group(1)
-        for stage in STAGES:
-            if line.endswith(f"stage {stage} started"):
-                reached = stage
-        if "stage publish done" in line:
+    for event in events:
+        if event.status is Status.START:
+            reached = event.stage.value
+        elif (event.stage, event.status) == (Stage.PUBLISH, Status.DONE):
             reached = "done"
     return reached
 
@@ -209,16 +211,15 @@ class Killer:
     """SIGKILLs the conversion child once it has stopped itself at `stage`: there (`delay`
     None), or `delay` seconds after letting it go on, wherever that falls. It asserts
     nothing: this runs in the parent's reader thread, where a failure would leave the child
-    stopped; `_stage_reached` tells afterwards where the child was."""
+    stopped; `_stage_reached` tells afterwards, from the events, where the child was."""
 
     def __init__(self, stage: str, delay: float | None) -> None:
         self.stage = stage
         self.delay = delay
-        self.lines: list[str] = []
+        self.events: list[StageEvent] = []
         self._timer: threading.Timer | None = None
 
     def on_line(self, line: str) -> None:
-        self.lines.append(line)
         stopped = STOPPED.fullmatch(line)
         if stopped is None:
             return
@@ -255,14 +256,16 @@ class Trial:
 
     def run(self) -> Trial:
         try:
-            self.target.project.call(force=True, on_log_line=self.killer.on_line)
+            self.target.project.call(
+                force=True, on_log_line=self.killer.on_line, on_progress=self.killer.events.append
+            )
             self.outcome = "completed"
         except ExecutionError as e:
             assert "SIGKILL" in str(e), e
             self.outcome = "killed"
         finally:
             self.killer.wait()
-        self.reached = _stage_reached(self.killer.lines)
+        self.reached = _stage_reached(self.killer.events)
         return self
 
     def __str__(self) -> str:

@@ -1,6 +1,6 @@
 """The layout is the pipeline: every module sits in a ring and imports only from its own ring
 or the rings below it, no two modules import each other (function-level imports included),
-and what serves a published model (`artifact/`, `predict/`) never loads torch."""
+and what serves a published model (`artifact/`, `predict/`, `serving/`) never loads torch."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ RINGS = {
     # Tools on top of the pipeline (rings 0-2); the demo runs `execute_conversion` (ring 3).
     "benchmark": 2,
     "predict": 2,
+    "serving": 2,
     "coverage": 2,
     "tracking": 3,
     "execution": 3,
@@ -42,7 +43,7 @@ RINGS = {
     "cli": 4,
     "commands": 4,
 }
-TORCH_FREE = ("artifact", "predict")
+TORCH_FREE = ("artifact", "predict", "serving")
 # Imported without torch: the passes and the gate run in a process torch never entered
 # when the export ran in a child (`onnxport.preparation`).
 TORCH_FREE_ENTRY_POINTS = ("onnxport.pipeline", "onnxport.passes.search", "onnxport.verify.gate")

@@ -116,6 +116,11 @@ def test_variant_localization_ranks_quantized_nodes(exported, source, tmp_path):
 def test_debug_command_compares_a_published_dynamo_export(cli, cli_converted):
     run, output = cli_converted("distilbert-token")
     assert run.code == 0
+    # Published without the exporter's stack traces, with the metadata that pairs values.
+    model = onnx.load(str(output / "model_fp32.onnx"))
+    keys = {p.key for n in model.graph.node for p in n.metadata_props}
+    assert "pkg.torch.onnx.stack_trace" not in keys
+    assert {"pkg.torch.onnx.fx_node", "pkg.torch.onnx.name_scopes"} <= keys
     debug = cli("debug", output, "--json")
     assert debug.code == 0, debug.stderr
     found = json.loads(debug.stdout)
@@ -138,15 +143,20 @@ def diverging_exporter(exported, monkeypatch: pytest.MonkeyPatch) -> None:
     the bias shifted: an exporter that gets one operation wrong, which no real exporter does
     on demand. The export itself is real: the session's, by `export_to_onnx` with dynamo."""
 
-    def export(source, output_path: Path, *, opset_version, exporter, external_data):
+    def export(
+        source, output_path: Path, *, opset_version, exporter, external_data, keep_debug_metadata
+    ):
         assert exporter is Exporter.AUTO, "not convert's default, which tries dynamo first"
+        assert not keep_debug_metadata, "convert strips the exporter's stack traces by default"
         assert source.architecture == "DistilBertForTokenClassification"
         result = exported("distilbert-token", Exporter.DYNAMO)
         assert result.record.exporter == "dynamo"
         shifted_copy(result.path, Path(output_path))
         return result.record
 
-    monkeypatch.setattr("onnxport.export.export_to_onnx", export)  # preparation imports it when it runs
+    monkeypatch.setattr(
+        "onnxport.export.export_to_onnx", export
+    )  # preparation imports it when it runs
 
 
 def _error_line(run) -> str:

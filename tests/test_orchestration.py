@@ -31,12 +31,14 @@ from onnxport.artifact.manifest import read_manifest, sha256_file, verify_direct
 from onnxport.errors import (
     ConfigError,
     ExecutionError,
+    ExportError,
     OnnxportError,
     SourceError,
     TrackingError,
 )
 from onnxport.execution import LINEAGE_ENV, REGISTERED_MODEL_ENV, ChildArguments, run_child
 from onnxport.orchestration import execute_conversion
+from onnxport.progress import Stage, StageEvent, Status
 from onnxport.request.config import ExperimentConfig, load_conversion_config
 from onnxport.request.fingerprints import conversion_fingerprint
 from onnxport.request.paths import conversion_output_dir
@@ -186,19 +188,33 @@ def conversion_children() -> list[psutil.Process]:
 
 
 class FakeChild:
-    """Stands in for `run_child`: records what it was given and fails like a killed child.
+    """Stands in for `run_child`: records what it was given, hands its callbacks `events`
+    and `lines`, and fails with `error` (by default as a killed child).
 
     The call is bound to `run_child`'s own signature, so a parameter renamed or added there
     breaks these tests instead of letting the stand-in accept what the real one refuses.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        events: tuple[StageEvent, ...] = (),
+        lines: tuple[str, ...] = (),
+        error: OnnxportError | None = None,
+    ) -> None:
         self.calls: list[dict[str, Any]] = []
+        self.events = events
+        self.lines = lines
+        self.error = error or ExecutionError("the conversion process was killed by SIGKILL")
 
     def __call__(self, *args: Any, **kwargs: Any):
         bound = inspect.signature(run_child).bind(*args, **kwargs)
         self.calls.append(dict(bound.arguments))
-        raise ExecutionError("the conversion process was killed by SIGKILL after 1 s")
+        on_event, on_line = bound.arguments.get("on_event"), bound.arguments.get("on_line")
+        for event in self.events if on_event else ():
+            on_event(event)
+        for line in self.lines if on_line else ():
+            on_line(line)
+        raise self.error
 
 
 # ------------------------------------------------------------------------------- fixtures
@@ -227,18 +243,18 @@ def test_the_stand_in_child_refuses_a_call_the_real_one_would_refuse(tmp_path: P
     child = FakeChild()
     arguments = ChildArguments(tmp_path / "ckpt", tmp_path / "config", "bert", tmp_path / "out", 18)
     for wrong in (
-        {"timeout": 5, "result_file": tmp_path / "result.json"},  # a misspelt keyword
-        {"result_file": tmp_path / "result.json"},  # a required keyword left out
-        {"timeout_seconds": 5, "result_file": tmp_path / "r.json", "cwd": tmp_path},
+        {"timeout": 5},  # a misspelt keyword
+        {},  # a required keyword left out
+        {"timeout_seconds": 5, "cwd": tmp_path},
+        {"timeout_seconds": 5, "result_file": tmp_path / "r.json"},  # the outcome is a message
+        {"timeout_seconds": 5, "on_progress": print},  # execute_conversion's name, not its own
     ):
         with pytest.raises(TypeError):
             child(arguments, **wrong)
     assert child.calls == []
     with pytest.raises(ExecutionError):
-        child(arguments, timeout_seconds=5, result_file=tmp_path / "result.json")
-    assert child.calls == [
-        {"arguments": arguments, "timeout_seconds": 5, "result_file": tmp_path / "result.json"}
-    ]
+        child(arguments, timeout_seconds=5, on_event=print)
+    assert child.calls == [{"arguments": arguments, "timeout_seconds": 5, "on_event": print}]
 
 
 # ------------------------------------------------------------- bad input: fails before a child
@@ -380,8 +396,15 @@ def test_the_child_continues_the_parents_run_which_ends_failed_when_the_child_fa
         conversion=CONVERSION_YAML + "execution:\n  timeout_seconds: 123\n",
     )
     experiment = {"registered_model_name": "tagger", "tags": {"team": "nlp"}, "other_key": 1}
+    events: list[StageEvent] = []
+    lines: list[str] = []
     with pytest.raises(ExecutionError, match="SIGKILL"):
-        project.call(experiment_config=experiment, parent_training_run_id="train-run-7")
+        project.call(
+            experiment_config=experiment,
+            parent_training_run_id="train-run-7",
+            on_progress=events.append,
+            on_log_line=lines.append,
+        )
 
     (call,) = fake_child.calls
     expected = project.expected_output_dir()
@@ -393,6 +416,8 @@ def test_the_child_continues_the_parents_run_which_ends_failed_when_the_child_fa
     assert arguments.conv_fp == expected.name.removeprefix("conv_")
     assert arguments.force  # a damaged or forced directory is replaced atomically
     assert call["timeout_seconds"] == 123
+    assert call["on_event"] == events.append
+    assert call["on_line"] == lines.append
 
     (run,) = project.runs()
     assert run.info.status == "FAILED"
@@ -554,6 +579,46 @@ def test_cli_run_records_the_training_run_id_as_lineage(
     assert run.data.tags["code.lineage.parent_training_run_id"] == "train-run-9"
 
 
+@pytest.mark.parametrize("verbose", [False, True])
+def test_cli_run_renders_progress_from_events_and_the_childs_lines_only_with_verbose(
+    shared_root: Path, monkeypatch: pytest.MonkeyPatch, cli, verbose: bool
+) -> None:
+    """The lines `onnxport convert` prints, from the child's events; its log lines with -v.
+    A line that reads like a stage's log line is not taken for progress."""
+    child = FakeChild(
+        events=(
+            StageEvent(Stage.LOAD, Status.START),
+            StageEvent(Stage.LOAD, Status.DONE, 1.24),
+            StageEvent(Stage.EXPORT, Status.START),
+            StageEvent(Stage.EXPORT, Status.FAILED, 0.5),
+        ),
+        lines=("12:00:00 INFO onnxport.execution: stage validate done in 9.9 s", "[odd] text"),
+        error=ExportError("the exporter gave up"),
+    )
+    monkeypatch.setattr("onnxport.orchestration.run_child", child)
+    project = make_project(shared_root, f"cli-progress-{verbose}")
+    flags = {"--experiment-name": project.experiment, "--platform": "local"}
+    torch_level = logging.getLogger("torch").level
+    try:
+        run = cli("run", *_cli_args(project, **flags), *(["-v"] if verbose else []))
+    finally:
+        # -v lets torch log INFO, which it does at exit, to a handler an earlier in-process
+        # CLI call left on a stream pytest has closed since.
+        logging.getLogger("torch").setLevel(torch_level)
+    assert run.code == 1
+    err = run.stderr.splitlines()
+    progress = [line for line in err if line[:1] in "…✓✗"]
+    assert progress == [
+        "… load source",
+        "✓ load source 1.2 s",
+        "… export to ONNX",
+        "✗ export to ONNX 0.5 s",
+    ]
+    shown = [line.strip() for line in err if line.startswith("  ")]
+    assert shown == (list(child.lines) if verbose else [])
+    assert "error (export): the exporter gave up" in err
+
+
 @pytest.mark.slow
 def test_cli_run_force_converts_again_over_a_complete_result(
     shared_root: Path, fake_child: FakeChild, converted, capsys: pytest.CaptureFixture[str]
@@ -586,6 +651,7 @@ class Conversion:
     project: Project
     output: Path
     run_id: str
+    events: list[StageEvent]
 
 
 @pytest.fixture(scope="module")
@@ -596,9 +662,10 @@ def e2e(shared_root: Path, tiny_checkpoint: Path) -> Conversion:
         "experiment_config": {"registered_model_name": REGISTERED_MODEL, "tags": {"team": "nlp"}},
         "parent_training_run_id": "training-run-42",
     }
-    output = project.call()
+    events: list[StageEvent] = []
+    output = project.call(on_progress=events.append)
     (run,) = project.runs()
-    return Conversion(project, output, run.info.run_id)
+    return Conversion(project, output, run.info.run_id, events)
 
 
 @pytest.mark.slow
@@ -609,6 +676,25 @@ def test_e2e_returns_the_complete_output_directory(e2e: Conversion) -> None:
     names = {p.name for p in e2e.output.iterdir()}
     assert {"model_fp32.onnx", "manifest.json", "report.md", "config.json"} <= names
     assert e2e.project.partials() == []
+
+
+@pytest.mark.slow
+def test_e2e_progress_arrives_as_events_a_start_and_a_done_per_stage_in_order(
+    e2e: Conversion,
+) -> None:
+    starts, ends = e2e.events[::2], e2e.events[1::2]
+    assert [e.status for e in starts] == [Status.START] * len(starts)
+    assert [e.status for e in ends] == [Status.DONE] * len(ends)
+    assert [e.stage for e in starts] == [e.stage for e in ends]
+    stages = [e.stage for e in starts]
+    assert stages == sorted(stages, key=list(Stage).index)  # the pipeline's order, each once
+    assert (stages[0], stages[-1]) == (Stage.LOAD, Stage.PUBLISH)
+    # The one clock of a stage: its event and the manifest show the same seconds (publish
+    # records its copying and checksumming only, without the rename).
+    timings = read_manifest(e2e.output).timings
+    assert list(timings) == [stage.value for stage in stages]
+    for event in ends[:-1]:
+        assert event.seconds == timings[event.stage.value]
 
 
 @pytest.mark.slow
@@ -714,7 +800,7 @@ def test_e2e_logged_model_loads_and_runs_in_onnxruntime(e2e: Conversion, trackin
             experiment_ids=[tracking.get_run(e2e.run_id).info.experiment_id],
             output_format="list",
         )
-        if m.source_run_id == e2e.run_id
+        if m.source_run_id == e2e.run_id and m.name == "onnx_fp32"
     ]
     by_uri = mlflow.onnx.load_model(logged.model_uri)
     on_disk = onnx.load(str(e2e.output / "model_fp32.onnx"))
@@ -815,13 +901,13 @@ def test_sigkill_mid_export_publishes_nothing_and_a_second_call_converts(
     export_started = threading.Event()
     outcome: dict[str, Any] = {}
 
-    def on_line(line: str) -> None:
-        if "stage export started" in line:
+    def on_progress(event: StageEvent) -> None:
+        if (event.stage, event.status) == (Stage.EXPORT, Status.START):
             export_started.set()
 
     def convert() -> None:
         try:
-            outcome["output"] = project.call(on_log_line=on_line)
+            outcome["output"] = project.call(on_progress=on_progress)
         except BaseException as e:
             outcome["error"] = e
 
@@ -880,9 +966,14 @@ def test_a_failing_child_raises_its_typed_error_and_the_run_fails(
     broken = shutil.copytree(tiny_checkpoint, tmp_path / "broken-checkpoint")
     (broken / "config.json").write_text("{this is not json", encoding="utf-8")
     project = make_project(shared_root, "corrupt", broken)
+    events: list[StageEvent] = []
     with pytest.raises(SourceError) as raised:
-        project.call()
+        project.call(on_progress=events.append)
     assert "config.json" in str(raised.value)
+    assert [(e.stage, e.status) for e in events] == [
+        (Stage.LOAD, Status.START),
+        (Stage.LOAD, Status.FAILED),
+    ]
     assert not project.expected_output_dir().exists()
     assert project.partials() == []
     (run,) = project.runs()

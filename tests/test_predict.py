@@ -31,6 +31,7 @@ from onnxport.predict import (
     PredictError,
     TextTooLongError,
     VectorPrediction,
+    length_buckets,
     model_max_length,
 )
 from onnxport.request import ConversionRequest
@@ -47,15 +48,6 @@ SENTENCES = (
 RESUME_LINE = SENTENCES[1]
 LONG_TEXT = " ".join(["Jane Doe, jane.doe@example.com, +1 (555) 010-2030."] * 40)
 FAST = ConversionConfig().with_overrides(onnx={"exporter": "torchscript"})
-
-
-@pytest.fixture(scope="session")
-def demo_model(trained_tagger, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The trained tagger and its conversion with an int8 variant."""
-    root = tmp_path_factory.mktemp("demo-predict")
-    config = FAST.with_overrides(onnx={"quantization": "int8"})
-    convert(ConversionRequest(trained_tagger, root / "onnx", config=config))
-    return trained_tagger, root / "onnx"
 
 
 @pytest.fixture(scope="session")
@@ -133,6 +125,22 @@ def test_demo_model_finds_the_entities_of_a_resume_line(demo_model) -> None:
 
 
 @pytest.mark.slow
+def test_published_tokenizer_loads_in_transformers_as_the_checkpoints_does(demo_model) -> None:
+    """transformers 5 saved the tagger's tokenizer as "TokenizersBackend", which transformers
+    4 refuses; the published one names a class both read, and tokenizes the same."""
+    from transformers import AutoTokenizer
+
+    checkpoint, output = demo_model
+    original = json.loads((checkpoint / "tokenizer_config.json").read_text(encoding="utf-8"))
+    published = json.loads((output / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert original["tokenizer_class"] == "TokenizersBackend"
+    assert published == {**original, "tokenizer_class": "PreTrainedTokenizerFast"}
+    ours = AutoTokenizer.from_pretrained(output, local_files_only=True)
+    theirs = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True)
+    assert ours(list(SENTENCES))["input_ids"] == theirs(list(SENTENCES))["input_ids"]
+
+
+@pytest.mark.slow
 def test_int8_variant_loads_and_gives_the_same_entities(demo_model) -> None:
     output = demo_model[1]
     int8 = OnnxPredictor(output, "int8").predict(SENTENCES[:5])
@@ -189,6 +197,25 @@ def test_batches_give_what_one_text_at_a_time_gives(converted) -> None:
         assert _entities(prediction) == _entities(alone)
         for a, b in zip(prediction.entities, alone.entities):
             assert a.score == pytest.approx(b.score, abs=1e-5)
+
+
+def test_length_buckets_run_texts_of_similar_length_together() -> None:
+    assert length_buckets([9, 3, 40, 3, 12], 2) == [[1, 3], [0, 4], [2]]
+    assert length_buckets([5, 5, 5], 8) == [[0, 1, 2]]
+    assert length_buckets([], 4) == []
+
+
+def test_one_predictor_answers_many_threads_at_once(converted) -> None:
+    """A server calls one predictor from its request threads: each gets its own answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    predictor = OnnxPredictor(converted("distilbert-token").directory, batch_size=3, threads=1)
+    requests = [[*SENTENCES[i % 6 :], LONG_TEXT[: 40 * (i + 1)]][: 1 + i % 7] for i in range(48)]
+    alone = [[p.to_dict() for p in predictor.predict(texts)] for texts in requests]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda t: [p.to_dict() for p in predictor.predict(t)], requests))
+    assert together == alone
+    assert len({json.dumps(a) for a in alone}) > 10  # the requests differ
 
 
 def test_max_length_comes_from_the_model_and_the_tokenizer(checkpoint, converted) -> None:

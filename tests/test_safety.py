@@ -377,7 +377,7 @@ def test_the_conversion_child_is_started_with_a_list(monkeypatch, tmp_path) -> N
     hostile = tmp_path / "ckpt; touch pwned $(id) `id`"
     arguments = ChildArguments(hostile, tmp_path, "bert", tmp_path / "out", 18)
     with pytest.raises(Stop):
-        run_child(arguments, timeout_seconds=5, result_file=tmp_path / "result.json")
+        run_child(arguments, timeout_seconds=5)
     assert isinstance(seen["command"], list)
     assert not seen["kwargs"].get("shell")
     assert str(hostile) in seen["command"]

@@ -370,3 +370,25 @@ def test_damaged_tokenizer_is_refused(copy_checkpoint) -> None:
     path = copy_checkpoint("distilbert-token")
     (path / "tokenizer.json").write_text("{", encoding="utf-8")
     assert "the tokenizer files" in _refused(path)
+
+
+def test_published_tokenizer_config_names_a_class_both_transformers_generations_read(
+    tmp_path: Path,
+) -> None:
+    from onnxport.artifact.companions import publish_companions
+
+    source, target = tmp_path / "source", tmp_path / "target"
+    source.mkdir()
+    target.mkdir()
+    generic = {"tokenizer_class": "TokenizersBackend", "backend": "tokenizers", "pad_token": "x"}
+    (source / "tokenizer_config.json").write_text(json.dumps(generic), encoding="utf-8")
+    (source / "vocab.txt").write_bytes(b"[PAD]\n")
+    publish_companions((source / "tokenizer_config.json", source / "vocab.txt"), target)
+    published = json.loads((target / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert published == {**generic, "tokenizer_class": "PreTrainedTokenizerFast"}
+    assert (target / "vocab.txt").read_bytes() == b"[PAD]\n"
+    # A model's own class is known to both; a file that is not JSON is loaders' business.
+    for content in ('{"tokenizer_class": "BertTokenizer"}', '{"model_max_length": '):
+        (source / "tokenizer_config.json").write_text(content, encoding="utf-8")
+        publish_companions((source / "tokenizer_config.json",), target)
+        assert (target / "tokenizer_config.json").read_text(encoding="utf-8") == content

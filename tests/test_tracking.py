@@ -18,8 +18,6 @@ from onnxport.tracking import (
     end_run,
     ensure_experiment,
     failed_unless_finished,
-    is_secret,
-    lineage_tags,
     prepare_store,
     quiet_mlflow,
     resolve_artifact_location,
@@ -156,28 +154,6 @@ def test_ensure_experiment_creates_once(store, tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ runs
-
-
-def test_lineage_tags_are_prefixed_and_secrets_dropped() -> None:
-    tags = lineage_tags(
-        {"parent_spec_fp": "abc123", "conv_fp": "ff00", "api_key": "s3cr3t", "sas_url": "x"}
-    )
-    assert tags == {"code.lineage.parent_spec_fp": "abc123", "code.lineage.conv_fp": "ff00"}
-
-
-@pytest.mark.parametrize(
-    ("name", "secret"),
-    [
-        ("AZURE_STORAGE_KEY", True),
-        ("hf_token", True),
-        ("db_password", True),
-        ("connection_string", True),
-        ("parent_spec_fp", False),
-        ("backbone", False),
-    ],
-)
-def test_is_secret(name: str, secret: bool) -> None:
-    assert is_secret(name) is secret
 
 
 def test_create_run_tags_the_run_type_and_drops_secrets(store) -> None:
@@ -335,12 +311,15 @@ def test_with_retry_does_not_retry_other_errors(store) -> None:
 
 SIGNATURE_MODEL = "distilbert-token"
 REGISTERED_NAME = "signature-tagger"
+TRAINING_RUN_ID = "5eed" * 8
+CONV_FP = "c0ffee15"
 
 
 @pytest.fixture(scope="module")
 def logged(checkpoint, tmp_path_factory: pytest.TempPathFactory):
-    """A conversion with an int8 variant (default exporter) logged to a real SQLite store,
-    its fp32 model registered: (tracking uri, run id, output directory)."""
+    """A conversion with an int8 variant (default exporter) logged to a real SQLite store
+    with the lineage of a training run, its fp32 text model registered: (tracking uri, run
+    id, output directory)."""
     import mlflow
 
     from onnxport.artifact.manifest import read_manifest
@@ -366,18 +345,19 @@ def logged(checkpoint, tmp_path_factory: pytest.TempPathFactory):
     mlflow.set_tracking_uri(uri)
     try:
         with mlflow.start_run(experiment_id=experiment_id) as run:
-            log_conversion(read_manifest(output), output, registered_model_name=REGISTERED_NAME)
+            # As the conversion child has it: its conv_fp and the lineage the parent passed on.
+            lineage = {"parent_training_run_id": TRAINING_RUN_ID, "conv_fp": CONV_FP}
+            manifest = read_manifest(output).model_copy(
+                update={"conv_fp": CONV_FP, "lineage": lineage}
+            )
+            log_conversion(manifest, output, registered_model_name=REGISTERED_NAME)
         yield uri, run.info.run_id, output
     finally:
         mlflow.set_tracking_uri(previous)
 
 
 def _model_uris(run_id: str) -> dict[str, str]:
-    return {
-        "fp32": f"runs:/{run_id}/onnx_fp32",
-        "int8": f"runs:/{run_id}/onnx_int8",
-        "registered fp32": f"models:/{REGISTERED_NAME}/1",
-    }
+    return {"fp32": f"runs:/{run_id}/onnx_fp32", "int8": f"runs:/{run_id}/onnx_int8"}
 
 
 @pytest.mark.slow
@@ -388,11 +368,7 @@ def test_logged_models_answer_every_batch_and_sequence_length(logged, source) ->
     from onnxport.verify.runtime import create_session, run_session
 
     _, run_id, output = logged
-    files = {
-        "fp32": "model_fp32.onnx",
-        "int8": "model_int8.onnx",
-        "registered fp32": "model_fp32.onnx",
-    }
+    files = {"fp32": "model_fp32.onnx", "int8": "model_int8.onnx"}
     for which, uri in _model_uris(run_id).items():
         model = mlflow.pyfunc.load_model(uri)
         session = create_session(output / files[which])
@@ -428,3 +404,33 @@ def test_logged_signatures_leave_batch_and_sequence_open(logged) -> None:
         assert logits.shape[:2] == (-1, -1) and logits.shape[2] > 0, (which, logits)
         example = mlflow.models.get_model_info(uri).saved_input_example_info
         assert example is not None, f"{which} was logged without an input example"
+
+
+@pytest.mark.slow
+def test_logged_text_models_answer_texts_as_the_predictor_does(logged) -> None:
+    import mlflow.pyfunc
+
+    from onnxport.predict import OnnxPredictor
+    from onnxport.samples import RESUME_LINES
+
+    _, run_id, output = logged
+    texts = list(RESUME_LINES[:5])
+    for variant in ("fp32", "int8"):
+        model = mlflow.pyfunc.load_model(f"runs:/{run_id}/text_{variant}")
+        expected = [p.to_dict() for p in OnnxPredictor(output, variant).predict(texts)]
+        assert model.predict(texts) == expected, variant
+
+
+@pytest.mark.slow
+def test_the_registered_model_is_the_fp32_text_model_tagged_with_its_lineage(logged) -> None:
+    import mlflow.models
+    from mlflow.tracking import MlflowClient
+
+    uri, run_id, _ = logged
+    (version,) = MlflowClient(uri).search_model_versions(f"name='{REGISTERED_NAME}'")
+    assert version.run_id == run_id
+    assert version.tags["onnxport.conv_fp"] == CONV_FP
+    assert version.tags["onnxport.variant"] == "fp32"
+    assert version.tags["code.lineage.parent_training_run_id"] == TRAINING_RUN_ID
+    info = mlflow.models.get_model_info(f"models:/{REGISTERED_NAME}/{version.version}")
+    assert "python_function" in info.flavors and "onnx" not in info.flavors

@@ -21,6 +21,7 @@ from onnxport.commands.debug import debug_command
 from onnxport.commands.demo import demo_command
 from onnxport.commands.predict import predict_command
 from onnxport.commands.run import run_command
+from onnxport.commands.serve import serve_command
 from onnxport.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, OnnxportError
 from onnxport.process import exit_process, own_process
 
@@ -35,6 +36,7 @@ app.command("convert")(convert_command)
 app.command("demo")(demo_command)
 app.command("run")(run_command)
 app.command("predict")(predict_command)
+app.command("serve")(serve_command)
 app.command("debug")(debug_command)
 app.command("benchmark")(benchmark_command)
 app.command("report")(report_command)

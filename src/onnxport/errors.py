@@ -11,22 +11,29 @@ itself by name, so that the conversion child can hand any of them to its parent 
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 EXIT_CONVERSION_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a process stopped by Ctrl-C
 
+# ANSI escape sequences (colours, cursor moves) that some libraries put in their messages.
+_TERMINAL_CODE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
 ERROR_TYPES: dict[str, type[OnnxportError | InternalError]] = {}
 """Every error class by name: what a child's error can be raised as in its parent."""
 
 
-def one_line(error: BaseException | str, limit: int = 300) -> str:
-    """What a library raised, on one line and at most `limit` characters, for quoting in an
-    onnxport error message; an exception without a message gives its type's name."""
-    text = " ".join(str(error).split())[:limit]
+def one_line(error: BaseException | str, limit: int | None = 300) -> str:
+    """What a library raised, on one line, for quoting in an onnxport error message: without
+    terminal colour codes, at most `limit` characters (None: all of it), a cut one ending in
+    "…"; an exception without a message gives its type's name."""
+    text = " ".join(_TERMINAL_CODE.sub("", str(error)).split())
     if not text and isinstance(error, BaseException):
         return type(error).__name__
+    if limit is not None and len(text) > limit:
+        return text[: limit - 1] + "…"
     return text
 
 
@@ -146,6 +153,13 @@ class PredictError(OnnxportError):
 
 class TextTooLongError(PredictError):
     """A text has more tokens than the model reads, and `on_long_text="error"` was asked."""
+
+
+class ServeError(OnnxportError):
+    """A model that cannot be served as asked: no such model, a port in use, bad settings."""
+
+    stage = "serve"
+    exit_code = EXIT_BAD_INPUT
 
 
 class AzureMLError(OnnxportError):

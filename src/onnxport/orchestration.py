@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ from onnxport.artifact.manifest import read_manifest, verify_directory
 from onnxport.artifact.publish import remove_stale_partials
 from onnxport.errors import ConfigError, OnnxportError
 from onnxport.execution import LINEAGE_ENV, REGISTERED_MODEL_ENV, ChildArguments, run_child
+from onnxport.progress import ProgressCallback
 from onnxport.request.config import (
     CONVERSION_CONFIG_FILENAME,
     ExperimentConfig,
@@ -28,13 +28,13 @@ from onnxport.request.config import (
 )
 from onnxport.request.fingerprints import check_fingerprint, conversion_fingerprint
 from onnxport.request.hosting import resolve_platform
+from onnxport.request.lineage import local_lineage, run_tags
 from onnxport.request.paths import conversion_output_dir, read_parent_training_output
 from onnxport.tracking import (
     create_run,
     end_run,
     ensure_experiment,
     failed_unless_finished,
-    lineage_tags,
     prepare_store,
     resolve_artifact_location,
     resolve_tracking_uri,
@@ -85,6 +85,7 @@ def execute_conversion(
     *,
     force: bool = False,
     on_log_line: Callable[[str], None] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> Path:
     """Convert a training run's checkpoint; return the complete output directory.
 
@@ -99,7 +100,9 @@ def execute_conversion(
         platform: `local`, `azureml`, `colab`, `kaggle`; None detects it.
         parent_training_run_id: the training run's MLflow run id, recorded as lineage.
         force: rebuild even if a complete identical conversion exists.
-        on_log_line: receives the conversion process's log lines as they come.
+        on_log_line: receives the conversion process's log lines as they come (its records
+            of WARNING and above go to this process's logging instead).
+        on_progress: receives the conversion's `StageEvent`s as they come; default: logged.
     """
     started = time.perf_counter()
     spec_fp = check_fingerprint(parent_spec_fp, "parent_spec_fp")
@@ -124,31 +127,21 @@ def execute_conversion(
         variant=parent.variant,
         conv_fp=conv_fp,
     )
-    lineage = {
-        "parent_spec_fp": spec_fp,
-        "parent_exec_fp": exec_fp,
-        "parent_training_id": parent.training_id,
-        "parent_training_dir": str(parent.path),
-        "conv_fp": conv_fp,
-        "platform": platform_name,
-        "backbone": parent.backbone,
-    }
-    if parent_training_run_id:
-        lineage["parent_training_run_id"] = parent_training_run_id
+    lineage = local_lineage(
+        parent,
+        parent_spec_fp=spec_fp,
+        parent_exec_fp=exec_fp,
+        conv_fp=conv_fp,
+        platform=platform_name,
+        parent_training_run_id=parent_training_run_id,
+    )
 
     tracking_uri = resolve_tracking_uri(Path(root_dir), experiment)
     client = prepare_store(tracking_uri)  # fails here, before converting, if unreachable
     experiment_id = ensure_experiment(
         client, experiment.experiment_name, resolve_artifact_location(Path(root_dir), experiment)
     )
-    tags = {
-        **experiment.tags,
-        **lineage_tags(lineage),
-        "onnxport.conv_fp": conv_fp,
-        "onnxport.quantization": config.onnx.quantization.value,
-        "onnxport.optimize": config.onnx.optimize.value,
-        "onnxport.opset": str(config.onnx.opset_version),
-    }
+    tags = run_tags(lineage, config, user_tags=experiment.tags)
     run_name = (
         f"conversion-{parent.backbone}-spec_{spec_fp}_exec_{exec_fp}-v{parent.variant}-{conv_fp}"
     )
@@ -172,7 +165,7 @@ def execute_conversion(
             return output_dir
         run_id = create_run(client, experiment_id, run_name=run_name, tags=tags)
         logger.info("converting %s into %s (MLflow run %s)", parent.checkpoint, output_dir, run_id)
-        with failed_unless_finished(client, run_id), tempfile.TemporaryDirectory() as scratch:
+        with failed_unless_finished(client, run_id):
             child = run_child(
                 ChildArguments(
                     checkpoint_path=parent.checkpoint,
@@ -186,7 +179,6 @@ def execute_conversion(
                     conv_fp=conv_fp,
                 ),
                 timeout_seconds=config.execution.timeout_seconds,
-                result_file=Path(scratch) / "result.json",
                 env={
                     "MLFLOW_TRACKING_URI": tracking_uri,
                     "MLFLOW_RUN_ID": run_id,
@@ -194,6 +186,7 @@ def execute_conversion(
                     LINEAGE_ENV: json.dumps({**lineage, "mlflow_run_id": run_id}),
                     REGISTERED_MODEL_ENV: experiment.registered_model_name or "",
                 },
+                on_event=on_progress,
                 on_line=on_log_line,
             )
             client.log_metric(run_id, "child_peak_rss_mb", child.peak_rss_mb)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from onnxport import __version__
+from onnxport.artifact.companions import publish_companions
 from onnxport.artifact.files import move_model, remove_model
 from onnxport.artifact.manifest import Manifest
 from onnxport.artifact.publish import Staging, check_output_location, finish_output, seal
@@ -214,8 +215,7 @@ def convert(
                         )
         with run.stage(Stage.PUBLISH, PublishError):
             publish_started = time.perf_counter()
-            for file in prepared.files_to_copy:
-                shutil.copy2(file, work / file.name)
+            publish_companions(prepared.files_to_copy, work)
             manifest = Manifest(
                 onnxport_version=__version__,
                 created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -93,6 +93,7 @@ def prepare(request: ConversionRequest, exported: Path, clock: StageClock) -> Pr
             opset_version=config.onnx.opset_version,
             exporter=config.onnx.exporter,
             external_data=config.output.external_data,
+            keep_debug_metadata=config.output.keep_debug_metadata,
         )
     prepared = Prepared(
         source=source.record(),

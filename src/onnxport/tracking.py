@@ -1,9 +1,9 @@
 """MLflow tracking: the store, the conversion run and what is logged to it.
 
 The parent prepares the store (runs the database migration once, under a lock, before any
-child starts), creates the run with its lineage tags, and makes sure it ends FINISHED or
-FAILED. The child continues the run (`MLFLOW_RUN_ID`) and logs parameters, metrics,
-artifacts and the ONNX model itself.
+child starts), creates the run with its tags (built by `request.lineage`), and makes sure it
+ends FINISHED or FAILED. The child continues the run (`MLFLOW_RUN_ID`) and logs parameters,
+metrics, artifacts and the ONNX model itself.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from onnxport.artifact.manifest import MANIFEST_FILENAME, REPORT_FILENAME, Manifest
 from onnxport.errors import TrackingError, one_line
 from onnxport.request.config import ExperimentConfig
+from onnxport.request.lineage import is_secret, lineage_tags
 
 if TYPE_CHECKING:  # the benchmark module imports onnxruntime; the parent process need not
     import numpy as np
@@ -36,9 +37,6 @@ T = TypeVar("T")
 RUN_TYPE = "conversion"
 DB_FILENAME = "mlflow.db"
 ARTIFACTS_DIRNAME = "mlartifacts"
-LINEAGE_PREFIX = "code.lineage."
-# Values never recorded, whatever environment or config they came from.
-_SECRET_WORDS = ("token", "secret", "password", "key", "connection_string", "sas", "credential")
 
 
 def quiet_mlflow() -> None:
@@ -128,15 +126,6 @@ def ensure_experiment(client, name: str, artifact_location: str | None) -> str:
             return experiment.experiment_id
 
     return with_retry(get_or_create)
-
-
-def is_secret(name: str) -> bool:
-    lowered = name.lower()
-    return any(word in lowered for word in _SECRET_WORDS)
-
-
-def lineage_tags(lineage: dict[str, str]) -> dict[str, str]:
-    return {f"{LINEAGE_PREFIX}{k}": str(v) for k, v in lineage.items() if not is_secret(k)}
 
 
 def create_run(client, experiment_id: str, *, run_name: str, tags: dict[str, str]) -> str:
@@ -266,20 +255,34 @@ def input_example(directory: Path, model_path: Path) -> dict[str, np.ndarray]:
 def log_conversion(
     manifest: Manifest, directory: Path, *, registered_model_name: str | None = None
 ) -> None:
-    """Log a conversion to the active MLflow run: params, metrics, artifacts, the model."""
+    """Log a conversion to the active MLflow run: params, metrics, artifacts, and per
+    published variant the ONNX model (`onnx_<variant>`, token ids in, logits out) and, when
+    the task answers text, the text model (`text_<variant>`, what `onnxport serve` and
+    `mlflow models serve` answer texts with).
+
+    `registered_model_name` registers the fp32 text model (the ONNX one when the conversion
+    cannot answer text), its version tagged with the conversion's `conv_fp`, variant and
+    lineage (the training run among it)."""
     quiet_mlflow()
     import mlflow
     import mlflow.onnx
     import onnx
+    import onnxruntime
+
+    from onnxport.artifact.reader import PublishedDirectory
+    from onnxport.serving.package import log_text_model, unservable_reason
 
     mlflow.log_params({k: v for k, v in _params(manifest).items() if v is not None})
     mlflow.log_metrics(_metrics(manifest))
     for name in (MANIFEST_FILENAME, REPORT_FILENAME):
         if (directory / name).is_file():
             mlflow.log_artifact(str(directory / name))
-    import onnxruntime
-
+    published = PublishedDirectory.open(directory)
+    unservable = unservable_reason(published)
+    if unservable is not None:
+        logger.info("no text model logged: %s", unservable)
     for out in manifest.published_outputs():
+        registered = registered_model_name if out.variant == "fp32" else None
         model_path = directory / out.file
         model = onnx.load(str(model_path))
         mlflow.onnx.log_model(
@@ -291,8 +294,13 @@ def log_conversion(
                 f"onnx=={onnx.__version__}",
                 f"onnxruntime=={onnxruntime.__version__}",
             ],
-            registered_model_name=registered_model_name if out.variant == "fp32" else None,
+            registered_model_name=registered if unservable is not None else None,
         )
+        if unservable is None:
+            tags = {"onnxport.variant": out.variant, **lineage_tags(manifest.lineage)}
+            if manifest.conv_fp:
+                tags["onnxport.conv_fp"] = manifest.conv_fp
+            log_text_model(published, out.variant, registered_model_name=registered, tags=tags)
 
 
 def benchmark_metrics(result: BenchmarkRecord) -> dict[str, float]:

@@ -25,7 +25,7 @@ from onnxport.errors import AzureMLError, AzureMLInputError, one_line
 from onnxport.execution import LINEAGE_ENV, ChildArguments
 from onnxport.request.config import ConversionConfig, load_conversion_config
 from onnxport.request.fingerprints import check_fingerprint, conversion_fingerprint
-from onnxport.tracking import lineage_tags
+from onnxport.request.lineage import azureml_lineage, run_tags
 
 if TYPE_CHECKING:
     from azure.ai.ml import Input
@@ -275,28 +275,19 @@ def create_conversion_job(
     if (parent_spec_fp is None) != (parent_exec_fp is None):
         raise AzureMLInputError("give both parent_spec_fp and parent_exec_fp, or neither")
     backbone = backbone or training_tags.get("backbone") or "unknown"
-    lineage = {
-        "parent_training_job": training_name,
-        # An Azure ML job's name is its MLflow run id.
-        "parent_training_run_id": training_name,
-        "platform": "azureml",
-        "backbone": backbone,
-    }
-    conv_fp = None
+    spec_fp = exec_fp = conv_fp = None
     if parent_spec_fp is not None and parent_exec_fp is not None:
         spec_fp = check_fingerprint(parent_spec_fp, "parent_spec_fp")
         exec_fp = check_fingerprint(parent_exec_fp, "parent_exec_fp")
         conv_fp = conversion_fingerprint(spec_fp, exec_fp, config)
-        lineage.update(parent_spec_fp=spec_fp, parent_exec_fp=exec_fp, conv_fp=conv_fp)
-    tags = {
-        **lineage_tags(lineage),
-        "onnxport.version": __version__,
-        "onnxport.quantization": config.onnx.quantization.value,
-        "onnxport.optimize": config.onnx.optimize.value,
-        "onnxport.opset": str(config.onnx.opset_version),
-    }
-    if conv_fp:
-        tags["onnxport.conv_fp"] = conv_fp
+    lineage = azureml_lineage(
+        training_name,
+        backbone=backbone,
+        parent_spec_fp=spec_fp,
+        parent_exec_fp=exec_fp,
+        conv_fp=conv_fp,
+    )
+    tags = run_tags(lineage, config, version=__version__)
 
     child = ChildArguments(
         checkpoint_path=Path(_binding("inputs", CHECKPOINT_INPUT)),

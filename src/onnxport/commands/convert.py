@@ -56,6 +56,13 @@ def convert_command(
             "ONNX Runtime session), never."
         ),
     ] = None,
+    keep_debug_metadata: Annotated[
+        bool,
+        typer.Option(
+            help="Keep the exporter's stack traces in the models (they hold this machine's "
+            "file paths)."
+        ),
+    ] = False,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="A conversion.yaml file.")
     ] = None,
@@ -99,7 +106,10 @@ def convert_command(
             "optimize": optimize.value if optimize else None,
         },
         validation={"min_task_agreement": min_agreement, "localize": None if localize else False},
-        output={"external_data": external_data.value if external_data else None},
+        output={
+            "external_data": external_data.value if external_data else None,
+            "keep_debug_metadata": keep_debug_metadata or None,
+        },
         source={
             "task": task.value if task else None,
             "allow_pickle": allow_pickle or None,

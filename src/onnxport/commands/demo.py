@@ -24,7 +24,7 @@ def demo_command(
     from rich.table import Table
 
     from onnxport.artifact.manifest import read_manifest
-    from onnxport.commands.render import manifest_tables
+    from onnxport.commands.render import ChildLines, ProgressPrinter, manifest_tables
     from onnxport.demo.project import prepare_demo_project, score_variants
     from onnxport.orchestration import execute_conversion
 
@@ -36,10 +36,6 @@ def demo_command(
     console.print(f"    training output: {project.training_dir}")
     console.print("[bold]2/4[/bold] execute_conversion: export, optimize, int8, validate, track")
 
-    def show(line: str) -> None:
-        if verbose or "onnxport.execution: stage" in line or " ERROR " in line:
-            console.print(f"    [dim]{line}[/dim]", highlight=False)
-
     output = execute_conversion(
         root_dir=project.root,
         config_dir=project.config_dir,
@@ -49,7 +45,8 @@ def demo_command(
         experiment_config=None,
         conversion_experiment_name="onnxport-demo",
         platform="local",
-        on_log_line=show,
+        on_log_line=ChildLines(console, verbose, indent="    "),
+        on_progress=ProgressPrinter(console, indent="    "),
     )
     console.print("[bold]3/4[/bold] held-out entity F1 of each model")
     for table in manifest_tables(read_manifest(output), str(output)):

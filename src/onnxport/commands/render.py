@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from onnxport.artifact.manifest import Manifest
@@ -10,33 +11,39 @@ from onnxport.artifact.report.tables import Table as ReportTable
 from onnxport.artifact.report.tables import search_tables
 from onnxport.progress import StageEvent, Status
 
-STAGE_LABELS = {
-    "load": "load source",
-    "export": "export to ONNX",
-    "passes": "optimize / quantize",
-    "validate": "validate against PyTorch",
-    "smoke_test": "smoke test",
-    "benchmark": "benchmark",
-    "publish": "publish",
-}
-
 
 class ProgressPrinter:
-    """One line per stage as it starts and ends."""
+    """One line per stage as it starts and ends, after `indent` (the demo nests them)."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, indent: str = "") -> None:
         self.console = console
+        self.indent = indent
 
     def __call__(self, event: StageEvent) -> None:
         label = event.stage.label
         if event.status is Status.START:
-            self.console.print(f"[dim]…[/dim] {label}", highlight=False)
+            line = f"[dim]…[/dim] {label}"
         elif event.status is Status.DONE:
-            self.console.print(f"[green]✓[/green] {label} [dim]{event.seconds:.1f} s[/dim]")
+            line = f"[green]✓[/green] {label} [dim]{event.seconds:.1f} s[/dim]"
         elif event.status is Status.FAILED:
-            self.console.print(f"[red]✗[/red] {label} [dim]{event.seconds:.1f} s[/dim]")
+            line = f"[red]✗[/red] {label} [dim]{event.seconds:.1f} s[/dim]"
         else:
-            self.console.print(f"[dim]- {label} ({event.status.value})[/dim]")
+            line = f"[dim]- {label} ({event.status.value})[/dim]"
+        self.console.print(self.indent + line, highlight=False)
+
+
+class ChildLines:
+    """A conversion child's log lines: shown with `verbose`, dropped otherwise (its
+    warnings and errors reach this process's logging as records, shown either way)."""
+
+    def __init__(self, console: Console, verbose: bool, indent: str = "") -> None:
+        self.console = console
+        self.verbose = verbose
+        self.indent = indent
+
+    def __call__(self, line: str) -> None:
+        if self.verbose:
+            self.console.print(f"{self.indent}[dim]{escape(line)}[/dim]", highlight=False)
 
 
 def _mb(num: int | None) -> str:

@@ -34,15 +34,11 @@ def run_command(
 ) -> None:
     """Convert a training run's checkpoint, tracked in MLflow (`python -m onnxport.cli` form)."""
     from onnxport.artifact.manifest import read_manifest
-    from onnxport.commands.render import manifest_tables
+    from onnxport.commands.render import ChildLines, ProgressPrinter, manifest_tables
     from onnxport.orchestration import execute_conversion
 
     setup_logging(verbose)
     logging.getLogger("onnxport.orchestration").setLevel(logging.INFO)
-
-    def show(line: str) -> None:
-        if verbose or "onnxport.execution: stage" in line or " ERROR " in line:
-            console.print(f"  [dim]{line}[/dim]", highlight=False)
 
     output = execute_conversion(
         root_dir=root_dir,
@@ -55,7 +51,8 @@ def run_command(
         platform=platform,
         parent_training_run_id=parent_training_run_id,
         force=force,
-        on_log_line=show,
+        on_log_line=ChildLines(console, verbose, indent="  "),
+        on_progress=ProgressPrinter(console),
     )
     for table in manifest_tables(read_manifest(output), str(output)):
         console.print(table)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from onnxport.artifact.manifest import Manifest
 from onnxport.coverage.registry import CoverageEntry
-from onnxport.errors import OnnxportError
+from onnxport.errors import OnnxportError, one_line
 from onnxport.pipeline import convert
 from onnxport.request import ConversionRequest
 from onnxport.request.config import ConversionConfig
@@ -46,11 +46,6 @@ class CoverageRow:
     """The entry's quirks, and exporters that failed before the one that worked."""
 
 
-def _one_line(text: str, limit: int = REASON_LENGTH) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _notes(entry: CoverageEntry, manifest: Manifest | None) -> str | None:
     """The entry's quirks, what the loader knows of its model type, and failed exporters."""
     notes = [entry.quirks.describe()]
@@ -60,7 +55,7 @@ def _notes(entry: CoverageEntry, manifest: Manifest | None) -> str | None:
     if manifest is not None:
         for attempt in manifest.export.attempts:
             if not attempt.ok and attempt.error:
-                notes.append(f"{attempt.exporter} failed: {_one_line(attempt.error, 160)}")
+                notes.append(f"{attempt.exporter} failed: {one_line(attempt.error, 160)}")
     return "; ".join(n for n in notes if n) or None
 
 
@@ -87,7 +82,7 @@ def run_entry(
         checkpoint = entry.build(scratch / "checkpoint")
     except Exception as e:  # transformers refuses the tiny config: the registry is wrong
         checkpoint = None
-        reason = _one_line(f"build: {type(e).__name__}: {e}")
+        reason = one_line(f"build: {type(e).__name__}: {e}", REASON_LENGTH)
     if checkpoint is not None:
         started = time.perf_counter()
         request = ConversionRequest(
@@ -96,10 +91,10 @@ def run_entry(
         try:
             manifest = convert(request)
         except OnnxportError as e:
-            reason = _one_line(f"{e.stage}: {e}")
+            reason = one_line(f"{e.stage}: {e}", REASON_LENGTH)
         except Exception as e:  # a bug in onnxport or a library: recorded, the matrix goes on
             logger.exception("coverage entry %s raised", entry.name)
-            reason = _one_line(f"internal error: {type(e).__name__}: {e}")
+            reason = one_line(f"internal error: {type(e).__name__}: {e}", REASON_LENGTH)
     seconds = time.perf_counter() - started
     shutil.rmtree(scratch, ignore_errors=True)
     gc.collect()

@@ -2,7 +2,7 @@
 
 import sys
 
-from onnxport.execution.runner import child_main
+from onnxport.execution.child import child_main
 from onnxport.process import exit_process, own_process
 
 own_process()

@@ -16,13 +16,14 @@ from pathlib import Path
 import onnx
 
 from onnxport.artifact.records import AttemptRecord, ExportRecord
-from onnxport.errors import ConfigError, ExportError
+from onnxport.errors import ConfigError, ExportError, one_line
 from onnxport.export.external_data import (
     gather_external_data,
     inline_external_data,
     wants_external_data,
     weights_bytes,
 )
+from onnxport.export.metadata import strip_debug_metadata
 from onnxport.export.strategies import EXPORT_STRATEGIES
 from onnxport.export.workarounds import captured_stdout
 from onnxport.request.config import DEFAULT_OPSET, Exporter, ExternalData
@@ -31,21 +32,20 @@ from onnxport.sources.base import Source
 logger = logging.getLogger(__name__)
 
 
-_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 _CLASS_REPR = re.compile(r"<class '(?:\w+\.)*(\w+)'>")
 # How each exporter names an operator it cannot convert: dynamo "op='aten.i0'" (or
 # 'prims.bessel_i0' after decomposition), TorchScript "the operator 'aten::i0'".
 _OPERATOR = re.compile(r"op='([\w.]+)'|operator '([\w:.]+)'")
 
 
-def _one_line(error: BaseException) -> str:
-    text = _ANSI_ESCAPE.sub("", str(error))
+def _exporter_error(error: BaseException) -> str:
+    """An exporter's error on one line, after its type's name."""
+    text = one_line(str(error), limit=None)
     # The dynamo exporter's message opens with generic next steps; its summary names the cause.
     _, summary, cause = text.partition("## Exception summary")
     if summary:
         text = _CLASS_REPR.sub(r"\1", cause)
-    text = " ".join(text.split())
-    return f"{type(error).__name__}: {text[:300]}"
+    return f"{type(error).__name__}: {one_line(text)}"
 
 
 def _report_deprecations(exporter: str, raised: list[warnings.WarningMessage]) -> None:
@@ -91,6 +91,7 @@ def export_to_onnx(
     opset_version: int = DEFAULT_OPSET,
     exporter: Exporter = Exporter.AUTO,
     external_data: ExternalData = ExternalData.AUTO,
+    keep_debug_metadata: bool = False,
 ) -> ExportRecord:
     """Export `source` to `output_path` with the first strategy that works; the record says
     which one made the model and why the others did not. External data, when the weights
@@ -103,6 +104,8 @@ def export_to_onnx(
         opset_version: the ONNX opset to target.
         exporter: `auto` tries every strategy in order; otherwise only the one named.
         external_data: whether the weights go to `<output_path>.data` (`auto`: by size).
+        keep_debug_metadata: keep the exporter's stack traces and source locations, which
+            hold this machine's file paths (`export.metadata`); by default they are removed.
     """
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,6 +142,10 @@ def export_to_onnx(
             # Checked while the weights are still external: the checker reads a
             # self-contained file whole, twice over.
             onnx.checker.check_model(str(output_path), full_check=False)
+            if not keep_debug_metadata:
+                # Before the weights come inline (dynamo always writes them external): the
+                # graph is then rewritten without reading them.
+                strip_debug_metadata(output_path)
             if external:
                 gather_external_data(output_path, before)
             else:
@@ -152,12 +159,12 @@ def export_to_onnx(
                     hint="free space there, or raise the file size limit (ulimit -f)",
                 ) from e
             logger.debug("the %s exporter failed", strategy.name)
-            logger.warning("the %s exporter failed: %s", strategy.name, _one_line(e))
+            logger.warning("the %s exporter failed: %s", strategy.name, _exporter_error(e))
             attempts.append(
                 AttemptRecord(
                     exporter=strategy.name,
                     ok=False,
-                    error=_one_line(e),
+                    error=_exporter_error(e),
                     seconds=round(time.perf_counter() - t0, 3),
                 )
             )

@@ -14,7 +14,13 @@ from onnxport.predict.predictions import (
     Prediction,
     VectorPrediction,
 )
-from onnxport.predict.predictor import LongText, OnnxPredictor, Pooling, model_max_length
+from onnxport.predict.predictor import (
+    LongText,
+    OnnxPredictor,
+    Pooling,
+    length_buckets,
+    model_max_length,
+)
 
 __all__ = [
     "Entity",
@@ -27,5 +33,6 @@ __all__ = [
     "Prediction",
     "TextTooLongError",
     "VectorPrediction",
+    "length_buckets",
     "model_max_length",
 ]

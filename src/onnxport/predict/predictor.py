@@ -108,18 +108,31 @@ def model_max_length(config: dict[str, Any], tokenizer_config: dict[str, Any]) -
     return min(limits) if limits else None
 
 
+def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """The indices of `lengths` sorted by length (ties in order), cut into runs of at most
+    `batch_size`: each run is padded to its own longest, so that texts of similar length run
+    together and a long text does not make a batch of short ones pad to its length."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[first : first + batch_size] for first in range(0, len(order), batch_size)]
+
+
 class OnnxPredictor:
     """Predictions from an onnxport output directory, with ONNX Runtime only.
+
+    One predictor may serve several threads at once: nothing in it changes after `__init__`
+    (the tokenizer's settings, the feed's layout and the session are fixed there), and ONNX
+    Runtime's `run` and the tokenizer's `encode_batch` may be called concurrently.
 
     Args:
         directory: the output of `onnxport convert` (manifest.json, model, tokenizer files).
         variant: which published model to run: fp32, int8, fp16, ...
         max_length: the most tokens read per text; None: the model's maximum.
-        threads: ONNX Runtime intra-op threads; None: its default (all cores).
+        threads: ONNX Runtime intra-op threads; None: `ONNXPORT_THREADS`, else all cores
+            (a server running several workers gives each a share of the cores).
         on_long_text: a text longer than `max_length` is truncated (and the result says so)
             or refused with `TextTooLongError`.
         pooling: how feature extraction turns token vectors into one vector.
-        batch_size: texts run together, padded to the longest of them.
+        batch_size: the most texts run together (`length_buckets`).
     """
 
     def __init__(
@@ -161,6 +174,19 @@ class OnnxPredictor:
         pad_id = self._tokenizer.token_to_id(pad_token) if pad_token else None
         self._pad_id = pad_id if pad_id is not None else int(config.get("pad_token_id") or 0)
         self._session = self._load_session(model_path, threads)
+        # What each run feeds and fetches, fixed once (read by every thread, never changed).
+        self._feed = tuple(
+            (
+                arg.name,
+                _ENCODING_FIELDS[arg.name],
+                _INTEGER_TYPES.get(arg.type, np.int64),
+                self._pad_id if arg.name == "input_ids" else 0,
+            )
+            for arg in self._session.get_inputs()
+        )
+        names = [o.name for o in self._session.get_outputs()]
+        wanted = "last_hidden_state" if self.task is Task.FEATURE_EXTRACTION else "logits"
+        self._output = wanted if wanted in names else names[0]
         logger.info(
             "predictor ready: %s %s (%s), max length %s",
             self.directory,
@@ -203,7 +229,9 @@ class OnnxPredictor:
         return requested
 
     def _load_session(self, model_path: Path, threads: int | None) -> ort.InferenceSession:
-        session = create_session(model_path, session_options(threads=threads))
+        # Idle intra-op threads sleep rather than spin: a server runs several requests at once,
+        # and spinning threads would take the cores from the others and from the tokenizer.
+        session = create_session(model_path, session_options(threads=threads, spinning=False))
         unknown = [i.name for i in session.get_inputs() if i.name not in _ENCODING_FIELDS]
         if unknown:
             raise PredictError(
@@ -222,10 +250,7 @@ class OnnxPredictor:
             if encoding.overflowing:
                 self._long_text(index, text, encoding)
         results: list[Prediction | None] = [None] * len(batch)
-        # Texts of similar length run together, so that a batch pads little.
-        order = sorted(range(len(batch)), key=lambda i: len(encodings[i].ids))
-        for first in range(0, len(order), self.batch_size):
-            rows = order[first : first + self.batch_size]
+        for rows in length_buckets([len(e.ids) for e in encodings], self.batch_size):
             output = self._run([encodings[i] for i in rows])
             for row, index in enumerate(rows):
                 results[index] = self._answer(batch[index], encodings[index], output[row])
@@ -259,20 +284,13 @@ class OnnxPredictor:
         (encoder models number positions from the left, so right padding changes nothing)."""
         length = max(len(e.ids) for e in encodings)
         feed = {}
-        for arg in self._session.get_inputs():
-            field = _ENCODING_FIELDS[arg.name]
-            fill = self._pad_id if arg.name == "input_ids" else 0
-            values = np.full(
-                (len(encodings), length), fill, dtype=_INTEGER_TYPES.get(arg.type, np.int64)
-            )
+        for name, field, dtype, fill in self._feed:
+            values = np.full((len(encodings), length), fill, dtype=dtype)
             for row, encoding in enumerate(encodings):
                 row_values = getattr(encoding, field)
                 values[row, : len(row_values)] = row_values
-            feed[arg.name] = values
-        names = [o.name for o in self._session.get_outputs()]
-        wanted = "last_hidden_state" if self.task is Task.FEATURE_EXTRACTION else "logits"
-        name = wanted if wanted in names else names[0]
-        return self._session.run([name], feed)[0].astype(np.float32)
+            feed[name] = values
+        return self._session.run([self._output], feed)[0].astype(np.float32)
 
     def _answer(self, text: str, encoding: Encoding, output: np.ndarray) -> Prediction:
         truncated = bool(encoding.overflowing)

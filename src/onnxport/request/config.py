@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from onnxport.errors import ConfigError
+from onnxport.errors import ConfigError, one_line
 from onnxport.tasks import Task
 
 CONVERSION_CONFIG_FILENAME = "conversion.yaml"
@@ -112,6 +112,9 @@ class OutputConfig(_Strict):
     """`auto`: one self-contained file, weights in `<file>.data` beside it only above
     protobuf's 2 GiB limit; `always`: in `<file>.data` at any size (ONNX Runtime then maps
     them instead of copying them: less memory per session); `never`: refused above 2 GiB."""
+    keep_debug_metadata: bool = False
+    """Keep the exporter's stack traces and source locations in the published models; they
+    hold the converting machine's file paths (`onnxport.export.metadata`)."""
 
     @field_validator("external_data", mode="before")
     @classmethod
@@ -295,11 +298,8 @@ def _read_yaml(path: Path, *, what: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {_one_line(str(e))}") from e
-
-
-def _one_line(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip()
+        # Whole: it quotes the user's own lines and where in them the problem is.
+        raise ConfigError(f"{path} is not valid YAML: {one_line(e, limit=None)}") from e
 
 
 def load_conversion_config(path: Path) -> ConversionConfig:

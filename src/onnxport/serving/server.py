@@ -1,0 +1,277 @@
+"""`onnxport serve`: the text model behind MLflow's own scoring server (uvicorn, with its
+`/invocations`, `/ping`, `/health` and `/version` endpoints and request formats), wrapped in
+`RequestLimits`, which does what that server does not:
+
+- a body over `max_body_bytes` is refused before it is read (MLflow reads any body whole);
+- a text that is not a string is refused (under a string signature MLflow's parser turns
+  `3` into "3" and `null` into "None" before the model sees them);
+- every error answer is one line: MLflow quotes the whole request (and for a model's error,
+  its traceback) in the message.
+
+The other refusals (no texts, more than `max_batch`, a text too long under
+`on_long_text=error`) are the model's own (`serving.model`), so they hold under a plain
+`mlflow models serve` too. `onnxport serve` saves the model and starts uvicorn in a child
+process; each uvicorn worker builds its app with `create_app`, from the settings in its
+environment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from onnxport.errors import ServeError, one_line
+from onnxport.serving import DEFAULT_MAX_BODY_KB
+from onnxport.serving.model import NO_TEXTS, ServedConfig
+
+logger = logging.getLogger(__name__)
+
+SETTINGS_ENV = "ONNXPORT_SERVE_SETTINGS"
+STOP_SECONDS = 30
+"""How long a stopping server may take to finish the requests it holds."""
+INVOCATIONS = "/invocations"
+DATAFRAME_SPLIT = "dataframe_split"
+REQUEST_FORMATS = ("inputs", "instances", "dataframe_records", DATAFRAME_SPLIT)
+"""The JSON keys of MLflow's request formats."""
+# MLflow's wording around a model's error and around a body it cannot parse.
+_MLFLOW_PREDICT_PREFIX = "Failed to predict data"
+_MLFLOW_ERROR_MARK = "\nError: "
+_MLFLOW_INPUT_MARK = "\nInput:"
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class ServeSettings(BaseModel):
+    """What each worker needs to build its app: where the saved model is, and the limits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_path: Path
+    max_body_bytes: int = DEFAULT_MAX_BODY_KB * 1024
+    served: ServedConfig = ServedConfig()
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {dict: "an object", list: "a list", type(None): "null"}.get(type(value), "not text")
+
+
+def _cells(values: Any) -> list[Any]:
+    return list(values) if isinstance(values, list) else [values]
+
+
+def request_texts(payload: Any) -> list[Any]:
+    """The values a JSON request sends as texts, in any of MLflow's request formats
+    (`inputs`, `instances`, `dataframe_records`, `dataframe_split`); [] for a request in
+    none of them, which MLflow refuses with what it expects."""
+    if not isinstance(payload, dict):
+        return []
+    if DATAFRAME_SPLIT in payload:
+        table = payload[DATAFRAME_SPLIT]
+        rows = table.get("data", []) if isinstance(table, dict) else []
+        return [cell for row in _cells(rows) for cell in _cells(row)]
+    data = next((payload[k] for k in REQUEST_FORMATS if k in payload), [])
+    if isinstance(data, dict):  # by column: {"text": [...]}
+        return [cell for column in data.values() for cell in _cells(column)]
+    # A list of texts, or of records ({"text": ...}); a list inside is no text.
+    return [
+        cell for row in _cells(data) for cell in (row.values() if isinstance(row, dict) else [row])
+    ]
+
+
+def non_text_reason(body: bytes) -> str | None:
+    """Why a JSON request holds no texts, or texts that are not all strings; None when it
+    holds strings, is not JSON or is in no format MLflow knows (MLflow says why)."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None
+    if not (isinstance(payload, dict) and payload.keys() & set(REQUEST_FORMATS)):
+        return None
+    texts = request_texts(payload)
+    if not texts:
+        return NO_TEXTS
+    for index, text in enumerate(texts, 1):
+        if not isinstance(text, str):
+            return f"text {index} is {_json_kind(text)}, not a string"
+    return None
+
+
+def one_line_reason(message: str) -> str:
+    """MLflow's error message without the request it quotes, on one line."""
+    head, mark, reason = message.rpartition(_MLFLOW_ERROR_MARK)
+    if mark and head.startswith(_MLFLOW_PREDICT_PREFIX):
+        message = reason
+    return one_line(message.split(_MLFLOW_INPUT_MARK, 1)[0], 500)
+
+
+def _error_body(error_code: str, message: str) -> bytes:
+    return json.dumps({"error_code": error_code, "message": message}).encode()
+
+
+async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _refuse(send: Send, error_code: str, message: str) -> None:
+    body = _error_body(error_code, message)
+    await _answer(send, 400, body, [(b"content-type", b"application/json")])
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """`receive` for the app behind: the body already read, then the client's next events."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed
+
+
+def _one_line_errors(send: Send) -> Send:
+    """`send` for the app behind: an error answer's JSON message cut to `one_line_reason`."""
+    start: Message | None = None
+    chunks: list[bytes] = []
+
+    async def sending(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            start = message
+            return
+        if start is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = b"".join(chunks)
+        try:
+            error = json.loads(body)
+            body = _error_body(
+                str(error.get("error_code", "BAD_REQUEST")),
+                one_line_reason(str(error["message"])),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass  # not MLflow's JSON error: passed on as it is
+        await _answer(send, start["status"], body, list(start.get("headers", [])))
+
+    return sending
+
+
+class RequestLimits:
+    """ASGI middleware in front of MLflow's scoring app, on `/invocations` only."""
+
+    def __init__(self, app: App, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    def _too_large(self, size: str) -> str:
+        return (
+            f"the request body is {size} bytes, over this server's limit of "
+            f"{self.max_body_bytes} (onnxport serve --max-body-kb): send fewer or shorter texts"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") != INVOCATIONS:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", []))
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            await _refuse(send, "BAD_REQUEST", self._too_large(declared.decode()))
+            return
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_body_bytes:  # a chunked body declares no length
+                await _refuse(send, "BAD_REQUEST", self._too_large("more than that"))
+                return
+        if headers.get(b"content-type", b"").startswith(b"application/json"):
+            reason = non_text_reason(bytes(body))
+            if reason is not None:
+                await _refuse(send, "INVALID_PARAMETER_VALUE", reason)
+                return
+        await self.app(scope, _replay(bytes(body), receive), _one_line_errors(send))
+
+
+def create_app() -> App:
+    """The app of one uvicorn worker (`uvicorn --factory`): the saved model loaded with its
+    settings, behind MLflow's scoring server and `RequestLimits`."""
+    import mlflow.pyfunc
+    from mlflow.pyfunc import scoring_server
+
+    settings = ServeSettings.model_validate_json(os.environ[SETTINGS_ENV])
+    model = mlflow.pyfunc.load_model(
+        str(settings.model_path), model_config=settings.served.logged()
+    )
+    return RequestLimits(scoring_server.init(model), max_body_bytes=settings.max_body_bytes)
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail before loading anything when `host:port` cannot be listened on."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise ServeError(
+            f"cannot listen on {host}:{port}: {e.strerror or e}", hint="choose another --port"
+        ) from e
+
+
+def run_server(settings: ServeSettings, *, host: str, port: int, workers: int) -> None:
+    """Serve until interrupted (Ctrl-C, or SIGTERM to this process): uvicorn in a child
+    process with `workers` processes, each building `create_app` from the settings passed in
+    its environment. A fresh interpreter loads only what serving needs, not the modules that
+    made the model (the server's memory is then MLflow's, ONNX Runtime's and the model's)."""
+    command = [
+        *(sys.executable, "-m", "uvicorn", "--factory", f"{__name__}:create_app"),
+        *("--host", host, "--port", str(port), "--workers", str(workers)),
+    ]
+    environment = {**os.environ, SETTINGS_ENV: settings.model_dump_json()}
+    logger.info("serving %s at http://%s:%d%s", settings.model_path, host, port, INVOCATIONS)
+    child = subprocess.Popen(command, env=environment)
+    previous = signal.signal(signal.SIGTERM, lambda *_: child.terminate())
+    try:
+        code = child.wait()
+    except KeyboardInterrupt:  # the terminal's Ctrl-C reached the server too: it stops
+        code = 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _stop(child)
+    if code not in (0, -signal.SIGTERM):
+        raise ServeError(f"the server stopped with exit code {code}", hint="its messages are above")
+
+
+def _stop(child: subprocess.Popen) -> None:
+    if child.poll() is None:
+        child.terminate()
+    try:
+        child.wait(timeout=STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
