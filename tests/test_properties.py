@@ -71,6 +71,7 @@ SECTIONS: dict[str, dict[str, st.SearchStrategy]] = {
             st.text(NAME_CHARS, max_size=8),
         ),
         "external_data": st.sampled_from([e.value for e in ExternalData]),
+        "keep_debug_metadata": st.booleans(),
     },
     "validation": {
         "shapes": st.none()
