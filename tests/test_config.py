@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pydantic
 import pytest
+import yaml
 
 from onnxport.errors import EXIT_BAD_INPUT, ConfigError
 from onnxport.request.config import (
@@ -25,14 +26,17 @@ from onnxport.request.config import (
 )
 from onnxport.tasks import Task
 
-README_EXAMPLE = """\
-target:     {format: onnx}
-onnx:       {opset_version: 18, quantization: none, optimize: none, run_smoke_test: true, exporter: auto}
-output:     {filename_pattern: "model_{quantization}.onnx"}
-validation: {min_task_agreement: 0.99, atol: 1.0e-4, rtol: 1.0e-3, shapes: [[1, 8], [2, 37], [4, 128]], seed: 0}
-source:     {task: null, allow_pickle: false, trust_remote_code: false}
-execution:  {timeout_seconds: 3600}
-"""  # noqa: E501
+README = Path(__file__).parents[1] / "README.md"
+# The README shows the text models' validation defaults, which a config leaves unset (null:
+# the source's defaults); every other value it shows is the default.
+README_SHOWS_SOURCE_DEFAULTS = {"validation": {"shapes", "atol", "rtol"}}
+
+
+def readme_conversion_yaml() -> str:
+    """The yaml block under the README's `### conversion.yaml` heading."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("### conversion.yaml") :]
+    return section.split("```yaml\n", 1)[1].split("```", 1)[0]
 
 
 def _write(tmp_path: Path, text: str | bytes) -> Path:
@@ -68,14 +72,23 @@ def test_defaults_are_the_documented_ones() -> None:
     assert config.source.trust_remote_code is False
 
 
-def test_readme_example_loads_with_every_value(tmp_path: Path) -> None:
-    config = load_conversion_config(_write(tmp_path, README_EXAMPLE))
-    assert config.onnx.opset_version == 18
+def test_the_readme_conversion_yaml_loads_and_shows_every_setting_at_its_default(
+    tmp_path: Path,
+) -> None:
+    data = yaml.safe_load(readme_conversion_yaml())
+    config = load_conversion_config(_write(tmp_path, readme_conversion_yaml()))
     assert config.validation.shapes == [(1, 8), (2, 37), (4, 128)]
-    assert config.validation.atol == pytest.approx(1e-4)
-    assert config.validation.rtol == pytest.approx(1e-3)
-    assert config.source.task is None
-    assert config.execution.timeout_seconds == 3600
+    defaults = ConversionConfig().model_dump(mode="json")
+    assert data.keys() == defaults.keys(), "a section is missing from the README"
+    for section, values in defaults.items():
+        shown = data[section]
+        assert shown.keys() == values.keys(), f"README's {section}: not every setting shown"
+        differ = {
+            key
+            for key, value in config.model_dump(mode="json")[section].items()
+            if value != values[key]
+        }
+        assert differ == README_SHOWS_SOURCE_DEFAULTS.get(section, set()), section
 
 
 def test_design_minimal_example_loads_from_its_directory(tmp_path: Path) -> None:
