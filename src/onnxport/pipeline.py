@@ -54,7 +54,15 @@ EXPORT_DIRNAME = ".export"
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """The peak resident memory of the largest process of the conversion: this one, or the
+    export child (`preparation`), which has ended and been waited for by now."""
+    return (
+        max(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+        )
+        / 1024.0
+    )
 
 
 def library_versions() -> dict[str, str]:
