@@ -35,7 +35,7 @@ from onnxport.passes import (
     optimize_passes,
     quantization_pass,
 )
-from onnxport.passes.search import Timer, search_int8, search_optimization
+from onnxport.passes.search import SearchContext, Timer, search_int8, search_optimization
 from onnxport.preparation import Prepared, isolated, prepare, prepare_in_a_child
 from onnxport.progress import ProgressCallback, Stage, StageClock, ignore_progress
 from onnxport.request import ConversionRequest
@@ -149,61 +149,12 @@ def convert(
             prepared = prepare_in_a_child(request, exported, run)
         else:
             prepared = prepare(request, exported, run)
-        references, evaluation, context = (
-            prepared.references,
-            prepared.evaluation,
-            prepared.context,
-        )
-        timer = Timer(references, threads=default_threads())
-
-        def locate_fp32(model: Path, validation: ValidationRecord):
-            from onnxport.sources import load_source  # a failure can afford torch's import
-
-            return locate_fp32_failure(
-                lambda: load_source(request.source_path, config.source),
-                model,
-                references,
-                validation,
-                opset=config.onnx.opset_version,
-            )
-
-        fp32_rules_ = fp32_rules(config, evaluation)
-        locate = locate_fp32 if config.validation.localize else None
+        timer = Timer(prepared.references, threads=default_threads())
+        fp32 = _fp32(exported, work / fp32_file, request, prepared, timer, run)
         # Variants are quantized from the graph as exported: fused attention ops hide their
         # weights from the quantizer (DistilBERT-base int8 from the fused graph: 37% of
         # fp32's size; from the exported graph: 25%). ONNX Runtime fuses it at load time.
-        base = work / fp32_file
-        if config.onnx.optimize is OptimizeLevel.AUTO:
-            base = exported
-            with run.stage(Stage.PASSES, PassError):
-                fp32 = search_optimization(
-                    exported,
-                    work / fp32_file,
-                    context=context,
-                    references=references,
-                    task=prepared.task,
-                    rules=fp32_rules_,
-                    timer=timer,
-                    locate=locate,
-                )
-        else:
-            fp32_passes: tuple[PassRecord, ...] = ()
-            if optimize_passes(config):
-                base = exported
-                with run.stage(Stage.PASSES, PassError):
-                    fp32_passes = tuple(
-                        apply_sequence(optimize_passes(config), exported, work / fp32_file, context)
-                    )
-            else:
-                move_model(exported, work / fp32_file)
-            with run.stage(Stage.VALIDATE, ValidationError):
-                fp32 = judge(
-                    Candidate("fp32", work / fp32_file, fp32_passes),
-                    references,
-                    task=prepared.task,
-                    rules=fp32_rules_,
-                    locate=locate,
-                )
+        base = exported if exported.is_file() else work / fp32_file
         outputs = [fp32]
         if config.onnx.quantization is not Quantization.NONE:
             with run.stage(Stage.QUANTIZE, QuantizationError):
@@ -214,7 +165,7 @@ def convert(
             with run.stage(Stage.SMOKE_TEST, SmokeTestError):
                 for out in (o for o in outputs if o.published):
                     smoke[out.variant] = smoke_test_onnx_model(
-                        work / out.file, references[0].inputs
+                        work / out.file, prepared.references[0].inputs
                     )
                     if not smoke[out.variant].passed:
                         raise SmokeTestError(
@@ -248,6 +199,56 @@ def convert(
         return manifest
 
 
+def _fp32(
+    exported: Path,
+    final: Path,
+    request: ConversionRequest,
+    prepared: Prepared,
+    timer: Timer,
+    run: StageClock,
+) -> OutputRecord:
+    """The fp32 model at `final`: the exported graph, optimized as configured (or the fastest
+    level that validates, for `optimize: auto`), through the gate. The exported graph stays
+    where it is when the variants are made from it (any optimization), else it is moved."""
+    config = request.config
+
+    def locate_fp32(model: Path, validation: ValidationRecord):
+        from onnxport.sources import load_source  # a failure can afford torch's import
+
+        return locate_fp32_failure(
+            lambda: load_source(request.source_path, config.source),
+            model,
+            prepared.references,
+            validation,
+            opset=config.onnx.opset_version,
+        )
+
+    rules = fp32_rules(config, prepared.evaluation)
+    locate = locate_fp32 if config.validation.localize else None
+    if config.onnx.optimize is OptimizeLevel.AUTO:
+        search = SearchContext(
+            prepared.context, prepared.references, prepared.task, rules, timer, locate
+        )
+        with run.stage(Stage.PASSES, PassError):
+            return search_optimization(exported, final, search)
+    passes: tuple[PassRecord, ...] = ()
+    if optimize_passes(config):
+        with run.stage(Stage.PASSES, PassError):
+            passes = tuple(
+                apply_sequence(optimize_passes(config), exported, final, prepared.context)
+            )
+    else:
+        move_model(exported, final)
+    with run.stage(Stage.VALIDATE, ValidationError):
+        return judge(
+            Candidate("fp32", final, passes),
+            prepared.references,
+            task=prepared.task,
+            rules=rules,
+            locate=locate,
+        )
+
+
 def _variant(
     base: Path, work: Path, prepared: Prepared, config: ConversionConfig, timer: Timer
 ) -> OutputRecord:
@@ -262,17 +263,10 @@ def _variant(
 
     if config.onnx.quantization is Quantization.AUTO:
         # The search needs the divergence search to know which node to leave in float.
-        return search_int8(
-            base,
-            path,
-            variant=variant,
-            context=prepared.context,
-            references=prepared.references,
-            task=prepared.task,
-            rules=rules,
-            timer=timer,
-            locate=locate,
+        search = SearchContext(
+            prepared.context, prepared.references, prepared.task, rules, timer, locate
         )
+        return search_int8(base, path, variant=variant, search=search)
     record = apply_pass(quantization_pass(config), base, path, prepared.context)
     judged = judge(
         Candidate(variant, path, (record,)),

@@ -26,3 +26,11 @@ def remove_model(path: Path) -> None:
     """Remove a model file and its external data, if any."""
     for candidate in (path, path.with_name(path.name + ".data")):
         candidate.unlink(missing_ok=True)
+
+
+def copy_model(source: Path, target: Path) -> None:
+    """Copy a model file and its external data, if any, keeping the data file's name."""
+    shutil.copyfile(source, target)
+    data = source.with_name(source.name + ".data")
+    if data.is_file():
+        shutil.copyfile(data, target.with_name(data.name))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxport.artifact.files import move_model, remove_model
+from onnxport.artifact.files import copy_model, data_file_of, move_model, remove_model
 from onnxport.artifact.records import (
     CandidateRecord,
     OutputRecord,
@@ -98,6 +97,29 @@ class Timer:
         return found
 
 
+@dataclass(frozen=True)
+class SearchContext:
+    """What every candidate of a search is made, judged and timed with."""
+
+    context: PassContext
+    references: Sequence[Reference]
+    task: Task
+    rules: Rules
+    timer: Timer
+    locate: Locate | None
+
+    def judge(self, candidate: Candidate, *, locate: bool = True) -> OutputRecord:
+        """The one gate, unchanged; a failing candidate is recorded, not raised: the search
+        goes on to the next."""
+        return judge(
+            candidate,
+            self.references,
+            task=self.task,
+            rules=dataclasses.replace(self.rules, on_failure="skip"),
+            locate=self.locate if locate else None,
+        )
+
+
 def _fastest(latencies: dict[str, dict[str, float]]) -> str:
     """The candidate with the smallest total of medians over the shapes."""
     return min(latencies, key=lambda name: sum(latencies[name].values()))
@@ -151,7 +173,7 @@ def _finish(
         if t is not chosen and t.path != keep:
             remove_model(t.path)
     if chosen is not None and chosen.path == keep:
-        _copy_model(chosen.path, final)
+        copy_model(chosen.path, final)  # the base of the variants stays
     elif chosen is not None:
         move_model(chosen.path, final)
     record = SearchRecord(
@@ -182,25 +204,16 @@ def _refusal(target: str, record: SearchRecord) -> ValidationError:
     )
 
 
-def search_int8(
-    base: Path,
-    final: Path,
-    *,
-    variant: str,
-    context: PassContext,
-    references: Sequence[Reference],
-    task: Task,
-    rules: Rules,
-    timer: Timer,
-    locate: Locate | None,
-) -> OutputRecord:
-    """The fastest int8 model made from `base` that passes `rules`, published at `final`.
+def search_int8(base: Path, final: Path, *, variant: str, search: SearchContext) -> OutputRecord:
+    """The fastest int8 model made from `base` that passes the search's rules, published at
+    `final`.
 
-    `locate` is the divergence search for a candidate made from `base`: the node it blames
-    is left in float in the next try. Raises `ValidationError` with what was tried when none
-    passes (unless `rules.on_failure` is `skip`: then the record is returned unpublished).
+    `search.locate` is the divergence search for a candidate made from `base`: the node it
+    blames is left in float in the next try. Raises `ValidationError` with what was tried
+    when none passes (unless `rules.on_failure` is `skip`: then the record is returned
+    unpublished).
     """
-    settings = context.settings
+    settings = search.context.settings
     budget, most = settings.search_budget_seconds, settings.max_excluded_nodes
     started = time.perf_counter()
     tried: list[_Tried] = []
@@ -224,15 +237,9 @@ def search_int8(
                 setting.onnx_pass(),
                 base,
                 attempt,
-                dataclasses.replace(context, settings=candidate_settings),
+                dataclasses.replace(search.context, settings=candidate_settings),
             )
-            output = judge(
-                Candidate(variant, attempt, (pass_record,)),
-                references,
-                task=task,
-                rules=dataclasses.replace(rules, on_failure="skip"),
-                locate=locate,
-            )
+            output = search.judge(Candidate(variant, attempt, (pass_record,)))
             tried.append(
                 _Tried(
                     setting.name,
@@ -257,16 +264,16 @@ def search_int8(
             excluded.append(blamed)
         if note is not None:
             break
-    chosen, record = _finish(variant, tried, timer, final, started, note)
+    chosen, record = _finish(variant, tried, search.timer, final, started, note)
     if chosen is not None:
         return chosen.output.model_copy(
             update={
                 "file": final.name,
-                "data_file": _data_file(final),
+                "data_file": data_file_of(final),
                 "search": record,
             }
         )
-    if rules.on_failure == "skip":
+    if search.rules.on_failure == "skip":
         last = tried[-1].output if tried else OutputRecord(file=final.name, variant=variant)
         logger.warning("%s; it is not published", _refusal(variant, record).message)
         return last.model_copy(update={"file": final.name, "published": False, "search": record})
@@ -278,24 +285,10 @@ def _blamed(output: OutputRecord) -> str | None:
     return found.first.node if found is not None and found.first is not None else None
 
 
-def _data_file(model: Path) -> str | None:
-    data = model.with_name(model.name + ".data")
-    return data.name if data.is_file() else None
-
-
-def search_optimization(
-    exported: Path,
-    final: Path,
-    *,
-    context: PassContext,
-    references: Sequence[Reference],
-    task: Task,
-    rules: Rules,
-    timer: Timer,
-    locate: Locate | None,
-) -> OutputRecord:
-    """The fastest fp32 graph, at any optimization level, that passes `rules`, published at
-    `final`. Raises the gate's error for the graph as exported when no level passes."""
+def search_optimization(exported: Path, final: Path, search: SearchContext) -> OutputRecord:
+    """The fastest fp32 graph, at any optimization level, that passes the search's rules,
+    published at `final`. Raises the gate's error for the graph as exported when no level
+    passes."""
     started = time.perf_counter()
     tried: list[_Tried] = []
     for level in OPTIMIZE_LEVELS:
@@ -305,14 +298,9 @@ def search_optimization(
         passes: tuple[PassRecord, ...] = ()
         if level is not OptimizeLevel.NONE:
             path = final.with_name(f".{final.stem}.{level.value}.onnx")
-            passes = (apply_pass(OptimizePass(level), exported, path, context),)
-        output = judge(
-            Candidate("fp32", path, passes),
-            references,
-            task=task,
-            rules=dataclasses.replace(rules, on_failure="skip"),
-            locate=locate if level is OptimizeLevel.NONE else None,
-        )
+            passes = (apply_pass(OptimizePass(level), exported, path, search.context),)
+        # Localizing compares with PyTorch: once, for the graph as exported.
+        output = search.judge(Candidate("fp32", path, passes), locate=level is OptimizeLevel.NONE)
         if not output.published and path != exported:
             remove_model(path)
         tried.append(
@@ -325,12 +313,12 @@ def search_optimization(
                 time.perf_counter() - try_started,
             )
         )
-    chosen, record = _finish("optimize", tried, timer, final, started, None, keep=exported)
+    chosen, record = _finish("optimize", tried, search.timer, final, started, None, keep=exported)
     if chosen is None:
         # The graph as exported fails: the conversion fails as it would without a search.
-        raise _fp32_refusal(tried[0].output, rules)
+        raise _fp32_refusal(tried[0].output, search.rules)
     return chosen.output.model_copy(
-        update={"file": final.name, "data_file": _data_file(final), "search": record}
+        update={"file": final.name, "data_file": data_file_of(final), "search": record}
     )
 
 
@@ -344,11 +332,3 @@ def _fp32_refusal(output: OutputRecord, rules: Rules) -> ValidationError:
         f"level: {failures}" + (f"; {divergence.summary()}" if divergence else ""),
         hint="nothing was published" + ("; try " + ", or ".join(tries) if tries else ""),
     )
-
-
-def _copy_model(source: Path, target: Path) -> None:
-    """A copy of a model file (and its external data) that the gate may remove."""
-    shutil.copyfile(source, target)
-    data = source.with_name(source.name + ".data")
-    if data.is_file():
-        shutil.copyfile(data, target.with_name(data.name))

@@ -1,9 +1,8 @@
-"""Answer real text with a converted model: ONNX Runtime, the `tokenizers` package and numpy.
+"""`OnnxPredictor`: texts in, predictions out, with one published variant of a directory.
 
-`OnnxPredictor(directory)` opens an onnxport output directory (a model variant, the tokenizer,
-the label map of `config.json`) and turns texts into entities (token classification), a label
-(sequence classification) or a vector (feature extraction). Nothing on this path imports torch
-or transformers, so a serving process stays small and starts fast.
+The tokenizer of the directory encodes, sessions of the one session factory run, and
+`predictions` turns the outputs into entities, labels or vectors. Safe to share between
+threads: everything set up at construction is only read afterwards.
 """
 
 from __future__ import annotations

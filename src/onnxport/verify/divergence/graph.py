@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnxport.artifact.records import NodeDivergenceRecord
+from onnxport.verify.compare import TensorComparison
 from onnxport.verify.runtime import create_session, run_session, session_options
 
 FX_NODE = "pkg.torch.onnx.fx_node"
@@ -26,6 +28,21 @@ class Producer:
     inputs: tuple[str, ...]
     fx_node: str | None
     module: str | None
+
+    def divergence(
+        self, value: str, own: TensorComparison, input_max_abs_diff: float, **more: float
+    ) -> NodeDivergenceRecord:
+        """The record of this node's output `value`: its own error and its inputs' worst."""
+        return NodeDivergenceRecord(
+            value=value,
+            node=self.node,
+            op_type=self.op_type,
+            module=self.module,
+            max_abs_diff=own.max_abs_diff,
+            max_rel_diff=own.max_rel_diff,
+            input_max_abs_diff=input_max_abs_diff,
+            **more,
+        )
 
 
 def _meta(node: onnx.NodeProto) -> dict[str, str]:

@@ -130,14 +130,9 @@ def localize_against_pytorch(
 def _node(
     name: str, found: dict[str, Producer], comparisons: dict[str, TensorComparison]
 ) -> NodeDivergenceRecord:
-    own, producer = comparisons[name], found[name]
     inputs = upstream(name, found, comparisons)
-    return NodeDivergenceRecord(
-        value=name,
-        node=producer.node,
-        op_type=producer.op_type,
-        module=producer.module,
-        max_abs_diff=own.max_abs_diff,
-        max_rel_diff=own.max_rel_diff,
-        input_max_abs_diff=max((c.max_abs_diff for c in inputs), default=0.0),
+    return found[name].divergence(
+        name,
+        comparisons[name],
+        max((c.max_abs_diff for c in inputs), default=0.0),
     )

@@ -73,24 +73,20 @@ def localize_variant(
         before = max(upstream(name, found, lost), default=0.0)
         if lost[name] - before <= 0:
             continue
-        own = compare(actual[name], expected[name], tolerance)
         producer = found[name]
+        inputs_abs = max(
+            (
+                compare(actual[v], expected[v], tolerance).max_abs_diff
+                for v in producer.inputs
+                if v in lost
+            ),
+            default=0.0,
+        )
         ranked.append(
-            NodeDivergenceRecord(
-                value=name,
-                node=producer.node,
-                op_type=producer.op_type,
-                module=producer.module,
-                max_abs_diff=own.max_abs_diff,
-                max_rel_diff=own.max_rel_diff,
-                input_max_abs_diff=max(
-                    (
-                        compare(actual[v], expected[v], tolerance).max_abs_diff
-                        for v in producer.inputs
-                        if v in lost
-                    ),
-                    default=0.0,
-                ),
+            producer.divergence(
+                name,
+                compare(actual[name], expected[name], tolerance),
+                inputs_abs,
                 relative_l2=lost[name],
                 input_relative_l2=before,
             )
