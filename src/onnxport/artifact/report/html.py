@@ -6,16 +6,7 @@ import base64
 import html
 
 from onnxport.artifact.manifest import Manifest
-from onnxport.artifact.report.tables import (
-    Table,
-    benchmark_note,
-    benchmark_tables,
-    facts,
-    fusions_table,
-    outputs_table,
-    search_tables,
-    validation_tables,
-)
+from onnxport.artifact.report.tables import PLOT_BENCHMARK, PLOT_SEARCH, Table, sections
 
 _CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2330;
@@ -82,46 +73,24 @@ def render_html(
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        "<ul>" + "".join(f"<li>{_inline(f)}</li>" for f in facts(manifest)) + "</ul>",
-        "<h2>Outputs</h2>",
-        _html_table(outputs_table(manifest)),
-        "<h2>Validation against PyTorch</h2>",
     ]
-    for heading, table in validation_tables(manifest):
-        parts += [f"<h3>{html.escape(heading)}</h3>", _html_table(table)]
-    for heading, table in search_tables(manifest):
-        parts += [f"<h2>Search: {html.escape(heading)}</h2>", _html_table(table)]
-    if search_plot is not None:
-        parts.append(_image(search_plot, "median latency of the search's candidates"))
-    fusions = fusions_table(manifest)
-    if fusions is not None:
-        parts += ["<h2>Graph optimization</h2>", _html_table(fusions)]
-    result = manifest.benchmark
-    if result is not None:
-        runtimes, latency = benchmark_tables(result)
-        parts += [
-            "<h2>Benchmark</h2>",
-            f'<p class="note">{html.escape(benchmark_note(result))}</p>',
-            _html_table(runtimes),
-            _html_table(latency),
-        ]
-        if plot is not None:
-            parts.append(_image(plot, f"median latency by {result.size_name}, per batch size"))
-    timings = Table(
-        ("stage", "seconds"),
-        tuple((k, f"{v:.2f}") for k, v in manifest.timings.items()),
-        frozenset({1}),
-    )
-    parts += ["<h2>Timings</h2>", _html_table(timings)]
-    if manifest.peak_rss_mb is not None:
-        parts.append(f"<p>Peak memory (RSS): {manifest.peak_rss_mb:.0f} MB</p>")
-    parts += [
-        "<h2>Versions</h2>",
-        "<ul>"
-        + "".join(
-            f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in manifest.versions.items()
-        )
-        + "</ul>",
-        "</body></html>",
-    ]
+    size_name = manifest.benchmark.size_name if manifest.benchmark else "input size"
+    plots = {
+        PLOT_BENCHMARK: (plot, f"median latency by {size_name}, per batch size"),
+        PLOT_SEARCH: (search_plot, "median latency of the search's candidates"),
+    }
+    for section in sections(manifest):
+        if section.heading:
+            h = f"h{section.level}"
+            parts.append(f"<{h}>{html.escape(section.heading)}</{h}>")
+        if section.note:
+            parts.append(f'<p class="note">{html.escape(section.note)}</p>')
+        if section.items:
+            items = "".join(f"<li>{_inline(item)}</li>" for item in section.items)
+            parts.append(f"<ul>{items}</ul>")
+        parts += [_html_table(table) for table in section.tables]
+        png, alt = plots.get(section.plot or "", (None, ""))
+        if png is not None:
+            parts.append(_image(png, alt))
+    parts.append("</body></html>")
     return "\n".join(parts) + "\n"

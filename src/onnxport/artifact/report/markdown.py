@@ -3,16 +3,7 @@
 from __future__ import annotations
 
 from onnxport.artifact.manifest import Manifest
-from onnxport.artifact.report.tables import (
-    Table,
-    benchmark_note,
-    benchmark_tables,
-    facts,
-    fusions_table,
-    outputs_table,
-    search_tables,
-    validation_tables,
-)
+from onnxport.artifact.report.tables import PLOT_BENCHMARK, Table, sections
 
 REPORT_PLOT_FILENAME = "report.png"
 
@@ -24,27 +15,25 @@ def _markdown_table(table: Table) -> list[str]:
 
 
 def render_markdown(manifest: Manifest) -> str:
-    lines = [f"# onnxport conversion: {manifest.source.architecture}", ""]
-    lines += [f"- {fact}" for fact in facts(manifest)]
-    lines += ["", "## Outputs", "", *_markdown_table(outputs_table(manifest))]
-    lines += ["", "## Validation against PyTorch", ""]
-    for title, table in validation_tables(manifest):
-        lines += [f"### {title}", "", *_markdown_table(table), ""]
-    for title, table in search_tables(manifest):
-        lines += [f"## Search: {title}", "", *_markdown_table(table), ""]
-    fusions = fusions_table(manifest)
-    if fusions is not None:
-        lines += ["## Graph optimization", "", *_markdown_table(fusions), ""]
-    result = manifest.benchmark
-    if result is not None:
-        runtimes, latency = benchmark_tables(result)
-        lines += ["## Benchmark", "", benchmark_note(result), ""]
-        lines += [*_markdown_table(runtimes), "", *_markdown_table(latency), ""]
-        lines += [f"![median latency by {result.size_name}]({REPORT_PLOT_FILENAME})", ""]
-    lines += ["## Timings", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.2f} |" for k, v in manifest.timings.items()]
-    if manifest.peak_rss_mb is not None:
-        lines += ["", f"Peak memory (RSS): {manifest.peak_rss_mb:.0f} MB"]
-    lines += ["", "## Versions", ""]
-    lines += [f"- {k}: {v}" for k, v in manifest.versions.items()]
-    return "\n".join(lines) + "\n"
+    lines = [f"# onnxport conversion: {manifest.source.architecture}"]
+    for section in sections(manifest):
+        lines.append("")
+        if section.heading:
+            lines += ["#" * section.level + " " + section.heading, ""]
+        if section.note:
+            lines += [section.note, ""]
+        lines += [f"- {item}" for item in section.items]
+        for table in section.tables:
+            lines += [*_markdown_table(table), ""]
+        if section.plot == PLOT_BENCHMARK and manifest.benchmark is not None:
+            size_name = manifest.benchmark.size_name
+            lines += [f"![median latency by {size_name}]({REPORT_PLOT_FILENAME})", ""]
+    return "\n".join(line for line in _single_blank_lines(lines)).rstrip("\n") + "\n"
+
+
+def _single_blank_lines(lines: list[str]) -> list[str]:
+    kept: list[str] = []
+    for line in lines:
+        if not (line == "" and kept and kept[-1] == ""):
+            kept.append(line)
+    return kept

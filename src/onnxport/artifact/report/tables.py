@@ -3,6 +3,7 @@ terminal: what the manifest says about the outputs, their validation and the ben
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from onnxport.artifact.manifest import Manifest
@@ -192,7 +193,8 @@ def search_tables(manifest: Manifest) -> list[tuple[str, Table]]:
             *(f"{s} p50 ms" for s in shapes),
             "chosen",
         )
-        title = f"{out.variant}: {search.target} search, {search.threads} threads"
+        what = "optimization levels" if search.target == "optimize" else "settings"
+        title = f"{out.variant} {what} tried, timed with {search.threads} threads"
         if search.note:
             title += f" ({search.note})"
         tables.append((title, Table(headers, rows, frozenset(range(3, 4 + len(shapes))))))
@@ -215,3 +217,59 @@ def machine_fact(manifest: Manifest) -> str | None:
     if m is None:
         return None
     return f"converted on: {m.cpu_model}, {m.logical_cpus} CPUs, {' '.join(m.isa) or 'no SIMD'}"
+
+
+@dataclass(frozen=True)
+class Section:
+    """One part of a report, in the order both reports show it."""
+
+    heading: str
+    level: int = 2
+    note: str | None = None
+    items: tuple[str, ...] = ()
+    """A bulleted list (facts, versions)."""
+    tables: tuple[Table, ...] = ()
+    plot: str | None = None
+    """Which plot follows the tables (`PLOT_BENCHMARK` or `PLOT_SEARCH`), if any."""
+
+
+PLOT_BENCHMARK = "benchmark"
+PLOT_SEARCH = "search"
+
+
+def sections(manifest: Manifest) -> list[Section]:
+    """The report's parts below its title: what report.md and report.html both show."""
+    found = [
+        Section("", items=tuple(facts(manifest))),
+        Section("Outputs", tables=(outputs_table(manifest),)),
+        Section("Validation against PyTorch"),
+        *(Section(title, level=3, tables=(t,)) for title, t in validation_tables(manifest)),
+    ]
+    searches = search_tables(manifest)
+    found += [Section(f"Search: {title}", tables=(t,)) for title, t in searches]
+    if searches:
+        found[-1] = dataclasses.replace(found[-1], plot=PLOT_SEARCH)
+    fusions = fusions_table(manifest)
+    if fusions is not None:
+        found.append(Section("Graph optimization", tables=(fusions,)))
+    result = manifest.benchmark
+    if result is not None:
+        found.append(
+            Section(
+                "Benchmark",
+                note=benchmark_note(result),
+                tables=benchmark_tables(result),
+                plot=PLOT_BENCHMARK,
+            )
+        )
+    timings = Table(
+        ("stage", "seconds"),
+        tuple((k, f"{v:.2f}") for k, v in manifest.timings.items()),
+        frozenset({1}),
+    )
+    found.append(Section("Timings", tables=(timings,)))
+    if manifest.peak_rss_mb is not None:
+        found.append(Section("", note=f"Peak memory (RSS): {manifest.peak_rss_mb:.0f} MB"))
+    versions = tuple(f"{k}: {v}" for k, v in manifest.versions.items())
+    found.append(Section("Versions", items=versions))
+    return found
