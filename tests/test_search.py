@@ -103,7 +103,7 @@ def test_the_machine_and_the_search_are_in_the_reports(searched) -> None:
     assert manifest.machine.cpu_model and manifest.machine.logical_cpus >= 1
     assert "avx2" in manifest.machine.isa or manifest.machine.machine != "x86_64"
     markdown = (output / "report.md").read_text(encoding="utf-8")
-    assert "## Search: int8: int8 search" in markdown and LIN2 in markdown
+    assert "## Search: int8 settings tried" in markdown and LIN2 in markdown
     html = (output / "report.html").read_text(encoding="utf-8")
     assert "Search: int8" in html and "median latency of the search" in html
     assert "converted on: " in markdown
