@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,6 +169,32 @@ def copy_output(converted, tmp_path: Path) -> Callable[[str], Path]:
         return target
 
     return copy
+
+
+class _CurrentStderr:
+    """Whatever `sys.stderr` is when a record is written."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def _transformers_logs_to_the_current_stderr() -> None:
+    """transformers binds its one log handler to the `sys.stderr` of the moment it first
+    logs; first bound inside a test's redirected or captured stderr, every later warning
+    (its load report among them) would go to that test's stream, closed or gone. Bound to
+    the current stderr, `run_cli` captures it like the command's own output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.get_verbosity()  # sets the library's handler up now
+    for handler in logging.getLogger("transformers").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(_CurrentStderr())  # type: ignore[arg-type]
+
+
+_transformers_logs_to_the_current_stderr()
 
 
 @dataclass(frozen=True)

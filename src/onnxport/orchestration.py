@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from onnxport.execution import LINEAGE_ENV, REGISTERED_MODEL_ENV, ChildArguments
 from onnxport.progress import ProgressCallback
 from onnxport.request.config import (
     CONVERSION_CONFIG_FILENAME,
+    ConversionConfig,
     ExperimentConfig,
     load_conversion_config,
     load_experiment_config,
@@ -29,7 +31,11 @@ from onnxport.request.config import (
 from onnxport.request.fingerprints import check_fingerprint, conversion_fingerprint
 from onnxport.request.hosting import resolve_platform
 from onnxport.request.lineage import local_lineage, run_tags
-from onnxport.request.paths import conversion_output_dir, read_parent_training_output
+from onnxport.request.paths import (
+    ParentTrainingOutput,
+    conversion_output_dir,
+    read_parent_training_output,
+)
 from onnxport.tracking import (
     create_run,
     end_run,
@@ -105,46 +111,26 @@ def execute_conversion(
         on_progress: receives the conversion's `StageEvent`s as they come; default: logged.
     """
     started = time.perf_counter()
-    spec_fp = check_fingerprint(parent_spec_fp, "parent_spec_fp")
-    exec_fp = check_fingerprint(parent_exec_fp, "parent_exec_fp")
-    platform_name = resolve_platform(platform)
-    config_dir = Path(config_dir)
-    # The directory's conversion.yaml, so that a missing directory is reported by that name.
-    config = load_conversion_config(
-        config_dir if config_dir.is_file() else config_dir / CONVERSION_CONFIG_FILENAME
+    plan = _plan(
+        config_dir,
+        parent_training_output_dir,
+        parent_spec_fp,
+        parent_exec_fp,
+        platform,
+        parent_training_run_id,
+        root_dir=Path(root_dir),
+        experiment=lambda directory: _experiment(
+            experiment_config, directory, conversion_experiment_name
+        ),
     )
-    experiment = _experiment(experiment_config, Path(config_dir), conversion_experiment_name)
-    parent = read_parent_training_output(
-        Path(parent_training_output_dir), parent_spec_fp=spec_fp, parent_exec_fp=exec_fp
-    )
-    conv_fp = conversion_fingerprint(spec_fp, exec_fp, config, variant=parent.variant)
-    output_dir = conversion_output_dir(
-        root_dir,
-        platform=platform_name,
-        backbone=parent.backbone,
-        parent_spec_fp=spec_fp,
-        parent_exec_fp=exec_fp,
-        variant=parent.variant,
-        conv_fp=conv_fp,
-    )
-    lineage = local_lineage(
-        parent,
-        parent_spec_fp=spec_fp,
-        parent_exec_fp=exec_fp,
-        conv_fp=conv_fp,
-        platform=platform_name,
-        parent_training_run_id=parent_training_run_id,
-    )
-
+    experiment = plan.experiment
     tracking_uri = resolve_tracking_uri(Path(root_dir), experiment)
     client = prepare_store(tracking_uri)  # fails here, before converting, if unreachable
     experiment_id = ensure_experiment(
         client, experiment.experiment_name, resolve_artifact_location(Path(root_dir), experiment)
     )
-    tags = run_tags(lineage, config, user_tags=experiment.tags)
-    run_name = (
-        f"conversion-{parent.backbone}-spec_{spec_fp}_exec_{exec_fp}-v{parent.variant}-{conv_fp}"
-    )
+    tags = run_tags(plan.lineage, plan.config, user_tags=experiment.tags)
+    output_dir = plan.output_dir
 
     from filelock import FileLock
 
@@ -156,34 +142,26 @@ def execute_conversion(
         # First: a killed run's leftovers go, and an earlier result it had moved aside returns.
         remove_stale_partials(output_dir)
         if not force and not verify_directory(output_dir):
-            _record_cache_hit(client, experiment_id, run_name, tags, output_dir)
+            _record_cache_hit(client, experiment_id, plan.run_name, tags, output_dir)
             logger.info(
                 "reusing the complete conversion %s (%.2f s)",
                 output_dir,
                 time.perf_counter() - started,
             )
             return output_dir
-        run_id = create_run(client, experiment_id, run_name=run_name, tags=tags)
-        logger.info("converting %s into %s (MLflow run %s)", parent.checkpoint, output_dir, run_id)
+        run_id = create_run(client, experiment_id, run_name=plan.run_name, tags=tags)
+        logger.info(
+            "converting %s into %s (MLflow run %s)", plan.parent.checkpoint, output_dir, run_id
+        )
         with failed_unless_finished(client, run_id):
             child = run_child(
-                ChildArguments(
-                    checkpoint_path=parent.checkpoint,
-                    config_dir=Path(config_dir),
-                    backbone=parent.backbone,
-                    output_dir=output_dir,
-                    opset_version=config.onnx.opset_version,
-                    quantize_int8=False,
-                    run_smoke_test=config.onnx.run_smoke_test,
-                    force=True,  # a damaged or forced directory is replaced atomically
-                    conv_fp=conv_fp,
-                ),
-                timeout_seconds=config.execution.timeout_seconds,
+                plan.child_arguments(),
+                timeout_seconds=plan.config.execution.timeout_seconds,
                 env={
                     "MLFLOW_TRACKING_URI": tracking_uri,
                     "MLFLOW_RUN_ID": run_id,
                     "MLFLOW_EXPERIMENT_ID": experiment_id,
-                    LINEAGE_ENV: json.dumps({**lineage, "mlflow_run_id": run_id}),
+                    LINEAGE_ENV: json.dumps({**plan.lineage, "mlflow_run_id": run_id}),
                     REGISTERED_MODEL_ENV: experiment.registered_model_name or "",
                 },
                 on_event=on_progress,
@@ -193,6 +171,87 @@ def execute_conversion(
             client.log_metric(run_id, "seconds.total", time.perf_counter() - started)
     logger.info("conversion complete in %.1f s: %s", time.perf_counter() - started, output_dir)
     return output_dir
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one `execute_conversion` converts, with which settings, into which directory."""
+
+    config_dir: Path
+    config: ConversionConfig
+    experiment: ExperimentConfig
+    parent: ParentTrainingOutput
+    conv_fp: str
+    output_dir: Path
+    lineage: dict[str, str]
+    run_name: str
+
+    def child_arguments(self) -> ChildArguments:
+        return ChildArguments(
+            checkpoint_path=self.parent.checkpoint,
+            config_dir=self.config_dir,
+            backbone=self.parent.backbone,
+            output_dir=self.output_dir,
+            opset_version=self.config.onnx.opset_version,
+            quantize_int8=False,
+            run_smoke_test=self.config.onnx.run_smoke_test,
+            force=True,  # a damaged or forced directory is replaced atomically
+            conv_fp=self.conv_fp,
+        )
+
+
+def _plan(
+    config_dir: Path,
+    parent_training_output_dir: Path,
+    parent_spec_fp: str,
+    parent_exec_fp: str,
+    platform: str | None,
+    parent_training_run_id: str | None,
+    *,
+    root_dir: Path,
+    experiment: Callable[[Path], ExperimentConfig],
+) -> _Plan:
+    """Check the arguments and read the config and the training output: every bad input is
+    refused here, before the tracking store is touched."""
+    spec_fp = check_fingerprint(parent_spec_fp, "parent_spec_fp")
+    exec_fp = check_fingerprint(parent_exec_fp, "parent_exec_fp")
+    platform_name = resolve_platform(platform)
+    config_dir = Path(config_dir)
+    # The directory's conversion.yaml, so that a missing directory is reported by that name.
+    config = load_conversion_config(
+        config_dir if config_dir.is_file() else config_dir / CONVERSION_CONFIG_FILENAME
+    )
+    tracked = experiment(config_dir)
+    parent = read_parent_training_output(
+        Path(parent_training_output_dir), parent_spec_fp=spec_fp, parent_exec_fp=exec_fp
+    )
+    conv_fp = conversion_fingerprint(spec_fp, exec_fp, config, variant=parent.variant)
+    return _Plan(
+        config_dir=config_dir,
+        config=config,
+        experiment=tracked,
+        parent=parent,
+        conv_fp=conv_fp,
+        output_dir=conversion_output_dir(
+            root_dir,
+            platform=platform_name,
+            backbone=parent.backbone,
+            parent_spec_fp=spec_fp,
+            parent_exec_fp=exec_fp,
+            variant=parent.variant,
+            conv_fp=conv_fp,
+        ),
+        lineage=local_lineage(
+            parent,
+            parent_spec_fp=spec_fp,
+            parent_exec_fp=exec_fp,
+            conv_fp=conv_fp,
+            platform=platform_name,
+            parent_training_run_id=parent_training_run_id,
+        ),
+        run_name=f"conversion-{parent.backbone}-spec_{spec_fp}_exec_{exec_fp}"
+        f"-v{parent.variant}-{conv_fp}",
+    )
 
 
 def _record_cache_hit(
