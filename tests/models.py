@@ -146,6 +146,37 @@ def build_vit_image_classifier(directory: Path) -> Path:
     return _save(ViTForImageClassification(config), directory)
 
 
+def build_resnet_image_classifier(directory: Path) -> Path:
+    """A convolutional backbone: it takes images of any size, so height and width vary."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    config = ResNetConfig(
+        embedding_size=16,
+        hidden_sizes=[16, 32],
+        depths=[1, 1],
+        layer_type="basic",
+        image_size=IMAGE_SIZE,
+        **_labels(4),
+    )
+    torch.manual_seed(SEED)
+    return _save(ResNetForImageClassification(config), directory)
+
+
+def build_regnet_image_classifier(directory: Path) -> Path:
+    from transformers import RegNetConfig, RegNetForImageClassification
+
+    config = RegNetConfig(
+        embedding_size=16,
+        hidden_sizes=[16, 32],
+        depths=[1, 1],
+        groups_width=8,
+        image_size=IMAGE_SIZE,
+        **_labels(4),
+    )
+    torch.manual_seed(SEED)
+    return _save(RegNetForImageClassification(config), directory)
+
+
 def build_bert_question_answering(directory: Path) -> Path:
     from transformers import BertForQuestionAnswering
 
@@ -178,6 +209,28 @@ def build_gpt2_causal_lm(directory: Path) -> Path:
     )
     torch.manual_seed(SEED)
     return _save(GPT2LMHeadModel(config), directory)
+
+
+def build_funnel_sequence_classifier(directory: Path) -> Path:
+    """A model whose code fixes the sequence length when traced (Funnel's pooling): the
+    dynamo exporter refuses it, the TorchScript exporter bakes the example's length in, and
+    the graph refuses other lengths. Not in `MODELS`: it cannot be converted as it is."""
+    from transformers import FunnelConfig, FunnelForSequenceClassification
+
+    tokenizer = wordpiece_tokenizer(directory)
+    config = FunnelConfig(
+        vocab_size=VOCAB_SIZE,
+        block_sizes=[1, 1],
+        num_decoder_layers=1,
+        d_model=HIDDEN,
+        n_head=HEADS,
+        d_head=HIDDEN // HEADS,
+        d_inner=INTERMEDIATE,
+        pad_token_id=tokenizer.pad_token_id,
+        **_labels(3),
+    )
+    torch.manual_seed(SEED)
+    return _save(FunnelForSequenceClassification(config), directory)
 
 
 @dataclass(frozen=True)
@@ -235,6 +288,22 @@ MODELS: dict[str, TinyModel] = {
         ("logits",),
         False,
     ),
+    "resnet-image": TinyModel(
+        build_resnet_image_classifier,
+        Task.IMAGE_CLASSIFICATION,
+        "ResNetForImageClassification",
+        ("pixel_values",),
+        ("logits",),
+        False,
+    ),
+    "regnet-image": TinyModel(
+        build_regnet_image_classifier,
+        Task.IMAGE_CLASSIFICATION,
+        "RegNetForImageClassification",
+        ("pixel_values",),
+        ("logits",),
+        False,
+    ),
     "bert-qa": TinyModel(
         build_bert_question_answering,
         Task.QUESTION_ANSWERING,
@@ -260,6 +329,9 @@ MODELS: dict[str, TinyModel] = {
         True,
     ),
 }
+
+# Image models whose height and width vary (convolutional backbones); ViT's resolution is fixed.
+ANY_RESOLUTION_MODELS = ("resnet-image", "regnet-image")
 
 # The five the CLI converts end to end with the default (dynamo) exporter; the pipeline
 # tests convert every entry of MODELS with the faster TorchScript exporter.

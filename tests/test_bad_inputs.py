@@ -469,7 +469,7 @@ CONVERT_CASES: dict[str, ConvertCase] = {
     "forward-raises-on-a-validation-shape": ConvertCase(
         _yaml("validation: {shapes: [[1, 8], [1, 500]]}\n"),
         2,
-        ("the PyTorch model fails on the validation input 1x500",),
+        ("the PyTorch model fails on the validation input [1, 500]",),
     ),
     "weights-that-are-nan": ConvertCase(
         lambda ctx: [ctx.hostile.nan_weights, *FAST], 2, ("the PyTorch model itself outputs NaN",)

@@ -171,3 +171,42 @@ def test_an_unreadable_training_job_is_named_before_anything_is_submitted(
     assert error == ["error (azureml): cannot read training job train-z: Job train-z not found"]
     assert "hint: check the job name and the workspace" in run.stderr
     assert service.jobs.submitted == {}
+
+
+# What DefaultAzureCredential raises on a machine signed in nowhere (azure-identity 1.x).
+NO_LOGIN = """DefaultAzureCredential failed to retrieve a token from the included credentials.
+Attempted credentials:
+\tEnvironmentCredential: EnvironmentCredential authentication unavailable. Environment variables are not fully configured.
+Visit https://aka.ms/azsdk/python/identity/environmentcredential/troubleshoot to troubleshoot this issue.
+\tManagedIdentityCredential: ManagedIdentityCredential authentication unavailable.
+\tAzureCliCredential: Please run 'az login' to set up an account
+\tAzurePowerShellCredential: PowerShell is not installed
+To mitigate this issue, please refer to the troubleshooting guidelines here at https://aka.ms/azsdk/python/identity/defaultazurecredential/troubleshoot."""  # noqa: E501
+
+
+def test_a_dry_run_on_a_workspace_without_an_azure_login_says_how_to_go_on(
+    cli, monkeypatch: pytest.MonkeyPatch, workspace: Path, tmp_path: Path
+) -> None:
+    """The real MLClient signs in on its first request; only the credential is stood in for,
+    refusing as DefaultAzureCredential does when no login exists."""
+    from azure.core.exceptions import ClientAuthenticationError
+    from azure.identity import DefaultAzureCredential
+
+    def no_login(self, *scopes, **kwargs):
+        raise ClientAuthenticationError(message=NO_LOGIN)
+
+    for method in ("get_token", "get_token_info"):
+        monkeypatch.setattr(DefaultAzureCredential, method, no_login, raising=False)
+    run = cli("azureml", "submit", "-t", "train-a", "--compute", "cpu-cluster",
+              "--workspace-config", workspace, "--dry-run")  # fmt: skip
+    assert run.code == 2
+    assert "Traceback" not in run.stderr
+    assert run.stderr.splitlines() == [
+        "error (azureml): cannot sign in to Azure to reach workspace ws-convert: no Azure CLI "
+        "login (Please run 'az login' to set up an account); no service principal in "
+        "AZURE_CLIENT_ID/AZURE_TENANT_ID/...; no managed identity",
+        "  hint: sign in with `az login` (or set a service principal's AZURE_* variables), or "
+        "leave out --subscription/--resource-group/--workspace/--workspace-config for an "
+        "offline dry run",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]  # no job written

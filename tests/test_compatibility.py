@@ -69,3 +69,23 @@ def test_it_benchmarks_and_re_renders_its_report(cli, published: Path) -> None:
     assert run.code == 0, run.stderr
     assert "model_int8.onnx" in (published / "report.md").read_text(encoding="utf-8")
     assert verify_directory(published) == []
+
+
+def test_its_tables_show_the_shapes_it_recorded() -> None:
+    """Written before the inputs' full shapes were: the (batch, size) pairs it has are shown,
+    and no input or resolution is made up."""
+    from rich.console import Console
+
+    from onnxport.artifact.report.tables import facts, resolution_note
+    from onnxport.commands.render import manifest_tables
+
+    manifest = read_manifest(FIXTURE)
+    validation = manifest.outputs[0].validation
+    assert validation.input_shapes == [] and validation.graph_inputs == []
+    assert manifest.source.fixed_resolution is None
+    console = Console(record=True, width=200, color_system=None)
+    console.print(manifest_tables(manifest)[0])
+    shapes = " ".join("x".join(str(n) for n in shape) for shape in validation.shapes)
+    assert shapes in console.export_text()
+    assert resolution_note(manifest) is None
+    assert not any(fact.startswith("inputs:") for fact in facts(manifest))

@@ -20,6 +20,15 @@ def _f1(stdout: str, model: str) -> float:
     return float(found.group(1))
 
 
+def _stage_seconds(stdout: str) -> dict[str, str]:
+    """The "seconds per stage" table's cells, by stage."""
+    lines = stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("┃ load"))
+    names = [cell.strip() for cell in lines[header].strip("┃").split("┃")]
+    values = [cell.strip() for cell in lines[header + 2].strip("│").split("│")]
+    return dict(zip(names, values, strict=True))
+
+
 def test_demo_tells_the_whole_story_and_reuses_it(cli, demo_cache, tmp_path) -> None:
     root = tmp_path / "demo"
     run = cli("demo", "--root", root, "--cache-dir", demo_cache)
@@ -36,14 +45,21 @@ def test_demo_tells_the_whole_story_and_reuses_it(cli, demo_cache, tmp_path) -> 
         "quantize and validate the variant",
         "smoke test",
         "publish",
+        "log to MLflow",
     ]
-    assert len([line for line in progress if line.startswith("✓")]) == 7, progress
+    assert len([line for line in progress if line.startswith("✓")]) == 8, progress
+
     assert not any(re.match(r"\s*\d\d:\d\d:\d\d INFO ", line) for line in conversion)
     report = re.search(r"report:\s+(\S+report\.html)", run.stdout)
     assert report, run.stdout
     output = Path(report.group(1)).parent
     manifest = read_manifest(output)
     assert verify_directory(output) == []
+    # One clock per stage: the publish time of the progress line is the manifest's and the
+    # table's (logging to MLflow, timed on its own line, is not part of it).
+    publish = manifest.timings["publish"]
+    assert re.search(r"✓ publish ([0-9.]+) s", run.stderr).group(1) == f"{publish:.1f}"
+    assert _stage_seconds(run.stdout)["publish"] == f"{publish:.2f}"
     assert [o.variant for o in manifest.published_outputs()] == ["fp32", "int8"]
     assert manifest.outputs[0].passes[0].name == "optimize-extended"
     # The held-out entity F1 of each model, int8 within one point of PyTorch.

@@ -105,10 +105,14 @@ def test_message_and_hint() -> None:
 
 @pytest.mark.parametrize("cls", sorted(ERROR_TYPES.values(), key=lambda c: c.__name__))
 def test_round_trip_through_json(cls: type[OnnxportError]) -> None:
-    error = cls("it failed", hint="do this")
+    error = cls("it failed", hint="do this", details="[E:runtime] raw words")
     back = error_from_dict(json.loads(json.dumps(error.to_dict())))
     assert type(back) is cls
-    assert (back.message, back.hint) == ("it failed", "do this")
+    assert (back.message, back.hint, back.details) == (
+        "it failed",
+        "do this",
+        "[E:runtime] raw words",
+    )
 
 
 def test_unknown_type_from_a_child_becomes_an_internal_error() -> None:

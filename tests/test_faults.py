@@ -5,7 +5,7 @@ SIGKILL in every stage, through `execute_conversion` with a real SQLite MLflow s
 stage starts (the child stops itself there, so the kill lands in that stage whatever the
 machine's speed) and at a seeded random moment after. It checks after each kill what a
 pipeline relies on: nothing under the final name unless complete and valid, an earlier output
-untouched unless the child had reached publish, the MLflow run not left RUNNING, no process
+untouched unless the child had ended its last stage, the MLflow run not left RUNNING, no process
 left behind, and the next run converting (each trial is the next run of the one before it;
 the last runs are not killed).
 """
@@ -44,9 +44,8 @@ pytestmark = pytest.mark.xdist_group("processes")
 
 SEED = 9
 TRIALS = int(os.environ.get("ONNXPORT_FAULT_TRIALS", "12"))
-"""Every stage killed as it starts, the rest at random moments: 12 hit each stage twice;
-`make test-faults` runs 20."""
-STAGES = ("startup", "load", "export", "validate", "smoke_test", "publish")
+"""Every stage killed as it starts, the rest at random moments; `make test-faults` runs 20."""
+STAGES = ("startup", "load", "export", "validate", "smoke_test", "publish", "track")
 """`startup`: the child's imports, before its first stage; the rest are pipeline stages."""
 MAX_DELAY = 1.0
 """The longest wait before a kill that lets the child go on from where it stopped."""
@@ -180,14 +179,15 @@ def _children_that_stop(where: dict[str, str]) -> Iterator[None]:
 
 
 def _stage_reached(events: list[StageEvent]) -> str:
-    """The last stage the child began (`done` once it published), from the events it sent:
+    """The last stage the child began (`done` once it tracked, the last stage before the
+    directory takes its name), from the events it sent:
     each is written to the channel before the child goes on, and what a killed child wrote
     still arrives, so they tell where it was when it died."""
     reached = "startup"
     for event in events:
         if event.status is Status.START:
             reached = event.stage.value
-        elif (event.stage, event.status) == (Stage.PUBLISH, Status.DONE):
+        elif (event.stage, event.status) == (Stage.TRACK, Status.DONE):
             reached = "done"
     return reached
 
@@ -289,11 +289,11 @@ def _check_after(trial: Trial) -> None:
         # Never missing (the swap is atomic), and untouched unless a complete new one won.
         assert final.is_dir(), f"the earlier output vanished ({trial})"
         if snapshot(final) != target.earlier:
-            assert trial.outcome == "completed" or reached in ("publish", "done"), (
+            assert trial.outcome == "completed" or reached == "done", (
                 f"the earlier output changed although the child died in {reached} ({trial})"
             )
     elif trial.outcome == "killed" and final.exists():
-        assert reached in ("publish", "done"), str(trial)
+        assert reached == "done", str(trial)
     if final.exists():
         target.earlier = snapshot(final)
 

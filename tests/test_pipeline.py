@@ -18,7 +18,7 @@ from onnxport.artifact.manifest import (
     read_manifest,
     verify_directory,
 )
-from onnxport.errors import OutputError, PublishError, SourceError, ValidationError
+from onnxport.errors import OutputError, SourceError, TrackingError, ValidationError
 from onnxport.pipeline import convert
 from onnxport.preparation import validation_shapes
 from onnxport.progress import StageEvent
@@ -49,6 +49,8 @@ def test_stages_report_start_and_end_in_order(converted) -> None:
     ]
     assert all(e.seconds is not None and e.seconds >= 0 for e in result.events[1::2])
     assert tuple(result.manifest.timings) == STAGES_RUN
+    # One clock per stage: each `done` event shows the manifest's figure, publish's too.
+    assert {e.stage.value: e.seconds for e in result.events[1::2]} == result.manifest.timings
 
 
 def test_manifest_records_lineage_versions_and_config(converted) -> None:
@@ -212,9 +214,18 @@ def test_a_failing_before_publish_hook_publishes_nothing(checkpoint, tmp_path: P
     def refuse(manifest, staging: Path) -> None:
         raise RuntimeError("tracking is down")
 
-    with pytest.raises(PublishError, match="publish failed: RuntimeError: tracking is down"):
+    events: list[StageEvent] = []
+    with pytest.raises(TrackingError, match="track failed: RuntimeError: tracking is down"):
         convert(
             ConversionRequest(checkpoint("bert-encoder"), tmp_path / "out", config=FAST),
+            progress=events.append,
             before_publish=refuse,
         )
     assert list(tmp_path.iterdir()) == []
+    # Tracking is a stage of its own, after publishing's, which its time is not part of.
+    assert [(e.stage.value, e.status.value) for e in events[-4:]] == [
+        ("publish", "start"),
+        ("publish", "done"),
+        ("track", "start"),
+        ("track", "failed"),
+    ]

@@ -310,6 +310,44 @@ def test_unusable_directories_are_clear_errors(copy_output, damage, variant, mes
     assert raised.value.exit_code == 2
 
 
+# --- images ----------------------------------------------------------------------------------
+
+
+def test_image_labels_equal_pytorch_at_any_size_the_model_takes(converted, source) -> None:
+    """A convolutional model labels images of its own size and of others, as PyTorch does."""
+    predictor = OnnxPredictor(converted("resnet-image").directory)
+    model = source("resnet-image").module
+    for height, width in ((32, 32), (48, 80)):
+        pixels = torch.randn(3, 3, height, width, generator=torch.Generator().manual_seed(height))
+        with torch.no_grad():
+            expected = torch.softmax(model(pixel_values=pixels).logits, dim=-1)
+        labels = predictor.predict_images(pixels.numpy())
+        assert [p.index for p in labels] == [1, 2, 3]
+        assert [p.label for p in labels] == [f"LABEL_{int(i)}" for i in expected.argmax(-1)]
+        assert [p.score for p in labels] == pytest.approx(
+            expected.max(-1).values.tolist(), abs=1e-5
+        )
+
+
+def test_an_image_of_another_size_than_a_fixed_resolution_is_refused(converted) -> None:
+    predictor = OnnxPredictor(converted("vit-image").directory)
+    assert len(predictor.predict_images(np.zeros((2, 3, 32, 32), dtype=np.float32))) == 2
+    with pytest.raises(PredictError, match=r"takes 32x32 images only .*, not 64x64") as refused:
+        predictor.predict_images(np.zeros((3, 64, 64), dtype=np.float32))
+    assert refused.value.hint == "resize the images to 32x32 (height x width) first"
+    assert refused.value.exit_code == 2
+    with pytest.raises(PredictError, match="takes 3-channel images, not 1"):
+        predictor.predict_images(np.zeros((1, 1, 32, 32), dtype=np.float32))
+    with pytest.raises(PredictError, match="image classification model, which reads no text"):
+        predictor.predict(["Jane Doe"])
+
+
+def test_a_text_model_takes_no_images(converted) -> None:
+    predictor = OnnxPredictor(converted("distilbert-token").directory)
+    with pytest.raises(PredictError, match="token-classification model, which reads text"):
+        predictor.predict_images(np.zeros((1, 3, 32, 32), dtype=np.float32))
+
+
 def test_predict_takes_strings(converted) -> None:
     predictor = OnnxPredictor(converted("distilbert-token").directory)
     with pytest.raises(PredictError, match="takes strings, not int"):

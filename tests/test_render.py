@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from onnxport.commands.render import ProgressPrinter, manifest_tables
+from onnxport.artifact.records import CandidateRecord, SearchRecord
+from onnxport.commands.render import ChildLines, ProgressPrinter, manifest_tables, print_manifest
 from onnxport.progress import Stage, StageEvent, Status
 
 
@@ -30,11 +31,11 @@ def test_progress_prints_one_line_per_event() -> None:
 def test_tables_show_the_validation_figures(converted) -> None:
     manifest = converted("distilbert-token").manifest
     console = _console()
-    outputs, timings = manifest_tables(manifest, "out/")
+    outputs, timings = manifest_tables(manifest)
     console.print(outputs)
     console.print(timings)
     text = console.export_text()
-    assert "onnxport: DistilBertForTokenClassification → out/" in text
+    assert "onnxport: DistilBertForTokenClassification" in text
     fp32 = manifest.outputs[0]
     assert fp32.validation is not None
     worst = max(c.max_abs_diff for c in fp32.validation.outputs.values())
@@ -60,6 +61,63 @@ def test_tables_mark_an_unpublished_variant(converted) -> None:
     )
     manifest = manifest.model_copy(update={"outputs": [fp32, skipped]})
     console = _console()
-    console.print(manifest_tables(manifest, "out/")[0])
+    console.print(manifest_tables(manifest)[0])
     row = next(line for line in console.export_text().splitlines() if "model_int8" in line)
     assert "✗ (not published)" in row
+
+
+def test_a_long_output_path_is_printed_whole_on_its_own_line(converted) -> None:
+    """At 100 columns, a path longer than the terminal breaks no title into fragments."""
+    manifest = converted("distilbert-token").manifest
+    path = "/srv/" + "/".join(f"spec_{i:02d}_exec_{i:02d}" for i in range(12)) + "/conv_abc"
+    console = Console(record=True, width=100, color_system=None)
+    print_manifest(console, manifest, path)
+    lines = console.export_text().splitlines()
+    assert lines[0] == f"output: {path}"
+    (title,) = [line for line in lines if "onnxport:" in line]
+    assert title.strip() == "onnxport: DistilBertForTokenClassification"
+    assert all(len(line) <= 100 for line in lines[1:])
+
+
+def test_text_from_a_model_or_a_library_prints_literally(converted) -> None:
+    """Node names in brackets, a closing-tag look-alike, and a child's log line are text,
+    never console markup."""
+    manifest = converted("distilbert-token").manifest
+    fp32 = manifest.outputs[0]
+    search = SearchRecord(
+        target="int8",
+        candidates=[
+            CandidateRecord(
+                name="dynamic [per-tensor]",
+                excluded_nodes=["[node_MatMul_127]", "[/model/MatMul]"],
+                passed=True,
+                chosen=True,
+            )
+        ],
+        chosen="dynamic [per-tensor]",
+        threads=1,
+    )
+    manifest = manifest.model_copy(update={"outputs": [fp32.model_copy(update={"search": search})]})
+    console = _console()
+    print_manifest(console, manifest, "out/[red]x[/red]")
+    ChildLines(console, verbose=True, indent="  ")(
+        "WARNING gate: try quantize.nodes_to_exclude: [node_MatMul_127]"
+    )
+    text = console.export_text()
+    assert "output: out/[red]x[/red]" in text
+    assert "dynamic [per-tensor]" in text
+    assert "[node_MatMul_127], [/model/MatMul]" in text
+    assert "  WARNING gate: try quantize.nodes_to_exclude: [node_MatMul_127]" in text
+
+
+def test_an_image_models_shapes_are_whole_and_its_resolution_declared(converted) -> None:
+    vit = converted("vit-image").manifest
+    resnet = converted("resnet-image").manifest
+    console = _console()
+    for manifest in (vit, resnet):
+        console.print(manifest_tables(manifest)[0])
+    text = console.export_text()
+    assert "1x3x32x32 2x3x32x32 4x3x32x32 " in text
+    assert "1x3x32x32 2x3x32x32 4x3x32x32 1x3x64x64 1x3x96x96" in text
+    assert "fixed resolution 32x32: the model takes 32x32 images only" in text
+    assert "images of any size (validated at 32x32, 64x64, 96x96)" in text

@@ -52,7 +52,11 @@ def test_report_of_a_conversion(converted) -> None:
     assert row in lines
     for name, comparison in fp32.validation.outputs.items():
         assert f"| {name} | {comparison.max_abs_diff:.3g} |" in report
-    assert "### fp32 (shapes [1, 8], [2, 37], [4, 128])" in lines
+    assert "### fp32 (shapes 1x8 2x37 4x128)" in lines
+    assert (
+        "- inputs: `input_ids` int64 [batch, sequence], `attention_mask` int64 [batch, sequence], "
+        "`token_type_ids` int64 [batch, sequence]"
+    ) in lines
     for stage, seconds in manifest.timings.items():
         assert f"| {stage} | {seconds:.2f} |" in lines
     assert f"- torch: {manifest.versions['torch']}" in lines

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from models import (
+    ANY_RESOLUTION_MODELS,
     IMAGE_SIZE,
     MAX_POSITIONS,
     MODELS,
@@ -21,7 +22,11 @@ from models import (
 from onnxport.errors import EXIT_BAD_INPUT, SourceError
 from onnxport.request.config import SourceConfig
 from onnxport.sources import load_source
-from onnxport.sources.huggingface import DEFAULT_TEXT_SHAPES, TEXT_EXAMPLE_SHAPE
+from onnxport.sources.huggingface import (
+    DEFAULT_TEXT_SHAPES,
+    TEXT_EXAMPLE_SHAPE,
+    other_resolutions,
+)
 from onnxport.tasks import Modality, Task
 
 
@@ -52,7 +57,9 @@ def test_checkpoint_loads_as_a_source(source, checkpoint, name: str) -> None:
     assert loaded.num_parameters == sum(p.numel() for p in loaded.module.parameters())
 
 
-@pytest.mark.parametrize("name", [n for n, m in MODELS.items() if n != "vit-image"])
+@pytest.mark.parametrize(
+    "name", [n for n, m in MODELS.items() if m.task is not Task.IMAGE_CLASSIFICATION]
+)
 def test_text_sources_have_batch_and_sequence_axes(source, name: str) -> None:
     loaded = source(name)
     assert loaded.modality is Modality.TEXT
@@ -70,14 +77,39 @@ def test_text_sources_have_batch_and_sequence_axes(source, name: str) -> None:
         assert int(inputs["input_ids"].max()) < VOCAB_SIZE
 
 
-def test_vision_source_has_a_batch_axis_and_image_inputs(source) -> None:
+def test_a_vit_source_has_a_batch_axis_and_declares_its_fixed_resolution(source) -> None:
+    """ViT's position embeddings are sized for one resolution: PyTorch refuses another."""
     loaded = source("vit-image")
     assert loaded.modality is Modality.VISION
     assert loaded.dynamic_axes == {"pixel_values": {0: "batch"}}
     assert loaded.default_shapes == ((1, IMAGE_SIZE), (2, IMAGE_SIZE), (4, IMAGE_SIZE))
+    assert loaded.fixed_resolution == IMAGE_SIZE
+    assert loaded.record().fixed_resolution == [IMAGE_SIZE, IMAGE_SIZE]
     pixels = loaded.make_inputs(3, IMAGE_SIZE, 0)["pixel_values"]
     assert pixels.shape == (3, 3, IMAGE_SIZE, IMAGE_SIZE)
     assert pixels.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", ANY_RESOLUTION_MODELS)
+def test_a_convolutional_source_varies_height_and_width(source, name: str) -> None:
+    """A backbone PyTorch runs at any size: height and width are dynamic, and validation
+    runs at two other resolutions (multiples of 32) besides the batch sizes."""
+    loaded = source(name)
+    assert loaded.dynamic_axes == {"pixel_values": {0: "batch", 2: "height", 3: "width"}}
+    assert loaded.default_shapes == (
+        (1, IMAGE_SIZE), (2, IMAGE_SIZE), (4, IMAGE_SIZE), (1, 64), (1, 96)
+    )  # fmt: skip
+    assert loaded.fixed_resolution is None
+    assert loaded.record().fixed_resolution is None
+
+
+@pytest.mark.parametrize(
+    ("size", "others"), [(32, (64, 96)), (64, (32, 96)), (224, (160, 288)), (384, (288, 480))]
+)
+def test_other_resolutions_are_multiples_of_the_stride_one_smaller_where_it_fits(
+    size: int, others: tuple[int, int]
+) -> None:
+    assert other_resolutions(size) == others
 
 
 def test_tokenized_inputs_are_real_text_with_padding_in_the_last_row(source) -> None:

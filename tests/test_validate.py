@@ -203,6 +203,18 @@ def test_vision_model_validates_on_its_batches(exported, source) -> None:
     )
     assert result.passed, result.failures
     assert result.task_agreement.value == 1.0
+    # The full shape of every input, and the graph's own declaration (its resolution fixed).
+    assert result.shapes == [[1, 32], [3, 32]]
+    assert result.input_shapes == [
+        {"pixel_values": [1, 3, 32, 32]},
+        {"pixel_values": [3, 3, 32, 32]},
+    ]
+    (declared,) = result.graph_inputs
+    assert (declared.name, declared.dtype, declared.shape) == (
+        "pixel_values",
+        "float",
+        ["batch", 3, 32, 32],
+    )
 
 
 def test_tolerance_is_respected(exported, token_references) -> None:
@@ -330,3 +342,58 @@ def test_varying_reference_outputs_are_not_warned_about(source, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="onnxport.verify.validate"):
         compute_references(source("distilbert-token"), [(1, 8)])
     assert not [r for r in caplog.records if "same value" in r.getMessage()]
+
+
+def _fixed_size_model(path: Path, *, declared: tuple) -> Path:
+    """`logits = scores * weight`, the weight of shape [1, 4, 3]: a sequence length of 4 fixed
+    inside the graph, whatever its input declares."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["scores", "weight"], ["logits"], name="/model/scale/Mul_1")],
+        "fixed",
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, list(declared))],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", 3])],
+        [numpy_helper.from_array(np.ones((1, 4, 3), dtype=np.float32), "weight")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("declared", "reason"),
+    [
+        (
+            ("batch", "sequence", 3),
+            "a size inside the graph was fixed at export: ONNX Runtime stopped in Mul node "
+            "/model/scale/Mul_1",
+        ),
+        (
+            ("batch", 4, 3),
+            "the graph declares scores with sizes fixed at export (dimension 1 is 4)",
+        ),
+    ],
+)
+def test_a_graph_that_refuses_a_shape_fails_in_the_users_terms_and_quietly(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], declared: tuple, reason: str
+) -> None:
+    """ONNX Runtime refuses the input: the validation fails saying which shape and why, keeps
+    the runtime's words in the record, and ONNX Runtime itself writes nothing to stderr."""
+    model = _fixed_size_model(tmp_path / "fixed.onnx", declared=declared)
+    rng = np.random.default_rng(0)
+    fits, longer, longest = (rng.standard_normal((1, n, 3)).astype(np.float32) for n in (4, 5, 7))
+    refs = [_reference(fits, fits), _reference(longer, longer), _reference(longest, longest)]
+    capfd.readouterr()
+    result = validate_model(model, refs, task=Task.TOKEN_CLASSIFICATION)
+    assert not result.passed
+    assert result.failures == [
+        f"the graph does not accept inputs of shape [1, 5, 3] or [1, 7, 3]: {reason}"
+    ]
+    assert [e.split(": ", 1)[0] for e in result.runtime_errors] == [
+        "at shape [1, 5, 3]",
+        "at shape [1, 7, 3]",
+    ]
+    assert all("[ONNXRuntimeError]" in e for e in result.runtime_errors)
+    assert result.outputs["logits"].max_abs_diff == float("inf")
+    assert [i.shape for i in result.graph_inputs] == [list(declared)]
+    assert capfd.readouterr().err == ""

@@ -47,23 +47,32 @@ class _Channelled(Exception):
         super().__init_subclass__(**kwargs)
         ERROR_TYPES[cls.__name__] = cls
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, hint: str | None = None, details: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.details = details
+        """A library's own words behind the message (ONNX Runtime's), shown with --debug."""
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
     def to_dict(self) -> dict[str, str | None]:
         """A JSON-able form, so a child process can hand the error to its parent."""
-        return {"type": type(self).__name__, "message": self.message, "hint": self.hint}
+        return {
+            "type": type(self).__name__,
+            "message": self.message,
+            "hint": self.hint,
+            "details": self.details,
+        }
 
 
 def error_from_dict(data: dict[str, str | None]) -> OnnxportError | InternalError:
     """The error `to_dict` described, as its own type; an unknown type is a bug."""
     cls = ERROR_TYPES.get(str(data.get("type")), InternalError)
-    return cls(str(data.get("message")), hint=data.get("hint"))
+    return cls(str(data.get("message")), hint=data.get("hint"), details=data.get("details"))
 
 
 class OnnxportError(_Channelled):

@@ -12,7 +12,6 @@ import logging
 import platform as _platform
 import resource
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from onnxport.errors import (
     PublishError,
     QuantizationError,
     SmokeTestError,
+    TrackingError,
     ValidationError,
 )
 from onnxport.passes import (
@@ -45,6 +45,7 @@ from onnxport.verify.compare import Tolerance
 from onnxport.verify.divergence import locate_fp32_failure, locate_variant_failure
 from onnxport.verify.evaluation import Evaluation
 from onnxport.verify.gate import Candidate, Rules, judge
+from onnxport.verify.shapes import ExportOrigin, export_origin
 from onnxport.verify.timing import default_threads, machine_record
 from onnxport.verify.validate import DEFAULT_TOLERANCES
 
@@ -76,16 +77,19 @@ def library_versions() -> dict[str, str]:
     return found
 
 
-def fp32_rules(config: ConversionConfig, evaluation: Evaluation | None) -> Rules:
-    """The fp32 model matches PyTorch element by element, and on the task."""
+def fp32_rules(
+    config: ConversionConfig, evaluation: Evaluation | None, origin: ExportOrigin | None = None
+) -> Rules:
+    """The fp32 model matches PyTorch element by element, and on the task. `origin`: how the
+    graph was made, said on failure with what it suggests trying."""
     default = DEFAULT_TOLERANCES["fp32"]
     tolerance = Tolerance(
         atol=config.validation.atol or default.atol,
         rtol=default.rtol if config.validation.rtol is None else config.validation.rtol,
     )
     remedies = [
+        *(origin.remedies if origin else ()),
         "onnx.optimize: none" if config.onnx.optimize is not OptimizeLevel.NONE else "",
-        "onnx.exporter: torchscript" if config.onnx.exporter.value != "torchscript" else "",
         "another opset",
     ]
     if evaluation is not None:
@@ -96,6 +100,7 @@ def fp32_rules(config: ConversionConfig, evaluation: Evaluation | None) -> Rules
         min_agreement=config.validation.min_task_agreement,
         evaluation=evaluation,
         remedies=tuple(r for r in remedies if r),
+        origin=origin.sentence if origin else None,
     )
 
 
@@ -172,9 +177,9 @@ def convert(
                             f"the published {out.file} fails its smoke test: "
                             f"{'; '.join(smoke[out.variant].problems)}"
                         )
-        with run.stage(Stage.PUBLISH, PublishError):
-            publish_started = time.perf_counter()
+        with run.stage(Stage.PUBLISH, PublishError) as publishing:
             publish_companions(prepared.files_to_copy, work)
+            outputs = [finish_output(o, work, smoke.get(o.variant)) for o in outputs]
             manifest = Manifest(
                 onnxport_version=__version__,
                 created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -182,19 +187,22 @@ def convert(
                 lineage=dict(request.lineage),
                 source=prepared.source,
                 export=prepared.export,
-                outputs=[finish_output(o, work, smoke.get(o.variant)) for o in outputs],
-                # The publish time recorded is that of copying and checksumming; the rename
-                # that follows takes milliseconds.
-                timings={**run.timings, "publish": round(time.perf_counter() - publish_started, 3)},
+                outputs=outputs,
+                # Publishing's figure is taken here, its copying and checksumming: the
+                # reports and the manifest written next show it (and so does its event).
+                timings={**run.timings, "publish": publishing.record()},
                 peak_rss_mb=round(peak_rss_mb(), 1),
                 machine=machine_record(),
                 versions=library_versions(),
                 config=config.model_dump(mode="json"),
             )
             manifest = seal(manifest, work)
-            if before_publish is not None:
+        if before_publish is not None:
+            # Its own stage (MLflow logging takes seconds), before the directory takes its
+            # final name: a failure there publishes nothing.
+            with run.stage(Stage.TRACK, TrackingError):
                 before_publish(manifest, work)
-            final = staging.publish()
+        final = staging.publish()
         logger.info("conversion complete: %s", final)
         return manifest
 
@@ -223,7 +231,8 @@ def _fp32(
             opset=config.onnx.opset_version,
         )
 
-    rules = fp32_rules(config, prepared.evaluation)
+    first_inputs = list(prepared.references[0].inputs) if prepared.references else []
+    rules = fp32_rules(config, prepared.evaluation, export_origin(prepared.export, first_inputs))
     locate = locate_fp32 if config.validation.localize else None
     if config.onnx.optimize is OptimizeLevel.AUTO:
         search = SearchContext(

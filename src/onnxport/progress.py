@@ -26,6 +26,7 @@ class Stage(str, Enum):
     QUANTIZE = "quantize"
     SMOKE_TEST = "smoke_test"
     PUBLISH = "publish"
+    TRACK = "track"
     BENCHMARK = "benchmark"
 
     @property
@@ -42,6 +43,7 @@ _LABELS = {
     Stage.QUANTIZE: "quantize and validate the variant",
     Stage.SMOKE_TEST: "smoke test",
     Stage.PUBLISH: "publish",
+    Stage.TRACK: "log to MLflow",
     Stage.BENCHMARK: "benchmark",
 }
 
@@ -86,6 +88,27 @@ def ignore_progress(_: StageEvent) -> None:
     return None
 
 
+class StageTimer:
+    """The running clock of one stage."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.recorded: float | None = None
+
+    def seconds(self) -> float:
+        """The stage's figure: the one `record` took, else the time so far."""
+        if self.recorded is not None:
+            return self.recorded
+        return round(time.perf_counter() - self.started, 3)
+
+    def record(self) -> float:
+        """Take the stage's figure now, for a stage that writes it into its own result (the
+        manifest, made while publishing); its `done` event then reports the same figure."""
+        if self.recorded is None:
+            self.recorded = self.seconds()
+        return self.recorded
+
+
 class StageClock:
     """Times each stage once and reports it; an unexpected exception becomes the stage's
     error type. The one clock of a stage: its events and the manifest show the same figure."""
@@ -95,18 +118,19 @@ class StageClock:
         self.timings: dict[str, float] = {}
 
     @contextmanager
-    def stage(self, stage: Stage, error_type: type[OnnxportError]) -> Iterator[None]:
+    def stage(self, stage: Stage, error_type: type[OnnxportError]) -> Iterator[StageTimer]:
         self.progress(StageEvent(stage, Status.START))
-        started = time.perf_counter()
+        timer = StageTimer()
         try:
-            yield
+            yield timer
         except Exception as e:
-            self.relay(StageEvent(stage, Status.FAILED, round(time.perf_counter() - started, 3)))
+            elapsed = round(time.perf_counter() - timer.started, 3)
+            self.relay(StageEvent(stage, Status.FAILED, elapsed))
             if isinstance(e, OnnxportError):
                 raise
             message = one_line(e)
             raise error_type(f"{stage.value} failed: {type(e).__name__}: {message}") from e
-        self.relay(StageEvent(stage, Status.DONE, round(time.perf_counter() - started, 3)))
+        self.relay(StageEvent(stage, Status.DONE, timer.seconds()))
 
     def relay(self, event: StageEvent) -> None:
         """Report an event, and record the seconds of an ended stage (also for stages timed

@@ -31,6 +31,9 @@ class SourceRecord(Record):
     model_type: str | None = None
     num_parameters: int = 0
     weights_sha256: dict[str, str] = Field(default_factory=dict)
+    fixed_resolution: list[int] | None = None
+    """[height, width]: the only image size the model takes (its position embeddings are
+    sized for it, so the exported graph fixes it too); None: any size, or not images."""
 
 
 class AttemptRecord(Record):
@@ -63,6 +66,15 @@ class PassRecord(Record):
 # ------------------------------------------------------------------------------ validation
 
 
+class InputRecord(Record):
+    """One input a graph declares: each dimension a size fixed at export, or the name of one
+    that varies (`batch`, `sequence`, `height`, `width`)."""
+
+    name: str
+    dtype: str
+    shape: list[int | str]
+
+
 class OutputComparisonRecord(Record):
     """One output of the ONNX model against PyTorch's, over every validation shape."""
 
@@ -72,6 +84,7 @@ class OutputComparisonRecord(Record):
     rtol: float
     passed: bool
     worst_shape: list[int] = Field(default_factory=list)
+    """The (batch, size) pair of the validation input with the largest difference."""
 
 
 class TaskAgreementRecord(Record):
@@ -95,6 +108,16 @@ class TaskMetricRecord(Record):
 class ValidationRecord(Record):
     passed: bool
     shapes: list[list[int]]
+    """The validation settings' (batch, size) pairs: size is the sequence length for text,
+    the image side for images. The inputs' own shapes are `input_shapes`."""
+    input_shapes: list[dict[str, list[int]]] = Field(default_factory=list)
+    """Per validation input, the full shape of every model input (`[2, 3, 224, 224]`); empty
+    in manifests written before onnxport recorded it."""
+    graph_inputs: list[InputRecord] = Field(default_factory=list)
+    """The inputs the validated graph declares."""
+    runtime_errors: list[str] = Field(default_factory=list)
+    """ONNX Runtime's own words, per validation input the graph could not run (the
+    failures say it in the user's terms)."""
     outputs: dict[str, OutputComparisonRecord]
     task_agreement: TaskAgreementRecord
     task_metric: TaskMetricRecord | None = None
@@ -180,7 +203,7 @@ class CandidateRecord(Record):
     task_metric: float | None = None
     failures: list[str] = Field(default_factory=list)
     latency_ms: dict[str, float] = Field(default_factory=dict)
-    """Median latency per input shape (`1x128`), batch 1, measured interleaved."""
+    """Median latency per input shape (`1x128`, `1x3x224x224`), batch 1, measured interleaved."""
     chosen: bool = False
     seconds: float = 0.0
 

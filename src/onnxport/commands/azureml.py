@@ -194,7 +194,7 @@ def submit(
         if has_workspace or not dry_run
         else None
     )
-    training = [_get_training_job(client, name) for name in names] if client else names
+    training = [_get_training_job(client, name, dry_run) for name in names] if client else names
 
     with tempfile.TemporaryDirectory(prefix="onnxport-azureml-") as scratch:
         # A dry run's files stay next to its YAML; a submission's only until they are uploaded.
@@ -240,9 +240,15 @@ def _quiet_azure(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
 
 
-def _get_training_job(client, name: str):
+def _get_training_job(client, name: str, dry_run: bool):
+    from azure.core.exceptions import ClientAuthenticationError
+
+    from onnxport.azureml.sdk import missing_credential
+
     try:
         return client.jobs.get(name)
+    except ClientAuthenticationError as e:  # the first request is where signing in happens
+        raise missing_credential(e, client.workspace_name, dry_run=dry_run) from e
     except Exception as e:  # the SDK raises several types for a missing job
         raise AzureMLError(
             f"cannot read training job {name}: {one_line(e, 200)}",

@@ -26,7 +26,7 @@ from onnxport.benchmark import (
     benchmark_directory,
     record_benchmark,
 )
-from onnxport.commands.console import console, stdout
+from onnxport.commands.console import console, literal, print_path, stdout
 from onnxport.errors import BenchmarkInputError
 from onnxport.verify.timing import default_threads
 
@@ -52,7 +52,7 @@ def run_benchmark(
     # Lines like `onnxport convert`'s (render.ProgressPrinter), without importing the
     # pipeline, which imports torch: `--no-pytorch` must not.
     def progress(line: str) -> None:
-        console.print(f"[dim]…[/dim] benchmark: {line}", highlight=False)
+        console.print(literal("…", "dim").append(f" benchmark: {line}"), highlight=False)
 
     result = benchmark_directory(
         output_dir, settings, include_pytorch=include_pytorch, progress=progress
@@ -73,18 +73,19 @@ def benchmark_published(output_dir: Path, console: Console) -> Manifest:
     stdout for the manifest; returns the manifest with the benchmark recorded.
     """
     result = run_benchmark(output_dir, BenchmarkSettings(), include_pytorch=True, console=console)
-    console.print(benchmark_table(result, str(output_dir)))
+    console.print(benchmark_table(result))
     return read_manifest(output_dir)
 
 
-def benchmark_table(result: BenchmarkRecord, output_dir: str) -> Table:
-    table = Table(title=f"benchmark: {output_dir} ({result.settings.threads} threads)")
+def benchmark_table(result: BenchmarkRecord) -> Table:
+    """The latencies; the title stays short (the directory is printed on a line of its own)."""
+    table = Table(title=f"benchmark ({result.settings.threads} threads)")
     for column in ("batch", result.size_name, "runtime", "p50 ms", "p90 ms", "p99 ms"):
         table.add_column(column, justify="left" if column == "runtime" else "right")
     table.add_column("samples/s", justify="right")
     table.add_column("speed-up vs PyTorch", justify="right")
     for t in result.timings:
-        table.add_row(*latency_row(result, t))
+        table.add_row(*(literal(cell) for cell in latency_row(result, t)))
     return table
 
 
@@ -123,11 +124,10 @@ def benchmark_command(
     if json_output:
         stdout.print_json(result.model_dump_json())
         return
-    stdout.print(benchmark_table(result, str(output_dir)))
-    stdout.print(
-        f"report: {output_dir / REPORT_HTML_FILENAME} (plot: {REPORT_PLOT_FILENAME})",
-        soft_wrap=True,
-        highlight=False,
+    print_path(stdout, "output", output_dir)
+    stdout.print(benchmark_table(result))
+    print_path(
+        stdout, "report", f"{output_dir / REPORT_HTML_FILENAME} (plot: {REPORT_PLOT_FILENAME})"
     )
 
 

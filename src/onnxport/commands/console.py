@@ -4,17 +4,33 @@ printed (one or a few lines, the traceback only with --debug)."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from onnxport.errors import InternalError, OnnxportError
 
 # Pipelines read our output from logs: keep tables whole rather than wrapped at 80 columns.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 stdout = Console(width=None if sys.stdout.isatty() else 120)
+
+
+def literal(text: object, style: str = "") -> Text:
+    """`text` printed as it is, never read as console markup: a node name such as
+    `[node_MatMul_127]`, a path or a library's message keeps its brackets."""
+    return Text(str(text), style=style)
+
+
+def print_path(target: Console, label: str, path: object) -> None:
+    """`label: path` on a line of its own, never folded: a long path stays whole (to copy),
+    and no table title breaks into fragments around it."""
+    line = Text(f"{label}: ", style="dim")
+    line.append(str(path))
+    target.print(line, soft_wrap=True)
 
 
 def setup_logging(verbose: bool) -> None:
@@ -24,7 +40,11 @@ def setup_logging(verbose: bool) -> None:
         format="%(levelname)s %(name)s: %(message)s",
     )
     # torch.onnx logs optional-dependency notices (torchvision) at WARNING on every export.
+    # torch sets its own loggers' levels as it is imported, from TORCH_LOGS ("-torch": errors
+    # only): the variable reaches the imports to come and the conversion's own processes.
     logging.getLogger("torch").setLevel(logging.INFO if verbose else logging.ERROR)
+    if not verbose:
+        os.environ.setdefault("TORCH_LOGS", "-torch")
     # onnxruntime.quantization advises pre-processing on the root logger; we run shape
     # inference ourselves (see passes/quantize.py).
     for handler in logging.getLogger().handlers:
@@ -41,6 +61,9 @@ def print_error(error: BaseException, debug: bool) -> int:
     and hint; anything else (or a child's InternalError) as a bug to report."""
     if debug:
         traceback.print_exception(error)
+        details = getattr(error, "details", None)
+        if details:
+            console.print(literal(f"details:\n{details}", "dim"), soft_wrap=True)
     if isinstance(error, OnnxportError):
         console.print(
             f"[red]error[/red] ({error.stage}): {escape(error.message)}",

@@ -93,7 +93,7 @@ def convert_command(
     ] = False,
 ) -> None:
     """Convert a checkpoint to a validated ONNX model."""
-    from onnxport.commands.render import ProgressPrinter, manifest_tables
+    from onnxport.commands.render import ProgressPrinter, print_manifest
     from onnxport.pipeline import convert as run_conversion
     from onnxport.request import ConversionRequest
 
@@ -128,5 +128,4 @@ def convert_command(
     if json_output:
         stdout.print_json(manifest.to_json())
         return
-    for table in manifest_tables(manifest, str(output)):
-        stdout.print(table)
+    print_manifest(stdout, manifest, output)

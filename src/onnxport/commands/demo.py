@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from onnxport.commands.benchmark import benchmark_table
-from onnxport.commands.console import console, setup_logging, stdout
+from onnxport.commands.console import console, print_path, setup_logging, stdout
 
 
 def demo_command(
@@ -24,7 +24,7 @@ def demo_command(
     from rich.table import Table
 
     from onnxport.artifact.manifest import read_manifest
-    from onnxport.commands.render import ChildLines, ProgressPrinter, manifest_tables
+    from onnxport.commands.render import ChildLines, ProgressPrinter, print_manifest
     from onnxport.demo.project import prepare_demo_project, score_variants
     from onnxport.orchestration import execute_conversion
 
@@ -33,7 +33,7 @@ def demo_command(
     logging.getLogger("onnxport.demo.training").setLevel(logging.INFO)
     console.print("[bold]1/4[/bold] demo model (trained once on synthetic résumé lines, cached)")
     project = prepare_demo_project(root, cache_dir)
-    console.print(f"    training output: {project.training_dir}")
+    print_path(console, "    training output", project.training_dir)
     console.print("[bold]2/4[/bold] execute_conversion: export, optimize, int8, validate, track")
 
     output = execute_conversion(
@@ -49,8 +49,7 @@ def demo_command(
         on_progress=ProgressPrinter(console, indent="    "),
     )
     console.print("[bold]3/4[/bold] held-out entity F1 of each model")
-    for table in manifest_tables(read_manifest(output), str(output)):
-        stdout.print(table)
+    print_manifest(stdout, read_manifest(output), output)
     scores = Table(title="held-out entity F1 (300 synthetic résumé lines)")
     scores.add_column("model")
     scores.add_column("entity F1", justify="right")
@@ -58,11 +57,12 @@ def demo_command(
         scores.add_row(name, f"{value:.4f}")
     stdout.print(scores)
     console.print("[bold]4/4[/bold] benchmark: PyTorch eager against each ONNX model")
-    stdout.print(benchmark_table(_demo_benchmark(output), str(output)))
-    stdout.print(f"report:    {output / 'report.html'} (and report.md)", soft_wrap=True)
-    stdout.print(
-        f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri sqlite:///{project.root}/mlflow.db",
-        soft_wrap=True,
+    stdout.print(benchmark_table(_demo_benchmark(output)))
+    print_path(stdout, "report", f"{output / 'report.html'} (and report.md)")
+    print_path(
+        stdout,
+        "MLflow UI",
+        f".venv/bin/mlflow ui --backend-store-uri sqlite:///{project.root}/mlflow.db",
     )
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from onnxport.artifact.manifest import Manifest
 from onnxport.artifact.report.tables import Table as ReportTable
-from onnxport.artifact.report.tables import search_tables
+from onnxport.artifact.report.tables import resolution_note, search_tables, shapes_label
+from onnxport.commands.console import literal, print_path
 from onnxport.progress import StageEvent, Status
 
 
@@ -43,51 +44,75 @@ class ChildLines:
 
     def __call__(self, line: str) -> None:
         if self.verbose:
-            self.console.print(f"{self.indent}[dim]{escape(line)}[/dim]", highlight=False)
+            # Literal and unfolded: a library's line keeps its brackets and stays one line.
+            self.console.print(literal(self.indent + line, "dim"), highlight=False, soft_wrap=True)
 
 
 def _mb(num: int | None) -> str:
     return "-" if num is None else f"{num / 1e6:.1f} MB"
 
 
-def manifest_tables(manifest: Manifest, output_dir: str) -> list[Table]:
-    outputs = Table(title=f"onnxport: {manifest.source.architecture} → {output_dir}")
+def print_manifest(console: Console, manifest: Manifest, output_dir: object) -> None:
+    """Where the conversion is, on a line of its own, then its tables."""
+    print_path(console, "output", output_dir)
+    for table in manifest_tables(manifest):
+        console.print(table)
+
+
+def manifest_tables(manifest: Manifest) -> list[Table]:
+    """The outputs with their validation, any variant search, and the seconds per stage.
+    Every cell from the manifest is literal text (`console.literal`)."""
+    note = resolution_note(manifest)
+    outputs = Table(
+        title=literal(f"onnxport: {manifest.source.architecture}"),
+        caption=literal(note) if note else None,
+    )
     for column in ("file", "variant", "size", "valid", "shapes", "max |Δ|", "agreement"):
         outputs.add_column(column, no_wrap=column in ("file", "size", "max |Δ|"))
     for out in manifest.outputs:
         v = out.validation
         if v is None:
-            outputs.add_row(out.file, out.variant, _mb(out.total_size_bytes), "-", "-", "-", "-")
+            outputs.add_row(
+                literal(out.file),
+                literal(out.variant),
+                _mb(out.total_size_bytes),
+                "-",
+                "-",
+                "-",
+                "-",
+            )
             continue
         worst = max((c.max_abs_diff for c in v.outputs.values()), default=0.0)
-        mark = "[green]✓[/green]" if v.passed else "[red]✗[/red]"
+        mark = Text("✓", style="green") if v.passed else Text("✗", style="red")
         if not out.published:
-            mark += " (not published)"
+            mark.append(" (not published)")
         outputs.add_row(
-            out.file,
-            out.variant,
+            literal(out.file),
+            literal(out.variant),
             _mb(out.total_size_bytes),
             mark,
-            " ".join(f"{s[0]}x{s[1]}" for s in v.shapes),
+            literal(shapes_label(v)),
             f"{worst:.2e}",
-            f"{v.task_agreement.value:.4f} ≥ {v.task_agreement.minimum:g}"
-            + (f"\n{_metric(v.task_metric)}" if v.task_metric else ""),
+            literal(
+                f"{v.task_agreement.value:.4f} ≥ {v.task_agreement.minimum:g}"
+                + (f"\n{_metric(v.task_metric)}" if v.task_metric else "")
+            ),
         )
     searches = [_rich(table, title) for title, table in search_tables(manifest)]
     timings = Table(title="seconds per stage")
     for stage in manifest.timings:
-        timings.add_column(stage, justify="right")
+        timings.add_column(literal(stage), justify="right")
     timings.add_row(*(f"{v:.2f}" for v in manifest.timings.values()))
     return [outputs, *searches, timings]
 
 
 def _rich(table: ReportTable, title: str) -> Table:
     """A report table for the terminal."""
-    rendered = Table(title=title)
+    rendered = Table(title=literal(title))
     for i, header in enumerate(table.headers):
-        rendered.add_column(header, justify="right" if i in table.numeric else "left")
+        rendered.add_column(literal(header), justify="right" if i in table.numeric else "left")
     for row in table.rows:
-        rendered.add_row(*row)
+        rendered.add_row(*(literal(cell) for cell in row))
     return rendered
 
 

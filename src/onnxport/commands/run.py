@@ -54,6 +54,7 @@ def run_command(
         on_log_line=ChildLines(console, verbose, indent="  "),
         on_progress=ProgressPrinter(console),
     )
-    for table in manifest_tables(read_manifest(output), str(output)):
+    # The path alone goes to stdout, last, for the pipeline that called us.
+    for table in manifest_tables(read_manifest(output)):
         console.print(table)
     stdout.print(str(output), highlight=False, soft_wrap=True)

@@ -75,10 +75,12 @@ class Timer:
     threads: int
 
     def latencies(self, models: dict[str, Path]) -> dict[str, dict[str, float]]:
-        """Median milliseconds per model and input shape (`1x128`)."""
+        """Median milliseconds per model and batch-1 input shape (`1x128`, `1x3x224x224`)."""
         runtimes = [open_onnx(name, path, threads=self.threads) for name, path in models.items()]
         inputs = {
-            f"1x{r.shape[1]}": {k: np.ascontiguousarray(v[:1]) for k, v in r.inputs.items()}
+            "x".join(str(n) for n in (1, *next(iter(r.inputs.values())).shape[1:])): {
+                k: np.ascontiguousarray(v[:1]) for k, v in r.inputs.items()
+            }
             for r in self.references
         }
         shapes = [(1, i) for i in range(len(inputs))]
@@ -329,6 +331,8 @@ def _fp32_refusal(output: OutputRecord, rules: Rules) -> ValidationError:
     tries = [t for t in rules.remedies if t]
     return ValidationError(
         f"the fp32 ONNX model does not compute what PyTorch computes at any optimization "
-        f"level: {failures}" + (f"; {divergence.summary()}" if divergence else ""),
+        f"level: {failures}"
+        + (f"; {divergence.summary()}" if divergence else "")
+        + (f"; {rules.origin}" if rules.origin else ""),
         hint="nothing was published" + ("; try " + ", or ".join(tries) if tries else ""),
     )

@@ -2,14 +2,16 @@
 
 `OnnxPredictor(directory)` opens an onnxport output directory (a model variant, the tokenizer,
 the label map of `config.json`) and turns texts into entities (token classification), a label
-(sequence classification) or a vector (feature extraction). Nothing on this path imports torch
-or transformers, so a serving process stays small and starts fast.
+(sequence classification) or a vector (feature extraction); an image classifier labels
+batches of pixel arrays (`predict_images`). Nothing on this path imports torch or
+transformers, so a serving process stays small and starts fast.
 """
 
 from onnxport.errors import PredictError, TextTooLongError
 from onnxport.predict.predictions import (
     Entity,
     EntityPrediction,
+    ImagePrediction,
     LabelPrediction,
     Prediction,
     VectorPrediction,
@@ -25,6 +27,7 @@ from onnxport.predict.predictor import (
 __all__ = [
     "Entity",
     "EntityPrediction",
+    "ImagePrediction",
     "LabelPrediction",
     "LongText",
     "OnnxPredictor",

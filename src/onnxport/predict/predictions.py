@@ -61,6 +61,18 @@ class VectorPrediction:
         return {"text": self.text, "truncated": self.truncated, "vector": self.vector.tolist()}
 
 
+@dataclass(frozen=True)
+class ImagePrediction:
+    """The label of the `index`-th image of a batch (counted from 1)."""
+
+    index: int
+    label: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return vars(self).copy()
+
+
 Prediction = EntityPrediction | LabelPrediction | VectorPrediction
 
 

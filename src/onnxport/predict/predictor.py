@@ -22,6 +22,7 @@ from onnxport.artifact.reader import PublishedDirectory
 from onnxport.errors import PredictError, TextTooLongError, one_line
 from onnxport.predict.predictions import (
     EntityPrediction,
+    ImagePrediction,
     LabelPrediction,
     Prediction,
     ScoredToken,
@@ -41,6 +42,9 @@ SUPPORTED_TASKS = (
     Task.SEQUENCE_CLASSIFICATION,
     Task.FEATURE_EXTRACTION,
 )
+"""The tasks `predict` answers text for (and the text models of `onnxport.serving`)."""
+IMAGE_TASKS = (Task.IMAGE_CLASSIFICATION,)
+"""The tasks `predict_images` answers."""
 # transformers saves a huge sentinel as model_max_length when a tokenizer has no limit.
 _NO_LIMIT = 10**20
 # Models that number positions from pad_token_id + 1 (RoBERTa's scheme): their
@@ -76,10 +80,10 @@ def _task(directory: Path, manifest: Manifest) -> Task:
         task = Task(manifest.source.task)
     except ValueError:
         task = None
-    if task not in SUPPORTED_TASKS:
+    if task not in (*SUPPORTED_TASKS, *IMAGE_TASKS):
         raise PredictError(
             f"{directory} holds a {manifest.source.task} model; predict answers "
-            f"{', '.join(t.value for t in SUPPORTED_TASKS)}"
+            f"{', '.join(t.value for t in (*SUPPORTED_TASKS, *IMAGE_TASKS))}"
         )
     return task  # type: ignore[return-value]
 
@@ -159,30 +163,28 @@ class OnnxPredictor:
         model_path = published.model_file(variant)
         self.task = _task(self.directory, published.manifest)
         config = published.json_file("config.json")
-        tokenizer_config = published.json_file("tokenizer_config.json", required=False)
         self._config = config
         self.labels = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()}
-        self._tokenizer = self._load_tokenizer()
-        self.max_length = self._choose_max_length(max_length, config, tokenizer_config)
-        if self.max_length is not None:
-            self._tokenizer.enable_truncation(
-                self.max_length,
-                direction=str(tokenizer_config.get("truncation_side") or "right"),
+        self._fixed_resolution = published.manifest.source.fixed_resolution
+        self._tokenizer: Tokenizer | None = None
+        self.max_length: int | None = None
+        self._feed: tuple[tuple[str, str, Any, int], ...] = ()
+        if self.task is not Task.IMAGE_CLASSIFICATION:
+            self._prepare_text(
+                config, published.json_file("tokenizer_config.json", required=False), max_length
             )
-        pad_token = _token_setting(tokenizer_config, "pad_token")
-        pad_id = self._tokenizer.token_to_id(pad_token) if pad_token else None
-        self._pad_id = pad_id if pad_id is not None else int(config.get("pad_token_id") or 0)
         self._session = self._load_session(model_path, threads)
-        # What each run feeds and fetches, fixed once (read by every thread, never changed).
-        self._feed = tuple(
-            (
-                arg.name,
-                _ENCODING_FIELDS[arg.name],
-                _INTEGER_TYPES.get(arg.type, np.int64),
-                self._pad_id if arg.name == "input_ids" else 0,
+        if self.task is not Task.IMAGE_CLASSIFICATION:
+            # What each run feeds and fetches, fixed once (read by every thread, never changed).
+            self._feed = tuple(
+                (
+                    arg.name,
+                    _ENCODING_FIELDS[arg.name],
+                    _INTEGER_TYPES.get(arg.type, np.int64),
+                    self._pad_id if arg.name == "input_ids" else 0,
+                )
+                for arg in self._session.get_inputs()
             )
-            for arg in self._session.get_inputs()
-        )
         names = [o.name for o in self._session.get_outputs()]
         wanted = "last_hidden_state" if self.task is Task.FEATURE_EXTRACTION else "logits"
         self._output = wanted if wanted in names else names[0]
@@ -193,6 +195,21 @@ class OnnxPredictor:
             self.task.value,
             self.max_length,
         )
+
+    def _prepare_text(
+        self, config: dict[str, Any], tokenizer_config: dict[str, Any], max_length: int | None
+    ) -> None:
+        """The tokenizer, its truncation and padding, for a model that reads text."""
+        tokenizer = self._tokenizer = self._load_tokenizer()
+        self.max_length = self._choose_max_length(max_length, config, tokenizer_config)
+        if self.max_length is not None:
+            tokenizer.enable_truncation(
+                self.max_length,
+                direction=str(tokenizer_config.get("truncation_side") or "right"),
+            )
+        pad_token = _token_setting(tokenizer_config, "pad_token")
+        pad_id = tokenizer.token_to_id(pad_token) if pad_token else None
+        self._pad_id = pad_id if pad_id is not None else int(config.get("pad_token_id") or 0)
 
     def _load_tokenizer(self) -> Tokenizer:
         path = self.directory / "tokenizer.json"
@@ -231,7 +248,8 @@ class OnnxPredictor:
         # Idle intra-op threads sleep rather than spin: a server runs several requests at once,
         # and spinning threads would take the cores from the others and from the tokenizer.
         session = create_session(model_path, session_options(threads=threads, spinning=False))
-        unknown = [i.name for i in session.get_inputs() if i.name not in _ENCODING_FIELDS]
+        known = {"pixel_values"} if self.task is Task.IMAGE_CLASSIFICATION else _ENCODING_FIELDS
+        unknown = [i.name for i in session.get_inputs() if i.name not in known]
         if unknown:
             raise PredictError(
                 f"{model_path.name} takes inputs predict cannot fill from text: {unknown}"
@@ -240,6 +258,11 @@ class OnnxPredictor:
 
     def predict(self, texts: str | Sequence[str]) -> list[Prediction]:
         """One prediction per text, in order (a single string gives a list of one)."""
+        if self._tokenizer is None:
+            raise PredictError(
+                f"{self.directory} holds an image classification model, which reads no text",
+                hint="give it images: predict_images(pixel_values)",
+            )
         batch = [texts] if isinstance(texts, str) else list(texts)
         bad = [type(t).__name__ for t in batch if not isinstance(t, str)]
         if bad:
@@ -311,6 +334,52 @@ class OnnxPredictor:
         hidden = output[:size]
         vector = hidden.mean(axis=0) if self.pooling is Pooling.MEAN else hidden[0]
         return VectorPrediction(text, vector, truncated)
+
+    def predict_images(self, pixel_values: np.ndarray) -> list[ImagePrediction]:
+        """The label of each image of `pixel_values` (batch x channels x height x width, or
+        one image without the batch axis), prepared as the model's image processor does."""
+        if self.task is not Task.IMAGE_CLASSIFICATION:
+            raise PredictError(
+                f"{self.directory} holds a {self.task.value} model, which reads text",
+                hint="give it texts: predict(texts)",
+            )
+        pixels = np.asarray(pixel_values, dtype=np.float32)
+        if pixels.ndim == 3:
+            pixels = pixels[None]
+        self._check_image_shape(pixels.shape)
+        predictions = []
+        for first in range(0, len(pixels), self.batch_size):
+            output = self._session.run(
+                [self._output], {"pixel_values": pixels[first : first + self.batch_size]}
+            )[0]
+            for row, logits in enumerate(output, first + 1):
+                scores = label_scores(logits, self._config.get("problem_type"))
+                best = int(scores.argmax())
+                predictions.append(ImagePrediction(row, self._label(best), float(scores[best])))
+        return predictions
+
+    def _check_image_shape(self, shape: tuple[int, ...]) -> None:
+        """Refuse images the graph does not take, saying what it takes: a size the graph
+        declares is fixed at export (for ViT-like models, the model's one resolution)."""
+        declared = self._session.get_inputs()[0].shape
+        if len(shape) != 4:
+            raise PredictError(
+                f"pixel_values must be images x channels x height x width, not {list(shape)}"
+            )
+        if isinstance(declared[1], int) and shape[1] != declared[1]:
+            raise PredictError(f"the model takes {declared[1]}-channel images, not {shape[1]}")
+        fixed = [d if isinstance(d, int) else None for d in declared[2:]]
+        if any(f is not None and f != got for f, got in zip(fixed, shape[2:])):
+            size = "x".join(str(f) for f in fixed)
+            why = (
+                "its fixed resolution: the model's position embeddings are sized for it"
+                if self._fixed_resolution
+                else "its size was fixed at export"
+            )
+            raise PredictError(
+                f"the model takes {size} images only ({why}), not {shape[2]}x{shape[3]}",
+                hint=f"resize the images to {size} (height x width) first",
+            )
 
     def _label(self, index: int) -> str:
         return self.labels.get(index, f"LABEL_{index}")

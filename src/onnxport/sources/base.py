@@ -66,6 +66,9 @@ class Source:
     """The checkpoint's tokenizer (a transformers tokenizer), when it ships one."""
     encode: TextEncoder | None = None
     """Real text as model inputs, when the source has a tokenizer."""
+    fixed_resolution: int | None = None
+    """The one image side an image model takes (position embeddings sized for it); None:
+    any size, or not an image model."""
     facts: ModelFacts = field(default_factory=ModelFacts)
 
     def example_inputs(self, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -81,4 +84,7 @@ class Source:
             model_type=self.model_type,
             num_parameters=self.num_parameters,
             weights_sha256={f.name: sha256_file(f) for f in self.weight_files},
+            fixed_resolution=(
+                [self.fixed_resolution] * 2 if self.fixed_resolution is not None else None
+            ),
         )

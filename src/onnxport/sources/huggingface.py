@@ -39,6 +39,8 @@ TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 DEFAULT_TEXT_SHAPES = ((1, 8), (2, 37), (4, 128))
 TEXT_EXAMPLE_SHAPE = (2, 13)
 DEFAULT_VISION_BATCHES = (1, 2, 4)
+RESOLUTION_STEP = 32
+"""Other image sides are multiples of this: the total stride of most convolutional backbones."""
 
 
 def _resolve_task(config: Any, requested: Task | None, path: Path) -> tuple[Task, str]:
@@ -246,6 +248,50 @@ def _image_size(config: Any) -> int:
     return int(size)
 
 
+def other_resolutions(size: int) -> tuple[int, int]:
+    """Two image sides besides `size` to validate at: near 3/4 and 5/4 of it, in steps of
+    `RESOLUTION_STEP` (224: 160 and 288), both above it where a smaller one would vanish."""
+    step = RESOLUTION_STEP
+    larger = max(step, -(-size * 5 // 4 // step) * step)
+    if larger <= size:
+        larger = size + step
+    smaller = size * 3 // 4 // step * step
+    return (smaller, larger) if step <= smaller < size else (larger, larger + step)
+
+
+def _takes_any_resolution(model: torch.nn.Module, factory: VisionInputs, size: int) -> bool:
+    """Whether PyTorch runs the model on images of other sides than `size`: convolutional
+    backbones do; models whose position embeddings are sized for one resolution (ViT) refuse."""
+    try:
+        with torch.no_grad():
+            for side in other_resolutions(size):
+                model(**factory(1, side, 0))
+    except Exception as e:  # model code raises anything on a size it cannot take
+        logger.info("the model takes %dx%d images only: %s", size, size, one_line(e, 200))
+        return False
+    return True
+
+
+def _vision_settings(
+    model: torch.nn.Module, config: Any
+) -> tuple[VisionInputs, dict[str, dict[int, str]], tuple[tuple[int, int], ...], int | None]:
+    """The image inputs of a vision model: their factory, dynamic axes, validation shapes and
+    fixed resolution. Height and width vary where PyTorch takes other sizes (validated at
+    two of them besides the batch sizes); otherwise the resolution is fixed, and said so."""
+    size = _image_size(config)
+    factory = VisionInputs(int(getattr(config, "num_channels", 3)), size)
+    batches = tuple((b, size) for b in DEFAULT_VISION_BATCHES)
+    if _takes_any_resolution(model, factory, size):
+        axes = {0: "batch", 2: "height", 3: "width"}
+        return (
+            factory,
+            {"pixel_values": axes},
+            (*batches, *((1, s) for s in other_resolutions(size))),
+            None,
+        )
+    return factory, {"pixel_values": {0: "batch"}}, batches, size
+
+
 def _int_setting(config: Any, name: str) -> int:
     """A size from the config, 0 when absent or per stage (Swin, SegFormer: lists)."""
     value = getattr(config, name, 0)
@@ -257,7 +303,7 @@ def _output_names(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tu
         with torch.no_grad():
             outputs = model(**inputs, return_dict=True)
     except Exception as e:  # model code raises anything on inputs it cannot take
-        shape = "x".join(str(n) for n in next(iter(inputs.values())).shape[:2])
+        shape = "x".join(str(n) for n in next(iter(inputs.values())).shape)
         message = one_line(e)
         raise SourceError(
             f"{type(model).__name__} fails on example inputs ({shape}): "
@@ -331,13 +377,11 @@ def load_huggingface(
     companions = tuple(path / n for n in COMPANION_FILES if (path / n).is_file())
 
     tokenizer = encode = None
+    fixed_resolution = None
     if info.modality is Modality.VISION:
-        image_size = _image_size(config)
-        factory = VisionInputs(int(getattr(config, "num_channels", 3)), image_size)
+        factory, dynamic_axes, shapes, fixed_resolution = _vision_settings(model, config)
         names = ["pixel_values"]
-        dynamic_axes = {"pixel_values": {0: "batch"}}
-        example_shape = (2, image_size)
-        shapes = tuple((b, image_size) for b in DEFAULT_VISION_BATCHES)
+        example_shape = (2, factory.image_size)
     else:
         tokenizer = _load_tokenizer(path, trust_remote_code)
         names = _text_input_names(model, config, tokenizer)
@@ -375,6 +419,7 @@ def load_huggingface(
         num_parameters=sum(p.numel() for p in model.parameters()),
         tokenizer=tokenizer,
         encode=encode,
+        fixed_resolution=fixed_resolution,
         facts=ModelFacts(
             num_heads=_int_setting(config, "num_attention_heads"),
             hidden_size=_int_setting(config, "hidden_size"),

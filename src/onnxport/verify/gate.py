@@ -47,6 +47,7 @@ class Rules:
         evaluation: a labelled set whose metric must stay near PyTorch's.
         on_failure: `fail` raises; `skip` returns the model as not published.
         remedies: what the user can try, in the order to try them.
+        origin: how the graph was made (`shapes.export_origin`), said when it fails.
     """
 
     tolerance: Tolerance
@@ -55,6 +56,7 @@ class Rules:
     evaluation: Evaluation | None = None
     on_failure: Literal["fail", "skip"] = "fail"
     remedies: tuple[str, ...] = ()
+    origin: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,11 +100,19 @@ def judge(
             passes=list(candidate.passes),
             validation=validation,
         )
-    divergence = locate(candidate.path, validation) if locate is not None else None
+    # Where the graph gives no answer there is no value to trace back to a node.
+    refused = bool(validation.runtime_errors)
+    divergence = locate(candidate.path, validation) if locate and not refused else None
+    what = (
+        "does not accept every validation input"
+        if refused
+        else "does not compute what PyTorch computes"
+    )
     message = (
-        f"{candidate.describe()} does not compute what PyTorch computes: "
+        f"{candidate.describe()} {what}: "
         + "; ".join(validation.failures[:3])
         + (f"; {divergence.summary()}" if divergence is not None else "")
+        + (f"; {rules.origin}" if rules.origin else "")
     )
     if rules.on_failure == "skip":
         logger.warning("%s; it is not published", message)
@@ -118,4 +128,5 @@ def judge(
     raise ValidationError(
         message,
         hint="nothing was published" + ("; try " + ", or ".join(tries) if tries else ""),
+        details="\n".join(validation.runtime_errors) or None,
     )

@@ -19,6 +19,7 @@ from onnxport.errors import SourceError, one_line
 from onnxport.export.strategies import adapter_for
 from onnxport.sources.base import Source
 from onnxport.verify.evaluation import Evaluation, load_eval_set
+from onnxport.verify.shapes import describe_shapes
 from onnxport.verify.validate import Reference
 
 logger = logging.getLogger(__name__)
@@ -37,12 +38,13 @@ def compute_references(
     with torch.inference_mode():
         for i, (batch, size) in enumerate(shapes):
             inputs = source.make_inputs(batch, size, seed + i)
+            shape = describe_shapes({k: list(v.shape) for k, v in inputs.items()})
             try:
                 outputs = adapter(*(inputs[name] for name in source.input_names))
             except Exception as e:  # model code raises anything on inputs it cannot take
                 message = one_line(e)
                 raise SourceError(
-                    f"the PyTorch model fails on the validation input {batch}x{size}: "
+                    f"the PyTorch model fails on the validation input {shape}: "
                     f"{type(e).__name__}: {message}",
                     hint="check validation.shapes against what the model takes "
                     "(max_position_embeddings, image size)",
@@ -59,7 +61,7 @@ def compute_references(
                 if np.isnan(value).any():
                     raise SourceError(
                         f"the PyTorch model itself outputs NaN ('{name}' on input "
-                        f"{batch}x{size}): there is no answer to validate the ONNX model against",
+                        f"{shape}): there is no answer to validate the ONNX model against",
                         hint="check the weights (NaN after a diverged training run?)",
                     )
             references.append(reference)

@@ -2,6 +2,10 @@
 and spinning are decided here for every caller (validation, divergence, smoke test, task
 metrics, passes, benchmark, predict, tracking).
 
+ONNX Runtime's own log (written to stderr by its C++ core, colours included) is kept to fatal
+errors: onnxport says what went wrong itself, in the user's terms, and keeps the runtime's
+words in the manifest and the `--debug` output.
+
 Imports no torch: `onnxport.predict` serves models through it.
 """
 
@@ -13,8 +17,24 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _state
+
+from onnxport.artifact.records import InputRecord
 
 PROVIDERS = ["CPUExecutionProvider"]
+LOG_SEVERITY = 4
+"""ONNX Runtime's log levels: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal."""
+RUNTIME_ERRORS: tuple[type[Exception], ...] = (
+    _state.Fail,
+    _state.InvalidArgument,
+    _state.RuntimeException,
+    _state.NotImplemented,
+)
+"""What `InferenceSession.run` raises when a graph cannot compute an input."""
+
+# The default logger logs what happens before a session exists and in sessions made by
+# other code (the quantizers' calibration): as quiet as ours.
+ort.set_default_logger_severity(LOG_SEVERITY)
 THREADS_ENV = "ONNXPORT_THREADS"
 """Intra-op threads of every session that does not set its own: for containers whose CPU
 quota is below the cores ONNX Runtime counts, and for test workers sharing a machine."""
@@ -44,6 +64,7 @@ def session_options(
         config_entries: further session configuration entries.
     """
     options = ort.SessionOptions()
+    options.log_severity_level = LOG_SEVERITY
     threads = threads or configured_threads()
     if threads:
         options.intra_op_num_threads = threads
@@ -78,3 +99,16 @@ def run_session(
     feed = {k: v for k, v in inputs.items() if k in wanted}
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, feed)))
+
+
+def declared_inputs(session: ort.InferenceSession) -> list[InputRecord]:
+    """The inputs the graph declares: a number where a dimension was fixed at export, a name
+    where it varies (`batch`, `sequence`, `height`)."""
+    return [
+        InputRecord(
+            name=arg.name,
+            dtype=str(arg.type).removeprefix("tensor(").removesuffix(")"),
+            shape=[d if isinstance(d, (int, str)) else "?" for d in arg.shape],
+        )
+        for arg in session.get_inputs()
+    ]

@@ -21,11 +21,13 @@ from onnxport.artifact.records import (
     TaskAgreementRecord,
     ValidationRecord,
 )
+from onnxport.errors import one_line
 from onnxport.request.config import DEFAULT_MIN_TASK_AGREEMENT
 from onnxport.tasks import TASKS, AgreementMetric, Task
 from onnxport.verify.compare import Tolerance, compare
 from onnxport.verify.evaluation import Evaluation, metric_failure
-from onnxport.verify.runtime import create_session, run_session
+from onnxport.verify.runtime import RUNTIME_ERRORS, create_session, declared_inputs, run_session
+from onnxport.verify.shapes import describe_shapes, refusal_reason
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +47,18 @@ class Reference:
     """PyTorch's outputs for one input shape, computed once and compared with every variant."""
 
     shape: tuple[int, int]
+    """(batch, size) as the validation settings give it; the inputs' shapes are their own."""
     inputs: dict[str, np.ndarray]
     outputs: dict[str, np.ndarray]
+
+    def input_shapes(self) -> dict[str, list[int]]:
+        """The full shape of every input: `[2, 3, 224, 224]` for an image batch."""
+        return {name: list(value.shape) for name, value in self.inputs.items()}
+
+    def describe(self) -> str:
+        """The inputs' shape for a message: `[2, 37]`, `[2, 3, 224, 224]`; inputs of
+        different shapes each by name."""
+        return describe_shapes(self.input_shapes()) or str(list(self.shape))
 
 
 def _primary_outputs(output_names: list[str]) -> list[str]:
@@ -95,6 +107,39 @@ def _cosine(ref: Reference, actual: dict[str, np.ndarray]) -> float:
     return float(np.min(dot / np.maximum(norms, 1e-12)))
 
 
+Rows = dict[str, list[tuple[float, float, bool, tuple[int, int]]]]
+"""Per output, per reference: max abs diff, max rel diff, within tolerance, the shape."""
+
+
+def _compare_outputs(
+    ref: Reference,
+    actual: dict[str, np.ndarray] | None,
+    tolerance: Tolerance,
+    elementwise_gate: bool,
+    rows: Rows,
+) -> list[str]:
+    """Compare each output with PyTorch's into `rows`; the failures to report. No answer at
+    all (`None`: the graph refused the input) fails every output, said once by the caller."""
+    failures = []
+    for name, expected in ref.outputs.items():
+        if actual is None or name not in actual:
+            if actual is not None:
+                failures.append(f"output '{name}' is missing from the ONNX model")
+            rows.setdefault(name, []).append((np.inf, np.inf, False, ref.shape))
+            continue
+        found = compare(actual[name], expected, tolerance)
+        rows.setdefault(name, []).append(
+            (found.max_abs_diff, found.max_rel_diff, found.within, ref.shape)
+        )
+        if not found.within and elementwise_gate:
+            failures.append(
+                f"output '{name}' at shape {ref.describe()}: max abs diff "
+                f"{found.max_abs_diff:.3g}, max rel diff {found.max_rel_diff:.3g} exceed "
+                f"atol {tolerance.atol:g} / rtol {tolerance.rtol:g}"
+            )
+    return failures
+
+
 def validate_model(
     model_path: Path,
     references: list[Reference],
@@ -120,45 +165,48 @@ def validate_model(
     """
     started = time.perf_counter()
     session = create_session(model_path)
+    inputs = declared_inputs(session)
     metric = TASKS[task].metric
-    per_output: dict[str, list[tuple[float, float, bool, tuple[int, int]]]] = {}
+    per_output: Rows = {}
     agree = total = 0
     cosines: list[float] = []
     failures: list[str] = []
+    runtime_errors: list[str] = []
+    refused: dict[str, list[str]] = {}  # why the graph refused, and at which shapes
     for ref in references:
-        actual = run_session(session, ref.inputs)
-        for name, expected in ref.outputs.items():
-            if name not in actual:
-                failures.append(f"output '{name}' is missing from the ONNX model")
-                per_output.setdefault(name, []).append((np.inf, np.inf, False, ref.shape))
-                continue
-            found = compare(actual[name], expected, tolerance)
-            per_output.setdefault(name, []).append(
-                (found.max_abs_diff, found.max_rel_diff, found.within, ref.shape)
-            )
-            if not found.within and elementwise_gate:
-                failures.append(
-                    f"output '{name}' at shape {list(ref.shape)}: max abs diff "
-                    f"{found.max_abs_diff:.3g}, max rel diff {found.max_rel_diff:.3g} exceed "
-                    f"atol {tolerance.atol:g} / rtol {tolerance.rtol:g}"
-                )
+        try:
+            actual: dict[str, np.ndarray] | None = run_session(session, ref.inputs)
+        except RUNTIME_ERRORS as e:
+            refused.setdefault(refusal_reason(inputs, e), []).append(ref.describe())
+            runtime_errors.append(f"at shape {ref.describe()}: {one_line(e, None)}")
+            actual = None
+        failures += _compare_outputs(ref, actual, tolerance, elementwise_gate, per_output)
+        actual = actual or {}  # no answer disagrees everywhere
         if metric is AgreementMetric.ARGMAX:
             a, t = _argmax_agreement(task, ref, actual)
             agree, total = agree + a, total + t
         else:
             cosines.append(_cosine(ref, actual))
     value = (agree / total if total else 1.0) if metric is AgreementMetric.ARGMAX else min(cosines)
-    if value < min_agreement:
+    failures[:0] = [
+        f"the graph does not accept inputs of shape {' or '.join(shapes)}: {reason}"
+        for reason, shapes in refused.items()
+    ]
+    if value < min_agreement and not refused:  # a refused input says it already
         failures.append(
             f"{metric.value} {value:.4f} is below the minimum {min_agreement:g} "
-            f"over shapes {[list(r.shape) for r in references]}"
+            f"over shapes [{', '.join(r.describe() for r in references)}]"
         )
-    task_metric = evaluation.judge(session) if evaluation is not None else None
+    # A graph that refuses inputs would refuse the labelled set's too: the refusal says it all.
+    task_metric = evaluation.judge(session) if evaluation is not None and not refused else None
     if task_metric is not None and not task_metric.passed:
         failures.append(metric_failure(task_metric))
     record = ValidationRecord(
         passed=not failures,
         shapes=[list(r.shape) for r in references],
+        input_shapes=[r.input_shapes() for r in references],
+        graph_inputs=inputs,
+        runtime_errors=runtime_errors,
         outputs={
             name: OutputComparisonRecord(
                 max_abs_diff=max(r[0] for r in rows),

@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from onnxport.artifact.manifest import Manifest
-from onnxport.artifact.records import PYTORCH, BenchmarkRecord, TimingRecord
+from onnxport.artifact.records import PYTORCH, BenchmarkRecord, TimingRecord, ValidationRecord
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,63 @@ def size(num_bytes: int | None) -> str:
     return f"{num_bytes / 1e6:.1f} MB"
 
 
+def shapes_label(validation: ValidationRecord) -> str:
+    """The validation inputs' shapes, one per input: `1x8 2x37` for text, `1x3x224x224` for
+    images (every input's full shape; a manifest from before `input_shapes` has the
+    (batch, size) pairs only)."""
+    if not validation.input_shapes:
+        return " ".join("x".join(str(n) for n in shape) for shape in validation.shapes)
+    labels = []
+    for shapes in validation.input_shapes:
+        distinct = list(dict.fromkeys("x".join(str(n) for n in s) for s in shapes.values()))
+        labels.append(
+            distinct[0]
+            if len(distinct) == 1
+            else "("
+            + ", ".join(f"{name} {'x'.join(map(str, s))}" for name, s in shapes.items())
+            + ")"
+        )
+    return " ".join(labels)
+
+
+def resolution_note(manifest: Manifest) -> str | None:
+    """What image sizes the model takes: its one fixed resolution, or any size with the
+    sizes it was validated at; None for a model of other inputs."""
+    fixed = manifest.source.fixed_resolution
+    if fixed:
+        size = "x".join(str(n) for n in fixed)
+        return (
+            f"fixed resolution {size}: the model takes {size} images only (its position "
+            "embeddings are sized for it); resize images to it"
+        )
+    validation = next((o.validation for o in manifest.outputs if o.validation), None)
+    sides = sorted(
+        {
+            tuple(shape[2:])
+            for shapes in (validation.input_shapes if validation else [])
+            for name, shape in shapes.items()
+            if name == "pixel_values" and len(shape) == 4
+        }
+    )
+    if len(sides) < 2:
+        return None
+    validated = ", ".join("x".join(str(n) for n in side) for side in sides)
+    return f"images of any size (validated at {validated})"
+
+
+def inputs_fact(manifest: Manifest) -> str | None:
+    """The inputs the published graph declares: a size where fixed, a name where it varies."""
+    validation = next((o.validation for o in manifest.outputs if o.validation), None)
+    if validation is None or not validation.graph_inputs:
+        return None
+    described = ", ".join(
+        f"`{i.name}` {i.dtype} [{', '.join(str(d) for d in i.shape)}]"
+        for i in validation.graph_inputs
+    )
+    note = resolution_note(manifest)
+    return f"inputs: {described}" + (f"; {note}" if note else "")
+
+
 def facts(manifest: Manifest) -> list[str]:
     source = manifest.source
     facts = [
@@ -32,6 +89,9 @@ def facts(manifest: Manifest) -> list[str]:
         f"exporter: {manifest.export.exporter}, opset {manifest.export.opset}",
         f"created: {manifest.created_at} with onnxport {manifest.onnxport_version}",
     ]
+    inputs = inputs_fact(manifest)
+    if inputs:
+        facts.append(inputs)
     if manifest.conv_fp:
         facts.append(f"conversion fingerprint: `{manifest.conv_fp}`")
     machine = machine_fact(manifest)
@@ -77,7 +137,7 @@ def validation_tables(manifest: Manifest) -> list[tuple[str, Table]]:
     for out in manifest.outputs:
         if out.validation is None:
             continue
-        shapes = ", ".join(str(s) for s in out.validation.shapes)
+        shapes = shapes_label(out.validation)
         rows = tuple(
             (
                 name,
