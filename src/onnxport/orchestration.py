@@ -99,7 +99,8 @@ def execute_conversion(
         conversion_experiment_name: the MLflow experiment name (overrides the config's).
         platform: `local`, `azureml`, `colab`, `kaggle`; None detects it.
         parent_training_run_id: the training run's MLflow run id, recorded as lineage.
-        force: rebuild even if a complete identical conversion exists.
+        force: rebuild even if a complete identical conversion exists, exporting even when
+            the export cache holds the graph.
         on_log_line: receives the conversion process's log lines as they come (its records
             of WARNING and above go to this process's logging instead).
         on_progress: receives the conversion's `StageEvent`s as they come; default: logged.
@@ -177,6 +178,7 @@ def execute_conversion(
                     run_smoke_test=config.onnx.run_smoke_test,
                     force=True,  # a damaged or forced directory is replaced atomically
                     conv_fp=conv_fp,
+                    refresh_export_cache=force,
                 ),
                 timeout_seconds=config.execution.timeout_seconds,
                 env={
