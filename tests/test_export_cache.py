@@ -368,9 +368,11 @@ def test_the_key_holds_the_export_settings(source) -> None:
 
 def test_what_the_cache_cannot_hold_says_why(source) -> None:
     tagger = source(NAME)
-    assert uncacheable(tagger, Exporter.AUTO) is None
-    assert "TorchScript exporter" in uncacheable(tagger, Exporter.TORCHSCRIPT)
-    assert "torch-export source" in uncacheable(replace(tagger, kind="torch-export"), Exporter.AUTO)
+    assert uncacheable(tagger, Exporter.AUTO, 18) is None
+    assert "TorchScript exporter" in uncacheable(tagger, Exporter.TORCHSCRIPT, 18)
+    assert "opset 17" in uncacheable(tagger, Exporter.AUTO, 17)
+    exported_program = replace(tagger, kind="torch-export")
+    assert "torch-export source" in uncacheable(exported_program, Exporter.AUTO, 18)
 
 
 # ---------------------------------------------------------------------------- the store

@@ -74,9 +74,12 @@ def list_command(
         }
         stdout.print_json(json.dumps(listing))
         return
+    if not entries:
+        stdout.print(f"the export cache {cache.root} holds no entries", highlight=False)
+        return
     table = Table(title=f"export cache {cache.root}")
-    for column in ("key", "architecture", "task", "opset", "size", "created", "last used"):
-        table.add_column(column, no_wrap=column in ("key", "size"))
+    for column in ("key", "architecture", "task", "opset", "size", "last used"):
+        table.add_column(column, no_wrap=column in ("key", "size", "last used"))
     for e in entries:
         row = _as_json(e)
         table.add_row(
@@ -85,8 +88,7 @@ def list_command(
             str(row["task"]),
             str(row["opset"]),
             _mb(e.size_bytes),
-            str(e.created_at),
-            row["last_used"],
+            row["last_used"][:16].replace("T", " "),
         )
     stdout.print(table)
     summary = f"{len(entries)} entries, {_mb(total)} of a {_mb(cache.max_bytes)} limit"

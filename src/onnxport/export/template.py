@@ -38,7 +38,7 @@ UNBOUND = "onnxport-unbound-weight"
 """The external data location a stored template's state initializers point at: nothing."""
 
 # The initializer deduplication pass warns once per initializer without a value.
-_QUIET_DURING_TEMPLATE = ("onnx_ir.passes.common.initializer_deduplication",)
+_QUIET_LOGGERS = ("onnx_ir.passes.common.initializer_deduplication",)
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def state_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 @contextlib.contextmanager
 def _quiet_optimizer() -> Iterator[None]:
-    loggers = [logging.getLogger(name) for name in _QUIET_DURING_TEMPLATE]
+    loggers = [logging.getLogger(name) for name in _QUIET_LOGGERS]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -82,7 +82,7 @@ def _quiet_optimizer() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def optimize(model: ir.Model) -> None:
+def exporter_optimize(model: ir.Model) -> None:
     """The optimizer `torch.onnx.export(optimize=True)` runs (onnxscript's, via torch's own
     choice of its API version), in place."""
     with _quiet_optimizer():
@@ -97,7 +97,7 @@ def make_template(model: ir.Model, state: Mapping[str, torch.Tensor]) -> GraphTe
         if name in state:
             value.const_value = None
             bindings[name] = name
-    optimize(model)
+    exporter_optimize(model)
     # An unused parameter (a head the task does not call) is gone from the optimized graph.
     kept = model.graph.initializers
     return GraphTemplate(model, {k: v for k, v in bindings.items() if k in kept})
@@ -127,7 +127,7 @@ def bind(template: GraphTemplate, state: Mapping[str, torch.Tensor], path: Path)
     unbound = sorted(n for n, v in initializers.items() if v.const_value is None)
     if unbound:
         raise ValueError(f"initializers without a value: {', '.join(unbound[:3])}")
-    optimize(template.model)
+    exporter_optimize(template.model)
     onnxscript_apis.save_model_with_external_data(template.model, path)
     release_rewriter_state()
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from onnxport import __version__
-from onnxport.export.strategies import adapter_for
+from onnxport.export.strategies import DYNAMO_OPSETS, adapter_for
 from onnxport.export.template import state_tensors
 from onnxport.request.config import Exporter
 from onnxport.request.fingerprints import canonical_json
@@ -39,8 +39,10 @@ EXCLUDED_CONFIG_KEYS: dict[str, str] = {
 VERSIONED = ("torch", "transformers", "onnx", "onnxscript", "onnx-ir")
 
 
-def uncacheable(source: Source, exporter: Exporter) -> str | None:
+def uncacheable(source: Source, exporter: Exporter, opset: int) -> str | None:
     """Why `source`'s export cannot come from the cache, or None when it can."""
+    if opset not in DYNAMO_OPSETS:
+        return f"only the dynamo exporter's graph can be kept, and it does not export opset {opset}"
     if exporter is Exporter.TORCHSCRIPT:
         return (
             "the TorchScript exporter folds the weights into the graph and names the results "

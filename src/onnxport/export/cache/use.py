@@ -77,7 +77,7 @@ def export_with_cache(
     if use is CacheUse.OFF:
         record = _export(source, output_path, settings)
         return _with(record, ExportCacheRecord(status="off", reason=TURNED_OFF))
-    reason = uncacheable(source, settings.exporter)
+    reason = uncacheable(source, settings.exporter, settings.opset_version)
     if reason is not None:
         logger.info("export cache: not used: %s", reason)
         record = _export(source, output_path, settings)
