@@ -32,6 +32,7 @@ import torch
 from torch.onnx._internal._lazy_import import onnxscript_apis
 from torch.onnx._internal.exporter._core import TorchTensor
 
+from onnxport.export.external_data import save_external
 from onnxport.export.workarounds import release_rewriter_state
 
 UNBOUND = "onnxport-unbound-weight"
@@ -128,7 +129,7 @@ def bind(template: GraphTemplate, state: Mapping[str, torch.Tensor], path: Path)
     if unbound:
         raise ValueError(f"initializers without a value: {', '.join(unbound[:3])}")
     exporter_optimize(template.model)
-    onnxscript_apis.save_model_with_external_data(template.model, path)
+    save_external(template.model, path)
     release_rewriter_state()
 
 
