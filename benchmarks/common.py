@@ -22,7 +22,7 @@ __all__ = ["NUM_LABELS", "checkpoint", "cpu_model", "machine", "now", "tree_rss"
 TOKENIZER_VOCAB_SIZE = 2000
 
 
-def build_tiny_checkpoint(directory: Path) -> Path:
+def build_tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
     """A 2-layer DistilBERT token classifier (dim 32) with the benchmarks' tokenizer."""
     if (directory / "model.safetensors").is_file() and (directory / "tokenizer.json").is_file():
         return directory
@@ -43,17 +43,22 @@ def build_tiny_checkpoint(directory: Path) -> Path:
         max_position_embeddings=512,
         num_labels=NUM_LABELS,
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     DistilBertForTokenClassification(config).eval().save_pretrained(
         directory, safe_serialization=True
     )
     return directory
 
 
-def checkpoint(workdir: Path, *, tiny: bool) -> Path:
+def checkpoint(workdir: Path, *, tiny: bool, seed: int = 0) -> Path:
+    """The benchmarks' checkpoint; another `seed`: the same config with other weights (the
+    next checkpoint of a training run)."""
+    suffix = f"-seed{seed}" if seed else ""
     if tiny:
-        return build_tiny_checkpoint(workdir / "distilbert-tiny-token-cls")
-    return build_checkpoint(workdir / "distilbert-base-token-cls", TOKENIZER_VOCAB_SIZE)
+        return build_tiny_checkpoint(workdir / f"distilbert-tiny-token-cls{suffix}", seed)
+    return build_checkpoint(
+        workdir / f"distilbert-base-token-cls{suffix}", TOKENIZER_VOCAB_SIZE, seed
+    )
 
 
 def machine() -> dict[str, Any]:

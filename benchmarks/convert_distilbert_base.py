@@ -66,8 +66,9 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def build_checkpoint(directory: Path, vocab_size: int) -> Path:
-    """The DistilBERT-base token classifier and its tokenizer, built once into `directory`."""
+def build_checkpoint(directory: Path, vocab_size: int, seed: int = 0) -> Path:
+    """The DistilBERT-base token classifier and its tokenizer, built once into `directory`;
+    another `seed`: the same config with other weights."""
     if (directory / "model.safetensors").is_file() and (directory / "tokenizer.json").is_file():
         return directory
     import torch
@@ -81,7 +82,7 @@ def build_checkpoint(directory: Path, vocab_size: int) -> Path:
     # The config keeps DistilBERT-base's vocab_size of 30522: the embedding matrix is the real
     # size; the tokenizer's ids are simply all smaller than it.
     config = DistilBertConfig(num_labels=NUM_LABELS)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = DistilBertForTokenClassification(config).eval()
     model.save_pretrained(directory, safe_serialization=True)
     return directory

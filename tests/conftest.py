@@ -10,12 +10,14 @@ that damage a checkpoint or an output work on a copy (`copy_checkpoint`, `copy_o
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import logging
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+# The export cache of the session fixtures (each test gets its own, `isolated_export_cache`):
+# never the user's ~/.cache/onnxport. Set before any conversion, inherited by subprocesses.
+_SESSION_EXPORT_CACHE = tempfile.mkdtemp(prefix="onnxport-test-export-cache-")
+os.environ["ONNXPORT_CACHE"] = _SESSION_EXPORT_CACHE
+atexit.register(shutil.rmtree, _SESSION_EXPORT_CACHE, ignore_errors=True)
+
 # Property tests: the same examples on every run, so that CI does not pass or fail by luck,
 # and no health check about speed (2 loaded cores are slow; that says nothing about the code).
 # `HYPOTHESIS_PROFILE=explore` draws new examples on each run when hunting for bugs.
@@ -66,6 +74,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+@pytest.fixture(autouse=True)
+def isolated_export_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> Path:
+    """An empty export cache for each test: a test that converts twice sees the second
+    conversion bind, and none sees another test's entries (a warm cache would skip the
+    exporter that a test watches or replaces)."""
+    root = tmp_path_factory.mktemp("export-cache")
+    monkeypatch.setenv("ONNXPORT_CACHE", str(root))
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,8 @@ def _save(model: torch.nn.Module, directory: Path) -> Path:
     return directory
 
 
-def _labels(count: int) -> dict[str, Any]:
+def labels(count: int) -> dict[str, Any]:
+    """config.json's keys for `count` labels."""
     return {
         "num_labels": count,
         "id2label": {i: f"LABEL_{i}" for i in range(count)},
@@ -89,7 +90,7 @@ def build_distilbert_token_classifier(directory: Path) -> Path:
         hidden_dim=INTERMEDIATE,
         max_position_embeddings=MAX_POSITIONS,
         pad_token_id=tokenizer.pad_token_id,
-        **_labels(NUM_LABELS),
+        **labels(NUM_LABELS),
     )
     torch.manual_seed(SEED)
     return _save(DistilBertForTokenClassification(config), directory)
@@ -100,7 +101,7 @@ def build_bert_token_classifier(directory: Path) -> Path:
 
     bert_tokenizer(directory)
     torch.manual_seed(SEED)
-    return _save(BertForTokenClassification(_bert_config(**_labels(NUM_LABELS))), directory)
+    return _save(BertForTokenClassification(_bert_config(**labels(NUM_LABELS))), directory)
 
 
 def build_roberta_sequence_classifier(directory: Path) -> Path:
@@ -116,7 +117,7 @@ def build_roberta_sequence_classifier(directory: Path) -> Path:
         # RoBERTa numbers positions from pad_token_id + 1: room for 128 tokens.
         max_position_embeddings=MAX_POSITIONS + 2,
         pad_token_id=tokenizer.pad_token_id,
-        **_labels(3),
+        **labels(3),
     )
     torch.manual_seed(SEED)
     return _save(RobertaForSequenceClassification(config), directory)
@@ -140,7 +141,7 @@ def build_vit_image_classifier(directory: Path) -> Path:
         num_hidden_layers=LAYERS,
         num_attention_heads=HEADS,
         intermediate_size=INTERMEDIATE,
-        **_labels(4),
+        **labels(4),
     )
     torch.manual_seed(SEED)
     return _save(ViTForImageClassification(config), directory)
@@ -156,7 +157,7 @@ def build_resnet_image_classifier(directory: Path) -> Path:
         depths=[1, 1],
         layer_type="basic",
         image_size=IMAGE_SIZE,
-        **_labels(4),
+        **labels(4),
     )
     torch.manual_seed(SEED)
     return _save(ResNetForImageClassification(config), directory)
@@ -171,7 +172,7 @@ def build_regnet_image_classifier(directory: Path) -> Path:
         depths=[1, 1],
         groups_width=8,
         image_size=IMAGE_SIZE,
-        **_labels(4),
+        **labels(4),
     )
     torch.manual_seed(SEED)
     return _save(RegNetForImageClassification(config), directory)
@@ -227,7 +228,7 @@ def build_funnel_sequence_classifier(directory: Path) -> Path:
         d_head=HIDDEN // HEADS,
         d_inner=INTERMEDIATE,
         pad_token_id=tokenizer.pad_token_id,
-        **_labels(3),
+        **labels(3),
     )
     torch.manual_seed(SEED)
     return _save(FunnelForSequenceClassification(config), directory)
@@ -363,3 +364,21 @@ def make_pickle_checkpoint(safetensors_checkpoint: Path, directory: Path) -> Pat
     (directory / "model.safetensors").unlink()
     torch.save(state, directory / "pytorch_model.bin")
     return directory
+
+
+def retrained(checkpoint: Path, directory: Path, *, seed: int, **config: Any) -> Path:
+    """A copy of `checkpoint` (its tokenizer, its config with `config`'s changes) with other
+    weights: the architecture's initialisation with `seed`, every tensor then moved by noise
+    as training moves them (a fresh LayerNorm is all ones in every layer; a trained one is
+    not)."""
+    import transformers
+
+    shutil.copytree(checkpoint, directory)
+    edit_config_json(directory, **config)
+    settings = transformers.AutoConfig.from_pretrained(directory)
+    torch.manual_seed(seed)
+    model = getattr(transformers, settings.architectures[0])(settings)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    return _save(model, directory)

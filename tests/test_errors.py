@@ -15,6 +15,7 @@ from onnxport.errors import (
     AzureMLInputError,
     AzureMLNotInstalledError,
     BenchmarkInputError,
+    CacheError,
     ConfigError,
     InternalError,
     OnnxportError,
@@ -29,6 +30,7 @@ from onnxport.errors import (
 )
 
 BAD_INPUT = {
+    CacheError,
     ConfigError,
     SourceError,
     OutputError,

@@ -8,6 +8,7 @@ these tests take milliseconds. Two slow tests run the real `python -m onnxport.e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -196,6 +197,15 @@ def test_optional_flags_are_left_out_when_off() -> None:
     assert "--run-smoke-test" not in argv
     assert "--force" not in argv
     assert "--conv-fp" not in argv
+    assert "--refresh-export-cache" not in argv
+
+
+def test_refreshing_the_export_cache_is_its_own_flag_beside_force() -> None:
+    """`--force` replaces the output directory (the parent always asks for it); only
+    `execute_conversion(force=True)` also exports past the export cache."""
+    assert parse_arguments(ARGS.argv()).refresh_export_cache is False
+    refreshed = dataclasses.replace(ARGS, refresh_export_cache=True)
+    assert parse_arguments(refreshed.argv()).refresh_export_cache is True
 
 
 # ----------------------------------------------------------------------------- the channel

@@ -45,8 +45,14 @@ RINGS = {
 }
 TORCH_FREE = ("artifact", "predict", "serving")
 # Imported without torch: the passes and the gate run in a process torch never entered
-# when the export ran in a child (`onnxport.preparation`).
-TORCH_FREE_ENTRY_POINTS = ("onnxport.pipeline", "onnxport.passes.search", "onnxport.verify.gate")
+# when the export ran in a child (`onnxport.preparation`); `onnxport cache` lists and prunes
+# the export cache without it.
+TORCH_FREE_ENTRY_POINTS = (
+    "onnxport.pipeline",
+    "onnxport.passes.search",
+    "onnxport.verify.gate",
+    "onnxport.commands.cache",
+)
 
 
 def _module_name(file: Path) -> str:

@@ -143,20 +143,17 @@ def diverging_exporter(exported, monkeypatch: pytest.MonkeyPatch) -> None:
     the bias shifted: an exporter that gets one operation wrong, which no real exporter does
     on demand. The export itself is real: the session's, by `export_to_onnx` with dynamo."""
 
-    def export(
-        source, output_path: Path, *, opset_version, exporter, external_data, keep_debug_metadata
-    ):
-        assert exporter is Exporter.AUTO, "not convert's default, which tries dynamo first"
-        assert not keep_debug_metadata, "convert strips the exporter's stack traces by default"
+    def export(source, output_path: Path, settings, use):
+        assert settings.exporter is Exporter.AUTO, "convert's default tries dynamo first"
+        assert not settings.keep_debug_metadata, "convert strips the stack traces by default"
         assert source.architecture == "DistilBertForTokenClassification"
         result = exported("distilbert-token", Exporter.DYNAMO)
         assert result.record.exporter == "dynamo"
         shifted_copy(result.path, Path(output_path))
         return result.record
 
-    monkeypatch.setattr(
-        "onnxport.export.export_to_onnx", export
-    )  # preparation imports it when it runs
+    # The export stage (with the export cache); preparation imports it when it runs.
+    monkeypatch.setattr("onnxport.export.cache.use.export_with_cache", export)
 
 
 def _error_line(run) -> str:

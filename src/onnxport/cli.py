@@ -15,6 +15,7 @@ import typer
 
 from onnxport.commands.azureml import azureml_app
 from onnxport.commands.benchmark import benchmark_command, report_command
+from onnxport.commands.cache import cache_app
 from onnxport.commands.console import console, print_error
 from onnxport.commands.convert import convert_command
 from onnxport.commands.debug import debug_command
@@ -41,6 +42,7 @@ app.command("debug")(debug_command)
 app.command("benchmark")(benchmark_command)
 app.command("report")(report_command)
 app.add_typer(azureml_app, name="azureml")
+app.add_typer(cache_app, name="cache")
 
 
 def main(argv: list[str] | None = None) -> int:

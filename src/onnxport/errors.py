@@ -185,3 +185,10 @@ class AzureMLNotInstalledError(AzureMLError):
     """azure-ai-ml (the `azureml` extra) is missing or cannot be imported."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+class CacheError(OnnxportError):
+    """The export cache cannot be used as asked: its directory, a size limit."""
+
+    stage = "cache"
+    exit_code = EXIT_BAD_INPUT

@@ -105,7 +105,8 @@ def execute_conversion(
         conversion_experiment_name: the MLflow experiment name (overrides the config's).
         platform: `local`, `azureml`, `colab`, `kaggle`; None detects it.
         parent_training_run_id: the training run's MLflow run id, recorded as lineage.
-        force: rebuild even if a complete identical conversion exists.
+        force: rebuild even if a complete identical conversion exists, exporting even when
+            the export cache holds the graph.
         on_log_line: receives the conversion process's log lines as they come (its records
             of WARNING and above go to this process's logging instead).
         on_progress: receives the conversion's `StageEvent`s as they come; default: logged.
@@ -155,7 +156,7 @@ def execute_conversion(
         )
         with failed_unless_finished(client, run_id):
             child = run_child(
-                plan.child_arguments(),
+                plan.child_arguments(refresh_export_cache=force),
                 timeout_seconds=plan.config.execution.timeout_seconds,
                 env={
                     "MLFLOW_TRACKING_URI": tracking_uri,
@@ -186,7 +187,7 @@ class _Plan:
     lineage: dict[str, str]
     run_name: str
 
-    def child_arguments(self) -> ChildArguments:
+    def child_arguments(self, *, refresh_export_cache: bool) -> ChildArguments:
         return ChildArguments(
             checkpoint_path=self.parent.checkpoint,
             config_dir=self.config_dir,
@@ -197,6 +198,7 @@ class _Plan:
             run_smoke_test=self.config.onnx.run_smoke_test,
             force=True,  # a damaged or forced directory is replaced atomically
             conv_fp=self.conv_fp,
+            refresh_export_cache=refresh_export_cache,
         )
 
 

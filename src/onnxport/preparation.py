@@ -67,8 +67,9 @@ def validation_shapes(source: Source, config: ConversionConfig) -> list[tuple[in
 
 
 def prepare(request: ConversionRequest, exported: Path, clock: StageClock) -> Prepared:
-    """Load, compute the references, export to `exported`; in this process."""
-    from onnxport.export import export_to_onnx
+    """Load, compute the references, export to `exported` (or bind the weights into the
+    export cache's graph of this architecture); in this process."""
+    from onnxport.export.cache.use import CacheUse, ExportSettings, export_with_cache
     from onnxport.passes import pass_context
     from onnxport.sources import load_source
     from onnxport.verify.references import compute_references, prepare_evaluation
@@ -86,14 +87,20 @@ def prepare(request: ConversionRequest, exported: Path, clock: StageClock) -> Pr
             evaluation = prepare_evaluation(
                 source, config.validation.eval_file, config.validation.max_metric_drop
             )
+    use = CacheUse.REFRESH if request.refresh_export_cache else CacheUse.USE
+    if not config.execution.export_cache:
+        use = CacheUse.OFF
     with clock.stage(Stage.EXPORT, ExportError):
-        export = export_to_onnx(
+        export = export_with_cache(
             source,
             exported,
-            opset_version=config.onnx.opset_version,
-            exporter=config.onnx.exporter,
-            external_data=config.output.external_data,
-            keep_debug_metadata=config.output.keep_debug_metadata,
+            ExportSettings(
+                opset_version=config.onnx.opset_version,
+                exporter=config.onnx.exporter,
+                external_data=config.output.external_data,
+                keep_debug_metadata=config.output.keep_debug_metadata,
+            ),
+            use,
         )
     prepared = Prepared(
         source=source.record(),

@@ -45,12 +45,33 @@ class AttemptRecord(Record):
     seconds: float = 0.0
 
 
+class ExportCacheRecord(Record):
+    """What the export cache did for this conversion (`onnxport.export.cache`)."""
+
+    status: str
+    """`hit`: the graph came from the cache and this checkpoint's weights were bound into it;
+    `miss`: exported (and stored when `stored`); `refresh`: exported whatever the cache held
+    (`--force`), then stored; `off`: not used (`--no-cache`, `execution.export_cache: false`);
+    `unsupported`: a source or exporter whose graph the cache cannot hold."""
+    key: str | None = None
+    """The entry's key: a digest of what decides the graph (config, task, settings, versions)."""
+    created_at: str | None = None
+    """When the entry used or stored was made."""
+    versions: dict[str, str] = Field(default_factory=dict)
+    """The library versions the entry was made with."""
+    stored: bool = False
+    reason: str | None = None
+    """Why the cache was not used, or why its entry was made again (a damaged one)."""
+
+
 class ExportRecord(Record):
     exporter: str
     """The exporter that produced the model."""
     opset: int
     seconds: float
     attempts: list[AttemptRecord]
+    cache: ExportCacheRecord | None = None
+    """Whether the graph came from the export cache."""
 
 
 class PassRecord(Record):

@@ -66,7 +66,20 @@ def convert_command(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="A conversion.yaml file.")
     ] = None,
-    force: Annotated[bool, typer.Option(help="Replace a complete output directory.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Replace a complete output directory; export even when the export cache "
+            "holds the graph, and store it again."
+        ),
+    ] = False,
+    cache: Annotated[
+        bool,
+        typer.Option(
+            help="Take the graph from the export cache when it holds this architecture's "
+            "(binding this checkpoint's weights into it); --no-cache: always export."
+        ),
+    ] = True,
     allow_pickle: Annotated[
         bool, typer.Option(help="Load pickle-based weights (pytorch_model.bin).")
     ] = False,
@@ -110,6 +123,7 @@ def convert_command(
             "external_data": external_data.value if external_data else None,
             "keep_debug_metadata": keep_debug_metadata or None,
         },
+        execution={"export_cache": None if cache else False},
         source={
             "task": task.value if task else None,
             "allow_pickle": allow_pickle or None,
@@ -118,7 +132,13 @@ def convert_command(
             "input_spec": str(input_spec) if input_spec else None,
         },
     )
-    request = ConversionRequest(source_path=source, output_dir=output, config=settings, force=force)
+    request = ConversionRequest(
+        source_path=source,
+        output_dir=output,
+        config=settings,
+        force=force,
+        refresh_export_cache=force,
+    )
     freeze_startup_objects()
     manifest = run_conversion(request, progress=ProgressPrinter(console))
     if benchmark:

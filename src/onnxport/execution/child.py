@@ -52,6 +52,9 @@ class ChildArguments:
     run_smoke_test: bool = True
     force: bool = False
     conv_fp: str | None = None
+    refresh_export_cache: bool = False
+    """Export even when the export cache holds the graph (`execute_conversion(force=True)`);
+    `force` alone replaces the output directory, which the parent always asks for."""
 
     def argv(self) -> list[str]:
         args = [
@@ -69,6 +72,8 @@ class ChildArguments:
             args.append("--force")
         if self.conv_fp:
             args += ["--conv-fp", self.conv_fp]
+        if self.refresh_export_cache:
+            args.append("--refresh-export-cache")
         return args
 
 
@@ -84,6 +89,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--run-smoke-test", action="store_true")
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--conv-fp", default=None)
+    parser.add_argument("--refresh-export-cache", action="store_true")
     parser.add_argument("--result-file", type=Path, default=None)
     return parser.parse_args(argv)
 
@@ -173,6 +179,7 @@ def child_main(argv: list[str]) -> int:
             output_dir=args.output_dir,
             config=config,
             force=args.force,
+            refresh_export_cache=args.refresh_export_cache,
             conv_fp=args.conv_fp,
             lineage=lineage,
         )

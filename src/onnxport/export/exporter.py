@@ -11,6 +11,7 @@ import logging
 import re
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -24,7 +25,13 @@ from onnxport.export.external_data import (
     weights_bytes,
 )
 from onnxport.export.metadata import strip_debug_metadata
-from onnxport.export.strategies import EXPORT_STRATEGIES
+from onnxport.export.strategies import (
+    DYNAMO_OPSETS,
+    EXPORT_STRATEGIES,
+    ExportStrategy,
+    adapter_for,
+)
+from onnxport.export.template import TemplateData, bind, state_tensors, template_from_bytes
 from onnxport.export.workarounds import captured_stdout
 from onnxport.request.config import DEFAULT_OPSET, Exporter, ExternalData
 from onnxport.sources.base import Source
@@ -84,6 +91,57 @@ def _disk_full(error: BaseException) -> OSError | None:
     return None
 
 
+def _attempt(
+    strategy: ExportStrategy,
+    source: Source,
+    output_path: Path,
+    *,
+    opset_version: int,
+    external: bool,
+    keep_debug_metadata: bool,
+    keep: bool,
+) -> tuple[AttemptRecord, TemplateData | None]:
+    """Run one strategy into `output_path` and finish its file as published models need it
+    (checked, debug metadata stripped, weights inline or in one `.data` file): its record,
+    and the template it kept. A failure is recorded, its files removed; a full disk raises."""
+    logger.info("exporting with the %s exporter (opset %d)", strategy.name, opset_version)
+    t0 = time.perf_counter()
+    before = set(output_path.parent.iterdir())
+    try:
+        with warnings.catch_warnings(record=True) as raised, captured_stdout():
+            warnings.simplefilter("always")
+            kept = strategy.run(source, output_path, opset_version, external, keep)
+        _report_deprecations(strategy.name, raised)
+        # Checked while the weights are still external: the checker reads a self-contained
+        # file whole, twice over.
+        onnx.checker.check_model(str(output_path), full_check=False)
+        if not keep_debug_metadata:
+            # Before the weights come inline (dynamo always writes them external): the graph
+            # is then rewritten without reading them.
+            strip_debug_metadata(output_path)
+        if external:
+            gather_external_data(output_path, before)
+        else:
+            inline_external_data(output_path)
+    except Exception as e:  # every exporter failure is recorded, then the next one runs
+        _remove_new_files(output_path.parent, before)
+        full = _disk_full(e)
+        if full is not None:  # another exporter would not find more room
+            raise ExportError(
+                f"cannot write the ONNX model into {output_path.parent}: {full.strerror}",
+                hint="free space there, or raise the file size limit (ulimit -f)",
+            ) from e
+        logger.debug("the %s exporter failed", strategy.name)
+        logger.warning("the %s exporter failed: %s", strategy.name, _exporter_error(e))
+        seconds = round(time.perf_counter() - t0, 3)
+        failed = AttemptRecord(
+            exporter=strategy.name, ok=False, error=_exporter_error(e), seconds=seconds
+        )
+        return failed, None
+    seconds = round(time.perf_counter() - t0, 3)
+    return AttemptRecord(exporter=strategy.name, ok=True, seconds=seconds), kept
+
+
 def export_to_onnx(
     source: Source,
     output_path: Path,
@@ -92,6 +150,7 @@ def export_to_onnx(
     exporter: Exporter = Exporter.AUTO,
     external_data: ExternalData = ExternalData.AUTO,
     keep_debug_metadata: bool = False,
+    keep_template: Callable[[TemplateData], None] | None = None,
 ) -> ExportRecord:
     """Export `source` to `output_path` with the first strategy that works; the record says
     which one made the model and why the others did not. External data, when the weights
@@ -106,6 +165,8 @@ def export_to_onnx(
         external_data: whether the weights go to `<output_path>.data` (`auto`: by size).
         keep_debug_metadata: keep the exporter's stack traces and source locations, which
             hold this machine's file paths (`export.metadata`); by default they are removed.
+        keep_template: receives the graph without weights the dynamo exporter made
+            (`export.template`), when it made the model; the export cache keeps it.
     """
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,50 +192,20 @@ def export_to_onnx(
                 )
             )
             continue
-        logger.info("exporting with the %s exporter (opset %d)", strategy.name, opset_version)
-        t0 = time.perf_counter()
-        before = set(output_path.parent.iterdir())
-        try:
-            with warnings.catch_warnings(record=True) as raised, captured_stdout():
-                warnings.simplefilter("always")
-                strategy.run(source, output_path, opset_version, external)
-            _report_deprecations(strategy.name, raised)
-            # Checked while the weights are still external: the checker reads a
-            # self-contained file whole, twice over.
-            onnx.checker.check_model(str(output_path), full_check=False)
-            if not keep_debug_metadata:
-                # Before the weights come inline (dynamo always writes them external): the
-                # graph is then rewritten without reading them.
-                strip_debug_metadata(output_path)
-            if external:
-                gather_external_data(output_path, before)
-            else:
-                inline_external_data(output_path)
-        except Exception as e:  # every exporter failure is recorded, then the next one runs
-            full = _disk_full(e)
-            if full is not None:  # another exporter would not find more room
-                _remove_new_files(output_path.parent, before)
-                raise ExportError(
-                    f"cannot write the ONNX model into {output_path.parent}: {full.strerror}",
-                    hint="free space there, or raise the file size limit (ulimit -f)",
-                ) from e
-            logger.debug("the %s exporter failed", strategy.name)
-            logger.warning("the %s exporter failed: %s", strategy.name, _exporter_error(e))
-            attempts.append(
-                AttemptRecord(
-                    exporter=strategy.name,
-                    ok=False,
-                    error=_exporter_error(e),
-                    seconds=round(time.perf_counter() - t0, 3),
-                )
-            )
-            _remove_new_files(output_path.parent, before)
-            continue
-        attempts.append(
-            AttemptRecord(
-                exporter=strategy.name, ok=True, seconds=round(time.perf_counter() - t0, 3)
-            )
+        attempt, kept = _attempt(
+            strategy,
+            source,
+            output_path,
+            opset_version=opset_version,
+            external=external,
+            keep_debug_metadata=keep_debug_metadata,
+            keep=keep_template is not None,
         )
+        attempts.append(attempt)
+        if not attempt.ok:
+            continue
+        if kept is not None and keep_template is not None:
+            keep_template(kept)
         seconds = time.perf_counter() - started
         logger.info("exported with %s in %.1f s to %s", strategy.name, seconds, output_path)
         return ExportRecord(
@@ -197,3 +228,37 @@ def export_to_onnx(
         f"no exporter could convert {source.architecture}: {reasons}",
         hint="try another opset (onnx.opset_version) or exporter (onnx.exporter)",
     )
+
+
+def export_from_template(
+    source: Source,
+    output_path: Path,
+    template: TemplateData,
+    *,
+    opset_version: int = DEFAULT_OPSET,
+    external_data: ExternalData = ExternalData.AUTO,
+    keep_debug_metadata: bool = False,
+) -> AttemptRecord:
+    """Write `source`'s weights into `template`, the graph a dynamo export of the same
+    architecture with the same settings kept, and finish the file as `export_to_onnx` does.
+    The record says whether it worked: a template that does not fit the weights fails."""
+
+    def run(
+        source: Source, path: Path, opset: int, external: bool, keep: bool
+    ) -> TemplateData | None:
+        graph = template_from_bytes(template.graph, template.bindings)
+        bind(graph, state_tensors(adapter_for(source)), path)
+        return None
+
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    attempt, _ = _attempt(
+        ExportStrategy("dynamo", DYNAMO_OPSETS, run),
+        source,
+        output_path,
+        opset_version=opset_version,
+        external=wants_external_data(weights_bytes(source.module), external_data),
+        keep_debug_metadata=keep_debug_metadata,
+        keep=False,
+    )
+    return attempt

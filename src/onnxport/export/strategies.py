@@ -1,6 +1,8 @@
 """The exporters, as an ordered tuple of strategies: the dynamo-based exporter (`torch.export`)
 first, the TorchScript-based exporter as the fallback. Each writes an ONNX file from a
-`Source` through the same `ExportAdapter`, the calling convention validation uses too.
+`Source` through the same `ExportAdapter`, the calling convention validation uses too. The
+dynamo strategy can hand over the graph it bound the weights into (`template`), which the
+export cache keeps for the next checkpoint of the architecture.
 """
 
 from __future__ import annotations
@@ -12,7 +14,13 @@ from pathlib import Path
 import torch
 
 from onnxport.errors import ExportError
-from onnxport.export.workarounds import release_rewriter_state
+from onnxport.export.template import (
+    TemplateData,
+    bind,
+    make_template,
+    state_tensors,
+    template_bytes,
+)
 from onnxport.sources.base import Source
 
 DYNAMO_OPSETS = range(18, 24)
@@ -69,7 +77,9 @@ def _holds_torchscript(module: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.jit.ScriptModule) for m in module.modules())
 
 
-def _export_dynamo(source: Source, path: Path, opset: int, external: bool) -> None:
+def _export_dynamo(
+    source: Source, path: Path, opset: int, external: bool, keep: bool
+) -> TemplateData | None:
     if _holds_torchscript(source.module):
         raise ExportError(
             "torch.export cannot trace a TorchScript module; the TorchScript-based exporter "
@@ -77,13 +87,16 @@ def _export_dynamo(source: Source, path: Path, opset: int, external: bool) -> No
         )
     inputs = source.example_inputs()
     args = tuple(inputs[name] for name in source.input_names)
-    program = dynamo_program(source, args, opset=opset)
-    # Always with external data: the save then streams the weights out one by one, where a
-    # self-contained save builds two in-memory copies of them (measured on DistilBERT-base:
-    # peak 1580 MiB vs 793 MiB). Small models are made self-contained again, streaming.
-    program.save(str(path), external_data=True)
-    del program
-    release_rewriter_state()
+    program = dynamo_program(source, args, opset=opset, optimize=False)
+    state = state_tensors(adapter_for(source))
+    template = make_template(program.model, state)
+    del program  # the exported program holds the module's parameters
+    kept = TemplateData(template_bytes(template), dict(template.bindings)) if keep else None
+    # Saved with external data whatever the size: the save then streams the weights out one
+    # by one, where a self-contained save builds two in-memory copies of them (measured on
+    # DistilBERT-base: peak 1580 MiB vs 793 MiB). Small models are made self-contained again.
+    bind(template, state, path)
+    return kept
 
 
 def _output_axes(source: Source) -> dict[str, dict[int, str]]:
@@ -104,7 +117,9 @@ def _output_axes(source: Source) -> dict[str, dict[int, str]]:
     return axes
 
 
-def _export_torchscript(source: Source, path: Path, opset: int, external: bool) -> None:
+def _export_torchscript(
+    source: Source, path: Path, opset: int, external: bool, keep: bool
+) -> TemplateData | None:
     adapter: torch.nn.Module = adapter_for(source)
     inputs = source.example_inputs()
     args = tuple(inputs[name] for name in source.input_names)
@@ -123,13 +138,21 @@ def _export_torchscript(source: Source, path: Path, opset: int, external: bool) 
         dynamic_axes={**source.dynamic_axes, **_output_axes(source)},
         do_constant_folding=True,
     )
+    # Its initializers are folded with the weights and named by the exporter, not after the
+    # parameters: no template to keep.
+    return None
+
+
+StrategyRun = Callable[[Source, Path, int, bool, bool], TemplateData | None]
+"""Export (source, to path, opset, weights external?, keep the template?); returns the template
+kept, when the strategy has one and was asked for it."""
 
 
 @dataclass(frozen=True)
 class ExportStrategy:
     name: str
     opsets: range
-    run: Callable[[Source, Path, int, bool], None]
+    run: StrategyRun
 
 
 EXPORT_STRATEGIES: tuple[ExportStrategy, ...] = (

@@ -222,6 +222,9 @@ class IsolateExport(str, Enum):
 class ExecutionConfig(_Strict):
     timeout_seconds: float = Field(DEFAULT_TIMEOUT_SECONDS, gt=0)
     isolate_export: IsolateExport = IsolateExport.AUTO
+    export_cache: bool = True
+    """Take the graph from the export cache when it holds this architecture's, binding this
+    checkpoint's weights into it (`onnxport.export.cache`); false: always export."""
 
 
 class ConversionConfig(_Strict):

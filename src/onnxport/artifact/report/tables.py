@@ -81,12 +81,21 @@ def inputs_fact(manifest: Manifest) -> str | None:
     return f"inputs: {described}" + (f"; {note}" if note else "")
 
 
+def _from_cache(manifest: Manifest) -> str:
+    cache = manifest.export.cache
+    if cache is None or cache.status != "hit":
+        return ""
+    made = f"made {cache.created_at} with torch {cache.versions.get('torch', '?')}"
+    return f" (graph from the export cache: entry `{cache.key}`, {made})"
+
+
 def facts(manifest: Manifest) -> list[str]:
     source = manifest.source
     facts = [
         f"source: `{source.path}` ({source.kind}, task {source.task}, "
         f"{source.num_parameters:,} parameters)",
-        f"exporter: {manifest.export.exporter}, opset {manifest.export.opset}",
+        f"exporter: {manifest.export.exporter}, opset {manifest.export.opset}"
+        + _from_cache(manifest),
         f"created: {manifest.created_at} with onnxport {manifest.onnxport_version}",
     ]
     inputs = inputs_fact(manifest)
