@@ -110,6 +110,7 @@ SECTIONS: dict[str, dict[str, st.SearchStrategy]] = {
     "execution": {
         "timeout_seconds": _floats(0.0, 1e9, exclude_low=True),
         "isolate_export": st.sampled_from(["auto", "always", "never"]),
+        "export_cache": st.booleans(),
     },
 }
 

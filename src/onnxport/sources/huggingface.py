@@ -316,21 +316,11 @@ def _output_names(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tu
     return names
 
 
-def load_huggingface(
-    path: Path,
-    *,
-    task: Task | None = None,
-    allow_pickle: bool = False,
-    trust_remote_code: bool = False,
-) -> Source:
-    """Load a checkpoint directory written by `save_pretrained()` as a `Source`."""
-    path = Path(path)
-    raw = read_config_json(path)
-    if "model_type" not in raw:
-        raise SourceError(
-            f"{path}/config.json has no model_type",
-            hint="save the checkpoint with save_pretrained(), which writes it",
-        )
+def _checked_weight_files(
+    path: Path, raw: dict[str, Any], *, allow_pickle: bool
+) -> tuple[list[Path], bool]:
+    """The checkpoint's weight files, each readable and with the layers config.json names;
+    and whether they are safetensors."""
     files, safetensors = weight_files(path, allow_pickle=allow_pickle)
     tensor_names: list[str] = []
     for file in files:
@@ -339,7 +329,12 @@ def load_huggingface(
         elif file.stat().st_size == 0:
             raise SourceError(f"{file} is empty", hint="copy the checkpoint again")
     check_layer_counts(path, raw, tensor_names)
+    return files, safetensors
 
+
+def _export_config(path: Path, raw: dict[str, Any], *, trust_remote_code: bool):
+    """The checkpoint's transformers config, set for export: no cache outputs, and the
+    settings its model type needs (`MODEL_TYPE_QUIRKS`)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
@@ -368,6 +363,26 @@ def load_huggingface(
             setattr(config, key, value)
         if quirk.note:
             logger.warning("%s: %s", config.model_type, quirk.note)
+    return config
+
+
+def load_huggingface(
+    path: Path,
+    *,
+    task: Task | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> Source:
+    """Load a checkpoint directory written by `save_pretrained()` as a `Source`."""
+    path = Path(path)
+    raw = read_config_json(path)
+    if "model_type" not in raw:
+        raise SourceError(
+            f"{path}/config.json has no model_type",
+            hint="save the checkpoint with save_pretrained(), which writes it",
+        )
+    files, safetensors = _checked_weight_files(path, raw, allow_pickle=allow_pickle)
+    config = _export_config(path, raw, trust_remote_code=trust_remote_code)
     resolved_task, architecture = _resolve_task(config, task, path)
     info = TASKS[resolved_task]
     model = _load_model(
