@@ -28,7 +28,8 @@ from models import edit_config_json, labels, retrained
 from onnxport.artifact.manifest import Manifest, read_manifest, verify_directory
 from onnxport.errors import ValidationError
 from onnxport.export.cache import CACHE_ENV, ExportCache
-from onnxport.export.cache.key import EXCLUDED_CONFIG_KEYS, cache_key, key_material, uncacheable
+from onnxport.export.cache.hint import EXCLUDED_CONFIG_KEYS, HINT_FIELD, checkpoint_hint
+from onnxport.export.cache.key import cache_key, key_material, uncacheable
 from onnxport.export.cache.store import BINDINGS_FILE, ENTRY_FILE, GRAPH_FILE
 from onnxport.export.template import UNBOUND, template_from_bytes
 from onnxport.pipeline import convert
@@ -142,6 +143,10 @@ def test_the_first_checkpoint_exports_and_stores_its_graph_without_weights(warm:
     bound = [t for t in graph.graph.initializer if t.name in bindings]
     assert len(bound) == len(bindings)
     assert all(t.external_data[0].value == UNBOUND and not t.raw_data for t in bound)
+    # The next checkpoint of the architecture is known to be cached before torch loads it
+    # (isolate_export: auto then binds in process).
+    hint = checkpoint_hint(warm.second, opset=manifest.export.opset, keep_debug_metadata=False)
+    assert entry.info[HINT_FIELD] == hint and ExportCache(warm.root).holds(HINT_FIELD, hint)
 
 
 @pytest.mark.slow

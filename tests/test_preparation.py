@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from models import edit_config_json
 from onnxport.errors import ExportError, SourceError
+from onnxport.export.cache.hint import HINT_FIELD, checkpoint_hint
+from onnxport.export.cache.store import CACHE_ENV, ExportCache
 from onnxport.pipeline import convert
 from onnxport.preparation import ISOLATE_ABOVE_BYTES, isolated, weights_on_disk
 from onnxport.progress import Stage, StageEvent, Status
@@ -27,17 +31,47 @@ ISOLATED = ConversionConfig().with_overrides(
 )
 
 
+def _request(path: Path, config: ConversionConfig | None = None, **kw) -> ConversionRequest:
+    return ConversionRequest(path, path.parent / "out", config or ConversionConfig(), **kw)
+
+
+def _large_copy(checkpoint: Path, directory: Path) -> Path:
+    """`checkpoint`'s config.json beside weights above the isolation threshold (sparse)."""
+    directory.mkdir()
+    shutil.copy(checkpoint / "config.json", directory / "config.json")
+    with (directory / "model.safetensors").open("wb") as f:
+        f.truncate(ISOLATE_ABOVE_BYTES + 1)  # sparse: the size is what counts
+    return directory
+
+
 def test_auto_isolates_large_weights_only(checkpoint, tmp_path: Path) -> None:
     small = checkpoint("distilbert-token")
     assert 0 < weights_on_disk(small) < ISOLATE_ABOVE_BYTES
-    assert not isolated(ConversionConfig(), small)
-    large = tmp_path / "large"
-    large.mkdir()
-    with (large / "model.safetensors").open("wb") as f:
-        f.truncate(ISOLATE_ABOVE_BYTES + 1)  # sparse: the size is what counts
-    assert isolated(ConversionConfig(), large)
+    assert not isolated(_request(small))
+    large = _large_copy(small, tmp_path / "large")
+    assert isolated(_request(large))
     never = ConversionConfig().with_overrides(execution={"isolate_export": "never"})
-    assert not isolated(never, large)
+    assert not isolated(_request(large, never))
+
+
+def test_auto_binds_in_process_when_the_cache_holds_the_checkpoints_graph(
+    checkpoint, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    large = _large_copy(checkpoint("distilbert-token"), tmp_path / "large")
+    config = ConversionConfig()
+    hint = checkpoint_hint(large, opset=config.onnx.opset_version, keep_debug_metadata=False)
+    cache = ExportCache.from_environment()
+    cache.ensure()
+    cache.store("0" * 32, b"graph", {}, {HINT_FIELD: hint})
+    assert not isolated(_request(large))
+    # --force exports again, and so does a conversion without the cache: isolated.
+    assert isolated(_request(large, refresh_export_cache=True))
+    assert isolated(_request(large, config.with_overrides(execution={"export_cache": False})))
+    # Another opset (another graph) or another architecture is not held.
+    assert isolated(_request(large, config.with_overrides(onnx={"opset_version": 17})))
+    edit_config_json(large, n_layers=5)
+    assert isolated(_request(large))
 
 
 def test_an_isolated_conversion_publishes_what_the_in_process_one_does(

@@ -150,7 +150,7 @@ def convert(
         work = staging.path
         fp32_file = config.output.filename("fp32")
         exported = work / EXPORT_DIRNAME / fp32_file
-        if isolated(config, request.source_path):
+        if isolated(request):
             prepared = prepare_in_a_child(request, exported, run)
         else:
             prepared = prepare(request, exported, run)

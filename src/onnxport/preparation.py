@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from onnxport.artifact.records import ExportRecord, SourceRecord
 from onnxport.errors import (
+    CacheError,
     ExportError,
     InternalError,
     OnnxportError,
@@ -33,7 +34,7 @@ from onnxport.passes.base import PassContext
 from onnxport.process import exit_process, own_process
 from onnxport.progress import Stage, StageClock, StageEvent, Status
 from onnxport.request import ConversionRequest
-from onnxport.request.config import ConversionConfig, IsolateExport
+from onnxport.request.config import ConversionConfig, Exporter, IsolateExport
 from onnxport.tasks import Task
 from onnxport.verify.evaluation import Evaluation
 from onnxport.verify.validate import Reference
@@ -131,11 +132,35 @@ def weights_on_disk(path: Path) -> int:
         return 0
 
 
-def isolated(config: ConversionConfig, source_path: Path) -> bool:
-    setting = config.execution.isolate_export
+def isolated(request: ConversionRequest) -> bool:
+    """Whether `request`'s load and export run in a process of its own: as configured, or
+    for `auto`, a large model whose graph the export cache probably does not hold (binding
+    weights into a cached graph leaves no export's memory behind)."""
+    setting = request.config.execution.isolate_export
     if setting is IsolateExport.AUTO:
-        return weights_on_disk(source_path) > ISOLATE_ABOVE_BYTES
+        large = weights_on_disk(request.source_path) > ISOLATE_ABOVE_BYTES
+        return large and not _probably_cached(request)
     return setting is IsolateExport.ALWAYS
+
+
+def _probably_cached(request: ConversionRequest) -> bool:
+    from onnxport.export.cache.hint import HINT_FIELD, checkpoint_hint
+    from onnxport.export.cache.store import ExportCache
+
+    config = request.config
+    if not config.execution.export_cache or request.refresh_export_cache:
+        return False
+    if config.onnx.exporter is Exporter.TORCHSCRIPT:
+        return False
+    hint = checkpoint_hint(
+        request.source_path,
+        opset=config.onnx.opset_version,
+        keep_debug_metadata=config.output.keep_debug_metadata,
+    )
+    try:
+        return hint is not None and ExportCache.from_environment().holds(HINT_FIELD, hint)
+    except (OSError, CacheError):  # an unreadable cache: the export says why, in its stage
+        return False
 
 
 def prepare_in_a_child(request: ConversionRequest, exported: Path, clock: StageClock) -> Prepared:

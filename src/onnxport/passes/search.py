@@ -40,8 +40,11 @@ from onnxport.verify.validate import Reference
 
 logger = logging.getLogger(__name__)
 
-TIMING_ITERATIONS = 10
-TIMING_WARMUP = 2
+TIMING_ITERATIONS = 30
+"""Interleaved runs per candidate and shape. Levels a few percent apart need this many on a
+shared 2-core machine: with 10, `basic` beat `extended` on DistilBERT-base by 2% at 1x128 in
+one search, while 200 runs (benchmarks/variant_search.py) put `extended` 5% ahead."""
+TIMING_WARMUP = 3
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import torch
 
-from onnxport import __version__
+from onnxport.export.cache.hint import EXCLUDED_CONFIG_KEYS, exporter_versions
 from onnxport.export.strategies import DYNAMO_OPSETS, adapter_for
 from onnxport.export.template import state_tensors
 from onnxport.request.config import Exporter
@@ -27,16 +26,6 @@ from onnxport.sources.base import Source
 KEY_FORMAT = 1
 """Raised when what the key holds changes meaning: older entries are then never found."""
 KEY_LENGTH = 32
-EXCLUDED_CONFIG_KEYS: dict[str, str] = {
-    "_name_or_path": "where the checkpoint was read from; no model code reads it",
-    "transformers_version": "the transformers that wrote config.json; the one that runs the "
-    "model code is in the key's versions",
-    "id2label": "the label names, which no model code reads; their number sizes the "
-    "classifier and is in the key (num_labels, and the classifier's shape)",
-    "label2id": "the same names, the other way round",
-}
-"""Config fields left out of the key, each with why it cannot change the graph."""
-VERSIONED = ("torch", "transformers", "onnx", "onnxscript", "onnx-ir")
 
 
 def uncacheable(source: Source, exporter: Exporter, opset: int) -> str | None:
@@ -56,17 +45,6 @@ def uncacheable(source: Source, exporter: Exporter, opset: int) -> str | None:
     if not type(source.module).__module__.startswith("transformers."):
         return "remote model code (trust_remote_code) can change without config.json changing"
     return None
-
-
-def exporter_versions() -> dict[str, str]:
-    """The versions of onnxport and of the libraries that write the graph."""
-    found = {"onnxport": __version__}
-    for name in VERSIONED:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "absent"
-    return found
 
 
 def _held_tensors(module: torch.nn.Module) -> dict[str, str]:

@@ -262,6 +262,11 @@ class ExportCache:
         good.sort(key=lambda e: (e.last_used, e.key))
         return good, bad
 
+    def holds(self, field_name: str, value: str) -> bool:
+        """Whether an entry's `entry.json` has `value` in `field_name` (entries are not
+        checked here: a damaged one is found when it is loaded)."""
+        return any(e.info.get(field_name) == value for e in self.entries()[0])
+
     def evict(self, max_bytes: int, *, keep: str | None = None) -> list[CacheEntry]:
         """Remove the least recently used entries until the cache holds at most `max_bytes`
         (`keep` stays, and so does an entry another process holds the lock of)."""

@@ -20,6 +20,7 @@ import onnx
 
 from onnxport.artifact.records import ExportCacheRecord, ExportRecord
 from onnxport.errors import CacheError
+from onnxport.export.cache.hint import HINT_FIELD, checkpoint_hint
 from onnxport.export.cache.key import cache_key, key_material, uncacheable
 from onnxport.export.cache.store import ExportCache, StoredEntry
 from onnxport.export.exporter import export_from_template, export_to_onnx
@@ -134,6 +135,11 @@ def _locked(
         "opset": settings.opset_version,
         "versions": material["versions"],
         "key_material": material,
+        HINT_FIELD: checkpoint_hint(
+            source.path,
+            opset=settings.opset_version,
+            keep_debug_metadata=settings.keep_debug_metadata,
+        ),
     }
     graph = kept[0].graph if settings.keep_debug_metadata else _stripped(kept[0].graph)
     try:
