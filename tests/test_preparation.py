@@ -65,6 +65,8 @@ def test_auto_binds_in_process_when_the_cache_holds_the_checkpoints_graph(
     cache.ensure()
     cache.store("0" * 32, b"graph", {}, {HINT_FIELD: hint})
     assert not isolated(_request(large))
+    # A quantized variant still leaves torch's memory behind first: isolated.
+    assert isolated(_request(large, config.with_overrides(onnx={"quantization": "int8"})))
     # --force exports again, and so does a conversion without the cache: isolated.
     assert isolated(_request(large, refresh_export_cache=True))
     assert isolated(_request(large, config.with_overrides(execution={"export_cache": False})))

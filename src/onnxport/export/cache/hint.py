@@ -3,7 +3,8 @@
 `execution.isolate_export: auto` exports a large model in a process of its own, to leave the
 export's memory behind. Binding weights into a cached graph has no such memory to leave, and
 the process's start and second imports of torch and transformers cost more than the whole
-bind (DistilBERT-base's next checkpoint: 12.4 s isolated, 9.5 s not). The entry's key needs
+bind (DistilBERT-base's next checkpoint, fp32: 12.4 s isolated, 9.5 s not; a conversion
+that quantizes stays isolated, see `preparation.isolated`). The entry's key needs
 the loaded model (`key.key_material`), so the choice is made from this hint instead: a digest
 of the checkpoint's config.json and the export settings and versions, recorded in each entry
 when it is stored. A wrong hint changes only where the export runs; what the conversion
