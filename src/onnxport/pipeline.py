@@ -108,6 +108,8 @@ def variant_rules(config: ConversionConfig, evaluation: Evaluation | None) -> Ru
     """A variant is judged on the task; its elementwise figures are recorded."""
     variant = config.onnx.quantization
     remedies = []
+    if variant in (Quantization.INT8, Quantization.INT8_STATIC):
+        remedies.append("quantization: auto (searches int8 settings and nodes to leave in float)")
     if variant is Quantization.INT8:
         remedies.append("quantization: int8-static (calibrated)")
     if not config.quantize.per_channel:

@@ -45,6 +45,9 @@ def setup_logging(verbose: bool) -> None:
     logging.getLogger("torch").setLevel(logging.INFO if verbose else logging.ERROR)
     if not verbose:
         os.environ.setdefault("TORCH_LOGS", "-torch")
+        # MLflow configures its own loggers at import, at INFO unless told ("Creating initial
+        # MLflow database tables..." on a new store); this reaches the child processes too.
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     # onnxruntime.quantization advises pre-processing on the root logger; we run shape
     # inference ourselves (see passes/quantize.py).
     for handler in logging.getLogger().handlers:

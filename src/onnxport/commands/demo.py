@@ -48,9 +48,9 @@ def demo_command(
         on_log_line=ChildLines(console, verbose, indent="    "),
         on_progress=ProgressPrinter(console, indent="    "),
     )
-    console.print("[bold]3/4[/bold] held-out entity F1 of each model")
     print_manifest(stdout, read_manifest(output), output)
-    scores = Table(title="held-out entity F1 (300 synthetic résumé lines)")
+    console.print("[bold]3/4[/bold] held-out entity F1 of each model (300 synthetic résumé lines)")
+    scores = Table(title="held-out entity F1")
     scores.add_column("model")
     scores.add_column("entity F1", justify="right")
     for name, value in score_variants(output, project.training_dir).items():

@@ -181,6 +181,7 @@ def train_demo_model(
 
     import torch
     from transformers import DistilBertConfig, DistilBertForTokenClassification
+    from transformers.utils import logging as hf_logging
 
     from onnxport.demo.data import generate
 
@@ -233,6 +234,7 @@ def train_demo_model(
             return model(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits.numpy()
 
     f1 = held_out_f1(tokenizer, held_out, run_torch)
+    hf_logging.disable_progress_bar()  # a one-file checkpoint: no "Writing model shards" bar
     model.save_pretrained(directory, safe_serialization=True)
     seconds = time.perf_counter() - started
     logger.info("demo model trained in %.0f s: held-out entity F1 %.3f", seconds, f1)
