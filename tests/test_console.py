@@ -172,6 +172,8 @@ def test_a_convolutional_image_model_converts_for_images_of_any_size(
     check_agrees_on_a_new_shape(output / "model_fp32.onnx", source(name))  # 48x80, not square
     (label,) = OnnxPredictor(output).predict_images(np.zeros((3, 48, 80), dtype=np.float32))
     assert label.index == 1 and 0.0 < label.score <= 1.0
+    with pytest.raises(PredictError, match="cannot read the images as one array"):
+        OnnxPredictor(output).predict_images([np.zeros((3, 32, 32)), np.zeros((3, 48, 48))])
 
 
 @pytest.mark.slow

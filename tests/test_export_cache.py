@@ -199,6 +199,23 @@ def test_a_damaged_graph_is_detected_rebuilt_and_never_used(warm: Warm, monkeypa
     assert cache.load(entry.key).found is not None, "made again, whole"
 
 
+@pytest.mark.slow
+def test_an_entry_that_cannot_be_locked_is_exported_around(warm: Warm, monkeypatch, tmp_path):
+    """A lock this process cannot take (another user's file, here a directory in its place)
+    is not a failed conversion: the graph is exported, the manifest says why."""
+    cache = warm.copy(tmp_path / "cache")
+    (entry,), _ = cache.entries()
+    lock = cache.root / "locks" / f"{entry.key}.lock"
+    lock.unlink(missing_ok=True)
+    lock.mkdir(parents=True)
+    monkeypatch.setenv(CACHE_ENV, str(cache.root))
+    manifest = _convert(warm.second, tmp_path / "out")
+    record = manifest.export.cache
+    assert record is not None and record.status == "off"
+    assert f"cannot lock entry {entry.key}" in record.reason
+    assert manifest.output("fp32").validation.passed
+
+
 def _swap_bindings(entry_dir: Path, a: str, b: str, *, checksum: bool) -> None:
     bindings = json.loads((entry_dir / BINDINGS_FILE).read_text())
     bindings[a], bindings[b] = bindings[b], bindings[a]
@@ -410,6 +427,20 @@ def test_an_entry_in_use_is_not_evicted(tmp_path) -> None:
         assert held
         assert [e.key for e in cache.evict(0)] == [KEYS[1]]
     assert [e.key for e in cache.entries()[0]] == [KEYS[0]]
+
+
+def test_prune_leaves_an_entry_a_conversion_is_writing(tmp_path) -> None:
+    """Between a replacement's removal and its rename an entry looks damaged: prune takes
+    its lock first, and removes it only when nobody holds it."""
+    cache = ExportCache(tmp_path / "cache")
+    _fill(cache, KEYS[0], 10, used=1_000_000)
+    (cache.root / "exports" / KEYS[0] / ENTRY_FILE).unlink()
+    with cache.lock(KEYS[0]) as held:
+        assert held
+        assert cache.prune(10**9) == ([], [])
+        assert (cache.root / "exports" / KEYS[0]).is_dir()
+    assert cache.prune(10**9) == ([], [cache.root / "exports" / KEYS[0]])
+    assert not (cache.root / "exports" / KEYS[0]).exists()
 
 
 def test_a_failed_store_leaves_nothing_behind(tmp_path, monkeypatch) -> None:

@@ -13,12 +13,14 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from models import NUM_LABELS
+from onnxport.artifact.records import AttemptRecord, ExportCacheRecord, ExportRecord
 from onnxport.request.config import Exporter, SourceConfig
 from onnxport.sources import load_source
 from onnxport.tasks import Task
 from onnxport.verify.compare import Tolerance
 from onnxport.verify.references import compute_references
 from onnxport.verify.runtime import create_session, run_session, session_options
+from onnxport.verify.shapes import export_origin
 from onnxport.verify.validate import (
     DEFAULT_TOLERANCES,
     Reference,
@@ -397,3 +399,35 @@ def test_a_graph_that_refuses_a_shape_fails_in_the_users_terms_and_quietly(
     assert result.outputs["logits"].max_abs_diff == float("inf")
     assert [i.shape for i in result.graph_inputs] == [list(declared)]
     assert capfd.readouterr().err == ""
+
+
+def _export(*attempts: AttemptRecord, cache: ExportCacheRecord | None = None) -> ExportRecord:
+    return ExportRecord(
+        exporter="torchscript", opset=18, seconds=1.0, attempts=list(attempts), cache=cache
+    )
+
+
+def _static(dimension: str) -> AttemptRecord:
+    error = f"Found a static shape of 2 for dimension inputs['args'][0].shape[{dimension}]"
+    return AttemptRecord(exporter="dynamo", ok=False, error=error)
+
+
+def test_a_length_fixed_when_traced_suggests_validating_at_that_length() -> None:
+    origin = export_origin(_export(_static("1")), ["input_ids"])
+    assert origin.sentence == (
+        "the torchscript exporter made the graph, because the dynamo exporter found that the "
+        "model's code fixes input_ids dimension 1 at 2 when traced"
+    )
+    assert origin.remedies[0].startswith("validation.shapes: [[1, 2], [2, 2]] if every input")
+
+
+def test_a_batch_fixed_when_traced_does_not_suggest_shapes_that_fix_the_length() -> None:
+    (remedy,) = export_origin(_export(_static("0")), ["input_ids"]).remedies
+    assert remedy == "changing the model code that fixes the batch size at 2"
+
+
+def test_a_graph_from_the_export_cache_says_so_and_suggests_exporting_again() -> None:
+    hit = ExportCacheRecord(status="hit", key="ab" * 16)
+    origin = export_origin(_export(cache=hit), ["input_ids"])
+    assert origin.sentence.endswith(f"(taken from export cache entry {'ab' * 16})")
+    assert origin.remedies[0].startswith("--force to export the graph again")

@@ -103,7 +103,7 @@ def prune_command(
         str | None,
         typer.Option(
             help="Evict least recently used entries down to this size (500MB, 1GiB); "
-            "default: the cache's limit (ONNXPORT_CACHE_MAX_SIZE, 1 GB)."
+            "default: the cache's limit (ONNXPORT_CACHE_MAX_SIZE, 1 GiB)."
         ),
     ] = None,
     everything: Annotated[

@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from onnxport.export.cache.store import cache_root
 from onnxport.samples import RESUME_LINES
 
 logger = logging.getLogger(__name__)
@@ -31,11 +32,6 @@ BATCH_SIZE = 16
 TRAIN_EXAMPLES = 3000
 HELD_OUT_EXAMPLES = 300
 DEFAULT_TRAIN_STEPS = 300
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("ONNXPORT_CACHE") or os.environ.get("XDG_CACHE_HOME")
-    return Path(base) / "onnxport" if base else Path.home() / ".cache" / "onnxport"
 
 
 def train_wordpiece_tokenizer(
@@ -243,7 +239,7 @@ def train_demo_model(
 
 def build_demo_checkpoint(cache_dir: Path | None = None) -> Path:
     """The demo checkpoint directory, trained on first use and reused afterwards."""
-    target = (cache_dir or default_cache_dir()) / f"demo-checkpoint-v{DEMO_VERSION}"
+    target = (cache_dir or cache_root()) / f"demo-checkpoint-v{DEMO_VERSION}"
     if (target / "model.safetensors").is_file():
         return target
     logger.info("training the demo model into %s (once)", target)

@@ -32,7 +32,7 @@ from onnxport.predict.predictions import (
     softmax,
 )
 from onnxport.tasks import Task
-from onnxport.verify.runtime import create_session, session_options
+from onnxport.verify.runtime import RUNTIME_ERRORS, create_session, session_options
 
 logger = logging.getLogger(__name__)
 
@@ -343,15 +343,28 @@ class OnnxPredictor:
                 f"{self.directory} holds a {self.task.value} model, which reads text",
                 hint="give it texts: predict(texts)",
             )
-        pixels = np.asarray(pixel_values, dtype=np.float32)
+        try:
+            pixels = np.asarray(pixel_values, dtype=np.float32)
+        except ValueError as e:  # images of different sizes in one list
+            raise PredictError(
+                f"cannot read the images as one array: {one_line(e)}",
+                hint="give images of one size (batch x channels x height x width)",
+            ) from e
         if pixels.ndim == 3:
             pixels = pixels[None]
         self._check_image_shape(pixels.shape)
         predictions = []
         for first in range(0, len(pixels), self.batch_size):
-            output = self._session.run(
-                [self._output], {"pixel_values": pixels[first : first + self.batch_size]}
-            )[0]
+            batch = pixels[first : first + self.batch_size]
+            try:
+                output = self._session.run([self._output], {"pixel_values": batch})[0]
+            except RUNTIME_ERRORS as e:  # a size the declared shape admits, the graph not
+                raise PredictError(
+                    f"the model cannot run on images of {batch.shape[2]}x{batch.shape[3]}: "
+                    f"{one_line(e)}",
+                    hint="resize the images to a size the model was validated at "
+                    "(manifest.json, outputs[].validation.input_shapes)",
+                ) from e
             for row, logits in enumerate(output, first + 1):
                 scores = label_scores(logits, self._config.get("problem_type"))
                 best = int(scores.argmax())

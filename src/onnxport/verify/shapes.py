@@ -74,6 +74,9 @@ def export_origin(export: ExportRecord, input_names: Sequence[str]) -> ExportOri
             f"the {attempt.exporter} exporter found that the model's code fixes {name} "
             f"dimension {axis} at {size} when traced"
         )
+        if axis == 0:  # the batch: no validation shapes keep it and vary it
+            remedies.append(f"changing the model code that fixes the batch size at {size}")
+            continue
         remedies.append(
             f"validation.shapes: [[1, {size}], [2, {size}]] if every input will have {size} "
             f"as {name} dimension {axis} (the graph takes no other), or changing the model "
@@ -88,4 +91,7 @@ def export_origin(export: ExportRecord, input_names: Sequence[str]) -> ExportOri
     sentence = f"the {export.exporter} exporter made the graph"
     if reasons:
         sentence += ", because " + "; ".join(reasons)
+    if export.cache is not None and export.cache.status == "hit":
+        sentence += f" (taken from export cache entry {export.cache.key})"
+        remedies.insert(0, "--force to export the graph again instead of taking it from the cache")
     return ExportOrigin(sentence, tuple(remedies))

@@ -54,9 +54,13 @@ _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([kmgt])(i)?)?b?", re.IGNORECASE)
 
 
 def cache_root() -> Path:
-    """`$ONNXPORT_CACHE`, else `~/.cache/onnxport`."""
+    """onnxport's cache directory (the export cache's entries, the demo's model):
+    `$ONNXPORT_CACHE`, else `$XDG_CACHE_HOME/onnxport`, else `~/.cache/onnxport`."""
     configured = os.environ.get(CACHE_ENV, "").strip()
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "onnxport"
+    if configured:
+        return Path(configured).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "onnxport"
 
 
 def parse_size(text: str) -> int:
@@ -153,7 +157,13 @@ class ExportCache:
         """Hold `key`'s lock; yields False (unlocked) when another process held it for
         `timeout` seconds."""
         lock = FileLock(str(self._locks_dir / f"{self._dir(key).name}.lock"))
-        held = _acquire(lock, timeout)
+        try:
+            held = _acquire(lock, timeout)
+        except OSError as e:  # a lock file or directory of another user's, say
+            raise CacheError(
+                f"cannot lock entry {key} in {self._locks_dir}: {e.strerror or e}",
+                hint=f"set {CACHE_ENV} to a directory of your own",
+            ) from e
         try:
             yield held
         finally:
@@ -201,8 +211,12 @@ class ExportCache:
         return Lookup(found=StoredEntry(entry, data[GRAPH_FILE], bindings))
 
     def touch(self, key: str) -> None:
-        """Mark the entry used now (eviction removes the least recently used first)."""
-        os.utime(self._dir(key) / ENTRY_FILE)
+        """Mark the entry used now (eviction removes the least recently used first); an
+        entry this process cannot mark keeps its old time."""
+        try:
+            os.utime(self._dir(key) / ENTRY_FILE)
+        except OSError as e:
+            logger.warning("export cache: cannot mark entry %s used: %s", key, e.strerror or e)
 
     def store(
         self, key: str, graph: bytes, bindings: dict[str, str], info: dict[str, Any]
@@ -242,6 +256,9 @@ class ExportCache:
             os.rename(directory, aside)
         except FileNotFoundError:
             return
+        except OSError as e:  # not ours to remove: it stays, and is not used if damaged
+            logger.warning("export cache: cannot remove entry %s: %s", key, e.strerror or e)
+            return
         shutil.rmtree(aside, ignore_errors=True)
 
     def entries(self) -> tuple[list[CacheEntry], list[Path]]:
@@ -252,7 +269,11 @@ class ExportCache:
         good, bad = [], []
         for directory in sorted(self._entries_dir.iterdir()):
             if directory.name.startswith(_TMP_PREFIX):
-                if time.time() - directory.stat().st_mtime > _STALE_SECONDS:
+                try:
+                    modified = directory.stat().st_mtime
+                except FileNotFoundError:  # renamed into place or removed meanwhile
+                    continue
+                if time.time() - modified > _STALE_SECONDS:
                     bad.append(directory)
                 continue
             try:
@@ -291,9 +312,26 @@ class ExportCache:
         """Remove what is not a whole entry, then evict down to `max_bytes` (0: everything
         not in use); returns the entries evicted and the other directories removed."""
         _, bad = self.entries()
+        removed = []
         for directory in bad:
-            shutil.rmtree(directory, ignore_errors=True)
-        return self.evict(max_bytes), bad
+            if directory.name.startswith(_TMP_PREFIX) or not _KEY.fullmatch(directory.name):
+                shutil.rmtree(directory, ignore_errors=True)
+                removed.append(directory)
+                continue
+            # An entry caught between its replacement's removal and rename looks damaged:
+            # only what no conversion is writing goes.
+            with self.lock(directory.name, timeout=0) as held:
+                if held and not self._whole(directory):
+                    shutil.rmtree(directory, ignore_errors=True)
+                    removed.append(directory)
+        return self.evict(max_bytes), removed
+
+    def _whole(self, directory: Path) -> bool:
+        try:
+            self._read_info(directory)
+        except (OSError, ValueError):
+            return False
+        return True
 
 
 def _acquire(lock: FileLock, timeout: float) -> bool:

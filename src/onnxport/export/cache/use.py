@@ -93,8 +93,13 @@ def export_with_cache(
     material = key_material(
         source, opset=settings.opset_version, keep_debug_metadata=settings.keep_debug_metadata
     )
-    with cache.lock(cache_key(material)) as held:
-        return _locked(cache, material, held, source, output_path, settings, use)
+    try:
+        with cache.lock(cache_key(material)) as held:
+            return _locked(cache, material, held, source, output_path, settings, use)
+    except CacheError as e:  # only the lock raises it, before anything is exported
+        logger.warning("export cache: not used: %s", e)
+        record = _export(source, output_path, settings)
+        return _with(record, ExportCacheRecord(status="off", reason=e.message))
 
 
 def _locked(
