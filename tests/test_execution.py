@@ -14,6 +14,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -395,9 +396,18 @@ def test_an_interrupted_caller_kills_the_child_and_its_children(
     import onnxport.execution.runner as execution
 
     real_sleep = time.sleep
+    caller = threading.get_ident()
+    interrupted: list[bool] = []
 
     def interrupting_sleep(seconds: float) -> None:
-        if any(line.startswith("grandchild") for line in fake_child.lines):
+        # time.sleep is patched for the whole process: interrupt the caller's wait once, and
+        # nothing else (`_gone` below sleeps too; so may a thread of pytest-xdist's).
+        if (
+            not interrupted
+            and threading.get_ident() == caller
+            and any(line.startswith("grandchild") for line in fake_child.lines)
+        ):
+            interrupted.append(True)
             raise KeyboardInterrupt
         real_sleep(seconds)
 
