@@ -52,6 +52,8 @@ def exporter_versions() -> dict[str, str]:
 def checkpoint_hint(checkpoint: Path, *, opset: int, keep_debug_metadata: bool) -> str | None:
     """The hint for a Hugging Face checkpoint directory exported with these settings; None
     for a path that is not one (its export is not cached)."""
+    # Not `sources.checkpoint_files.read_config_json`: importing the `onnxport.sources`
+    # package imports torch (its loaders), which this decision must not pay for.
     try:
         raw = json.loads((Path(checkpoint) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
