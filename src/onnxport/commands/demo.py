@@ -26,6 +26,7 @@ def demo_command(
     from onnxport.artifact.manifest import read_manifest
     from onnxport.commands.render import ChildLines, ProgressPrinter, print_manifest
     from onnxport.demo.project import prepare_demo_project, score_variants
+    from onnxport.demo.training import HELD_OUT_EXAMPLES
     from onnxport.orchestration import execute_conversion
 
     setup_logging(verbose)
@@ -49,7 +50,10 @@ def demo_command(
         on_progress=ProgressPrinter(console, indent="    "),
     )
     print_manifest(stdout, read_manifest(output), output)
-    console.print("[bold]3/4[/bold] held-out entity F1 of each model (300 synthetic résumé lines)")
+    console.print(
+        f"[bold]3/4[/bold] held-out entity F1 of each model ({HELD_OUT_EXAMPLES} synthetic "
+        "résumé lines)"
+    )
     scores = Table(title="held-out entity F1")
     scores.add_column("model")
     scores.add_column("entity F1", justify="right")
