@@ -14,7 +14,7 @@ export DO_NOT_TRACK := true
 # process-heavy tests (faults, concurrency) do not compete with each other for the cores.
 PYTEST := $(PY) -m pytest -n 2 --dist loadgroup
 
-.PHONY: install install-bench demo test test-fast test-faults coverage lint format clean
+.PHONY: install install-bench demo test test-fast test-faults test-interrupts coverage lint format clean
 
 install: $(STAMP)
 
@@ -42,6 +42,10 @@ test-fast: $(STAMP)
 # The SIGKILL fault test with 20 kills instead of the suite's 12 (each stage hit 3-4 times).
 test-faults: $(STAMP)
 	ONNXPORT_FAULT_TRIALS=20 $(PY) -m pytest tests/test_faults.py
+
+# SIGINT at all 20 moments of tests/test_interrupts.py instead of the suite's 7.
+test-interrupts: $(STAMP)
+	ONNXPORT_INTERRUPT_TRIALS=20 $(PYTEST) tests/test_interrupts.py
 
 # The whole architecture/task matrix through the pipeline (~20 min on 2 cores): docs/coverage.md.
 coverage: $(STAMP)

@@ -412,6 +412,9 @@ def test_an_interrupted_caller_kills_the_child_and_its_children(
         real_sleep(seconds)
 
     monkeypatch.setattr(execution.time, "sleep", interrupting_sleep)
+    # The stand-in child does not handle SIGINT (it never unblocks it): it is killed after
+    # its grace period.
+    monkeypatch.setattr(execution, "STOP_GRACE_SECONDS", 0.5)
     with pytest.raises(KeyboardInterrupt):
         fake_child("hang", timeout_seconds=60)
     assert _gone(_grandchild_pid(fake_child.lines))

@@ -19,6 +19,7 @@ RINGS = {
     "errors": 0,
     "progress": 0,
     "process": 0,
+    "interrupts": 0,
     "tasks": 0,
     "samples": 0,
     "request": 0,

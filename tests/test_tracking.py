@@ -183,12 +183,12 @@ def test_failed_unless_finished_marks_a_raising_block_failed(store) -> None:
     assert run_status(client, run_id) == "FAILED"
 
 
-def test_failed_unless_finished_marks_an_interrupted_block_failed(store) -> None:
+def test_failed_unless_finished_marks_an_interrupted_block_killed(store) -> None:
     client, experiment_id = store
     run_id = create_run(client, experiment_id, run_name="interrupted", tags={})
     with pytest.raises(KeyboardInterrupt), failed_unless_finished(client, run_id):
         raise KeyboardInterrupt
-    assert run_status(client, run_id) == "FAILED"
+    assert run_status(client, run_id) == "KILLED"
 
 
 def test_failed_unless_finished_finishes_a_run_left_running(store) -> None:

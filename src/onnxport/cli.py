@@ -7,12 +7,14 @@ and a non-zero exit code: 2 for input the user can fix, 1 for a conversion that 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import NoReturn
 
 import typer
 
+from onnxport import interrupts
 from onnxport.commands.azureml import azureml_app
 from onnxport.commands.benchmark import benchmark_command, report_command
 from onnxport.commands.cache import cache_app
@@ -24,6 +26,7 @@ from onnxport.commands.predict import predict_command
 from onnxport.commands.run import run_command
 from onnxport.commands.serve import serve_command
 from onnxport.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, OnnxportError
+from onnxport.interrupts import Interrupted
 from onnxport.process import exit_process, own_process
 
 app = typer.Typer(
@@ -45,6 +48,12 @@ app.add_typer(azureml_app, name="azureml")
 app.add_typer(cache_app, name="cache")
 
 
+PUBLISHING_COMMANDS = ("convert", "run", "demo")
+"""The commands that publish a conversion: a Ctrl-C or SIGTERM at any moment of theirs stops
+them before they publish, and is never lost (`onnxport.interrupts`). Elsewhere (`serve`),
+Ctrl-C is the ordinary way to stop."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `onnxport` and `python -m onnxport.cli`."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -55,14 +64,18 @@ def main(argv: list[str] | None = None) -> int:
         args.insert(0, "run")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
-        # Without standalone mode, click returns a `typer.Exit(code)` as the value.
-        returned = app(args=args, prog_name="onnxport", standalone_mode=False)
+        handled = args and args[0] in PUBLISHING_COMMANDS
+        with interrupts.handling() if handled else contextlib.nullcontext():
+            # Without standalone mode, click returns a `typer.Exit(code)` as the value.
+            returned = app(args=args, prog_name="onnxport", standalone_mode=False)
     except OnnxportError as e:
         return print_error(e, debug)
     except typer.Exit as e:
         return e.exit_code
-    except (typer.Abort, KeyboardInterrupt):
-        return _interrupted()
+    except (typer.Abort, KeyboardInterrupt) as e:
+        # click turns a KeyboardInterrupt inside a command into an Abort caused by it.
+        cause = e.__cause__ if isinstance(e, typer.Abort) else e
+        return _interrupted(cause if isinstance(cause, Interrupted) else None)
     except Exception as e:
         import click
 
@@ -73,13 +86,17 @@ def main(argv: list[str] | None = None) -> int:
         return print_error(e, debug)
     if returned == EXIT_INTERRUPTED:
         # Typer turns Ctrl-C inside a command into this return value, and says nothing.
-        return _interrupted()
+        return _interrupted(None)
     return returned if isinstance(returned, int) else 0
 
 
-def _interrupted() -> int:
-    console.print("interrupted; nothing was published")
-    return EXIT_INTERRUPTED
+def _interrupted(interrupt: Interrupted | None) -> int:
+    if interrupt is None or not interrupt.published:
+        console.print("interrupted; nothing was published")
+    else:
+        done = ", ".join(str(p) for p in interrupt.published)
+        console.print(f"interrupted after the conversion was published (complete): {done}")
+    return interrupt.exit_code if interrupt is not None else EXIT_INTERRUPTED
 
 
 def run() -> NoReturn:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from onnxport import interrupts
 from onnxport.artifact.manifest import read_manifest, verify_directory
 from onnxport.artifact.publish import remove_stale_partials
 from onnxport.errors import ConfigError, OnnxportError
@@ -154,20 +155,26 @@ def execute_conversion(
         logger.info(
             "converting %s into %s (MLflow run %s)", plan.parent.checkpoint, output_dir, run_id
         )
-        with failed_unless_finished(client, run_id):
-            child = run_child(
-                plan.child_arguments(refresh_export_cache=force),
-                timeout_seconds=plan.config.execution.timeout_seconds,
-                env={
-                    "MLFLOW_TRACKING_URI": tracking_uri,
-                    "MLFLOW_RUN_ID": run_id,
-                    "MLFLOW_EXPERIMENT_ID": experiment_id,
-                    LINEAGE_ENV: json.dumps({**plan.lineage, "mlflow_run_id": run_id}),
-                    REGISTERED_MODEL_ENV: experiment.registered_model_name or "",
-                },
-                on_event=on_progress,
-                on_line=on_log_line,
-            )
+        with interrupts.handling(), failed_unless_finished(client, run_id):
+            try:
+                child = run_child(
+                    plan.child_arguments(refresh_export_cache=force),
+                    timeout_seconds=plan.config.execution.timeout_seconds,
+                    env={
+                        "MLFLOW_TRACKING_URI": tracking_uri,
+                        "MLFLOW_RUN_ID": run_id,
+                        "MLFLOW_EXPERIMENT_ID": experiment_id,
+                        LINEAGE_ENV: json.dumps({**plan.lineage, "mlflow_run_id": run_id}),
+                        REGISTERED_MODEL_ENV: experiment.registered_model_name or "",
+                    },
+                    on_event=on_progress,
+                    on_line=on_log_line,
+                )
+            except KeyboardInterrupt:
+                # A child killed after its grace period could not remove its work directory.
+                with interrupts.shielded():
+                    remove_stale_partials(output_dir)
+                raise
             client.log_metric(run_id, "child_peak_rss_mb", child.peak_rss_mb)
             client.log_metric(run_id, "seconds.total", time.perf_counter() - started)
     logger.info("conversion complete in %.1f s: %s", time.perf_counter() - started, output_dir)

@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from onnxport import __version__
+from onnxport import __version__, interrupts
 from onnxport.artifact.companions import publish_companions
 from onnxport.artifact.files import move_model, remove_model
 from onnxport.artifact.manifest import Manifest
@@ -143,12 +143,13 @@ def convert(
             published.
 
     Returns the manifest of the published directory. Raises an `OnnxportError` subclass
-    naming the failed stage; nothing is published then, and an earlier output is untouched.
+    naming the failed stage, or `interrupts.Interrupted` for SIGINT (Ctrl-C) or SIGTERM at any
+    moment before publishing; nothing is published then, and an earlier output is untouched.
     """
     config = request.config
     check_output_location(request.output_dir, force=request.force)
     run = StageClock(progress)
-    with Staging(request.output_dir) as staging:
+    with interrupts.handling(), Staging(request.output_dir) as staging:
         work = staging.path
         fp32_file = config.output.filename("fp32")
         exported = work / EXPORT_DIRNAME / fp32_file

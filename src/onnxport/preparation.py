@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from onnxport import interrupts
 from onnxport.artifact.records import ExportRecord, SourceRecord
 from onnxport.errors import (
     CacheError,
@@ -181,12 +182,14 @@ def prepare_in_a_child(request: ConversionRequest, exported: Path, clock: StageC
         args=(request, exported, theirs, logging.getLogger().getEffectiveLevel()),
         name="onnxport-export",
     )
-    child.start()
+    with interrupts.blocked():  # Ctrl-C reaches this process alone, which stops the child
+        child.start()
     theirs.close()  # the child holds the only writing end: EOF when it ends
     result: tuple[bool, object] | None = None
     running: dict[Stage, float] = {}  # the child's stages begun and not ended, since when
     try:
         while result is None:
+            interrupts.check()
             try:
                 kind, payload = ours.recv()
             except EOFError:
@@ -201,8 +204,9 @@ def prepare_in_a_child(request: ConversionRequest, exported: Path, clock: StageC
                 result = payload
         child.join()
     except BaseException:
-        child.kill()  # the caller was interrupted: no export goes on unwatched
-        child.join()
+        with interrupts.shielded():  # the caller was interrupted: no export goes on unwatched
+            child.kill()
+            child.join()
         raise
     finally:
         ours.close()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from onnxport import interrupts
 from onnxport.errors import OnnxportError, one_line
 
 
@@ -119,10 +120,14 @@ class StageClock:
 
     @contextmanager
     def stage(self, stage: Stage, error_type: type[OnnxportError]) -> Iterator[StageTimer]:
+        """Each stage's start and end are safe points to stop at: an interrupt that Python
+        dropped inside the stage (in a finalizer) stops the conversion at its end."""
+        interrupts.check()
         self.progress(StageEvent(stage, Status.START))
         timer = StageTimer()
         try:
             yield timer
+            interrupts.check()
         except Exception as e:
             elapsed = round(time.perf_counter() - timer.started, 3)
             self.relay(StageEvent(stage, Status.FAILED, elapsed))

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from onnxport import interrupts
 from onnxport.artifact.manifest import MANIFEST_FILENAME, REPORT_FILENAME, Manifest
 from onnxport.errors import TrackingError, one_line
 from onnxport.request.config import ExperimentConfig
@@ -145,14 +146,17 @@ def run_status(client, run_id: str) -> str:
 
 @contextmanager
 def failed_unless_finished(client, run_id: str) -> Iterator[None]:
-    """End the run FAILED if the block raises or leaves it unfinished (the parent's duty)."""
+    """End the run FAILED if the block raises or leaves it unfinished (the parent's duty);
+    KILLED if it was interrupted (Ctrl-C, SIGTERM)."""
     try:
         yield
-    except BaseException:
+    except BaseException as e:
+        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
         try:
-            end_run(client, run_id, "FAILED")
+            with interrupts.shielded():
+                end_run(client, run_id, status)
         except Exception:
-            logger.exception("could not mark MLflow run %s FAILED", run_id)
+            logger.exception("could not mark MLflow run %s %s", run_id, status)
         raise
     if run_status(client, run_id) not in ("FINISHED", "FAILED", "KILLED"):
         end_run(client, run_id, "FINISHED")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 
+from onnxport import interrupts
 from onnxport.artifact.manifest import MANIFEST_FILENAME, Manifest, sha256_file, verify_directory
 from onnxport.artifact.records import OutputRecord, SmokeTestRecord
 from onnxport.artifact.report import render_reports
@@ -148,10 +149,16 @@ class Staging:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self.published:
-            shutil.rmtree(self.path, ignore_errors=True)
+            with interrupts.shielded():  # a second Ctrl-C must not leave half of it behind
+                shutil.rmtree(self.path, ignore_errors=True)
 
     def publish(self) -> Path:
-        """Rename the work directory to its final name, replacing an earlier output last."""
+        """Rename the work directory to its final name, replacing an earlier output last.
+        An interrupt received before this stops it here: nothing is published."""
+        with interrupts.commit(self.final):
+            return self._rename_into_place()
+
+    def _rename_into_place(self) -> Path:
         old = None
         try:
             if self.final.is_dir() and _exchange(self.path, self.final):

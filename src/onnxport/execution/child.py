@@ -22,7 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from onnxport.errors import InternalError, OnnxportError, TrackingError, one_line
+from onnxport import interrupts
+from onnxport.errors import (
+    ExecutionError,
+    InternalError,
+    OnnxportError,
+    TrackingError,
+    one_line,
+)
 from onnxport.execution.protocol import (
     FORWARDED_LEVEL,
     PARENT_PID_ENV,
@@ -32,6 +39,7 @@ from onnxport.execution.protocol import (
     log_event,
     write_result_file,
 )
+from onnxport.interrupts import Interrupted
 
 logger = logging.getLogger("onnxport.execution")  # also when run as __main__
 
@@ -137,12 +145,11 @@ def child_main(argv: list[str]) -> int:
     parent_pid = int(os.environ.pop(PARENT_PID_ENV, "") or os.getppid())
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
     channel = ParentChannel.from_environment()
-    from onnxport.pipeline import convert
-    from onnxport.process import freeze_startup_objects
-    from onnxport.progress import StageEvent
-    from onnxport.request import ConversionRequest
-    from onnxport.request.config import load_conversion_config
+    with interrupts.handling():
+        return _convert(channel, argv)
 
+
+def _convert(channel: ParentChannel | None, argv: list[str]) -> int:
     args = parse_arguments(argv)
     result_file = args.result_file or (
         Path(os.environ[RESULT_ENV]) if RESULT_ENV in os.environ else None
@@ -155,13 +162,21 @@ def child_main(argv: list[str]) -> int:
         if result_file is not None:
             write_result_file(result_file, outcome)
 
-    def progress(event: StageEvent) -> None:
+    def progress(event) -> None:
         if channel is not None:
             channel.send(event)
         else:
             log_event(logger, event)
 
     try:
+        # The parent starts this process with SIGINT and SIGTERM blocked: from here on they
+        # are handled, and one sent meanwhile arrives now.
+        interrupts.accept()
+        from onnxport.pipeline import convert
+        from onnxport.process import freeze_startup_objects
+        from onnxport.request import ConversionRequest
+        from onnxport.request.config import load_conversion_config
+
         config = load_conversion_config(args.config_dir)
         config = config.with_overrides(
             onnx={
@@ -190,6 +205,12 @@ def child_main(argv: list[str]) -> int:
         if channel is None:  # a parent raises it again, and says it once
             logger.error("%s", e)
         finish(Outcome(error=e.to_dict()))
+        return e.exit_code
+    except Interrupted as e:  # SIGINT from the parent, or SIGTERM (a cancelled job)
+        stopped = ExecutionError(f"the conversion was stopped by {e}; nothing was published")
+        if channel is None:
+            logger.error("%s", stopped)
+        finish(Outcome(error=stopped.to_dict()))
         return e.exit_code
     except BaseException as e:
         traceback.print_exc()

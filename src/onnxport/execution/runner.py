@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from onnxport import interrupts
 from onnxport.errors import ExecutionError, error_from_dict
 from onnxport.execution.child import ChildArguments
 from onnxport.execution.protocol import (
@@ -35,6 +36,9 @@ from onnxport.progress import ProgressCallback, StageEvent
 logger = logging.getLogger("onnxport.execution")
 
 POLL_SECONDS = 0.1
+STOP_GRACE_SECONDS = 15.0
+"""How long an interrupted caller lets the child stop by itself (removing its work directory,
+ending at its next safe point) before it kills the child's process group."""
 
 
 @dataclass(frozen=True)
@@ -120,16 +124,17 @@ def _start(arguments: ChildArguments, env: dict[str, str] | None) -> tuple[subpr
     child_env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     command = [sys.executable, "-m", "onnxport.execution", *arguments.argv()]
     try:
-        process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",  # a library's odd bytes must not end the reader thread
-            env=child_env,
-            pass_fds=(write_end,),
-            start_new_session=True,  # its own process group, so a kill reaches its helpers too
-        )
+        with interrupts.blocked():  # until it handles them itself (`interrupts.accept`)
+            process = subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",  # a library's odd bytes must not end the reader thread
+                env=child_env,
+                pass_fds=(write_end,),
+                start_new_session=True,  # its own process group: a kill reaches its helpers
+            )
     except BaseException:
         os.close(read_end)
         raise
@@ -175,13 +180,22 @@ def run_child(
     timed_out = False
     try:
         while process.poll() is None and listener.failure is None:
+            interrupts.check()
             peak = max(peak, _tree_rss(watched))
             if time.perf_counter() - started > timeout_seconds:
                 timed_out = True
                 break
             time.sleep(POLL_SECONDS)
-    except BaseException:
-        _stop(process, readers)  # the caller was interrupted: leave no orphan behind
+    except BaseException as stopped:
+        # The caller was interrupted: the child stops too, and leaves no orphan behind.
+        with interrupts.shielded():
+            _stop(process, readers, grace=STOP_GRACE_SECONDS)
+        manifest = listener.outcome.manifest if listener.outcome else None
+        if isinstance(stopped, KeyboardInterrupt) and manifest is not None:
+            # It had published before the interrupt reached it: that result stands, and the
+            # interrupt, still recorded, is raised naming it when the handling ends.
+            interrupts.published(manifest.parent)
+            return ChildResult(manifest, time.perf_counter() - started, peak / 2**20)
         raise
     if timed_out or listener.failure is not None:
         _stop(process, readers)
@@ -198,7 +212,16 @@ def run_child(
     return _result(process.returncode, listener.outcome, seconds, peak / 2**20)
 
 
-def _stop(process: subprocess.Popen, readers: Iterable[threading.Thread]) -> None:
+def _stop(
+    process: subprocess.Popen, readers: Iterable[threading.Thread], *, grace: float = 0.0
+) -> None:
+    """Stop the child: with a `grace`, ask it first (SIGINT, which it handles as Ctrl-C at
+    its next safe point), then kill its whole process group."""
+    if grace > 0 and process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=grace)
     _kill_group(process)
     process.wait()
     _join(readers)
