@@ -3,13 +3,15 @@
 `RequestLimits`, which does what that server does not:
 
 - a body over `max_body_bytes` is refused before it is read (MLflow reads any body whole);
-- a text that is not a string is refused (under a string signature MLflow's parser turns
-  `3` into "3" and `null` into "None" before the model sees them);
+- the texts of an `inputs` or `instances` request are checked as sent, by the model's own
+  `input_texts`: MLflow's parser makes them a numpy array, which turns `["Jane", 3]` into
+  two strings before the model sees them;
 - every error answer is one line: MLflow quotes the whole request (and for a model's error,
   its traceback) in the message.
 
-The other refusals (no texts, more than `max_batch`, a text too long under
-`on_long_text=error`) are the model's own (`serving.model`), so they hold under a plain
+Which texts a request holds, and every other refusal (a table without one `text` column, a
+text that is not a string, no texts, more than `max_batch`, a text too long under
+`on_long_text=error`), are the model's own (`serving.model`), so they hold under a plain
 `mlflow models serve` too. `onnxport serve` saves the model and starts uvicorn in a child
 process; each uvicorn worker builds its app with `create_app`, from the settings in its
 environment.
@@ -30,9 +32,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from onnxport.errors import ServeError, one_line
+from onnxport.errors import PredictError, ServeError, one_line
 from onnxport.serving import DEFAULT_MAX_BODY_KB
-from onnxport.serving.model import NO_TEXTS, ServedConfig
+from onnxport.serving.model import ServedConfig, input_texts
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +42,9 @@ SETTINGS_ENV = "ONNXPORT_SERVE_SETTINGS"
 STOP_SECONDS = 30
 """How long a stopping server may take to finish the requests it holds."""
 INVOCATIONS = "/invocations"
-DATAFRAME_SPLIT = "dataframe_split"
-REQUEST_FORMATS = ("inputs", "instances", "dataframe_records", DATAFRAME_SPLIT)
+SENT_AS_ARRAYS = ("inputs", "instances")
+"""The JSON request formats MLflow's parser makes numpy arrays of (the others, tables)."""
+REQUEST_FORMATS = (*SENT_AS_ARRAYS, "dataframe_records", "dataframe_split")
 """The JSON keys of MLflow's request formats."""
 # MLflow's wording around a model's error and around a body it cannot parse.
 _MLFLOW_PREDICT_PREFIX = "Failed to predict data"
@@ -65,52 +68,23 @@ class ServeSettings(BaseModel):
     served: ServedConfig = ServedConfig()
 
 
-def _json_kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true or false"
-    if isinstance(value, (int, float)):
-        return "a number"
-    return {dict: "an object", list: "a list", type(None): "null"}.get(type(value), "not text")
-
-
-def _cells(values: Any) -> list[Any]:
-    return list(values) if isinstance(values, list) else [values]
-
-
-def request_texts(payload: Any) -> list[Any]:
-    """The values a JSON request sends as texts, in any of MLflow's request formats
-    (`inputs`, `instances`, `dataframe_records`, `dataframe_split`); [] for a request in
-    none of them, which MLflow refuses with what it expects."""
-    if not isinstance(payload, dict):
-        return []
-    if DATAFRAME_SPLIT in payload:
-        table = payload[DATAFRAME_SPLIT]
-        rows = table.get("data", []) if isinstance(table, dict) else []
-        return [cell for row in _cells(rows) for cell in _cells(row)]
-    data = next((payload[k] for k in REQUEST_FORMATS if k in payload), [])
-    if isinstance(data, dict):  # by column: {"text": [...]}
-        return [cell for column in data.values() for cell in _cells(column)]
-    # A list of texts, or of records ({"text": ...}); a list inside is no text.
-    return [
-        cell for row in _cells(data) for cell in (row.values() if isinstance(row, dict) else [row])
-    ]
-
-
-def non_text_reason(body: bytes) -> str | None:
-    """Why a JSON request holds no texts, or texts that are not all strings; None when it
-    holds strings, is not JSON or is in no format MLflow knows (MLflow says why)."""
+def texts_refusal(body: bytes, max_batch: int) -> str | None:
+    """Why the model would refuse the texts of an `inputs` or `instances` request
+    (`input_texts` on the JSON as sent); None when it would not, and for any other body (the
+    model, or MLflow, says what is wrong with it)."""
     try:
         payload = json.loads(body)
     except ValueError:
         return None
-    if not (isinstance(payload, dict) and payload.keys() & set(REQUEST_FORMATS)):
+    if not isinstance(payload, dict) or len(payload.keys() & set(REQUEST_FORMATS)) != 1:
         return None
-    texts = request_texts(payload)
-    if not texts:
-        return NO_TEXTS
-    for index, text in enumerate(texts, 1):
-        if not isinstance(text, str):
-            return f"text {index} is {_json_kind(text)}, not a string"
+    key = next((k for k in SENT_AS_ARRAYS if k in payload), None)
+    if key is None:
+        return None
+    try:
+        input_texts(payload[key], max_batch)
+    except PredictError as e:
+        return one_line(e, 500)
     return None
 
 
@@ -181,9 +155,10 @@ def _one_line_errors(send: Send) -> Send:
 class RequestLimits:
     """ASGI middleware in front of MLflow's scoring app, on `/invocations` only."""
 
-    def __init__(self, app: App, *, max_body_bytes: int) -> None:
+    def __init__(self, app: App, *, max_body_bytes: int, max_batch: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_batch = max_batch
 
     def _too_large(self, size: str) -> str:
         return (
@@ -212,7 +187,7 @@ class RequestLimits:
                 await _refuse(send, "BAD_REQUEST", self._too_large("more than that"))
                 return
         if headers.get(b"content-type", b"").startswith(b"application/json"):
-            reason = non_text_reason(bytes(body))
+            reason = texts_refusal(bytes(body), self.max_batch)
             if reason is not None:
                 await _refuse(send, "INVALID_PARAMETER_VALUE", reason)
                 return
@@ -229,7 +204,11 @@ def create_app() -> App:
     model = mlflow.pyfunc.load_model(
         str(settings.model_path), model_config=settings.served.logged()
     )
-    return RequestLimits(scoring_server.init(model), max_body_bytes=settings.max_body_bytes)
+    return RequestLimits(
+        scoring_server.init(model),
+        max_body_bytes=settings.max_body_bytes,
+        max_batch=settings.served.max_batch,
+    )
 
 
 def check_port(host: str, port: int) -> None:
