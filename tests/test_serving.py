@@ -470,6 +470,9 @@ def test_served_entities_equal_the_predictors_in_every_request_format(demo_serve
             "the table has no 'text' column (its columns: 'id', 'body')",
         ),
         ({"inputs": [["John Smith", "Jane Doe"]]}, "text 1 is a list, not a string"),
+        # (body, Content-Type): a body sent without one, or as a type MLflow does not read.
+        ((b"Contact John Smith", None), "the request has no Content-Type"),
+        ((b"Contact John Smith", "text/plain"), "Content-Type text/plain is not one"),
     ],
     ids=[
         "not-json",
@@ -481,13 +484,15 @@ def test_served_entities_equal_the_predictors_in_every_request_format(demo_serve
         "too-big",
         "no-text-column",
         "a-list",
+        "no-content-type",
+        "plain-text",
     ],
 )
 def test_a_bad_request_gets_a_one_line_400_and_the_server_stays_up(
     demo_server, body, reason: str
 ) -> None:
     url, _ = demo_server
-    answer = _post(url, body)
+    answer = _post(url, *body) if isinstance(body, tuple) else _post(url, body)
     assert answer.status_code == 400, answer.text
     message = answer.json()["message"]
     assert reason in message
@@ -516,8 +521,22 @@ def test_a_chunked_body_is_cut_off_at_the_limit(demo_server) -> None:
         timeout=60,
     )
     assert answer.status_code == 400
-    assert "over this server's limit" in answer.json()["message"]
+    assert answer.json()["message"].startswith(
+        f"the request body is more than this server's limit of {MAX_BODY_KB * 1024} bytes"
+    )
     assert _post(url, {"inputs": [TEXTS[0]]}).status_code == 200
+
+
+@pytest.mark.slow
+def test_an_error_mlflow_answers_in_plain_text_is_one_line_json(demo_server) -> None:
+    url, _ = demo_server
+    answer = _post(url, {"inputs": [TEXTS[0]]}, "application/json; charset=latin-1")
+    assert answer.status_code == 415
+    assert answer.headers["Content-Type"] == JSON
+    assert answer.json() == {
+        "error_code": "BAD_REQUEST",
+        "message": "The scoring server only supports UTF-8",
+    }
 
 
 @pytest.mark.slow

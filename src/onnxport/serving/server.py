@@ -3,11 +3,13 @@
 `RequestLimits`, which does what that server does not:
 
 - a body over `max_body_bytes` is refused before it is read (MLflow reads any body whole);
+- a body without a Content-Type, or of a type MLflow does not read, is refused (MLflow
+  answers the first with a 500, the second with plain text);
 - the texts of an `inputs` or `instances` request are checked as sent, by the model's own
   `input_texts`: MLflow's parser makes them a numpy array, which turns `["Jane", 3]` into
   two strings before the model sees them;
-- every error answer is one line: MLflow quotes the whole request (and for a model's error,
-  its traceback) in the message.
+- every error answer is one line of JSON: MLflow quotes the whole request (and for a
+  model's error, its traceback) in the message.
 
 Which texts a request holds, and every other refusal (a table without one `text` column, a
 text that is not a string, no texts, more than `max_batch`, a text too long under
@@ -30,6 +32,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
+from mlflow.pyfunc.scoring_server import CONTENT_TYPE_JSON, CONTENT_TYPES
 from pydantic import BaseModel, ConfigDict
 
 from onnxport.errors import PredictError, ServeError, one_line
@@ -46,6 +49,9 @@ SENT_AS_ARRAYS = ("inputs", "instances")
 """The JSON request formats MLflow's parser makes numpy arrays of (the others, tables)."""
 REQUEST_FORMATS = (*SENT_AS_ARRAYS, "dataframe_records", "dataframe_split")
 """The JSON keys of MLflow's request formats."""
+_READABLE = (
+    f"{CONTENT_TYPE_JSON} (or {', '.join(t for t in CONTENT_TYPES if t != CONTENT_TYPE_JSON)})"
+)
 # MLflow's wording around a model's error and around a body it cannot parse.
 _MLFLOW_PREDICT_PREFIX = "Failed to predict data"
 _MLFLOW_ERROR_MARK = "\nError: "
@@ -123,7 +129,9 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 def _one_line_errors(send: Send) -> Send:
-    """`send` for the app behind: an error answer's JSON message cut to `one_line_reason`."""
+    """`send` for the app behind: an error answer's JSON message cut to `one_line_reason`;
+    one that is not MLflow's JSON error (its 415 for a charset, its 504, a plain 500) made
+    one, its text the message."""
     start: Message | None = None
     chunks: list[bytes] = []
 
@@ -139,15 +147,16 @@ def _one_line_errors(send: Send) -> Send:
         if message.get("more_body", False):
             return
         body = b"".join(chunks)
+        status = start["status"]
         try:
             error = json.loads(body)
-            body = _error_body(
-                str(error.get("error_code", "BAD_REQUEST")),
-                one_line_reason(str(error["message"])),
-            )
+            code, message = str(error.get("error_code", "BAD_REQUEST")), str(error["message"])
         except (ValueError, KeyError, TypeError, AttributeError):
-            pass  # not MLflow's JSON error: passed on as it is
-        await _answer(send, start["status"], body, list(start.get("headers", [])))
+            code = "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR"
+            message = body.decode("utf-8", "replace")
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-type"]
+        headers.append((b"content-type", b"application/json"))
+        await _answer(send, status, _error_body(code, one_line_reason(message)), headers)
 
     return sending
 
@@ -160,10 +169,13 @@ class RequestLimits:
         self.max_body_bytes = max_body_bytes
         self.max_batch = max_batch
 
-    def _too_large(self, size: str) -> str:
+    def _too_large(self, size: int | None) -> str:
+        limit = f"this server's limit of {self.max_body_bytes} bytes"
+        # A chunked body declares no length: it is refused once it has passed the limit.
+        said = f"{size} bytes, over {limit}" if size is not None else f"more than {limit}"
         return (
-            f"the request body is {size} bytes, over this server's limit of "
-            f"{self.max_body_bytes} (onnxport serve --max-body-kb): send fewer or shorter texts"
+            f"the request body is {said} (onnxport serve --max-body-kb): "
+            "send fewer or shorter texts"
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -171,9 +183,21 @@ class RequestLimits:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers", []))
+        content_type = headers.get(b"content-type")
+        if content_type is None:  # MLflow's server fails on it with a 500
+            await _refuse(send, "BAD_REQUEST", f"the request has no Content-Type: send {_READABLE}")
+            return
+        media = content_type.decode("latin-1").split(";")[0].strip()
+        if media not in CONTENT_TYPES:
+            await _refuse(
+                send,
+                "BAD_REQUEST",
+                f"Content-Type {media} is not one this server reads: send {_READABLE}",
+            )
+            return
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
-            await _refuse(send, "BAD_REQUEST", self._too_large(declared.decode()))
+            await _refuse(send, "BAD_REQUEST", self._too_large(int(declared)))
             return
         body = bytearray()
         more = True
@@ -183,10 +207,10 @@ class RequestLimits:
                 return
             body += message.get("body", b"")
             more = message.get("more_body", False)
-            if len(body) > self.max_body_bytes:  # a chunked body declares no length
-                await _refuse(send, "BAD_REQUEST", self._too_large("more than that"))
+            if len(body) > self.max_body_bytes:
+                await _refuse(send, "BAD_REQUEST", self._too_large(None))
                 return
-        if headers.get(b"content-type", b"").startswith(b"application/json"):
+        if media == CONTENT_TYPE_JSON:
             reason = texts_refusal(bytes(body), self.max_batch)
             if reason is not None:
                 await _refuse(send, "INVALID_PARAMETER_VALUE", reason)
