@@ -86,11 +86,24 @@ def running_server(log: Path, *args: str | Path, env: dict | None = None) -> Ite
             process.wait()
 
 
-def _post(url: str, body) -> requests.Response:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return requests.post(
-        f"{url}/invocations", data=data, headers={"Content-Type": "application/json"}, timeout=60
-    )
+JSON = "application/json"
+CSV = "text/csv"
+
+
+def _post(url: str, body, content_type: str | None = JSON) -> requests.Response:
+    """POST `body` (bytes, CSV text or a JSON value) to /invocations; no Content-Type when
+    `content_type` is None."""
+    data = body if isinstance(body, bytes) else _body(body, content_type)
+    headers = {"Content-Type": content_type} if content_type else {}
+    return requests.post(f"{url}/invocations", data=data, headers=headers, timeout=60)
+
+
+def _body(value, content_type: str | None) -> bytes:
+    return (value if content_type == CSV else json.dumps(value)).encode()
+
+
+def _csv(**columns) -> str:
+    return pd.DataFrame(columns).to_csv(index=False)
 
 
 # --- the text model ---------------------------------------------------------------------------
@@ -284,6 +297,122 @@ def test_the_registered_version_is_tagged_and_serve_answers_with_it(
     assert answer.json() == {"predictions": _answers(output, TEXTS)}
 
 
+@pytest.fixture(scope="module")
+def registered_model(logged_text):
+    """The registered version as `mlflow models serve -m models:/NAME/1` loads it, and the
+    output directory it was made from."""
+    import mlflow
+    import mlflow.pyfunc
+
+    uri, _, output = logged_text
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        return mlflow.pyfunc.load_model(f"models:/{REGISTERED}/1"), output
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def _invoke(model, body, content_type: str = JSON):
+    """What MLflow's scoring server (`mlflow models serve`) does with one request to
+    /invocations: its (status, JSON answer); a refusal is the `MlflowException` it answers
+    with."""
+    from mlflow.pyfunc import scoring_server
+
+    answer = scoring_server.invocations(
+        _body(body, content_type), content_type, model, model.metadata.get_input_schema()
+    )
+    return answer.status, json.loads(answer.response)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "texts"),
+    [
+        ({"inputs": [TEXTS[0], TEXTS[1]]}, JSON, TEXTS[:2]),
+        (
+            {
+                "dataframe_records": [
+                    {"id": "doc-17", "text": TEXTS[1]},
+                    {"id": "doc-18", "text": TEXTS[2]},
+                ]
+            },
+            JSON,
+            TEXTS[1:3],
+        ),
+        (
+            {"dataframe_records": [{"other": "Jane Doe", "text": "John Smith"}]},
+            JSON,
+            ["John Smith"],
+        ),
+        (
+            {"dataframe_split": {"columns": ["id", "text"], "data": [["doc-17", TEXTS[1]]]}},
+            JSON,
+            TEXTS[1:2],
+        ),
+        ({"instances": [{"id": "doc-17", "text": TEXTS[1]}]}, JSON, TEXTS[1:2]),
+        ({"inputs": {"id": ["doc-17"], "text": [TEXTS[1]]}}, JSON, TEXTS[1:2]),
+        (_csv(id=["doc-17", "doc-18"], text=TEXTS[:2]), CSV, TEXTS[:2]),
+    ],
+    ids=["list", "records", "records-text-last", "split", "instances", "columns", "csv"],
+)
+def test_mlflow_serving_answers_a_table_for_its_text_column(
+    registered_model, body, content_type: str, texts
+) -> None:
+    model, output = registered_model
+    assert _invoke(model, body, content_type) == (
+        200,
+        {"predictions": _answers(output, texts)},
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "reason"),
+    [
+        (
+            {"dataframe_records": [{"id": "doc-17", "body": "Contact John Smith"}]},
+            JSON,
+            "the table has no 'text' column (its columns: 'id', 'body')",
+        ),
+        (
+            {"dataframe_split": {"columns": ["text", "text"], "data": [["John", "Jane"]]}},
+            JSON,
+            "the table has 2 'text' columns",
+        ),
+        (
+            {"dataframe_split": {"data": [["doc-17", "John Smith"]]}},
+            JSON,
+            "the table has no 'text' column (its columns: 0, 1)",
+        ),
+        ("John Smith\nJane Doe\n", CSV, "no 'text' column (its columns: 'John Smith')"),
+        ({"inputs": [["John Smith", "Jane Doe"]]}, JSON, "text 1 is a list, not a string"),
+        ({"inputs": [1, 2]}, JSON, "text 1 is a number, not a string"),
+        ({"inputs": [None]}, JSON, "text 1 is null, not a string"),
+        ({"dataframe_records": [{"text": "John"}, {"text": None}]}, JSON, "text 2 is null"),
+        ("id,text\ndoc-17,\n", CSV, "text 1 is null, not a string"),
+    ],
+    ids=[
+        "no-text-column",
+        "two-text-columns",
+        "unnamed-columns",
+        "csv-without-header",
+        "a-list",
+        "numbers",
+        "null",
+        "records-null",
+        "csv-empty",
+    ],
+)
+def test_mlflow_serving_refuses_what_is_no_text_with_a_400(
+    registered_model, body, content_type: str, reason: str
+) -> None:
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException) as raised:
+        _invoke(registered_model[0], body, content_type)
+    assert raised.value.get_http_status_code() == 400
+    assert reason in raised.value.message
+
+
 # --- onnxport serve on the trained tagger -----------------------------------------------------
 
 MAX_BATCH = 4
@@ -310,14 +439,19 @@ def test_served_entities_equal_the_predictors_in_every_request_format(demo_serve
         "EMAIL",
         "PHONE",
     }
-    for body in (
-        {"inputs": list(TEXTS)},
-        {"dataframe_records": [{"text": t} for t in TEXTS]},
-        {"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]}},
+    ids = [f"doc-{number}" for number in range(len(TEXTS))]
+    for body, content_type in (
+        ({"inputs": list(TEXTS)}, JSON),
+        ({"dataframe_records": [{"text": t} for t in TEXTS]}, JSON),
+        ({"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]}}, JSON),
+        # Records that carry an id: answered for their text, whatever the column order.
+        ({"dataframe_records": [{"id": i, "text": t} for i, t in zip(ids, TEXTS)]}, JSON),
+        ({"dataframe_split": {"columns": ["id", "text"], "data": list(zip(ids, TEXTS))}}, JSON),
+        (_csv(id=ids, text=TEXTS), CSV),
     ):
-        answer = _post(url, body)
+        answer = _post(url, body, content_type)
         assert answer.status_code == 200, answer.text
-        assert answer.json() == expected, next(iter(body))
+        assert answer.json() == expected, body
 
 
 @pytest.mark.slow
@@ -331,14 +465,34 @@ def test_served_entities_equal_the_predictors_in_every_request_format(demo_serve
         ({"inputs": [TEXTS[0]] * (MAX_BATCH + 1)}, f"more than the {MAX_BATCH} this model"),
         ({"inputs": ["Jane Doe " * 200]}, "has more than the"),
         ({"inputs": ["x" * MAX_BODY_KB * 1024]}, "over this server's limit"),
+        (
+            {"dataframe_records": [{"id": "doc-17", "body": "Contact John Smith"}]},
+            "the table has no 'text' column (its columns: 'id', 'body')",
+        ),
+        ({"inputs": [["John Smith", "Jane Doe"]]}, "text 1 is a list, not a string"),
+        # (body, Content-Type): a body sent without one, or as a type MLflow does not read.
+        ((b"Contact John Smith", None), "the request has no Content-Type"),
+        ((b"Contact John Smith", "text/plain"), "Content-Type text/plain is not one"),
     ],
-    ids=["not-json", "a-number", "null", "empty", "over-max-batch", "too-long", "too-big"],
+    ids=[
+        "not-json",
+        "a-number",
+        "null",
+        "empty",
+        "over-max-batch",
+        "too-long",
+        "too-big",
+        "no-text-column",
+        "a-list",
+        "no-content-type",
+        "plain-text",
+    ],
 )
 def test_a_bad_request_gets_a_one_line_400_and_the_server_stays_up(
     demo_server, body, reason: str
 ) -> None:
     url, _ = demo_server
-    answer = _post(url, body)
+    answer = _post(url, *body) if isinstance(body, tuple) else _post(url, body)
     assert answer.status_code == 400, answer.text
     message = answer.json()["message"]
     assert reason in message
@@ -367,8 +521,22 @@ def test_a_chunked_body_is_cut_off_at_the_limit(demo_server) -> None:
         timeout=60,
     )
     assert answer.status_code == 400
-    assert "over this server's limit" in answer.json()["message"]
+    assert answer.json()["message"].startswith(
+        f"the request body is more than this server's limit of {MAX_BODY_KB * 1024} bytes"
+    )
     assert _post(url, {"inputs": [TEXTS[0]]}).status_code == 200
+
+
+@pytest.mark.slow
+def test_an_error_mlflow_answers_in_plain_text_is_one_line_json(demo_server) -> None:
+    url, _ = demo_server
+    answer = _post(url, {"inputs": [TEXTS[0]]}, "application/json; charset=latin-1")
+    assert answer.status_code == 415
+    assert answer.headers["Content-Type"] == JSON
+    assert answer.json() == {
+        "error_code": "BAD_REQUEST",
+        "message": "The scoring server only supports UTF-8",
+    }
 
 
 @pytest.mark.slow
@@ -386,21 +554,26 @@ def test_the_standard_endpoints_answer(demo_server) -> None:
     [
         ({"inputs": ["Jane", "Doe"]}, None),
         ({"inputs": "Jane"}, None),
-        ({"instances": [{"text": "Jane"}]}, None),
-        ({"dataframe_split": {"columns": ["text"], "data": [["Jane"], ["Doe"]]}}, None),
+        ({"instances": [{"id": "doc-17", "text": "Jane"}]}, None),
+        ({"inputs": {"id": ["doc-17"], "text": ["Jane"]}}, None),
         ({"inputs": ["Jane", True]}, "text 2 is true or false, not a string"),
         ({"inputs": [["Jane"]]}, "text 1 is a list, not a string"),
         ({"inputs": {"text": ["Jane", 1.5]}}, "text 2 is a number, not a string"),
-        ({"dataframe_records": [{"text": {"a": 1}}]}, "text 1 is an object, not a string"),
-        ({"dataframe_split": {"columns": ["text"], "data": []}}, NO_TEXTS),
+        ({"instances": [{"text": "Jane"}, {"text": 3}]}, "text 2 is a number, not a string"),
+        ({"instances": [{"text": {"a": 1}}]}, "text 1 is an object, not a string"),
+        ({"instances": [{"id": "doc-17"}]}, "the table has no 'text' column (its columns: 'id')"),
+        ({"inputs": []}, NO_TEXTS),
+        ({"inputs": ["Jane", "Doe", "Contoso"]}, "holds 3 texts, more than the 2"),
+        ({"dataframe_records": [{"text": 3}]}, None),  # a table: the model sees it as sent
         ({"texts": [3]}, None),  # no format MLflow knows: MLflow says which it takes
         ([3], None),
     ],
 )
-def test_the_texts_of_every_request_format_must_be_strings(payload, reason) -> None:
-    from onnxport.serving.server import non_text_reason
+def test_the_texts_of_an_inputs_or_instances_request_are_checked_as_sent(payload, reason) -> None:
+    from onnxport.serving.server import texts_refusal
 
-    assert non_text_reason(json.dumps(payload).encode()) == reason
+    refusal = texts_refusal(json.dumps(payload).encode(), max_batch=2)
+    assert (refusal is None) if reason is None else (reason in str(refusal))
 
 
 # --- the command's bad input ----------------------------------------------------------------

@@ -11,10 +11,12 @@ server answers with a 400; any other exception would reach the client as MLflow'
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -59,28 +61,13 @@ def served_config(values: dict[str, Any] | None) -> ServedConfig:
         raise PredictError(f"bad model_config for the text model: {problems}") from e
 
 
-def input_texts(model_input: Any, max_batch: int) -> list[Any]:
-    """The texts of a request: a DataFrame's `text` column (or its first), or a list of texts
-    (or one).
-
-    Their type is checked by `OnnxPredictor.predict`; their number here."""
-    if isinstance(model_input, pd.DataFrame) and TEXT_COLUMN in model_input.columns:
-        texts = model_input[TEXT_COLUMN].tolist()
-    elif isinstance(model_input, pd.DataFrame) and len(model_input.columns) > 0:
-        # MLflow makes a list of texts a table of one unnamed column, and keeps only the
-        # first column of a table (the signature declares one).
-        texts = model_input.iloc[:, 0].tolist()
-    elif isinstance(model_input, str):
-        texts = [model_input]
-    elif isinstance(model_input, (list, tuple)):
-        texts = list(model_input)
-    elif hasattr(model_input, "tolist"):  # a numpy array, a pandas Series
-        texts = model_input.tolist()
-    else:
-        raise PredictError(
-            f"the input is a {type(model_input).__name__}: send a list of texts "
-            f"or a table with a '{TEXT_COLUMN}' column"
-        )
+def input_texts(model_input: Any, max_batch: int) -> list[str]:
+    """The texts of a request, in any form MLflow hands it to the model or a client sends it:
+    a text; a list or array of texts; a table (a DataFrame, a list of records, or columns by
+    name) whose `text` column holds them, beside any others. A `PredictError` names what is
+    wrong: no texts, more than `max_batch`, a table without one `text` column (with the
+    columns it has), a value that is not a string."""
+    texts = _values(model_input)
     if not texts:
         raise PredictError(NO_TEXTS)
     if len(texts) > max_batch:
@@ -89,14 +76,89 @@ def input_texts(model_input: Any, max_batch: int) -> list[Any]:
             "takes at once",
             hint="split it, or raise max_batch (onnxport serve --max-batch)",
         )
+    for index, text in enumerate(texts, 1):
+        if not isinstance(text, str):
+            raise PredictError(f"text {index} is {_kind(text)}, not a string")
     return texts
 
 
+def _values(model_input: Any) -> list[Any]:
+    if isinstance(model_input, pd.DataFrame):
+        return _text_column(model_input)
+    if isinstance(model_input, dict):  # columns by name: {"text": [...], "id": [...]}
+        try:
+            table = pd.DataFrame({k: _listed(v) for k, v in model_input.items()})
+        except ValueError as e:  # columns of different lengths
+            raise PredictError(f"the columns cannot make one table: {one_line(e)}") from e
+        return _text_column(table)
+    if isinstance(model_input, str):
+        return [model_input]
+    if isinstance(model_input, np.ndarray) and model_input.ndim == 0:
+        return [model_input.item()]
+    if isinstance(model_input, (list, tuple, np.ndarray, pd.Series)):
+        values = [_plain(v) for v in model_input]
+        if values and all(isinstance(v, dict) for v in values):  # records
+            return _text_column(
+                pd.DataFrame([{k: _plain(c) for k, c in r.items()} for r in values])
+            )
+        return values
+    raise PredictError(
+        f"the input is a {type(model_input).__name__}: send a list of texts "
+        f"or a table with a '{TEXT_COLUMN}' column"
+    )
+
+
+def _text_column(table: pd.DataFrame) -> list[Any]:
+    """The `text` column of a table; a list of texts is a table of one unnamed column (as
+    MLflow makes it); any other table is refused, naming its columns: another column (a
+    record's id, say) would get a confident wrong answer."""
+    columns = list(table.columns)
+    if not columns:  # no records
+        return []
+    named = columns.count(TEXT_COLUMN)
+    if named == 1:
+        return [_plain(v) for v in table[TEXT_COLUMN].tolist()]
+    if columns == [0]:
+        return [_plain(v) for v in table[0].tolist()]
+    listed = ", ".join(repr(c) for c in columns)
+    problem = f"{named} '{TEXT_COLUMN}' columns" if named else f"no '{TEXT_COLUMN}' column"
+    raise PredictError(
+        f"the table has {problem} (its columns: {listed})",
+        hint=f"send the texts in one column named '{TEXT_COLUMN}', or as a list of texts",
+    )
+
+
+def _listed(value: Any) -> list[Any]:
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _plain(value: Any) -> Any:
+    """A numpy value (MLflow's parser makes JSON arrays numpy arrays) as the Python value."""
+    return value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
+
+
+def _kind(value: Any) -> str:
+    """What a value that is not a text is, in JSON's words."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return "null"  # a missing value, or an empty CSV cell
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
 class TextModel(mlflow.pyfunc.PythonModel):
-    """An onnxport conversion as an MLflow pyfunc: a list of texts (or a DataFrame with a
-    `text` column) in; per text, the `to_dict()` of its prediction out (entities for token
-    classification, a label and score for sequence classification, a vector for feature
-    extraction)."""
+    """An onnxport conversion as an MLflow pyfunc: texts in (`input_texts`: a list of texts,
+    or a table with a `text` column); per text, the `to_dict()` of its prediction out
+    (entities for token classification, a label and score for sequence classification, a
+    vector for feature extraction)."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         config = served_config(context.model_config)
@@ -113,8 +175,9 @@ class TextModel(mlflow.pyfunc.PythonModel):
     def predict(
         self,
         context: mlflow.pyfunc.PythonModelContext,
-        # A DataFrame whatever was sent (MLflow enforces the signature first); this type
-        # hint also tells MLflow to infer nothing from it.
+        # What MLflow's parser made of the request, unchanged by a signature (it declares no
+        # inputs): a DataFrame, a numpy array, a list. This type hint tells MLflow to infer
+        # nothing from it.
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> list[dict[str, Any]]:

@@ -108,8 +108,10 @@ def _entities_type():
 
 
 def signature(task: Task) -> ModelSignature:
-    """Strings in (one unnamed column, as MLflow's transformers flavor declares them, so a
-    client of one serves the other); per text, its prediction's fields out."""
+    """Per text, its prediction's fields out; no inputs. MLflow enforces declared inputs
+    before the model sees them, and a string column would be the first column of any table
+    (a record's id, say), with `3` made "3" and `null` "None": the model checks its input
+    itself (`serving.model.input_texts`), the same under every server."""
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import Array, ColSpec, Schema
 
@@ -119,7 +121,7 @@ def signature(task: Task) -> ModelSignature:
         Task.FEATURE_EXTRACTION: [ColSpec(Array("float"), "vector")],
     }[task]
     common = [ColSpec("string", "text"), ColSpec("boolean", "truncated")]
-    return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema(common + answer))
+    return ModelSignature(inputs=None, outputs=Schema(common + answer))
 
 
 @contextmanager

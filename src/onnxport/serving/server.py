@@ -3,13 +3,17 @@
 `RequestLimits`, which does what that server does not:
 
 - a body over `max_body_bytes` is refused before it is read (MLflow reads any body whole);
-- a text that is not a string is refused (under a string signature MLflow's parser turns
-  `3` into "3" and `null` into "None" before the model sees them);
-- every error answer is one line: MLflow quotes the whole request (and for a model's error,
-  its traceback) in the message.
+- a body without a Content-Type, or of a type MLflow does not read, is refused (MLflow
+  answers the first with a 500, the second with plain text);
+- the texts of an `inputs` or `instances` request are checked as sent, by the model's own
+  `input_texts`: MLflow's parser makes them a numpy array, which turns `["Jane", 3]` into
+  two strings before the model sees them;
+- every error answer is one line of JSON: MLflow quotes the whole request (and for a
+  model's error, its traceback) in the message.
 
-The other refusals (no texts, more than `max_batch`, a text too long under
-`on_long_text=error`) are the model's own (`serving.model`), so they hold under a plain
+Which texts a request holds, and every other refusal (a table without one `text` column, a
+text that is not a string, no texts, more than `max_batch`, a text too long under
+`on_long_text=error`), are the model's own (`serving.model`), so they hold under a plain
 `mlflow models serve` too. `onnxport serve` saves the model and starts uvicorn in a child
 process; each uvicorn worker builds its app with `create_app`, from the settings in its
 environment.
@@ -28,11 +32,12 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
+from mlflow.pyfunc.scoring_server import CONTENT_TYPE_JSON, CONTENT_TYPES
 from pydantic import BaseModel, ConfigDict
 
-from onnxport.errors import ServeError, one_line
+from onnxport.errors import PredictError, ServeError, one_line
 from onnxport.serving import DEFAULT_MAX_BODY_KB
-from onnxport.serving.model import NO_TEXTS, ServedConfig
+from onnxport.serving.model import ServedConfig, input_texts
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +45,13 @@ SETTINGS_ENV = "ONNXPORT_SERVE_SETTINGS"
 STOP_SECONDS = 30
 """How long a stopping server may take to finish the requests it holds."""
 INVOCATIONS = "/invocations"
-DATAFRAME_SPLIT = "dataframe_split"
-REQUEST_FORMATS = ("inputs", "instances", "dataframe_records", DATAFRAME_SPLIT)
+SENT_AS_ARRAYS = ("inputs", "instances")
+"""The JSON request formats MLflow's parser makes numpy arrays of (the others, tables)."""
+REQUEST_FORMATS = (*SENT_AS_ARRAYS, "dataframe_records", "dataframe_split")
 """The JSON keys of MLflow's request formats."""
+_READABLE = (
+    f"{CONTENT_TYPE_JSON} (or {', '.join(t for t in CONTENT_TYPES if t != CONTENT_TYPE_JSON)})"
+)
 # MLflow's wording around a model's error and around a body it cannot parse.
 _MLFLOW_PREDICT_PREFIX = "Failed to predict data"
 _MLFLOW_ERROR_MARK = "\nError: "
@@ -65,52 +74,23 @@ class ServeSettings(BaseModel):
     served: ServedConfig = ServedConfig()
 
 
-def _json_kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true or false"
-    if isinstance(value, (int, float)):
-        return "a number"
-    return {dict: "an object", list: "a list", type(None): "null"}.get(type(value), "not text")
-
-
-def _cells(values: Any) -> list[Any]:
-    return list(values) if isinstance(values, list) else [values]
-
-
-def request_texts(payload: Any) -> list[Any]:
-    """The values a JSON request sends as texts, in any of MLflow's request formats
-    (`inputs`, `instances`, `dataframe_records`, `dataframe_split`); [] for a request in
-    none of them, which MLflow refuses with what it expects."""
-    if not isinstance(payload, dict):
-        return []
-    if DATAFRAME_SPLIT in payload:
-        table = payload[DATAFRAME_SPLIT]
-        rows = table.get("data", []) if isinstance(table, dict) else []
-        return [cell for row in _cells(rows) for cell in _cells(row)]
-    data = next((payload[k] for k in REQUEST_FORMATS if k in payload), [])
-    if isinstance(data, dict):  # by column: {"text": [...]}
-        return [cell for column in data.values() for cell in _cells(column)]
-    # A list of texts, or of records ({"text": ...}); a list inside is no text.
-    return [
-        cell for row in _cells(data) for cell in (row.values() if isinstance(row, dict) else [row])
-    ]
-
-
-def non_text_reason(body: bytes) -> str | None:
-    """Why a JSON request holds no texts, or texts that are not all strings; None when it
-    holds strings, is not JSON or is in no format MLflow knows (MLflow says why)."""
+def texts_refusal(body: bytes, max_batch: int) -> str | None:
+    """Why the model would refuse the texts of an `inputs` or `instances` request
+    (`input_texts` on the JSON as sent); None when it would not, and for any other body (the
+    model, or MLflow, says what is wrong with it)."""
     try:
         payload = json.loads(body)
     except ValueError:
         return None
-    if not (isinstance(payload, dict) and payload.keys() & set(REQUEST_FORMATS)):
+    if not isinstance(payload, dict) or len(payload.keys() & set(REQUEST_FORMATS)) != 1:
         return None
-    texts = request_texts(payload)
-    if not texts:
-        return NO_TEXTS
-    for index, text in enumerate(texts, 1):
-        if not isinstance(text, str):
-            return f"text {index} is {_json_kind(text)}, not a string"
+    key = next((k for k in SENT_AS_ARRAYS if k in payload), None)
+    if key is None:
+        return None
+    try:
+        input_texts(payload[key], max_batch)
+    except PredictError as e:
+        return one_line(e, 500)
     return None
 
 
@@ -149,7 +129,9 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 def _one_line_errors(send: Send) -> Send:
-    """`send` for the app behind: an error answer's JSON message cut to `one_line_reason`."""
+    """`send` for the app behind: an error answer's JSON message cut to `one_line_reason`;
+    one that is not MLflow's JSON error (its 415 for a charset, its 504, a plain 500) made
+    one, its text the message."""
     start: Message | None = None
     chunks: list[bytes] = []
 
@@ -165,15 +147,16 @@ def _one_line_errors(send: Send) -> Send:
         if message.get("more_body", False):
             return
         body = b"".join(chunks)
+        status = start["status"]
         try:
             error = json.loads(body)
-            body = _error_body(
-                str(error.get("error_code", "BAD_REQUEST")),
-                one_line_reason(str(error["message"])),
-            )
+            code, message = str(error.get("error_code", "BAD_REQUEST")), str(error["message"])
         except (ValueError, KeyError, TypeError, AttributeError):
-            pass  # not MLflow's JSON error: passed on as it is
-        await _answer(send, start["status"], body, list(start.get("headers", [])))
+            code = "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR"
+            message = body.decode("utf-8", "replace")
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-type"]
+        headers.append((b"content-type", b"application/json"))
+        await _answer(send, status, _error_body(code, one_line_reason(message)), headers)
 
     return sending
 
@@ -181,14 +164,18 @@ def _one_line_errors(send: Send) -> Send:
 class RequestLimits:
     """ASGI middleware in front of MLflow's scoring app, on `/invocations` only."""
 
-    def __init__(self, app: App, *, max_body_bytes: int) -> None:
+    def __init__(self, app: App, *, max_body_bytes: int, max_batch: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_batch = max_batch
 
-    def _too_large(self, size: str) -> str:
+    def _too_large(self, size: int | None) -> str:
+        limit = f"this server's limit of {self.max_body_bytes} bytes"
+        # A chunked body declares no length: it is refused once it has passed the limit.
+        said = f"{size} bytes, over {limit}" if size is not None else f"more than {limit}"
         return (
-            f"the request body is {size} bytes, over this server's limit of "
-            f"{self.max_body_bytes} (onnxport serve --max-body-kb): send fewer or shorter texts"
+            f"the request body is {said} (onnxport serve --max-body-kb): "
+            "send fewer or shorter texts"
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -196,9 +183,21 @@ class RequestLimits:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers", []))
+        content_type = headers.get(b"content-type")
+        if content_type is None:  # MLflow's server fails on it with a 500
+            await _refuse(send, "BAD_REQUEST", f"the request has no Content-Type: send {_READABLE}")
+            return
+        media = content_type.decode("latin-1").split(";")[0].strip()
+        if media not in CONTENT_TYPES:
+            await _refuse(
+                send,
+                "BAD_REQUEST",
+                f"Content-Type {media} is not one this server reads: send {_READABLE}",
+            )
+            return
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
-            await _refuse(send, "BAD_REQUEST", self._too_large(declared.decode()))
+            await _refuse(send, "BAD_REQUEST", self._too_large(int(declared)))
             return
         body = bytearray()
         more = True
@@ -208,11 +207,11 @@ class RequestLimits:
                 return
             body += message.get("body", b"")
             more = message.get("more_body", False)
-            if len(body) > self.max_body_bytes:  # a chunked body declares no length
-                await _refuse(send, "BAD_REQUEST", self._too_large("more than that"))
+            if len(body) > self.max_body_bytes:
+                await _refuse(send, "BAD_REQUEST", self._too_large(None))
                 return
-        if headers.get(b"content-type", b"").startswith(b"application/json"):
-            reason = non_text_reason(bytes(body))
+        if media == CONTENT_TYPE_JSON:
+            reason = texts_refusal(bytes(body), self.max_batch)
             if reason is not None:
                 await _refuse(send, "INVALID_PARAMETER_VALUE", reason)
                 return
@@ -229,7 +228,11 @@ def create_app() -> App:
     model = mlflow.pyfunc.load_model(
         str(settings.model_path), model_config=settings.served.logged()
     )
-    return RequestLimits(scoring_server.init(model), max_body_bytes=settings.max_body_bytes)
+    return RequestLimits(
+        scoring_server.init(model),
+        max_body_bytes=settings.max_body_bytes,
+        max_batch=settings.served.max_batch,
+    )
 
 
 def check_port(host: str, port: int) -> None:
