@@ -147,6 +147,37 @@ def build_vit_image_classifier(directory: Path) -> Path:
     return _save(ViTForImageClassification(config), directory)
 
 
+def _vit_like(config_class: Any, **extra: Any) -> Any:
+    return config_class(
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=INTERMEDIATE,
+        **labels(4),
+        **extra,
+    )
+
+
+def build_dinov2_image_classifier(directory: Path) -> Path:
+    """A ViT that interpolates its position embeddings: PyTorch runs it at any size."""
+    from transformers import Dinov2Config, Dinov2ForImageClassification
+
+    torch.manual_seed(SEED)
+    return _save(Dinov2ForImageClassification(_vit_like(Dinov2Config)), directory)
+
+
+def build_beit_image_classifier(directory: Path) -> Path:
+    """PyTorch runs it at any size, but the dynamo graph fixes the traced size inside (its
+    relative position bias is sized with Python ints): it falls back to its resolution."""
+    from transformers import BeitConfig, BeitForImageClassification
+
+    config = _vit_like(BeitConfig, use_relative_position_bias=True)
+    torch.manual_seed(SEED)
+    return _save(BeitForImageClassification(config), directory)
+
+
 def build_resnet_image_classifier(directory: Path) -> Path:
     """A convolutional backbone: it takes images of any size, so height and width vary."""
     from transformers import ResNetConfig, ResNetForImageClassification
@@ -305,6 +336,22 @@ MODELS: dict[str, TinyModel] = {
         ("logits",),
         False,
     ),
+    "dinov2-image": TinyModel(
+        build_dinov2_image_classifier,
+        Task.IMAGE_CLASSIFICATION,
+        "Dinov2ForImageClassification",
+        ("pixel_values",),
+        ("logits",),
+        False,
+    ),
+    "beit-image": TinyModel(
+        build_beit_image_classifier,
+        Task.IMAGE_CLASSIFICATION,
+        "BeitForImageClassification",
+        ("pixel_values",),
+        ("logits",),
+        False,
+    ),
     "bert-qa": TinyModel(
         build_bert_question_answering,
         Task.QUESTION_ANSWERING,
@@ -331,8 +378,9 @@ MODELS: dict[str, TinyModel] = {
     ),
 }
 
-# Image models whose height and width vary (convolutional backbones); ViT's resolution is fixed.
-ANY_RESOLUTION_MODELS = ("resnet-image", "regnet-image")
+# Image models whose height and width vary (convolutional backbones, DINOv2 which interpolates
+# its position embeddings); ViT's resolution is fixed, and so is BEiT's once exported.
+ANY_RESOLUTION_MODELS = ("resnet-image", "regnet-image", "dinov2-image")
 
 # The five the CLI converts end to end with the default (dynamo) exporter; the pipeline
 # tests convert every entry of MODELS with the faster TorchScript exporter.

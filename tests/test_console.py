@@ -195,3 +195,36 @@ def test_a_vit_declares_its_fixed_resolution_everywhere(cli_converted) -> None:
         "embeddings are sized for it), not 64x48"
     )
     assert refused.value.hint == "resize the images to 32x32 (height x width) first"
+
+
+@pytest.mark.slow
+def test_an_image_model_whose_graph_fixes_a_size_falls_back_to_its_resolution(
+    cli_converted, checkpoint
+) -> None:
+    """BEiT runs at any size in PyTorch, but the dynamo graph keeps the traced size inside
+    (its relative position bias): not refused, exported again at 32x32 and declared so."""
+    run, output = cli_converted("beit-image")
+    assert run.code == 0, run.stderr
+    manifest = read_manifest(output)
+    check_published(output, manifest, "beit-image", checkpoint("beit-image"))
+    assert manifest.export.exporter == "dynamo"
+    assert manifest.source.fixed_resolution == [32, 32]
+    reason = manifest.source.fixed_resolution_reason
+    assert reason is not None
+    assert reason.startswith(
+        "the exported graph takes no other size although PyTorch does: at [1, 3, 96, 96], "
+        "a size inside the graph was fixed at export: ONNX Runtime stopped in"
+    )
+    validation = manifest.outputs[0].validation
+    assert [i.shape for i in validation.graph_inputs] == [["batch", 3, 32, 32]]
+    assert [s["pixel_values"] for s in validation.input_shapes] == [
+        [1, 3, 32, 32], [2, 3, 32, 32], [4, 3, 32, 32]
+    ]  # fmt: skip
+    declared = f"fixed resolution 32x32: the model takes 32x32 images only ({reason})"
+    assert declared in (output / "report.md").read_text(encoding="utf-8")
+    assert "fixed resolution 32x32" in run.stdout
+    with pytest.raises(PredictError) as refused:
+        OnnxPredictor(output).predict_images(np.zeros((1, 3, 64, 64), dtype=np.float32))
+    assert refused.value.message == (
+        f"the model takes 32x32 images only (its fixed resolution: {reason}), not 64x64"
+    )

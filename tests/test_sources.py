@@ -101,6 +101,9 @@ def test_a_convolutional_source_varies_height_and_width(source, name: str) -> No
     )  # fmt: skip
     assert loaded.fixed_resolution is None
     assert loaded.record().fixed_resolution is None
+    # Traced at another side than its own: DINOv2 skips interpolating its position
+    # embeddings at its own resolution, and a graph traced there would keep that size.
+    assert loaded.example_shape == (2, 64)
 
 
 @pytest.mark.parametrize(

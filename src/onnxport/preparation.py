@@ -43,6 +43,8 @@ from onnxport.verify.validate import Reference
 if TYPE_CHECKING:  # loading imports torch: only `prepare` does, when it runs
     from onnxport.sources.base import Source
 
+logger = logging.getLogger(__name__)
+
 ISOLATE_ABOVE_BYTES = 64 * 1024**2
 """`isolate_export: auto` exports in a process of its own above this many bytes of weights
 (a child costs a few seconds of imports; below this size it would cost more than it saves)."""
@@ -70,7 +72,8 @@ def validation_shapes(source: Source, config: ConversionConfig) -> list[tuple[in
 
 def prepare(request: ConversionRequest, exported: Path, clock: StageClock) -> Prepared:
     """Load, compute the references, export to `exported` (or bind the weights into the
-    export cache's graph of this architecture); in this process."""
+    export cache's graph of this architecture); in this process. An image model whose graph
+    refuses other sizes than its own is exported again at its own, declared fixed."""
     from onnxport.export.cache.use import CacheUse, ExportSettings, export_with_cache
     from onnxport.passes import pass_context
     from onnxport.sources import load_source
@@ -92,18 +95,20 @@ def prepare(request: ConversionRequest, exported: Path, clock: StageClock) -> Pr
     use = CacheUse.REFRESH if request.refresh_export_cache else CacheUse.USE
     if not config.execution.export_cache:
         use = CacheUse.OFF
+    settings = ExportSettings(
+        opset_version=config.onnx.opset_version,
+        exporter=config.onnx.exporter,
+        external_data=config.output.external_data,
+        keep_debug_metadata=config.output.keep_debug_metadata,
+    )
     with clock.stage(Stage.EXPORT, ExportError):
-        export = export_with_cache(
-            source,
-            exported,
-            ExportSettings(
-                opset_version=config.onnx.opset_version,
-                exporter=config.onnx.exporter,
-                external_data=config.output.external_data,
-                keep_debug_metadata=config.output.keep_debug_metadata,
-            ),
-            use,
+        export = export_with_cache(source, exported, settings, use)
+        fixed = _fixed_resolution_fallback(
+            source, exported, references, seed=config.validation.seed
         )
+        if fixed is not None:
+            source, references = fixed
+            export = export_with_cache(source, exported, settings, use)
     prepared = Prepared(
         source=source.record(),
         task=source.task,
@@ -117,6 +122,36 @@ def prepare(request: ConversionRequest, exported: Path, clock: StageClock) -> Pr
     source.module = None  # type: ignore[assignment]
     gc.collect()  # the exported graph holds reference cycles to the Parameters
     return prepared
+
+
+def _fixed_resolution_fallback(
+    source: Source, exported: Path, references: list[Reference], *, seed: int
+) -> tuple[Source, list[Reference]] | None:
+    """For an image model PyTorch runs at any size whose exported graph refuses another size
+    (a size fixed inside it at export): the source with its own resolution fixed, declared
+    with the reason, and the references at that resolution; None when the graph takes them
+    all. A model that validates at its own resolution is not refused for the others."""
+    from onnxport.sources.huggingface import native_side, with_fixed_resolution
+    from onnxport.verify.validate import first_refusal
+
+    side = native_side(source)
+    if side is None:
+        return None
+    own, others = [], []
+    for ref in references:
+        at_own_side = ref.inputs["pixel_values"].shape[2:] == (side, side)
+        (own if at_own_side else others).append(ref)
+    refusal = first_refusal(exported, others) if others else None
+    if refusal is None:
+        return None
+    reason = f"the exported graph takes no other size although PyTorch does: {refusal}"
+    logger.warning("%s; exported again at its fixed resolution %dx%d", reason, side, side)
+    fixed = with_fixed_resolution(source, reason)
+    if not own:  # validation.shapes named other sizes only: validate at the defaults
+        from onnxport.verify.references import compute_references
+
+        own = compute_references(fixed, list(fixed.default_shapes), seed=seed)
+    return fixed, own
 
 
 def weights_on_disk(path: Path) -> int:

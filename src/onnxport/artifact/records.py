@@ -13,6 +13,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 PYTORCH = "pytorch"
+SIZED_POSITION_EMBEDDINGS = "the model's position embeddings are sized for it"
+"""Why a resolution is fixed when PyTorch refuses other sizes (ViT), and in manifests
+written before the reason was recorded."""
 """The benchmark's name for PyTorch eager, the reference of every speed-up."""
 
 
@@ -32,8 +35,15 @@ class SourceRecord(Record):
     num_parameters: int = 0
     weights_sha256: dict[str, str] = Field(default_factory=dict)
     fixed_resolution: list[int] | None = None
-    """[height, width]: the only image size the model takes (its position embeddings are
-    sized for it, so the exported graph fixes it too); None: any size, or not images."""
+    """[height, width]: the only image size the graph takes (`fixed_resolution_reason` says
+    why); None: any size, or not images."""
+    fixed_resolution_reason: str | None = None
+    """Why the resolution is fixed: PyTorch refuses other sizes, or the graph exported with
+    height and width dynamic refused them (a size fixed inside it at export)."""
+
+    def why_fixed(self) -> str:
+        """Why the resolution is fixed, for a message."""
+        return self.fixed_resolution_reason or SIZED_POSITION_EMBEDDINGS
 
 
 class AttemptRecord(Record):

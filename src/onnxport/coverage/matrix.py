@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from onnxport.artifact.manifest import Manifest
+from onnxport.artifact.report.tables import resolution_note
 from onnxport.coverage.registry import CoverageEntry
 from onnxport.errors import OnnxportError, one_line
 from onnxport.pipeline import convert
@@ -47,7 +48,8 @@ class CoverageRow:
 
 
 def _notes(entry: CoverageEntry, manifest: Manifest | None) -> str | None:
-    """The entry's quirks, what the loader knows of its model type, and failed exporters."""
+    """The entry's quirks, what the loader knows of its model type, failed exporters, and
+    the image sizes an image model takes."""
     notes = [entry.quirks.describe()]
     known = MODEL_TYPE_QUIRKS.get(entry.model_type)
     if known is not None and known.note:
@@ -56,6 +58,7 @@ def _notes(entry: CoverageEntry, manifest: Manifest | None) -> str | None:
         for attempt in manifest.export.attempts:
             if not attempt.ok and attempt.error:
                 notes.append(f"{attempt.exporter} failed: {one_line(attempt.error, 160)}")
+        notes.append(resolution_note(manifest))
     return "; ".join(n for n in notes if n) or None
 
 

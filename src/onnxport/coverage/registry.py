@@ -337,6 +337,23 @@ ENTRIES: tuple[CoverageEntry, ...] = (
         {**_VIT, "vocab_size": VOCAB_SIZE, "use_relative_position_bias": True},
         _heads("Beit", IMAGE),
     ),
+    # DINOv2 and BEiT's kin interpolate their position embeddings (or relative position
+    # bias) for other image sizes; I-JEPA and ViT-MSN, like ViT, only when asked to.
+    *_architecture("dinov2", "Dinov2Config", _VIT, _heads("Dinov2", IMAGE)),
+    *_architecture(
+        "dinov2-with-registers",
+        "Dinov2WithRegistersConfig",
+        _VIT,
+        _heads("Dinov2WithRegisters", IMAGE),
+    ),
+    *_architecture(
+        "data2vec-vision",
+        "Data2VecVisionConfig",
+        {**_VIT, "use_relative_position_bias": True},
+        _heads("Data2VecVision", IMAGE),
+    ),
+    *_architecture("ijepa", "IJepaConfig", _VIT, _heads("IJepa", IMAGE)),
+    *_architecture("vit-msn", "ViTMSNConfig", _VIT, _heads("ViTMSN", IMAGE)),
     *_architecture(
         "convnext", "ConvNextConfig", {**_STAGES, "num_stages": 2}, _heads("ConvNext", IMAGE)
     ),

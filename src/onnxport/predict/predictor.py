@@ -165,7 +165,8 @@ class OnnxPredictor:
         config = published.json_file("config.json")
         self._config = config
         self.labels = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()}
-        self._fixed_resolution = published.manifest.source.fixed_resolution
+        source = published.manifest.source
+        self._why_fixed = source.why_fixed() if source.fixed_resolution else None
         self._tokenizer: Tokenizer | None = None
         self.max_length: int | None = None
         self._feed: tuple[tuple[str, str, Any, int], ...] = ()
@@ -385,8 +386,8 @@ class OnnxPredictor:
         if any(f is not None and f != got for f, got in zip(fixed, shape[2:])):
             size = "x".join(str(f) for f in fixed)
             why = (
-                "its fixed resolution: the model's position embeddings are sized for it"
-                if self._fixed_resolution
+                f"its fixed resolution: {self._why_fixed}"
+                if self._why_fixed
                 else "its size was fixed at export"
             )
             raise PredictError(

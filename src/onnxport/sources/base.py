@@ -67,8 +67,10 @@ class Source:
     encode: TextEncoder | None = None
     """Real text as model inputs, when the source has a tokenizer."""
     fixed_resolution: int | None = None
-    """The one image side an image model takes (position embeddings sized for it); None:
-    any size, or not an image model."""
+    """The one image side an image model takes (`fixed_resolution_reason`: why); None: any
+    size, or not an image model."""
+    fixed_resolution_reason: str | None = None
+    """Why the resolution is fixed: PyTorch refuses other sizes, or the exported graph does."""
     facts: ModelFacts = field(default_factory=ModelFacts)
 
     def example_inputs(self, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -87,4 +89,5 @@ class Source:
             fixed_resolution=(
                 [self.fixed_resolution] * 2 if self.fixed_resolution is not None else None
             ),
+            fixed_resolution_reason=self.fixed_resolution_reason,
         )

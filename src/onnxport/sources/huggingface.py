@@ -15,12 +15,14 @@ import inspect
 import logging
 import os
 import pickle
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from onnxport.errors import SourceError, one_line
+from onnxport.artifact.records import SIZED_POSITION_EMBEDDINGS
+from onnxport.errors import InternalError, SourceError, one_line
 from onnxport.samples import sample_texts
 from onnxport.sources.base import ModelFacts, Source
 from onnxport.sources.checkpoint_files import (
@@ -259,37 +261,90 @@ def other_resolutions(size: int) -> tuple[int, int]:
     return (smaller, larger) if step <= smaller < size else (larger, larger + step)
 
 
-def _takes_any_resolution(model: torch.nn.Module, factory: VisionInputs, size: int) -> bool:
-    """Whether PyTorch runs the model on images of other sides than `size`: convolutional
-    backbones do; models whose position embeddings are sized for one resolution (ViT) refuse."""
+def _pytorch_refusal(model: torch.nn.Module, factory: VisionInputs, size: int) -> str | None:
+    """Why PyTorch does not run the model on images of other sides than `size`, or None when
+    it does: convolutional backbones and models that interpolate their position embeddings
+    (DINOv2) do; models whose position embeddings are sized for one resolution (ViT) refuse."""
     try:
         with torch.no_grad():
             for side in other_resolutions(size):
                 model(**factory(1, side, 0))
     except Exception as e:  # model code raises anything on a size it cannot take
         logger.info("the model takes %dx%d images only: %s", size, size, one_line(e, 200))
-        return False
-    return True
+        return SIZED_POSITION_EMBEDDINGS
+    return None
 
 
-def _vision_settings(
-    model: torch.nn.Module, config: Any
-) -> tuple[VisionInputs, dict[str, dict[int, str]], tuple[tuple[int, int], ...], int | None]:
-    """The image inputs of a vision model: their factory, dynamic axes, validation shapes and
-    fixed resolution. Height and width vary where PyTorch takes other sizes (validated at
-    two of them besides the batch sizes); otherwise the resolution is fixed, and said so."""
+@dataclass(frozen=True)
+class VisionSettings:
+    """How a vision model is fed, traced and validated."""
+
+    factory: VisionInputs
+    dynamic_axes: dict[str, dict[int, str]]
+    shapes: tuple[tuple[int, int], ...]
+    example_shape: tuple[int, int]
+    fixed_resolution: int | None
+    fixed_resolution_reason: str | None
+
+
+def _fixed_settings(factory: VisionInputs, reason: str) -> VisionSettings:
+    size = factory.image_size
+    return VisionSettings(
+        factory,
+        {"pixel_values": {0: "batch"}},
+        tuple((b, size) for b in DEFAULT_VISION_BATCHES),
+        (2, size),
+        size,
+        reason,
+    )
+
+
+def _vision_settings(model: torch.nn.Module, config: Any) -> VisionSettings:
+    """Height and width vary where PyTorch takes other sizes (validated at two of them
+    besides the batch sizes); otherwise the resolution is fixed, and said why.
+
+    A model that takes any size is traced at another side than its own: model code may
+    take a shortcut at its own resolution (DINOv2 returns its position embeddings as they
+    are instead of interpolating them), and the graph would keep that shortcut's sizes."""
     size = _image_size(config)
     factory = VisionInputs(int(getattr(config, "num_channels", 3)), size)
-    batches = tuple((b, size) for b in DEFAULT_VISION_BATCHES)
-    if _takes_any_resolution(model, factory, size):
-        axes = {0: "batch", 2: "height", 3: "width"}
-        return (
-            factory,
-            {"pixel_values": axes},
-            (*batches, *((1, s) for s in other_resolutions(size))),
-            None,
-        )
-    return factory, {"pixel_values": {0: "batch"}}, batches, size
+    refusal = _pytorch_refusal(model, factory, size)
+    if refusal is not None:
+        return _fixed_settings(factory, refusal)
+    others = other_resolutions(size)
+    return VisionSettings(
+        factory,
+        {"pixel_values": {0: "batch", 2: "height", 3: "width"}},
+        (*((b, size) for b in DEFAULT_VISION_BATCHES), *((1, s) for s in others)),
+        (2, others[0]),
+        None,
+        None,
+    )
+
+
+def native_side(source: Source) -> int | None:
+    """The image side a vision source's config names, when the source takes other sides too
+    (None: not images, or its resolution is fixed already)."""
+    factory = source.make_inputs
+    if source.fixed_resolution is not None or not isinstance(factory, VisionInputs):
+        return None
+    return factory.image_size
+
+
+def with_fixed_resolution(source: Source, reason: str) -> Source:
+    """`source` with its images fixed at the side its config names, for a model whose
+    exported graph takes no other side although PyTorch does (`reason`: why)."""
+    if native_side(source) is None:
+        raise InternalError(f"{source.path} has no image side to fix")
+    settings = _fixed_settings(source.make_inputs, reason)  # type: ignore[arg-type]
+    return replace(
+        source,
+        dynamic_axes=settings.dynamic_axes,
+        default_shapes=settings.shapes,
+        example_shape=settings.example_shape,
+        fixed_resolution=settings.fixed_resolution,
+        fixed_resolution_reason=settings.fixed_resolution_reason,
+    )
 
 
 def _int_setting(config: Any, name: str) -> int:
@@ -392,11 +447,14 @@ def load_huggingface(
     companions = tuple(path / n for n in COMPANION_FILES if (path / n).is_file())
 
     tokenizer = encode = None
-    fixed_resolution = None
+    fixed_resolution = fixed_resolution_reason = None
     if info.modality is Modality.VISION:
-        factory, dynamic_axes, shapes, fixed_resolution = _vision_settings(model, config)
+        vision = _vision_settings(model, config)
+        factory, dynamic_axes, shapes = vision.factory, vision.dynamic_axes, vision.shapes
+        fixed_resolution = vision.fixed_resolution
+        fixed_resolution_reason = vision.fixed_resolution_reason
         names = ["pixel_values"]
-        example_shape = (2, factory.image_size)
+        example_shape = vision.example_shape
     else:
         tokenizer = _load_tokenizer(path, trust_remote_code)
         names = _text_input_names(model, config, tokenizer)
@@ -435,6 +493,7 @@ def load_huggingface(
         tokenizer=tokenizer,
         encode=encode,
         fixed_resolution=fixed_resolution,
+        fixed_resolution_reason=fixed_resolution_reason,
         facts=ModelFacts(
             num_heads=_int_setting(config, "num_attention_heads"),
             hidden_size=_int_setting(config, "hidden_size"),

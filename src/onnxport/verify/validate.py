@@ -140,6 +140,19 @@ def _compare_outputs(
     return failures
 
 
+def first_refusal(model_path: Path, references: list[Reference]) -> str | None:
+    """Why `model_path` does not run the first of `references` it refuses (the shape named),
+    or None when ONNX Runtime runs them all; the values are the gate's to judge."""
+    session = create_session(model_path)
+    for ref in references:
+        try:
+            run_session(session, ref.inputs)
+        except RUNTIME_ERRORS as e:
+            logger.info("the graph refuses %s: %s", ref.describe(), one_line(e, None))
+            return f"at {ref.describe()}, {refusal_reason(declared_inputs(session), e)}"
+    return None
+
+
 def validate_model(
     model_path: Path,
     references: list[Reference],

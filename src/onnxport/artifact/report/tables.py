@@ -50,8 +50,8 @@ def resolution_note(manifest: Manifest) -> str | None:
     if fixed:
         size = "x".join(str(n) for n in fixed)
         return (
-            f"fixed resolution {size}: the model takes {size} images only (its position "
-            "embeddings are sized for it); resize images to it"
+            f"fixed resolution {size}: the model takes {size} images only "
+            f"({manifest.source.why_fixed()}); resize images to it"
         )
     validation = next((o.validation for o in manifest.outputs if o.validation), None)
     sides = sorted(
