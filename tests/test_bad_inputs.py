@@ -109,6 +109,29 @@ def read_only(directory: Path) -> Iterator[None]:
         subprocess.run(undo, check=True)
 
 
+@contextlib.contextmanager
+def mounted(directory: Path, kind: str) -> Iterator[Path]:
+    """An empty file system mounted at `directory` (made here): `tmpfs`, or `bind`, a bind
+    mount of a directory of the same file system (which `os.path.ismount` cannot see);
+    skip where this process may not mount."""
+    directory.mkdir()
+    if kind == "tmpfs":
+        command = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(directory)]
+    else:
+        origin = directory.with_name(f"{directory.name}-origin")
+        origin.mkdir()
+        command = ["mount", "--bind", str(origin), str(directory)]
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command: cannot make a mount point")
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"mounting is refused here: {done.stderr.strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", str(directory)], check=True)
+
+
 def symlink_loop(directory: Path, name: str = "loop") -> Path:
     """`directory/name` -> `directory/name-b` -> `directory/name`."""
     first, second = directory / name, directory / f"{name}-b"
@@ -533,6 +556,27 @@ def test_convert_into_a_read_only_location_keeps_the_output_there(
     assert any(reason in run.stderr for reason in REFUSED), run.stderr
     assert snapshot(earlier) == before
     assert sorted(p.name for p in directory.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("kind", ["tmpfs", "bind"])
+def test_convert_into_a_mount_point_is_refused_before_any_work(
+    cli, checkpoint, tmp_path, kind
+) -> None:
+    """A rename cannot replace a mount point (a container volume): refused up front, with a
+    directory inside it suggested, instead of failing after the whole conversion."""
+    with mounted(tmp_path / "volume", kind) as volume:
+        run = cli("convert", checkpoint("bert-encoder"), "-o", volume, *FAST)
+        written = list(volume.iterdir())
+    assert_clean_failure(
+        run.code,
+        run.stdout,
+        run.stderr,
+        2,
+        ("error (output)", f"{volume} is a mount point", str(volume / "model")),
+    )
+    assert "✓" not in run.stderr, run.stderr  # no stage ran
+    assert written == []
+    assert leftovers(volume) == []
 
 
 def test_debug_shows_the_traceback_of_a_bad_input(cli, copy_checkpoint, tmp_path) -> None:

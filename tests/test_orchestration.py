@@ -643,6 +643,26 @@ def test_cli_run_force_converts_again_over_a_complete_result(
     assert verify_directory(expected) == []
 
 
+def test_a_reuse_cannot_register_a_model_no_run_of_the_store_logged(
+    shared_root: Path, fake_child: FakeChild, converted
+) -> None:
+    """A complete directory made outside this tracking store (here by `pipeline.convert`,
+    untracked): asked to register it, the reuse says why it cannot and what to do, before
+    recording anything."""
+    project = make_project(shared_root, "reuse-unregistrable")
+    expected = project.expected_output_dir()
+    shutil.copytree(converted("distilbert-token").directory, expected)
+    experiment = {"registered_model_name": "nowhere-tagger"}
+    with pytest.raises(TrackingError, match="cannot register the reused conversion") as raised:
+        project.call(experiment_config=experiment)
+    assert "nowhere-tagger" in str(raised.value)
+    assert "force" in str(raised.value.hint)
+    assert fake_child.calls == []
+    assert project.runs() == []
+    assert project.client().search_model_versions("name='nowhere-tagger'") == []
+    assert verify_directory(expected) == []
+
+
 # =================================================================== end to end (slow)
 
 
@@ -682,18 +702,27 @@ def test_e2e_returns_the_complete_output_directory(e2e: Conversion) -> None:
 def test_e2e_progress_arrives_as_events_a_start_and_a_done_per_stage_in_order(
     e2e: Conversion,
 ) -> None:
-    starts, ends = e2e.events[::2], e2e.events[1::2]
+    # Logging to MLflow is a stage inside publishing's, after the manifest is sealed and
+    # before the directory takes its name (publishing is done only then).
+    *before, publishing, tracking, tracked, published = e2e.events
+    assert [(e.stage, e.status) for e in (publishing, tracking, tracked, published)] == [
+        (Stage.PUBLISH, Status.START),
+        (Stage.TRACK, Status.START),
+        (Stage.TRACK, Status.DONE),
+        (Stage.PUBLISH, Status.DONE),
+    ]
+    starts, ends = before[::2], before[1::2]
     assert [e.status for e in starts] == [Status.START] * len(starts)
     assert [e.status for e in ends] == [Status.DONE] * len(ends)
     assert [e.stage for e in starts] == [e.stage for e in ends]
-    stages = [e.stage for e in starts]
+    stages = [e.stage for e in starts] + [Stage.PUBLISH]
     assert stages == sorted(stages, key=list(Stage).index)  # the pipeline's order, each once
-    assert (stages[0], stages[-2], stages[-1]) == (Stage.LOAD, Stage.PUBLISH, Stage.TRACK)
+    assert stages[0] == Stage.LOAD
     # The one clock of a stage: its event and the manifest show the same seconds, publish
-    # too. Logging to MLflow, after the manifest is sealed, is a stage of its own.
+    # too (its figure taken as the manifest is sealed).
     timings = read_manifest(e2e.output).timings
-    assert list(timings) == [stage.value for stage in stages[:-1]]
-    for event in ends[:-1]:
+    assert list(timings) == [stage.value for stage in stages]
+    for event in [*ends, published]:
         assert event.seconds == timings[event.stage.value]
 
 
@@ -845,6 +874,60 @@ def test_e2e_second_call_reuses_the_directory_without_a_child(
     assert hit.data.tags["onnxport.output_dir"] == str(e2e.output)
     assert hit.data.tags["mlflow.runType"] == "conversion"
     assert hit.data.tags["code.lineage.conv_fp"] == e2e.output.name.removeprefix("conv_")
+
+
+@pytest.mark.slow
+def test_e2e_a_reuse_applies_a_new_experiment_yaml(
+    e2e: Conversion, fake_child: FakeChild, tracking, tmp_path: Path
+) -> None:
+    """The same conversion.yaml, now with an experiment.yaml naming another experiment and a
+    model name: the reuse runs no child, logs the conversion into that experiment, and
+    registers the model the conversion's run logged; asked again, it registers no twin."""
+    project = e2e.project
+    config_dir = shutil.copytree(project.config_dir, tmp_path / "config-with-experiment")
+    (config_dir / "experiment.yaml").write_text(
+        "experiment_name: reused-elsewhere\nregistered_model_name: reused-tagger\n",
+        encoding="utf-8",
+    )
+    arguments = {"config_dir": config_dir, "experiment_config": None}
+    again = project.call(**arguments, conversion_experiment_name=None)
+    assert again == e2e.output
+    assert fake_child.calls == []  # reused: no conversion
+
+    client = project.client()
+    conv_fp = e2e.output.name.removeprefix("conv_")
+    (version,) = client.search_model_versions("name='reused-tagger'")
+    (logged,) = [  # the text model the conversion's run logged, as log_conversion registers
+        m
+        for m in client.search_logged_models(
+            experiment_ids=[client.get_run(e2e.run_id).info.experiment_id]
+        )
+        if m.source_run_id == e2e.run_id and m.name == "text_fp32"
+    ]
+    assert (version.run_id, version.source) == (e2e.run_id, logged.artifact_location)
+    info = tracking.models.get_model_info("models:/reused-tagger/1")
+    assert "python_function" in info.flavors and "onnx" not in info.flavors
+    assert version.tags["onnxport.conv_fp"] == conv_fp
+    assert version.tags["onnxport.variant"] == "fp32"
+    assert version.tags["code.lineage.parent_training_run_id"] == "training-run-42"
+
+    experiment = client.get_experiment_by_name("reused-elsewhere")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["onnxport.cache_hit"] == "true"
+    assert run.data.tags["onnxport.original_run_id"] == e2e.run_id
+    assert run.data.tags["onnxport.registered_model"] == "models:/reused-tagger/1"
+    original = client.get_run(e2e.run_id).data
+    # The conversion's own params (the text model's served settings stay with its run).
+    assert run.data.params["conv_fp"] == conv_fp
+    assert run.data.params.items() <= original.params.items()
+    assert run.data.metrics["fp32.task_agreement"] == original.metrics["fp32.task_agreement"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"manifest.json", "report.md"} <= artifacts
+
+    project.call(**arguments, conversion_experiment_name=None)
+    assert len(client.search_model_versions("name='reused-tagger'")) == 1
+    assert len(client.search_runs([experiment.experiment_id])) == 2
 
 
 @pytest.mark.slow

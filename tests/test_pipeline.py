@@ -6,6 +6,7 @@ default dynamo exporter on the core models.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import onnxruntime as ort
@@ -18,7 +19,13 @@ from onnxport.artifact.manifest import (
     read_manifest,
     verify_directory,
 )
-from onnxport.errors import OutputError, SourceError, TrackingError, ValidationError
+from onnxport.errors import (
+    OutputError,
+    PublishError,
+    SourceError,
+    TrackingError,
+    ValidationError,
+)
 from onnxport.pipeline import convert
 from onnxport.preparation import validation_shapes
 from onnxport.progress import StageEvent
@@ -222,10 +229,33 @@ def test_a_failing_before_publish_hook_publishes_nothing(checkpoint, tmp_path: P
             before_publish=refuse,
         )
     assert list(tmp_path.iterdir()) == []
-    # Tracking is a stage of its own, after publishing's, which its time is not part of.
+    # Tracking is a stage of its own inside publishing's (between sealing the directory and
+    # renaming it into place): its failure fails both, and neither says done.
     assert [(e.stage.value, e.status.value) for e in events[-4:]] == [
         ("publish", "start"),
-        ("publish", "done"),
         ("track", "start"),
         ("track", "failed"),
+        ("publish", "failed"),
+    ]
+
+
+def test_a_rename_that_fails_is_a_failed_publish_stage(checkpoint, tmp_path: Path) -> None:
+    """No stage says done and then fails: publishing is done once the directory has its name."""
+
+    def lose_the_staged_directory(manifest, staging: Path) -> None:
+        shutil.rmtree(staging)  # as a cleaner of hidden directories might
+
+    events: list[StageEvent] = []
+    with pytest.raises(PublishError, match=r"cannot publish .*out: No such file or directory"):
+        convert(
+            ConversionRequest(checkpoint("bert-encoder"), tmp_path / "out", config=FAST),
+            progress=events.append,
+            before_publish=lose_the_staged_directory,
+        )
+    assert list(tmp_path.iterdir()) == []
+    assert [(e.stage.value, e.status.value) for e in events[-4:]] == [
+        ("publish", "start"),
+        ("track", "start"),
+        ("track", "done"),
+        ("publish", "failed"),
     ]

@@ -61,6 +61,16 @@ def test_a_directory_of_something_else_is_refused_even_with_force(tmp_path: Path
             check_output_location(foreign, force=force)
 
 
+def test_a_mount_point_is_refused_whatever_it_holds() -> None:
+    """The root of the file system stands for any mount point (a container volume, mounted
+    in `test_bad_inputs`): publishing renames onto the final name, which a mount cannot take."""
+    for force in (False, True):
+        with pytest.raises(OutputError, match="/ is a mount point") as info:
+            check_output_location(Path("/"), force=force)
+        assert info.value.exit_code == EXIT_BAD_INPUT
+        assert "/model" in str(info.value.hint)
+
+
 def test_a_complete_directory_needs_force(copy_output) -> None:
     complete = copy_output(NAME)
     with pytest.raises(OutputError, match="already holds a complete conversion") as info:

@@ -28,6 +28,23 @@ def test_progress_prints_one_line_per_event() -> None:
     ]
 
 
+def test_a_stage_inside_another_is_indented_under_it() -> None:
+    console = _console()
+    printer = ProgressPrinter(console, indent="  ")
+    printer(StageEvent(Stage.PUBLISH, Status.START))
+    printer(StageEvent(Stage.TRACK, Status.START))
+    printer(StageEvent(Stage.TRACK, Status.DONE, 2.5))
+    printer(StageEvent(Stage.PUBLISH, Status.FAILED, 0.1))
+    printer(StageEvent(Stage.BENCHMARK, Status.START))
+    assert console.export_text().splitlines() == [
+        "  … publish",
+        "    … log to MLflow",
+        "    ✓ log to MLflow 2.5 s",
+        "  ✗ publish 0.1 s",
+        "  … benchmark",
+    ]
+
+
 def test_tables_show_the_validation_figures(converted) -> None:
     manifest = converted("distilbert-token").manifest
     console = _console()

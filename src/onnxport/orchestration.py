@@ -19,7 +19,7 @@ from typing import Any
 from onnxport import interrupts
 from onnxport.artifact.manifest import read_manifest, verify_directory
 from onnxport.artifact.publish import remove_stale_partials
-from onnxport.errors import ConfigError, OnnxportError
+from onnxport.errors import ConfigError, TrackingError, one_line
 from onnxport.execution import LINEAGE_ENV, REGISTERED_MODEL_ENV, ChildArguments, run_child
 from onnxport.progress import ProgressCallback
 from onnxport.request.config import (
@@ -39,12 +39,15 @@ from onnxport.request.paths import (
 )
 from onnxport.tracking import (
     create_run,
-    end_run,
     ensure_experiment,
     failed_unless_finished,
+    log_figures,
     prepare_store,
+    register_reused,
+    registrable_model,
     resolve_artifact_location,
     resolve_tracking_uri,
+    with_retry,
 )
 
 logger = logging.getLogger(__name__)
@@ -144,7 +147,15 @@ def execute_conversion(
         # First: a killed run's leftovers go, and an earlier result it had moved aside returns.
         remove_stale_partials(output_dir)
         if not force and not verify_directory(output_dir):
-            _record_cache_hit(client, experiment_id, plan.run_name, tags, output_dir)
+            _record_reuse(
+                client,
+                experiment_id,
+                plan.run_name,
+                tags,
+                output_dir,
+                registered_model_name=experiment.registered_model_name,
+                tracking_uri=tracking_uri,
+            )
             logger.info(
                 "reusing the complete conversion %s (%.2f s)",
                 output_dir,
@@ -263,14 +274,32 @@ def _plan(
     )
 
 
-def _record_cache_hit(
-    client, experiment_id: str, run_name: str, tags: dict, output_dir: Path
+def _record_reuse(
+    client,
+    experiment_id: str,
+    run_name: str,
+    tags: dict,
+    output_dir: Path,
+    *,
+    registered_model_name: str | None,
+    tracking_uri: str,
 ) -> None:
-    """A FINISHED run that says the result was reused, pointing at the run that made it."""
-    try:
-        original = read_manifest(output_dir).lineage.get("mlflow_run_id", "")
-    except OnnxportError:
-        original = ""
+    """A FINISHED run in this call's experiment that says the result was reused, points at
+    the run that made it and holds its figures and files; with `registered_model_name`, the
+    model that run logged is registered under it (once per conversion). The settings of this
+    call apply as they would to a conversion, or it says before recording anything why not."""
+    manifest = read_manifest(output_dir)
+    original = manifest.lineage.get("mlflow_run_id", "")
+    model = None
+    if registered_model_name:
+        model = registrable_model(client, original)
+        if model is None:
+            raise TrackingError(
+                f"cannot register the reused conversion {output_dir} as "
+                f"{registered_model_name}: the tracking store {tracking_uri} holds no model "
+                f"logged by the run that made it ({original or 'none recorded'})",
+                hint="convert again with force to log and register it in this store",
+            )
     run_id = create_run(
         client,
         experiment_id,
@@ -282,4 +311,15 @@ def _record_cache_hit(
             "onnxport.output_dir": str(output_dir),
         },
     )
-    end_run(client, run_id, "FINISHED")
+    with failed_unless_finished(client, run_id):
+        try:
+            log_figures(client, run_id, manifest, output_dir)
+            if registered_model_name and model is not None:  # found above
+                version = register_reused(client, registered_model_name, model, manifest)
+                uri = f"models:/{registered_model_name}/{version}"
+                with_retry(lambda: client.set_tag(run_id, "onnxport.registered_model", uri))
+                logger.info("the reused conversion is registered as %s", uri)
+        except Exception as e:  # MLflow and its stores raise many types
+            raise TrackingError(
+                f"cannot record the reuse of {output_dir} in MLflow run {run_id}: {one_line(e)}"
+            ) from e

@@ -200,12 +200,13 @@ def convert(
                 config=config.model_dump(mode="json"),
             )
             manifest = seal(manifest, work)
-        if before_publish is not None:
-            # Its own stage (MLflow logging takes seconds), before the directory takes its
-            # final name: a failure there publishes nothing.
-            with run.stage(Stage.TRACK, TrackingError):
-                before_publish(manifest, work)
-        final = staging.publish()
+            if before_publish is not None:
+                # Its own stage (MLflow logging takes seconds), before the directory takes
+                # its final name: a failure there publishes nothing.
+                with run.stage(Stage.TRACK, TrackingError):
+                    before_publish(manifest, work)
+            # Inside the stage: publishing is done once the directory has its name.
+            final = staging.publish()
         logger.info("conversion complete: %s", final)
         return manifest
 

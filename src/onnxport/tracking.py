@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from onnxport import interrupts
 from onnxport.artifact.manifest import MANIFEST_FILENAME, REPORT_FILENAME, Manifest
-from onnxport.errors import TrackingError, one_line
+from onnxport.errors import InternalError, TrackingError, one_line
 from onnxport.request.config import ExperimentConfig
 from onnxport.request.lineage import is_secret, lineage_tags
 
@@ -256,6 +256,33 @@ def input_example(directory: Path, model_path: Path) -> dict[str, np.ndarray]:
     }
 
 
+def version_tags(manifest: Manifest, variant: str) -> dict[str, str]:
+    """The tags of a registered version of `variant`: the variant, the lineage (the
+    training run among it) and the conversion's `conv_fp`."""
+    tags = {"onnxport.variant": variant, **lineage_tags(manifest.lineage)}
+    if manifest.conv_fp:
+        tags["onnxport.conv_fp"] = manifest.conv_fp
+    return tags
+
+
+def onnx_model_name(variant: str) -> str:
+    """The name of a variant's ONNX model in a run: `onnx_fp32`, `onnx_int8`, ..."""
+    return f"onnx_{variant}".replace("-", "_")
+
+
+def log_figures(client, run_id: str, manifest: Manifest, directory: Path) -> None:
+    """Log a conversion's params, metrics, manifest and report to the run `run_id`."""
+    from mlflow.entities import Metric, Param
+
+    now = int(time.time() * 1000)
+    params = [Param(k, str(v)) for k, v in _params(manifest).items() if v is not None]
+    metrics = [Metric(k, v, now, 0) for k, v in _metrics(manifest).items()]
+    with_retry(lambda: client.log_batch(run_id, metrics=metrics, params=params))
+    for name in (MANIFEST_FILENAME, REPORT_FILENAME):
+        if (directory / name).is_file():
+            client.log_artifact(run_id, str(directory / name))
+
+
 def log_conversion(
     manifest: Manifest, directory: Path, *, registered_model_name: str | None = None
 ) -> None:
@@ -272,15 +299,15 @@ def log_conversion(
     import mlflow.onnx
     import onnx
     import onnxruntime
+    from mlflow.tracking import MlflowClient
 
     from onnxport.artifact.reader import PublishedDirectory
     from onnxport.serving.package import log_text_model, unservable_reason
 
-    mlflow.log_params({k: v for k, v in _params(manifest).items() if v is not None})
-    mlflow.log_metrics(_metrics(manifest))
-    for name in (MANIFEST_FILENAME, REPORT_FILENAME):
-        if (directory / name).is_file():
-            mlflow.log_artifact(str(directory / name))
+    run = mlflow.active_run()
+    if run is None:
+        raise InternalError("log_conversion logs to the active MLflow run, and none is active")
+    log_figures(MlflowClient(), run.info.run_id, manifest, directory)
     published = PublishedDirectory.open(directory)
     unservable = unservable_reason(published)
     if unservable is not None:
@@ -291,7 +318,7 @@ def log_conversion(
         model = onnx.load(str(model_path))
         mlflow.onnx.log_model(
             copy.deepcopy(model),
-            name=f"onnx_{out.variant}".replace("-", "_"),
+            name=onnx_model_name(out.variant),
             signature=model_signature(model),
             input_example=input_example(directory, model_path),
             pip_requirements=[
@@ -301,10 +328,69 @@ def log_conversion(
             registered_model_name=registered if unservable is not None else None,
         )
         if unservable is None:
-            tags = {"onnxport.variant": out.variant, **lineage_tags(manifest.lineage)}
-            if manifest.conv_fp:
-                tags["onnxport.conv_fp"] = manifest.conv_fp
+            tags = version_tags(manifest, out.variant)
             log_text_model(published, out.variant, registered_model_name=registered, tags=tags)
+
+
+REGISTERED_VARIANT = "fp32"
+
+
+def registrable_model(client, run_id: str):
+    """The model `log_conversion` registered, or would have, for the conversion run `run_id`
+    (its fp32 text model, else its fp32 ONNX model); None when this store holds no such run
+    or model."""
+    from onnxport.serving.package import text_model_name
+
+    if not run_id:
+        return None
+    try:
+        run = with_retry(lambda: client.get_run(run_id))
+    except Exception:  # MLflow raises its own type for a run this store does not hold
+        return None
+    logged = with_retry(
+        lambda: client.search_logged_models(
+            experiment_ids=[run.info.experiment_id],
+            filter_string=f"source_run_id = '{run_id}'",
+        )
+    )
+    by_name = {model.name: model for model in logged}
+    for name in (text_model_name(REGISTERED_VARIANT), onnx_model_name(REGISTERED_VARIANT)):
+        if name in by_name:
+            return by_name[name]
+    return None
+
+
+def register_reused(client, name: str, model, manifest: Manifest) -> str:
+    """Register `model` (a conversion run's logged model, `registrable_model`) under `name`,
+    tagged as `log_conversion` tags it; a version of `name` that already holds this
+    conversion (the same `conv_fp`) is kept instead of adding its twin. Returns the version."""
+    from mlflow.exceptions import MlflowException
+
+    tags = version_tags(manifest, REGISTERED_VARIANT)
+    # conv_fp is hex, safe inside the filter; a model name might hold any quote.
+    same = with_retry(
+        lambda: client.search_model_versions(f"tags.`onnxport.conv_fp` = '{manifest.conv_fp}'")
+    )
+    for version in same:
+        if version.name == name:
+            return str(version.version)
+    try:
+        with_retry(lambda: client.create_registered_model(name))
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    created = with_retry(
+        lambda: client.create_model_version(
+            name,
+            # Not `models:/<id>`: MLflow's SQL store looks such a source up in the process's
+            # global tracking store, not in this client's.
+            source=model.artifact_location,
+            run_id=model.source_run_id,
+            tags=tags,
+            model_id=model.model_id,
+        )
+    )
+    return str(created.version)
 
 
 def benchmark_metrics(result: BenchmarkRecord) -> dict[str, float]:

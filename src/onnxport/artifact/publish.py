@@ -12,6 +12,7 @@ import ctypes
 import errno
 import logging
 import os
+import re
 import shutil
 import sys
 import uuid
@@ -84,6 +85,27 @@ def _exchange(first: Path, second: Path) -> bool:
     raise OSError(error, os.strerror(error), str(second))
 
 
+MOUNT_TABLE = Path("/proc/self/mountinfo")
+
+
+def is_mount_point(path: Path) -> bool:
+    """Whether a file system is mounted at `path`. `os.path.ismount` compares devices, and so
+    misses a bind mount of a directory of the same file system; Linux lists every mount."""
+    if os.path.ismount(path):
+        return True
+    try:
+        table = MOUNT_TABLE.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError:  # not Linux
+        return False
+    target = os.path.realpath(path)
+    # The mount point is the fifth field, its spaces, tabs and backslashes octal-escaped.
+    return any(
+        re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]) == target
+        for fields in (line.split() for line in table.splitlines())
+        if len(fields) > 4
+    )
+
+
 def check_output_location(final: Path, *, force: bool) -> None:
     """Refuse an output path that would lose or overwrite something the user wants kept."""
     final = Path(final)
@@ -98,6 +120,14 @@ def check_output_location(final: Path, *, force: bool) -> None:
         if final.is_file() or (final.exists() and not final.is_dir()):
             raise OutputError(
                 f"the output path {final} is an existing file", hint="choose a directory path"
+            )
+        if final.is_dir() and is_mount_point(final):
+            # Publishing renames the finished directory onto the final name, which a mount
+            # point (a container volume) cannot take: refused before any work, not after.
+            raise OutputError(
+                f"the output path {final} is a mount point, which a finished conversion "
+                "cannot be renamed onto",
+                hint=f"publish into a directory inside it, for example {final / 'model'}",
             )
         if not final.is_dir() or not any(final.iterdir()):
             return

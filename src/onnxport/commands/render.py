@@ -10,18 +10,25 @@ from onnxport.artifact.manifest import Manifest
 from onnxport.artifact.report.tables import Table as ReportTable
 from onnxport.artifact.report.tables import resolution_note, search_tables, shapes_label
 from onnxport.commands.console import literal, print_path
-from onnxport.progress import StageEvent, Status
+from onnxport.progress import Stage, StageEvent, Status
 
 
 class ProgressPrinter:
-    """One line per stage as it starts and ends, after `indent` (the demo nests them)."""
+    """One line per stage as it starts and ends, after `indent` (the demo nests them); a
+    stage that runs inside another (logging to MLflow, inside publishing) two spaces in."""
 
     def __init__(self, console: Console, indent: str = "") -> None:
         self.console = console
         self.indent = indent
+        self.running: list[Stage] = []
 
     def __call__(self, event: StageEvent) -> None:
         label = event.stage.label
+        if event.status in (Status.DONE, Status.FAILED) and event.stage in self.running:
+            self.running.remove(event.stage)
+        indent = self.indent + "  " * len(self.running)
+        if event.status is Status.START:
+            self.running.append(event.stage)
         if event.status is Status.START:
             line = f"[dim]…[/dim] {label}"
         elif event.status is Status.DONE:
@@ -30,7 +37,7 @@ class ProgressPrinter:
             line = f"[red]✗[/red] {label} [dim]{event.seconds:.1f} s[/dim]"
         else:
             line = f"[dim]- {label} ({event.status.value})[/dim]"
-        self.console.print(self.indent + line, highlight=False)
+        self.console.print(indent + line, highlight=False)
 
 
 class ChildLines:
