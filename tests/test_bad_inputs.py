@@ -440,6 +440,11 @@ CONVERT_CASES: dict[str, ConvertCase] = {
         2,
         ("is not valid YAML", "python/object/apply"),
     ),
+    "quantize-nodes-to-exclude-misspelt": ConvertCase(
+        _yaml("onnx: {quantization: int8}\nquantize: {nodes_to_exclude: [does_not_exist]}\n"),
+        2,
+        ("quantize.nodes_to_exclude names nodes the graph does not have: does_not_exist", "/"),
+    ),
     "conversion-yaml-not-utf8": ConvertCase(
         _yaml(b"onnx: {opset_version: 18}\n# \xff\xfe\n"), 2, ("cannot read conversion config",)
     ),

@@ -10,13 +10,16 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from onnxport.passes import DynamicInt8Pass, PassContext, apply_pass
-from onnxport.request.config import Exporter, SourceConfig
+from onnxport.passes import DynamicInt8Pass, PassContext, StaticInt8Pass, apply_pass
+from onnxport.passes.calibration import Calibration
+from onnxport.pipeline import convert
+from onnxport.request import ConversionRequest
+from onnxport.request.config import ConversionConfig, Exporter, QuantizeConfig, SourceConfig
 from onnxport.sources import load_source
 from onnxport.verify.compare import Tolerance
 from onnxport.verify.divergence import failing_input, locate_fp32_failure
 from onnxport.verify.divergence.pytorch import localize_against_pytorch
-from onnxport.verify.divergence.variant import localize_variant
+from onnxport.verify.divergence.variant import changed_nodes, localize_variant
 from onnxport.verify.references import compute_references
 from onnxport.verify.validate import DEFAULT_TOLERANCES, validate_model
 
@@ -189,3 +192,64 @@ def test_convert_no_localize_fails_without_searching(cli, checkpoint, diverging_
     error = _error_line(run)
     assert "does not compute what PyTorch computes: output 'logits' " in error
     assert "divergence" not in error and "diverging" not in error
+
+
+# ---------------------------------------------------------- advice that can be followed
+
+
+def _static_qdq(base: Path, output: Path, src, **settings) -> Path:
+    """`base` quantized as the search's static QDQ setting does: MatMuls only, calibrated."""
+    samples = tuple({k: v.numpy() for k, v in src.make_inputs(1, 16, i).items()} for i in range(4))
+    context = PassContext(
+        calibration=Calibration(samples, "test samples"),
+        settings=QuantizeConfig(per_channel=True, op_types=["MatMul"], **settings),
+    )
+    apply_pass(StaticInt8Pass(), base, output, context)
+    return output
+
+
+def test_static_qdq_localization_blames_only_nodes_the_quantizer_quantized(
+    exported, source, tmp_path
+):
+    """Static QDQ feeds every reader of a quantized activation from its DequantizeLinear,
+    residual Adds included: those are not quantized, and leaving one in float changes
+    nothing. Only the MatMuls the quantizer quantized are candidates, and a MatMul left in
+    float is no longer one."""
+    base = exported("distilbert-token", Exporter.DYNAMO).path
+    src = source("distilbert-token")
+    model = onnx.load(str(base))
+    matmuls = {n.name for n in model.graph.node if n.op_type == "MatMul"}
+    variant = _static_qdq(base, tmp_path / "s.onnx", src)
+    assert changed_nodes(model, onnx.load(str(variant))) == matmuls
+    inputs = {k: v.numpy() for k, v in src.make_inputs(1, 16, 0).items()}
+    found = localize_variant(base, variant, inputs, tolerance=DEFAULT_TOLERANCES["int8"])
+    assert found.first is not None and found.exclude == [found.first.node]
+    assert {d.node for d in (found.first, *found.following)} <= matmuls
+    retried = _static_qdq(base, tmp_path / "r.onnx", src, nodes_to_exclude=found.exclude)
+    left = changed_nodes(model, onnx.load(str(retried)))
+    assert left == matmuls - {found.first.node}, "the retry changes the blamed node"
+
+
+@pytest.fixture(scope="module")
+def optimized_int8(checkpoint, tmp_path_factory) -> Path:
+    """The tiny DistilBERT published as an optimized (fused) fp32 model and a dynamic int8
+    model made from the graph as exported; the int8 gate is low (random weights)."""
+    output = tmp_path_factory.mktemp("optimized-int8") / "out"
+    config = ConversionConfig().with_overrides(
+        onnx={"exporter": "dynamo", "optimize": "extended", "quantization": "int8"},
+        validation={"min_task_agreement": 0.5},
+    )
+    convert(ConversionRequest(checkpoint("distilbert-token"), output, config))
+    return output
+
+
+def test_debug_blames_a_node_of_the_graph_the_variant_was_made_from(cli, exported, optimized_int8):
+    fused = {n.op_type for n in onnx.load(str(optimized_int8 / "model_fp32.onnx")).graph.node}
+    assert "SkipLayerNormalization" in fused, "the published fp32 graph is fused"
+    found = json.loads(cli("debug", optimized_int8, "--json").stdout)["int8"]
+    exported_graph = onnx.load(str(exported("distilbert-token", Exporter.DYNAMO).path)).graph
+    assert found["first"]["node"] in {n.name for n in exported_graph.node}
+    assert found["suggestion"] == f"quantize.nodes_to_exclude: [{found['first']['node']}]"
+    table = cli("debug", optimized_int8)
+    assert table.code == 0, table.stderr
+    assert f"[{found['first']['node']}]" in table.stdout, "the remedy is printed, not eaten"

@@ -32,6 +32,7 @@ from onnxport.errors import (
 from onnxport.passes import (
     apply_pass,
     apply_sequence,
+    check_nodes_to_exclude,
     optimize_passes,
     quantization_pass,
 )
@@ -157,6 +158,10 @@ def convert(
             prepared = prepare_in_a_child(request, exported, run)
         else:
             prepared = prepare(request, exported, run)
+        if config.onnx.quantization is not Quantization.NONE:
+            # Now, not after the fp32 model's validation (or search): a misspelt name is
+            # known as soon as the graph the variants are made from is.
+            check_nodes_to_exclude(exported, config.quantize.nodes_to_exclude)
         timer = Timer(prepared.references, threads=default_threads())
         fp32 = _fp32(exported, work / fp32_file, request, prepared, timer, run)
         # Variants are quantized from the graph as exported: fused attention ops hide their

@@ -411,6 +411,8 @@ def benchmark_metrics(result: BenchmarkRecord) -> dict[str, float]:
         speedup = result.speedup(t)
         if speedup is not None and t.runtime != PYTORCH:
             metrics[f"{prefix}.speedup_vs_pytorch"] = round(speedup, 4)
+    # Unstable figures log no speed-up (`BenchmarkRecord.speedup`); this says why.
+    metrics["benchmark.unstable"] = 1.0 if result.unstable else 0.0
     return {k.replace("-", "_"): v for k, v in metrics.items()}
 
 

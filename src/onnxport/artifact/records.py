@@ -353,14 +353,19 @@ class BenchmarkRecord(Record):
     versions: dict[str, str]
     created_at: str
     seconds: float
+    unstable: list[str] = Field(default_factory=list)
+    """Why the figures are the machine's noise rather than the models' (a wide spread, a
+    larger input faster than a smaller one); empty when they are consistent. No speed-up is
+    claimed from unstable figures."""
 
     def timing(self, runtime: str, batch_size: int, size: int) -> TimingRecord | None:
         key = (runtime, batch_size, size)
         return next((t for t in self.timings if (t.runtime, t.batch_size, t.size) == key), None)
 
     def speedup(self, timing: TimingRecord) -> float | None:
-        """PyTorch's median latency over this one's, on the same shape (2.0: twice as fast)."""
+        """PyTorch's median latency over this one's, on the same shape (2.0: twice as fast);
+        None without a reference, or from unstable figures."""
         reference = self.timing(PYTORCH, timing.batch_size, timing.size)
-        if reference is None or timing.p50_ms <= 0:
+        if reference is None or timing.p50_ms <= 0 or self.unstable:
             return None
         return reference.p50_ms / timing.p50_ms

@@ -3,8 +3,10 @@
 Every runtime gets the same numpy inputs and the same thread count, and the runs are
 interleaved (see `benchmark_runtimes.measure_interleaved`), so that the machine's drift
 hits all of them alike. Per runtime: load time, memory growth, file size; per runtime and
-shape: p50, p90 and p99 latency and throughput. `record_benchmark` writes the figures into
-the manifest's `benchmark` section and re-renders the reports. Torch is imported only when
+shape: p50, p90 and p99 latency and throughput; figures that are the machine's noise are
+recorded as unstable, with the reason, and claim no speed-up (`stability`).
+`record_benchmark` writes the figures into the manifest's `benchmark` section and re-renders
+the reports. Torch is imported only when
 PyTorch is part of the run.
 """
 
@@ -34,6 +36,7 @@ from onnxport.benchmark.runtimes import (
     source_inputs,
     warm_up,
 )
+from onnxport.benchmark.stability import unstable_reasons
 from onnxport.errors import BenchmarkInputError, SourceError
 from onnxport.tasks import TASKS, Modality, Task
 from onnxport.verify.timing import (
@@ -256,6 +259,7 @@ def benchmark_directory(
         versions=versions,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         seconds=round(time.perf_counter() - started, 2),
+        unstable=unstable_reasons(timings),
     )
 
 

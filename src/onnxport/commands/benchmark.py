@@ -18,7 +18,7 @@ from rich.table import Table
 from onnxport.artifact.manifest import Manifest, read_manifest
 from onnxport.artifact.records import BenchmarkRecord
 from onnxport.artifact.report import REPORT_HTML_FILENAME, REPORT_PLOT_FILENAME, rerender_reports
-from onnxport.artifact.report.tables import latency_row
+from onnxport.artifact.report.tables import latency_row, unstable_note
 from onnxport.benchmark import (
     DEFAULT_ITERATIONS,
     DEFAULT_WARMUP,
@@ -63,6 +63,8 @@ def run_benchmark(
 
         log_benchmark(result, Path(output_dir))
     console.print(f"[green]✓[/green] benchmark [dim]{result.seconds:.1f} s[/dim]")
+    if result.unstable:
+        console.print(literal(f"! {unstable_note(result)}", "yellow"))
     return result
 
 
@@ -79,7 +81,10 @@ def benchmark_published(output_dir: Path, console: Console) -> Manifest:
 
 def benchmark_table(result: BenchmarkRecord) -> Table:
     """The latencies; the title stays short (the directory is printed on a line of its own)."""
-    table = Table(title=f"benchmark ({result.settings.threads} threads)")
+    table = Table(
+        title=f"benchmark ({result.settings.threads} threads)",
+        caption=literal(unstable_note(result), "yellow") if result.unstable else None,
+    )
     for column in ("batch", result.size_name, "runtime", "p50 ms", "p90 ms", "p99 ms"):
         table.add_column(column, justify="left" if column == "runtime" else "right")
     table.add_column("samples/s", justify="right")

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from onnxport.commands.console import literal
+from onnxport.request.config import Exporter, SourceConfig, parse_conversion_config
+
+if TYPE_CHECKING:
+    from onnxport.artifact.reader import PublishedDirectory
+    from onnxport.sources.base import Source
 
 
 def debug_command(
@@ -14,13 +22,13 @@ def debug_command(
     length: Annotated[int, typer.Option(help="Sequence length of the input compared.")] = 37,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Compare every published model node by node: fp32 with PyTorch, variants with fp32."""
+    """Compare every published model node by node: fp32 with PyTorch, each variant with the
+    fp32 graph it was made from."""
     from rich.console import Console
     from rich.table import Table
 
     from onnxport.artifact.reader import PublishedDirectory
     from onnxport.commands.console import setup_logging
-    from onnxport.request.config import SourceConfig
     from onnxport.sources import load_source
     from onnxport.verify.compare import Tolerance
     from onnxport.verify.divergence.pytorch import localize_against_pytorch
@@ -35,22 +43,24 @@ def debug_command(
     source = load_source(Path(manifest.source.path), settings)
     size = source.example_shape[1] if source.modality.value == "vision" else length
     inputs = {k: v.numpy() for k, v in source.make_inputs(1, size, 0).items()}
-    del source  # loaded again after the ONNX side has run: never both in memory
+    variants = [out for out in published.published() if out.variant != "fp32"]
     first = next(iter(fp32.validation.outputs.values()), None) if fp32.validation else None
     tolerance = Tolerance(first.atol, first.rtol) if first else DEFAULT_TOLERANCES["fp32"]
-    results = {
-        "fp32": localize_against_pytorch(
-            lambda: load_source(Path(manifest.source.path), settings),
-            published.path / fp32.file,
-            inputs,
-            opset=manifest.export.opset,
-            tolerance=tolerance,
-        )
-    }
-    for out in published.published():
-        if out.variant != "fp32":
-            results[out.variant] = localize_variant(
+    with tempfile.TemporaryDirectory(prefix="onnxport-debug-") as scratch:
+        base = _variant_base(published, source, Path(scratch)) if variants else None
+        del source  # loaded again after the ONNX side has run: never both in memory
+        results = {
+            "fp32": localize_against_pytorch(
+                lambda: load_source(Path(manifest.source.path), settings),
                 published.path / fp32.file,
+                inputs,
+                opset=manifest.export.opset,
+                tolerance=tolerance,
+            )
+        }
+        for out in variants:
+            results[out.variant] = localize_variant(
+                base,
                 published.path / out.file,
                 inputs,
                 tolerance=DEFAULT_TOLERANCES.get(out.variant, tolerance),
@@ -58,10 +68,37 @@ def debug_command(
     if json_output:
         print(json.dumps({k: v.model_dump(mode="json") for k, v in results.items()}, indent=2))
         return
-    table = Table(title=f"onnxport debug: {output_dir}")
+    table = Table(title=literal(f"onnxport debug: {output_dir}"))
     for column in ("variant", "against", "values compared", "finding"):
         table.add_column(column)
     for variant, found in results.items():
         finding = found.summary() if found.first or found.note else "no divergence"
-        table.add_row(variant, found.against, str(found.compared), finding)
+        # A remedy holds brackets (`quantize.nodes_to_exclude: [node]`): never markup.
+        table.add_row(variant, found.against, str(found.compared), literal(finding))
     Console(width=140).print(table)
+
+
+def _variant_base(published: PublishedDirectory, source: Source, scratch: Path) -> Path:
+    """The graph the variants were made from: the published fp32 model when no pass changed
+    it, else the graph as exported (the pipeline quantizes that one and publishes the
+    optimized one), exported again into `scratch` the way the conversion exported it."""
+    from onnxport.export.cache.use import CacheUse, ExportSettings, export_with_cache
+
+    fp32 = published.output("fp32")
+    if not fp32.passes:
+        return published.path / fp32.file
+    manifest = published.manifest
+    config = parse_conversion_config(manifest.config, origin=str(published.path / "manifest.json"))
+    path = scratch / fp32.file
+    export_with_cache(
+        source,
+        path,
+        ExportSettings(
+            opset_version=manifest.export.opset,
+            exporter=Exporter(manifest.export.exporter),
+            external_data=config.output.external_data,
+            keep_debug_metadata=config.output.keep_debug_metadata,
+        ),
+        CacheUse.USE if config.execution.export_cache else CacheUse.OFF,
+    )
+    return path

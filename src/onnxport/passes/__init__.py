@@ -18,7 +18,12 @@ from onnxport.passes.base import (
 )
 from onnxport.passes.calibration import calibration
 from onnxport.passes.optimize import OptimizePass
-from onnxport.passes.quantize import DynamicInt8Pass, Fp16Pass, StaticInt8Pass
+from onnxport.passes.quantize import (
+    DynamicInt8Pass,
+    Fp16Pass,
+    StaticInt8Pass,
+    check_nodes_to_exclude,
+)
 from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantization
 
 if TYPE_CHECKING:  # sources import torch; the passes run without it
@@ -34,6 +39,7 @@ __all__ = [
     "StaticInt8Pass",
     "apply_pass",
     "apply_sequence",
+    "check_nodes_to_exclude",
     "count_nodes",
     "optimize_passes",
     "pass_context",

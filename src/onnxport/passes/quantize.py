@@ -6,8 +6,9 @@ the quantizers infer shapes into a file beside it, so that external data stays r
 
 from __future__ import annotations
 
+import difflib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxport.errors import ConfigError
 from onnxport.passes.base import PassContext, has_external_data
 
 logger = logging.getLogger(__name__)
@@ -44,8 +46,36 @@ def _without_a_second_copy(model: Path) -> Iterator[None]:
         onnx_quantizer.save_and_reload_model_with_shape_infer = reload
 
 
-def _common_options(context: PassContext) -> dict[str, Any]:
+SHOWN_NODE_NAMES = 5
+"""How many existing node names an unknown name's error lists."""
+_WEIGHTED = ("MatMul", "Gemm", "Conv", "Gather")
+"""Op types whose weights the quantizer quantizes: the names worth showing first."""
+
+
+def check_nodes_to_exclude(model: Path, names: Sequence[str]) -> None:
+    """Raise `ConfigError` when `quantize.nodes_to_exclude` names a node `model` does not
+    have: the quantizer would ignore it and the model would be recorded as excluding it."""
+    nodes = [n for n in onnx.load(str(model), load_external_data=False).graph.node if n.name]
+    known = {n.name for n in nodes}
+    unknown = [name for name in names if name not in known]
+    if not unknown:
+        return
+    close = [m for name in unknown for m in difflib.get_close_matches(name, known, n=2)]
+    # Else the nodes most worth leaving in float: those that carry weights to quantize.
+    shown = list(dict.fromkeys(close)) or [n.name for n in nodes if n.op_type in _WEIGHTED]
+    shown = (shown or sorted(known))[:SHOWN_NODE_NAMES]
+    raise ConfigError(
+        f"quantize.nodes_to_exclude names nodes the graph does not have: {', '.join(unknown)} "
+        f"({model.name} has {len(known)} nodes, such as {', '.join(shown)})",
+        hint="use the node names a failed gate or `onnxport debug` suggests: those of the "
+        "graph as exported, which the variants are made from",
+    )
+
+
+def _common_options(model: Path, context: PassContext) -> dict[str, Any]:
     settings = context.settings
+    if settings:
+        check_nodes_to_exclude(model, settings.nodes_to_exclude)
     options: dict[str, Any] = {
         "per_channel": bool(settings and settings.per_channel),
         "reduce_range": bool(settings and settings.reduce_range),
@@ -72,7 +102,7 @@ class DynamicInt8Pass:
     def run(self, model: Path, output: Path, context: PassContext) -> dict[str, Any]:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        options = _common_options(context)
+        options = _common_options(model, context)
         with _without_a_second_copy(model):
             quantize_dynamic(
                 model,
@@ -112,7 +142,7 @@ class StaticInt8Pass:
         names = {i.name for i in onnx.load(str(model), load_external_data=False).graph.input}
         reader = _Calibration(context.calibration.inputs, names)
         CalibrationDataReader.register(_Calibration)
-        options = _common_options(context)
+        options = _common_options(model, context)
         options["per_channel"] = True if context.settings is None else options["per_channel"]
         quantize_static(
             model,

@@ -42,7 +42,10 @@ def render_plot(manifest: Manifest) -> bytes | None:
             ax.set_ylabel("median latency (ms)")
         ax.grid(alpha=0.3)
     axes[0].legend()
-    figure.suptitle(f"{manifest.source.architecture}: {result.settings.threads} threads")
+    title = f"{manifest.source.architecture}: {result.settings.threads} threads"
+    if result.unstable:  # the lines are drawn, but no one should read a speed-up off them
+        title += "\nunstable timings (see the report): no speed-up claimed"
+    figure.suptitle(title, color="firebrick" if result.unstable else None)
     buffer = io.BytesIO()
     # No Software tag: the same manifest renders the same bytes, so checksums stay stable.
     figure.savefig(buffer, format="png", metadata={"Software": None})

@@ -167,6 +167,8 @@ def validation_tables(manifest: Manifest) -> list[tuple[str, Table]]:
 def _speedup(result: BenchmarkRecord, timing: TimingRecord) -> str:
     if timing.runtime == PYTORCH:
         return "reference"
+    if result.unstable:
+        return "unstable"
     ratio = result.speedup(timing)
     return "-" if ratio is None else f"{ratio:.2f}x"
 
@@ -229,6 +231,15 @@ def benchmark_note(result: BenchmarkRecord) -> str:
         f"({result.machine.get('threading')}). {s.iterations} timed runs per runtime and "
         f"shape after {s.warmup} warm-up runs, interleaved (each iteration runs every runtime "
         f"once, in rotating order) on the same inputs ({result.inputs}); {versions}."
+        + (f" {unstable_note(result)}" if result.unstable else "")
+    )
+
+
+def unstable_note(result: BenchmarkRecord) -> str:
+    """What the report, the plot and the terminal say of unstable figures."""
+    return (
+        f"Unstable timings, no speed-up claimed: {'; '.join(result.unstable)}. Measure again "
+        "on an idle machine, or with more iterations."
     )
 
 

@@ -28,15 +28,37 @@ from onnxport.verify.divergence.pytorch import FOLLOWING
 logger = logging.getLogger(__name__)
 
 
-def _changed_nodes(fp32: onnx.ModelProto, variant: onnx.ModelProto) -> set[str]:
-    """fp32 nodes that the variant quantized or converted: the candidates. A dynamic int8
-    model replaces them (another op type); a QDQ model keeps them and feeds them through
-    DequantizeLinear."""
-    made_by = {out: n.op_type for n in variant.graph.node for out in n.output}
+def changed_nodes(fp32: onnx.ModelProto, variant: onnx.ModelProto) -> set[str]:
+    """fp32 nodes that the variant quantized or converted: the only ones that leaving in
+    float (`quantize.nodes_to_exclude`) changes. A dynamic int8 model replaces them (another
+    op type). A QDQ model keeps them and feeds all their inputs through DequantizeLinear;
+    it also feeds every other reader of a quantized activation from the same
+    DequantizeLinear (a residual Add, a MatMul left in float that shares its input), which
+    it did not quantize. So a kept node counts when all its inputs but integer constants
+    come through DequantizeLinear and its op type is one whose weights were quantized."""
+    made_by = {out: n for n in variant.graph.node for out in n.output}
+    initializers = {i.name: i.data_type for i in variant.graph.initializer}
+    integer = {
+        name
+        for name, dtype in initializers.items()
+        if not np.issubdtype(onnx.helper.tensor_dtype_to_np_dtype(dtype), np.floating)
+    }
+
+    def dequantized(value: str) -> bool:
+        producer = made_by.get(value)
+        return producer is not None and producer.op_type == "DequantizeLinear"
+
+    weighted = {
+        n.op_type
+        for n in variant.graph.node
+        if any(dequantized(i) and made_by[i].input[0] in initializers for i in n.input)
+    }
     quantized = {
         (n.name, n.op_type)
         for n in variant.graph.node
-        if any(made_by.get(i) == "DequantizeLinear" for i in n.input)
+        if n.op_type in weighted
+        and any(dequantized(i) for i in n.input)
+        and all(dequantized(i) or i in integer or not i for i in n.input)
     }
     kept = {(n.name, n.op_type) for n in variant.graph.node}
     return {
@@ -65,7 +87,7 @@ def localize_variant(
     actual = run_with_intermediates(variant_path, [n for n in names if n in expected], inputs)
     order = [o for n in fp32.graph.node for o in n.output if o in expected and o in actual]
     lost = {name: relative_l2(actual[name], expected[name]) for name in order}
-    changed = _changed_nodes(fp32, variant)
+    changed = changed_nodes(fp32, variant)
     ranked = []
     for name in order:  # topological order
         if found[name].node not in changed:
@@ -110,6 +132,10 @@ def localize_variant(
         rtol=tolerance.rtol,
         suggestion=f"quantize.nodes_to_exclude: [{first.node}]" if first else None,
         exclude=[first.node] if first else [],
+        note=None
+        if first
+        else "no node the variant quantized loses more than its inputs had lost: there is "
+        "no node to leave in float",
         seconds=round(time.perf_counter() - started, 3),
     )
     logger.info("localization (variant): %s", result.summary())
