@@ -40,7 +40,7 @@ from onnxport.passes.search import SearchContext, Timer, search_int8, search_opt
 from onnxport.preparation import Prepared, isolated, prepare, prepare_in_a_child
 from onnxport.progress import ProgressCallback, Stage, StageClock, ignore_progress
 from onnxport.request import ConversionRequest
-from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantization
+from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantization, Yardstick
 from onnxport.testing import smoke_test_onnx_model
 from onnxport.verify.compare import Tolerance
 from onnxport.verify.divergence import locate_fp32_failure, locate_variant_failure
@@ -48,7 +48,7 @@ from onnxport.verify.evaluation import Evaluation
 from onnxport.verify.gate import Candidate, Rules, judge
 from onnxport.verify.shapes import ExportOrigin, export_origin
 from onnxport.verify.timing import default_threads, machine_record
-from onnxport.verify.validate import DEFAULT_TOLERANCES
+from onnxport.verify.validate import DEFAULT_TOLERANCES, Judging
 
 logger = logging.getLogger(__name__)
 
@@ -79,15 +79,28 @@ def library_versions() -> dict[str, str]:
 
 
 def fp32_rules(
-    config: ConversionConfig, evaluation: Evaluation | None, origin: ExportOrigin | None = None
+    config: ConversionConfig,
+    evaluation: Evaluation | None,
+    origin: ExportOrigin | None = None,
+    float64_skipped: str | None = None,
 ) -> Rules:
-    """The fp32 model matches PyTorch element by element, and on the task. `origin`: how the
-    graph was made, said on failure with what it suggests trying."""
+    """The fp32 model matches PyTorch element by element (its error against float64 within
+    the budget, or the tolerance), and on the task. `origin`: how the graph was made, said
+    on failure with what it suggests trying; `float64_skipped`: why PyTorch did not run in
+    float64, when the budget was asked for."""
     default = DEFAULT_TOLERANCES["fp32"]
+    validation = config.validation
     tolerance = Tolerance(
-        atol=config.validation.atol or default.atol,
-        rtol=default.rtol if config.validation.rtol is None else config.validation.rtol,
+        atol=validation.atol or default.atol,
+        rtol=default.rtol if validation.rtol is None else validation.rtol,
     )
+    if validation.yardstick is Yardstick.BUDGET and float64_skipped is None:
+        judging = Judging(tolerance, max_error_ratio=validation.max_error_ratio)
+    elif validation.yardstick is Yardstick.BUDGET:
+        judging = Judging(tolerance, reason=float64_skipped)
+    else:
+        asked = "validation.mode: tolerance" if validation.mode else "validation.atol/rtol set"
+        judging = Judging(tolerance, reason=asked)
     remedies = [
         *(origin.remedies if origin else ()),
         "onnx.optimize: none" if config.onnx.optimize is not OptimizeLevel.NONE else "",
@@ -96,8 +109,7 @@ def fp32_rules(
     if evaluation is not None:
         remedies.append("a larger validation.max_metric_drop")
     return Rules(
-        tolerance=tolerance,
-        elementwise=True,
+        judging=judging,
         min_agreement=config.validation.min_task_agreement,
         evaluation=evaluation,
         remedies=tuple(r for r in remedies if r),
@@ -119,8 +131,7 @@ def variant_rules(config: ConversionConfig, evaluation: Evaluation | None) -> Ru
         remedies.append("validation.localize: true to find which node to leave in float")
     remedies.append("quantize.on_failure: skip to publish the fp32 model alone")
     return Rules(
-        tolerance=DEFAULT_TOLERANCES[variant.variant],
-        elementwise=False,
+        judging=Judging(DEFAULT_TOLERANCES[variant.variant], elementwise=False),
         min_agreement=config.validation.min_task_agreement,
         evaluation=evaluation,
         on_failure=config.quantize.on_failure,
@@ -241,7 +252,8 @@ def _fp32(
         )
 
     first_inputs = list(prepared.references[0].inputs) if prepared.references else []
-    rules = fp32_rules(config, prepared.evaluation, export_origin(prepared.export, first_inputs))
+    origin = export_origin(prepared.export, first_inputs)
+    rules = fp32_rules(config, prepared.evaluation, origin, prepared.float64_skipped)
     locate = locate_fp32 if config.validation.localize else None
     if config.onnx.optimize is OptimizeLevel.AUTO:
         search = SearchContext(

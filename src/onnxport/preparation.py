@@ -35,7 +35,13 @@ from onnxport.passes.base import PassContext
 from onnxport.process import exit_process, own_process
 from onnxport.progress import Stage, StageClock, StageEvent, Status
 from onnxport.request import ConversionRequest
-from onnxport.request.config import ConversionConfig, Exporter, IsolateExport, Quantization
+from onnxport.request.config import (
+    ConversionConfig,
+    Exporter,
+    IsolateExport,
+    Quantization,
+    Yardstick,
+)
 from onnxport.tasks import Task
 from onnxport.verify.evaluation import Evaluation
 from onnxport.verify.validate import Reference
@@ -62,6 +68,8 @@ class Prepared:
     export: ExportRecord
     context: PassContext
     files_to_copy: tuple[Path, ...]
+    float64_skipped: str | None = None
+    """Why PyTorch's float64 answers are missing although the error budget asked for them."""
 
 
 def validation_shapes(source: Source, config: ConversionConfig) -> list[tuple[int, int]]:
@@ -77,15 +85,13 @@ def prepare(request: ConversionRequest, exported: Path, clock: StageClock) -> Pr
     from onnxport.export.cache.use import CacheUse, ExportSettings, export_with_cache
     from onnxport.passes import pass_context
     from onnxport.sources import load_source
-    from onnxport.verify.references import compute_references, prepare_evaluation
+    from onnxport.verify.references import prepare_evaluation
 
     config = request.config
     with clock.stage(Stage.LOAD, SourceError):
         source = load_source(request.source_path, config.source)
-        references = compute_references(
-            source,
-            validation_shapes(source, config),
-            seed=config.validation.seed,
+        references, float64_skipped = pytorch_answers(
+            source, validation_shapes(source, config), config
         )
         evaluation = None
         if config.validation.eval_file:
@@ -103,9 +109,7 @@ def prepare(request: ConversionRequest, exported: Path, clock: StageClock) -> Pr
     )
     with clock.stage(Stage.EXPORT, ExportError):
         export = export_with_cache(source, exported, settings, use)
-        fixed = _fixed_resolution_fallback(
-            source, exported, references, seed=config.validation.seed
-        )
+        fixed = _fixed_resolution_fallback(source, exported, references, config)
         if fixed is not None:
             source, references = fixed
             export = export_with_cache(source, exported, settings, use)
@@ -117,6 +121,7 @@ def prepare(request: ConversionRequest, exported: Path, clock: StageClock) -> Pr
         export=export,
         context=pass_context(source, export.exporter, config),
         files_to_copy=source.files_to_copy,
+        float64_skipped=float64_skipped,
     )
     # PyTorch is done: the references hold its answers. Free its memory before ORT runs.
     source.module = None  # type: ignore[assignment]
@@ -124,8 +129,26 @@ def prepare(request: ConversionRequest, exported: Path, clock: StageClock) -> Pr
     return prepared
 
 
+def pytorch_answers(
+    source: Source, shapes: list[tuple[int, int]], config: ConversionConfig
+) -> tuple[list[Reference], str | None]:
+    """PyTorch's answers at `shapes`: in float32, and for the error budget in float64 too;
+    with why the float64 answers are missing when the budget asked for them."""
+    from onnxport.verify.references import add_exact_answers, compute_references
+
+    references = compute_references(source, shapes, seed=config.validation.seed)
+    if config.validation.yardstick is not Yardstick.BUDGET:
+        return references, None
+    references, skipped = add_exact_answers(
+        source, references, max_weights_gb=config.validation.float64_max_weights_gb
+    )
+    if skipped is not None:
+        logger.warning("the tolerance judges the fp32 model: %s", skipped)
+    return references, skipped
+
+
 def _fixed_resolution_fallback(
-    source: Source, exported: Path, references: list[Reference], *, seed: int
+    source: Source, exported: Path, references: list[Reference], config: ConversionConfig
 ) -> tuple[Source, list[Reference]] | None:
     """For an image model PyTorch runs at any size whose exported graph refuses another size
     (a size fixed inside it at export): the source with its own resolution fixed, declared
@@ -148,9 +171,7 @@ def _fixed_resolution_fallback(
     logger.warning("%s; exported again at its fixed resolution %dx%d", reason, side, side)
     fixed = with_fixed_resolution(source, reason)
     if not own:  # validation.shapes named other sizes only: validate at the defaults
-        from onnxport.verify.references import compute_references
-
-        own = compute_references(fixed, list(fixed.default_shapes), seed=seed)
+        own, _ = pytorch_answers(fixed, list(fixed.default_shapes), config)
     return fixed, own
 
 

@@ -106,6 +106,19 @@ class InputRecord(Record):
     shape: list[int | str]
 
 
+class ErrorBudgetRecord(Record):
+    """One output at one validation input, against PyTorch in float64 (the exact answer):
+    ONNX's float32 error, PyTorch's own, and how many times PyTorch's ONNX's is
+    (`onnxport.verify.compare.error_budget`)."""
+
+    shape: list[int]
+    onnx_max: float
+    onnx_rms: float
+    pytorch_max: float
+    pytorch_rms: float
+    ratio: float
+
+
 class OutputComparisonRecord(Record):
     """One output of the ONNX model against PyTorch's, over every validation shape."""
 
@@ -116,6 +129,26 @@ class OutputComparisonRecord(Record):
     passed: bool
     worst_shape: list[int] = Field(default_factory=list)
     """The (batch, size) pair of the validation input with the largest difference."""
+    budget: list[ErrorBudgetRecord] = Field(default_factory=list)
+    """Per validation input, the errors against float64; empty where float64 did not run."""
+    max_error_ratio: float | None = None
+    """The budget's limit when it judged this output (`validation.max_error_ratio`); None
+    when the tolerance did, or the figures are recorded only (a quantized variant)."""
+
+    @property
+    def error_ratio(self) -> float | None:
+        """The worst ratio over the validation inputs."""
+        return max((b.ratio for b in self.budget), default=None)
+
+
+class YardstickRecord(Record):
+    """What judged the values of a model against PyTorch's: the error budget against float64,
+    or the tolerance against PyTorch's float32 answer (with why)."""
+
+    mode: str
+    """`budget` or `tolerance`."""
+    reason: str | None = None
+    """Why the tolerance judged: set in the config, or float64 could not run (and why)."""
 
 
 class TaskAgreementRecord(Record):
@@ -150,6 +183,8 @@ class ValidationRecord(Record):
     """ONNX Runtime's own words, per validation input the graph could not run (the
     failures say it in the user's terms)."""
     outputs: dict[str, OutputComparisonRecord]
+    yardstick: YardstickRecord | None = None
+    """What judged the values (None in manifests written before the error budget)."""
     task_agreement: TaskAgreementRecord
     task_metric: TaskMetricRecord | None = None
     elementwise_gate: bool = True

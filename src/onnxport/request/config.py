@@ -27,6 +27,9 @@ MIN_OPSET = 7
 MAX_OPSET = 23
 DEFAULT_FILENAME_PATTERN = "model_{quantization}.onnx"
 DEFAULT_MIN_TASK_AGREEMENT = 0.99
+DEFAULT_MAX_ERROR_RATIO = 4.0
+DEFAULT_FLOAT64_MAX_WEIGHTS_GB = 6.0
+"""A float64 copy takes twice the float32 weights: 12 GB beside 6 GB fits a 24 GiB machine."""
 DEFAULT_TIMEOUT_SECONDS = 3600.0
 DEFAULT_CALIBRATION_SAMPLES = 32
 DEFAULT_SEARCH_BUDGET_SECONDS = 600.0
@@ -140,9 +143,26 @@ class OutputConfig(_Strict):
         return self.filename_pattern.format(quantization=variant)
 
 
+class Yardstick(str, Enum):
+    """How the fp32 model's values are judged against PyTorch's."""
+
+    BUDGET = "budget"
+    """ONNX's error against PyTorch in float64 (the exact answer), within
+    `max_error_ratio` times PyTorch's own float32 error (`onnxport.verify.compare`)."""
+    TOLERANCE = "tolerance"
+    """|onnx - pytorch_fp32| <= atol + rtol * |pytorch_fp32|, element by element."""
+
+
 class ValidationConfig(_Strict):
     shapes: list[tuple[int, int]] | None = None
     """(batch, sequence) pairs for text, (batch, image size) for vision; None: the defaults."""
+    mode: Yardstick | None = None
+    """None: `tolerance` when `atol` or `rtol` is set (an explicit override), else `budget`."""
+    max_error_ratio: float = Field(DEFAULT_MAX_ERROR_RATIO, gt=0)
+    """`budget`: how many times PyTorch's own float32 error ONNX's error may be."""
+    float64_max_weights_gb: float = Field(DEFAULT_FLOAT64_MAX_WEIGHTS_GB, ge=0)
+    """`budget`: above this many GB of float32 weights, PyTorch is not run in float64 (it
+    needs twice the memory) and the tolerance judges, saying why; 0: never."""
     atol: float | None = Field(None, gt=0)
     rtol: float | None = Field(None, ge=0)
     min_task_agreement: float = Field(DEFAULT_MIN_TASK_AGREEMENT, ge=0.0, le=1.0)
@@ -154,6 +174,13 @@ class ValidationConfig(_Strict):
     then also keep PyTorch's entity F1 (token classification) or accuracy (sequence
     classification) on it, within `max_metric_drop`."""
     max_metric_drop: float = Field(0.01, ge=0.0, le=1.0)
+
+    @property
+    def yardstick(self) -> Yardstick:
+        if self.mode is not None:
+            return self.mode
+        explicit = self.atol is not None or self.rtol is not None
+        return Yardstick.TOLERANCE if explicit else Yardstick.BUDGET
 
     @field_validator("shapes")
     @classmethod

@@ -25,9 +25,8 @@ from onnxport.artifact.records import (
 )
 from onnxport.errors import ValidationError
 from onnxport.tasks import Task
-from onnxport.verify.compare import Tolerance
 from onnxport.verify.evaluation import Evaluation
-from onnxport.verify.validate import Reference, validate_model
+from onnxport.verify.validate import Judging, Reference, validate_model
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +39,9 @@ class Rules:
     """What a model must do to pass, and what happens when it does not.
 
     Args:
-        tolerance: the elementwise tolerance against PyTorch.
-        elementwise: whether an elementwise breach fails the model (fp32) or is only
-            recorded (quantized variants, which the task-level figures judge).
+        judging: how the values are judged against PyTorch's: the error budget against
+            float64 or the tolerance, gating (fp32) or only recorded (quantized variants,
+            which the task-level figures judge).
         min_agreement: the task-level agreement a model must reach.
         evaluation: a labelled set whose metric must stay near PyTorch's.
         on_failure: `fail` raises; `skip` returns the model as not published.
@@ -50,8 +49,7 @@ class Rules:
         origin: how the graph was made (`shapes.export_origin`), said when it fails.
     """
 
-    tolerance: Tolerance
-    elementwise: bool
+    judging: Judging
     min_agreement: float
     evaluation: Evaluation | None = None
     on_failure: Literal["fail", "skip"] = "fail"
@@ -87,9 +85,8 @@ def judge(
         candidate.path,
         list(references),
         task=task,
-        tolerance=rules.tolerance,
+        judging=rules.judging,
         min_agreement=rules.min_agreement,
-        elementwise_gate=rules.elementwise,
         evaluation=rules.evaluation,
     )
     if validation.passed:

@@ -9,6 +9,7 @@ This is the only module of `verify/` that imports torch.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -67,6 +68,56 @@ def compute_references(
             references.append(reference)
     _warn_if_constant(references)
     return references
+
+
+def add_exact_answers(
+    source: Source, references: list[Reference], *, max_weights_gb: float
+) -> tuple[list[Reference], str | None]:
+    """The references with PyTorch's float64 outputs on the same inputs (`Reference.exact`,
+    the exact answer the error budget measures against), or unchanged and why not.
+
+    The module is cast to float64 in place and back (float32 -> float64 -> float32 is
+    exact): the weights take twice their memory meanwhile, no copy beside them.
+    """
+    module = source.module
+    tensors = [*module.parameters(), *module.buffers()]
+    floating = [t for t in tensors if t.is_floating_point()]
+    if any(t.dtype != torch.float32 for t in floating):
+        kinds = sorted({str(t.dtype).removeprefix("torch.") for t in floating})
+        return references, f"the weights are not all float32 ({', '.join(kinds)})"
+    weights_gb = sum(t.numel() * t.element_size() for t in floating) / 1e9
+    if weights_gb > max_weights_gb:
+        return references, (
+            f"its {weights_gb:.1f} GB of weights are above validation.float64_max_weights_gb "
+            f"{max_weights_gb:g} (float64 takes twice as much)"
+        )
+    adapter = adapter_for(source)
+    exact = []
+    try:
+        module.double()
+        with torch.inference_mode():
+            for ref in references:
+                args = [_float64(ref.inputs[name]) for name in source.input_names]
+                outputs = adapter(*args)
+                answers = {}
+                for name, value in zip(source.output_names, outputs):
+                    if value.dtype != torch.float64:
+                        return references, (
+                            f"the model computes '{name}' in {value.dtype} even when cast to "
+                            "float64"
+                        )
+                    answers[name] = value.detach().numpy()
+                exact.append(dataclasses.replace(ref, exact=answers))
+    except Exception as e:  # an op without a float64 kernel, model code that insists on fp32
+        return references, f"PyTorch cannot run it in float64: {type(e).__name__}: {one_line(e)}"
+    finally:
+        module.float()
+    return exact, None
+
+
+def _float64(value: np.ndarray) -> torch.Tensor:
+    tensor = torch.from_numpy(value)
+    return tensor.double() if tensor.is_floating_point() else tensor
 
 
 def _warn_if_constant(references: list[Reference]) -> None:

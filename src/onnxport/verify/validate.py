@@ -17,14 +17,22 @@ from pathlib import Path
 import numpy as np
 
 from onnxport.artifact.records import (
+    ErrorBudgetRecord,
     OutputComparisonRecord,
     TaskAgreementRecord,
     ValidationRecord,
+    YardstickRecord,
 )
 from onnxport.errors import one_line
-from onnxport.request.config import DEFAULT_MIN_TASK_AGREEMENT
+from onnxport.request.config import DEFAULT_MIN_TASK_AGREEMENT, Yardstick
 from onnxport.tasks import TASKS, AgreementMetric, Task
-from onnxport.verify.compare import Tolerance, compare
+from onnxport.verify.compare import (
+    ErrorBudget,
+    TensorComparison,
+    Tolerance,
+    compare,
+    error_budget,
+)
 from onnxport.verify.evaluation import Evaluation, metric_failure
 from onnxport.verify.runtime import RUNTIME_ERRORS, create_session, declared_inputs, run_session
 from onnxport.verify.shapes import describe_shapes, refusal_reason
@@ -50,6 +58,9 @@ class Reference:
     """(batch, size) as the validation settings give it; the inputs' shapes are their own."""
     inputs: dict[str, np.ndarray]
     outputs: dict[str, np.ndarray]
+    exact: dict[str, np.ndarray] | None = None
+    """The same model's outputs in float64 on the same inputs (the exact answer the error
+    budget measures against); None where float64 did not run."""
 
     def input_shapes(self) -> dict[str, list[int]]:
         """The full shape of every input: `[2, 3, 224, 224]` for an image batch."""
@@ -107,15 +118,24 @@ def _cosine(ref: Reference, actual: dict[str, np.ndarray]) -> float:
     return float(np.min(dot / np.maximum(norms, 1e-12)))
 
 
-Rows = dict[str, list[tuple[float, float, bool, tuple[int, int]]]]
-"""Per output, per reference: max abs diff, max rel diff, within tolerance, the shape."""
+@dataclass(frozen=True)
+class _Row:
+    """One output at one reference: the tolerance's figures, the budget's, the verdict."""
+
+    shape: tuple[int, int]
+    found: TensorComparison
+    budget: ErrorBudget | None
+    passed: bool
+
+
+Rows = dict[str, list[_Row]]
+_MISSING = TensorComparison(np.inf, np.inf, False)
 
 
 def _compare_outputs(
     ref: Reference,
     actual: dict[str, np.ndarray] | None,
-    tolerance: Tolerance,
-    elementwise_gate: bool,
+    judge: Judging,
     rows: Rows,
 ) -> list[str]:
     """Compare each output with PyTorch's into `rows`; the failures to report. No answer at
@@ -125,19 +145,59 @@ def _compare_outputs(
         if actual is None or name not in actual:
             if actual is not None:
                 failures.append(f"output '{name}' is missing from the ONNX model")
-            rows.setdefault(name, []).append((np.inf, np.inf, False, ref.shape))
+            rows.setdefault(name, []).append(_Row(ref.shape, _MISSING, None, False))
             continue
-        found = compare(actual[name], expected, tolerance)
-        rows.setdefault(name, []).append(
-            (found.max_abs_diff, found.max_rel_diff, found.within, ref.shape)
-        )
-        if not found.within and elementwise_gate:
-            failures.append(
+        found = compare(actual[name], expected, judge.tolerance)
+        exact = ref.exact.get(name) if ref.exact is not None else None
+        budget = error_budget(actual[name], expected, exact) if exact is not None else None
+        if judge.by_budget and budget is not None:
+            passed = budget.ratio <= judge.max_error_ratio  # type: ignore[operator]
+            failure = (
+                f"output '{name}' at shape {ref.describe()}: its error against PyTorch in "
+                f"float64 is {budget.ratio:.3g}x PyTorch's own float32 error (max "
+                f"{budget.onnx_max:.3g} vs {budget.pytorch_max:.3g}, RMS {budget.onnx_rms:.3g} "
+                f"vs {budget.pytorch_rms:.3g}), above validation.max_error_ratio "
+                f"{judge.max_error_ratio:g}"
+            )
+        else:
+            passed = found.within
+            failure = (
                 f"output '{name}' at shape {ref.describe()}: max abs diff "
                 f"{found.max_abs_diff:.3g}, max rel diff {found.max_rel_diff:.3g} exceed "
-                f"atol {tolerance.atol:g} / rtol {tolerance.rtol:g}"
+                f"atol {judge.tolerance.atol:g} / rtol {judge.tolerance.rtol:g}"
             )
+        rows.setdefault(name, []).append(_Row(ref.shape, found, budget, passed))
+        if not passed and judge.elementwise:
+            failures.append(failure)
     return failures
+
+
+@dataclass(frozen=True)
+class Judging:
+    """How a model's values are judged against PyTorch's.
+
+    Args:
+        tolerance: the elementwise tolerance (`verify.compare.compare`), which judges when
+            `max_error_ratio` is None or float64 did not run.
+        max_error_ratio: the error budget's limit (`verify.compare.error_budget`).
+        elementwise: whether a breach fails the model (fp32: yes; quantized variants are
+            gated by task agreement alone, their figures recorded).
+        reason: why the tolerance judges although a budget was possible (the record says it).
+    """
+
+    tolerance: Tolerance
+    max_error_ratio: float | None = None
+    elementwise: bool = True
+    reason: str | None = None
+
+    @property
+    def by_budget(self) -> bool:
+        return self.max_error_ratio is not None
+
+    def record(self, references: list[Reference]) -> YardstickRecord:
+        if self.by_budget and all(r.exact is not None for r in references):
+            return YardstickRecord(mode=Yardstick.BUDGET.value)
+        return YardstickRecord(mode=Yardstick.TOLERANCE.value, reason=self.reason)
 
 
 def first_refusal(model_path: Path, references: list[Reference]) -> str | None:
@@ -158,9 +218,8 @@ def validate_model(
     references: list[Reference],
     *,
     task: Task,
-    tolerance: Tolerance = DEFAULT_TOLERANCES["fp32"],
+    judging: Judging = Judging(DEFAULT_TOLERANCES["fp32"]),
     min_agreement: float = DEFAULT_MIN_TASK_AGREEMENT,
-    elementwise_gate: bool = True,
     evaluation: Evaluation | None = None,
 ) -> ValidationRecord:
     """Compare `model_path` in ONNX Runtime with the PyTorch `references`.
@@ -169,10 +228,8 @@ def validate_model(
         model_path: the ONNX file to check.
         references: PyTorch outputs from `compute_references`.
         task: decides the agreement metric.
-        tolerance: the elementwise tolerance (`verify.compare`).
+        judging: how the values are judged (the error budget or the tolerance).
         min_agreement: the task-level gate.
-        elementwise_gate: whether an elementwise breach fails the validation (fp32: yes;
-            quantized variants are gated by task agreement alone).
         evaluation: a labelled set whose task metric must stay near PyTorch's, scored in
             the same session.
     """
@@ -193,7 +250,7 @@ def validate_model(
             refused.setdefault(refusal_reason(inputs, e), []).append(ref.describe())
             runtime_errors.append(f"at shape {ref.describe()}: {one_line(e, None)}")
             actual = None
-        failures += _compare_outputs(ref, actual, tolerance, elementwise_gate, per_output)
+        failures += _compare_outputs(ref, actual, judging, per_output)
         actual = actual or {}  # no answer disagrees everywhere
         if metric is AgreementMetric.ARGMAX:
             a, t = _argmax_agreement(task, ref, actual)
@@ -220,22 +277,13 @@ def validate_model(
         input_shapes=[r.input_shapes() for r in references],
         graph_inputs=inputs,
         runtime_errors=runtime_errors,
-        outputs={
-            name: OutputComparisonRecord(
-                max_abs_diff=max(r[0] for r in rows),
-                max_rel_diff=max(r[1] for r in rows),
-                atol=tolerance.atol,
-                rtol=tolerance.rtol,
-                passed=all(r[2] for r in rows),
-                worst_shape=list(max(rows, key=lambda r: r[0])[3]),
-            )
-            for name, rows in per_output.items()
-        },
+        outputs={name: _output_record(rows, judging) for name, rows in per_output.items()},
+        yardstick=judging.record(references),
         task_agreement=TaskAgreementRecord(
             metric=metric.value, value=value, minimum=min_agreement, passed=value >= min_agreement
         ),
         task_metric=task_metric,
-        elementwise_gate=elementwise_gate,
+        elementwise_gate=judging.elementwise,
         failures=failures,
         seconds=round(time.perf_counter() - started, 3),
     )
@@ -248,3 +296,30 @@ def validate_model(
         value,
     )
     return record
+
+
+def _output_record(rows: list[_Row], judging: Judging) -> OutputComparisonRecord:
+    worst = max(rows, key=lambda r: r.found.max_abs_diff)
+    budgets = [
+        ErrorBudgetRecord(
+            shape=list(r.shape),
+            onnx_max=r.budget.onnx_max,
+            onnx_rms=r.budget.onnx_rms,
+            pytorch_max=r.budget.pytorch_max,
+            pytorch_rms=r.budget.pytorch_rms,
+            ratio=r.budget.ratio,
+        )
+        for r in rows
+        if r.budget is not None
+    ]
+    by_budget = judging.by_budget and len(budgets) == len(rows)
+    return OutputComparisonRecord(
+        max_abs_diff=worst.found.max_abs_diff,
+        max_rel_diff=max(r.found.max_rel_diff for r in rows),
+        atol=judging.tolerance.atol,
+        rtol=judging.tolerance.rtol,
+        passed=all(r.passed for r in rows),
+        worst_shape=list(worst.shape),
+        budget=budgets,
+        max_error_ratio=judging.max_error_ratio if by_budget and judging.elementwise else None,
+    )
