@@ -195,3 +195,51 @@ def test_a_vit_declares_its_fixed_resolution_everywhere(cli_converted) -> None:
         "embeddings are sized for it), not 64x48"
     )
     assert refused.value.hint == "resize the images to 32x32 (height x width) first"
+
+
+# --- the library called from Python: other libraries' notices kept out ---------------------
+
+QUANTIZE_AND_TRACK = """
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxport.passes.base import PassContext, apply_pass
+from onnxport.passes.quantize import DynamicInt8Pass
+from onnxport.tracking import prepare_store
+
+work = Path(sys.argv[1])
+graph = helper.make_graph(
+    [helper.make_node("MatMul", ["x", "w"], ["y"])],
+    "matmul",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+    [numpy_helper.from_array(np.ones((4, 4), np.float32), "w")],
+)
+onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), work / "m.onnx")
+apply_pass(DynamicInt8Pass(), work / "m.onnx", work / "q.onnx", PassContext())
+prepare_store(f"sqlite:///{work / 'mlflow.db'}")
+print(len(logging.getLogger().handlers))
+"""
+
+
+@pytest.mark.slow
+def test_quantizing_and_tracking_from_python_print_nothing(tmp_path: Path) -> None:
+    """A program that configured no logging: ONNX Runtime's advice to pre-process before
+    quantizing and MLflow's table-creation lines stay out, and no handler is left on the root
+    logger (which would make the program's own `logging.basicConfig` do nothing)."""
+    process = subprocess.run(
+        [sys.executable, "-c", QUANTIZE_AND_TRACK, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        timeout=600,
+    )
+    assert process.returncode == 0, process.stderr
+    assert (tmp_path / "q.onnx").is_file() and (tmp_path / "mlflow.db").is_file()
+    assert process.stderr == ""
+    assert process.stdout == "0\n"
