@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 from checks import check_agrees_on_a_new_shape, check_published
 from models import ANY_RESOLUTION_MODELS, build_funnel_sequence_classifier
@@ -243,3 +246,43 @@ def test_quantizing_and_tracking_from_python_print_nothing(tmp_path: Path) -> No
     assert (tmp_path / "q.onnx").is_file() and (tmp_path / "mlflow.db").is_file()
     assert process.stderr == ""
     assert process.stdout == "0\n"
+
+
+# --- stdout holds a command's answer, never a log -----------------------------------------
+
+SERVER_READY_SECONDS = 180  # a wait for the server on a loaded machine, not an assert
+
+
+@pytest.mark.slow
+def test_serve_logs_each_request_on_stderr_not_stdout(converted, tmp_path: Path) -> None:
+    """uvicorn writes its access log (`INFO: ... "POST /invocations HTTP/1.1" 200 OK`) on its
+    stdout; `onnxport serve` hands all of its server's output to stderr."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    model = converted("distilbert-token").directory
+    command = [sys.executable, "-m", "onnxport.cli", "serve", str(model), "--port", str(port)]
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        server = subprocess.Popen(command, stdout=stdout, stderr=stderr)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_READY_SECONDS
+        while not _answers_ping(url):
+            assert server.poll() is None, err.read_text()[-3000:]
+            assert time.monotonic() < deadline, err.read_text()[-3000:]
+            time.sleep(0.5)
+        answer = requests.post(f"{url}/invocations", json={"inputs": ["Jane Doe"]}, timeout=60)
+        assert answer.status_code == 200, answer.text
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    assert '"POST /invocations HTTP/1.1" 200' in err.read_text()
+    assert out.read_text() == ""
+
+
+def _answers_ping(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/ping", timeout=5).status_code == 200
+    except requests.ConnectionError:
+        return False
