@@ -330,7 +330,7 @@ CASES = {
     "opset-the-exporter-lacks": Case(
         _with("bert-encoder", "--opset", "21", "--exporter", "torchscript"),
         2,
-        ("opset 21 is not supported", "torchscript: 7-20"),
+        ("opset 21 is not supported by the torchscript exporter (7-20)",),
     ),
     "config-file-unknown-key": Case(
         _config_file("onnx: {opset_versoin: 18}\n"),
