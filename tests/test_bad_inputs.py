@@ -678,6 +678,16 @@ API_CASES: dict[str, ApiCase] = {
         ConfigError,
         ("not valid YAML",),
     ),
+    "eval-file-missing": ApiCase(
+        _conversion_yaml("validation: {eval_file: eval.jsonl}\n"),
+        ConfigError,
+        ("validation.eval_file", "config-bad/eval.jsonl does not exist"),
+    ),
+    "opset-the-chosen-exporter-lacks": ApiCase(
+        _conversion_yaml("onnx: {exporter: torchscript, opset_version: 21}\n"),
+        ConfigError,
+        ("opset 21 is not supported by the torchscript exporter (7-20)",),
+    ),
     "experiment-yaml-a-list": ApiCase(
         _experiment_yaml("- experiment_name\n"), ConfigError, ("experiment.yaml", "mapping")
     ),

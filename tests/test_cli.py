@@ -329,7 +329,7 @@ CASES = {
     "opset-the-exporter-lacks": Case(
         _with("bert-encoder", "--opset", "21", "--exporter", "torchscript"),
         2,
-        ("opset 21 is not supported", "torchscript: 7-20"),
+        ("opset 21 is not supported by the torchscript exporter (7-20)",),
     ),
     "config-file-unknown-key": Case(
         _config_file("onnx: {opset_versoin: 18}\n"),
@@ -366,6 +366,45 @@ def test_bad_input_is_refused_cleanly(cli, checkpoint, copy_checkpoint, tmp_path
         assert fragment in run.stderr
     _no_traceback(run)
     assert list(outputs.iterdir()) == [], "nothing published, no work directory left"
+
+
+def _missing_eval_file(tmp_path: Path) -> list:
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "conversion.yaml").write_text(
+        "validation: {eval_file: eval.jsonl}\n", encoding="utf-8"
+    )
+    return ["-c", config_dir / "conversion.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "hint"),
+    [
+        (
+            _missing_eval_file,
+            "error (config): validation.eval_file {tmp}/config/eval.jsonl does not exist",
+            "hint: a relative path is read from the directory of the conversion.yaml",
+        ),
+        (
+            lambda tmp_path: ["--exporter", "torchscript", "--opset", "21"],
+            "error (config): command-line options: onnx: opset 21 is not supported by the "
+            "torchscript exporter (7-20)",
+            None,
+        ),
+    ],
+    ids=["eval-file-missing", "torchscript-opset-21"],
+)
+def test_a_setting_that_cannot_work_is_refused_before_the_model_loads(
+    cli, checkpoint, tmp_path: Path, make, error: str, hint: str | None
+) -> None:
+    run = cli("convert", checkpoint("distilbert-token"), "-o", tmp_path / "out", *make(tmp_path))
+    assert run.code == 2, run.stderr
+    assert error.format(tmp=tmp_path) in run.stderr
+    if hint:
+        assert hint in run.stderr
+    assert "load source" not in run.stderr, "the model was loaded first"
+    _no_traceback(run)
+    assert not (tmp_path / "out").exists()
 
 
 def test_debug_shows_the_traceback(cli, tmp_path: Path) -> None:

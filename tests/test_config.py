@@ -165,6 +165,18 @@ def test_opset_outside_the_exporters_range_is_refused(tmp_path: Path, opset: int
     assert f"{MIN_OPSET}-{MAX_OPSET}" in message
 
 
+@pytest.mark.parametrize(
+    ("exporter", "opset", "allowed"), [("torchscript", 21, "7-20"), ("dynamo", 17, "18-23")]
+)
+def test_an_opset_the_chosen_exporter_does_not_support_is_refused_when_read(
+    tmp_path: Path, exporter: str, opset: int, allowed: str
+) -> None:
+    message = _refused(tmp_path, f"onnx: {{exporter: {exporter}, opset_version: {opset}}}\n")
+    assert f"opset {opset} is not supported by the {exporter} exporter ({allowed})" in message
+    with pytest.raises(ConfigError, match=f"the {exporter} exporter"):
+        ConversionConfig().with_overrides(onnx={"exporter": exporter, "opset_version": opset})
+
+
 @pytest.mark.parametrize("opset", [MIN_OPSET, 17, 18, MAX_OPSET])
 def test_opsets_inside_the_range_are_accepted(tmp_path: Path, opset: int) -> None:
     config = load_conversion_config(_write(tmp_path, f"onnx: {{opset_version: {opset}}}\n"))
@@ -277,6 +289,34 @@ def test_several_problems_are_reported_together(tmp_path: Path) -> None:
     message = _refused(tmp_path, "onnx: {opset_version: 99, typo: 1}\n")
     assert "onnx.opset_version" in message
     assert "onnx.typo: unknown key" in message
+
+
+def test_relative_files_are_read_from_the_directory_of_the_conversion_yaml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    absolute = tmp_path / "shared" / "samples.txt"
+    (config_dir / CONVERSION_CONFIG_FILENAME).write_text(
+        "validation: {eval_file: data/eval.jsonl}\n"
+        f"quantize: {{calibration_file: {absolute}}}\n"
+        "source: {input_spec: spec.yaml}\n",
+        encoding="utf-8",
+    )
+    monkeypatch.chdir(elsewhere)  # the working directory plays no part
+    config = load_conversion_config(Path("..") / "config")
+    assert config.validation.eval_file == str(config_dir.resolve() / "data" / "eval.jsonl")
+    assert config.source.input_spec == config_dir.resolve() / "spec.yaml"
+    assert config.quantize.calibration_file == absolute
+    # Built in code, without a file: the working directory's, when the file is read.
+    assert (
+        ConversionConfig()
+        .with_overrides(validation={"eval_file": "eval.jsonl"})
+        .validation.eval_file
+        == "eval.jsonl"
+    )
 
 
 def test_parse_accepts_none_as_all_defaults() -> None:

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 from checks import check_agrees_on_a_new_shape, check_published
 from models import ANY_RESOLUTION_MODELS, build_funnel_sequence_classifier
@@ -228,3 +231,91 @@ def test_an_image_model_whose_graph_fixes_a_size_falls_back_to_its_resolution(
     assert refused.value.message == (
         f"the model takes 32x32 images only (its fixed resolution: {reason}), not 64x64"
     )
+
+
+# --- the library called from Python: other libraries' notices kept out ---------------------
+
+QUANTIZE_AND_TRACK = """
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxport.passes.base import PassContext, apply_pass
+from onnxport.passes.quantize import DynamicInt8Pass
+from onnxport.tracking import prepare_store
+
+work = Path(sys.argv[1])
+graph = helper.make_graph(
+    [helper.make_node("MatMul", ["x", "w"], ["y"])],
+    "matmul",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+    [numpy_helper.from_array(np.ones((4, 4), np.float32), "w")],
+)
+onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), work / "m.onnx")
+apply_pass(DynamicInt8Pass(), work / "m.onnx", work / "q.onnx", PassContext())
+prepare_store(f"sqlite:///{work / 'mlflow.db'}")
+print(len(logging.getLogger().handlers))
+"""
+
+
+@pytest.mark.slow
+def test_quantizing_and_tracking_from_python_print_nothing(tmp_path: Path) -> None:
+    """A program that configured no logging: ONNX Runtime's advice to pre-process before
+    quantizing and MLflow's table-creation lines stay out, and no handler is left on the root
+    logger (which would make the program's own `logging.basicConfig` do nothing)."""
+    process = subprocess.run(
+        [sys.executable, "-c", QUANTIZE_AND_TRACK, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        timeout=600,
+    )
+    assert process.returncode == 0, process.stderr
+    assert (tmp_path / "q.onnx").is_file() and (tmp_path / "mlflow.db").is_file()
+    assert process.stderr == ""
+    assert process.stdout == "0\n"
+
+
+# --- stdout holds a command's answer, never a log -----------------------------------------
+
+SERVER_READY_SECONDS = 180  # a wait for the server on a loaded machine, not an assert
+
+
+@pytest.mark.slow
+def test_serve_logs_each_request_on_stderr_not_stdout(converted, tmp_path: Path) -> None:
+    """uvicorn writes its access log (`INFO: ... "POST /invocations HTTP/1.1" 200 OK`) on its
+    stdout; `onnxport serve` hands all of its server's output to stderr."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    model = converted("distilbert-token").directory
+    command = [sys.executable, "-m", "onnxport.cli", "serve", str(model), "--port", str(port)]
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        server = subprocess.Popen(command, stdout=stdout, stderr=stderr)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_READY_SECONDS
+        while not _answers_ping(url):
+            assert server.poll() is None, err.read_text()[-3000:]
+            assert time.monotonic() < deadline, err.read_text()[-3000:]
+            time.sleep(0.5)
+        answer = requests.post(f"{url}/invocations", json={"inputs": ["Jane Doe"]}, timeout=60)
+        assert answer.status_code == 200, answer.text
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    assert '"POST /invocations HTTP/1.1" 200' in err.read_text()
+    assert out.read_text() == ""
+
+
+def _answers_ping(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/ping", timeout=5).status_code == 200
+    except requests.ConnectionError:
+        return False

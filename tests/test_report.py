@@ -20,7 +20,9 @@ from onnxport.artifact.manifest import (
 from onnxport.artifact.records import (
     BenchmarkRecord,
     BenchmarkSettingsRecord,
+    CandidateRecord,
     RuntimeRecord,
+    SearchRecord,
     TimingRecord,
 )
 from onnxport.artifact.report import (
@@ -33,6 +35,7 @@ from onnxport.artifact.report import (
     rerender_reports,
     write_reports,
 )
+from onnxport.artifact.report.plot import search_figure
 from onnxport.errors import OutputError
 
 
@@ -80,6 +83,66 @@ def test_report_shows_a_failed_or_unpublished_variant(converted) -> None:
     report = render_markdown(manifest)
     assert "| model_int8.onnx | int8 | no | - | NO |" in report
     assert "### int8 (shapes" in report
+
+
+def _with_a_searched_int8(manifest: Manifest) -> Manifest:
+    """`manifest` with an int8 variant as the search publishes it: judged on the task, its
+    elementwise differences beyond fp32's tolerance, one node left in float."""
+    fp32 = manifest.outputs[0]
+    assert fp32.validation is not None
+    differences = {
+        name: c.model_copy(update={"max_abs_diff": 0.518, "atol": 0.5, "rtol": 0.5})
+        for name, c in fp32.validation.outputs.items()
+    }
+    search = SearchRecord(
+        target="int8",
+        candidates=[
+            CandidateRecord(name="dynamic per-tensor", passed=True, latency_ms={"1x8": 2.0}),
+            CandidateRecord(
+                name="dynamic per-channel",
+                excluded_nodes=["/ffn/lin2/MatMul"],
+                passed=True,
+                latency_ms={"1x8": 1.5},
+                chosen=True,
+            ),
+        ],
+        chosen="dynamic per-channel",
+        threads=1,
+    )
+    int8 = fp32.model_copy(
+        update={
+            "variant": "int8",
+            "file": "model_int8.onnx",
+            "search": search,
+            "validation": fp32.validation.model_copy(
+                update={"elementwise_gate": False, "outputs": differences}
+            ),
+        }
+    )
+    return manifest.model_copy(update={"outputs": [fp32, int8]})
+
+
+def test_a_variant_is_shown_judged_on_the_task_not_on_a_tolerance(converted) -> None:
+    manifest = _with_a_searched_int8(converted("bert-encoder").manifest)
+    report = render_markdown(manifest)
+    int8 = report[report.index("### int8 (shapes") :].split("\n## ", 1)[0]
+    agreement = manifest.outputs[1].validation.task_agreement
+    assert f"Judged on cosine_similarity {agreement.value:.4f} (min 0.99): passed." in int8
+    assert "recorded, not judged" in int8
+    assert "| output | max abs diff | max rel diff |" in int8
+    for word in ("within tolerance", "atol", "| yes |"):
+        assert word not in int8, int8
+    fp32 = report[report.index("### fp32 (shapes") : report.index("### int8")]
+    assert "| output | max abs diff | max rel diff | atol | rtol | within tolerance |" in fp32
+
+
+def test_the_search_plot_names_what_each_candidate_left_in_float(converted) -> None:
+    figure = search_figure(_with_a_searched_int8(converted("bert-encoder").manifest))
+    (axes,) = figure.axes
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == [
+        "dynamic per-tensor",
+        "dynamic per-channel, 1 node left in float (chosen)",
+    ]
 
 
 def test_report_names_the_lineage(converted) -> None:

@@ -7,6 +7,7 @@ there, and the search must find the setting and the node to leave in float that 
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -47,10 +48,35 @@ def _convert(source: Path, output: Path, **sections) -> Manifest:
     return convert(ConversionRequest(source_path=source, output_dir=output, config=config))
 
 
+class _Kept(logging.Handler):
+    """The records logged at WARNING and above while it is attached to the root logger."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 @pytest.fixture(scope="module")
-def searched(outlier, tmp_path_factory) -> tuple[Manifest, Path]:
+def searched_and_warned(outlier, tmp_path_factory) -> tuple[Manifest, Path, list[str]]:
+    """The search's conversion, and the warnings the gate logged during it."""
     output = tmp_path_factory.mktemp("searched") / "out"
-    return _convert(outlier, output, onnx={**FAST, "quantization": "auto"}), output
+    kept = _Kept()
+    logging.getLogger().addHandler(kept)
+    try:
+        manifest = _convert(outlier, output, onnx={**FAST, "quantization": "auto"})
+    finally:
+        logging.getLogger().removeHandler(kept)
+    gate = [r.getMessage() for r in kept.records if r.name == "onnxport.verify.gate"]
+    return manifest, output, gate
+
+
+@pytest.fixture(scope="module")
+def searched(searched_and_warned) -> tuple[Manifest, Path]:
+    manifest, output, _ = searched_and_warned
+    return manifest, output
 
 
 def test_plain_int8_fails_the_gate_on_an_activation_outlier(outlier, tmp_path) -> None:
@@ -80,6 +106,14 @@ def test_auto_publishes_an_int8_model_that_passes_naming_what_stays_in_float(sea
         "model_fp32.onnx",
         "model_int8.onnx",
     ], "the other candidates are removed"
+
+
+def test_a_search_that_succeeds_warns_of_nothing(searched_and_warned) -> None:
+    """The candidates it rejected on the way are in the manifest and the report (and in the
+    log with -v), not warnings of a run that went well."""
+    manifest, _, warnings = searched_and_warned
+    assert any(not c.passed for c in manifest.output("int8").search.candidates)
+    assert warnings == []
 
 
 def test_the_gate_is_the_same_for_every_candidate(searched) -> None:

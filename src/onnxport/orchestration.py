@@ -26,6 +26,7 @@ from onnxport.request.config import (
     CONVERSION_CONFIG_FILENAME,
     ConversionConfig,
     ExperimentConfig,
+    check_named_files,
     load_conversion_config,
     load_experiment_config,
 )
@@ -241,6 +242,7 @@ def _plan(
     config = load_conversion_config(
         config_dir if config_dir.is_file() else config_dir / CONVERSION_CONFIG_FILENAME
     )
+    check_named_files(config)
     tracked = experiment(config_dir)
     parent = read_parent_training_output(
         Path(parent_training_output_dir), parent_spec_fp=spec_fp, parent_exec_fp=exec_fp

@@ -43,6 +43,10 @@ ARTIFACTS_DIRNAME = "mlartifacts"
 def quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
+    # Imported first: its import sets its loggers to INFO, which would undo the level set here
+    # ("Creating initial MLflow database tables..." on a new store, for a Python caller).
+    import mlflow  # noqa: F401
+
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
 

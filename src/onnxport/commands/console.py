@@ -48,15 +48,6 @@ def setup_logging(verbose: bool) -> None:
         # MLflow configures its own loggers at import, at INFO unless told ("Creating initial
         # MLflow database tables..." on a new store); this reaches the child processes too.
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    # onnxruntime.quantization advises pre-processing on the root logger; we run shape
-    # inference ourselves (see passes/quantize.py).
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(
-            lambda record: (
-                "pre-processing before quantization" not in record.getMessage()
-                and "run pre-processing" not in record.getMessage()
-            )
-        )
 
 
 def print_error(error: BaseException, debug: bool) -> int:

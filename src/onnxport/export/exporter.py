@@ -33,7 +33,7 @@ from onnxport.export.strategies import (
 )
 from onnxport.export.template import TemplateData, bind, state_tensors, template_from_bytes
 from onnxport.export.workarounds import captured_stdout
-from onnxport.request.config import DEFAULT_OPSET, Exporter, ExternalData
+from onnxport.request.config import DEFAULT_OPSET, Exporter, ExternalData, opset_span
 from onnxport.sources.base import Source
 
 logger = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def export_to_onnx(
     wanted = [s for s in EXPORT_STRATEGIES if exporter is Exporter.AUTO or s.name == exporter.value]
     if not any(opset_version in s.opsets for s in wanted):
         # A setting the user can fix, found before any export work: bad input, not a failure.
-        allowed = ", ".join(f"{s.name}: {s.opsets.start}-{s.opsets.stop - 1}" for s in wanted)
+        allowed = ", ".join(f"{s.name}: {opset_span(s.opsets)}" for s in wanted)
         raise ConfigError(
             f"opset {opset_version} is not supported by the installed exporter ({allowed})",
             hint=f"set onnx.opset_version to {DEFAULT_OPSET}",
@@ -187,8 +187,7 @@ def export_to_onnx(
                 AttemptRecord(
                     exporter=strategy.name,
                     ok=False,
-                    error=f"opset {opset_version} outside "
-                    f"{strategy.opsets.start}-{strategy.opsets.stop - 1}",
+                    error=f"opset {opset_version} outside {opset_span(strategy.opsets)}",
                 )
             )
             continue

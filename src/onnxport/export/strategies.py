@@ -21,10 +21,11 @@ from onnxport.export.template import (
     state_tensors,
     template_bytes,
 )
+from onnxport.request.config import EXPORTER_OPSETS, Exporter
 from onnxport.sources.base import Source
 
-DYNAMO_OPSETS = range(18, 24)
-TORCHSCRIPT_OPSETS = range(7, 21)
+DYNAMO_OPSETS = EXPORTER_OPSETS[Exporter.DYNAMO]
+TORCHSCRIPT_OPSETS = EXPORTER_OPSETS[Exporter.TORCHSCRIPT]
 
 
 class ExportAdapter(torch.nn.Module):

@@ -72,6 +72,34 @@ def check_nodes_to_exclude(model: Path, names: Sequence[str]) -> None:
     )
 
 
+def _not_the_advice(record: logging.LogRecord) -> bool:
+    return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextmanager
+def _without_preprocessing_advice() -> Iterator[None]:
+    """Keep onnxruntime's quantizers from advising their pre-processing on every call.
+
+    They say it with `logging.warning` on the root logger, which also installs a handler there
+    (`logging.basicConfig`) in a program that has none, so that the caller's own logging
+    setup later does nothing. The advice does not apply: the quantizers infer shapes
+    themselves (`load_model_with_shape_infer`). Any other record is printed as it would be.
+    """
+    root = logging.getLogger()
+    # A handler on the root keeps `logging.warning` from installing its own; `lastResort`
+    # prints what Python prints when there is none.
+    stand_in = None if root.handlers else (logging.lastResort or logging.NullHandler())
+    root.addFilter(_not_the_advice)
+    if stand_in is not None:
+        root.addHandler(stand_in)
+    try:
+        yield
+    finally:
+        root.removeFilter(_not_the_advice)
+        if stand_in is not None:
+            root.removeHandler(stand_in)
+
+
 def _common_options(model: Path, context: PassContext) -> dict[str, Any]:
     settings = context.settings
     if settings:
@@ -103,7 +131,7 @@ class DynamicInt8Pass:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         options = _common_options(model, context)
-        with _without_a_second_copy(model):
+        with _without_a_second_copy(model), _without_preprocessing_advice():
             quantize_dynamic(
                 model,
                 output,
@@ -144,16 +172,17 @@ class StaticInt8Pass:
         CalibrationDataReader.register(_Calibration)
         options = _common_options(model, context)
         options["per_channel"] = True if context.settings is None else options["per_channel"]
-        quantize_static(
-            model,
-            output,
-            reader,
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            use_external_data_format=has_external_data(model),
-            **options,
-        )
+        with _without_preprocessing_advice():
+            quantize_static(
+                model,
+                output,
+                reader,
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                use_external_data_format=has_external_data(model),
+                **options,
+            )
         return {
             "mode": "static",
             "format": "QDQ",

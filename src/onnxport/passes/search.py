@@ -115,13 +115,15 @@ class SearchContext:
 
     def judge(self, candidate: Candidate, *, locate: bool = True) -> OutputRecord:
         """The one gate, unchanged; a failing candidate is recorded, not raised: the search
-        goes on to the next."""
+        goes on to the next. Its refusal is logged at INFO: the manifest and the report list
+        every candidate, and a search that then succeeds has nothing to warn of."""
         return judge(
             candidate,
             self.references,
             task=self.task,
             rules=dataclasses.replace(self.rules, on_failure="skip"),
             locate=self.locate if locate else None,
+            skip_log_level=logging.INFO,
         )
 
 

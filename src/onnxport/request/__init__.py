@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onnxport.request.config import ConversionConfig
+from onnxport.request.config import ConversionConfig, check_named_files
 
 
 @dataclass(frozen=True)
@@ -22,3 +22,6 @@ class ConversionRequest:
     """Export even when the export cache holds the graph, and store it again (`--force`)."""
     conv_fp: str | None = None
     lineage: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_named_files(self.config)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from onnxport.errors import ConfigError, one_line
@@ -22,9 +22,6 @@ CONVERSION_CONFIG_FILENAME = "conversion.yaml"
 EXPERIMENT_CONFIG_FILENAME = "experiment.yaml"
 
 DEFAULT_OPSET = 18
-# What the installed torch.onnx exporters accept: TorchScript-based 7..20, dynamo-based 18..23.
-MIN_OPSET = 7
-MAX_OPSET = 23
 DEFAULT_FILENAME_PATTERN = "model_{quantization}.onnx"
 DEFAULT_MIN_TASK_AGREEMENT = 0.99
 DEFAULT_MAX_ERROR_RATIO = 4.0
@@ -68,6 +65,16 @@ class Exporter(str, Enum):
     TORCHSCRIPT = "torchscript"
 
 
+EXPORTER_OPSETS = {Exporter.DYNAMO: range(18, 24), Exporter.TORCHSCRIPT: range(7, 21)}
+"""The opsets each installed torch.onnx exporter writes (`export.strategies` uses these)."""
+MIN_OPSET = min(opsets.start for opsets in EXPORTER_OPSETS.values())
+MAX_OPSET = max(opsets.stop for opsets in EXPORTER_OPSETS.values()) - 1
+
+
+def opset_span(opsets: range) -> str:
+    return f"{opsets.start}-{opsets.stop - 1}"
+
+
 class ExternalData(str, Enum):
     """Where the published model's weights go: in the `.onnx` file or in `<file>.data`."""
 
@@ -95,11 +102,24 @@ class OnnxConfig(_Strict):
     @classmethod
     def _supported_opset(cls, value: int) -> int:
         if not MIN_OPSET <= value <= MAX_OPSET:
+            each = ", ".join(f"{e.value} {opset_span(o)}" for e, o in EXPORTER_OPSETS.items())
             raise ValueError(
                 f"opset {value} is not supported by the installed exporters "
-                f"({MIN_OPSET}-{MAX_OPSET}: dynamo 18-23, torchscript 7-20); use {DEFAULT_OPSET}"
+                f"({MIN_OPSET}-{MAX_OPSET}: {each}); use {DEFAULT_OPSET}"
             )
         return value
+
+    @model_validator(mode="after")
+    def _opset_of_the_exporter(self) -> OnnxConfig:
+        # Refused with the settings, not once the model is loaded and handed to the exporter.
+        opsets = EXPORTER_OPSETS.get(self.exporter)
+        if opsets is not None and self.opset_version not in opsets:
+            raise ValueError(
+                f"opset {self.opset_version} is not supported by the {self.exporter.value} "
+                f"exporter ({opset_span(opsets)}); choose an opset in that range, or "
+                "exporter: auto"
+            )
+        return self
 
     @field_validator("quantization", mode="before")
     @classmethod
@@ -172,7 +192,7 @@ class ValidationConfig(_Strict):
     eval_file: str | None = None
     """A labelled evaluation set (JSON lines, see `onnxport.verify.evaluation`): every model must
     then also keep PyTorch's entity F1 (token classification) or accuracy (sequence
-    classification) on it, within `max_metric_drop`."""
+    classification) on it, within `max_metric_drop`. Relative: see `FILE_SETTINGS`."""
     max_metric_drop: float = Field(0.01, ge=0.0, le=1.0)
 
     @property
@@ -290,6 +310,47 @@ class ExperimentConfig(_Strict):
         return value
 
 
+FILE_SETTINGS = (
+    ("validation", "eval_file"),
+    ("quantize", "calibration_file"),
+    ("source", "input_spec"),
+)
+"""The settings that name a file. A relative path in `conversion.yaml` is read from that file's
+directory (`load_conversion_config` makes it absolute); in a config built in code or from
+command-line options, from the working directory."""
+
+
+def check_named_files(config: ConversionConfig) -> None:
+    """Every file the settings name is there: a `ConfigError` naming the first that is not,
+    before any model is loaded."""
+    for section, key in FILE_SETTINGS:
+        value = getattr(getattr(config, section), key)
+        if value is None or Path(value).is_file():
+            continue
+        path = Path(value).absolute()
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise ConfigError(
+            f"{section}.{key} {path} {problem}",
+            hint="a relative path is read from the directory of the conversion.yaml that "
+            "names it (from the working directory for a command-line option or a config "
+            f"built in code); correct the path, or leave {section}.{key} out",
+        )
+
+
+def _relative_to(data: Any, directory: Path) -> Any:
+    """`data` with the relative paths of `FILE_SETTINGS` made absolute below `directory`."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for section, key in FILE_SETTINGS:
+        values = data.get(section)
+        if isinstance(values, dict) and isinstance(values.get(key), str):
+            path = Path(values[key])
+            if not path.is_absolute():
+                data[section] = {**values, key: str(directory.resolve() / path)}
+    return data
+
+
 def _describe(error: PydanticValidationError, origin: str) -> str:
     problems = []
     for item in error.errors():
@@ -333,11 +394,13 @@ def _read_yaml(path: Path, *, what: str) -> Any:
 
 
 def load_conversion_config(path: Path) -> ConversionConfig:
-    """Load `conversion.yaml`, from the file itself or from the directory that holds it."""
+    """Load `conversion.yaml`, from the file itself or from the directory that holds it; the
+    files it names by a relative path are found beside it (`FILE_SETTINGS`)."""
     path = Path(path)
     if path.is_dir():
         path = path / CONVERSION_CONFIG_FILENAME
-    return parse_conversion_config(_read_yaml(path, what="conversion config"), origin=str(path))
+    data = _relative_to(_read_yaml(path, what="conversion config"), path.parent)
+    return parse_conversion_config(data, origin=str(path))
 
 
 def load_experiment_config(config_dir: Path) -> ExperimentConfig:

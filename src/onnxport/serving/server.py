@@ -257,7 +257,10 @@ def run_server(settings: ServeSettings, *, host: str, port: int, workers: int) -
     ]
     environment = {**os.environ, SETTINGS_ENV: settings.model_dump_json()}
     logger.info("serving %s at http://%s:%d%s", settings.model_path, host, port, INVOCATIONS)
-    child = subprocess.Popen(command, env=environment)
+    # uvicorn logs each request on its stdout; a command's stdout holds its answer alone, so
+    # all of the server's output goes to stderr (file descriptor 2: `sys.stderr` may be an
+    # in-memory stream).
+    child = subprocess.Popen(command, env=environment, stdout=2)
     previous = signal.signal(signal.SIGTERM, lambda *_: child.terminate())
     try:
         code = child.wait()

@@ -137,7 +137,11 @@ def load_eval_set(
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise _refuse(path, None, f"cannot be read ({e})") from e
+        # Its contents were never seen: the hint is about the file, not its format.
+        raise ConfigError(
+            f"validation.eval_file {path} cannot be read ({e})",
+            hint="name a readable UTF-8 file in validation.eval_file",
+        ) from e
     token = task is Task.TOKEN_CLASSIFICATION
     texts: list[Any] = []
     gold: list[Any] = []

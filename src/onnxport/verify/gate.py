@@ -77,10 +77,12 @@ def judge(
     task: Task,
     rules: Rules,
     locate: Locate | None = None,
+    skip_log_level: int = logging.WARNING,
 ) -> OutputRecord:
     """The candidate's record once judged: published when it passes; otherwise the gate
     raises `ValidationError` (nothing is published), or with `on_failure: skip` returns it
-    unpublished with where it fails: its file is then the caller's to remove."""
+    unpublished with where it fails, logged at `skip_log_level`: its file is then the
+    caller's to remove."""
     validation = validate_model(
         candidate.path,
         list(references),
@@ -112,7 +114,7 @@ def judge(
         + (f"; {rules.origin}" if rules.origin else "")
     )
     if rules.on_failure == "skip":
-        logger.warning("%s; it is not published", message)
+        logger.log(skip_log_level, "%s; it is not published", message)
         return OutputRecord(
             file=candidate.path.name,
             variant=candidate.variant,

@@ -4,9 +4,14 @@ one panel per batch size; rendered only once a benchmark is recorded."""
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 from onnxport.artifact.manifest import Manifest
 from onnxport.artifact.records import PYTORCH
+from onnxport.artifact.report.tables import candidate_label
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _PLOT_DPI = 100
 _LOG_SCALE_RATIO = 10.0
@@ -55,6 +60,16 @@ def render_plot(manifest: Manifest) -> bytes | None:
 def render_search_plot(manifest: Manifest) -> bytes | None:
     """The candidates of every search, their median latency per input shape as bars; None
     when no search ran. Embedded in report.html."""
+    figure = search_figure(manifest)
+    if figure is None:
+        return None
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def search_figure(manifest: Manifest) -> Figure | None:
+    """The figure `render_search_plot` draws; None when no search timed a candidate."""
     searches = [(out.variant, out.search) for out in manifest.outputs if out.search]
     timed = [(v, s) for v, s in searches if any(c.latency_ms for c in s.candidates)]
     if not timed:
@@ -68,14 +83,11 @@ def render_search_plot(manifest: Manifest) -> bytes | None:
         shapes = list(dict.fromkeys(s for c in candidates for s in c.latency_ms))
         width = 0.8 / len(candidates)
         for i, candidate in enumerate(candidates):
-            label = candidate.name + (
-                f" -{len(candidate.excluded_nodes)}" if candidate.excluded_nodes else ""
-            )
             ax.bar(
                 [x + i * width for x in range(len(shapes))],
                 [candidate.latency_ms.get(s, 0.0) for s in shapes],
                 width,
-                label=label + (" (chosen)" if candidate.chosen else ""),
+                label=candidate_label(candidate) + (" (chosen)" if candidate.chosen else ""),
             )
         ax.set_xticks([x + width * (len(candidates) - 1) / 2 for x in range(len(shapes))], shapes)
         ax.set_xlabel("input (batch x length)")
@@ -83,6 +95,4 @@ def render_search_plot(manifest: Manifest) -> bytes | None:
         ax.set_title(f"{variant}: {search.target} candidates that passed")
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize="small")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", metadata={"Software": None})
-    return buffer.getvalue()
+    return figure

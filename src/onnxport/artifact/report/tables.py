@@ -7,7 +7,13 @@ import dataclasses
 from dataclasses import dataclass
 
 from onnxport.artifact.manifest import Manifest
-from onnxport.artifact.records import PYTORCH, BenchmarkRecord, TimingRecord, ValidationRecord
+from onnxport.artifact.records import (
+    PYTORCH,
+    BenchmarkRecord,
+    CandidateRecord,
+    TimingRecord,
+    ValidationRecord,
+)
 
 
 @dataclass(frozen=True)
@@ -141,27 +147,53 @@ def outputs_table(manifest: Manifest) -> Table:
     return Table(headers, tuple(rows), frozenset({3}))
 
 
-def validation_tables(manifest: Manifest) -> list[tuple[str, Table]]:
-    tables = []
+def _judged_on(validation: ValidationRecord) -> str:
+    """The task-level figures the gate judged a variant on, and its verdict."""
+    a = validation.task_agreement
+    figures = f"{a.metric} {a.value:.4f} (min {a.minimum:g})"
+    if validation.task_metric is not None:
+        m = validation.task_metric
+        figures += f", {m.metric} {m.value:.4f} (PyTorch {m.pytorch:.4f}, max drop {m.max_drop:g})"
+    return f"Judged on {figures}: {'passed' if validation.passed else 'failed'}."
+
+
+def validation_sections(manifest: Manifest) -> list[Section]:
+    """Per validated output, its differences from PyTorch. The fp32 model is judged on them
+    against a tolerance; a quantized variant on the task-level figures alone, so its
+    differences are shown without a tolerance that they could seem to pass or fail."""
+    found = []
     for out in manifest.outputs:
-        if out.validation is None:
+        v = out.validation
+        if v is None:
             continue
-        shapes = shapes_label(out.validation)
-        rows = tuple(
-            (
-                name,
-                f"{c.max_abs_diff:.3g}",
-                f"{c.max_rel_diff:.3g}",
-                f"{c.atol:g}",
-                f"{c.rtol:g}",
-                "yes" if c.passed else "no",
+        title = f"{out.variant} (shapes {shapes_label(v)})"
+        if v.elementwise_gate:
+            headers = ("output", "max abs diff", "max rel diff", "atol", "rtol", "within tolerance")
+            rows = tuple(
+                (
+                    name,
+                    f"{c.max_abs_diff:.3g}",
+                    f"{c.max_rel_diff:.3g}",
+                    f"{c.atol:g}",
+                    f"{c.rtol:g}",
+                    "yes" if c.passed else "no",
+                )
+                for name, c in v.outputs.items()
             )
-            for name, c in out.validation.outputs.items()
+            found.append(Section(title, level=3, tables=(Table(headers, rows, frozenset({1, 2})),)))
+            continue
+        rows = tuple(
+            (name, f"{c.max_abs_diff:.3g}", f"{c.max_rel_diff:.3g}")
+            for name, c in v.outputs.items()
         )
-        headers = ("output", "max abs diff", "max rel diff", "atol", "rtol", "within tolerance")
-        table = Table(headers, rows, frozenset({1, 2}))
-        tables.append((f"{out.variant} (shapes {shapes})", table))
-    return tables
+        note = (
+            f"{_judged_on(v)} The differences from PyTorch are recorded, not judged: "
+            "quantization moves every value a little, and what counts is whether the model "
+            "still gives PyTorch's answers."
+        )
+        table = Table(("output", "max abs diff", "max rel diff"), rows, frozenset({1, 2}))
+        found.append(Section(title, level=3, note=note, tables=(table,)))
+    return found
 
 
 def _speedup(result: BenchmarkRecord, timing: TimingRecord) -> str:
@@ -241,6 +273,15 @@ def unstable_note(result: BenchmarkRecord) -> str:
         f"Unstable timings, no speed-up claimed: {'; '.join(result.unstable)}. Measure again "
         "on an idle machine, or with more iterations."
     )
+
+
+def candidate_label(candidate: CandidateRecord) -> str:
+    """A candidate of a search as a reader names it: `dynamic per-channel, 2 nodes left in
+    float`."""
+    count = len(candidate.excluded_nodes)
+    if not count:
+        return candidate.name
+    return f"{candidate.name}, {count} node{'s' if count > 1 else ''} left in float"
 
 
 def search_tables(manifest: Manifest) -> list[tuple[str, Table]]:
@@ -323,7 +364,7 @@ def sections(manifest: Manifest) -> list[Section]:
         Section("", items=tuple(facts(manifest))),
         Section("Outputs", tables=(outputs_table(manifest),)),
         Section("Validation against PyTorch"),
-        *(Section(title, level=3, tables=(t,)) for title, t in validation_tables(manifest)),
+        *validation_sections(manifest),
     ]
     searches = search_tables(manifest)
     found += [Section(f"Search: {title}", tables=(t,)) for title, t in searches]
