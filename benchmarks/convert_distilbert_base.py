@@ -236,7 +236,7 @@ def per_shape_figures(checkpoint: Path, model_path: Path) -> list[dict[str, Any]
     from onnxport.request.config import ConversionConfig
     from onnxport.sources import load_source
     from onnxport.verify.references import compute_references
-    from onnxport.verify.validate import DEFAULT_TOLERANCES, validate_model
+    from onnxport.verify.validate import DEFAULT_TOLERANCES, Judging, validate_model
 
     config = ConversionConfig()
     source = load_source(checkpoint, config.source)
@@ -250,7 +250,7 @@ def per_shape_figures(checkpoint: Path, model_path: Path) -> list[dict[str, Any]
             model_path,
             [reference],
             task=source.task,
-            tolerance=DEFAULT_TOLERANCES["fp32"],
+            judging=Judging(DEFAULT_TOLERANCES["fp32"]),
             min_agreement=config.validation.min_task_agreement,
         )
         rows.append(

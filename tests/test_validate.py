@@ -23,11 +23,14 @@ from onnxport.verify.runtime import create_session, run_session, session_options
 from onnxport.verify.shapes import export_origin
 from onnxport.verify.validate import (
     DEFAULT_TOLERANCES,
+    Judging,
     Reference,
     validate_model,
 )
 
 SHAPES = [(1, 8), (2, 37), (4, 128)]
+RECORDED = Judging(DEFAULT_TOLERANCES["fp32"], elementwise=False)
+"""The values recorded, not judged: the task-level gate alone decides."""
 
 
 @pytest.fixture(scope="module")
@@ -157,8 +160,7 @@ def test_shifted_logits_keep_the_argmax_but_fail_elementwise(
         broken,
         token_references,
         task=Task.TOKEN_CLASSIFICATION,
-        tolerance=DEFAULT_TOLERANCES["int8"],
-        elementwise_gate=False,
+        judging=Judging(DEFAULT_TOLERANCES["int8"], elementwise=False),
     )
     assert gated.passed
     assert not gated.outputs["logits"].passed
@@ -173,7 +175,7 @@ def test_a_changed_argmax_fails_the_agreement_gate(
     edit_initializer(good, broken, "classifier.bias", lambda b: b + np.eye(len(b))[0] * 100)
 
     result = validate_model(
-        broken, token_references, task=Task.TOKEN_CLASSIFICATION, elementwise_gate=False
+        broken, token_references, task=Task.TOKEN_CLASSIFICATION, judging=RECORDED
     )
     assert not result.passed
     assert result.task_agreement.value < 0.99
@@ -223,7 +225,7 @@ def test_tolerance_is_respected(exported, token_references) -> None:
     path = exported("distilbert-token", Exporter.TORCHSCRIPT).path
     strict = Tolerance(atol=1e-12, rtol=0.0)
     result = validate_model(
-        path, token_references, task=Task.TOKEN_CLASSIFICATION, tolerance=strict
+        path, token_references, task=Task.TOKEN_CLASSIFICATION, judging=Judging(strict)
     )
     assert not result.passed
     assert result.outputs["logits"].atol == 1e-12
@@ -247,13 +249,11 @@ def test_token_agreement_ignores_padded_positions(tmp_path: Path) -> None:
     expected[1, 2:] = scores[1, 2:][..., ::-1] * 10  # different argmax, padded positions only
     refs = [_reference(scores, expected, mask)]
 
-    token = validate_model(model, refs, task=Task.TOKEN_CLASSIFICATION, elementwise_gate=False)
+    token = validate_model(model, refs, task=Task.TOKEN_CLASSIFICATION, judging=RECORDED)
     assert token.task_agreement.value == 1.0
-    whole = validate_model(model, refs, task=Task.MASKED_LM, elementwise_gate=False)
+    whole = validate_model(model, refs, task=Task.MASKED_LM, judging=RECORDED)
     assert whole.task_agreement.value == 1.0  # masked LM is token-level too
-    sequence = validate_model(
-        model, refs, task=Task.SEQUENCE_CLASSIFICATION, elementwise_gate=False
-    )
+    sequence = validate_model(model, refs, task=Task.SEQUENCE_CLASSIFICATION, judging=RECORDED)
     assert sequence.task_agreement.value < 1.0  # not token-level: every position counts
 
 
@@ -269,7 +269,7 @@ def test_cosine_ignores_scale_but_not_direction(tmp_path: Path) -> None:
     assert result.outputs["logits"].max_abs_diff == pytest.approx(np.abs(scores).max(), rel=1e-6)
 
     negated = identity_model(tmp_path / "neg.onnx", scale=-1.0)
-    result = validate_model(negated, refs, task=Task.FEATURE_EXTRACTION, elementwise_gate=False)
+    result = validate_model(negated, refs, task=Task.FEATURE_EXTRACTION, judging=RECORDED)
     assert result.task_agreement.value == pytest.approx(-1.0)
     assert not result.passed
 
@@ -290,7 +290,9 @@ def test_an_output_of_the_wrong_shape_fails_without_crashing(
     scores = np.ones((1, 2, 3), dtype=np.float32)
     model = identity_model(tmp_path / "id.onnx")
     ref = _reference(scores, np.ones((1, 2, 4), dtype=np.float32))
-    result = validate_model(model, [ref], task=task, elementwise_gate=gate)
+    result = validate_model(
+        model, [ref], task=task, judging=Judging(DEFAULT_TOLERANCES["fp32"], elementwise=gate)
+    )
     assert not result.passed
     assert result.outputs["logits"].max_abs_diff == float("inf")
     assert result.task_agreement.value < result.task_agreement.minimum
