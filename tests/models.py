@@ -78,7 +78,7 @@ def _bert_config(**extra: Any) -> Any:
     )
 
 
-def build_distilbert_token_classifier(directory: Path) -> Path:
+def build_distilbert_token_classifier(directory: Path, *, initializer_range: float = 0.02) -> Path:
     from transformers import DistilBertConfig, DistilBertForTokenClassification
 
     tokenizer = wordpiece_tokenizer(directory)
@@ -90,10 +90,18 @@ def build_distilbert_token_classifier(directory: Path) -> Path:
         hidden_dim=INTERMEDIATE,
         max_position_embeddings=MAX_POSITIONS,
         pad_token_id=tokenizer.pad_token_id,
+        initializer_range=initializer_range,
         **labels(NUM_LABELS),
     )
     torch.manual_seed(SEED)
     return _save(DistilBertForTokenClassification(config), directory)
+
+
+def build_distilbert_at_trained_scale(directory: Path) -> Path:
+    """The tiny DistilBERT with weights at a trained model's scale: its activations are of
+    order 1, where an approximate GELU or a changed LayerNorm epsilon shows (at the default
+    initialization they are near 0, where both agree to float32's rounding)."""
+    return build_distilbert_token_classifier(directory, initializer_range=0.5)
 
 
 def build_bert_token_classifier(directory: Path) -> Path:
@@ -241,6 +249,29 @@ def build_gpt2_causal_lm(directory: Path) -> Path:
     )
     torch.manual_seed(SEED)
     return _save(GPT2LMHeadModel(config), directory)
+
+
+DEEP_LAYERS = 24
+
+
+def build_deep_llama(directory: Path) -> Path:
+    """A deep decoder LM, correct, initialized at the scale of a trained one: logits up to
+    about 20, where PyTorch's own float32 error (against float64) passes 1e-4 + 1e-3 * |x|
+    on dozens of elements. No tokenizer: random token ids."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=2000,
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=DEEP_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        initializer_range=0.4,
+    )
+    torch.manual_seed(SEED)
+    return _save(LlamaForCausalLM(config), directory)
 
 
 def build_funnel_sequence_classifier(directory: Path) -> Path:

@@ -150,11 +150,12 @@ def accept() -> None:
 
 
 @contextmanager
-def blocked() -> Iterator[None]:
-    """Start a child process in this block: it inherits SIGINT and SIGTERM blocked, so that a
-    Ctrl-C at the terminal reaches only this process, which stops the child itself. Signals
-    sent to this process meanwhile are delivered when the block ends."""
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+def blocked(signals: tuple[int, ...] = SIGNALS) -> Iterator[None]:
+    """Start a child process in this block: it inherits `signals` blocked, so that a Ctrl-C
+    at the terminal reaches only this process, which stops the child itself (or, for a child
+    that handles them, so that one sent before it can is delivered once it does: `accept`).
+    Signals sent to this process meanwhile are delivered when the block ends."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     try:
         yield
     finally:

@@ -190,6 +190,11 @@ def _metrics(manifest: Manifest) -> dict[str, float]:
             for name, c in out.validation.outputs.items():
                 metrics[f"{prefix}.{name}.max_abs_diff"] = c.max_abs_diff
                 metrics[f"{prefix}.{name}.max_rel_diff"] = c.max_rel_diff
+                for b in c.budget:  # against float64, per validation input
+                    shape = "x".join(map(str, b.shape))
+                    metrics[f"{prefix}.{name}.error_ratio.{shape}"] = b.ratio
+                    metrics[f"{prefix}.{name}.onnx_error_max.{shape}"] = b.onnx_max
+                    metrics[f"{prefix}.{name}.pytorch_error_max.{shape}"] = b.pytorch_max
     return {k: v for k, v in metrics.items() if v == v and abs(v) != float("inf")}
 
 

@@ -8,7 +8,12 @@ from rich.text import Text
 
 from onnxport.artifact.manifest import Manifest
 from onnxport.artifact.report.tables import Table as ReportTable
-from onnxport.artifact.report.tables import resolution_note, search_tables, shapes_label
+from onnxport.artifact.report.tables import (
+    error_ratio_label,
+    resolution_note,
+    search_tables,
+    shapes_label,
+)
 from onnxport.commands.console import literal, print_path
 from onnxport.progress import Stage, StageEvent, Status
 
@@ -74,7 +79,17 @@ def manifest_tables(manifest: Manifest) -> list[Table]:
         title=literal(f"onnxport: {manifest.source.architecture}"),
         caption=literal(note) if note else None,
     )
-    for column in ("file", "variant", "size", "valid", "shapes", "max |Δ|", "agreement"):
+    columns = (
+        "file",
+        "variant",
+        "size",
+        "valid",
+        "shapes",
+        "max |Δ|",
+        "error ÷ PyTorch's",
+        "agreement",
+    )
+    for column in columns:
         outputs.add_column(column, no_wrap=column in ("file", "size", "max |Δ|"))
     for out in manifest.outputs:
         v = out.validation
@@ -83,6 +98,7 @@ def manifest_tables(manifest: Manifest) -> list[Table]:
                 literal(out.file),
                 literal(out.variant),
                 _mb(out.total_size_bytes),
+                "-",
                 "-",
                 "-",
                 "-",
@@ -100,6 +116,7 @@ def manifest_tables(manifest: Manifest) -> list[Table]:
             mark,
             literal(shapes_label(v)),
             f"{worst:.2e}",
+            literal(error_ratio_label(v)),
             literal(
                 f"{v.task_agreement.value:.4f} ≥ {v.task_agreement.minimum:g}"
                 + (f"\n{_metric(v.task_metric)}" if v.task_metric else "")

@@ -124,7 +124,9 @@ def _start(arguments: ChildArguments, env: dict[str, str] | None) -> tuple[subpr
     child_env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     command = [sys.executable, "-m", "onnxport.execution", *arguments.argv()]
     try:
-        with interrupts.blocked():  # until it handles them itself (`interrupts.accept`)
+        # The SIGINT this process forwards when it is interrupted waits until the child
+        # handles it (`interrupts.accept`); a SIGTERM from elsewhere acts at once, as ever.
+        with interrupts.blocked((signal.SIGINT,)):
             process = subprocess.Popen(
                 command,
                 stdout=subprocess.PIPE,

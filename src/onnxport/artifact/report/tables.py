@@ -116,6 +116,19 @@ def facts(manifest: Manifest) -> list[str]:
     return facts
 
 
+def error_ratio_label(validation: ValidationRecord) -> str:
+    """The worst ratio of ONNX's error to PyTorch's own against float64, with the limit it
+    was judged by; what judged instead when it was not the budget."""
+    if not validation.elementwise_gate:
+        return "-"  # a variant: judged on the task
+    judged = [c for c in validation.outputs.values() if c.max_error_ratio is not None]
+    if not judged:
+        return "tolerance"
+    worst = max(judged, key=lambda c: c.error_ratio or 0.0)
+    ratio, limit = worst.error_ratio or 0.0, worst.max_error_ratio or 0.0
+    return f"{ratio:.2g}x {'≤' if ratio <= limit else '>'} {limit:g}"
+
+
 def outputs_table(manifest: Manifest) -> Table:
     rows = []
     for out in manifest.outputs:
@@ -140,10 +153,19 @@ def outputs_table(manifest: Manifest) -> Table:
                 "yes" if out.published else "no",
                 size(out.total_size_bytes),
                 validated,
+                error_ratio_label(v) if v else "-",
                 agreement,
             )
         )
-    headers = ("file", "variant", "published", "size", "validated", "task agreement")
+    headers = (
+        "file",
+        "variant",
+        "published",
+        "size",
+        "validated",
+        "error ÷ PyTorch's",
+        "task agreement",
+    )
     return Table(headers, tuple(rows), frozenset({3}))
 
 
@@ -167,6 +189,9 @@ def validation_sections(manifest: Manifest) -> list[Section]:
         if v is None:
             continue
         title = f"{out.variant} (shapes {shapes_label(v)})"
+        if v.elementwise_gate and v.yardstick is not None and v.yardstick.mode == "budget":
+            found.append(Section(title, level=3, note=BUDGET_NOTE, tables=(_budget_table(v),)))
+            continue
         if v.elementwise_gate:
             headers = ("output", "max abs diff", "max rel diff", "atol", "rtol", "within tolerance")
             rows = tuple(
@@ -180,7 +205,10 @@ def validation_sections(manifest: Manifest) -> list[Section]:
                 )
                 for name, c in v.outputs.items()
             )
-            found.append(Section(title, level=3, tables=(Table(headers, rows, frozenset({1, 2})),)))
+            why = v.yardstick.reason if v.yardstick is not None else None
+            note = f"Judged by the tolerance: {why}." if why else None
+            table = Table(headers, rows, frozenset({1, 2}))
+            found.append(Section(title, level=3, note=note, tables=(table,)))
             continue
         rows = tuple(
             (name, f"{c.max_abs_diff:.3g}", f"{c.max_rel_diff:.3g}")
@@ -194,6 +222,47 @@ def validation_sections(manifest: Manifest) -> list[Section]:
         table = Table(("output", "max abs diff", "max rel diff"), rows, frozenset({1, 2}))
         found.append(Section(title, level=3, note=note, tables=(table,)))
     return found
+
+
+BUDGET_NOTE = (
+    "Judged by the error budget: PyTorch also ran in float64 on the same inputs (the exact "
+    "answer); the ONNX model's float32 error against it, by its maximum and its RMS, is at "
+    "most the limit times PyTorch's own float32 error (floored at a few float32 roundings of "
+    "the output's scale)."
+)
+
+
+def _budget_table(validation: ValidationRecord) -> Table:
+    """Per output and validation input: both errors against float64, the ratio, the limit."""
+    rows = []
+    for name, c in validation.outputs.items():
+        limit = f"{c.max_error_ratio:g}" if c.max_error_ratio is not None else "-"
+        for b in c.budget:
+            rows.append(
+                (
+                    name,
+                    "x".join(map(str, b.shape)),
+                    f"{b.onnx_max:.3g}",
+                    f"{b.onnx_rms:.3g}",
+                    f"{b.pytorch_max:.3g}",
+                    f"{b.pytorch_rms:.3g}",
+                    f"{b.ratio:.3g}",
+                    limit,
+                    "yes" if c.max_error_ratio is None or b.ratio <= c.max_error_ratio else "no",
+                )
+            )
+    headers = (
+        "output",
+        "shape",
+        "ONNX error max",
+        "ONNX error RMS",
+        "PyTorch error max",
+        "PyTorch error RMS",
+        "ratio",
+        "limit",
+        "within",
+    )
+    return Table(headers, tuple(rows), frozenset(range(2, 8)))
 
 
 def _speedup(result: BenchmarkRecord, timing: TimingRecord) -> str:
