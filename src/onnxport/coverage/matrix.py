@@ -21,7 +21,7 @@ from onnxport.coverage.registry import CoverageEntry
 from onnxport.errors import OnnxportError, one_line
 from onnxport.pipeline import convert
 from onnxport.request import ConversionRequest
-from onnxport.request.config import ConversionConfig
+from onnxport.request.config import DEFAULT_OPSET, ConversionConfig
 from onnxport.sources.quirks import MODEL_TYPE_QUIRKS
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ class CoverageRow:
     opset: int
     max_abs_diff: float | None
     seconds: float
+    error_ratio: float | None = None
+    """The worst ratio of the ONNX model's error to PyTorch's own, against float64."""
     reason: str | None = None
     """Failures: the failed stage and its one-line message."""
     notes: str | None = None
@@ -69,11 +71,31 @@ def _max_abs_diff(manifest: Manifest) -> float | None:
     return max(o.max_abs_diff for o in validation.outputs.values())
 
 
+def _error_ratio(manifest: Manifest) -> float | None:
+    validation = manifest.outputs[0].validation
+    ratios = [o.error_ratio for o in validation.outputs.values()] if validation else []
+    return max((r for r in ratios if r is not None), default=None)
+
+
 def run_entry(
     entry: CoverageEntry, workdir: Path, *, base: ConversionConfig | None = None
 ) -> CoverageRow:
     """Build `entry`'s checkpoint under `workdir`, convert it, and describe the result."""
-    config = entry.conversion_config(base)
+    try:
+        config = entry.conversion_config(base)
+    except OnnxportError as e:  # quirks the settings refuse (an opset the exporter lacks)
+        return CoverageRow(
+            architecture=entry.architecture,
+            task=entry.task.value,
+            model_class=entry.model_class,
+            validated=False,
+            exporter=None,
+            opset=entry.quirks.opset or DEFAULT_OPSET,
+            max_abs_diff=None,
+            seconds=0.0,
+            reason=one_line(f"{e.stage}: {e}", REASON_LENGTH),
+            notes=_notes(entry, None),
+        )
     scratch = Path(workdir) / entry.name.replace("/", "__")
     if scratch.exists():
         shutil.rmtree(scratch)
@@ -109,6 +131,7 @@ def run_entry(
         exporter=manifest.export.exporter if manifest else None,
         opset=manifest.export.opset if manifest else config.onnx.opset_version,
         max_abs_diff=_max_abs_diff(manifest) if manifest else None,
+        error_ratio=_error_ratio(manifest) if manifest else None,
         seconds=seconds,
         reason=reason,
         notes=_notes(entry, manifest),
