@@ -25,6 +25,7 @@ from onnxport.errors import (
     ServeError,
     SourceError,
     TextTooLongError,
+    VerifyInputError,
     error_from_dict,
     one_line,
 )
@@ -41,6 +42,7 @@ BAD_INPUT = {
     PredictError,
     TextTooLongError,
     ServeError,
+    VerifyInputError,
 }
 
 

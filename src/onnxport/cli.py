@@ -25,6 +25,7 @@ from onnxport.commands.demo import demo_command
 from onnxport.commands.predict import predict_command
 from onnxport.commands.run import run_command
 from onnxport.commands.serve import serve_command
+from onnxport.commands.verify import verify_command
 from onnxport.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, OnnxportError
 from onnxport.interrupts import Interrupted
 from onnxport.process import exit_process, own_process
@@ -41,6 +42,7 @@ app.command("demo")(demo_command)
 app.command("run")(run_command)
 app.command("predict")(predict_command)
 app.command("serve")(serve_command)
+app.command("verify")(verify_command)
 app.command("debug")(debug_command)
 app.command("benchmark")(benchmark_command)
 app.command("report")(report_command)

@@ -171,6 +171,20 @@ class ServeError(OnnxportError):
     exit_code = EXIT_BAD_INPUT
 
 
+class VerifyError(OnnxportError):
+    """`onnxport verify` refused a model or a directory: it does not compute what its
+    checkpoint computes, or its files are not the ones the manifest proved."""
+
+    stage = "verify"
+
+
+class VerifyInputError(VerifyError):
+    """What `onnxport verify` was given cannot be checked as asked: not an ONNX file, input
+    or output names that do not match the checkpoint's, shapes the graph does not take."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
 class AzureMLError(OnnxportError):
     stage = "azureml"
 

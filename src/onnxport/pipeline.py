@@ -40,15 +40,13 @@ from onnxport.passes.search import SearchContext, Timer, search_int8, search_opt
 from onnxport.preparation import Prepared, isolated, prepare, prepare_in_a_child
 from onnxport.progress import ProgressCallback, Stage, StageClock, ignore_progress
 from onnxport.request import ConversionRequest
-from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantization, Yardstick
+from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantization
 from onnxport.testing import smoke_test_onnx_model
-from onnxport.verify.compare import Tolerance
 from onnxport.verify.divergence import locate_fp32_failure, locate_variant_failure
-from onnxport.verify.evaluation import Evaluation
-from onnxport.verify.gate import Candidate, Rules, judge
-from onnxport.verify.shapes import ExportOrigin, export_origin
+from onnxport.verify.gate import Candidate, judge
+from onnxport.verify.rules import fp32_rules, variant_rules
+from onnxport.verify.shapes import export_origin
 from onnxport.verify.timing import default_threads, machine_record
-from onnxport.verify.validate import DEFAULT_TOLERANCES, Judging
 
 logger = logging.getLogger(__name__)
 
@@ -76,67 +74,6 @@ def library_versions() -> dict[str, str]:
     for name in ("torch", "transformers", "onnx", "onnxruntime", "onnxscript"):
         found[name] = version(name)
     return found
-
-
-def fp32_rules(
-    config: ConversionConfig,
-    evaluation: Evaluation | None,
-    origin: ExportOrigin | None = None,
-    float64_skipped: str | None = None,
-) -> Rules:
-    """The fp32 model matches PyTorch element by element (its error against float64 within
-    the budget, or the tolerance), and on the task. `origin`: how the graph was made, said
-    on failure with what it suggests trying; `float64_skipped`: why PyTorch did not run in
-    float64, when the budget was asked for."""
-    default = DEFAULT_TOLERANCES["fp32"]
-    validation = config.validation
-    tolerance = Tolerance(
-        atol=validation.atol or default.atol,
-        rtol=default.rtol if validation.rtol is None else validation.rtol,
-    )
-    if validation.yardstick is Yardstick.BUDGET and float64_skipped is None:
-        judging = Judging(tolerance, max_error_ratio=validation.max_error_ratio)
-    elif validation.yardstick is Yardstick.BUDGET:
-        judging = Judging(tolerance, reason=float64_skipped)
-    else:
-        asked = "validation.mode: tolerance" if validation.mode else "validation.atol/rtol set"
-        judging = Judging(tolerance, reason=asked)
-    remedies = [
-        *(origin.remedies if origin else ()),
-        "onnx.optimize: none" if config.onnx.optimize is not OptimizeLevel.NONE else "",
-        "another opset",
-    ]
-    if evaluation is not None:
-        remedies.append("a larger validation.max_metric_drop")
-    return Rules(
-        judging=judging,
-        min_agreement=config.validation.min_task_agreement,
-        evaluation=evaluation,
-        remedies=tuple(r for r in remedies if r),
-        origin=origin.sentence if origin else None,
-    )
-
-
-def variant_rules(config: ConversionConfig, evaluation: Evaluation | None) -> Rules:
-    """A variant is judged on the task; its elementwise figures are recorded."""
-    variant = config.onnx.quantization
-    remedies = []
-    if variant in (Quantization.INT8, Quantization.INT8_STATIC):
-        remedies.append("quantization: auto (searches int8 settings and nodes to leave in float)")
-    if variant is Quantization.INT8:
-        remedies.append("quantization: int8-static (calibrated)")
-    if not config.quantize.per_channel:
-        remedies.append("quantize.per_channel: true")
-    if not config.validation.localize:
-        remedies.append("validation.localize: true to find which node to leave in float")
-    remedies.append("quantize.on_failure: skip to publish the fp32 model alone")
-    return Rules(
-        judging=Judging(DEFAULT_TOLERANCES[variant.variant], elementwise=False),
-        min_agreement=config.validation.min_task_agreement,
-        evaluation=evaluation,
-        on_failure=config.quantize.on_failure,
-        remedies=tuple(remedies),
-    )
 
 
 def convert(

@@ -40,10 +40,10 @@ from onnxport.request.config import (
     Exporter,
     IsolateExport,
     Quantization,
-    Yardstick,
 )
 from onnxport.tasks import Task
 from onnxport.verify.evaluation import Evaluation
+from onnxport.verify.shapes import validation_shapes
 from onnxport.verify.validate import Reference
 
 if TYPE_CHECKING:  # loading imports torch: only `prepare` does, when it runs
@@ -72,12 +72,6 @@ class Prepared:
     """Why PyTorch's float64 answers are missing although the error budget asked for them."""
 
 
-def validation_shapes(source: Source, config: ConversionConfig) -> list[tuple[int, int]]:
-    """The shapes of the validation inputs: the config's, else the source's defaults."""
-    shapes = config.validation.shapes or list(source.default_shapes)
-    return [tuple(s) for s in shapes]  # type: ignore[misc]
-
-
 def prepare(request: ConversionRequest, exported: Path, clock: StageClock) -> Prepared:
     """Load, compute the references, export to `exported` (or bind the weights into the
     export cache's graph of this architecture); in this process. An image model whose graph
@@ -85,7 +79,7 @@ def prepare(request: ConversionRequest, exported: Path, clock: StageClock) -> Pr
     from onnxport.export.cache.use import CacheUse, ExportSettings, export_with_cache
     from onnxport.passes import pass_context
     from onnxport.sources import load_source
-    from onnxport.verify.references import prepare_evaluation
+    from onnxport.verify.references import prepare_evaluation, pytorch_answers
 
     config = request.config
     with clock.stage(Stage.LOAD, SourceError):
@@ -129,24 +123,6 @@ def prepare(request: ConversionRequest, exported: Path, clock: StageClock) -> Pr
     return prepared
 
 
-def pytorch_answers(
-    source: Source, shapes: list[tuple[int, int]], config: ConversionConfig
-) -> tuple[list[Reference], str | None]:
-    """PyTorch's answers at `shapes`: in float32, and for the error budget in float64 too;
-    with why the float64 answers are missing when the budget asked for them."""
-    from onnxport.verify.references import add_exact_answers, compute_references
-
-    references = compute_references(source, shapes, seed=config.validation.seed)
-    if config.validation.yardstick is not Yardstick.BUDGET:
-        return references, None
-    references, skipped = add_exact_answers(
-        source, references, max_weights_gb=config.validation.float64_max_weights_gb
-    )
-    if skipped is not None:
-        logger.warning("the tolerance judges the fp32 model: %s", skipped)
-    return references, skipped
-
-
 def _fixed_resolution_fallback(
     source: Source, exported: Path, references: list[Reference], config: ConversionConfig
 ) -> tuple[Source, list[Reference]] | None:
@@ -171,6 +147,8 @@ def _fixed_resolution_fallback(
     logger.warning("%s; exported again at its fixed resolution %dx%d", reason, side, side)
     fixed = with_fixed_resolution(source, reason)
     if not own:  # validation.shapes named other sizes only: validate at the defaults
+        from onnxport.verify.references import pytorch_answers
+
         own, _ = pytorch_answers(fixed, list(fixed.default_shapes), config)
     return fixed, own
 

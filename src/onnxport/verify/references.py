@@ -2,7 +2,8 @@
 computed once while the PyTorch model is loaded (then it is freed, or its process ends).
 
 - `compute_references`: PyTorch's outputs for each validation shape, on tokenized sample text
-  where the model has a tokenizer;
+  where the model has a tokenizer; `pytorch_answers` adds its float64 outputs where the error
+  budget asks for them (`add_exact_answers`);
 - `prepare_evaluation`: PyTorch's score on the labelled evaluation set (`validation.eval_file`).
 This is the only module of `verify/` that imports torch.
 """
@@ -18,6 +19,7 @@ import torch
 
 from onnxport.errors import SourceError, one_line
 from onnxport.export.strategies import adapter_for
+from onnxport.request.config import ConversionConfig, Yardstick
 from onnxport.sources.base import Source
 from onnxport.verify.evaluation import Evaluation, load_eval_set
 from onnxport.verify.shapes import describe_shapes
@@ -68,6 +70,22 @@ def compute_references(
             references.append(reference)
     _warn_if_constant(references)
     return references
+
+
+def pytorch_answers(
+    source: Source, shapes: list[tuple[int, int]], config: ConversionConfig
+) -> tuple[list[Reference], str | None]:
+    """PyTorch's answers at `shapes`: in float32, and for the error budget in float64 too;
+    with why the float64 answers are missing when the budget asked for them."""
+    references = compute_references(source, shapes, seed=config.validation.seed)
+    if config.validation.yardstick is not Yardstick.BUDGET:
+        return references, None
+    references, skipped = add_exact_answers(
+        source, references, max_weights_gb=config.validation.float64_max_weights_gb
+    )
+    if skipped is not None:
+        logger.warning("the tolerance judges the fp32 model: %s", skipped)
+    return references, skipped
 
 
 def add_exact_answers(

@@ -10,9 +10,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from onnxport.artifact.records import ExportRecord, InputRecord
 from onnxport.errors import one_line
+from onnxport.request.config import ConversionConfig
+
+if TYPE_CHECKING:  # loading imports torch; the shapes need only its fields
+    from onnxport.sources.base import Source
 
 # How ONNX Runtime names what it refused: a declared dimension ("index: 2 Got: 64 Expected:
 # 32"), or the node it stopped in ("running Mul node. Name:'/model/Mul_1'").
@@ -22,6 +27,12 @@ _FAILED_NODE = re.compile(r"running (\w+) node\. Name:'([^']*)'")
 _STATIC_DIMENSION = re.compile(
     r"static shape of (\d+) for dimension inputs\['args'\]\[(\d+)\]\.shape\[(\d+)\]"
 )
+
+
+def validation_shapes(source: Source, config: ConversionConfig) -> list[tuple[int, int]]:
+    """The shapes of the validation inputs: the config's, else the source's defaults."""
+    shapes = config.validation.shapes or list(source.default_shapes)
+    return [tuple(s) for s in shapes]  # type: ignore[misc]
 
 
 def describe_shapes(shapes: dict[str, list[int]]) -> str:
