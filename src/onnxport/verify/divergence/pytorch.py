@@ -119,7 +119,7 @@ def _float64_twin(module):
         return value
 
     def widened(value):
-        return torch.float64 if value == torch.float32 else value
+        return torch.float64 if value is torch.float32 else value
 
     class Float64(torch.fx.Interpreter):
         def start(self, args: tuple) -> None:
@@ -163,13 +163,12 @@ def localize_against_pytorch(
     """
     started = time.perf_counter()
     shape = list(next(iter(inputs.values())).shape)
+    # The record names the limit that judged: the budget's, or the tolerance's.
+    tolerance = None if judging.by_budget else judging.tolerance
     yardstick = {
         "max_error_ratio": judging.max_error_ratio,
-        **(
-            {}
-            if judging.by_budget
-            else {"atol": judging.tolerance.atol, "rtol": judging.tolerance.rtol}
-        ),
+        "atol": tolerance.atol if tolerance else None,
+        "rtol": tolerance.rtol if tolerance else None,
     }
     found = producers(structure(model_path))
     # A value named after its FX node is that node's result in both graphs.
