@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
@@ -14,16 +15,25 @@ from onnxport.passes import DynamicInt8Pass, PassContext, StaticInt8Pass, apply_
 from onnxport.passes.calibration import Calibration
 from onnxport.pipeline import convert
 from onnxport.request import ConversionRequest
-from onnxport.request.config import ConversionConfig, Exporter, QuantizeConfig, SourceConfig
+from onnxport.request.config import (
+    DEFAULT_MAX_ERROR_RATIO,
+    ConversionConfig,
+    Exporter,
+    QuantizeConfig,
+    SourceConfig,
+)
 from onnxport.sources import load_source
-from onnxport.verify.compare import Tolerance
 from onnxport.verify.divergence import failing_input, locate_fp32_failure
+from onnxport.verify.divergence.graph import producers
 from onnxport.verify.divergence.pytorch import localize_against_pytorch
 from onnxport.verify.divergence.variant import changed_nodes, localize_variant
-from onnxport.verify.references import compute_references
-from onnxport.verify.validate import DEFAULT_TOLERANCES, validate_model
+from onnxport.verify.references import add_exact_answers, compute_references
+from onnxport.verify.validate import DEFAULT_TOLERANCES, Judging, validate_model
 
 pytestmark = pytest.mark.slow
+
+TOLERANCE = Judging(DEFAULT_TOLERANCES["fp32"])
+BUDGET = Judging(DEFAULT_TOLERANCES["fp32"], max_error_ratio=DEFAULT_MAX_ERROR_RATIO)
 
 BIAS = "model.distilbert.transformer.layer.0.ffn.lin1.bias"
 
@@ -60,6 +70,7 @@ def test_validation_fails_and_localization_names_the_node_and_module(broken, che
         opset=18,
     )
     assert found is not None and found.against == "pytorch"
+    assert found.max_error_ratio is None, "the tolerance judged, so the tolerance localizes"
     assert found.first.module == "distilbert.transformer.layer.0.ffn.lin1"
     # The exporter shares one initializer between equal tensors (layer 1's zero bias too):
     # the first node in topological order that reads the shifted bias is the one to name.
@@ -78,9 +89,7 @@ def test_an_intact_model_has_no_divergence(exported, source):
     result = exported("distilbert-token", Exporter.DYNAMO)
     src = source("distilbert-token")
     inputs = {k: v.numpy() for k, v in src.make_inputs(1, 16, 0).items()}
-    found = localize_against_pytorch(
-        lambda: src, result.path, inputs, opset=18, tolerance=Tolerance(1e-4, 1e-3)
-    )
+    found = localize_against_pytorch(lambda: src, result.path, inputs, opset=18, judging=TOLERANCE)
     assert found.first is None
     assert found.compared > 20
 
@@ -89,9 +98,7 @@ def test_a_torchscript_export_says_localization_needs_dynamo(exported, source):
     result = exported("distilbert-token", Exporter.TORCHSCRIPT)
     src = source("distilbert-token")
     inputs = {k: v.numpy() for k, v in src.make_inputs(1, 16, 0).items()}
-    found = localize_against_pytorch(
-        lambda: src, result.path, inputs, opset=18, tolerance=Tolerance(1e-4, 1e-3)
-    )
+    found = localize_against_pytorch(lambda: src, result.path, inputs, opset=18, judging=BUDGET)
     assert found.first is None and "dynamo" in found.note
 
 
@@ -100,6 +107,101 @@ def test_failing_input_is_batch_one_of_the_worst_shape(broken):
     validation = validate_model(path, references, task=src.task)
     inputs = failing_input(references, validation)
     assert {v.shape[0] for v in inputs.values()} == {1}
+
+
+# ------------------------------------------------- the error budget's yardstick, per node
+
+
+@pytest.fixture(scope="module")
+def exact_references(source):
+    """The tiny DistilBERT's answers in float32 and in float64, at two shapes."""
+    src = source("distilbert-token")
+    references = compute_references(src, [(1, 8), (2, 37)])
+    references, skipped = add_exact_answers(src, references, max_weights_gb=1.0)
+    assert skipped is None
+    return references
+
+
+def scale_weight(model: onnx.ModelProto, module: str) -> onnx.NodeProto:
+    """Scale by 1 + 1e-3 the weight matrix of the MatMul of `module`: the node it returns."""
+    found = producers(model)
+    weights = {i.name: i for i in model.graph.initializer}
+    (node,) = [
+        n for n in model.graph.node if n.op_type == "MatMul" and found[n.output[0]].module == module
+    ]
+    (weight,) = [weights[name] for name in node.input if name in weights]
+    scaled = numpy_helper.to_array(weight) * np.float32(1 + 1e-3)
+    weight.CopyFrom(numpy_helper.from_array(scaled, weight.name))
+    return node
+
+
+def change_epsilon(model: onnx.ModelProto, module: str) -> onnx.NodeProto:
+    """Set the epsilon of the LayerNormalization of `module` to 1e-4 (PyTorch's is 1e-12):
+    an exporter that reads a norm's epsilon from the wrong place."""
+    found = producers(model)
+    (node,) = [
+        n
+        for n in model.graph.node
+        if n.op_type == "LayerNormalization" and found[n.output[0]].module == module
+    ]
+    (epsilon,) = [a for a in node.attribute if a.name == "epsilon"]
+    epsilon.f = 1e-4
+    return node
+
+
+def _named_by_pytorch(model: onnx.ModelProto, node: onnx.NodeProto) -> onnx.NodeProto:
+    """`node`, or its immediate consumer when its output has no FX node of its own (a
+    MatMul whose sum with the bias is the FX `linear`)."""
+    if producers(model)[node.output[0]].fx_node == node.output[0]:
+        return node
+    (consumer,) = [n for n in model.graph.node if node.output[0] in n.input]
+    return consumer
+
+
+@pytest.mark.parametrize(
+    ("plant", "module"),
+    [
+        (scale_weight, "distilbert.transformer.layer.1.ffn.lin1"),
+        # The last norm: the next would normalize away most of what an epsilon changes.
+        (change_epsilon, "distilbert.transformer.layer.1.output_layer_norm"),
+    ],
+)
+def test_a_planted_bug_is_localized_by_its_error_against_float64(
+    exported, source, exact_references, tmp_path, plant, module
+):
+    model = onnx.load(str(exported("distilbert-token", Exporter.DYNAMO).path))
+    expected = _named_by_pytorch(model, plant(model, module))
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    src = source("distilbert-token")
+    validation = validate_model(path, exact_references, task=src.task, judging=BUDGET)
+    assert not validation.passed and validation.yardstick.mode == "budget"
+    logits = validation.outputs["logits"]
+    inputs = failing_input(exact_references, validation)
+    worst = max(logits.budget, key=lambda b: b.ratio).shape
+    assert next(iter(inputs.values())).shape[1] == worst[1], "the shape the budget erred most"
+
+    found = locate_fp32_failure(lambda: src, path, exact_references, validation, opset=18)
+
+    assert found is not None and found.max_error_ratio == DEFAULT_MAX_ERROR_RATIO
+    first = found.first
+    assert (first.node, first.op_type, first.module) == (expected.name, expected.op_type, module)
+    assert first.error_ratio > 10 * DEFAULT_MAX_ERROR_RATIO, "far above the limit"
+    assert first.input_error_ratio <= DEFAULT_MAX_ERROR_RATIO, "its inputs were within it"
+    assert first.onnx_max > first.pytorch_max > 0 and first.onnx_rms > first.pytorch_rms > 0
+    assert found.summary() == (
+        f"first divergence at node {expected.name} ({expected.op_type}, {module}): error "
+        f"{first.error_ratio:.0f}x PyTorch's own (limit 4)"
+    )
+
+
+def test_an_intact_model_has_no_divergence_against_float64(exported, source):
+    result = exported("distilbert-token", Exporter.DYNAMO)
+    src = source("distilbert-token")
+    inputs = {k: v.numpy() for k, v in src.make_inputs(1, 16, 0).items()}
+    found = localize_against_pytorch(lambda: src, result.path, inputs, opset=18, judging=BUDGET)
+    assert found.max_error_ratio == DEFAULT_MAX_ERROR_RATIO and found.compared > 20
+    assert found.first is None and found.following == []
 
 
 def test_variant_localization_ranks_quantized_nodes(exported, source, tmp_path):
@@ -124,10 +226,14 @@ def test_debug_command_compares_a_published_dynamo_export(cli, cli_converted):
     keys = {p.key for n in model.graph.node for p in n.metadata_props}
     assert "pkg.torch.onnx.stack_trace" not in keys
     assert {"pkg.torch.onnx.fx_node", "pkg.torch.onnx.name_scopes"} <= keys
+    manifest = json.loads((output / "manifest.json").read_text())
+    (fp32,) = [o for o in manifest["outputs"] if o["variant"] == "fp32"]
+    assert fp32["validation"]["yardstick"]["mode"] == "budget"
     debug = cli("debug", output, "--json")
     assert debug.code == 0, debug.stderr
     found = json.loads(debug.stdout)
     assert found["fp32"]["against"] == "pytorch"
+    assert found["fp32"]["max_error_ratio"] == DEFAULT_MAX_ERROR_RATIO, "the manifest's yardstick"
     assert found["fp32"]["first"] is None and found["fp32"]["compared"] > 20
 
 
@@ -177,9 +283,10 @@ def test_convert_names_the_first_diverging_node_in_its_one_line_error(
     )
     model = onnx.load(str(exported("distilbert-token", Exporter.DYNAMO).path))
     node, op_type = next((n.name, n.op_type) for n in model.graph.node if BIAS in n.input)
+    # The default yardstick judged (the budget), and localized with it.
     assert re.search(
         rf"; first divergence at node {re.escape(node)} \({op_type}, "
-        r"distilbert\.transformer\.layer\.0\.ffn\.lin1\): max abs 0\.5 vs tolerance 0\.0001"
+        r"distilbert\.transformer\.layer\.0\.ffn\.lin1\): error \d+x PyTorch's own \(limit 4\)"
         r"; the dynamo exporter made the graph$",
         error,
     ), error

@@ -207,6 +207,16 @@ class NodeDivergenceRecord(Record):
     """||actual - expected|| / ||expected||: how much of the value is lost (variants)."""
     input_relative_l2: float | None = None
     """The largest `relative_l2` among its compared inputs (variants)."""
+    error_ratio: float | None = None
+    """Its error against PyTorch in float64 in multiples of PyTorch's own float32 error at
+    the same node (`onnxport.verify.compare.error_budget`); None when the tolerance judged."""
+    onnx_max: float | None = None
+    onnx_rms: float | None = None
+    pytorch_max: float | None = None
+    pytorch_rms: float | None = None
+    input_error_ratio: float | None = None
+    """The largest `error_ratio` among its compared inputs: within the limit means this node
+    introduced the error."""
 
 
 class DivergenceRecord(Record):
@@ -218,8 +228,11 @@ class DivergenceRecord(Record):
     compared: int
     first: NodeDivergenceRecord | None
     following: list[NodeDivergenceRecord] = Field(default_factory=list)
-    atol: float = 0.0
-    rtol: float = 0.0
+    atol: float | None = None
+    rtol: float | None = None
+    """The tolerance, when it judged the values."""
+    max_error_ratio: float | None = None
+    """The error budget's limit (`validation.max_error_ratio`), when it judged the values."""
     suggestion: str | None = None
     note: str | None = None
     seconds: float = 0.0
@@ -238,10 +251,18 @@ class DivergenceRecord(Record):
                 f"{f.input_relative_l2 or 0.0:.2g}"
             )
             return line + (f"; try {self.suggestion}" if self.suggestion else "")
-        line = (
-            f"first divergence at node {f.node} ({where}): max abs {f.max_abs_diff:.2g} "
-            f"vs tolerance {self.atol:g}"
-        )
+        if self.max_error_ratio is not None:
+            ratio = f.error_ratio or 0.0
+            times = f"{ratio:.0f}" if ratio >= 10 else f"{ratio:.2g}"
+            line = (
+                f"first divergence at node {f.node} ({where}): error {times}x PyTorch's own "
+                f"(limit {self.max_error_ratio:g})"
+            )
+        else:
+            line = (
+                f"first divergence at node {f.node} ({where}): max abs {f.max_abs_diff:.2g} "
+                f"vs tolerance {self.atol or 0.0:g}"
+            )
         return line + (f"; {self.suggestion}" if self.suggestion else "")
 
 

@@ -22,18 +22,17 @@ def debug_command(
     length: Annotated[int, typer.Option(help="Sequence length of the input compared.")] = 37,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Compare every published model node by node: fp32 with PyTorch, each variant with the
-    fp32 graph it was made from."""
+    """Compare every published model node by node: fp32 with PyTorch (by the yardstick its
+    validation recorded), each variant with the fp32 graph it was made from."""
     from rich.console import Console
     from rich.table import Table
 
     from onnxport.artifact.reader import PublishedDirectory
     from onnxport.commands.console import setup_logging
     from onnxport.sources import load_source
-    from onnxport.verify.compare import Tolerance
     from onnxport.verify.divergence.pytorch import localize_against_pytorch
     from onnxport.verify.divergence.variant import localize_variant
-    from onnxport.verify.validate import DEFAULT_TOLERANCES
+    from onnxport.verify.validate import DEFAULT_TOLERANCES, Judging
 
     setup_logging(verbose=False)
     published = PublishedDirectory.open(output_dir)
@@ -44,8 +43,8 @@ def debug_command(
     size = source.example_shape[1] if source.modality.value == "vision" else length
     inputs = {k: v.numpy() for k, v in source.make_inputs(1, size, 0).items()}
     variants = [out for out in published.published() if out.variant != "fp32"]
-    first = next(iter(fp32.validation.outputs.values()), None) if fp32.validation else None
-    tolerance = Tolerance(first.atol, first.rtol) if first else DEFAULT_TOLERANCES["fp32"]
+    # The yardstick that judged the fp32 model: the error budget, or the tolerance.
+    judging = Judging.recorded(fp32.validation)
     with tempfile.TemporaryDirectory(prefix="onnxport-debug-") as scratch:
         base = _variant_base(published, source, Path(scratch)) if variants else None
         del source  # loaded again after the ONNX side has run: never both in memory
@@ -55,7 +54,7 @@ def debug_command(
                 published.path / fp32.file,
                 inputs,
                 opset=manifest.export.opset,
-                tolerance=tolerance,
+                judging=judging,
             )
         }
         for out in variants:
@@ -63,7 +62,7 @@ def debug_command(
                 base,
                 published.path / out.file,
                 inputs,
-                tolerance=DEFAULT_TOLERANCES.get(out.variant, tolerance),
+                tolerance=DEFAULT_TOLERANCES.get(out.variant, judging.tolerance),
             )
     if json_output:
         print(json.dumps({k: v.model_dump(mode="json") for k, v in results.items()}, indent=2))

@@ -150,8 +150,8 @@ def _compare_outputs(
         found = compare(actual[name], expected, judge.tolerance)
         exact = ref.exact.get(name) if ref.exact is not None else None
         budget = error_budget(actual[name], expected, exact) if exact is not None else None
+        passed = judge.passes(found, budget)
         if judge.by_budget and budget is not None:
-            passed = budget.ratio <= judge.max_error_ratio  # type: ignore[operator]
             failure = (
                 f"output '{name}' at shape {ref.describe()}: its error against PyTorch in "
                 f"float64 is {budget.ratio:.3g}x PyTorch's own float32 error (max "
@@ -160,7 +160,6 @@ def _compare_outputs(
                 f"{judge.max_error_ratio:g}"
             )
         else:
-            passed = found.within
             failure = (
                 f"output '{name}' at shape {ref.describe()}: max abs diff "
                 f"{found.max_abs_diff:.3g}, max rel diff {found.max_rel_diff:.3g} exceed "
@@ -193,6 +192,27 @@ class Judging:
     @property
     def by_budget(self) -> bool:
         return self.max_error_ratio is not None
+
+    def passes(self, found: TensorComparison, budget: ErrorBudget | None) -> bool:
+        """Whether a value passes: by the budget when it judges and float64 ran (`budget`),
+        else by the tolerance (`found`)."""
+        if self.by_budget and budget is not None:
+            return budget.ratio <= self.max_error_ratio  # type: ignore[operator]
+        return found.within
+
+    @classmethod
+    def recorded(cls, validation: ValidationRecord | None) -> Judging:
+        """How `validation` judged the values, read back from the record (the fp32 tolerance
+        for a record without outputs), so that localization uses the same yardstick."""
+        outputs = list(validation.outputs.values()) if validation is not None else []
+        if validation is None or not outputs:
+            return cls(DEFAULT_TOLERANCES["fp32"])
+        limit = next((o.max_error_ratio for o in outputs if o.max_error_ratio is not None), None)
+        return cls(
+            Tolerance(outputs[0].atol, outputs[0].rtol),
+            max_error_ratio=limit,
+            elementwise=validation.elementwise_gate,
+        )
 
     def record(self, references: list[Reference]) -> YardstickRecord:
         if self.by_budget and all(r.exact is not None for r in references):

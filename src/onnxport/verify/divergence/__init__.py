@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxport.artifact.records import DivergenceRecord, ValidationRecord
-from onnxport.verify.compare import Tolerance
+from onnxport.artifact.records import DivergenceRecord, OutputComparisonRecord, ValidationRecord
 from onnxport.verify.divergence.pytorch import localize_against_pytorch
 from onnxport.verify.divergence.variant import localize_variant
-from onnxport.verify.validate import Reference
+from onnxport.verify.validate import Judging, Reference
 
 __all__ = ["failing_input", "locate_fp32_failure", "locate_variant_failure"]
 
@@ -28,16 +27,18 @@ logger = logging.getLogger(__name__)
 def failing_input(
     references: Sequence[Reference], validation: ValidationRecord
 ) -> dict[str, np.ndarray]:
-    """Batch 1 of the reference input where the first failing output erred most."""
+    """Batch 1 of the reference input where the first failing output erred most: by the
+    ratio when the error budget judged it, else by the absolute difference."""
     failing = [c for c in validation.outputs.values() if not c.passed]
-    shape = tuple(failing[0].worst_shape) if failing else references[-1].shape
+    shape = tuple(_worst_shape(failing[0])) if failing else references[-1].shape
     reference = next((r for r in references if tuple(r.shape) == shape), references[-1])
     return {k: v[:1] for k, v in reference.inputs.items()}
 
 
-def _tolerance(validation: ValidationRecord) -> Tolerance:
-    first = next(iter(validation.outputs.values()), None)
-    return Tolerance(first.atol, first.rtol) if first else Tolerance(1e-4, 1e-3)
+def _worst_shape(output: OutputComparisonRecord) -> list[int]:
+    if output.max_error_ratio is not None and output.budget:
+        return max(output.budget, key=lambda b: b.ratio).shape
+    return output.worst_shape
 
 
 def locate_fp32_failure(
@@ -48,7 +49,8 @@ def locate_fp32_failure(
     *,
     opset: int,
 ) -> DivergenceRecord | None:
-    """Where a failed fp32 model parts ways with PyTorch. The source is loaded again
+    """Where a failed fp32 model parts ways with PyTorch, judged by the yardstick that
+    judged it (`validation`: the error budget or the tolerance). The source is loaded again
     (`load_source`): the pipeline frees the PyTorch model before validation, and a failure
     can afford the reload."""
     try:
@@ -57,7 +59,7 @@ def locate_fp32_failure(
             model_path,
             failing_input(references, validation),
             opset=opset,
-            tolerance=_tolerance(validation),
+            judging=Judging.recorded(validation),
         )
     except Exception as e:  # a diagnostic must never hide the validation error itself
         logger.warning("could not localize the divergence: %s: %s", type(e).__name__, e)
@@ -70,7 +72,10 @@ def locate_variant_failure(
     """Where a failed variant loses the most against the model it was made from."""
     try:
         return localize_variant(
-            base, variant, failing_input(references, validation), tolerance=_tolerance(validation)
+            base,
+            variant,
+            failing_input(references, validation),
+            tolerance=Judging.recorded(validation).tolerance,
         )
     except Exception as e:  # a diagnostic must never hide the gate failure itself
         logger.warning("could not localize the variant's loss: %s: %s", type(e).__name__, e)
