@@ -142,17 +142,8 @@ def build_bert_encoder(directory: Path) -> Path:
 def build_vit_image_classifier(directory: Path) -> Path:
     from transformers import ViTConfig, ViTForImageClassification
 
-    config = ViTConfig(
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        hidden_size=HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        intermediate_size=INTERMEDIATE,
-        **labels(4),
-    )
     torch.manual_seed(SEED)
-    return _save(ViTForImageClassification(config), directory)
+    return _save(ViTForImageClassification(_vit_like(ViTConfig)), directory)
 
 
 def _vit_like(config_class: Any, **extra: Any) -> Any:

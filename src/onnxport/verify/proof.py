@@ -165,32 +165,30 @@ def match_names(source: Source, graph_inputs: list[str], graph_outputs: list[str
     """Match the graph's inputs and outputs to the checkpoint's: by name when the
     checkpoint's names cover them (the graph may leave inputs out, and add outputs), else
     by order when the counts agree; otherwise `VerifyInputError`."""
-    notes = []
-    wanted = list(source.input_names)
-    if set(graph_inputs) <= set(wanted):
-        inputs = {name: name for name in graph_inputs}
-    elif len(graph_inputs) == len(wanted):
-        inputs = dict(zip(wanted, graph_inputs))
-        notes.append(f"inputs matched by order: {_pairs(inputs)}")
-    else:
-        raise VerifyInputError(
-            f"the graph's inputs ({', '.join(graph_inputs)}) are not the checkpoint's "
-            f"({', '.join(wanted)}), by name or in number",
-            hint=f"export with input_names={wanted} (in that order)",
-        )
-    expected = list(source.output_names)
-    if set(expected) <= set(graph_outputs):
-        outputs = {name: name for name in expected}
-    elif len(graph_outputs) == len(expected):
-        outputs = dict(zip(expected, graph_outputs))
-        notes.append(f"outputs matched by order: {_pairs(outputs)}")
-    else:
-        raise VerifyInputError(
-            f"the graph's outputs ({', '.join(graph_outputs)}) are not the checkpoint's "
-            f"({', '.join(expected)}), by name or in number",
-            hint=f"export with output_names={expected} (in that order)",
-        )
-    return NameMatch(inputs, outputs, tuple(notes))
+    wanted_inputs, wanted_outputs = list(source.input_names), list(source.output_names)
+    inputs, input_note = _match(
+        "inputs", graph_inputs, wanted_inputs, set(graph_inputs) <= set(wanted_inputs)
+    )
+    outputs, output_note = _match(
+        "outputs", graph_outputs, wanted_outputs, set(wanted_outputs) <= set(graph_outputs)
+    )
+    return NameMatch(inputs, outputs, tuple(n for n in (input_note, output_note) if n))
+
+
+def _match(
+    kind: str, graph: list[str], wanted: list[str], by_name: bool
+) -> tuple[dict[str, str], str | None]:
+    """The checkpoint's name -> the graph's, and a note when matched by order."""
+    if by_name:
+        return {name: name for name in wanted if name in graph}, None
+    if len(graph) == len(wanted):
+        pairs = dict(zip(wanted, graph))
+        return pairs, f"{kind} matched by order: {_pairs(pairs)}"
+    raise VerifyInputError(
+        f"the graph's {kind} ({', '.join(graph)}) are not the checkpoint's "
+        f"({', '.join(wanted)}), by name or in number",
+        hint=f"export with {kind[:-1]}_names={wanted} (in that order)",
+    )
 
 
 def _pairs(names: dict[str, str]) -> str:
