@@ -139,6 +139,36 @@ def build_bert_encoder(directory: Path) -> Path:
     return _save(BertModel(_bert_config()), directory)
 
 
+def write_sentence_modules(
+    directory: Path, *, pooling: str, normalize: bool, max_seq_length: int | None = None
+) -> Path:
+    """Make the checkpoint at `directory` a sentence-transformers one, as
+    `SentenceTransformer.save()` lays it out: `modules.json` (the Transformer at the root, a
+    Pooling module with one `pooling_mode_*` set, optionally Normalize), the Pooling module's
+    config and `sentence_bert_config.json`. The Normalize module has no files."""
+    modules = [("Transformer", ""), ("Pooling", "1_Pooling")]
+    if normalize:
+        modules.append(("Normalize", "2_Normalize"))
+    entries = [
+        {"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
+        for i, (kind, path) in enumerate(modules)
+    ]
+    (directory / "modules.json").write_text(json.dumps(entries, indent=2), encoding="utf-8")
+    modes = {"cls": "cls_token", "mean": "mean_tokens", "max": "max_tokens"}
+    others = ("mean_sqrt_len_tokens", "weightedmean_tokens", "lasttoken")
+    pooling_config = {"word_embedding_dimension": HIDDEN} | {
+        f"pooling_mode_{mode}": mode == modes.get(pooling, pooling)
+        for mode in (*modes.values(), *others)
+    }
+    (directory / "1_Pooling").mkdir(exist_ok=True)
+    (directory / "1_Pooling" / "config.json").write_text(
+        json.dumps(pooling_config, indent=2), encoding="utf-8"
+    )
+    settings = {"max_seq_length": max_seq_length or MAX_POSITIONS, "do_lower_case": False}
+    (directory / "sentence_bert_config.json").write_text(json.dumps(settings), encoding="utf-8")
+    return directory
+
+
 def build_vit_image_classifier(directory: Path) -> Path:
     from transformers import ViTConfig, ViTForImageClassification
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -19,8 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-from models import _bert_config, wordpiece_tokenizer
+from models import MAX_POSITIONS, _bert_config, wordpiece_tokenizer, write_sentence_modules
 from onnxport.artifact.manifest import MANIFEST_FILENAME, read_manifest
+from onnxport.artifact.reader import PublishedDirectory
 from onnxport.artifact.records import OutputRecord
 from onnxport.errors import OutputError
 from onnxport.pipeline import convert
@@ -61,6 +63,41 @@ def encoder_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     BertModel(_bert_config()).eval().save_pretrained(root / "checkpoint")
     convert(ConversionRequest(root / "checkpoint", root / "onnx", config=FAST))
     return root / "checkpoint", root / "onnx"
+
+
+SENTENCE_MODELS = {
+    # name: the Pooling module's mode, a Normalize module or not, sentence_bert_config's
+    # max_seq_length (12: below the model's 128, so that it cuts the longer sentences)
+    "mean-normalized": ("mean", True, 12),
+    "cls": ("cls", False, None),
+    "max-normalized": ("max", True, None),
+}
+
+
+@pytest.fixture(scope="session")
+def sentence_model(
+    encoder_model, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], tuple[Path, Path]]:
+    """`sentence_model(name)`: (checkpoint, onnxport output) of the tiny encoder saved as a
+    sentence-transformers checkpoint with the modules of `SENTENCE_MODELS[name]`."""
+    built: dict[str, tuple[Path, Path]] = {}
+
+    def get(name: str) -> tuple[Path, Path]:
+        if name not in built:
+            pooling, normalize, max_seq_length = SENTENCE_MODELS[name]
+            root = tmp_path_factory.mktemp(f"sentence-{name}")
+            shutil.copytree(encoder_model[0], root / "checkpoint")
+            write_sentence_modules(
+                root / "checkpoint",
+                pooling=pooling,
+                normalize=normalize,
+                max_seq_length=max_seq_length,
+            )
+            convert(ConversionRequest(root / "checkpoint", root / "onnx", config=FAST))
+            built[name] = root / "checkpoint", root / "onnx"
+        return built[name]
+
+    return get
 
 
 @pytest.fixture(scope="session")
@@ -163,24 +200,92 @@ def test_sequence_classification_equals_the_transformers_pipeline(checkpoint, co
         assert prediction.score == pytest.approx(expected["score"], abs=1e-3)
 
 
-@pytest.mark.parametrize("pooling", ["mean", "cls"])
-def test_feature_extraction_vectors_equal_pytorch(encoder_model, pooling: str) -> None:
+def _pytorch_sentence_vectors(
+    checkpoint: Path, pooling: str, *, normalize: bool = False, max_length: int = MAX_POSITIONS
+) -> np.ndarray:
+    """SENTENCES' vectors as sentence-transformers computes them from PyTorch's token vectors:
+    pooled under the attention mask, then L2-normalized when `normalize`."""
     from transformers import AutoModel, AutoTokenizer
 
-    checkpoint, output = encoder_model
     tokenizer = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True)
     model = AutoModel.from_pretrained(checkpoint).eval()
-    encoded = tokenizer(list(SENTENCES), padding=True, return_tensors="pt")
+    encoded = tokenizer(
+        list(SENTENCES), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
     with torch.inference_mode():
         hidden = model(**encoded).last_hidden_state
     mask = encoded["attention_mask"].unsqueeze(-1).float()
-    expected = (hidden * mask).sum(1) / mask.sum(1) if pooling == "mean" else hidden[:, 0]
-    predictions = OnnxPredictor(output, pooling=pooling).predict(SENTENCES)
-    for prediction, vector in zip(predictions, expected.numpy()):
+    if pooling == "mean":
+        vectors = (hidden * mask).sum(1) / mask.sum(1)
+    elif pooling == "max":
+        vectors = hidden.masked_fill(mask == 0, -1e9).max(1).values
+    else:
+        vectors = hidden[:, 0]
+    if normalize:
+        vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+    return vectors.numpy()
+
+
+def _assert_vectors(predictions, expected: np.ndarray) -> None:
+    for prediction, vector in zip(predictions, expected, strict=True):
         assert isinstance(prediction, VectorPrediction)
         got = prediction.vector
         assert got.shape == vector.shape == (32,)
         assert got @ vector / (np.linalg.norm(got) * np.linalg.norm(vector)) > 0.9999
+        np.testing.assert_allclose(got, vector, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", [None, "mean", "cls"])
+def test_feature_extraction_vectors_equal_pytorch(encoder_model, pooling: str | None) -> None:
+    """Without modules.json (a plain transformers checkpoint) the default is the mean under
+    the attention mask, not normalized."""
+    checkpoint, output = encoder_model
+    expected = _pytorch_sentence_vectors(checkpoint, pooling or "mean")
+    options = {"pooling": pooling} if pooling else {}
+    _assert_vectors(OnnxPredictor(output, **options).predict(SENTENCES), expected)
+    assert abs(np.linalg.norm(expected[0]) - 1) > 0.1, "the plain vectors are not unit ones"
+
+
+@pytest.mark.parametrize("name", list(SENTENCE_MODELS))
+def test_sentence_transformers_vectors_equal_what_its_modules_compute(
+    sentence_model, name: str
+) -> None:
+    """A sentence-transformers checkpoint's vectors are pooled as its Pooling module says,
+    normalized when a Normalize module follows, from texts cut at its max_seq_length."""
+    pooling, normalize, max_seq_length = SENTENCE_MODELS[name]
+    checkpoint, output = sentence_model(name)
+    expected = _pytorch_sentence_vectors(
+        checkpoint, pooling, normalize=normalize, max_length=max_seq_length or MAX_POSITIONS
+    )
+    predictor = OnnxPredictor(output)
+    predictions = predictor.predict(SENTENCES)
+    _assert_vectors(predictions, expected)
+    assert (predictor.pooling.value, predictor.normalize) == (pooling, normalize)
+    norms = [float(np.linalg.norm(p.vector)) for p in predictions]
+    if normalize:
+        assert norms == pytest.approx([1.0] * len(SENTENCES), abs=1e-5)
+    else:
+        assert min(abs(n - 1) for n in norms) > 0.1
+    if max_seq_length is not None:
+        assert predictor.max_length == max_seq_length
+        assert any(p.truncated for p in predictions), "some sentences are longer than 12"
+
+
+def test_a_sentence_transformers_directory_records_its_modules_and_publishes_their_files(
+    sentence_model,
+) -> None:
+    checkpoint, output = sentence_model("mean-normalized")
+    published = PublishedDirectory.open(output)  # every file, module ones included, intact
+    recorded = published.manifest.source.sentence_embedding
+    assert recorded is not None
+    assert (recorded.pooling.value, recorded.normalize, recorded.max_seq_length) == (
+        "mean",
+        True,
+        12,
+    )
+    for name in ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json"):
+        assert (output / name).read_bytes() == (checkpoint / name).read_bytes()
+        assert name in published.manifest.files
 
 
 # --- batching and long text -----------------------------------------------------------------

@@ -179,6 +179,35 @@ def test_a_variants_text_model_holds_that_variant_only_and_opens_intact(
     assert _answers(packaged, TEXTS, "int8") == _answers(output, TEXTS, "int8")
 
 
+def test_a_sentence_transformers_text_model_answers_its_unit_vectors(tmp_path: Path) -> None:
+    """The text model of a sentence-transformers checkpoint holds its module files (in their
+    directories) and answers the vectors its modules compute: mean-pooled, normalized."""
+    import mlflow.pyfunc
+    import numpy as np
+    import torch
+    from transformers import BertModel
+
+    from models import _bert_config, wordpiece_tokenizer, write_sentence_modules
+    from onnxport.pipeline import convert
+    from onnxport.request import ConversionRequest
+    from onnxport.request.config import ConversionConfig
+
+    checkpoint = tmp_path / "checkpoint"
+    wordpiece_tokenizer(checkpoint)
+    torch.manual_seed(0)
+    BertModel(_bert_config()).eval().save_pretrained(checkpoint)
+    write_sentence_modules(checkpoint, pooling="mean", normalize=True)
+    config = ConversionConfig().with_overrides(onnx={"exporter": "torchscript"})
+    convert(ConversionRequest(checkpoint, tmp_path / "onnx", config=config))
+    model = mlflow.pyfunc.load_model(
+        str(save_text_model(tmp_path / "onnx", "fp32", tmp_path / "m"))
+    )
+    answers = model.predict(list(TEXTS))
+    assert answers == _answers(tmp_path / "onnx", TEXTS)
+    norms = [float(np.linalg.norm(a["vector"])) for a in answers]
+    assert norms == pytest.approx([1.0] * len(TEXTS), abs=1e-5)
+
+
 def _set_task(directory: Path, task: str) -> None:
     data = json.loads((directory / MANIFEST_FILENAME).read_text(encoding="utf-8"))
     data["source"]["task"] = task

@@ -18,6 +18,7 @@ from models import (
     VOCAB_SIZE,
     edit_config_json,
     make_pickle_checkpoint,
+    write_sentence_modules,
 )
 from onnxport.errors import EXIT_BAD_INPUT, SourceError
 from onnxport.request.config import SourceConfig
@@ -51,7 +52,7 @@ def test_checkpoint_loads_as_a_source(source, checkpoint, name: str) -> None:
     assert loaded.output_names == expected.output_names
     assert not loaded.module.training
     assert loaded.weight_files == (checkpoint(name) / "model.safetensors",)
-    copied = {f.name for f in loaded.files_to_copy}
+    copied = set(loaded.files_to_copy)
     assert "config.json" in copied
     assert ("tokenizer.json" in copied) is expected.has_tokenizer
     assert loaded.num_parameters == sum(p.numel() for p in loaded.module.parameters())
@@ -418,12 +419,70 @@ def test_published_tokenizer_config_names_a_class_both_transformers_generations_
     generic = {"tokenizer_class": "TokenizersBackend", "backend": "tokenizers", "pad_token": "x"}
     (source / "tokenizer_config.json").write_text(json.dumps(generic), encoding="utf-8")
     (source / "vocab.txt").write_bytes(b"[PAD]\n")
-    publish_companions((source / "tokenizer_config.json", source / "vocab.txt"), target)
+    files = {name: source / name for name in ("tokenizer_config.json", "vocab.txt")}
+    publish_companions(files, target)
     published = json.loads((target / "tokenizer_config.json").read_text(encoding="utf-8"))
     assert published == {**generic, "tokenizer_class": "PreTrainedTokenizerFast"}
     assert (target / "vocab.txt").read_bytes() == b"[PAD]\n"
     # A model's own class is known to both; a file that is not JSON is loaders' business.
     for content in ('{"tokenizer_class": "BertTokenizer"}', '{"model_max_length": '):
         (source / "tokenizer_config.json").write_text(content, encoding="utf-8")
-        publish_companions((source / "tokenizer_config.json",), target)
+        publish_companions({"tokenizer_config.json": source / "tokenizer_config.json"}, target)
         assert (target / "tokenizer_config.json").read_text(encoding="utf-8") == content
+
+
+# --- sentence-transformers checkpoints --------------------------------------------------
+
+
+def test_a_sentence_transformers_checkpoint_records_its_pooling_and_publishes_its_modules(
+    copy_checkpoint,
+) -> None:
+    path = write_sentence_modules(
+        copy_checkpoint("bert-encoder"), pooling="cls", normalize=True, max_seq_length=64
+    )
+    loaded = load_source(path)
+    recorded = loaded.record().sentence_embedding
+    assert recorded is not None
+    assert (recorded.pooling.value, recorded.normalize, recorded.max_seq_length) == (
+        "cls",
+        True,
+        64,
+    )
+    assert loaded.files_to_copy["1_Pooling/config.json"] == path / "1_Pooling" / "config.json"
+    assert {"modules.json", "sentence_bert_config.json", "config.json"} <= set(loaded.files_to_copy)
+
+
+@pytest.mark.parametrize(
+    ("change", "found"),
+    [
+        ("dense", "lists Transformer (root), Pooling (1_Pooling), Dense (2_Dense)"),
+        ("lasttoken", "pools with pooling_mode_lasttoken, which onnxport does not compute"),
+        ("two modes", "pools with pooling_mode_cls_token + pooling_mode_mean_tokens"),
+        ("outside", "names the module directory '../1_Pooling', outside"),
+        ("no pooling config", "names a Pooling module, and"),
+    ],
+)
+def test_sentence_modules_onnxport_cannot_compute_are_refused_in_one_line(
+    copy_checkpoint, change: str, found: str
+) -> None:
+    """Vectors pooled otherwise than the checkpoint says would be wrong without a word."""
+    path = write_sentence_modules(copy_checkpoint("bert-encoder"), pooling="mean", normalize=False)
+    modules = json.loads((path / "modules.json").read_text(encoding="utf-8"))
+    pooling_file = path / "1_Pooling" / "config.json"
+    pooling = json.loads(pooling_file.read_text(encoding="utf-8"))
+    if change == "dense":
+        modules.append({"idx": 2, "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    elif change == "lasttoken":
+        pooling.update(pooling_mode_mean_tokens=False, pooling_mode_lasttoken=True)
+    elif change == "two modes":
+        pooling.update(pooling_mode_cls_token=True)
+    elif change == "outside":
+        modules[1]["path"] = "../1_Pooling"
+    else:
+        pooling_file.unlink()
+    (path / "modules.json").write_text(json.dumps(modules), encoding="utf-8")
+    if pooling_file.exists():
+        pooling_file.write_text(json.dumps(pooling), encoding="utf-8")
+    message = _refused(path)
+    assert found in message
+    assert "\n" not in message

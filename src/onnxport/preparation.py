@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -67,7 +68,7 @@ class Prepared:
     evaluation: Evaluation | None
     export: ExportRecord
     context: PassContext
-    files_to_copy: tuple[Path, ...]
+    files_to_copy: Mapping[str, Path]
     float64_skipped: str | None = None
     """Why PyTorch's float64 answers are missing although the error budget asked for them."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,14 @@ def portable_tokenizer_config(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def publish_companions(files: tuple[Path, ...], directory: Path) -> None:
-    """Copy the companion files into `directory`, the tokenizer configuration made portable
-    (`portable_tokenizer_config`); a file that is not a JSON object is copied as it is."""
-    for file in files:
-        target = directory / file.name
-        if file.name == TOKENIZER_CONFIG:
+def publish_companions(files: Mapping[str, Path], directory: Path) -> None:
+    """Copy the companion files (published name -> file) into `directory`, the tokenizer
+    configuration made portable (`portable_tokenizer_config`); a file that is not a JSON
+    object is copied as it is. A name may be a path (`1_Pooling/config.json`)."""
+    for name, file in files.items():
+        target = directory / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if name == TOKENIZER_CONFIG:
             try:
                 data = json.loads(file.read_text(encoding="utf-8"))
             except (OSError, ValueError):

@@ -232,13 +232,14 @@ def finish_output(
 
 def seal(manifest: Manifest, directory: Path) -> Manifest:
     """Write the reports and the manifest into `directory`; the manifest written records
-    every other file's checksum, and is returned."""
+    every other file's checksum (by its path inside `directory`: companions may sit in
+    module directories, `1_Pooling/config.json`), and is returned."""
     for name, content in render_reports(manifest).items():
         (directory / name).write_bytes(content)
     files = {
-        p.name: sha256_file(p)
-        for p in sorted(directory.iterdir())
-        if p.is_file() and p.name != MANIFEST_FILENAME
+        p.relative_to(directory).as_posix(): sha256_file(p)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.relative_to(directory).as_posix() != MANIFEST_FILENAME
     }
     sealed = manifest.model_copy(update={"files": files})
     (directory / MANIFEST_FILENAME).write_text(sealed.to_json(), encoding="utf-8")

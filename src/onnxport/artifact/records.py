@@ -8,6 +8,7 @@ This module imports no torch and no ONNX Runtime: a server reads these records t
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
@@ -26,6 +27,31 @@ class Record(BaseModel):
 # ------------------------------------------------------------------------------ load, export
 
 
+class Pooling(str, Enum):
+    """How token vectors become one sentence vector (feature extraction)."""
+
+    MEAN = "mean"
+    """The mean of the token vectors under the attention mask (sentence-transformers' way)."""
+    CLS = "cls"
+    """The first token's vector."""
+    MAX = "max"
+    """The largest value of each dimension over the tokens under the attention mask."""
+
+
+class SentenceEmbeddingRecord(Record):
+    """What `SentenceTransformer.encode` does after the transformer, as a sentence-transformers
+    checkpoint's `modules.json` names it (`onnxport.sources.sentence_embedding`): the
+    predictor computes the same sentence vectors from the ONNX model's token vectors."""
+
+    pooling: Pooling
+    """The Pooling module's mode (its `config.json`)."""
+    normalize: bool = False
+    """A Normalize module follows: vectors are scaled to unit length."""
+    max_seq_length: int | None = None
+    """The most tokens the checkpoint reads a text with (`sentence_bert_config.json`); None:
+    the model's maximum."""
+
+
 class SourceRecord(Record):
     path: str
     kind: str
@@ -40,6 +66,9 @@ class SourceRecord(Record):
     fixed_resolution_reason: str | None = None
     """Why the resolution is fixed: PyTorch refuses other sizes, or the graph exported with
     height and width dynamic refused them (a size fixed inside it at export)."""
+
+    sentence_embedding: SentenceEmbeddingRecord | None = None
+    """A sentence-transformers checkpoint's pooling and normalization; None: not one."""
 
     def why_fixed(self) -> str:
         """Why the resolution is fixed, for a message."""

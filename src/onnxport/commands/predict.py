@@ -115,8 +115,12 @@ def predict_command(
         LongText, typer.Option(help="A text over the maximum length: truncate it, or stop.")
     ] = LongText.TRUNCATE,
     pooling: Annotated[
-        Pooling, typer.Option(help="Feature extraction: the mean or the first token's vector.")
-    ] = Pooling.MEAN,
+        Pooling | None,
+        typer.Option(
+            help="Feature extraction: the mean, the first token's or the largest values "
+            "(default: as a sentence-transformers checkpoint's modules.json pools, else mean)."
+        ),
+    ] = None,
     threads: Annotated[
         int | None, typer.Option(help="ONNX Runtime threads (default: all cores).")
     ] = None,

@@ -7,6 +7,7 @@ batches of pixel arrays (`predict_images`). Nothing on this path imports torch o
 transformers, so a serving process stays small and starts fast.
 """
 
+from onnxport.artifact.records import Pooling
 from onnxport.errors import PredictError, TextTooLongError
 from onnxport.predict.predictions import (
     Entity,
@@ -19,7 +20,6 @@ from onnxport.predict.predictions import (
 from onnxport.predict.predictor import (
     LongText,
     OnnxPredictor,
-    Pooling,
     length_buckets,
     model_max_length,
 )

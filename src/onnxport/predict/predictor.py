@@ -19,7 +19,9 @@ from tokenizers import Encoding, Tokenizer
 
 from onnxport.artifact.manifest import Manifest
 from onnxport.artifact.reader import PublishedDirectory
+from onnxport.artifact.records import Pooling
 from onnxport.errors import PredictError, TextTooLongError, one_line
+from onnxport.predict.pooling import sentence_vector
 from onnxport.predict.predictions import (
     EntityPrediction,
     ImagePrediction,
@@ -66,13 +68,6 @@ class LongText(str, Enum):
     """Read the first `max_length` tokens; the result says `truncated` and a warning is logged."""
     ERROR = "error"
     """Raise `TextTooLongError`."""
-
-
-class Pooling(str, Enum):
-    MEAN = "mean"
-    """The mean of the token vectors under the attention mask (sentence-transformers' way)."""
-    CLS = "cls"
-    """The first token's vector."""
 
 
 def _task(directory: Path, manifest: Manifest) -> Task:
@@ -134,7 +129,9 @@ class OnnxPredictor:
             (a server running several workers gives each a share of the cores).
         on_long_text: a text longer than `max_length` is truncated (and the result says so)
             or refused with `TextTooLongError`.
-        pooling: how feature extraction turns token vectors into one vector.
+        pooling: how feature extraction turns token vectors into one vector; None: as the
+            checkpoint's sentence-transformers modules pool (`modules.json`), else the mean.
+            Vectors are normalized when those modules say so, whatever the pooling.
         batch_size: the most texts run together (`length_buckets`).
     """
 
@@ -146,14 +143,14 @@ class OnnxPredictor:
         max_length: int | None = None,
         threads: int | None = None,
         on_long_text: LongText | str = LongText.TRUNCATE,
-        pooling: Pooling | str = Pooling.MEAN,
+        pooling: Pooling | str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
         self.directory = Path(directory)
         self.variant = variant
         try:
             self.on_long_text = LongText(on_long_text)
-            self.pooling = Pooling(pooling)
+            chosen = Pooling(pooling) if pooling is not None else None
         except ValueError as e:
             raise PredictError(str(e)) from e
         if batch_size < 1:
@@ -167,6 +164,9 @@ class OnnxPredictor:
         self.labels = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()}
         source = published.manifest.source
         self._why_fixed = source.why_fixed() if source.fixed_resolution else None
+        self._sentence = source.sentence_embedding
+        self.pooling = chosen or (self._sentence.pooling if self._sentence else Pooling.MEAN)
+        self.normalize = bool(self._sentence and self._sentence.normalize)
         self._tokenizer: Tokenizer | None = None
         self.max_length: int | None = None
         self._feed: tuple[tuple[str, str, Any, int], ...] = ()
@@ -233,7 +233,10 @@ class OnnxPredictor:
     ) -> int | None:
         limit = model_max_length(config, tokenizer_config)
         if requested is None:
-            return limit
+            # SentenceTransformer.encode reads at most its max_seq_length, often below the
+            # model's maximum (all-MiniLM-L6-v2: 256 of 512): longer texts give other vectors.
+            shorter = self._sentence.max_seq_length if self._sentence else None
+            return min(shorter, limit or shorter) if shorter else limit
         specials = self._tokenizer.num_special_tokens_to_add(False)
         if requested <= specials:
             raise PredictError(
@@ -333,7 +336,7 @@ class OnnxPredictor:
             return LabelPrediction(text, self._label(best), float(scores[best]), truncated)
         # The encoding is unpadded: its tokens are exactly those under the attention mask.
         hidden = output[:size]
-        vector = hidden.mean(axis=0) if self.pooling is Pooling.MEAN else hidden[0]
+        vector = sentence_vector(hidden, self.pooling, normalize=self.normalize)
         return VectorPrediction(text, vector, truncated)
 
     def predict_images(self, pixel_values: np.ndarray) -> list[ImagePrediction]:

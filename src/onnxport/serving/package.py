@@ -85,6 +85,7 @@ def package_variant(published: PublishedDirectory, variant: str, target: Path) -
     files = {name: digest for name, digest in manifest.files.items() if name not in others}
     target.mkdir(parents=True)
     for name in files:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(published.path / name, target / name)
     restricted = manifest.model_copy(update={"outputs": [output], "files": files})
     (target / MANIFEST_FILENAME).write_text(restricted.to_json(), encoding="utf-8")

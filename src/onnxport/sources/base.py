@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import torch
 
 from onnxport.artifact.manifest import sha256_file
-from onnxport.artifact.records import SourceRecord
+from onnxport.artifact.records import SentenceEmbeddingRecord, SourceRecord
 from onnxport.tasks import Modality, Task
 
 # An input factory builds named example inputs for a (batch, size) shape; `size` is the
@@ -58,8 +58,9 @@ class Source:
     """The shape the export traces with; validation uses others as well."""
     default_shapes: tuple[tuple[int, int], ...]
     weight_files: tuple[Path, ...] = ()
-    files_to_copy: tuple[Path, ...] = ()
-    """Files published beside the model (config.json, tokenizer) so loaders open the dir."""
+    files_to_copy: Mapping[str, Path] = field(default_factory=dict)
+    """Files published beside the model (config.json, tokenizer) so loaders open the dir:
+    the name published (a path inside the directory, `1_Pooling/config.json`) -> the file."""
     model_type: str | None = None
     num_parameters: int = 0
     tokenizer: Any | None = None
@@ -72,6 +73,8 @@ class Source:
     fixed_resolution_reason: str | None = None
     """Why the resolution is fixed: PyTorch refuses other sizes, or the exported graph does."""
     facts: ModelFacts = field(default_factory=ModelFacts)
+    sentence_embedding: SentenceEmbeddingRecord | None = None
+    """A sentence-transformers checkpoint's pooling and normalization (`modules.json`)."""
 
     def example_inputs(self, seed: int = 0) -> dict[str, torch.Tensor]:
         batch, size = self.example_shape
@@ -90,4 +93,5 @@ class Source:
                 [self.fixed_resolution] * 2 if self.fixed_resolution is not None else None
             ),
             fixed_resolution_reason=self.fixed_resolution_reason,
+            sentence_embedding=self.sentence_embedding,
         )

@@ -33,6 +33,7 @@ from onnxport.sources.checkpoint_files import (
     weight_files,
 )
 from onnxport.sources.quirks import MODEL_TYPE_QUIRKS
+from onnxport.sources.sentence_embedding import read_sentence_modules
 from onnxport.tasks import TASKS, Modality, Task, task_from_architecture, task_names
 
 logger = logging.getLogger(__name__)
@@ -428,7 +429,8 @@ def load_huggingface(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
 ) -> Source:
-    """Load a checkpoint directory written by `save_pretrained()` as a `Source`."""
+    """Load a checkpoint directory written by `save_pretrained()` (or a sentence-transformers
+    `save()`, `onnxport.sources.sentence_embedding`) as a `Source`."""
     path = Path(path)
     raw = read_config_json(path)
     if "model_type" not in raw:
@@ -437,6 +439,7 @@ def load_huggingface(
             hint="save the checkpoint with save_pretrained(), which writes it",
         )
     files, safetensors = _checked_weight_files(path, raw, allow_pickle=allow_pickle)
+    sentence = read_sentence_modules(path)  # before the model loads: a refusal costs nothing
     config = _export_config(path, raw, trust_remote_code=trust_remote_code)
     resolved_task, architecture = _resolve_task(config, task, path)
     info = TASKS[resolved_task]
@@ -444,7 +447,9 @@ def load_huggingface(
         path, config, resolved_task, safetensors=safetensors, trust=trust_remote_code
     )
     model.eval()
-    companions = tuple(path / n for n in COMPANION_FILES if (path / n).is_file())
+    companions = {n: path / n for n in COMPANION_FILES if (path / n).is_file()}
+    if sentence is not None:
+        companions.update(sentence.files)
 
     tokenizer = encode = None
     fixed_resolution = fixed_resolution_reason = None
@@ -494,6 +499,7 @@ def load_huggingface(
         encode=encode,
         fixed_resolution=fixed_resolution,
         fixed_resolution_reason=fixed_resolution_reason,
+        sentence_embedding=sentence.record if sentence is not None else None,
         facts=ModelFacts(
             num_heads=_int_setting(config, "num_attention_heads"),
             hidden_size=_int_setting(config, "hidden_size"),
