@@ -3,8 +3,8 @@
 `OnnxPredictor(directory)` opens an onnxport output directory (a model variant, the tokenizer,
 the label map of `config.json`) and turns texts into entities (token classification, words
 grouped by an `AggregationStrategy`), a label (sequence classification) or a vector (feature
-extraction); an image classifier labels batches of pixel arrays (`predict_images`). Nothing on this path imports torch or
-transformers, so a serving process stays small and starts fast.
+extraction); an image classifier labels batches of pixel arrays (`predict_images`). Nothing
+on this path imports torch or transformers, so a serving process stays small and starts fast.
 """
 
 from onnxport.errors import PredictError, TextTooLongError
