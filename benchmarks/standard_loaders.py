@@ -6,7 +6,7 @@ as a new user would try it? A check, not a timing.
 - transformers 4.57 with Optimum (the venv `vs_optimum.py` keeps, created once):
   `AutoTokenizer` and `ORTModelForTokenClassification.from_pretrained(OUT_DIR,
   file_name=...)` for every published variant, and Optimum's pipeline (aggregation
-  "simple") finds the entities `OnnxPredictor` finds.
+  "first", predict's default) finds the entities `OnnxPredictor` finds.
 
     .venv/bin/python benchmarks/standard_loaders.py OUT_DIR [--venv /tmp/optimum-venv]
 
@@ -37,7 +37,7 @@ found = {"tokenizer": type(tokenizer).__name__, "ids": tokenizer(texts)["input_i
 for variant, file in files.items():
     model = ORTModelForTokenClassification.from_pretrained(directory, file_name=file)
     tagger = pipeline("token-classification", model=model, tokenizer=tokenizer,
-                      aggregation_strategy="simple")
+                      aggregation_strategy="first")
     found[variant] = [[[e["entity_group"], e["start"], e["end"]] for e in tagger(t)] for t in texts]
 print(json.dumps(found))
 """

@@ -12,10 +12,11 @@ import torch
 
 from checks import machine_traces
 from models import NUM_LABELS
-from onnxport.errors import EXIT_BAD_INPUT, ConfigError, ExportError
+from onnxport.errors import EXIT_BAD_INPUT, ConfigError, ExportError, SourceError
 from onnxport.export import export_to_onnx
 from onnxport.export.strategies import EXPORT_STRATEGIES, adapter_for, supported_opsets
-from onnxport.request.config import MAX_OPSET, MIN_OPSET, Exporter
+from onnxport.request.config import MAX_OPSET, MIN_OPSET, Exporter, SourceConfig
+from plain_models import FACTORY
 
 
 def _dims(values) -> dict[str, list]:
@@ -67,6 +68,63 @@ def test_feature_extraction_exports_every_output(exported) -> None:
         "last_hidden_state": ["batch", "sequence", 32],
         "pooler_output": ["batch", 32],
     }
+
+
+def _signature(path: Path) -> tuple[dict[str, list], dict[str, list]]:
+    model = onnx.load(str(path), load_external_data=False)
+    return _dims(model.graph.input), _dims(model.graph.output)
+
+
+def test_a_checkpoint_path_exports_as_its_loaded_source(exported, checkpoint, tmp_path) -> None:
+    """A platform caller holding a training output passes the checkpoint directory itself."""
+    loaded = exported("bert-token", Exporter.TORCHSCRIPT)
+    out = tmp_path / "out" / "model.onnx"
+    record = export_to_onnx(Path(checkpoint("bert-token")), out, exporter=Exporter.TORCHSCRIPT)
+    assert record.exporter == "torchscript"
+    assert _signature(out) == _signature(loaded.path)
+    onnx.checker.check_model(str(out))
+
+
+def test_a_weights_file_exports_with_the_source_config_given(plain, tmp_path: Path) -> None:
+    settings = SourceConfig(factory=FACTORY, input_spec=plain.spec)
+    out = tmp_path / "model.onnx"
+    record = export_to_onnx(
+        plain.safetensors, out, source_config=settings, exporter=Exporter.TORCHSCRIPT
+    )
+    assert record.exporter == "torchscript"
+    inputs, outputs = _signature(out)
+    assert list(inputs) == ["features", "mask"]
+    assert list(outputs) == ["logits", "hidden"]
+    # The default SourceConfig has no factory: the weights alone are refused, as load_source
+    # refuses them.
+    with pytest.raises(SourceError, match="weights without the model's code"):
+        export_to_onnx(plain.safetensors, tmp_path / "default" / "model.onnx")
+
+
+def test_a_source_config_beside_a_loaded_source_is_refused(source, tmp_path: Path) -> None:
+    """It would have no effect: the Source was loaded by its own settings."""
+    with pytest.raises(ConfigError, match="given a loaded Source"):
+        export_to_onnx(source("bert-token"), tmp_path / "m.onnx", source_config=SourceConfig())
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("where", "message", "hint"),
+    [
+        ("missing", "source not found: ", "check the path"),
+        ("training-output", "looks like a training output, not a checkpoint", "checkpoint"),
+    ],
+)
+def test_a_bad_checkpoint_path_is_a_source_error(
+    tmp_path: Path, where: str, message: str, hint: str
+) -> None:
+    (tmp_path / "training-output" / "checkpoint").mkdir(parents=True)
+    out = tmp_path / "out" / "model.onnx"
+    with pytest.raises(SourceError, match=message) as info:
+        export_to_onnx(tmp_path / where, out)
+    assert hint in (info.value.hint or "")
+    assert info.value.exit_code == EXIT_BAD_INPUT
+    assert not out.parent.exists()
 
 
 def test_an_opset_below_dynamo_falls_back_to_torchscript(source, tmp_path: Path) -> None:

@@ -130,14 +130,17 @@ def _entities(prediction) -> list[tuple[str, int, int]]:
 # --- token classification against transformers' pipeline ------------------------------------
 
 
+@pytest.mark.parametrize("strategy", ["simple", "first", "average", "max"])
 @pytest.mark.parametrize(
     "name",
     ["distilbert-token", "bert-token", pytest.param("demo", marks=pytest.mark.slow)],
 )
-def test_entities_equal_the_transformers_pipeline(token_model, name: str) -> None:
+def test_entities_equal_the_transformers_pipeline(token_model, name: str, strategy: str) -> None:
+    """The tiny models' labels are random, so the résumé words the small vocabulary splits
+    into pieces get pieces of different labels: each strategy's word rule is exercised."""
     checkpoint, output = token_model(name)
-    reference = _pipeline("token-classification", checkpoint, aggregation_strategy="simple")
-    predictions = OnnxPredictor(output).predict(SENTENCES)
+    reference = _pipeline("token-classification", checkpoint, aggregation_strategy=strategy)
+    predictions = OnnxPredictor(output, aggregation_strategy=strategy).predict(SENTENCES)
     for text, prediction in zip(SENTENCES, predictions):
         expected = reference(text)
         assert _entities(prediction) == [
@@ -148,6 +151,30 @@ def test_entities_equal_the_transformers_pipeline(token_model, name: str) -> Non
             assert ours.score == pytest.approx(float(theirs["score"]), abs=1e-3)
         assert prediction.truncated is False
     assert sum(len(p.entities) for p in predictions) > len(SENTENCES)  # not vacuous
+
+
+def _inside_a_word(text: str, index: int) -> bool:
+    return 0 < index < len(text) and text[index - 1].isalnum() and text[index].isalnum()
+
+
+def _fragments(prediction) -> list[str]:
+    """The entities that begin or end inside a word: pieces of it."""
+    return [
+        e.word
+        for e in prediction.entities
+        if _inside_a_word(prediction.text, e.start) or _inside_a_word(prediction.text, e.end)
+    ]
+
+
+def test_words_labelled_piece_by_piece_come_back_whole_by_default(converted) -> None:
+    """The default ("first") labels a word by its first piece, as the demo trains: words
+    whose pieces the model labels differently are not cut into fragments."""
+    output = converted("distilbert-token").directory
+    pieces = OnnxPredictor(output, aggregation_strategy="simple").predict(SENTENCES)
+    assert any(_fragments(p) for p in pieces)  # the model does label pieces differently
+    whole = OnnxPredictor(output).predict(SENTENCES)
+    assert [_fragments(p) for p in whole] == [[]] * len(SENTENCES)
+    assert sum(len(p.entities) for p in whole) > len(SENTENCES)
 
 
 @pytest.mark.slow
@@ -460,6 +487,14 @@ def test_predict_takes_strings(converted) -> None:
     assert predictor.predict([]) == []
 
 
+def test_an_unknown_setting_names_the_choices(converted) -> None:
+    output = converted("distilbert-token").directory
+    with pytest.raises(PredictError, match="aggregation_strategy 'none' is not one of"):
+        OnnxPredictor(output, aggregation_strategy="none")
+    with pytest.raises(PredictError, match="pooling 'sum' is not one of: mean, cls, max"):
+        OnnxPredictor(output, pooling="sum")
+
+
 # --- the command ----------------------------------------------------------------------------
 
 
@@ -480,6 +515,11 @@ def test_cli_json_equals_the_library(cli, converted) -> None:
     expected = [p.to_dict() for p in OnnxPredictor(output).predict(SENTENCES)]
     assert printed == expected
     assert [p["text"] for p in printed] == list(SENTENCES)
+    run = cli("predict", output, *SENTENCES, "--json", "--aggregation", "average")
+    assert run.code == 0, run.stderr
+    predictor = OnnxPredictor(output, aggregation_strategy="average")
+    assert json.loads(run.stdout) == [p.to_dict() for p in predictor.predict(SENTENCES)]
+    assert json.loads(run.stdout) != expected
 
 
 def test_cli_labels_vectors_and_truncation(
@@ -503,6 +543,7 @@ def test_cli_labels_vectors_and_truncation(
         (("{missing}", "Jane"), "is not a directory"),
         (("{out}", "Jane", "--variant", "int4"), "has no 'int4' variant"),
         (("{out}", "Jane", "--on-long-text", "ignore"), "'ignore' is not one of"),
+        (("{out}", "Jane", "--aggregation", "none"), "'none' is not one of"),
         (("{out}",), "Missing argument 'TEXT"),
         (("{out}", LONG_TEXT, "--on-long-text", "error"), "has more than the 128 tokens"),
     ],

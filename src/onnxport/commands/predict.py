@@ -19,6 +19,7 @@ from rich.text import Text
 
 from onnxport.commands.console import setup_logging, stdout
 from onnxport.predict import (
+    AggregationStrategy,
     EntityPrediction,
     LabelPrediction,
     LongText,
@@ -121,6 +122,13 @@ def predict_command(
             "(default: as a sentence-transformers checkpoint's modules.json pools, else mean)."
         ),
     ] = None,
+    aggregation: Annotated[
+        AggregationStrategy,
+        typer.Option(
+            help="Token classification: label each word by its first, mean or most confident "
+            "token (first, average, max), or each token on its own (simple)."
+        ),
+    ] = AggregationStrategy.FIRST,
     threads: Annotated[
         int | None, typer.Option(help="ONNX Runtime threads (default: all cores).")
     ] = None,
@@ -138,6 +146,7 @@ def predict_command(
         threads=threads,
         on_long_text=on_long_text,
         pooling=pooling,
+        aggregation_strategy=aggregation,
     )
     predictions = predictor.predict(texts)
     if json_output:

@@ -33,7 +33,14 @@ from onnxport.export.strategies import (
 )
 from onnxport.export.template import TemplateData, bind, state_tensors, template_from_bytes
 from onnxport.export.workarounds import captured_stdout
-from onnxport.request.config import DEFAULT_OPSET, Exporter, ExternalData, opset_span
+from onnxport.request.config import (
+    DEFAULT_OPSET,
+    Exporter,
+    ExternalData,
+    SourceConfig,
+    opset_span,
+)
+from onnxport.sources import load_source
 from onnxport.sources.base import Source
 
 logger = logging.getLogger(__name__)
@@ -143,9 +150,10 @@ def _attempt(
 
 
 def export_to_onnx(
-    source: Source,
+    source: Source | Path | str,
     output_path: Path,
     *,
+    source_config: SourceConfig | None = None,
     opset_version: int = DEFAULT_OPSET,
     exporter: Exporter = Exporter.AUTO,
     external_data: ExternalData = ExternalData.AUTO,
@@ -157,9 +165,12 @@ def export_to_onnx(
     go there, is `<output_path>.data`.
 
     Args:
-        source: the loaded model and its example inputs.
+        source: the loaded model and its example inputs, or the path of a checkpoint (a
+            directory or a file, as a training run wrote it), loaded by `load_source`.
         output_path: where the `.onnx` file goes; its directory must be empty or new, since
             external data files are written beside it.
+        source_config: how a `source` given as a path is loaded (its task, pickled weights,
+            a weights file's factory and input spec); by default `SourceConfig()`.
         opset_version: the ONNX opset to target.
         exporter: `auto` tries every strategy in order; otherwise only the one named.
         external_data: whether the weights go to `<output_path>.data` (`auto`: by size).
@@ -168,6 +179,16 @@ def export_to_onnx(
         keep_template: receives the graph without weights the dynamo exporter made
             (`export.template`), when it made the model; the export cache keeps it.
     """
+    if isinstance(source, Source):
+        if source_config is not None:
+            raise ConfigError(
+                "source_config says how to load a source given as a path, and export_to_onnx "
+                "was given a loaded Source",
+                hint="pass the checkpoint path with source_config, or the Source alone",
+            )
+    else:
+        # Loaded before anything is written: a path that holds no model leaves no directory.
+        source = load_source(Path(source), source_config)
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     external = wants_external_data(weights_bytes(source.module), external_data)

@@ -1,15 +1,16 @@
 """Answer real text with a converted model: ONNX Runtime, the `tokenizers` package and numpy.
 
 `OnnxPredictor(directory)` opens an onnxport output directory (a model variant, the tokenizer,
-the label map of `config.json`) and turns texts into entities (token classification), a label
-(sequence classification) or a vector (feature extraction); an image classifier labels
-batches of pixel arrays (`predict_images`). Nothing on this path imports torch or
-transformers, so a serving process stays small and starts fast.
+the label map of `config.json`) and turns texts into entities (token classification, words
+grouped by an `AggregationStrategy`), a label (sequence classification) or a vector (feature
+extraction); an image classifier labels batches of pixel arrays (`predict_images`). Nothing
+on this path imports torch or transformers, so a serving process stays small and starts fast.
 """
 
 from onnxport.artifact.records import Pooling
 from onnxport.errors import PredictError, TextTooLongError
 from onnxport.predict.predictions import (
+    AggregationStrategy,
     Entity,
     EntityPrediction,
     ImagePrediction,
@@ -25,6 +26,7 @@ from onnxport.predict.predictor import (
 )
 
 __all__ = [
+    "AggregationStrategy",
     "Entity",
     "EntityPrediction",
     "ImagePrediction",

@@ -23,13 +23,15 @@ from onnxport.artifact.records import Pooling
 from onnxport.errors import PredictError, TextTooLongError, one_line
 from onnxport.predict.pooling import sentence_vector
 from onnxport.predict.predictions import (
+    AggregationStrategy,
     EntityPrediction,
     ImagePrediction,
     LabelPrediction,
     Prediction,
-    ScoredToken,
+    TokenScores,
     VectorPrediction,
-    group_entities,
+    aggregate,
+    continues_word,
     label_scores,
     softmax,
 )
@@ -68,6 +70,14 @@ class LongText(str, Enum):
     """Read the first `max_length` tokens; the result says `truncated` and a warning is logged."""
     ERROR = "error"
     """Raise `TextTooLongError`."""
+
+
+def _choice(kind: type[Enum], value: Any, argument: str) -> Any:
+    try:
+        return kind(value)
+    except ValueError as e:
+        choices = ", ".join(str(c.value) for c in kind)
+        raise PredictError(f"{argument} {value!r} is not one of: {choices}") from e
 
 
 def _task(directory: Path, manifest: Manifest) -> Task:
@@ -132,6 +142,9 @@ class OnnxPredictor:
         pooling: how feature extraction turns token vectors into one vector; None: as the
             checkpoint's sentence-transformers modules pool (`modules.json`), else the mean.
             Vectors are normalized when those modules say so, whatever the pooling.
+        aggregation_strategy: how token classification turns token labels into entities
+            (transformers' pipeline's `aggregation_strategy`): "first" labels each word by its
+            first token, "simple" each token on its own.
         batch_size: the most texts run together (`length_buckets`).
     """
 
@@ -144,15 +157,16 @@ class OnnxPredictor:
         threads: int | None = None,
         on_long_text: LongText | str = LongText.TRUNCATE,
         pooling: Pooling | str | None = None,
+        aggregation_strategy: AggregationStrategy | str = AggregationStrategy.FIRST,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
         self.directory = Path(directory)
         self.variant = variant
-        try:
-            self.on_long_text = LongText(on_long_text)
-            chosen = Pooling(pooling) if pooling is not None else None
-        except ValueError as e:
-            raise PredictError(str(e)) from e
+        self.on_long_text: LongText = _choice(LongText, on_long_text, "on_long_text")
+        chosen = _choice(Pooling, pooling, "pooling") if pooling is not None else None
+        self.aggregation_strategy: AggregationStrategy = _choice(
+            AggregationStrategy, aggregation_strategy, "aggregation_strategy"
+        )
         if batch_size < 1:
             raise PredictError(f"batch_size must be at least 1, not {batch_size}")
         self.batch_size = batch_size
@@ -211,6 +225,15 @@ class OnnxPredictor:
         pad_token = _token_setting(tokenizer_config, "pad_token")
         pad_id = tokenizer.token_to_id(pad_token) if pad_token else None
         self._pad_id = pad_id if pad_id is not None else int(config.get("pad_token_id") or 0)
+        unk_token = _token_setting(tokenizer_config, "unk_token")
+        self._unk_id = tokenizer.token_to_id(unk_token) if unk_token else None
+        # WordPiece (and BPE with a "##"-like prefix) marks the pieces after a word's first.
+        self._word_aware = bool(getattr(tokenizer.model, "continuing_subword_prefix", None))
+        if self.task is Task.TOKEN_CLASSIFICATION and not self._word_aware:
+            logger.info(
+                "the tokenizer does not mark sub-words: a token continues a word when no space "
+                "touches its start (as transformers' pipeline guesses)"
+            )
 
     def _load_tokenizer(self) -> Tokenizer:
         path = self.directory / "tokenizer.json"
@@ -322,14 +345,13 @@ class OnnxPredictor:
         truncated = bool(encoding.overflowing)
         size = len(encoding.ids)
         if self.task is Task.TOKEN_CLASSIFICATION:
-            scores = softmax(output[:size])
-            best = scores.argmax(axis=-1)
-            tokens = [
-                ScoredToken(self._label(int(b)), float(scores[i, b]), *encoding.offsets[i])
-                for i, b in enumerate(best)
-                if not encoding.special_tokens_mask[i]
-            ]
-            return EntityPrediction(text, group_entities(text, tokens), truncated)
+            entities = aggregate(
+                text,
+                self._token_scores(text, encoding, output),
+                self._label,
+                self.aggregation_strategy,
+            )
+            return EntityPrediction(text, entities, truncated)
         if self.task is Task.SEQUENCE_CLASSIFICATION:
             scores = label_scores(output, self._config.get("problem_type"))
             best = int(scores.argmax())
@@ -338,6 +360,24 @@ class OnnxPredictor:
         hidden = output[:size]
         vector = sentence_vector(hidden, self.pooling, normalize=self.normalize)
         return VectorPrediction(text, vector, truncated)
+
+    def _token_scores(self, text: str, encoding: Encoding, output: np.ndarray) -> list[TokenScores]:
+        """The probabilities of each token of the text (special tokens left out)."""
+        scores = softmax(output[: len(encoding.ids)])
+        tokens = []
+        for i, (start, end) in enumerate(encoding.offsets):
+            if encoding.special_tokens_mask[i]:
+                continue
+            continues = continues_word(
+                text,
+                encoding.tokens[i],
+                start,
+                end,
+                word_aware=self._word_aware,
+                unknown=encoding.ids[i] == self._unk_id,
+            )
+            tokens.append(TokenScores(scores[i], start, end, continues))
+        return tokens
 
     def predict_images(self, pixel_values: np.ndarray) -> list[ImagePrediction]:
         """The label of each image of `pixel_values` (batch x channels x height x width, or
