@@ -26,6 +26,7 @@ from onnxport.request.config import (
     ExternalData,
     OptimizeLevel,
     Quantization,
+    Yardstick,
     parse_conversion_config,
 )
 from onnxport.request.fingerprints import conversion_fingerprint
@@ -82,6 +83,9 @@ SECTIONS: dict[str, dict[str, st.SearchStrategy]] = {
             min_size=1,
             max_size=4,
         ),
+        "mode": st.none() | st.sampled_from([y.value for y in Yardstick]),
+        "max_error_ratio": _floats(0.0, 1000.0, exclude_low=True),
+        "float64_max_weights_gb": zero | _floats(0.0, 1000.0),
         "atol": st.none() | _floats(0.0, 10.0, exclude_low=True),
         "rtol": st.none() | zero | _floats(0.0, 10.0),
         "min_task_agreement": zero | _floats(0.0, 1.0),

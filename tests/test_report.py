@@ -24,6 +24,7 @@ from onnxport.artifact.records import (
     RuntimeRecord,
     SearchRecord,
     TimingRecord,
+    YardstickRecord,
 )
 from onnxport.artifact.report import (
     REPORT_FILENAMES,
@@ -48,13 +49,16 @@ def test_report_of_a_conversion(converted) -> None:
     fp32 = manifest.outputs[0]
     assert fp32.validation is not None and fp32.size_bytes is not None
     agreement = fp32.validation.task_agreement
+    worst = max(c.error_ratio or 0.0 for c in fp32.validation.outputs.values())
     row = (
         f"| model_fp32.onnx | fp32 | yes | {fp32.size_bytes / 1e6:.1f} MB | yes | "
-        f"cosine_similarity {agreement.value:.4f} (min 0.99) |"
+        f"{worst:.2g} ≤ 4 | cosine_similarity {agreement.value:.4f} (min 0.99) |"
     )
     assert row in lines
     for name, comparison in fp32.validation.outputs.items():
-        assert f"| {name} | {comparison.max_abs_diff:.3g} |" in report
+        for b in comparison.budget:
+            shape = "x".join(map(str, b.shape))
+            assert f"| {name} | {shape} | {b.onnx_max:.3g} | {b.onnx_rms:.3g} |" in report
     assert "### fp32 (shapes 1x8 2x37 4x128)" in lines
     assert (
         "- inputs: `input_ids` int64 [batch, sequence], `attention_mask` int64 [batch, sequence], "
@@ -133,7 +137,17 @@ def test_a_variant_is_shown_judged_on_the_task_not_on_a_tolerance(converted) -> 
     for word in ("within tolerance", "atol", "| yes |"):
         assert word not in int8, int8
     fp32 = report[report.index("### fp32 (shapes") : report.index("### int8")]
+    assert "Judged by the error budget" in fp32
+    assert "| output | shape | ONNX error max | ONNX error RMS | PyTorch error max |" in fp32
+    tolerance = manifest.outputs[0].validation.model_copy(  # type: ignore[union-attr]
+        update={"yardstick": YardstickRecord(mode="tolerance", reason="validation.atol/rtol set")}
+    )
+    judged = manifest.model_copy(
+        update={"outputs": [manifest.outputs[0].model_copy(update={"validation": tolerance})]}
+    )
+    fp32 = render_markdown(judged)
     assert "| output | max abs diff | max rel diff | atol | rtol | within tolerance |" in fp32
+    assert "Judged by the tolerance: validation.atol/rtol set." in fp32
 
 
 def test_the_search_plot_names_what_each_candidate_left_in_float(converted) -> None:

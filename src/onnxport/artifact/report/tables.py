@@ -126,7 +126,7 @@ def error_ratio_label(validation: ValidationRecord) -> str:
         return "tolerance"
     worst = max(judged, key=lambda c: c.error_ratio or 0.0)
     ratio, limit = worst.error_ratio or 0.0, worst.max_error_ratio or 0.0
-    return f"{ratio:.2g}x {'≤' if ratio <= limit else '>'} {limit:g}"
+    return f"{ratio:.2g} {'≤' if ratio <= limit else '>'} {limit:g}"
 
 
 def outputs_table(manifest: Manifest) -> Table:
