@@ -109,6 +109,7 @@ def test_an_interrupt_after_the_rename_is_raised_naming_what_was_published(
     assert _leftovers(final) == ["out"]
 
 
+@pytest.mark.slow
 @dropped
 @pytest.mark.parametrize("stage", [Stage.LOAD, Stage.EXPORT])
 def test_a_conversion_whose_interrupt_python_dropped_publishes_nothing(

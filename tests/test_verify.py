@@ -79,6 +79,7 @@ def test_a_changed_byte_refuses_the_directory_without_running_its_models(cli, co
     assert result["models"] == []
 
 
+@pytest.mark.slow
 def test_a_file_exported_by_torch_onnx_is_proven(cli, checkpoint, their_export) -> None:
     run = cli("verify", their_export, "--against", checkpoint(TINY), "--json")
     assert run.code == 0, run.stderr
@@ -91,6 +92,7 @@ def test_a_file_exported_by_torch_onnx_is_proven(cli, checkpoint, their_export) 
     assert model["validation"]["outputs"][name]["max_error_ratio"] == 4.0
 
 
+@pytest.mark.slow
 def test_the_same_file_with_one_weight_scaled_is_refused(
     cli, checkpoint, their_export, tmp_path: Path
 ) -> None:
@@ -117,6 +119,7 @@ def test_the_same_file_with_one_weight_scaled_is_refused(
     assert model["validation"]["task_agreement"]["value"] == 1.0  # the task cannot see it
 
 
+@pytest.mark.slow
 def test_a_graph_with_a_fixed_sequence_length_is_validated_at_it(
     cli, checkpoint, tmp_path: Path
 ) -> None:
