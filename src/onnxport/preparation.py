@@ -36,12 +36,7 @@ from onnxport.passes.base import PassContext
 from onnxport.process import exit_process, own_process
 from onnxport.progress import Stage, StageClock, StageEvent, Status
 from onnxport.request import ConversionRequest
-from onnxport.request.config import (
-    ConversionConfig,
-    Exporter,
-    IsolateExport,
-    Quantization,
-)
+from onnxport.request.config import ConversionConfig, Exporter, IsolateExport, Quantization
 from onnxport.tasks import Task
 from onnxport.verify.evaluation import Evaluation
 from onnxport.verify.shapes import validation_shapes
@@ -80,7 +75,7 @@ def prepare(request: ConversionRequest, exported: Path, clock: StageClock) -> Pr
     from onnxport.export.cache.use import CacheUse, ExportSettings, export_with_cache
     from onnxport.passes import pass_context
     from onnxport.sources import load_source
-    from onnxport.verify.references import prepare_evaluation, pytorch_answers
+    from onnxport.verify.references import pytorch_answers, pytorch_evaluation
 
     config = request.config
     with clock.stage(Stage.LOAD, SourceError):
@@ -88,11 +83,7 @@ def prepare(request: ConversionRequest, exported: Path, clock: StageClock) -> Pr
         references, float64_skipped = pytorch_answers(
             source, validation_shapes(source, config), config
         )
-        evaluation = None
-        if config.validation.eval_file:
-            evaluation = prepare_evaluation(
-                source, config.validation.eval_file, config.validation.max_metric_drop
-            )
+        evaluation = pytorch_evaluation(source, config)
     use = CacheUse.REFRESH if request.refresh_export_cache else CacheUse.USE
     if not config.execution.export_cache:
         use = CacheUse.OFF

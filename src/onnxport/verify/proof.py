@@ -307,16 +307,11 @@ def _answers(
     """PyTorch's answers in float32 and float64 (why not in float64), and its score on the
     labelled set the settings name."""
     from onnxport.request.config import check_named_files
-    from onnxport.verify.references import prepare_evaluation, pytorch_answers
+    from onnxport.verify.references import pytorch_answers, pytorch_evaluation
 
     check_named_files(config)
     references, skipped = pytorch_answers(source, shapes, config)
-    evaluation = None
-    if config.validation.eval_file:
-        evaluation = prepare_evaluation(
-            source, config.validation.eval_file, config.validation.max_metric_drop
-        )
-    return references, skipped, evaluation
+    return references, skipped, pytorch_evaluation(source, config)
 
 
 def _prove(

@@ -156,6 +156,14 @@ def _warn_if_constant(references: list[Reference]) -> None:
             )
 
 
+def pytorch_evaluation(source: Source, config: ConversionConfig) -> Evaluation | None:
+    """PyTorch's score on the labelled set `validation.eval_file` names; None without one."""
+    validation = config.validation
+    if not validation.eval_file:
+        return None
+    return prepare_evaluation(source, validation.eval_file, validation.max_metric_drop)
+
+
 def prepare_evaluation(source: Source, eval_file: str, max_drop: float) -> Evaluation:
     """Read `eval_file` for `source` (a loaded `Source`) and score PyTorch on it."""
     tokenizer = source.tokenizer

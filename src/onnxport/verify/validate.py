@@ -9,6 +9,7 @@ The result says whether it passed; the pipeline turns a failure into an error, n
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -321,14 +322,7 @@ def validate_model(
 def _output_record(rows: list[_Row], judging: Judging) -> OutputComparisonRecord:
     worst = max(rows, key=lambda r: r.found.max_abs_diff)
     budgets = [
-        ErrorBudgetRecord(
-            shape=list(r.shape),
-            onnx_max=r.budget.onnx_max,
-            onnx_rms=r.budget.onnx_rms,
-            pytorch_max=r.budget.pytorch_max,
-            pytorch_rms=r.budget.pytorch_rms,
-            ratio=r.budget.ratio,
-        )
+        ErrorBudgetRecord(shape=list(r.shape), **dataclasses.asdict(r.budget))
         for r in rows
         if r.budget is not None
     ]
