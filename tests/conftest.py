@@ -34,6 +34,7 @@ from onnxport.progress import StageEvent
 from onnxport.request import ConversionRequest
 from onnxport.request.config import ConversionConfig, Exporter
 from onnxport.sources import Source, load_source
+from onnxport.tasks import Task
 from suite import build_once, check_ci_has_the_extras, one_core_per_worker
 
 # Helper modules full of asserts: let pytest explain their failures as it does in tests.
@@ -162,13 +163,17 @@ def converted(checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Callable[
     (fast); the CLI tests cover the default dynamo exporter. Shared: copy before damaging."""
     root = tmp_path_factory.mktemp("converted")
     done: dict[str, Converted] = {}
-    config = ConversionConfig().with_overrides(onnx={"exporter": "torchscript"})
+    fast = ConversionConfig().with_overrides(onnx={"exporter": "torchscript"})
 
     def get(name: str) -> Converted:
         if name not in done:
             events: list[StageEvent] = []
+            # A KV cache exports with the dynamo exporter only.
+            generative = MODELS[name].task is Task.TEXT_GENERATION
             request = ConversionRequest(
-                source_path=checkpoint(name), output_dir=root / name, config=config
+                source_path=checkpoint(name),
+                output_dir=root / name,
+                config=ConversionConfig() if generative else fast,
             )
             manifest = convert(request, progress=events.append)
             done[name] = Converted(manifest, root / name, tuple(events))

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from onnxport.demo.training import corpus, train_wordpiece_tokenizer
+from onnxport.sources.generative import past_names, present_names
 from onnxport.tasks import Task
 
 # The trainer stops at ~480 tokens on the résumé corpus; the models leave room above that.
@@ -272,6 +273,56 @@ def build_gpt2_causal_lm(directory: Path) -> Path:
     return _save(GPT2LMHeadModel(config), directory)
 
 
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def chat_tokenizer(directory: Path) -> Any:
+    """A byte-level BPE tokenizer trained on the résumé corpus, as decoder LMs ship one: no
+    pad token, `<|im_end|>` as EOS, and a ChatML chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOKENIZER_VOCAB_SIZE,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(corpus(), trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|im_end|>", bos_token="<|im_start|>"
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def build_llama_chat(directory: Path, **config: Any) -> Path:
+    """A Llama-architecture chat model (grouped-query attention) with `chat_tokenizer`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = chat_tokenizer(directory)
+    settings = {
+        "vocab_size": VOCAB_SIZE,
+        "hidden_size": HIDDEN,
+        "intermediate_size": HIDDEN * 2,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": MAX_POSITIONS,
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        **config,
+    }
+    torch.manual_seed(SEED)
+    return _save(LlamaForCausalLM(LlamaConfig(**settings)), directory)
+
+
 DEEP_LAYERS = 24
 
 
@@ -420,12 +471,12 @@ MODELS: dict[str, TinyModel] = {
         ("logits",),
         True,
     ),
-    "gpt2-causal": TinyModel(
+    "gpt2-generation": TinyModel(
         build_gpt2_causal_lm,
-        Task.CAUSAL_LM,
+        Task.TEXT_GENERATION,
         "GPT2LMHeadModel",
-        TEXT_INPUTS,
-        ("logits",),
+        (*TEXT_INPUTS, "position_ids", *past_names(LAYERS)),
+        ("logits", *present_names(LAYERS)),
         True,
     ),
 }

@@ -31,8 +31,9 @@ from onnxport.pipeline import convert
 from onnxport.preparation import validation_shapes
 from onnxport.progress import StageEvent
 from onnxport.request import ConversionRequest
-from onnxport.request.config import ConversionConfig
+from onnxport.request.config import ConversionConfig, SourceConfig
 from onnxport.sources import load_source
+from onnxport.tasks import Task
 from onnxport.verify.references import compute_references
 from onnxport.verify.validate import DEFAULT_TOLERANCES, Judging, validate_model
 from suite import build_once
@@ -45,7 +46,8 @@ FAST = ConversionConfig().with_overrides(onnx={"exporter": "torchscript"})
 def test_conversion_publishes_a_validated_model(converted, checkpoint, name: str) -> None:
     result = converted(name)
     check_published(result.directory, result.manifest, name, checkpoint(name))
-    assert result.manifest.export.exporter == "torchscript"
+    generative = MODELS[name].task is Task.TEXT_GENERATION
+    assert result.manifest.export.exporter == ("dynamo" if generative else "torchscript")
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -363,7 +365,11 @@ def test_a_correct_deep_model_passes_the_budget_where_the_tolerance_refuses_it(
     # TorchScript exports the 24 layers in a fraction of dynamo's time; the yardstick does
     # not depend on the exporter.
     manifest = convert(
-        ConversionRequest(source_path=deep_llama, output_dir=tmp_path / "budget", config=FAST)
+        ConversionRequest(
+            source_path=deep_llama,
+            output_dir=tmp_path / "budget",
+            config=FAST.with_overrides(source={"task": "causal-lm"}),
+        )
     )
     (fp32,) = manifest.outputs
     assert fp32.validation is not None and fp32.validation.yardstick is not None
@@ -374,7 +380,7 @@ def test_a_correct_deep_model_passes_the_budget_where_the_tolerance_refuses_it(
     assert max(b.pytorch_max for b in logits.budget) > 1e-4  # PyTorch's own error is large
     # Today's tolerance asks ONNX to agree with PyTorch more closely than PyTorch agrees
     # with the exact answer: it refuses the same published graph.
-    source = load_source(deep_llama)
+    source = load_source(deep_llama, SourceConfig(task=Task.CAUSAL_LM))
     references = compute_references(source, validation_shapes(source, FAST))
     judged = validate_model(
         tmp_path / "budget" / fp32.file,

@@ -28,7 +28,8 @@ def test_auto_class_exists_in_transformers(task: Task) -> None:
 
 def test_every_task_has_a_tiny_model_under_test() -> None:
     """Like optimum's test_all_models_tested: a new task needs a model in tests/models.py."""
-    untested = set(Task) - {model.task for model in MODELS.values()}
+    # causal-lm, which no architecture implies, is converted by name in test_generation.
+    untested = set(Task) - {model.task for model in MODELS.values()} - {Task.CAUSAL_LM}
     assert not untested, f"add a tiny model to tests/models.py for {sorted(untested)}"
 
 
@@ -49,8 +50,8 @@ def test_tiny_model_architectures_map_to_their_task(name: str) -> None:
         ("T5EncoderModel", Task.FEATURE_EXTRACTION),
         ("ViTForImageClassification", Task.IMAGE_CLASSIFICATION),
         ("DeiTForImageClassificationWithTeacher", Task.IMAGE_CLASSIFICATION),
-        ("LlamaForCausalLM", Task.CAUSAL_LM),
-        ("GPT2LMHeadModel", Task.CAUSAL_LM),
+        ("LlamaForCausalLM", Task.TEXT_GENERATION),
+        ("GPT2LMHeadModel", Task.TEXT_GENERATION),
     ],
 )
 def test_task_from_architecture(architecture: str, task: Task) -> None:

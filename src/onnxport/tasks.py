@@ -14,6 +14,18 @@ class Task(str, Enum):
     FEATURE_EXTRACTION = "feature-extraction"
     IMAGE_CLASSIFICATION = "image-classification"
     CAUSAL_LM = "causal-lm"
+    """The logits alone, without the KV cache (`TEXT_GENERATION` is the default)."""
+    TEXT_GENERATION = "text-generation"
+    """A decoder LM with its KV cache in and out (`onnxport.sources.generative`)."""
+
+
+# A text-generation graph's cache names, as Optimum and onnxruntime-genai name them
+# (`onnxport.sources.generative`).
+PAST_KEY = "past_key_values.{}.key"
+PAST_VALUE = "past_key_values.{}.value"
+PRESENT_KEY = "present.{}.key"
+PRESENT_VALUE = "present.{}.value"
+PAST_PREFIX = "past_key_values."
 
 
 class Modality(str, Enum):
@@ -55,6 +67,9 @@ TASKS: dict[Task, TaskInfo] = {
         "AutoModelForImageClassification", Modality.VISION, AgreementMetric.ARGMAX, False
     ),
     Task.CAUSAL_LM: TaskInfo("AutoModelForCausalLM", Modality.TEXT, AgreementMetric.ARGMAX, True),
+    Task.TEXT_GENERATION: TaskInfo(
+        "AutoModelForCausalLM", Modality.TEXT, AgreementMetric.ARGMAX, True
+    ),
 }
 
 # Architecture class-name suffixes, longest first, and the task each one means.
@@ -65,8 +80,8 @@ _ARCHITECTURE_SUFFIXES: tuple[tuple[str, Task], ...] = (
     ("ForMaskedLM", Task.MASKED_LM),
     ("ForImageClassificationWithTeacher", Task.IMAGE_CLASSIFICATION),
     ("ForImageClassification", Task.IMAGE_CLASSIFICATION),
-    ("ForCausalLM", Task.CAUSAL_LM),
-    ("LMHeadModel", Task.CAUSAL_LM),
+    ("ForCausalLM", Task.TEXT_GENERATION),
+    ("LMHeadModel", Task.TEXT_GENERATION),
     ("EncoderModel", Task.FEATURE_EXTRACTION),
     ("Model", Task.FEATURE_EXTRACTION),
 )

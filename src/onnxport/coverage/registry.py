@@ -165,19 +165,19 @@ def _heads(prefix: str, *tasks: Task) -> dict[Task, str]:
         Task.MASKED_LM: "ForMaskedLM",
         Task.FEATURE_EXTRACTION: "Model",
         Task.IMAGE_CLASSIFICATION: "ForImageClassification",
-        Task.CAUSAL_LM: "ForCausalLM",
+        Task.TEXT_GENERATION: "ForCausalLM",
     }
     return {task: prefix + suffixes[task] for task in tasks}
 
 
-TOKEN, SEQUENCE, QA, MLM, FEATURES, IMAGE, CAUSAL = (
+TOKEN, SEQUENCE, QA, MLM, FEATURES, IMAGE, GENERATION = (
     Task.TOKEN_CLASSIFICATION,
     Task.SEQUENCE_CLASSIFICATION,
     Task.QUESTION_ANSWERING,
     Task.MASKED_LM,
     Task.FEATURE_EXTRACTION,
     Task.IMAGE_CLASSIFICATION,
-    Task.CAUSAL_LM,
+    Task.TEXT_GENERATION,
 )
 
 _ENCODER = {
@@ -316,7 +316,7 @@ ENTRIES: tuple[CoverageEntry, ...] = (
             "n_positions": MAX_POSITIONS,
             "pad_token_id": 0,
         },
-        {CAUSAL: "GPT2LMHeadModel", **_heads("GPT2", SEQUENCE, TOKEN)},
+        {GENERATION: "GPT2LMHeadModel", **_heads("GPT2", SEQUENCE, TOKEN)},
     ),
     *_architecture(
         "llama",
@@ -327,7 +327,7 @@ ENTRIES: tuple[CoverageEntry, ...] = (
             "head_dim": 16,
             "pad_token_id": 0,
         },
-        _heads("Llama", CAUSAL, SEQUENCE),
+        _heads("Llama", GENERATION, SEQUENCE),
     ),
     *_architecture("vit", "ViTConfig", _VIT, _heads("ViT", IMAGE)),
     *_architecture("deit", "DeiTConfig", _VIT, {IMAGE: "DeiTForImageClassificationWithTeacher"}),

@@ -42,6 +42,7 @@ from onnxport.request.config import (
 )
 from onnxport.sources import load_source
 from onnxport.sources.base import Source
+from onnxport.tasks import Task
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +194,16 @@ def export_to_onnx(
     output_path.parent.mkdir(parents=True, exist_ok=True)
     external = wants_external_data(weights_bytes(source.module), external_data)
     wanted = [s for s in EXPORT_STRATEGIES if exporter is Exporter.AUTO or s.name == exporter.value]
+    if source.task is Task.TEXT_GENERATION:
+        # The TorchScript tracer fixes the cache's lengths at the example's.
+        wanted = [s for s in wanted if s.name == Exporter.DYNAMO.value]
+        if not wanted:
+            raise ConfigError(
+                "the TorchScript exporter cannot keep a KV cache's lengths dynamic, and "
+                "text-generation exports the cache",
+                hint="set onnx.exporter to dynamo (or auto), or source.task to causal-lm for "
+                "the logits alone",
+            )
     if not any(opset_version in s.opsets for s in wanted):
         # A setting the user can fix, found before any export work: bad input, not a failure.
         allowed = ", ".join(f"{s.name}: {opset_span(s.opsets)}" for s in wanted)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from onnxport.artifact.manifest import sha256_file
@@ -75,8 +76,25 @@ class Source:
     facts: ModelFacts = field(default_factory=ModelFacts)
     sentence_embedding: SentenceEmbeddingRecord | None = None
     """A sentence-transformers checkpoint's pooling and normalization (`modules.json`)."""
+    padding: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]] | None = None
+    """Per output, which elements are padding for given inputs (True): values no user reads,
+    left out of the comparison with PyTorch (a decoder's left-padded positions)."""
+    run_unpadded: (
+        Callable[
+            [Callable[..., tuple[torch.Tensor, ...]], Mapping[str, torch.Tensor]],
+            tuple[torch.Tensor, ...],
+        ]
+        | None
+    ) = None
+    """How the float64 reference runs a batch whose padding the model's code cannot take in
+    float64: row by row without it (`GenerationInputs.run_unpadded`)."""
+    trace_inputs: Callable[[int], dict[str, torch.Tensor]] | None = None
+    """The inputs the export traces with, when they are not `make_inputs` at `example_shape`
+    (a decoder traces a step with a past, so that no length is fixed at 0 or 1)."""
 
     def example_inputs(self, seed: int = 0) -> dict[str, torch.Tensor]:
+        if self.trace_inputs is not None:
+            return self.trace_inputs(seed)
         batch, size = self.example_shape
         return self.make_inputs(batch, size, seed)
 

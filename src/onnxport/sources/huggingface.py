@@ -32,6 +32,7 @@ from onnxport.sources.checkpoint_files import (
     read_config_json,
     weight_files,
 )
+from onnxport.sources.generative import GENERATION_SHAPES, with_past
 from onnxport.sources.quirks import MODEL_TYPE_QUIRKS
 from onnxport.sources.sentence_embedding import read_sentence_modules
 from onnxport.tasks import TASKS, Modality, Task, task_from_architecture, task_names
@@ -150,13 +151,18 @@ def _load_tokenizer(path: Path, trust: bool) -> Any | None:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, local_files_only=True, trust_remote_code=trust
+        )
     except Exception as e:  # tokenizer libraries raise many types for a corrupt file
         message = one_line(e)
         raise SourceError(
             f"the tokenizer files in {path} cannot be loaded: {message}",
             hint="copy the tokenizer files again, or remove them to use generated inputs",
         ) from e
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # decoder tokenizers usually have none
+    return tokenizer
 
 
 def _forward_parameters(model: torch.nn.Module) -> set[str]:
@@ -443,6 +449,9 @@ def load_huggingface(
     config = _export_config(path, raw, trust_remote_code=trust_remote_code)
     resolved_task, architecture = _resolve_task(config, task, path)
     info = TASKS[resolved_task]
+    generative = resolved_task is Task.TEXT_GENERATION
+    if generative:
+        config.use_cache = True
     model = _load_model(
         path, config, resolved_task, safetensors=safetensors, trust=trust_remote_code
     )
@@ -451,8 +460,9 @@ def load_huggingface(
     if sentence is not None:
         companions.update(sentence.files)
 
-    tokenizer = encode = None
+    tokenizer = encode = trace_inputs = padding = run_unpadded = None
     fixed_resolution = fixed_resolution_reason = None
+    module: torch.nn.Module = model
     if info.modality is Modality.VISION:
         vision = _vision_settings(model, config)
         factory, dynamic_axes, shapes = vision.factory, vision.dynamic_axes, vision.shapes
@@ -462,14 +472,23 @@ def load_huggingface(
         example_shape = vision.example_shape
     else:
         tokenizer = _load_tokenizer(path, trust_remote_code)
-        names = _text_input_names(model, config, tokenizer)
-        factory = TextInputs(names, config, tokenizer)
-        encode = factory.encode if tokenizer is not None else None
-        dynamic_axes = {n: {0: "batch", 1: "sequence"} for n in names}
         limit = int(getattr(config, "max_position_embeddings", 512) or 512)
-        shapes = tuple((b, min(s, limit)) for b, s in DEFAULT_TEXT_SHAPES)
         example_shape = TEXT_EXAMPLE_SHAPE
-    output_names = _output_names(model, factory(*example_shape, 0))
+        if generative:
+            made = with_past(model, config, tokenizer)
+            module, factory, names = made.module, made.inputs, list(made.input_names)
+            dynamic_axes, output_names = made.dynamic_axes, made.output_names
+            shapes = tuple((b, min(s, limit)) for b, s in GENERATION_SHAPES)
+            trace_inputs, padding = made.inputs.trace_inputs, made.inputs.padding
+            run_unpadded = made.inputs.run_unpadded
+        else:
+            names = _text_input_names(model, config, tokenizer)
+            factory = TextInputs(names, config, tokenizer)
+            dynamic_axes = {n: {0: "batch", 1: "sequence"} for n in names}
+            shapes = tuple((b, min(s, limit)) for b, s in DEFAULT_TEXT_SHAPES)
+            encode = factory.encode if tokenizer is not None else None
+    if not generative:
+        output_names = _output_names(model, factory(*example_shape, 0))
     logger.info(
         "loaded %s (%s, task %s, %d parameters) from %s",
         type(model).__name__,
@@ -479,7 +498,7 @@ def load_huggingface(
         path,
     )
     return Source(
-        module=model,
+        module=module,
         task=resolved_task,
         modality=info.modality,
         path=path,
@@ -500,6 +519,9 @@ def load_huggingface(
         fixed_resolution=fixed_resolution,
         fixed_resolution_reason=fixed_resolution_reason,
         sentence_embedding=sentence.record if sentence is not None else None,
+        trace_inputs=trace_inputs,
+        padding=padding,
+        run_unpadded=run_unpadded,
         facts=ModelFacts(
             num_heads=_int_setting(config, "num_attention_heads"),
             hidden_size=_int_setting(config, "hidden_size"),

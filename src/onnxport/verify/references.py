@@ -52,13 +52,15 @@ def compute_references(
                     hint="check validation.shapes against what the model takes "
                     "(max_position_embeddings, image size)",
                 ) from e
+            arrays = {k: v.numpy() for k, v in inputs.items()}
             reference = Reference(
                 shape=(batch, size),
-                inputs={k: v.numpy() for k, v in inputs.items()},
+                inputs=arrays,
                 outputs={
                     name: value.detach().float().numpy()
                     for name, value in zip(source.output_names, outputs)
                 },
+                padding=source.padding(arrays) if source.padding is not None else None,
             )
             for name, value in reference.outputs.items():
                 if np.isnan(value).any():
@@ -115,8 +117,11 @@ def add_exact_answers(
         module.double()
         with torch.inference_mode():
             for ref in references:
-                args = [_float64(ref.inputs[name]) for name in source.input_names]
-                outputs = adapter(*args)
+                named = {name: _float64(ref.inputs[name]) for name in source.input_names}
+                if source.run_unpadded is not None:
+                    outputs = source.run_unpadded(adapter, named)
+                else:
+                    outputs = adapter(*named.values())
                 answers = {}
                 for name, value in zip(source.output_names, outputs):
                     if value.dtype != torch.float64:
