@@ -190,7 +190,9 @@ def _fp32(
 
     first_inputs = list(prepared.references[0].inputs) if prepared.references else []
     origin = export_origin(prepared.export, first_inputs)
-    rules = fp32_rules(config, prepared.evaluation, origin, prepared.float64_skipped)
+    rules = fp32_rules(
+        config, prepared.evaluation, origin, prepared.float64_skipped, prepared.generation
+    )
     locate = locate_fp32 if config.validation.localize else None
     if config.onnx.optimize is OptimizeLevel.AUTO:
         search = SearchContext(

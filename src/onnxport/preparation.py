@@ -39,6 +39,7 @@ from onnxport.request import ConversionRequest
 from onnxport.request.config import ConversionConfig, Exporter, IsolateExport, Quantization
 from onnxport.tasks import Task
 from onnxport.verify.evaluation import Evaluation
+from onnxport.verify.generation import GenerationProof
 from onnxport.verify.shapes import validation_shapes
 from onnxport.verify.validate import Reference
 
@@ -66,6 +67,8 @@ class Prepared:
     files_to_copy: Mapping[str, Path]
     float64_skipped: str | None = None
     """Why PyTorch's float64 answers are missing although the error budget asked for them."""
+    generation: GenerationProof | None = None
+    """PyTorch's greedy generations, for a text-generation model's generation proof."""
 
 
 def prepare(request: ConversionRequest, exported: Path, clock: StageClock) -> Prepared:
@@ -75,7 +78,11 @@ def prepare(request: ConversionRequest, exported: Path, clock: StageClock) -> Pr
     from onnxport.export.cache.use import CacheUse, ExportSettings, export_with_cache
     from onnxport.passes import pass_context
     from onnxport.sources import load_source
-    from onnxport.verify.references import pytorch_answers, pytorch_evaluation
+    from onnxport.verify.references import (
+        pytorch_answers,
+        pytorch_evaluation,
+        pytorch_generation,
+    )
 
     config = request.config
     with clock.stage(Stage.LOAD, SourceError):
@@ -84,6 +91,7 @@ def prepare(request: ConversionRequest, exported: Path, clock: StageClock) -> Pr
             source, validation_shapes(source, config), config
         )
         evaluation = pytorch_evaluation(source, config)
+        generation = pytorch_generation(source, config)
     use = CacheUse.REFRESH if request.refresh_export_cache else CacheUse.USE
     if not config.execution.export_cache:
         use = CacheUse.OFF
@@ -108,6 +116,7 @@ def prepare(request: ConversionRequest, exported: Path, clock: StageClock) -> Pr
         context=pass_context(source, export.exporter, config),
         files_to_copy=source.files_to_copy,
         float64_skipped=float64_skipped,
+        generation=generation,
     )
     # PyTorch is done: the references hold its answers. Free its memory before ORT runs.
     source.module = None  # type: ignore[assignment]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -26,6 +27,15 @@ PAST_VALUE = "past_key_values.{}.value"
 PRESENT_KEY = "present.{}.key"
 PRESENT_VALUE = "present.{}.value"
 PAST_PREFIX = "past_key_values."
+
+
+def generation_step(shapes: Mapping[str, Sequence[int]]) -> tuple[list[int], int] | None:
+    """For the input shapes of a text-generation step: the shape of its new tokens and how
+    many were cached before them; None for other inputs."""
+    past = [shape for name, shape in shapes.items() if name.startswith(PAST_PREFIX)]
+    if not past or "input_ids" not in shapes:
+        return None
+    return list(shapes["input_ids"]), int(past[0][2]) if len(past[0]) > 2 else 0
 
 
 class Modality(str, Enum):

@@ -198,6 +198,35 @@ class TaskMetricRecord(Record):
     examples: int
 
 
+class GreedyDivergenceRecord(Record):
+    """Where the ONNX model's greedy tokens first differ from PyTorch's, for one prompt."""
+
+    prompt: int
+    """Which of the proof's prompts (0-based)."""
+    step: int
+    """The first new token that differs (0-based)."""
+    pytorch_token: int
+    onnx_token: int
+    pytorch_margin: float
+    """PyTorch's logit of its token minus its second best there: a margin within the
+    float32 error is a near-tie that any rounding may flip, a large one a bug."""
+    onnx_margin: float
+    """The ONNX model's logit of its own token minus its logit of PyTorch's token."""
+
+
+class GenerationProofRecord(Record):
+    """Greedy generation, token by token against transformers' `generate()`."""
+
+    prompts: int
+    new_tokens: int
+    """The most new tokens asked per prompt (`validation.generate_tokens`)."""
+    identical: int
+    """The prompts whose tokens are all PyTorch's."""
+    chat_template: bool
+    passed: bool
+    divergences: list[GreedyDivergenceRecord] = Field(default_factory=list)
+
+
 class ValidationRecord(Record):
     passed: bool
     shapes: list[list[int]]
@@ -216,6 +245,7 @@ class ValidationRecord(Record):
     """What judged the values (None in manifests written before the error budget)."""
     task_agreement: TaskAgreementRecord
     task_metric: TaskMetricRecord | None = None
+    generation: GenerationProofRecord | None = None
     elementwise_gate: bool = True
     failures: list[str] = Field(default_factory=list)
     seconds: float = 0.0

@@ -191,8 +191,6 @@ def export_to_onnx(
         # Loaded before anything is written: a path that holds no model leaves no directory.
         source = load_source(Path(source), source_config)
     output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    external = wants_external_data(weights_bytes(source.module), external_data)
     wanted = [s for s in EXPORT_STRATEGIES if exporter is Exporter.AUTO or s.name == exporter.value]
     if source.task is Task.TEXT_GENERATION:
         # The TorchScript tracer fixes the cache's lengths at the example's.
@@ -211,6 +209,8 @@ def export_to_onnx(
             f"opset {opset_version} is not supported by the installed exporter ({allowed})",
             hint=f"set onnx.opset_version to {DEFAULT_OPSET}",
         )
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    external = wants_external_data(weights_bytes(source.module), external_data)
     attempts: list[AttemptRecord] = []
     started = time.perf_counter()
     for strategy in wanted:
@@ -282,6 +282,17 @@ def export_from_template(
         return None
 
     output_path = Path(output_path)
+    wanted = [s for s in EXPORT_STRATEGIES if exporter is Exporter.AUTO or s.name == exporter.value]
+    if source.task is Task.TEXT_GENERATION:
+        # The TorchScript tracer fixes the cache's lengths at the example's.
+        wanted = [s for s in wanted if s.name == Exporter.DYNAMO.value]
+        if not wanted:
+            raise ConfigError(
+                "the TorchScript exporter cannot keep a KV cache's lengths dynamic, and "
+                "text-generation exports the cache",
+                hint="set onnx.exporter to dynamo (or auto), or source.task to causal-lm for "
+                "the logits alone",
+            )
     output_path.parent.mkdir(parents=True, exist_ok=True)
     attempt, _ = _attempt(
         ExportStrategy("dynamo", DYNAMO_OPSETS, run),

@@ -24,6 +24,7 @@ EXPERIMENT_CONFIG_FILENAME = "experiment.yaml"
 DEFAULT_OPSET = 18
 DEFAULT_FILENAME_PATTERN = "model_{quantization}.onnx"
 DEFAULT_MIN_TASK_AGREEMENT = 0.99
+DEFAULT_GENERATE_TOKENS = 32
 DEFAULT_MAX_ERROR_RATIO = 4.0
 DEFAULT_FLOAT64_MAX_WEIGHTS_GB = 6.0
 """A float64 copy takes twice the float32 weights: 12 GB beside 6 GB fits a 24 GiB machine."""
@@ -194,6 +195,9 @@ class ValidationConfig(_Strict):
     then also keep PyTorch's entity F1 (token classification) or accuracy (sequence
     classification) on it, within `max_metric_drop`. Relative: see `FILE_SETTINGS`."""
     max_metric_drop: float = Field(0.01, ge=0.0, le=1.0)
+    generate_tokens: int = Field(DEFAULT_GENERATE_TOKENS, ge=0, le=4096)
+    """text-generation: the new tokens each greedy generation proof prompt runs to; the
+    ONNX model's tokens must be PyTorch's (transformers' `generate()`); 0: no such proof."""
 
     @property
     def yardstick(self) -> Yardstick:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,9 @@ from onnxport.errors import SourceError, one_line
 from onnxport.export.strategies import adapter_for
 from onnxport.request.config import ConversionConfig, Yardstick
 from onnxport.sources.base import Source
+from onnxport.tasks import Task
 from onnxport.verify.evaluation import Evaluation, load_eval_set
+from onnxport.verify.generation import PROOF_PROMPTS, GenerationProof, GreedyReference
 from onnxport.verify.shapes import describe_shapes
 from onnxport.verify.validate import Reference
 
@@ -182,3 +185,71 @@ def prepare_evaluation(source: Source, eval_file: str, max_drop: float) -> Evalu
         return outputs[0].float().numpy()
 
     return Evaluation(eval_set, eval_set.score(run), max_drop)
+
+
+def pytorch_generation(source: Source, config: ConversionConfig) -> GenerationProof | None:
+    """PyTorch's greedy generations for the generation proof (`verify.generation`): None
+    unless the source is a text-generation model and `validation.generate_tokens` asks."""
+    new_tokens = config.validation.generate_tokens
+    if source.task is not Task.TEXT_GENERATION or not new_tokens:
+        return None
+    from transformers import GenerationConfig
+
+    model = source.module.model  # the *ForCausalLM inside the flat-signature wrapper
+    tokenizer = source.tokenizer
+    end_ids = _end_ids(model)
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    pad_id = int(pad_id) if pad_id is not None else (end_ids[0] if end_ids else 0)
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    settings = GenerationConfig(
+        max_new_tokens=new_tokens,
+        do_sample=False,
+        eos_token_id=list(end_ids) or None,
+        pad_token_id=pad_id,
+    )
+    references = []
+    with torch.inference_mode():
+        for index, prompt in enumerate(PROOF_PROMPTS):
+            ids = _prompt_ids(tokenizer, prompt, chat, index, source)
+            given = torch.tensor([ids], dtype=torch.int64)
+            out = model.generate(
+                input_ids=given,
+                attention_mask=torch.ones_like(given),
+                generation_config=settings,
+                return_dict_in_generate=True,
+                output_logits=True,
+            )
+            tokens = out.sequences[0, len(ids) :].tolist()
+            margins = []
+            for step_logits in out.logits[: len(tokens)]:
+                top = torch.topk(step_logits[0].double(), 2).values
+                margins.append(float(top[0] - top[1]))
+            references.append(GreedyReference(tuple(ids), tuple(tokens), tuple(margins)))
+    return GenerationProof(tuple(references), new_tokens, end_ids, pad_id, chat)
+
+
+def _end_ids(model: torch.nn.Module) -> tuple[int, ...]:
+    """The tokens that end a generation: generation_config.json's, else config.json's."""
+    for holder in (getattr(model, "generation_config", None), model.config):
+        found = getattr(holder, "eos_token_id", None)
+        if found is not None:
+            return tuple(int(i) for i in (found if isinstance(found, list) else [found]))
+    return ()
+
+
+def _prompt_ids(
+    tokenizer: object | None, prompt: str, chat: bool, index: int, source: Source
+) -> list[int]:
+    """A proof prompt as token ids: the chat template's, the plain text's, or (without a
+    tokenizer) random ids of a few lengths."""
+    if tokenizer is None:
+        vocab = int(getattr(source.module.model.config, "vocab_size", 16))
+        generator = torch.Generator().manual_seed(index)
+        low = min(5, vocab - 1)
+        return torch.randint(low, vocab, (7 + 5 * index,), generator=generator).tolist()
+    if chat:
+        made = tokenizer.apply_chat_template(  # type: ignore[attr-defined]
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
+        return list(made["input_ids"] if isinstance(made, Mapping) else made)
+    return list(tokenizer(prompt)["input_ids"])  # type: ignore[operator]

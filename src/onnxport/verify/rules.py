@@ -10,6 +10,7 @@ from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantizatio
 from onnxport.verify.compare import Tolerance
 from onnxport.verify.evaluation import Evaluation
 from onnxport.verify.gate import Rules
+from onnxport.verify.generation import GenerationProof
 from onnxport.verify.shapes import ExportOrigin
 from onnxport.verify.validate import DEFAULT_TOLERANCES, Judging
 
@@ -19,11 +20,13 @@ def fp32_rules(
     evaluation: Evaluation | None,
     origin: ExportOrigin | None = None,
     float64_skipped: str | None = None,
+    generation: GenerationProof | None = None,
 ) -> Rules:
     """The fp32 model matches PyTorch element by element (its error against float64 within
     the budget, or the tolerance), and on the task. `origin`: how the graph was made, said
     on failure with what it suggests trying; `float64_skipped`: why PyTorch did not run in
-    float64, when the budget was asked for."""
+    float64, when the budget was asked for; `generation`: PyTorch's greedy generations, which
+    the model's must equal."""
     default = DEFAULT_TOLERANCES["fp32"]
     validation = config.validation
     tolerance = Tolerance(
@@ -48,6 +51,7 @@ def fp32_rules(
         judging=judging,
         min_agreement=config.validation.min_task_agreement,
         evaluation=evaluation,
+        generation=generation,
         remedies=tuple(r for r in remedies if r),
         origin=origin.sentence if origin else None,
     )

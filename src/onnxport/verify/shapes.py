@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from onnxport.artifact.records import ExportRecord, InputRecord
 from onnxport.errors import one_line
 from onnxport.request.config import ConversionConfig
-from onnxport.tasks import PAST_PREFIX
+from onnxport.tasks import generation_step
 
 if TYPE_CHECKING:  # loading imports torch; the shapes need only its fields
     from onnxport.sources.base import Source
@@ -39,10 +39,10 @@ def validation_shapes(source: Source, config: ConversionConfig) -> list[tuple[in
 def describe_shapes(shapes: dict[str, list[int]]) -> str:
     """`[1, 8]` when every input has that shape, else `input_ids [1, 8], boxes [1, 4]`;
     a generation step: `[1, 1] after 12 cached`."""
-    past = [shape for name, shape in shapes.items() if name.startswith(PAST_PREFIX)]
-    if past and "input_ids" in shapes:
-        cached = past[0][2] if len(past[0]) > 2 else 0
-        return f"{shapes['input_ids']}" + (f" after {cached} cached" if cached else "")
+    step = generation_step(shapes)
+    if step is not None:
+        tokens, cached = step
+        return f"{tokens}" + (f" after {cached} cached" if cached else "")
     distinct = {tuple(shape) for shape in shapes.values()}
     if len(distinct) == 1:
         return str(list(distinct.pop()))

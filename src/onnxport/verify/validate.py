@@ -35,6 +35,7 @@ from onnxport.verify.compare import (
     error_budget,
 )
 from onnxport.verify.evaluation import Evaluation, metric_failure
+from onnxport.verify.generation import GenerationProof, generation_failure
 from onnxport.verify.runtime import RUNTIME_ERRORS, create_session, declared_inputs, run_session
 from onnxport.verify.shapes import describe_shapes, refusal_reason
 
@@ -256,6 +257,7 @@ def validate_model(
     judging: Judging = Judging(DEFAULT_TOLERANCES["fp32"]),
     min_agreement: float = DEFAULT_MIN_TASK_AGREEMENT,
     evaluation: Evaluation | None = None,
+    generation: GenerationProof | None = None,
 ) -> ValidationRecord:
     """Compare `model_path` in ONNX Runtime with the PyTorch `references`.
 
@@ -267,6 +269,8 @@ def validate_model(
         min_agreement: the task-level gate.
         evaluation: a labelled set whose task metric must stay near PyTorch's, scored in
             the same session.
+        generation: PyTorch's greedy generations, which the model's must equal token for
+            token (a text-generation model), generated in the same session.
     """
     started = time.perf_counter()
     session = create_session(model_path)
@@ -306,6 +310,9 @@ def validate_model(
     task_metric = evaluation.judge(session) if evaluation is not None and not refused else None
     if task_metric is not None and not task_metric.passed:
         failures.append(metric_failure(task_metric))
+    generated = generation.judge(session) if generation is not None and not refused else None
+    if generated is not None and not generated.passed:
+        failures.append(generation_failure(generated))
     record = ValidationRecord(
         passed=not failures,
         shapes=[list(r.shape) for r in references],
@@ -318,6 +325,7 @@ def validate_model(
             metric=metric.value, value=value, minimum=min_agreement, passed=value >= min_agreement
         ),
         task_metric=task_metric,
+        generation=generated,
         elementwise_gate=judging.elementwise,
         failures=failures,
         seconds=round(time.perf_counter() - started, 3),

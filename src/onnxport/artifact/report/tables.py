@@ -14,6 +14,7 @@ from onnxport.artifact.records import (
     TimingRecord,
     ValidationRecord,
 )
+from onnxport.tasks import generation_step
 
 
 @dataclass(frozen=True)
@@ -31,13 +32,18 @@ def size(num_bytes: int | None) -> str:
 
 
 def shapes_label(validation: ValidationRecord) -> str:
-    """The validation inputs' shapes, one per input: `1x8 2x37` for text, `1x3x224x224` for
-    images (every input's full shape; a manifest from before `input_shapes` has the
-    (batch, size) pairs only)."""
+    """The validation inputs' shapes, one per input: `1x8 2x37` for text, `1x1+12` for a
+    generation step of one token after 12 cached, `1x3x224x224` for images (every input's
+    full shape; a manifest from before `input_shapes` has the (batch, size) pairs only)."""
     if not validation.input_shapes:
         return " ".join("x".join(str(n) for n in shape) for shape in validation.shapes)
     labels = []
     for shapes in validation.input_shapes:
+        step = generation_step(shapes)
+        if step is not None:  # a generation step: its new tokens, + the cached ones
+            tokens, cached = step
+            labels.append("x".join(map(str, tokens)) + (f"+{cached}" if cached else ""))
+            continue
         distinct = list(dict.fromkeys("x".join(str(n) for n in s) for s in shapes.values()))
         labels.append(
             distinct[0]
