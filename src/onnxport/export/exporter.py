@@ -282,17 +282,6 @@ def export_from_template(
         return None
 
     output_path = Path(output_path)
-    wanted = [s for s in EXPORT_STRATEGIES if exporter is Exporter.AUTO or s.name == exporter.value]
-    if source.task is Task.TEXT_GENERATION:
-        # The TorchScript tracer fixes the cache's lengths at the example's.
-        wanted = [s for s in wanted if s.name == Exporter.DYNAMO.value]
-        if not wanted:
-            raise ConfigError(
-                "the TorchScript exporter cannot keep a KV cache's lengths dynamic, and "
-                "text-generation exports the cache",
-                hint="set onnx.exporter to dynamo (or auto), or source.task to causal-lm for "
-                "the logits alone",
-            )
     output_path.parent.mkdir(parents=True, exist_ok=True)
     attempt, _ = _attempt(
         ExportStrategy("dynamo", DYNAMO_OPSETS, run),
