@@ -7,13 +7,9 @@ from rich.table import Table
 from rich.text import Text
 
 from onnxport.artifact.manifest import Manifest
+from onnxport.artifact.report.labels import error_ratio_label, generation_label, shapes_label
 from onnxport.artifact.report.tables import Table as ReportTable
-from onnxport.artifact.report.tables import (
-    error_ratio_label,
-    resolution_note,
-    search_tables,
-    shapes_label,
-)
+from onnxport.artifact.report.tables import resolution_note, search_tables
 from onnxport.commands.console import literal, print_path
 from onnxport.progress import Stage, StageEvent, Status
 
@@ -112,6 +108,7 @@ def manifest_tables(manifest: Manifest) -> list[Table]:
             literal(
                 f"{v.task_agreement.value:.4f} ≥ {v.task_agreement.minimum:g}"
                 + (f"\n{_metric(v.task_metric)}" if v.task_metric else "")
+                + (f"\n{generation_label(v.generation)}" if v.generation else "")
             ),
         )
     searches = [_rich(table, title) for title, table in search_tables(manifest)]

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from onnxport.artifact.records import OutputComparisonRecord, VerificationRecord
+from onnxport.artifact.report.labels import generation_label
 from onnxport.commands.console import literal, print_path, setup_logging, stdout
 from onnxport.errors import VerifyError, VerifyInputError
 
@@ -118,6 +119,8 @@ def verification_table(record: VerificationRecord) -> Table:
         agreement = f"{v.task_agreement.value:.4f} ≥ {v.task_agreement.minimum:g}"
         if v.task_metric is not None:
             agreement += f"\n{v.task_metric.metric} {v.task_metric.value:.4f}"
+        if v.generation is not None:
+            agreement += f"\n{generation_label(v.generation)}"
         verdict = Text("✓ proven", "green") if model.proven else Text("✗ refused", "red")
         for i, (name, output) in enumerate(v.outputs.items()):
             first = i == 0

@@ -30,6 +30,7 @@ from onnxport.request.config import ConversionConfig, parse_conversion_config
 from onnxport.tasks import Task
 from onnxport.verify.evaluation import Evaluation
 from onnxport.verify.gate import Candidate, Locate, Rules, judge
+from onnxport.verify.generation import GenerationProof
 from onnxport.verify.rules import fp32_rules, variant_rules
 from onnxport.verify.runtime import create_session, declared_inputs
 from onnxport.verify.shapes import describe_shapes, validation_shapes
@@ -74,7 +75,8 @@ def verify_published(directory: Path, *, against: Path | None = None) -> Verific
     recorded = fp32.validation.shapes if fp32 and fp32.validation else None
     shapes = [(b, s) for b, s in recorded] if recorded else validation_shapes(source, config)
     task = source.task
-    references, skipped, evaluation = _answers(source, shapes, config)
+    answers = _answers(source, shapes, config)
+    references = answers.references
     del source  # loaded again to localize a refusal: never beside ONNX Runtime's copy
 
     def reload() -> Source:
@@ -84,10 +86,10 @@ def verify_published(directory: Path, *, against: Path | None = None) -> Verific
     for out in manifest.published_outputs():
         path = directory / out.file
         if out.variant == "fp32":
-            rules = fp32_rules(config, evaluation, float64_skipped=skipped)
+            rules = answers.fp32_rules(config)
             locate = _locate_fp32(reload, references, opset=manifest.export.opset)
         else:
-            rules = variant_rules(config, evaluation)
+            rules = variant_rules(config, answers.evaluation)
             # The variants are made from the exported graph; the published fp32 model is
             # that graph only when no pass changed it (else its nodes have other names).
             base = directory / fp32.file if fp32 is not None and not fp32.passes else None
@@ -118,14 +120,16 @@ def verify_onnx_file(
         source, graph_inputs, names, validation_shapes(source, config), config
     )
     task = source.task
-    answers, skipped, evaluation = _answers(source, shapes, config)
-    references = [names.rename(r) for r in answers]
+    answers = _answers(source, shapes, config)
+    references = [names.rename(r) for r in answers.references]
 
     def reuse() -> Source:
         return source
 
     locate = _locate_fp32(reuse, references, opset=opset) if names.same_inputs else None
-    rules = fp32_rules(config, evaluation, float64_skipped=skipped)
+    rules = answers.fp32_rules(config)
+    if not names.same_inputs:  # the proof's loop feeds the graph by the checkpoint's names
+        rules = dataclasses.replace(rules, generation=None)
     proof = _prove(Candidate("fp32", model), references, task, rules, locate)
     return VerificationRecord(
         target=str(model), against=str(against), models=[proof], notes=[*names.notes, *fitted]
@@ -301,17 +305,43 @@ def _read_graph(model: Path) -> tuple[list[InputRecord], list[str], int]:
     return declared_inputs(session), [o.name for o in session.get_outputs()], opset
 
 
-def _answers(
-    source: Source, shapes: list[tuple[int, int]], config: ConversionConfig
-) -> tuple[list[Reference], str | None, Evaluation | None]:
-    """PyTorch's answers in float32 and float64 (why not in float64), and its score on the
-    labelled set the settings name."""
+@dataclass(frozen=True)
+class _Answers:
+    """What PyTorch answers, for the rules and the references of a proof."""
+
+    references: list[Reference]
+    float64_skipped: str | None
+    """Why the float64 answers are missing, when the budget asked for them."""
+    evaluation: Evaluation | None
+    """Its score on the labelled set the settings name."""
+    generation: GenerationProof | None
+    """Its greedy generations (a text-generation model)."""
+
+    def fp32_rules(self, config: ConversionConfig) -> Rules:
+        return fp32_rules(
+            config,
+            self.evaluation,
+            float64_skipped=self.float64_skipped,
+            generation=self.generation,
+        )
+
+
+def _answers(source: Source, shapes: list[tuple[int, int]], config: ConversionConfig) -> _Answers:
     from onnxport.request.config import check_named_files
-    from onnxport.verify.references import pytorch_answers, pytorch_evaluation
+    from onnxport.verify.references import (
+        pytorch_answers,
+        pytorch_evaluation,
+        pytorch_generation,
+    )
 
     check_named_files(config)
     references, skipped = pytorch_answers(source, shapes, config)
-    return references, skipped, pytorch_evaluation(source, config)
+    return _Answers(
+        references,
+        skipped,
+        pytorch_evaluation(source, config),
+        pytorch_generation(source, config),
+    )
 
 
 def _prove(

@@ -14,7 +14,7 @@ from onnxport.artifact.records import (
     TimingRecord,
     ValidationRecord,
 )
-from onnxport.tasks import generation_step
+from onnxport.artifact.report.labels import error_ratio_label, generation_label, shapes_label
 
 
 @dataclass(frozen=True)
@@ -29,30 +29,6 @@ def size(num_bytes: int | None) -> str:
     if num_bytes is None:
         return "-"
     return f"{num_bytes / 1e6:.1f} MB"
-
-
-def shapes_label(validation: ValidationRecord) -> str:
-    """The validation inputs' shapes, one per input: `1x8 2x37` for text, `1x1+12` for a
-    generation step of one token after 12 cached, `1x3x224x224` for images (every input's
-    full shape; a manifest from before `input_shapes` has the (batch, size) pairs only)."""
-    if not validation.input_shapes:
-        return " ".join("x".join(str(n) for n in shape) for shape in validation.shapes)
-    labels = []
-    for shapes in validation.input_shapes:
-        step = generation_step(shapes)
-        if step is not None:  # a generation step: its new tokens, + the cached ones
-            tokens, cached = step
-            labels.append("x".join(map(str, tokens)) + (f"+{cached}" if cached else ""))
-            continue
-        distinct = list(dict.fromkeys("x".join(str(n) for n in s) for s in shapes.values()))
-        labels.append(
-            distinct[0]
-            if len(distinct) == 1
-            else "("
-            + ", ".join(f"{name} {'x'.join(map(str, s))}" for name, s in shapes.items())
-            + ")"
-        )
-    return " ".join(labels)
 
 
 def resolution_note(manifest: Manifest) -> str | None:
@@ -122,19 +98,6 @@ def facts(manifest: Manifest) -> list[str]:
     return facts
 
 
-def error_ratio_label(validation: ValidationRecord) -> str:
-    """The worst ratio of ONNX's error to PyTorch's own against float64, with the limit it
-    was judged by; what judged instead when it was not the budget."""
-    if not validation.elementwise_gate:
-        return "-"  # a variant: judged on the task
-    judged = [c for c in validation.outputs.values() if c.max_error_ratio is not None]
-    if not judged:
-        return "tolerance"
-    worst = max(judged, key=lambda c: c.error_ratio or 0.0)
-    ratio, limit = worst.error_ratio or 0.0, worst.max_error_ratio or 0.0
-    return f"{ratio:.2g} {'≤' if ratio <= limit else '>'} {limit:g}"
-
-
 def outputs_table(manifest: Manifest) -> Table:
     rows = []
     for out in manifest.outputs:
@@ -151,6 +114,8 @@ def outputs_table(manifest: Manifest) -> Table:
                 f"; {m.metric} {m.value:.4f} on {m.examples} labelled examples "
                 f"(PyTorch {m.pytorch:.4f}, max drop {m.max_drop:g})"
             )
+        if v is not None and v.generation is not None:
+            agreement += f"; {generation_label(v.generation)}"
         validated = "-" if v is None else ("yes" if v.passed else "NO")
         rows.append(
             (
