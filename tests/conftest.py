@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from models import MODELS
+from models import MODELS, build_llama_chat
 from onnxport.artifact.manifest import Manifest
 from onnxport.artifact.records import ExportRecord
 from onnxport.export import export_to_onnx
@@ -180,6 +180,19 @@ def converted(checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Callable[
         return done[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def chat_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny chat Llama (`models.build_llama_chat`: no pad token, ChatML template) and its
+    conversion with the default settings: (checkpoint, output directory), built once."""
+
+    def build(root: Path) -> None:
+        build_llama_chat(root / "checkpoint")
+        convert(ConversionRequest(source_path=root / "checkpoint", output_dir=root / "onnx"))
+
+    root = build_once(tmp_path_factory, "chat-model", build)
+    return root / "checkpoint", root / "onnx"
 
 
 @pytest.fixture

@@ -639,3 +639,71 @@ def test_cli_bad_input_exits_with_2_in_a_few_lines(
     assert message in run.stderr + run.stdout
     assert "Traceback" not in run.stderr
     assert len((run.stderr + run.stdout).strip().splitlines()) <= 4
+
+
+# --- a text-generation model ------------------------------------------------------------------
+
+PROMPTS = ("Summarize: Jane Doe , senior data engineer .", "Hi")
+NEW_TOKENS = 6
+
+
+def _generated(output: Path, prompts, **settings) -> list[dict]:
+    return [r.to_dict() for r in OnnxPredictor(output).generate(list(prompts), **settings)]
+
+
+def test_a_generative_text_model_writes_what_the_predictor_writes(chat_model, tmp_path) -> None:
+    import mlflow.pyfunc
+
+    output = chat_model[1]
+    model = mlflow.pyfunc.load_model(str(save_text_model(output, "fp32", tmp_path / "model")))
+    assert {p.name for p in model.metadata.get_params_schema().params} >= {
+        "max_new_tokens",
+        "do_sample",
+        "temperature",
+        "top_p",
+        "stop",
+    }
+    answer = model.predict(list(PROMPTS), params={"max_new_tokens": NEW_TOKENS})
+    assert answer == _generated(output, PROMPTS, max_new_tokens=NEW_TOKENS)
+    with pytest.raises(Exception, match="max_new_tokens must be at least 1"):
+        model.predict(["Hi"], params={"max_new_tokens": 0})
+
+
+@pytest.fixture(scope="module")
+def chat_server(chat_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
+    output = chat_model[1]
+    log = tmp_path_factory.mktemp("chat-server") / "serve.log"
+    with running_server(log, output, "--threads", "1") as url:
+        yield url, output
+
+
+def test_served_generation_equals_the_predictors(chat_server) -> None:
+    url, output = chat_server
+    for params in ({"max_new_tokens": NEW_TOKENS}, {"max_new_tokens": 4, "stop": ["a"]}):
+        answer = _post(url, {"inputs": list(PROMPTS), "params": params})
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"predictions": _generated(output, PROMPTS, **params)}
+
+
+@pytest.mark.parametrize(
+    ("params", "prompts", "reason"),
+    [
+        ({"max_new_tokens": 0}, PROMPTS, "max_new_tokens must be at least 1, not 0"),
+        ({"max_new_tokens": "many"}, PROMPTS, "max_new_tokens"),
+        ({"max_new_tokens": 10**6}, PROMPTS, "is more than the 128 tokens"),
+        ({"temperature": 0, "do_sample": True}, PROMPTS, "temperature must be above 0"),
+        ({"top_p": 2}, PROMPTS, "top_p must be above 0 and at most 1"),
+        ({"max_tokens": 5}, PROMPTS, "unknown params ['max_tokens']: this model takes"),
+        ({}, ["Hi", ""], "prompt 2 is empty"),
+        ({"max_new_tokens": 100}, ["Hi " * 60], "that is more than the 128 tokens"),
+    ],
+    ids=["zero", "not-a-number", "absurd", "cold", "top-p", "unknown", "empty", "too-long"],
+)
+def test_a_bad_generation_request_gets_a_one_line_400(chat_server, params, prompts, reason) -> None:
+    url, _ = chat_server
+    answer = _post(url, {"inputs": list(prompts), "params": params})
+    assert answer.status_code == 400, answer.text
+    message = answer.json()["message"]
+    assert reason in message
+    assert "\n" not in message and len(message) <= 500
+    assert _post(url, {"inputs": ["Hi"], "params": {"max_new_tokens": 2}}).status_code == 200

@@ -19,8 +19,10 @@ from rich.text import Text
 
 from onnxport.commands.console import setup_logging, stdout
 from onnxport.predict import (
+    DEFAULT_MAX_NEW_TOKENS,
     AggregationStrategy,
     EntityPrediction,
+    GeneratedText,
     LabelPrediction,
     LongText,
     OnnxPredictor,
@@ -28,6 +30,7 @@ from onnxport.predict import (
     Prediction,
     VectorPrediction,
 )
+from onnxport.tasks import Task
 
 _TITLE_CHARS = 100
 _VECTOR_PREVIEW = 4
@@ -101,6 +104,15 @@ def render_predictions(predictions: Sequence[Prediction]) -> list[RenderableType
     return tables
 
 
+def print_generated(results: Sequence[GeneratedText]) -> None:
+    """The text of each prompt as it is (no markup, no wrapping); a header per prompt when
+    there are several."""
+    for index, result in enumerate(results, 1):
+        if len(results) > 1:
+            stdout.print(Text(f"{index}. {_short(result.prompt)}", style="bold"))
+        stdout.out(result.text, highlight=False)
+
+
 def predict_command(
     output_dir: Annotated[
         Path, typer.Argument(metavar="OUT_DIR", help="An onnxport output directory.")
@@ -132,10 +144,35 @@ def predict_command(
     threads: Annotated[
         int | None, typer.Option(help="ONNX Runtime threads (default: all cores).")
     ] = None,
+    max_new_tokens: Annotated[
+        int, typer.Option(help="Text generation: the most tokens written per prompt.")
+    ] = DEFAULT_MAX_NEW_TOKENS,
+    do_sample: Annotated[
+        bool, typer.Option("--do-sample", help="Text generation: sample, not the likeliest.")
+    ] = False,
+    temperature: Annotated[
+        float, typer.Option(help="Text generation, --do-sample: the softmax's temperature.")
+    ] = 1.0,
+    top_p: Annotated[
+        float,
+        typer.Option(help="Text generation, --do-sample: sample within this probability."),
+    ] = 1.0,
+    seed: Annotated[
+        int | None, typer.Option(help="Text generation, --do-sample: the random seed.")
+    ] = None,
+    stop: Annotated[
+        list[str] | None,
+        typer.Option(help="Text generation: a string that ends the text (repeatable)."),
+    ] = None,
+    raw: Annotated[
+        bool,
+        typer.Option("--raw", help="Text generation: the prompt as it is, no chat template."),
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON, not tables.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step.")] = False,
 ) -> None:
-    """Run a converted model on text: entities, a label or a vector per text."""
+    """Run a converted model on text: entities, a label or a vector per text; the text a
+    text-generation model writes after each prompt."""
     # cli.py imports this module to register the command: take its helpers at call time.
 
     setup_logging(verbose)
@@ -148,6 +185,22 @@ def predict_command(
         pooling=pooling,
         aggregation_strategy=aggregation,
     )
+    if predictor.task is Task.TEXT_GENERATION:
+        results = predictor.generate(
+            texts,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            stop=stop,
+            raw=raw,
+            seed=seed,
+        )
+        if json_output:
+            stdout.print_json(json.dumps([r.to_dict() for r in results], ensure_ascii=False))
+        else:
+            print_generated(results)
+        return
     predictions = predictor.predict(texts)
     if json_output:
         stdout.print_json(json.dumps([p.to_dict() for p in predictions], ensure_ascii=False))

@@ -3,16 +3,21 @@
 `OnnxPredictor(directory)` opens an onnxport output directory (a model variant, the tokenizer,
 the label map of `config.json`) and turns texts into entities (token classification, words
 grouped by an `AggregationStrategy`), a label (sequence classification) or a vector (feature
-extraction); an image classifier labels batches of pixel arrays (`predict_images`). Nothing
-on this path imports torch or transformers, so a serving process stays small and starts fast.
+extraction); an image classifier labels batches of pixel arrays (`predict_images`); a decoder
+LM writes text after prompts (`generate`, with `OnnxGenerator`). Nothing on this path imports
+torch or transformers, so a serving process stays small and starts fast.
 """
 
 from onnxport.artifact.records import Pooling
 from onnxport.errors import PredictError, TextTooLongError
+from onnxport.predict.generation import Sampling
+from onnxport.predict.generator import DEFAULT_MAX_NEW_TOKENS, OnnxGenerator
 from onnxport.predict.predictions import (
     AggregationStrategy,
     Entity,
     EntityPrediction,
+    FinishReason,
+    GeneratedText,
     ImagePrediction,
     LabelPrediction,
     Prediction,
@@ -22,20 +27,25 @@ from onnxport.predict.predictor import (
     LongText,
     OnnxPredictor,
     length_buckets,
-    model_max_length,
 )
+from onnxport.predict.tokens import model_max_length
 
 __all__ = [
+    "DEFAULT_MAX_NEW_TOKENS",
     "AggregationStrategy",
     "Entity",
     "EntityPrediction",
+    "FinishReason",
+    "GeneratedText",
     "ImagePrediction",
     "LabelPrediction",
     "LongText",
+    "OnnxGenerator",
     "OnnxPredictor",
     "Pooling",
     "PredictError",
     "Prediction",
+    "Sampling",
     "TextTooLongError",
     "VectorPrediction",
     "length_buckets",

@@ -214,3 +214,33 @@ def label_scores(logits: np.ndarray, problem_type: str | None = None) -> np.ndar
     if problem_type == "multi_label_classification" or logits.shape[-1] == 1:
         return 1.0 / (1.0 + np.exp(-logits))
     return softmax(logits)
+
+
+class FinishReason(str, Enum):
+    """Why a generated text ends (the words of OpenAI's and MLflow's chat answers)."""
+
+    STOP = "stop"
+    """The model produced an end token, or the text reached a stop string."""
+    LENGTH = "length"
+    """`max_new_tokens` ran out first."""
+
+
+@dataclass(frozen=True)
+class GeneratedText:
+    """What a text-generation model wrote after a prompt."""
+
+    prompt: str
+    text: str
+    """The new text, decoded without special tokens, cut before the first stop string."""
+    token_ids: tuple[int, ...]
+    """The new tokens as the model produced them (its end token included when it produced
+    one): a stop string cuts the text, not these."""
+    finish_reason: FinishReason
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "text": self.text,
+            "token_ids": list(self.token_ids),
+            "finish_reason": self.finish_reason.value,
+        }

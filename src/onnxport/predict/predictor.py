@@ -21,10 +21,12 @@ from onnxport.artifact.manifest import Manifest
 from onnxport.artifact.reader import PublishedDirectory
 from onnxport.artifact.records import Pooling
 from onnxport.errors import PredictError, TextTooLongError, one_line
+from onnxport.predict.generator import DEFAULT_MAX_NEW_TOKENS, OnnxGenerator
 from onnxport.predict.pooling import sentence_vector
 from onnxport.predict.predictions import (
     AggregationStrategy,
     EntityPrediction,
+    GeneratedText,
     ImagePrediction,
     LabelPrediction,
     Prediction,
@@ -35,6 +37,7 @@ from onnxport.predict.predictions import (
     label_scores,
     softmax,
 )
+from onnxport.predict.tokens import load_tokenizer, model_max_length, token_setting
 from onnxport.tasks import Task
 from onnxport.verify.runtime import RUNTIME_ERRORS, create_session, session_options
 
@@ -49,13 +52,9 @@ SUPPORTED_TASKS = (
 """The tasks `predict` answers text for (and the text models of `onnxport.serving`)."""
 IMAGE_TASKS = (Task.IMAGE_CLASSIFICATION,)
 """The tasks `predict_images` answers."""
-# transformers saves a huge sentinel as model_max_length when a tokenizer has no limit.
-_NO_LIMIT = 10**20
-# Models that number positions from pad_token_id + 1 (RoBERTa's scheme): their
-# max_position_embeddings holds pad_token_id + 1 more positions than the longest input.
-_PADDING_OFFSET_MODELS = frozenset(
-    {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "mpnet"}
-)
+GENERATIVE_TASKS = (Task.TEXT_GENERATION,)
+"""The tasks `generate` answers (`OnnxGenerator`)."""
+_TASKS = (*SUPPORTED_TASKS, *IMAGE_TASKS, *GENERATIVE_TASKS)
 # Model input name -> the `tokenizers.Encoding` attribute that holds it.
 _ENCODING_FIELDS = {
     "input_ids": "ids",
@@ -85,35 +84,12 @@ def _task(directory: Path, manifest: Manifest) -> Task:
         task = Task(manifest.source.task)
     except ValueError:
         task = None
-    if task not in (*SUPPORTED_TASKS, *IMAGE_TASKS):
+    if task not in _TASKS:
         raise PredictError(
             f"{directory} holds a {manifest.source.task} model; predict answers "
-            f"{', '.join(t.value for t in (*SUPPORTED_TASKS, *IMAGE_TASKS))}"
+            f"{', '.join(t.value for t in _TASKS)}"
         )
     return task  # type: ignore[return-value]
-
-
-def _token_setting(tokenizer_config: dict[str, Any], key: str) -> str | None:
-    """A special token from tokenizer_config.json: a string, or an AddedToken dict."""
-    value = tokenizer_config.get(key)
-    if isinstance(value, dict):
-        value = value.get("content")
-    return value if isinstance(value, str) else None
-
-
-def model_max_length(config: dict[str, Any], tokenizer_config: dict[str, Any]) -> int | None:
-    """The most tokens the model reads: the smaller of its position table (config.json) and
-    the tokenizer's `model_max_length` (tokenizer_config.json); None when neither says."""
-    limits = []
-    positions = config.get("max_position_embeddings", config.get("n_positions"))
-    if isinstance(positions, int) and positions > 0:
-        if config.get("model_type") in _PADDING_OFFSET_MODELS:
-            positions -= int(config.get("pad_token_id") or 0) + 1
-        limits.append(positions)
-    declared = tokenizer_config.get("model_max_length")
-    if isinstance(declared, (int, float)) and 0 < declared < _NO_LIMIT:
-        limits.append(int(declared))
-    return min(limits) if limits else None
 
 
 def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -173,6 +149,13 @@ class OnnxPredictor:
         published = PublishedDirectory.open(self.directory)
         model_path = published.model_file(variant)
         self.task = _task(self.directory, published.manifest)
+        self._generator: OnnxGenerator | None = None
+        if self.task is Task.TEXT_GENERATION:
+            # A decoder LM reads prompts through its chat template and writes text: the
+            # generator holds all it needs; the settings below are the other tasks'.
+            self._generator = OnnxGenerator(published, variant, threads=threads)
+            self.max_length = self._generator.context
+            return
         config = published.json_file("config.json")
         self._config = config
         self.labels = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()}
@@ -215,17 +198,17 @@ class OnnxPredictor:
         self, config: dict[str, Any], tokenizer_config: dict[str, Any], max_length: int | None
     ) -> None:
         """The tokenizer, its truncation and padding, for a model that reads text."""
-        tokenizer = self._tokenizer = self._load_tokenizer()
+        tokenizer = self._tokenizer = load_tokenizer(self.directory)
         self.max_length = self._choose_max_length(max_length, config, tokenizer_config)
         if self.max_length is not None:
             tokenizer.enable_truncation(
                 self.max_length,
                 direction=str(tokenizer_config.get("truncation_side") or "right"),
             )
-        pad_token = _token_setting(tokenizer_config, "pad_token")
+        pad_token = token_setting(tokenizer_config, "pad_token")
         pad_id = tokenizer.token_to_id(pad_token) if pad_token else None
         self._pad_id = pad_id if pad_id is not None else int(config.get("pad_token_id") or 0)
-        unk_token = _token_setting(tokenizer_config, "unk_token")
+        unk_token = token_setting(tokenizer_config, "unk_token")
         self._unk_id = tokenizer.token_to_id(unk_token) if unk_token else None
         # WordPiece (and BPE with a "##"-like prefix) marks the pieces after a word's first.
         self._word_aware = bool(getattr(tokenizer.model, "continuing_subword_prefix", None))
@@ -234,22 +217,6 @@ class OnnxPredictor:
                 "the tokenizer does not mark sub-words: a token continues a word when no space "
                 "touches its start (as transformers' pipeline guesses)"
             )
-
-    def _load_tokenizer(self) -> Tokenizer:
-        path = self.directory / "tokenizer.json"
-        if not path.is_file():
-            raise PredictError(
-                f"{self.directory} holds no tokenizer.json, which predict needs",
-                hint="convert a checkpoint saved with its (fast) tokenizer",
-            )
-        try:
-            tokenizer = Tokenizer.from_file(str(path))
-        except Exception as e:  # tokenizers raises plain Exceptions for a bad file
-            raise PredictError(f"cannot load {path}: {one_line(e, 200)}") from e
-        # Padding is done per batch below; a saved padding or truncation setting would fight it.
-        tokenizer.no_padding()
-        tokenizer.no_truncation()
-        return tokenizer
 
     def _choose_max_length(
         self, requested: int | None, config: dict[str, Any], tokenizer_config: dict[str, Any]
@@ -285,6 +252,11 @@ class OnnxPredictor:
 
     def predict(self, texts: str | Sequence[str]) -> list[Prediction]:
         """One prediction per text, in order (a single string gives a list of one)."""
+        if self._generator is not None:
+            raise PredictError(
+                f"{self.directory} holds a text-generation model, which writes text",
+                hint="give it prompts: generate(prompts)",
+            )
         if self._tokenizer is None:
             raise PredictError(
                 f"{self.directory} holds an image classification model, which reads no text",
@@ -378,6 +350,36 @@ class OnnxPredictor:
             )
             tokens.append(TokenScores(scores[i], start, end, continues))
         return tokens
+
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop: str | Sequence[str] | None = None,
+        raw: bool = False,
+        seed: int | None = None,
+    ) -> list[GeneratedText]:
+        """What a text-generation model writes after each prompt (`OnnxGenerator.generate`,
+        whose arguments these are)."""
+        if self._generator is None:
+            raise PredictError(
+                f"{self.directory} holds a {self.task.value} model, which does not generate",
+                hint="convert a *ForCausalLM checkpoint for text-generation",
+            )
+        return self._generator.generate(
+            prompts,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            stop=stop,
+            raw=raw,
+            seed=seed,
+        )
 
     def predict_images(self, pixel_values: np.ndarray) -> list[ImagePrediction]:
         """The label of each image of `pixel_values` (batch x channels x height x width, or

@@ -23,13 +23,25 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from onnxport.artifact.manifest import read_manifest
 from onnxport.errors import PredictError, one_line
-from onnxport.predict import LongText, OnnxPredictor
+from onnxport.predict import DEFAULT_MAX_NEW_TOKENS, LongText, OnnxPredictor
 from onnxport.serving import DEFAULT_MAX_BATCH
+from onnxport.tasks import Task
 
 PUBLISHED_ARTIFACT = "published"
 """The artifact that holds the published directory of one variant."""
 TEXT_COLUMN = "text"
 NO_TEXTS = "the request holds no texts: send at least one"
+GENERATION_PARAMS: dict[str, tuple[type, Any]] = {
+    "max_new_tokens": (int, DEFAULT_MAX_NEW_TOKENS),
+    "do_sample": (bool, False),
+    "temperature": (float, 1.0),
+    "top_p": (float, 1.0),
+    "stop": (list, []),
+    "raw": (bool, False),
+    "seed": (int, None),
+}
+"""The params a text-generation model takes per request (`OnnxPredictor.generate`'s
+arguments): name -> (type, default)."""
 
 
 class ServedConfig(BaseModel):
@@ -158,7 +170,8 @@ class TextModel(mlflow.pyfunc.PythonModel):
     """An onnxport conversion as an MLflow pyfunc: texts in (`input_texts`: a list of texts,
     or a table with a `text` column); per text, the `to_dict()` of its prediction out
     (entities for token classification, a label and score for sequence classification, a
-    vector for feature extraction)."""
+    vector for feature extraction, the generated text for text generation, whose settings
+    are the request's params: `GENERATION_PARAMS`)."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         config = served_config(context.model_config)
@@ -183,6 +196,27 @@ class TextModel(mlflow.pyfunc.PythonModel):
     ) -> list[dict[str, Any]]:
         try:
             texts = input_texts(model_input, self._max_batch)
+            if self._predictor.task is Task.TEXT_GENERATION:
+                return self._generate(texts, params or {})
             return [p.to_dict() for p in self._predictor.predict(texts)]
         except PredictError as e:
             raise MlflowException.invalid_parameter_value(one_line(e, 500)) from e
+
+    def _generate(self, prompts: list[str], params: dict[str, Any]) -> list[dict[str, Any]]:
+        unknown = sorted(set(params) - set(GENERATION_PARAMS))
+        if unknown:
+            raise PredictError(
+                f"unknown params {unknown}: this model takes {', '.join(GENERATION_PARAMS)}"
+            )
+        value = {name: _plain(params.get(name, d)) for name, (_, d) in GENERATION_PARAMS.items()}
+        results = self._predictor.generate(
+            prompts,
+            max_new_tokens=value["max_new_tokens"],
+            do_sample=value["do_sample"],
+            temperature=value["temperature"],
+            top_p=value["top_p"],
+            stop=value["stop"],
+            raw=value["raw"],
+            seed=value["seed"],
+        )
+        return [r.to_dict() for r in results]

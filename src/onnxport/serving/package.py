@@ -25,9 +25,9 @@ import onnxport
 from onnxport.artifact.manifest import MANIFEST_FILENAME
 from onnxport.artifact.reader import PublishedDirectory
 from onnxport.errors import ServeError, one_line
-from onnxport.predict.predictor import SUPPORTED_TASKS
+from onnxport.predict.predictor import GENERATIVE_TASKS, SUPPORTED_TASKS
 from onnxport.samples import RESUME_LINES
-from onnxport.serving.model import PUBLISHED_ARTIFACT, ServedConfig
+from onnxport.serving.model import GENERATION_PARAMS, PUBLISHED_ARTIFACT, ServedConfig
 from onnxport.tasks import Task
 
 if TYPE_CHECKING:
@@ -37,9 +37,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TOKENIZER_FILE = "tokenizer.json"
-_SUPPORTED_NAMES = ", ".join(t.value for t in SUPPORTED_TASKS)
+_SERVED_TASKS = (*SUPPORTED_TASKS, *GENERATIVE_TASKS)
+_SUPPORTED_NAMES = ", ".join(t.value for t in _SERVED_TASKS)
+# What a generating model's saved example asks: a few tokens, so that MLflow's check of the
+# example (it runs the model on it) stays quick.
+_PROMPT_EXAMPLE = (["Summarize this résumé line: " + RESUME_LINES[0]], {"max_new_tokens": 8})
 
-SERVING_REQUIREMENTS = ("onnxruntime", "tokenizers", "numpy", "pandas", "pydantic")
+SERVING_REQUIREMENTS = ("onnxruntime", "tokenizers", "numpy", "pandas", "pydantic", "Jinja2")
 """What the served model's code imports besides MLflow (which MLflow pins by itself)."""
 # models-from-code: the file MLflow runs to get the model object, so nothing is pickled.
 _ENTRY_SOURCE = (
@@ -63,7 +67,7 @@ def unservable_reason(published: PublishedDirectory) -> str | None:
     """Why the published directory cannot make a text model (a task that `OnnxPredictor`
     does not answer, no fast tokenizer); None when it can."""
     task = published.manifest.source.task
-    if task not in {t.value for t in SUPPORTED_TASKS}:
+    if task not in {t.value for t in _SERVED_TASKS}:
         return f"it holds a {task} model, and text models answer {_SUPPORTED_NAMES}"
     if TOKENIZER_FILE not in published.manifest.files:
         return f"it holds no {TOKENIZER_FILE} (a checkpoint saved with its fast tokenizer has one)"
@@ -108,14 +112,38 @@ def _entities_type():
     )
 
 
+def _generation_params():
+    """`GENERATION_PARAMS` as MLflow params: a request's `params` are checked against their
+    types (a 400 when one does not fit), and the defaults fill those it leaves out."""
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    kinds = {bool: "boolean", int: "long", float: "double"}
+    specs = []
+    for name, (kind, default) in GENERATION_PARAMS.items():
+        if kind is list:
+            specs.append(ParamSpec(name, "string", default, shape=(-1,)))
+        else:
+            specs.append(ParamSpec(name, kinds[kind], default))
+    return ParamSchema(specs)
+
+
 def signature(task: Task) -> ModelSignature:
     """Per text, its prediction's fields out; no inputs. MLflow enforces declared inputs
     before the model sees them, and a string column would be the first column of any table
     (a record's id, say), with `3` made "3" and `null` "None": the model checks its input
-    itself (`serving.model.input_texts`), the same under every server."""
+    itself (`serving.model.input_texts`), the same under every server. A text-generation
+    model takes the generation's settings as params (`GENERATION_PARAMS`)."""
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import Array, ColSpec, Schema
 
+    if task in GENERATIVE_TASKS:
+        written = [
+            ColSpec("string", "prompt"),
+            ColSpec("string", "text"),
+            ColSpec(Array("long"), "token_ids"),
+            ColSpec("string", "finish_reason"),
+        ]
+        return ModelSignature(inputs=None, outputs=Schema(written), params=_generation_params())
     answer = {
         Task.TOKEN_CLASSIFICATION: [ColSpec(_entities_type(), "entities")],
         Task.SEQUENCE_CLASSIFICATION: [ColSpec("string", "label"), ColSpec("double", "score")],
@@ -151,7 +179,9 @@ def _model_arguments(
             "artifacts": {PUBLISHED_ARTIFACT: str(root / PUBLISHED_ARTIFACT)},
             "code_paths": [str(code)],
             "signature": signature(task),
-            "input_example": [RESUME_LINES[0], RESUME_LINES[9]],
+            "input_example": _PROMPT_EXAMPLE
+            if task in GENERATIVE_TASKS
+            else [RESUME_LINES[0], RESUME_LINES[9]],
             "pip_requirements": requirements(),
             "model_config": config.logged(),
         }

@@ -8,6 +8,7 @@
 - the texts of an `inputs` or `instances` request are checked as sent, by the model's own
   `input_texts`: MLflow's parser makes them a numpy array, which turns `["Jane", 3]` into
   two strings before the model sees them;
+- `params` the model does not take are refused (MLflow drops them with a warning);
 - every error answer is one line of JSON: MLflow quotes the whole request (and for a
   model's error, its traceback) in the message.
 
@@ -94,6 +95,24 @@ def texts_refusal(body: bytes, max_batch: int) -> str | None:
     return None
 
 
+def params_refusal(body: bytes, accepted: frozenset[str]) -> str | None:
+    """Why a JSON request's `params` would be dropped: names the model does not take (MLflow
+    drops them with a warning in its log, and the client never learns that its setting was
+    not used); None when all are taken, and for any other body."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None
+    params = payload.get("params") if isinstance(payload, dict) else None
+    if not isinstance(params, dict):
+        return None
+    unknown = sorted(set(params) - accepted)
+    if not unknown:
+        return None
+    takes = f"takes {', '.join(sorted(accepted))}" if accepted else "takes no params"
+    return f"unknown params {unknown}: this model {takes}"
+
+
 def one_line_reason(message: str) -> str:
     """MLflow's error message without the request it quotes, on one line."""
     head, mark, reason = message.rpartition(_MLFLOW_ERROR_MARK)
@@ -164,10 +183,19 @@ def _one_line_errors(send: Send) -> Send:
 class RequestLimits:
     """ASGI middleware in front of MLflow's scoring app, on `/invocations` only."""
 
-    def __init__(self, app: App, *, max_body_bytes: int, max_batch: int) -> None:
+    def __init__(
+        self,
+        app: App,
+        *,
+        max_body_bytes: int,
+        max_batch: int,
+        params: frozenset[str] = frozenset(),
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_batch = max_batch
+        self.params = params
+        """The params the model takes (its signature's)."""
 
     def _too_large(self, size: int | None) -> str:
         limit = f"this server's limit of {self.max_body_bytes} bytes"
@@ -211,7 +239,9 @@ class RequestLimits:
                 await _refuse(send, "BAD_REQUEST", self._too_large(None))
                 return
         if media == CONTENT_TYPE_JSON:
-            reason = texts_refusal(bytes(body), self.max_batch)
+            reason = texts_refusal(bytes(body), self.max_batch) or params_refusal(
+                bytes(body), self.params
+            )
             if reason is not None:
                 await _refuse(send, "INVALID_PARAMETER_VALUE", reason)
                 return
@@ -228,10 +258,12 @@ def create_app() -> App:
     model = mlflow.pyfunc.load_model(
         str(settings.model_path), model_config=settings.served.logged()
     )
+    schema = model.metadata.get_params_schema()
     return RequestLimits(
         scoring_server.init(model),
         max_body_bytes=settings.max_body_bytes,
         max_batch=settings.served.max_batch,
+        params=frozenset(p.name for p in schema.params) if schema else frozenset(),
     )
 
 

@@ -19,6 +19,8 @@ COMPANION_FILES = (
     "generation_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
+    # transformers 5 saves a chat template here, not in tokenizer_config.json.
+    "chat_template.jinja",
     "special_tokens_map.json",
     "added_tokens.json",
     "vocab.txt",
