@@ -23,6 +23,7 @@ from models import (
 from onnxport.errors import EXIT_BAD_INPUT, SourceError
 from onnxport.request.config import SourceConfig
 from onnxport.sources import load_source
+from onnxport.sources.generative import DECODE_PAST_TOKENS
 from onnxport.sources.huggingface import (
     DEFAULT_TEXT_SHAPES,
     TEXT_EXAMPLE_SHAPE,
@@ -59,7 +60,12 @@ def test_checkpoint_loads_as_a_source(source, checkpoint, name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", [n for n, m in MODELS.items() if m.task is not Task.IMAGE_CLASSIFICATION]
+    "name",
+    [
+        n
+        for n, m in MODELS.items()
+        if m.task not in (Task.IMAGE_CLASSIFICATION, Task.TEXT_GENERATION)
+    ],
 )
 def test_text_sources_have_batch_and_sequence_axes(source, name: str) -> None:
     loaded = source(name)
@@ -486,3 +492,21 @@ def test_sentence_modules_onnxport_cannot_compute_are_refused_in_one_line(
     message = _refused(path)
     assert found in message
     assert "\n" not in message
+
+
+def test_a_generative_source_feeds_steps_with_a_past(source) -> None:
+    """A text-generation step: new tokens after a past, its mask covering both."""
+    loaded = source("gpt2-generation")
+    assert loaded.input_names[:3] == ("input_ids", "attention_mask", "position_ids")
+    assert loaded.dynamic_axes["past_key_values.0.key"] == {0: "batch", 2: "past_sequence"}
+    assert loaded.dynamic_axes["attention_mask"] == {0: "batch", 1: "total_sequence"}
+    prefill, decode = loaded.make_inputs(2, 9, 0), loaded.make_inputs(3, 1, 0)
+    assert tuple(prefill["past_key_values.0.key"].shape)[2] == 0
+    assert tuple(decode["past_key_values.0.key"].shape)[2] == DECODE_PAST_TOKENS
+    assert tuple(decode["attention_mask"].shape) == (3, DECODE_PAST_TOKENS + 1)
+    # The last row is left-padded; positions count its real tokens from 0, as generate() does.
+    mask, positions = prefill["attention_mask"][-1], prefill["position_ids"][-1]
+    first = int(mask.argmax())
+    assert first > 0 and positions[first] == 0 and positions[-1] == 9 - first - 1
+    traced = loaded.example_inputs()
+    assert {tuple(v.shape)[2] for k, v in traced.items() if k.startswith("past_")} == {3}
