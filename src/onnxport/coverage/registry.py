@@ -188,6 +188,7 @@ _ENCODER = {
     "intermediate_size": INTERMEDIATE,
     "max_position_embeddings": MAX_POSITIONS,
 }
+_DECODER = {**_ENCODER, "num_key_value_heads": 1, "pad_token_id": 0}
 # RoBERTa and its kin number positions from pad_token_id + 1: two more for 128 tokens.
 _ROBERTA = {**_ENCODER, "max_position_embeddings": MAX_POSITIONS + 2}
 _VIT = {
@@ -328,6 +329,43 @@ ENTRIES: tuple[CoverageEntry, ...] = (
             "pad_token_id": 0,
         },
         _heads("Llama", GENERATION, SEQUENCE),
+    ),
+    # Decoder LMs with their KV cache: grouped-query attention, sliding windows, partial
+    # rotary embeddings, learned positions (OPT), parallel attention (GPT-NeoX, Falcon).
+    *_architecture(
+        "mistral",
+        "MistralConfig",
+        {**_DECODER, "num_key_value_heads": 1, "sliding_window": 16},
+        _heads("Mistral", GENERATION),
+    ),
+    *_architecture("qwen2", "Qwen2Config", _DECODER, _heads("Qwen2", GENERATION)),
+    *_architecture(
+        "qwen3", "Qwen3Config", {**_DECODER, "head_dim": 16}, _heads("Qwen3", GENERATION)
+    ),
+    *_architecture("phi3", "Phi3Config", _DECODER, _heads("Phi3", GENERATION)),
+    *_architecture(
+        "gemma", "GemmaConfig", {**_DECODER, "head_dim": 16}, _heads("Gemma", GENERATION)
+    ),
+    *_architecture(
+        "gemma2", "Gemma2Config", {**_DECODER, "head_dim": 16}, _heads("Gemma2", GENERATION)
+    ),
+    *_architecture(
+        "opt",
+        "OPTConfig",
+        {
+            **_DECODER,
+            "ffn_dim": INTERMEDIATE,
+            "word_embed_proj_dim": HIDDEN,
+            "pad_token_id": 1,
+        },
+        _heads("OPT", GENERATION),
+    ),
+    *_architecture("gpt-neox", "GPTNeoXConfig", _DECODER, _heads("GPTNeoX", GENERATION)),
+    *_architecture(
+        "falcon",
+        "FalconConfig",
+        {**_DECODER, "new_decoder_architecture": True, "num_kv_heads": 1},
+        _heads("Falcon", GENERATION),
     ),
     *_architecture("vit", "ViTConfig", _VIT, _heads("ViT", IMAGE)),
     *_architecture("deit", "DeiTConfig", _VIT, {IMAGE: "DeiTForImageClassificationWithTeacher"}),
