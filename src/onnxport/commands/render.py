@@ -112,6 +112,7 @@ def manifest_tables(manifest: Manifest) -> list[Table]:
             literal(
                 f"{v.task_agreement.value:.4f} ≥ {v.task_agreement.minimum:g}"
                 + (f"\n{_metric(v.task_metric)}" if v.task_metric else "")
+                + (f"\n{v.next_token.summary()}" if v.next_token else "")
             ),
         )
     searches = [_rich(table, title) for title, table in search_tables(manifest)]

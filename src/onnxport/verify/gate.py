@@ -26,6 +26,7 @@ from onnxport.artifact.records import (
 from onnxport.errors import ValidationError
 from onnxport.tasks import Task
 from onnxport.verify.evaluation import Evaluation
+from onnxport.verify.next_token import NextTokenGate
 from onnxport.verify.validate import Judging, Reference, validate_model
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class Rules:
             which the task-level figures judge).
         min_agreement: the task-level agreement a model must reach.
         evaluation: a labelled set whose metric must stay near PyTorch's.
+        next_token: a language model variant's figures on real text against the fp32
+            model's (`verify.next_token`).
         on_failure: `fail` raises; `skip` returns the model as not published.
         remedies: what the user can try, in the order to try them.
         origin: how the graph was made (`shapes.export_origin`), said when it fails.
@@ -52,6 +55,7 @@ class Rules:
     judging: Judging
     min_agreement: float
     evaluation: Evaluation | None = None
+    next_token: NextTokenGate | None = None
     on_failure: Literal["fail", "skip"] = "fail"
     remedies: tuple[str, ...] = ()
     origin: str | None = None
@@ -90,6 +94,7 @@ def judge(
         judging=rules.judging,
         min_agreement=rules.min_agreement,
         evaluation=rules.evaluation,
+        next_token=rules.next_token,
     )
     if validation.passed:
         return OutputRecord(

@@ -35,6 +35,8 @@ from onnxport.verify.compare import (
     error_budget,
 )
 from onnxport.verify.evaluation import Evaluation, metric_failure
+from onnxport.verify.next_token import NextTokenGate
+from onnxport.verify.next_token import failures as next_token_failures
 from onnxport.verify.runtime import RUNTIME_ERRORS, create_session, declared_inputs, run_session
 from onnxport.verify.shapes import describe_shapes, refusal_reason
 
@@ -48,6 +50,7 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp16": Tolerance(atol=5e-2, rtol=5e-2),
     "int8": Tolerance(atol=5e-1, rtol=5e-1),
     "int8-static": Tolerance(atol=5e-1, rtol=5e-1),
+    "int4": Tolerance(atol=5e-1, rtol=5e-1),
 }
 
 
@@ -256,6 +259,7 @@ def validate_model(
     judging: Judging = Judging(DEFAULT_TOLERANCES["fp32"]),
     min_agreement: float = DEFAULT_MIN_TASK_AGREEMENT,
     evaluation: Evaluation | None = None,
+    next_token: NextTokenGate | None = None,
 ) -> ValidationRecord:
     """Compare `model_path` in ONNX Runtime with the PyTorch `references`.
 
@@ -267,6 +271,7 @@ def validate_model(
         min_agreement: the task-level gate.
         evaluation: a labelled set whose task metric must stay near PyTorch's, scored in
             the same session.
+        next_token: a language model variant's gate on real text, run in the same session.
     """
     started = time.perf_counter()
     session = create_session(model_path)
@@ -306,6 +311,9 @@ def validate_model(
     task_metric = evaluation.judge(session) if evaluation is not None and not refused else None
     if task_metric is not None and not task_metric.passed:
         failures.append(metric_failure(task_metric))
+    on_text = next_token.judge(session) if next_token is not None and not refused else None
+    if on_text is not None:
+        failures += next_token_failures(on_text)
     record = ValidationRecord(
         passed=not failures,
         shapes=[list(r.shape) for r in references],
@@ -318,6 +326,7 @@ def validate_model(
             metric=metric.value, value=value, minimum=min_agreement, passed=value >= min_agreement
         ),
         task_metric=task_metric,
+        next_token=on_text,
         elementwise_gate=judging.elementwise,
         failures=failures,
         seconds=round(time.perf_counter() - started, 3),

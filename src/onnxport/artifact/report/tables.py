@@ -145,6 +145,8 @@ def outputs_table(manifest: Manifest) -> Table:
                 f"; {m.metric} {m.value:.4f} on {m.examples} labelled examples "
                 f"(PyTorch {m.pytorch:.4f}, max drop {m.max_drop:g})"
             )
+        if v is not None and v.next_token is not None:
+            agreement += f"; {v.next_token.summary()}"
         validated = "-" if v is None else ("yes" if v.passed else "NO")
         rows.append(
             (
