@@ -235,7 +235,7 @@ def test_quantization_spellings(tmp_path: Path, spelling: str, expected: Quantiz
 
 
 def test_unknown_quantization_is_refused(tmp_path: Path) -> None:
-    assert "onnx.quantization" in _refused(tmp_path, "onnx: {quantization: int4}\n")
+    assert "onnx.quantization" in _refused(tmp_path, "onnx: {quantization: int2}\n")
 
 
 @pytest.mark.parametrize(

@@ -37,13 +37,16 @@ from onnxport.passes import (
     quantization_pass,
 )
 from onnxport.passes.search import SearchContext, Timer, search_int8, search_optimization
+from onnxport.predict.generation import generate_ids
 from onnxport.preparation import Prepared, isolated, prepare, prepare_in_a_child
 from onnxport.progress import ProgressCallback, Stage, StageClock, ignore_progress
 from onnxport.request import ConversionRequest
 from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantization
+from onnxport.tasks import Task
 from onnxport.testing import smoke_test_onnx_model
 from onnxport.verify.divergence import locate_fp32_failure, locate_variant_failure
 from onnxport.verify.gate import Candidate, judge
+from onnxport.verify.next_token import next_token_gate
 from onnxport.verify.rules import fp32_rules, variant_rules
 from onnxport.verify.shapes import export_origin
 from onnxport.verify.timing import default_threads, machine_record
@@ -51,6 +54,8 @@ from onnxport.verify.timing import default_threads, machine_record
 logger = logging.getLogger(__name__)
 
 EXPORT_DIRNAME = ".export"
+DECODE_TOKENS = 16
+"""New tokens a language model generates when it is timed (`_timer`)."""
 
 
 def peak_rss_mb() -> float:
@@ -110,7 +115,7 @@ def convert(
             # Now, not after the fp32 model's validation (or search): a misspelt name is
             # known as soon as the graph the variants are made from is.
             check_nodes_to_exclude(exported, config.quantize.nodes_to_exclude)
-        timer = Timer(prepared.references, threads=default_threads())
+        timer = _timer(prepared)
         fp32 = _fp32(exported, work / fp32_file, request, prepared, timer, run)
         # Variants are quantized from the graph as exported: fused attention ops hide their
         # weights from the quantizer (DistilBERT-base int8 from the fused graph: 37% of
@@ -119,7 +124,7 @@ def convert(
         outputs = [fp32]
         if config.onnx.quantization is not Quantization.NONE:
             with run.stage(Stage.QUANTIZE, QuantizationError):
-                outputs.append(_variant(base, work, prepared, config, timer))
+                outputs.append(_variant(base, work / fp32.file, prepared, config, timer))
         shutil.rmtree(work / EXPORT_DIRNAME, ignore_errors=True)
         smoke: dict[str, SmokeTestRecord] = {}
         if config.onnx.run_smoke_test:
@@ -218,14 +223,43 @@ def _fp32(
         )
 
 
+def _timer(prepared: Prepared) -> Timer:
+    """How the searches time their candidates: a language model by its time per token
+    generating `DECODE_TOKENS` greedily after the first validation prompt, batch 1."""
+    threads = default_threads()
+    if prepared.task is not Task.TEXT_GENERATION:
+        return Timer(prepared.references, threads=threads)
+    first = prepared.references[0].inputs
+    prompt = [int(i) for i in first["input_ids"][0][first["attention_mask"][0] == 1]]
+
+    def decode(session) -> int:
+        generated = generate_ids(
+            session, [prompt], max_new_tokens=DECODE_TOKENS, end_ids=(), pad_id=0
+        )
+        return len(generated.tokens[0])
+
+    label = f"decode {DECODE_TOKENS} tokens, per token"
+    return Timer(prepared.references, threads=threads, decode=decode, decode_label=label)
+
+
 def _variant(
-    base: Path, work: Path, prepared: Prepared, config: ConversionConfig, timer: Timer
+    base: Path, fp32: Path, prepared: Prepared, config: ConversionConfig, timer: Timer
 ) -> OutputRecord:
     """Make the quantized or float16 model from `base` and put it through the gate (or, for
-    `quantization: auto`, search for the fastest int8 model that passes it)."""
+    `quantization: auto`, search for the fastest int8 model that passes it). A language
+    model's variant is judged on real text against the published `fp32` model."""
     variant = config.onnx.quantization.variant
-    path = work / config.output.filename(variant)
-    rules = variant_rules(config, prepared.evaluation)
+    path = fp32.with_name(config.output.filename(variant))
+    texts = prepared.context.texts
+    gate = None
+    if texts:
+        gate = next_token_gate(
+            fp32,
+            texts,
+            min_agreement=config.validation.min_next_token_agreement,
+            max_increase=config.validation.max_perplexity_increase,
+        )
+    rules = variant_rules(config, prepared.evaluation, gate)
 
     def locate(model: Path, validation: ValidationRecord):
         return locate_variant_failure(base, model, prepared.references, validation)

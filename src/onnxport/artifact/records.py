@@ -227,6 +227,32 @@ class GenerationProofRecord(Record):
     divergences: list[GreedyDivergenceRecord] = Field(default_factory=list)
 
 
+class NextTokenRecord(Record):
+    """A language model variant on real text, teacher-forced, against the fp32 model
+    (`verify.next_token`): next-token argmax agreement and perplexity."""
+
+    agreement: float
+    min_agreement: float
+    perplexity: float
+    fp32_perplexity: float
+    max_increase: float
+    """The relative perplexity increase allowed (0.05: 5%)."""
+    texts: int
+    positions: int
+    passed: bool
+
+    @property
+    def increase(self) -> float:
+        return self.perplexity / self.fp32_perplexity - 1.0
+
+    def summary(self) -> str:
+        """The figures in a line, as the tables show them."""
+        return (
+            f"next token {self.agreement:.4f} (min {self.min_agreement:g}), perplexity "
+            f"{self.increase:+.1%} (max {self.max_increase:+.0%}) on {self.texts} texts"
+        )
+
+
 class ValidationRecord(Record):
     passed: bool
     shapes: list[list[int]]
@@ -246,6 +272,8 @@ class ValidationRecord(Record):
     task_agreement: TaskAgreementRecord
     task_metric: TaskMetricRecord | None = None
     generation: GenerationProofRecord | None = None
+    next_token: NextTokenRecord | None = None
+    """Text generation variants: the figures on real text that judged them."""
     elementwise_gate: bool = True
     failures: list[str] = Field(default_factory=list)
     seconds: float = 0.0

@@ -109,6 +109,7 @@ def manifest_tables(manifest: Manifest) -> list[Table]:
                 f"{v.task_agreement.value:.4f} ≥ {v.task_agreement.minimum:g}"
                 + (f"\n{_metric(v.task_metric)}" if v.task_metric else "")
                 + (f"\n{generation_label(v.generation)}" if v.generation else "")
+                + (f"\n{v.next_token.summary()}" if v.next_token else "")
             ),
         )
     searches = [_rich(table, title) for title, table in search_tables(manifest)]

@@ -16,7 +16,8 @@ from onnxport.passes.base import (
     apply_sequence,
     count_nodes,
 )
-from onnxport.passes.calibration import calibration
+from onnxport.passes.calibration import calibration, gate_texts
+from onnxport.passes.int4 import Int4Pass
 from onnxport.passes.optimize import OptimizePass
 from onnxport.passes.quantize import (
     DynamicInt8Pass,
@@ -25,6 +26,7 @@ from onnxport.passes.quantize import (
     check_nodes_to_exclude,
 )
 from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantization
+from onnxport.tasks import Task
 
 if TYPE_CHECKING:  # sources import torch; the passes run without it
     from onnxport.sources.base import Source
@@ -33,6 +35,7 @@ __all__ = [
     "QUANTIZATION_PASSES",
     "DynamicInt8Pass",
     "Fp16Pass",
+    "Int4Pass",
     "OnnxPass",
     "OptimizePass",
     "PassContext",
@@ -50,6 +53,7 @@ QUANTIZATION_PASSES: dict[Quantization, type] = {
     Quantization.INT8: DynamicInt8Pass,
     Quantization.INT8_STATIC: StaticInt8Pass,
     Quantization.FP16: Fp16Pass,
+    Quantization.INT4: Int4Pass,
 }
 
 
@@ -73,4 +77,5 @@ def pass_context(source: Source, exporter: str, config: ConversionConfig) -> Pas
         hidden_size=source.facts.hidden_size,
         calibration=calibration(source, config) if static else None,
         settings=config.quantize,
+        texts=gate_texts(source, config) if source.task is Task.TEXT_GENERATION else (),
     )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import onnx
 
 from onnxport.artifact.files import remove_model
@@ -35,6 +36,9 @@ class PassContext:
     """Static quantization's samples (`passes.calibration`)."""
     settings: Any = None
     """The `QuantizeConfig` of the conversion (per-channel, nodes to exclude, ...)."""
+    texts: tuple[np.ndarray, ...] = ()
+    """A language model's real text, token ids per text, that its variants are judged on
+    (`verify.next_token`); empty for other tasks."""
 
 
 class OnnxPass(Protocol):

@@ -120,3 +120,21 @@ def calibration(source: Source, config: ConversionConfig) -> Calibration:
         )
         logger.warning("calibration: %s", warning)
     return Calibration(inputs, origin, warning)
+
+
+GATE_TEXTS = 16
+GATE_TOKENS = 128
+
+
+def gate_texts(source: Source, config: ConversionConfig) -> tuple[np.ndarray, ...]:
+    """A language model's texts for its variants' gate (`verify.next_token`), token ids of
+    `GATE_TOKENS` at most each: the calibration file's, the eval file's, else built-in text
+    long enough (four lines) to be read past its first sentence."""
+    if source.tokenizer is None:
+        return ()
+    if config.quantize.calibration_file or config.validation.eval_file:
+        texts = _texts(config)[0][:GATE_TEXTS]
+    else:
+        texts = sample_texts(GATE_TEXTS, min_lines=4)
+    ids = [np.asarray(source.tokenizer(t)["input_ids"][:GATE_TOKENS]) for t in texts]
+    return tuple(i for i in ids if len(i) >= 2)

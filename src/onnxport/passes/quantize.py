@@ -114,10 +114,10 @@ def _common_options(model: Path, context: PassContext) -> dict[str, Any]:
     return options
 
 
-def _quantized_nodes(path: Path) -> dict[str, int]:
+def quantized_nodes(path: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     for node in onnx.load(str(path), load_external_data=False).graph.node:
-        if "Integer" in node.op_type or "Quant" in node.op_type:
+        if "Integer" in node.op_type or "Quant" in node.op_type or "NBits" in node.op_type:
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
 
@@ -139,7 +139,7 @@ class DynamicInt8Pass:
                 use_external_data_format=has_external_data(model),
                 **options,
             )
-        return {"mode": "dynamic", **options, "quantized_nodes": _quantized_nodes(output)}
+        return {"mode": "dynamic", **options, "quantized_nodes": quantized_nodes(output)}
 
 
 class _Calibration:
@@ -189,7 +189,7 @@ class StaticInt8Pass:
             "calibration_samples": len(context.calibration.inputs),
             "calibration": context.calibration.details(),
             **options,
-            "quantized_nodes": _quantized_nodes(output),
+            "quantized_nodes": quantized_nodes(output),
         }
 
 

@@ -32,6 +32,11 @@ DEFAULT_TIMEOUT_SECONDS = 3600.0
 DEFAULT_CALIBRATION_SAMPLES = 32
 DEFAULT_SEARCH_BUDGET_SECONDS = 600.0
 DEFAULT_MAX_EXCLUDED_NODES = 4
+DEFAULT_BLOCK_SIZE = 32
+DEFAULT_ACCURACY_LEVEL = 4
+"""int8 compute for MatMulNBits on CPU: the fastest, at no measurable cost in accuracy."""
+DEFAULT_MIN_NEXT_TOKEN_AGREEMENT = 0.9
+DEFAULT_MAX_PERPLEXITY_INCREASE = 0.05
 
 
 class Quantization(str, Enum):
@@ -39,6 +44,8 @@ class Quantization(str, Enum):
     INT8 = "int8"
     INT8_STATIC = "int8-static"
     FP16 = "fp16"
+    INT4 = "int4"
+    """Weight-only: MatMul weights in 4 bits per block (`passes.int4`), for decoder LMs."""
     AUTO = "auto"
     """Search int8 settings for the fastest one that passes the gate (`passes.search`)."""
 
@@ -198,6 +205,12 @@ class ValidationConfig(_Strict):
     generate_tokens: int = Field(DEFAULT_GENERATE_TOKENS, ge=0, le=4096)
     """text-generation: the new tokens each greedy generation proof prompt runs to; the
     ONNX model's tokens must be PyTorch's (transformers' `generate()`); 0: no such proof."""
+    min_next_token_agreement: float = Field(DEFAULT_MIN_NEXT_TOKEN_AGREEMENT, ge=0.0, le=1.0)
+    """Text generation: a variant's next-token argmax must equal the fp32 model's at this
+    share of the positions of real text, teacher-forced (`onnxport.verify.next_token`)."""
+    max_perplexity_increase: float = Field(DEFAULT_MAX_PERPLEXITY_INCREASE, ge=0.0)
+    """Text generation: a variant's perplexity on that text may exceed the fp32 model's by
+    this share (0.05: 5%)."""
 
     @property
     def yardstick(self) -> Yardstick:
@@ -216,6 +229,14 @@ class ValidationConfig(_Strict):
                 if min(shape) < 1 or max(shape) > 65536:
                     raise ValueError(f"{list(shape)} has a dimension outside 1..65536")
         return value
+
+
+class LmHead(str, Enum):
+    """How int4 stores a language model's vocabulary projection (`QuantizeConfig.lm_head`)."""
+
+    INT4 = "int4"
+    INT8 = "int8"
+    FLOAT = "float"
 
 
 class QuantizeConfig(_Strict):
@@ -238,6 +259,25 @@ class QuantizeConfig(_Strict):
     """`quantization: auto`: no new candidate is tried once the search has run this long."""
     max_excluded_nodes: int = Field(DEFAULT_MAX_EXCLUDED_NODES, ge=0, le=100)
     """`quantization: auto`: at most this many nodes left in float per candidate setting."""
+    block_size: int = DEFAULT_BLOCK_SIZE
+    """int4: weights per quantization block (a scale and zero point each); a power of 2, 16+."""
+    symmetric: bool = False
+    """int4: blocks without a zero point. Asymmetric keeps more of the model (see
+    `passes.int4`)."""
+    accuracy_level: int = Field(DEFAULT_ACCURACY_LEVEL, ge=0, le=4)
+    """int4: MatMulNBits' compute type; 0: the input's type, 1: fp32, 2: fp16, 3: bf16,
+    4: int8 (the fast one on CPU)."""
+    lm_head: LmHead = LmHead.INT8
+    """int4: how the MatMul that makes the logits is stored: `int4` like the others, `int8`
+    (MatMulNBits with 8 bits), or `float`. The vocabulary projection decides the next token
+    most directly, and a tied one is the embedding's weight."""
+
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value < 16 or value & (value - 1):
+            raise ValueError("must be a power of 2, at least 16 (MatMulNBits' blocks)")
+        return value
 
 
 class SourceConfig(_Strict):

@@ -27,6 +27,7 @@ from onnxport.errors import ValidationError
 from onnxport.tasks import Task
 from onnxport.verify.evaluation import Evaluation
 from onnxport.verify.generation import GenerationProof
+from onnxport.verify.next_token import NextTokenGate
 from onnxport.verify.validate import Judging, Reference, validate_model
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ class Rules:
         min_agreement: the task-level agreement a model must reach.
         evaluation: a labelled set whose metric must stay near PyTorch's.
         generation: PyTorch's greedy generations, which the model's must equal.
+        next_token: a language model variant's figures on real text against the fp32
+            model's (`verify.next_token`).
         on_failure: `fail` raises; `skip` returns the model as not published.
         remedies: what the user can try, in the order to try them.
         origin: how the graph was made (`shapes.export_origin`), said when it fails.
@@ -55,6 +58,7 @@ class Rules:
     min_agreement: float
     evaluation: Evaluation | None = None
     generation: GenerationProof | None = None
+    next_token: NextTokenGate | None = None
     on_failure: Literal["fail", "skip"] = "fail"
     remedies: tuple[str, ...] = ()
     origin: str | None = None
@@ -94,6 +98,7 @@ def judge(
         min_agreement=rules.min_agreement,
         evaluation=rules.evaluation,
         generation=rules.generation,
+        next_token=rules.next_token,
     )
     if validation.passed:
         return OutputRecord(

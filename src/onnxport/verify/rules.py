@@ -11,6 +11,7 @@ from onnxport.verify.compare import Tolerance
 from onnxport.verify.evaluation import Evaluation
 from onnxport.verify.gate import Rules
 from onnxport.verify.generation import GenerationProof
+from onnxport.verify.next_token import NextTokenGate
 from onnxport.verify.shapes import ExportOrigin
 from onnxport.verify.validate import DEFAULT_TOLERANCES, Judging
 
@@ -57,10 +58,20 @@ def fp32_rules(
     )
 
 
-def variant_rules(config: ConversionConfig, evaluation: Evaluation | None) -> Rules:
-    """A variant is judged on the task; its elementwise figures are recorded."""
+def variant_rules(
+    config: ConversionConfig,
+    evaluation: Evaluation | None,
+    next_token: NextTokenGate | None = None,
+) -> Rules:
+    """A variant is judged on the task; its elementwise figures are recorded. A language
+    model's (`next_token`) is judged on real text against the fp32 model instead: the argmax
+    agreement on the few validation steps is recorded, and a few of those positions, which
+    random weights or a quantized model may tie, would refuse a variant that keeps the text's
+    next tokens and perplexity."""
     variant = config.onnx.quantization
     remedies = []
+    if variant is Quantization.INT4:
+        remedies += ["quantize.lm_head: float", "a smaller quantize.block_size"]
     if variant in (Quantization.INT8, Quantization.INT8_STATIC):
         remedies.append("quantization: auto (searches int8 settings and nodes to leave in float)")
     if variant is Quantization.INT8:
@@ -72,8 +83,9 @@ def variant_rules(config: ConversionConfig, evaluation: Evaluation | None) -> Ru
     remedies.append("quantize.on_failure: skip to publish the fp32 model alone")
     return Rules(
         judging=Judging(DEFAULT_TOLERANCES[variant.variant], elementwise=False),
-        min_agreement=config.validation.min_task_agreement,
+        min_agreement=0.0 if next_token else config.validation.min_task_agreement,
         evaluation=evaluation,
+        next_token=next_token,
         on_failure=config.quantize.on_failure,
         remedies=tuple(remedies),
     )

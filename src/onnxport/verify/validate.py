@@ -36,6 +36,8 @@ from onnxport.verify.compare import (
 )
 from onnxport.verify.evaluation import Evaluation, metric_failure
 from onnxport.verify.generation import GenerationProof, generation_failure
+from onnxport.verify.next_token import NextTokenGate
+from onnxport.verify.next_token import failures as next_token_failures
 from onnxport.verify.runtime import RUNTIME_ERRORS, create_session, declared_inputs, run_session
 from onnxport.verify.shapes import describe_shapes, refusal_reason
 
@@ -49,6 +51,7 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp16": Tolerance(atol=5e-2, rtol=5e-2),
     "int8": Tolerance(atol=5e-1, rtol=5e-1),
     "int8-static": Tolerance(atol=5e-1, rtol=5e-1),
+    "int4": Tolerance(atol=5e-1, rtol=5e-1),
 }
 
 
@@ -258,6 +261,7 @@ def validate_model(
     min_agreement: float = DEFAULT_MIN_TASK_AGREEMENT,
     evaluation: Evaluation | None = None,
     generation: GenerationProof | None = None,
+    next_token: NextTokenGate | None = None,
 ) -> ValidationRecord:
     """Compare `model_path` in ONNX Runtime with the PyTorch `references`.
 
@@ -271,6 +275,7 @@ def validate_model(
             the same session.
         generation: PyTorch's greedy generations, which the model's must equal token for
             token (a text-generation model), generated in the same session.
+        next_token: a language model variant's gate on real text, run in the same session.
     """
     started = time.perf_counter()
     session = create_session(model_path)
@@ -313,6 +318,9 @@ def validate_model(
     generated = generation.judge(session) if generation is not None and not refused else None
     if generated is not None and not generated.passed:
         failures.append(generation_failure(generated))
+    on_text = next_token.judge(session) if next_token is not None and not refused else None
+    if on_text is not None:
+        failures += next_token_failures(on_text)
     record = ValidationRecord(
         passed=not failures,
         shapes=[list(r.shape) for r in references],
@@ -326,6 +334,7 @@ def validate_model(
         ),
         task_metric=task_metric,
         generation=generated,
+        next_token=on_text,
         elementwise_gate=judging.elementwise,
         failures=failures,
         seconds=round(time.perf_counter() - started, 3),

@@ -116,6 +116,8 @@ def outputs_table(manifest: Manifest) -> Table:
             )
         if v is not None and v.generation is not None:
             agreement += f"; {generation_label(v.generation)}"
+        if v is not None and v.next_token is not None:
+            agreement += f"; {v.next_token.summary()}"
         validated = "-" if v is None else ("yes" if v.passed else "NO")
         rows.append(
             (

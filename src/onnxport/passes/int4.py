@@ -1,0 +1,131 @@
+"""Weight-only int4: each MatMul weight stored in 4 bits per block of `quantize.block_size`
+values, with a scale (and a zero point, unless `quantize.symmetric`), run by ONNX Runtime's
+MatMulNBits; activations stay in float. The decoder LM variant (`onnxruntime.quantization`'s
+`MatMulNBitsQuantizer`).
+
+The vocabulary projection (the MatMul that makes `logits`) is stored as `quantize.lm_head`
+says. A model with tied embeddings feeds it the embedding's weight through a Transpose, which
+the quantizer passes over (it quantizes initializers only): the transposed weight is then
+made an initializer of its own, quantized, while the embedding's Gather keeps the float one.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import onnx
+from onnx import numpy_helper
+
+from onnxport.passes.base import PassContext, has_external_data
+from onnxport.passes.quantize import check_nodes_to_exclude, quantized_nodes
+from onnxport.request.config import LmHead, QuantizeConfig
+
+logger = logging.getLogger(__name__)
+
+LOGITS = "logits"
+
+
+def _lm_head(graph: onnx.GraphProto) -> onnx.NodeProto | None:
+    """The MatMul that writes the graph's `logits` output, if there is one."""
+    outputs = {o.name for o in graph.output if o.name.endswith(LOGITS)}
+    return next((n for n in graph.node if n.op_type == "MatMul" and n.output[0] in outputs), None)
+
+
+def _untie(graph: onnx.GraphProto, head: onnx.NodeProto) -> bool:
+    """Give `head` its weight as an initializer when a Transpose of one feeds it; whether it
+    did. The Transpose is removed once nothing else reads it."""
+    initializers = {i.name: i for i in graph.initializer}
+    if head.input[1] in initializers:
+        return False
+    transpose = next((n for n in graph.node if head.input[1] in n.output), None)
+    if transpose is None or transpose.op_type != "Transpose":
+        return False
+    if transpose.input[0] not in initializers:
+        return False
+    perm = next((list(a.ints) for a in transpose.attribute if a.name == "perm"), None)
+    weight = numpy_helper.to_array(initializers[transpose.input[0]]).transpose(perm)
+    name = f"{head.name}.weight"
+    graph.initializer.append(numpy_helper.from_array(weight.copy(), name))
+    head.input[1] = name
+    if not any(transpose.output[0] in n.input for n in graph.node):
+        graph.node.remove(transpose)
+    return True
+
+
+def _quantizer() -> type:
+    """`MatMulNBitsQuantizer`, imported without the root logging setup its module makes.
+
+    The module calls `logging.basicConfig(level=INFO)` on import, which in a program without
+    a root handler installs one and then prints a line per node of the graph (and leaves the
+    caller's own logging setup without effect). A handler already there makes it do nothing.
+    """
+    root = logging.getLogger()
+    stand_in = None if root.handlers else logging.NullHandler()
+    if stand_in is not None:
+        root.addHandler(stand_in)
+    try:
+        from onnxruntime.quantization import matmul_nbits_quantizer
+    finally:
+        if stand_in is not None:
+            root.removeHandler(stand_in)
+    logging.getLogger(matmul_nbits_quantizer.__name__).setLevel(logging.WARNING)
+    return matmul_nbits_quantizer.MatMulNBitsQuantizer
+
+
+def _quantize(
+    model: onnx.ModelProto, settings: QuantizeConfig, *, bits: int, exclude: set[str]
+) -> onnx.ModelProto:
+    quantizer = _quantizer()(
+        model,
+        bits=bits,
+        block_size=settings.block_size,
+        is_symmetric=settings.symmetric,
+        accuracy_level=settings.accuracy_level,
+        nodes_to_exclude=sorted(exclude),
+        op_types_to_quantize=("MatMul",),
+    )
+    quantizer.process()
+    return quantizer.model.model
+
+
+class Int4Pass:
+    """MatMul weights to 4 bits per block (the vocabulary projection as `lm_head` says)."""
+
+    name = "quantize-int4"
+
+    def run(self, model: Path, output: Path, context: PassContext) -> dict[str, Any]:
+        settings = context.settings or QuantizeConfig()
+        check_nodes_to_exclude(model, settings.nodes_to_exclude)
+        external = has_external_data(model)
+        proto = onnx.load(str(model))
+        head = _lm_head(proto.graph)
+        untied = False
+        excluded = set(settings.nodes_to_exclude)
+        if head is not None and settings.lm_head is not LmHead.FLOAT:
+            untied = _untie(proto.graph, head)
+        if head is not None and settings.lm_head is not LmHead.INT4:
+            excluded.add(head.name)
+        proto = _quantize(proto, settings, bits=4, exclude=excluded)
+        if head is not None and settings.lm_head is LmHead.INT8:
+            others = {n.name for n in proto.graph.node if n.name != head.name}
+            proto = _quantize(proto, settings, bits=8, exclude=others)
+        onnx.save_model(
+            proto,
+            str(output),
+            save_as_external_data=external,
+            all_tensors_to_one_file=True,
+            location=output.name + ".data",
+        )
+        return {
+            "mode": "weight-only",
+            "bits": 4,
+            "block_size": settings.block_size,
+            "symmetric": settings.symmetric,
+            "accuracy_level": settings.accuracy_level,
+            "lm_head": settings.lm_head.value if head is not None else None,
+            "lm_head_untied": untied,
+            "nodes_to_exclude": list(settings.nodes_to_exclude),
+            "quantized_nodes": quantized_nodes(output),
+        }
