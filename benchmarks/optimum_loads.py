@@ -81,8 +81,11 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def ours(directory: Path, prompts: list[str], max_new_tokens: int) -> list[dict[str, Any]]:
-    """onnxport's prompt tokens and greedy new tokens, one prompt at a time."""
+def ours(
+    directory: Path, prompts: list[str], max_new_tokens: int
+) -> tuple[list[dict[str, Any]], bool]:
+    """onnxport's prompt tokens and greedy new tokens, one prompt at a time; and whether the
+    prompts went through a chat template."""
     generator = OnnxGenerator.open(directory, "fp32")
     results = []
     for prompt in prompts:
@@ -90,7 +93,7 @@ def ours(directory: Path, prompts: list[str], max_new_tokens: int) -> list[dict[
         results.append(
             {"prompt_ids": generator.prompt_ids(prompt), "new_ids": list(generated.token_ids)}
         )
-    return results
+    return results, generator.chat_template is not None
 
 
 def optimum(
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = args.prompt or list(PROMPTS)
     published = PublishedDirectory.open(args.output_dir)
     file = published.model_file("fp32").name
-    expected = ours(args.output_dir, prompts, args.max_new_tokens)
+    expected, chat = ours(args.output_dir, prompts, args.max_new_tokens)
     versions = ensure_optimum(args.venv)
     found, log = optimum(
         args.venv, args.output_dir, file, prompts, args.max_new_tokens, args.io_binding
@@ -156,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     print(f"{label}: loaded {args.output_dir} as {found['model']}")
+    how = "through the chat template" if chat else "raw (the directory has no chat template)"
+    print(f"prompts {how}; greedy, up to {args.max_new_tokens} new tokens, one prompt at a time")
     print(
         f"{'prompt':<48} {'same prompt ids':>15} {'new tokens (ours/Optimum)':>26} "
         f"{'equal':>6} {'first difference':>17}"
@@ -171,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'PASS' if ok else 'FAIL'}  {sum(r['equal'] for r in rows)}/{len(rows)} prompts equal")
     if args.json_out:
         args.json_out.write_text(
-            json.dumps({"versions": versions, "model": label, "rows": rows}, indent=1) + "\n"
+            json.dumps(
+                {"versions": versions, "model": label, "chat_template": chat, "rows": rows},
+                indent=1,
+            )
+            + "\n"
         )
     return 0 if ok else 1
 
