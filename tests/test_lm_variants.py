@@ -15,7 +15,7 @@ from tests.models import build_llama_chat
 from onnxport.artifact.manifest import Manifest
 from onnxport.artifact.records import NextTokenRecord
 from onnxport.errors import ValidationError
-from onnxport.passes import Int4Pass, PassContext
+from onnxport.passes import Int4Pass, Int8WeightsPass, PassContext
 from onnxport.passes import search as search_module
 from onnxport.passes.search import Timer, _fastest
 from onnxport.pipeline import convert
@@ -107,6 +107,20 @@ def test_the_lm_head_is_stored_as_set(plain, tmp_path, lm_head) -> None:
     # The embedding's Gather keeps its float weight.
     gather = next(n for n in _ops(made) if n.op_type == "Gather")
     assert "lm_head" in gather.input[0] or "embed" in gather.input[0]
+
+
+def test_int8_weights_store_every_matmul_in_8_bits(plain, tmp_path) -> None:
+    """The 8-bit weight-only variant: every MatMul, the vocabulary projection too, becomes a
+    MatMulNBits of 8 bits; activations stay in float (no QuantizeLinear)."""
+    made = tmp_path / "int8w.onnx"
+    Int8WeightsPass().run(plain, made, PassContext(settings=QuantizeConfig()))
+    weights = {i.name for i in onnx.load(str(made)).graph.initializer}
+    matmuls = [n for n in _ops(made) if n.op_type == "MatMul"]
+    assert not [n.name for n in matmuls if n.input[1] in weights]  # attention's stay
+    assert "DynamicQuantizeLinear" not in [n.op_type for n in _ops(made)]
+    nbits = [n for n in _ops(made) if n.op_type == "MatMulNBits"]
+    assert nbits and {next(a.i for a in n.attribute if a.name == "bits") for n in nbits} == {8}
+    assert _producer(made, "logits").op_type == "MatMulNBits"
 
 
 def test_the_gates_figures_on_the_fp32_model_itself(converted, texts) -> None:

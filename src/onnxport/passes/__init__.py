@@ -17,7 +17,6 @@ from onnxport.passes.base import (
     count_nodes,
 )
 from onnxport.passes.calibration import calibration, gate_texts
-from onnxport.passes.int4 import Int4Pass
 from onnxport.passes.optimize import OptimizePass
 from onnxport.passes.quantize import (
     DynamicInt8Pass,
@@ -25,6 +24,7 @@ from onnxport.passes.quantize import (
     StaticInt8Pass,
     check_nodes_to_exclude,
 )
+from onnxport.passes.weight_only import Int4Pass, Int8WeightsPass
 from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantization
 from onnxport.tasks import Task
 
@@ -36,6 +36,7 @@ __all__ = [
     "DynamicInt8Pass",
     "Fp16Pass",
     "Int4Pass",
+    "Int8WeightsPass",
     "OnnxPass",
     "OptimizePass",
     "PassContext",
@@ -54,6 +55,7 @@ QUANTIZATION_PASSES: dict[Quantization, type] = {
     Quantization.INT8_STATIC: StaticInt8Pass,
     Quantization.FP16: Fp16Pass,
     Quantization.INT4: Int4Pass,
+    Quantization.INT8_WEIGHTS: Int8WeightsPass,
 }
 
 

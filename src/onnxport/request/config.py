@@ -45,7 +45,11 @@ class Quantization(str, Enum):
     INT8_STATIC = "int8-static"
     FP16 = "fp16"
     INT4 = "int4"
-    """Weight-only: MatMul weights in 4 bits per block (`passes.int4`), for decoder LMs."""
+    """Weight-only: MatMul weights in 4 bits per block (`passes.weight_only`), for decoder
+    LMs."""
+    INT8_WEIGHTS = "int8-weights"
+    """Weight-only: MatMul weights in 8 bits per block, activations in float (decoder LMs,
+    whose outlier activations dynamic int8 cannot take)."""
     AUTO = "auto"
     """Search int8 settings for the fastest one that passes the gate (`passes.search`)."""
 
@@ -260,17 +264,18 @@ class QuantizeConfig(_Strict):
     max_excluded_nodes: int = Field(DEFAULT_MAX_EXCLUDED_NODES, ge=0, le=100)
     """`quantization: auto`: at most this many nodes left in float per candidate setting."""
     block_size: int = DEFAULT_BLOCK_SIZE
-    """int4: weights per quantization block (a scale and zero point each); a power of 2, 16+."""
+    """int4, int8-weights: weights per quantization block (a scale and zero point each); a
+    power of 2, 16 or more."""
     symmetric: bool = False
-    """int4: blocks without a zero point. Asymmetric keeps more of the model (see
-    `passes.int4`)."""
+    """int4, int8-weights: blocks without a zero point (see `passes.weight_only`)."""
     accuracy_level: int = Field(DEFAULT_ACCURACY_LEVEL, ge=0, le=4)
-    """int4: MatMulNBits' compute type; 0: the input's type, 1: fp32, 2: fp16, 3: bf16,
-    4: int8 (the fast one on CPU)."""
+    """int4, int8-weights: MatMulNBits' compute type; 0: the input's type, 1: fp32, 2: fp16,
+    3: bf16, 4: int8 (the fast one on CPU)."""
     lm_head: LmHead = LmHead.INT8
-    """int4: how the MatMul that makes the logits is stored: `int4` like the others, `int8`
-    (MatMulNBits with 8 bits), or `float`. The vocabulary projection decides the next token
-    most directly, and a tied one is the embedding's weight."""
+    """int4, int8-weights: how the MatMul that makes the logits is stored: `int4` like the
+    others (int8-weights: in 8 bits), `int8` (MatMulNBits with 8 bits), or `float`. The
+    vocabulary projection decides the next token most directly, and a tied one is the
+    embedding's weight."""
 
     @field_validator("block_size")
     @classmethod

@@ -71,7 +71,9 @@ def variant_rules(
     variant = config.onnx.quantization
     remedies = []
     if variant is Quantization.INT4:
-        remedies += ["quantize.lm_head: float", "a smaller quantize.block_size"]
+        remedies += ["quantization: int8-weights", "quantize.lm_head: float"]
+    if variant in (Quantization.INT4, Quantization.INT8_WEIGHTS):
+        remedies.append("a smaller quantize.block_size")
     if variant in (Quantization.INT8, Quantization.INT8_STATIC):
         remedies.append("quantization: auto (searches int8 settings and nodes to leave in float)")
     if variant is Quantization.INT8:

@@ -52,6 +52,7 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "int8": Tolerance(atol=5e-1, rtol=5e-1),
     "int8-static": Tolerance(atol=5e-1, rtol=5e-1),
     "int4": Tolerance(atol=5e-1, rtol=5e-1),
+    "int8-weights": Tolerance(atol=5e-1, rtol=5e-1),
 }
 
 
