@@ -170,3 +170,14 @@ def test_a_tokenizer_without_a_pad_token_pads_with_eos_on_the_left(llama_chat: P
     assert source.tokenizer.padding_side == "left"
     inputs = source.make_inputs(2, 23, 0)
     assert inputs["attention_mask"][-1, 0] == 0 and inputs["attention_mask"][-1, -1] == 1
+
+
+def test_mlflow_metrics_hold_the_proof_and_one_figure_for_the_cache(generated) -> None:
+    from onnxport.tracking import _metrics
+
+    _, manifest = generated
+    metrics = _metrics(manifest)
+    assert metrics["fp32.greedy.identical_prompts"] == metrics["fp32.greedy.prompts"] == 3
+    assert 0 < metrics["fp32.present.error_ratio_max"] <= 4
+    assert "fp32.logits.error_ratio.3x1" in metrics
+    assert not [k for k in metrics if k.startswith("fp32.present.0")]  # not one per layer

@@ -27,6 +27,7 @@ PAST_VALUE = "past_key_values.{}.value"
 PRESENT_KEY = "present.{}.key"
 PRESENT_VALUE = "present.{}.value"
 PAST_PREFIX = "past_key_values."
+PRESENT_PREFIX = "present."
 
 
 def generation_step(shapes: Mapping[str, Sequence[int]]) -> tuple[list[int], int] | None:

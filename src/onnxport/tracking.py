@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from onnxport import interrupts
 from onnxport.artifact.manifest import MANIFEST_FILENAME, REPORT_FILENAME, Manifest
+from onnxport.artifact.records import ValidationRecord
 from onnxport.errors import InternalError, TrackingError, one_line
 from onnxport.request.config import ExperimentConfig
 from onnxport.request.lineage import is_secret, lineage_tags
+from onnxport.tasks import PRESENT_PREFIX
 
 if TYPE_CHECKING:  # the benchmark module imports onnxruntime; the parent process need not
     import numpy as np
@@ -187,7 +189,10 @@ def _metrics(manifest: Manifest) -> dict[str, float]:
             metrics[f"{prefix}.size_bytes"] = float(out.total_size_bytes)
         if out.validation is not None:
             metrics[f"{prefix}.task_agreement"] = out.validation.task_agreement.value
+            metrics.update(_generation_metrics(prefix, out.validation))
             for name, c in out.validation.outputs.items():
+                if name.startswith(PRESENT_PREFIX):  # a decoder's cache: its worst, below
+                    continue
                 metrics[f"{prefix}.{name}.max_abs_diff"] = c.max_abs_diff
                 metrics[f"{prefix}.{name}.max_rel_diff"] = c.max_rel_diff
                 for b in c.budget:  # against float64, per validation input
@@ -196,6 +201,27 @@ def _metrics(manifest: Manifest) -> dict[str, float]:
                     metrics[f"{prefix}.{name}.onnx_error_max.{shape}"] = b.onnx_max
                     metrics[f"{prefix}.{name}.pytorch_error_max.{shape}"] = b.pytorch_max
     return {k: v for k, v in metrics.items() if v == v and abs(v) != float("inf")}
+
+
+def _generation_metrics(prefix: str, validation: ValidationRecord) -> dict[str, float]:
+    """A decoder's figures: its cache's worst error ratio (one metric for every layer's
+    keys and values), the generation proof, the next-token gate on real text."""
+    metrics: dict[str, float] = {}
+    ratios = [
+        c.error_ratio
+        for name, c in validation.outputs.items()
+        if name.startswith(PRESENT_PREFIX) and c.error_ratio is not None
+    ]
+    if ratios:
+        metrics[f"{prefix}.present.error_ratio_max"] = max(ratios)
+    if validation.generation is not None:
+        proof = validation.generation
+        metrics[f"{prefix}.greedy.identical_prompts"] = float(proof.identical)
+        metrics[f"{prefix}.greedy.prompts"] = float(proof.prompts)
+    if validation.next_token is not None:
+        metrics[f"{prefix}.next_token.agreement"] = validation.next_token.agreement
+        metrics[f"{prefix}.next_token.perplexity_increase"] = validation.next_token.increase
+    return metrics
 
 
 def _params(manifest: Manifest) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
-from onnxport.tasks import PAST_PREFIX
+from onnxport.tasks import PAST_PREFIX, PRESENT_PREFIX
 
 StepScores = Callable[[int, np.ndarray], None]
 """Called after each step with its index and the logits of the next token [batch, vocab]."""
@@ -51,7 +51,7 @@ def cache_layout(session: ort.InferenceSession) -> CacheLayout:
         if not isinstance(heads, int) or not isinstance(dim, int):
             raise ValueError(f"{value.name} has no fixed heads and head size: {value.shape}")
         shapes.append((heads, dim))
-    presents = tuple("present." + v.name.removeprefix(PAST_PREFIX) for v in past)
+    presents = tuple(PRESENT_PREFIX + v.name.removeprefix(PAST_PREFIX) for v in past)
     return CacheLayout(
         past=tuple(v.name for v in past),
         presents=presents,
