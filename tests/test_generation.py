@@ -14,8 +14,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from models import build_llama_chat
-from onnxport.artifact.manifest import Manifest
+from onnxport.artifact.manifest import Manifest, read_manifest
 from onnxport.errors import ConfigError, ValidationError
 from onnxport.pipeline import convert
 from onnxport.predict.generation import generate_ids
@@ -25,22 +24,20 @@ from onnxport.request.config import ConversionConfig
 from onnxport.sources import load_source
 from onnxport.sources.generative import CausalLMWithPast, past_names, present_names
 from onnxport.tasks import Task
-from suite import build_once
 
 # No variants, no export cache: the planted bugs must reach the graph itself.
 PLAIN = ConversionConfig().with_overrides(execution={"export_cache": False})
 
 
 @pytest.fixture(scope="module")
-def llama_chat(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_once(tmp_path_factory, "llama-chat", build_llama_chat)
+def llama_chat(chat_model: tuple[Path, Path]) -> Path:
+    return chat_model[0]
 
 
 @pytest.fixture(scope="module")
-def generated(llama_chat: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Manifest]:
-    out = tmp_path_factory.mktemp("generation") / "out"
-    manifest = convert(ConversionRequest(source_path=llama_chat, output_dir=out, config=PLAIN))
-    return out, manifest
+def generated(chat_model: tuple[Path, Path]) -> tuple[Path, Manifest]:
+    """The default conversion of the tiny chat Llama (shared with the generator's tests)."""
+    return chat_model[1], read_manifest(chat_model[1])
 
 
 def test_a_chat_decoder_without_a_pad_token_converts_with_its_cache(generated) -> None:
