@@ -381,7 +381,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     for _ in range(args.prefill_repeats):
                         reply = w.ask(op="prefill", ids=ids)
                         samples[w.name][f"prefill_{n}"].append(reply["seconds"] * 1000)
-            print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
+            figures = ", ".join(
+                f"{w.name} {samples[w.name]['decode_tok_s'][-1]:.1f}" for w in workers
+            )
+            print(f"round {round_ + 1}/{args.rounds}: decode tok/s {figures}", file=sys.stderr)
     finally:
         ends = {w.name: w.close() for w in workers}
     bandwidth = memory_bandwidth(threads=args.threads)
