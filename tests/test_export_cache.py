@@ -397,6 +397,15 @@ def test_what_the_cache_cannot_hold_says_why(source) -> None:
     assert "torch-export source" in uncacheable(exported_program, Exporter.AUTO, 18)
 
 
+def test_a_text_generation_source_is_cached_by_its_transformers_model(source) -> None:
+    # onnxport wraps a *ForCausalLM for its KV-cache signature: the wrapped model decides.
+    generative = source("gpt2-generation")
+    assert uncacheable(generative, Exporter.AUTO, 18) is None
+    material = key_material(generative, opset=18, keep_debug_metadata=False)
+    assert material["model"]["class"].endswith("GPT2LMHeadModel")
+    assert material["model"]["task"] == "text-generation"
+
+
 # ---------------------------------------------------------------------------- the store
 
 

@@ -103,6 +103,20 @@ class Generated:
     """Whether each row ended on an end token (else it ran out of `max_new_tokens`)."""
 
 
+def _left_padded(
+    prompts: Sequence[Sequence[int]], pad_id: int, room: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The prompts' ids, left-padded, and a mask with `room` columns of ones after them
+    (the steps to come: slices of it are fed, so that no step concatenates)."""
+    longest = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), longest), pad_id, dtype=np.int64)
+    mask = np.ones((len(prompts), longest + room), dtype=np.int64)
+    for row, prompt in enumerate(prompts):
+        ids[row, longest - len(prompt) :] = prompt
+        mask[row, : longest - len(prompt)] = 0
+    return ids, mask
+
+
 def generate_ids(
     session: ort.InferenceSession,
     prompts: Sequence[Sequence[int]],
@@ -114,17 +128,20 @@ def generate_ids(
     layout: CacheLayout | None = None,
     on_step: StepScores | None = None,
 ) -> Generated:
-    """New token ids for each prompt (token ids), `max_new_tokens` at most."""
+    """New token ids for each prompt (token ids), `max_new_tokens` at most.
+
+    The cache stays in ONNX Runtime between steps: each step's `present.*` outputs are
+    bound, as ONNX Runtime allocated them, as the next step's `past_key_values.*` inputs
+    (I/O binding), so no step copies the cache into or out of numpy.
+    """
     layout = layout or cache_layout(session)
     rng = np.random.default_rng(sampling.seed)
     batch = len(prompts)
-    longest = max(len(p) for p in prompts)
-    ids = np.full((batch, longest), pad_id, dtype=np.int64)
-    mask = np.zeros((batch, longest), dtype=np.int64)
-    for row, prompt in enumerate(prompts):
-        ids[row, longest - len(prompt) :] = prompt
-        mask[row, longest - len(prompt) :] = 1
-    feed: dict[str, np.ndarray] = {
+    ids, full_mask = _left_padded(prompts, pad_id, max_new_tokens)
+    length = ids.shape[1]
+    binding = session.io_binding()
+    # A bound numpy array is read in place: `held` keeps each alive until the run that reads it.
+    held = {
         name: np.zeros((batch, heads, 0, dim), dtype=layout.dtype)
         for name, (heads, dim) in zip(layout.past, layout.shapes)
     }
@@ -132,12 +149,20 @@ def generate_ids(
     tokens: list[list[int]] = [[] for _ in prompts]
     done = np.zeros(batch, dtype=bool)
     for step in range(max_new_tokens):
-        feed["input_ids"] = ids
-        feed["attention_mask"] = mask
+        held["input_ids"] = ids
+        held["attention_mask"] = np.ascontiguousarray(full_mask[:, :length])
         if layout.takes_positions:
-            feed["position_ids"] = _positions(mask, ids.shape[1])
-        outputs = session.run(["logits", *layout.presents], feed)
-        logits = outputs[0][:, -1, :]
+            held["position_ids"] = _positions(held["attention_mask"], ids.shape[1])
+        for name, value in held.items():
+            binding.bind_cpu_input(name, value)
+        binding.clear_binding_outputs()
+        binding.bind_output("logits")
+        for name in layout.presents:
+            binding.bind_output(name)
+        session.run_with_iobinding(binding)
+        held.clear()
+        outputs = binding.get_outputs()
+        logits = outputs[0].numpy()[:, -1, :]
         if on_step is not None:
             on_step(step, logits)
         chosen = np.where(done, pad_id, _choose(logits, sampling, rng))
@@ -146,7 +171,8 @@ def generate_ids(
             done[row] = int(chosen[row]) in ends
         if done.all():
             break
-        feed.update(zip(layout.past, outputs[1:]))
+        for name, present in zip(layout.past, list(outputs)[1:]):
+            binding.bind_ortvalue_input(name, present)
         ids = chosen[:, None].astype(np.int64)
-        mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
+        length += 1
     return Generated(tokens, [bool(d) for d in done])

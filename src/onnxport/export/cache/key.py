@@ -22,10 +22,19 @@ from onnxport.export.template import state_tensors
 from onnxport.request.config import Exporter
 from onnxport.request.fingerprints import canonical_json
 from onnxport.sources.base import Source
+from onnxport.sources.generative import CausalLMWithPast
 
 KEY_FORMAT = 1
 """Raised when what the key holds changes meaning: older entries are then never found."""
 KEY_LENGTH = 32
+
+
+def _transformers_model(source: Source) -> torch.nn.Module:
+    """The transformers model a source holds: a text-generation source wraps its
+    `*ForCausalLM` in onnxport's flat-signature `CausalLMWithPast` (its code is onnxport's,
+    versioned in the key)."""
+    module = source.module
+    return module.model if isinstance(module, CausalLMWithPast) else module
 
 
 def uncacheable(source: Source, exporter: Exporter, opset: int) -> str | None:
@@ -42,7 +51,7 @@ def uncacheable(source: Source, exporter: Exporter, opset: int) -> str | None:
             f"a {source.kind} source's graph comes from code the key cannot see (a factory, "
             "a program, a script): it is exported every time"
         )
-    if not type(source.module).__module__.startswith("transformers."):
+    if not type(_transformers_model(source)).__module__.startswith("transformers."):
         return "remote model code (trust_remote_code) can change without config.json changing"
     return None
 
@@ -71,7 +80,7 @@ def _tied(state: dict[str, torch.Tensor]) -> list[list[str]]:
 
 def key_material(source: Source, *, opset: int, keep_debug_metadata: bool) -> dict[str, Any]:
     """What decides the graph of `source`'s dynamo export with these settings."""
-    module = source.module
+    module = _transformers_model(source)
     config = module.config
     settings = {k: v for k, v in config.to_dict().items() if k not in EXCLUDED_CONFIG_KEYS}
     adapter = adapter_for(source)
