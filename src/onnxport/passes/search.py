@@ -148,9 +148,9 @@ WEIGHT_ONLY_SETTINGS: tuple[QuantizeSetting, ...] = (
     WeightOnlySetting("int8-weights", Int8WeightsPass),
     WeightOnlySetting("int4", Int4Pass),
 )
-"""fp16 is not a candidate: the search times on the CPU, where ONNX Runtime runs a float16
-graph's MatMuls no faster than float32 ones (its kernels are for GPUs); it would cost a
-conversion, a gate and a decode timing to lose."""
+"""fp16 is not a candidate: it is the variant for GPU serving, and the search times on ONNX
+Runtime's CPU provider (`verify.runtime.PROVIDERS`), where its ranking would say nothing
+about the device it is for; an explicit `quantization: fp16` still makes it."""
 
 
 @dataclass(frozen=True)
