@@ -1,8 +1,10 @@
 """Variants of a decoder LM: int4 weight-only, the gate on real text teacher-forced against
-the fp32 model, and searches that rank language models by decode speed."""
+the fp32 model, searches that rank language models by decode speed, and `quantization: auto`,
+which publishes the fastest weight-only variant that passes."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from onnxport.passes.search import Timer, _fastest
 from onnxport.pipeline import convert
 from onnxport.request import ConversionRequest
 from onnxport.request.config import ConversionConfig, QuantizeConfig
+from onnxport.tasks import Task
 from onnxport.verify.gate import Candidate, judge
 from onnxport.verify.next_token import failures, next_token_gate
 from onnxport.verify.rules import variant_rules
@@ -204,3 +207,105 @@ def test_the_timer_ranks_by_time_per_generated_token(monkeypatch, converted) -> 
     assert found == {"slow": {DECODE_KEY: 1000.0}, "fast": {DECODE_KEY: 500.0}}
     assert _fastest(found) == "fast"
     assert next(clock) == 2 * (1 + search_module.DECODE_ROUNDS)
+
+
+def _auto(root: Path, **validation) -> tuple[Manifest, Path]:
+    """The tiny Llama converted with `quantization: auto`."""
+    checkpoint = build_llama_chat(root / "checkpoint", tie_word_embeddings=True)
+    config = ConversionConfig().with_overrides(onnx={"quantization": "auto"}, validation=validation)
+    output = root / "out"
+    request = ConversionRequest(source_path=checkpoint, output_dir=output, config=config)
+    return convert(request), output
+
+
+class _BrokenInt4(Int4Pass):
+    """int4 with a planted bug: its vocabulary projection scrambled after quantizing."""
+
+    def run(self, model: Path, output: Path, context: PassContext) -> dict:
+        details = super().run(model, output, context)
+        _scrambled(output, output)
+        return details
+
+
+class _BrokenInt8Weights(Int8WeightsPass):
+    def run(self, model: Path, output: Path, context: PassContext) -> dict:
+        details = super().run(model, output, context)
+        _scrambled(output, output)
+        return details
+
+
+def _with_settings(monkeypatch, *settings: search_module.WeightOnlySetting) -> None:
+    plan = dataclasses.replace(search_module.WEIGHT_ONLY_SEARCH, settings=settings)
+    monkeypatch.setattr(search_module, "WEIGHT_ONLY_SEARCH", plan)
+
+
+@pytest.fixture(scope="module")
+def auto(tmp_path_factory) -> tuple[Manifest, Path]:
+    return _auto(tmp_path_factory.mktemp("lm-auto"))
+
+
+def test_auto_on_a_language_model_tries_its_weight_only_variants() -> None:
+    plan = search_module.quantize_search(Task.TEXT_GENERATION)
+    assert [s.variant for s in plan.settings] == ["int8-weights", "int4"]
+    assert not any(s.static for s in plan.settings)  # no calibration to make
+    encoder = search_module.quantize_search(Task.FEATURE_EXTRACTION)
+    assert {s.variant for s in encoder.settings} == {"int8"}
+
+
+def test_auto_publishes_the_fastest_passing_lm_variant_under_its_own_name(auto) -> None:
+    manifest, output = auto
+    assert len(manifest.outputs) == 2 and manifest.outputs[0].variant == "fp32"
+    variant = manifest.outputs[1]
+    assert variant.published and variant.variant in ("int8-weights", "int4")
+    assert variant.file == f"model_{variant.variant}.onnx" and (output / variant.file).is_file()
+    assert sorted(p.name for p in output.glob("*.onnx")) == sorted(
+        ["model_fp32.onnx", variant.file]
+    )
+    assert variant.validation.next_token is not None and variant.validation.next_token.passed
+    search = variant.search
+    assert search is not None and search.target == "weight-only"
+    assert [c.name for c in search.candidates] == ["int8-weights", "int4"]
+    for candidate in search.candidates:
+        found = candidate.next_token
+        assert found is not None and found.texts == 16 and 0.0 <= found.agreement <= 1.0
+        assert candidate.passed == found.passed
+    assert search.candidates[1].settings["bits"] == 4
+    timed = [c for c in search.candidates if c.passed]
+    assert timed and all(list(c.latency_ms) == [DECODE_KEY] for c in timed)
+    chosen = next(c for c in search.candidates if c.chosen)
+    assert chosen.name == search.chosen == variant.variant
+    assert chosen.latency_ms[DECODE_KEY] == min(c.latency_ms[DECODE_KEY] for c in timed)
+
+
+def test_auto_publishes_the_other_lm_variant_when_one_fails_its_gate(monkeypatch, tmp_path) -> None:
+    _with_settings(
+        monkeypatch,
+        search_module.WeightOnlySetting("int8-weights", Int8WeightsPass),
+        search_module.WeightOnlySetting("int4", _BrokenInt4),
+    )
+    manifest, output = _auto(tmp_path)
+    variant = manifest.outputs[1]
+    assert (variant.variant, variant.file) == ("int8-weights", "model_int8-weights.onnx")
+    assert variant.published and not (output / "model_int4.onnx").exists()
+    # A failing candidate is tried again with the node the divergence search blames left in
+    # float, as in the int8 search: int4 may be tried more than once.
+    int8w, *int4 = variant.search.candidates
+    assert int8w.passed and int8w.chosen and int4 and {c.name for c in int4} == {"int4"}
+    for failed in int4:
+        assert not failed.passed and not failed.chosen and not failed.latency_ms
+        assert not failed.next_token.passed and failed.failures
+
+
+def test_auto_refuses_naming_every_lm_variant_when_none_passes(monkeypatch, tmp_path) -> None:
+    _with_settings(
+        monkeypatch,
+        search_module.WeightOnlySetting("int8-weights", _BrokenInt8Weights),
+        search_module.WeightOnlySetting("int4", _BrokenInt4),
+    )
+    with pytest.raises(ValidationError) as info:
+        _auto(tmp_path)
+    message = info.value.message
+    assert message.startswith("no weight-only candidate passes the accuracy gate")
+    assert "int8-weights: next token" in message and "int4: next token" in message
+    assert "quantize.lm_head: float" in info.value.hint
+    assert not (tmp_path / "out").exists()

@@ -36,7 +36,7 @@ from onnxport.passes import (
     optimize_passes,
     quantization_pass,
 )
-from onnxport.passes.search import SearchContext, Timer, search_int8, search_optimization
+from onnxport.passes.search import SearchContext, Timer, search_optimization, search_quantization
 from onnxport.predict.generation import generate_ids
 from onnxport.preparation import Prepared, isolated, prepare, prepare_in_a_child
 from onnxport.progress import ProgressCallback, Stage, StageClock, ignore_progress
@@ -246,10 +246,9 @@ def _variant(
     base: Path, fp32: Path, prepared: Prepared, config: ConversionConfig, timer: Timer
 ) -> OutputRecord:
     """Make the quantized or float16 model from `base` and put it through the gate (or, for
-    `quantization: auto`, search for the fastest int8 model that passes it). A language
-    model's variant is judged on real text against the published `fp32` model."""
-    variant = config.onnx.quantization.variant
-    path = fp32.with_name(config.output.filename(variant))
+    `quantization: auto`, search for the fastest variant that passes it, published under its
+    own name). A language model's variant is judged on real text against the published
+    `fp32` model."""
     texts = prepared.context.texts
     gate = None
     if texts:
@@ -269,7 +268,11 @@ def _variant(
         search = SearchContext(
             prepared.context, prepared.references, prepared.task, rules, timer, locate
         )
-        return search_int8(base, path, variant=variant, search=search)
+        return search_quantization(
+            base, lambda variant: fp32.with_name(config.output.filename(variant)), search=search
+        )
+    variant = config.onnx.quantization.variant
+    path = fp32.with_name(config.output.filename(variant))
     record = apply_pass(quantization_pass(config), base, path, prepared.context)
     judged = judge(
         Candidate(variant, path, (record,)),

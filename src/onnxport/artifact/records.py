@@ -375,6 +375,8 @@ class CandidateRecord(Record):
     agreement: float | None = None
     """The task-level agreement with PyTorch the gate judged."""
     task_metric: float | None = None
+    next_token: NextTokenRecord | None = None
+    """A language model's figures on real text, which judged it (`verify.next_token`)."""
     failures: list[str] = Field(default_factory=list)
     latency_ms: dict[str, float] = Field(default_factory=dict)
     """Median latency per input shape (`1x128`, `1x3x224x224`), batch 1, measured interleaved."""
@@ -386,7 +388,8 @@ class SearchRecord(Record):
     """How a published model was chosen among candidates measured on this machine."""
 
     target: str
-    """`optimize` (the fp32 graph) or the variant (`int8`)."""
+    """`optimize` (the fp32 graph), `int8` (its settings) or `weight-only` (a language
+    model's `int8-weights` and `int4`)."""
     candidates: list[CandidateRecord]
     chosen: str | None
     threads: int

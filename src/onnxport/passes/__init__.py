@@ -24,6 +24,7 @@ from onnxport.passes.quantize import (
     StaticInt8Pass,
     check_nodes_to_exclude,
 )
+from onnxport.passes.search import quantize_search
 from onnxport.passes.weight_only import Int4Pass, Int8WeightsPass
 from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantization
 from onnxport.tasks import Task
@@ -71,7 +72,10 @@ def quantization_pass(config: ConversionConfig) -> OnnxPass | None:
 
 def pass_context(source: Source, exporter: str, config: ConversionConfig) -> PassContext:
     """What the passes of this conversion need to know beyond the model file."""
-    static = config.onnx.quantization in (Quantization.INT8_STATIC, Quantization.AUTO)
+    asked = config.onnx.quantization
+    static = asked is Quantization.INT8_STATIC or (
+        asked is Quantization.AUTO and any(s.static for s in quantize_search(source.task).settings)
+    )
     return PassContext(
         exporter=exporter,
         model_type=source.model_type,

@@ -5,9 +5,12 @@ and keeps the fastest that passes. `quantization: auto` tries int8 settings (dyn
 per-tensor, dynamic per-channel, static QDQ per-channel calibrated on real text); when one
 fails the gate it leaves in float the node the divergence search blames and tries again,
 within `quantize.max_excluded_nodes` and `quantize.search_budget_seconds`; it keeps the
-fastest that passes. Every candidate goes through the one gate (`verify.gate`), unchanged:
-the search looks for a model that passes, it never lowers the bar. Latency is measured
-interleaved, batch 1, at the validation lengths, with the benchmark's threads.
+fastest that passes. For a decoder LM it tries the weight-only variants instead, `int8-weights`
+and `int4`, judged on real text like an explicit one, and publishes the fastest that passes
+under its own name (`quantize_search` says which candidates a task gets). Every candidate
+goes through the one gate (`verify.gate`), unchanged: the search looks for a model that
+passes, it never lowers the bar. Latency is measured interleaved, batch 1, at the validation
+lengths, with the benchmark's threads (a language model's: decoding, `Timer.decode`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -33,7 +37,8 @@ from onnxport.errors import ValidationError
 from onnxport.passes.base import OnnxPass, PassContext, apply_pass
 from onnxport.passes.optimize import OptimizePass
 from onnxport.passes.quantize import DynamicInt8Pass, StaticInt8Pass
-from onnxport.request.config import OptimizeLevel
+from onnxport.passes.weight_only import Int4Pass, Int8WeightsPass
+from onnxport.request.config import OptimizeLevel, QuantizeConfig
 from onnxport.tasks import Task
 from onnxport.verify.gate import Candidate, Locate, Rules, judge
 from onnxport.verify.runtime import create_session, session_options
@@ -54,6 +59,26 @@ Decode = Callable[[ort.InferenceSession], int]
 """A short greedy generation, batch 1, in the session; returns the tokens it made."""
 
 
+class QuantizeSetting(Protocol):
+    """One kind of candidate the quantization search makes."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def variant(self) -> str:
+        """The name it is published as (and its file's, `output.filename`)."""
+        ...
+
+    @property
+    def static(self) -> bool:
+        """Whether its pass needs the calibration samples."""
+        ...
+
+    def onnx_pass(self) -> OnnxPass: ...
+    def configure(self, settings: QuantizeConfig, excluded: list[str]) -> QuantizeConfig: ...
+    def recorded(self, settings: QuantizeConfig) -> dict[str, object]: ...
+
+
 @dataclass(frozen=True)
 class Int8Setting:
     name: str
@@ -61,12 +86,57 @@ class Int8Setting:
     per_channel: bool
     op_types: tuple[str, ...] | None = None
     """What to quantize when the user names nothing; None: onnxruntime's defaults."""
+    variant: str = "int8"
 
     def onnx_pass(self) -> OnnxPass:
         return StaticInt8Pass() if self.static else DynamicInt8Pass()
 
+    def configure(self, settings: QuantizeConfig, excluded: list[str]) -> QuantizeConfig:
+        return settings.model_copy(
+            update={
+                "per_channel": self.per_channel,
+                "nodes_to_exclude": list(excluded),
+                "op_types": settings.op_types or self.op_types,
+            }
+        )
 
-INT8_SETTINGS = (
+    def recorded(self, settings: QuantizeConfig) -> dict[str, object]:
+        return {
+            "static": self.static,
+            "per_channel": self.per_channel,
+            "op_types": list(settings.op_types or []),
+        }
+
+
+@dataclass(frozen=True)
+class WeightOnlySetting:
+    """A decoder LM's weight-only variant, made as the explicit one is (the user's
+    `quantize.block_size`, `symmetric`, `lm_head`)."""
+
+    variant: str
+    make: type[Int4Pass] | type[Int8WeightsPass]
+    static: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.variant
+
+    def onnx_pass(self) -> OnnxPass:
+        return self.make()
+
+    def configure(self, settings: QuantizeConfig, excluded: list[str]) -> QuantizeConfig:
+        return settings.model_copy(update={"nodes_to_exclude": list(excluded)})
+
+    def recorded(self, settings: QuantizeConfig) -> dict[str, object]:
+        return {
+            "bits": self.make.bits,
+            "block_size": settings.block_size,
+            "symmetric": settings.symmetric,
+            "lm_head": settings.lm_head.value,
+        }
+
+
+INT8_SETTINGS: tuple[QuantizeSetting, ...] = (
     Int8Setting("dynamic per-tensor", static=False, per_channel=False),
     Int8Setting("dynamic per-channel", static=False, per_channel=True),
     # Static QDQ of every op type puts the residual Adds and LayerNorms of a transformer in
@@ -74,6 +144,46 @@ INT8_SETTINGS = (
     # MatMuls carry the speed-up.
     Int8Setting("static QDQ per-channel", static=True, per_channel=True, op_types=("MatMul",)),
 )
+WEIGHT_ONLY_SETTINGS: tuple[QuantizeSetting, ...] = (
+    WeightOnlySetting("int8-weights", Int8WeightsPass),
+    WeightOnlySetting("int4", Int4Pass),
+)
+"""fp16 is not a candidate: it is the variant for GPU serving, and the search times on ONNX
+Runtime's CPU provider (`verify.runtime.PROVIDERS`), where its ranking would say nothing
+about the device it is for; an explicit `quantization: fp16` still makes it."""
+
+
+@dataclass(frozen=True)
+class QuantizeSearch:
+    """The candidates `quantization: auto` tries, in order, and what to try when none
+    passes."""
+
+    target: str
+    """What the search record and its refusal call the candidates."""
+    settings: tuple[QuantizeSetting, ...]
+    remedies: tuple[str, ...]
+
+
+_SKIP = "quantize.on_failure: skip to publish the fp32 model alone"
+INT8_SEARCH = QuantizeSearch(
+    "int8",
+    INT8_SETTINGS,
+    (_SKIP, "a larger quantize.max_excluded_nodes or quantize.search_budget_seconds"),
+)
+WEIGHT_ONLY_SEARCH = QuantizeSearch(
+    "weight-only",
+    WEIGHT_ONLY_SETTINGS,
+    (_SKIP, "a smaller quantize.block_size", "quantize.lm_head: float"),
+)
+
+
+def quantize_search(task: Task) -> QuantizeSearch:
+    """Which candidates `quantization: auto` tries for `task`: a decoder LM's weight-only
+    variants (dynamic int8 quantizes its outlier activations per tensor and loses its next
+    tokens: SmolLM2-135M keeps 0.57 of them), any other model's int8 settings."""
+    return WEIGHT_ONLY_SEARCH if task is Task.TEXT_GENERATION else INT8_SEARCH
+
+
 OPTIMIZE_LEVELS = (OptimizeLevel.NONE, OptimizeLevel.BASIC, OptimizeLevel.EXTENDED)
 
 
@@ -171,6 +281,8 @@ class _Tried:
     output: OutputRecord
     path: Path | None
     seconds: float
+    final: Path
+    """Where it is published if chosen."""
 
     def record(self, latency: dict[str, float], chosen: bool) -> CandidateRecord:
         validation = self.output.validation
@@ -183,6 +295,7 @@ class _Tried:
             task_metric=validation.task_metric.value
             if validation and validation.task_metric
             else None,
+            next_token=validation.next_token if validation else None,
             failures=list(validation.failures[:2]) if validation else [],
             latency_ms=latency,
             chosen=chosen,
@@ -194,12 +307,11 @@ def _finish(
     target: str,
     tried: list[_Tried],
     timer: Timer,
-    final: Path,
     started: float,
     note: str | None,
     keep: Path | None = None,
 ) -> tuple[_Tried | None, SearchRecord]:
-    """Time the candidates that passed, publish the fastest under the `final` name, remove
+    """Time the candidates that passed, publish the fastest under its `final` name, remove
     the others (but `keep`, which is copied if chosen), and record them all."""
     # Keyed by position: one setting is tried again with more nodes left in float.
     passing = {str(i): t for i, t in enumerate(tried) if t.output.published and t.path}
@@ -209,9 +321,9 @@ def _finish(
         if t is not chosen and t.path != keep:
             remove_model(t.path)
     if chosen is not None and chosen.path == keep:
-        copy_model(chosen.path, final)  # the base of the variants stays
+        copy_model(chosen.path, chosen.final)  # the base of the variants stays
     elif chosen is not None:
-        move_model(chosen.path, final)
+        move_model(chosen.path, chosen.final)
     record = SearchRecord(
         target=target,
         candidates=[t.record(latencies.get(str(i), {}), t is chosen) for i, t in enumerate(tried)],
@@ -225,36 +337,47 @@ def _finish(
     return chosen, record
 
 
-def _refusal(target: str, record: SearchRecord) -> ValidationError:
+def _figure(candidate: CandidateRecord) -> str:
+    """The figure that judged a candidate: a language model's on real text, else the
+    task-level agreement."""
+    if candidate.next_token is not None:
+        return f": {candidate.next_token.summary()}"
+    return f": agreement {candidate.agreement:.4f}" if candidate.agreement is not None else ""
+
+
+def _refusal(plan: QuantizeSearch, record: SearchRecord) -> ValidationError:
     tried = "; ".join(
         f"{c.name}"
         + (f" leaving {', '.join(c.excluded_nodes)} in float" if c.excluded_nodes else "")
-        + (f": agreement {c.agreement:.4f}" if c.agreement is not None else "")
+        + _figure(c)
         for c in record.candidates
     )
     return ValidationError(
-        f"no {target} candidate passes the accuracy gate (tried {tried})"
+        f"no {plan.target} candidate passes the accuracy gate (tried {tried})"
         + (f"; {record.note}" if record.note else ""),
-        hint="nothing was published; try quantize.on_failure: skip to publish the fp32 model "
-        "alone, or a larger quantize.max_excluded_nodes or quantize.search_budget_seconds",
+        hint="nothing was published; try " + ", or ".join(plan.remedies),
     )
 
 
-def search_int8(base: Path, final: Path, *, variant: str, search: SearchContext) -> OutputRecord:
-    """The fastest int8 model made from `base` that passes the search's rules, published at
-    `final`.
+def search_quantization(
+    base: Path, publish_at: Callable[[str], Path], *, search: SearchContext
+) -> OutputRecord:
+    """The fastest variant made from `base` that passes the search's rules, of the
+    candidates `quantize_search` gives the task, published at `publish_at(its variant)`.
 
     `search.locate` is the divergence search for a candidate made from `base`: the node it
     blames is left in float in the next try. Raises `ValidationError` with what was tried
-    when none passes (unless `rules.on_failure` is `skip`: then the record is returned
+    when none passes (unless `rules.on_failure` is `skip`: then the last record is returned
     unpublished).
     """
+    plan = quantize_search(search.task)
     settings = search.context.settings
     budget, most = settings.search_budget_seconds, settings.max_excluded_nodes
     started = time.perf_counter()
     tried: list[_Tried] = []
     note = None
-    for setting in INT8_SETTINGS:
+    for setting in plan.settings:
+        final = publish_at(setting.variant)
         excluded = list(settings.nodes_to_exclude)
         while True:
             if tried and time.perf_counter() - started > budget:
@@ -262,32 +385,23 @@ def search_int8(base: Path, final: Path, *, variant: str, search: SearchContext)
                 break
             attempt = final.with_name(f".{final.stem}.candidate-{len(tried)}.onnx")
             try_started = time.perf_counter()
-            candidate_settings = settings.model_copy(
-                update={
-                    "per_channel": setting.per_channel,
-                    "nodes_to_exclude": list(excluded),
-                    "op_types": settings.op_types or setting.op_types,
-                }
-            )
+            candidate_settings = setting.configure(settings, excluded)
             pass_record = apply_pass(
                 setting.onnx_pass(),
                 base,
                 attempt,
                 dataclasses.replace(search.context, settings=candidate_settings),
             )
-            output = search.judge(Candidate(variant, attempt, (pass_record,)))
+            output = search.judge(Candidate(setting.variant, attempt, (pass_record,)))
             tried.append(
                 _Tried(
                     setting.name,
-                    {
-                        "static": setting.static,
-                        "per_channel": setting.per_channel,
-                        "op_types": list(candidate_settings.op_types or []),
-                    },
+                    setting.recorded(candidate_settings),
                     list(excluded),
                     output,
                     attempt if output.published else None,
                     time.perf_counter() - try_started,
+                    final,
                 )
             )
             if not output.published:
@@ -300,20 +414,22 @@ def search_int8(base: Path, final: Path, *, variant: str, search: SearchContext)
             excluded.append(blamed)
         if note is not None:
             break
-    chosen, record = _finish(variant, tried, search.timer, final, started, note)
+    chosen, record = _finish(plan.target, tried, search.timer, started, note)
     if chosen is not None:
         return chosen.output.model_copy(
             update={
-                "file": final.name,
-                "data_file": data_file_of(final),
+                "file": chosen.final.name,
+                "data_file": data_file_of(chosen.final),
                 "search": record,
             }
         )
     if search.rules.on_failure == "skip":
-        last = tried[-1].output if tried else OutputRecord(file=final.name, variant=variant)
-        logger.warning("%s; it is not published", _refusal(variant, record).message)
-        return last.model_copy(update={"file": final.name, "published": False, "search": record})
-    raise _refusal(variant, record)
+        last = tried[-1]
+        logger.warning("%s; it is not published", _refusal(plan, record).message)
+        return last.output.model_copy(
+            update={"file": last.final.name, "published": False, "search": record}
+        )
+    raise _refusal(plan, record)
 
 
 def _blamed(output: OutputRecord) -> str | None:
@@ -347,9 +463,10 @@ def search_optimization(exported: Path, final: Path, search: SearchContext) -> O
                 output,
                 path if output.published else None,
                 time.perf_counter() - try_started,
+                final,
             )
         )
-    chosen, record = _finish("optimize", tried, search.timer, final, started, None, keep=exported)
+    chosen, record = _finish("optimize", tried, search.timer, started, None, keep=exported)
     if chosen is None:
         # The graph as exported fails: the conversion fails as it would without a search.
         raise _fp32_refusal(tried[0].output, search.rules)

@@ -51,11 +51,14 @@ class Quantization(str, Enum):
     """Weight-only: MatMul weights in 8 bits per block, activations in float (decoder LMs,
     whose outlier activations dynamic int8 cannot take)."""
     AUTO = "auto"
-    """Search int8 settings for the fastest one that passes the gate (`passes.search`)."""
+    """Search for the fastest variant that passes the gate (`passes.search`): int8 settings,
+    or a decoder LM's `int8-weights` and `int4`."""
 
     @property
     def variant(self) -> str:
-        """The published variant's name: the search publishes an int8 model."""
+        """The published variant's name; `auto`'s is the int8 search's. A decoder LM's search
+        publishes the variant it chooses under that one's name, `int8-weights` or `int4`
+        (`passes.search.quantize_search`)."""
         return Quantization.INT8.value if self is Quantization.AUTO else self.value
 
 
