@@ -206,6 +206,8 @@ def pytorch_generation(source: Source, config: ConversionConfig) -> GenerationPr
         do_sample=False,
         eos_token_id=list(end_ids) or None,
         pad_token_id=pad_id,
+        return_dict_in_generate=True,
+        output_logits=True,
     )
     references = []
     with torch.inference_mode():
@@ -216,8 +218,6 @@ def pytorch_generation(source: Source, config: ConversionConfig) -> GenerationPr
                 input_ids=given,
                 attention_mask=torch.ones_like(given),
                 generation_config=settings,
-                return_dict_in_generate=True,
-                output_logits=True,
             )
             tokens = out.sequences[0, len(ids) :].tolist()
             margins = []
