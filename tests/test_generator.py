@@ -115,6 +115,8 @@ def test_a_stop_string_cuts_the_text(predictor) -> None:
     (cut,) = predictor.generate(PROMPTS[1], max_new_tokens=NEW_TOKENS, stop=[stop, "\x00"])
     assert cut.text == whole.text[: whole.text.find(stop)]
     assert cut.finish_reason is FinishReason.STOP
+    # Generation ended at the stop string: no tokens were written past it.
+    assert len(cut.token_ids) < len(whole.token_ids)
     assert cut_at_stop("abc", ["x"]) == ("abc", False)
 
 

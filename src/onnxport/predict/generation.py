@@ -127,8 +127,11 @@ def generate_ids(
     sampling: Sampling = Sampling(),
     layout: CacheLayout | None = None,
     on_step: StepScores | None = None,
+    finished: Callable[[Sequence[int]], bool] | None = None,
 ) -> Generated:
-    """New token ids for each prompt (token ids), `max_new_tokens` at most.
+    """New token ids for each prompt (token ids), `max_new_tokens` at most. A row ends on
+    one of `end_ids`, or when `finished` says its tokens are done (a stop string in their
+    text).
 
     The cache stays in ONNX Runtime between steps: each step's `present.*` outputs are
     bound, as ONNX Runtime allocated them, as the next step's `past_key_values.*` inputs
@@ -168,7 +171,7 @@ def generate_ids(
         chosen = np.where(done, pad_id, _choose(logits, sampling, rng))
         for row in np.flatnonzero(~done):
             tokens[row].append(int(chosen[row]))
-            done[row] = int(chosen[row]) in ends
+            done[row] = int(chosen[row]) in ends or bool(finished and finished(tokens[row]))
         if done.all():
             break
         for name, present in zip(layout.past, list(outputs)[1:]):

@@ -180,6 +180,10 @@ class OnnxGenerator:
         encoded = [self.prompt_ids(p, raw=raw) for p in batch]
         for index, ids in enumerate(encoded, 1):
             self._check_fits(index, len(ids), limit)
+
+        def stopped(tokens: Sequence[int]) -> bool:
+            return cut_at_stop(self._tokenizer.decode(tokens, skip_special_tokens=True), stops)[1]
+
         results = []
         for first in range(0, len(encoded), self.batch_size):
             generated = generate_ids(
@@ -190,6 +194,7 @@ class OnnxGenerator:
                 pad_id=self.pad_id,
                 sampling=sampling,
                 layout=self._layout,
+                finished=stopped if stops else None,
             )
             for row, tokens in enumerate(generated.tokens):
                 text = self._tokenizer.decode(tokens, skip_special_tokens=True)
