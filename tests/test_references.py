@@ -18,14 +18,17 @@ SHAPES = [(1, 8), (2, 13)]
 
 
 class _InFloat32(torch.nn.Module):
-    """Model code that insists on float32 whatever its weights are."""
+    """Model code that insists on float32 whatever its weights are. Its casts to float32
+    keep float64 in the float64 run (`references._StaysFloat64`); a half-precision cast
+    does not."""
 
-    def __init__(self, inner: torch.nn.Module) -> None:
+    def __init__(self, inner: torch.nn.Module, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.inner = inner
+        self.dtype = dtype
 
     def forward(self, *args, **kwargs):
-        return self.inner(*args, **kwargs).logits.float()
+        return self.inner(*args, **kwargs).logits.to(self.dtype)
 
 
 class _NoFloat64Kernel(torch.nn.Module):
@@ -62,10 +65,17 @@ def test_why_float64_did_not_run_is_said(checkpoint) -> None:
     assert "PyTorch cannot run it in float64: RuntimeError" in (
         add_exact_answers(no_kernel, references, max_weights_gb=1.0)[1] or ""
     )
-    insists = dataclasses.replace(source, module=_InFloat32(source.module))
-    assert "computes 'logits' in torch.float32 even when cast to float64" in (
+    insists = dataclasses.replace(source, module=_InFloat32(source.module, torch.float16))
+    assert "computes 'logits' in torch.float16 even when cast to float64" in (
         add_exact_answers(insists, references, max_weights_gb=1.0)[1] or ""
     )
+    # A cast to float32 in model code stays float64: the answer is float64 throughout.
+    kept, skipped = add_exact_answers(
+        dataclasses.replace(source, module=_InFloat32(source.module)),
+        references,
+        max_weights_gb=1.0,
+    )
+    assert skipped is None and all(v.dtype == np.float64 for r in kept for v in r.exact.values())
     assert all(r.exact is None for r in too_big[0])
     assert next(source.module.parameters()).dtype == torch.float32
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 
 from onnxport.errors import SourceError, one_line
 from onnxport.export.strategies import adapter_for
@@ -118,7 +119,7 @@ def add_exact_answers(
     exact = []
     try:
         module.double()
-        with torch.inference_mode():
+        with torch.inference_mode(), _StaysFloat64():
             for ref in references:
                 named = {name: _float64(ref.inputs[name]) for name in source.input_names}
                 if source.run_unpadded is not None:
@@ -139,6 +140,23 @@ def add_exact_answers(
     finally:
         module.float()
     return exact, None
+
+
+class _StaysFloat64(TorchFunctionMode):
+    """Keeps float64 where model code casts to float32: Llama's RMSNorm computes in
+    `.to(torch.float32)`, its attention takes `softmax(..., dtype=torch.float32)`. Without
+    this, the float64 answer is rounded to float32 at every norm and softmax, at nearly the
+    points PyTorch's float32 run rounds, so that PyTorch's own error against it looks smaller
+    than it is, and another runtime's, which rounds elsewhere, larger (a 30-layer Llama: ONNX
+    Runtime at 3.6x PyTorch's). A softmax over a fully masked row (a left-padded token)
+    also stays finite: float64's most negative mask value cast to float32 is -inf."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = {k: torch.float64 if v is torch.float32 else v for k, v in (kwargs or {}).items()}
+        args = tuple(torch.float64 if a is torch.float32 else a for a in args)
+        if func is torch.Tensor.float:
+            func = torch.Tensor.double
+        return func(*args, **kwargs)
 
 
 def _float64(value: np.ndarray) -> torch.Tensor:
