@@ -127,7 +127,7 @@ class _PyTorchWorker:
 
 class _OnnxWorker:
     def __init__(self, model: Path, threads: int, pad_id: int) -> None:
-        from onnxport.predict.generation import cache_layout
+        from onnxport.verify.decode import cache_layout
         from onnxport.verify.runtime import create_session, session_options
 
         self.session = create_session(model, session_options(threads=threads, spinning=False))
@@ -135,7 +135,7 @@ class _OnnxWorker:
         self.pad_id = pad_id
 
     def prefill(self, ids: list[int]) -> None:
-        from onnxport.predict.generation import generate_ids
+        from onnxport.verify.decode import generate_ids
 
         generate_ids(
             self.session,
@@ -147,7 +147,7 @@ class _OnnxWorker:
         )
 
     def generate(self, ids: list[int], new: int, stamp: Callable[[], None]) -> list[int]:
-        from onnxport.predict.generation import generate_ids
+        from onnxport.verify.decode import generate_ids
 
         generated = generate_ids(
             self.session,

@@ -17,13 +17,13 @@ import torch
 from onnxport.artifact.manifest import Manifest, read_manifest
 from onnxport.errors import ConfigError, ValidationError
 from onnxport.pipeline import convert
-from onnxport.predict.generation import generate_ids
 from onnxport.progress import Stage, StageEvent, Status
 from onnxport.request import ConversionRequest
 from onnxport.request.config import ConversionConfig
 from onnxport.sources import load_source
 from onnxport.sources.generative import CausalLMWithPast, past_names, present_names
 from onnxport.tasks import Task
+from onnxport.verify.decode import generate_ids
 
 # No variants, no export cache: the planted bugs must reach the graph itself.
 PLAIN = ConversionConfig().with_overrides(execution={"export_cache": False})

@@ -39,6 +39,8 @@ QUANTIZATION_SPELLINGS = {
     "int8": ["int8", "dynamic", "int8-dynamic", "INT8"],
     "int8-static": ["int8-static", "static"],
     "fp16": ["fp16", "FP16"],
+    "int4": ["int4", "INT4"],
+    "int8-weights": ["int8-weights", "INT8-WEIGHTS"],
     "auto": ["auto", "AUTO"],
 }
 
@@ -93,6 +95,9 @@ SECTIONS: dict[str, dict[str, st.SearchStrategy]] = {
         "localize": st.booleans(),
         "eval_file": st.none() | paths.map(lambda p: f"/nonexistent/{p}.jsonl"),
         "max_metric_drop": _floats(0.0, 1.0),
+        "generate_tokens": st.integers(0, 4096),
+        "min_next_token_agreement": _floats(0.0, 1.0),
+        "max_perplexity_increase": _floats(0.0, 10.0),
     },
     "quantize": {
         "per_channel": st.booleans(),
@@ -105,6 +110,10 @@ SECTIONS: dict[str, dict[str, st.SearchStrategy]] = {
         "on_failure": st.sampled_from(["fail", "skip"]),
         "search_budget_seconds": _floats(0.0, 1e6, exclude_low=True),
         "max_excluded_nodes": st.integers(0, 100),
+        "block_size": st.sampled_from([16, 32, 64, 128, 256]),
+        "symmetric": st.booleans(),
+        "accuracy_level": st.integers(0, 4),
+        "lm_head": st.sampled_from(["int4", "int8", "float"]),
     },
     "source": {
         "task": st.none() | st.sampled_from([t.value for t in Task]),

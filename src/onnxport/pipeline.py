@@ -37,13 +37,13 @@ from onnxport.passes import (
     quantization_pass,
 )
 from onnxport.passes.search import SearchContext, Timer, search_optimization, search_quantization
-from onnxport.predict.generation import generate_ids
 from onnxport.preparation import Prepared, isolated, prepare, prepare_in_a_child
 from onnxport.progress import ProgressCallback, Stage, StageClock, ignore_progress
 from onnxport.request import ConversionRequest
 from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantization
 from onnxport.tasks import Task
 from onnxport.testing import smoke_test_onnx_model
+from onnxport.verify.decode import generate_ids
 from onnxport.verify.divergence import locate_fp32_failure, locate_variant_failure
 from onnxport.verify.gate import Candidate, judge
 from onnxport.verify.next_token import next_token_gate

@@ -10,7 +10,6 @@ torch or transformers, so a serving process stays small and starts fast.
 
 from onnxport.artifact.records import Pooling
 from onnxport.errors import PredictError, TextTooLongError
-from onnxport.predict.generation import Sampling
 from onnxport.predict.generator import DEFAULT_MAX_NEW_TOKENS, OnnxGenerator
 from onnxport.predict.predictions import (
     AggregationStrategy,
@@ -29,6 +28,7 @@ from onnxport.predict.predictor import (
     length_buckets,
 )
 from onnxport.predict.tokens import model_max_length
+from onnxport.verify.decode import Sampling
 
 __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",

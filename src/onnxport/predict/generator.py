@@ -2,7 +2,7 @@
 
 What transformers' tokenizer and `generate()` do around the model, without torch or
 transformers: the prompt rendered by the checkpoint's chat template (`predict.chat`) and
-tokenized by the `tokenizers` package, the loop of `predict.generation` run on ONNX Runtime,
+tokenized by the `tokenizers` package, the loop of `verify.decode` run on ONNX Runtime,
 the new tokens decoded and cut at a stop string. The end tokens are those of
 generation_config.json (as `generate()` reads them), else config.json's, else the
 tokenizer's EOS; the pad token is the tokenizer's, else the first end token.
@@ -25,9 +25,9 @@ from tokenizers import Tokenizer
 from onnxport.artifact.reader import PublishedDirectory
 from onnxport.errors import PredictError
 from onnxport.predict.chat import SPECIAL_TOKENS, chat_template, render_chat
-from onnxport.predict.generation import Sampling, cache_layout, generate_ids
 from onnxport.predict.predictions import FinishReason, GeneratedText
 from onnxport.predict.tokens import load_tokenizer, model_max_length, token_setting
+from onnxport.verify.decode import Sampling, cache_layout, generate_ids
 from onnxport.verify.runtime import create_session, session_options
 
 logger = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 PyTorch's side is computed while the model is loaded (`references.pytorch_generation`):
 transformers' `generate()`, greedy, for a few prompts (through the chat template when the
 checkpoint has one), with the margin of its choice at each step. Each ONNX model then
-generates from the same prompt ids with onnxport's own loop (`predict.generation`), the one
+generates from the same prompt ids with onnxport's own loop (`verify.decode`), the one
 `predict` and `serve` run, so the proof covers the cache as it is used: every step feeds
 the present of the step before. On a difference the record says where it begins, the two
 tokens, and the margins there, so that a near-tie is told apart from a bug.
@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from onnxport.artifact.records import GenerationProofRecord, GreedyDivergenceRecord
-from onnxport.predict.generation import generate_ids
+from onnxport.verify.decode import generate_ids
 
 PROOF_PROMPTS = (
     "Write one sentence about a software engineer's résumé.",

@@ -1,11 +1,11 @@
-"""`predict.generation.generate_ids`: greedy tokens are transformers' `generate()` tokens."""
+"""`verify.decode.generate_ids`: greedy tokens are transformers' `generate()` tokens."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from onnxport.predict.generation import generate_ids
+from onnxport.verify.decode import generate_ids
 from onnxport.verify.runtime import create_session
 
 NEW_TOKENS = 8

@@ -1,5 +1,6 @@
 """Generate tokens with a text-generation graph on ONNX Runtime: numpy only, no torch and no
-transformers model code.
+transformers model code. The one decode loop: the generation proof runs it
+(`verify.generation`), and so do `predict`, `serve` and the variant search's decode timing.
 
 A prompt batch is left-padded and run once (the prefill, from an empty past); then each step
 feeds the one token chosen per row, the mask one position longer, and the cache the step
