@@ -21,7 +21,7 @@ from onnxport.artifact.manifest import Manifest
 from onnxport.artifact.reader import PublishedDirectory
 from onnxport.artifact.records import Pooling
 from onnxport.errors import PredictError, TextTooLongError, one_line
-from onnxport.predict.generator import DEFAULT_MAX_NEW_TOKENS, OnnxGenerator
+from onnxport.predict.generator import OnnxGenerator
 from onnxport.predict.pooling import sentence_vector
 from onnxport.predict.predictions import (
     AggregationStrategy,
@@ -351,35 +351,16 @@ class OnnxPredictor:
             tokens.append(TokenScores(scores[i], start, end, continues))
         return tokens
 
-    def generate(
-        self,
-        prompts: str | Sequence[str],
-        *,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        stop: str | Sequence[str] | None = None,
-        raw: bool = False,
-        seed: int | None = None,
-    ) -> list[GeneratedText]:
-        """What a text-generation model writes after each prompt (`OnnxGenerator.generate`,
-        whose arguments these are)."""
+    def generate(self, prompts: str | Sequence[str], **settings: Any) -> list[GeneratedText]:
+        """What a text-generation model writes after each prompt: `OnnxGenerator.generate`,
+        whose keyword arguments `settings` are (max_new_tokens, do_sample, temperature, top_p,
+        stop, raw, seed)."""
         if self._generator is None:
             raise PredictError(
                 f"{self.directory} holds a {self.task.value} model, which does not generate",
                 hint="convert a *ForCausalLM checkpoint for text-generation",
             )
-        return self._generator.generate(
-            prompts,
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_p=top_p,
-            stop=stop,
-            raw=raw,
-            seed=seed,
-        )
+        return self._generator.generate(prompts, **settings)
 
     def predict_images(self, pixel_values: np.ndarray) -> list[ImagePrediction]:
         """The label of each image of `pixel_values` (batch x channels x height x width, or
