@@ -326,6 +326,14 @@ def candidate_label(candidate: CandidateRecord) -> str:
     return f"{candidate.name}, {count} node{'s' if count > 1 else ''} left in float"
 
 
+def _judged_agreement(candidate: CandidateRecord) -> str:
+    """The agreement the gate judged a candidate on: a language model's next token on real
+    text, else the task agreement on the validation inputs."""
+    if candidate.next_token is not None:
+        return f"next token {candidate.next_token.agreement:.4f}"
+    return "-" if candidate.agreement is None else f"{candidate.agreement:.4f}"
+
+
 def search_tables(manifest: Manifest) -> list[tuple[str, Table]]:
     """Per searched output: every candidate, what the gate said, how fast it ran here."""
     tables = []
@@ -339,7 +347,7 @@ def search_tables(manifest: Manifest) -> list[tuple[str, Table]]:
                 candidate.name,
                 ", ".join(candidate.excluded_nodes) or "-",
                 "yes" if candidate.passed else "no",
-                "-" if candidate.agreement is None else f"{candidate.agreement:.4f}",
+                _judged_agreement(candidate),
                 *(
                     f"{candidate.latency_ms[s]:.2f}" if s in candidate.latency_ms else "-"
                     for s in shapes
@@ -357,7 +365,8 @@ def search_tables(manifest: Manifest) -> list[tuple[str, Table]]:
             "chosen",
         )
         what = "optimization levels" if search.target == "optimize" else "settings"
-        title = f"{out.variant} {what} tried, timed with {search.threads} threads"
+        searched = search.target if search.target == "weight-only" else out.variant
+        title = f"{searched} {what} tried, timed with {search.threads} threads"
         if search.note:
             title += f" ({search.note})"
         tables.append((title, Table(headers, rows, frozenset(range(3, 4 + len(shapes))))))
