@@ -53,6 +53,18 @@ def count_nodes(path: Path) -> int:
     return len(onnx.load(str(path), load_external_data=False).graph.node)
 
 
+def save_like(model: onnx.ModelProto, output: Path, source: Path) -> None:
+    """Save a pass's `model` at `output`, its weights in `<output>.data` when the model it
+    was made from (`source`) keeps them outside too."""
+    onnx.save_model(
+        model,
+        str(output),
+        save_as_external_data=has_external_data(source),
+        all_tensors_to_one_file=True,
+        location=output.name + ".data",
+    )
+
+
 def has_external_data(path: Path) -> bool:
     model = onnx.load(str(path), load_external_data=False)
     return any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from onnxport.errors import ConfigError
-from onnxport.passes.base import PassContext, has_external_data
+from onnxport.passes.base import PassContext, has_external_data, save_like
 
 logger = logging.getLogger(__name__)
 
@@ -201,14 +201,7 @@ class Fp16Pass:
     def run(self, model: Path, output: Path, context: PassContext) -> dict[str, Any]:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        external = has_external_data(model)
         proto = onnx.load(str(model))
         converted = convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=True)
-        onnx.save_model(
-            converted,
-            str(output),
-            save_as_external_data=external,
-            all_tensors_to_one_file=True,
-            location=output.name + ".data",
-        )
+        save_like(converted, output, model)
         return {"keep_io_types": True}

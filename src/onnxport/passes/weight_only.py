@@ -20,7 +20,7 @@ from typing import Any
 import onnx
 from onnx import numpy_helper
 
-from onnxport.passes.base import PassContext, has_external_data
+from onnxport.passes.base import PassContext, save_like
 from onnxport.passes.quantize import check_nodes_to_exclude, quantized_nodes
 from onnxport.request.config import LmHead, QuantizeConfig
 
@@ -102,7 +102,6 @@ class WeightOnlyPass:
     def run(self, model: Path, output: Path, context: PassContext) -> dict[str, Any]:
         settings = context.settings or QuantizeConfig()
         check_nodes_to_exclude(model, settings.nodes_to_exclude)
-        external = has_external_data(model)
         proto = onnx.load(str(model))
         head = _lm_head(proto.graph)
         untied = False
@@ -118,13 +117,7 @@ class WeightOnlyPass:
         if head is not None and settings.lm_head is LmHead.INT8 and self.bits != 8:
             others = {n.name for n in proto.graph.node if n.name != head.name}
             proto = _quantize(proto, settings, bits=8, exclude=others)
-        onnx.save_model(
-            proto,
-            str(output),
-            save_as_external_data=external,
-            all_tensors_to_one_file=True,
-            location=output.name + ".data",
-        )
+        save_like(proto, output, model)
         return {
             "mode": "weight-only",
             "bits": self.bits,
