@@ -62,6 +62,14 @@ def cache_layout(session: ort.InferenceSession) -> CacheLayout:
     )
 
 
+def empty_past(layout: CacheLayout, batch: int) -> dict[str, np.ndarray]:
+    """The past of a first step, as the graph takes it: no cached position."""
+    return {
+        name: np.zeros((batch, heads, 0, dim), dtype=layout.dtype)
+        for name, (heads, dim) in zip(layout.past, layout.shapes)
+    }
+
+
 @dataclass(frozen=True)
 class Sampling:
     """How the next token is chosen: greedy (`do_sample` False) or sampled from the
@@ -145,10 +153,7 @@ def generate_ids(
     length = ids.shape[1]
     binding = session.io_binding()
     # A bound numpy array is read in place: `held` keeps each alive until the run that reads it.
-    held = {
-        name: np.zeros((batch, heads, 0, dim), dtype=layout.dtype)
-        for name, (heads, dim) in zip(layout.past, layout.shapes)
-    }
+    held = empty_past(layout, batch)
     ends = set(end_ids)
     tokens: list[list[int]] = [[] for _ in prompts]
     done = np.zeros(batch, dtype=bool)

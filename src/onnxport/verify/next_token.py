@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from onnxport.artifact.records import NextTokenRecord
-from onnxport.tasks import PAST_PREFIX
+from onnxport.verify.decode import cache_layout, empty_past
 from onnxport.verify.runtime import create_session
 
 logger = logging.getLogger(__name__)
@@ -29,23 +29,19 @@ logger = logging.getLogger(__name__)
 MAX_TOKENS = 128
 """Tokens per text: long enough to reach past the first sentence's easy guesses."""
 TEXTS = 16
-_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 def _prefill(session: ort.InferenceSession, ids: np.ndarray) -> np.ndarray:
     """The logits [tokens, vocab] of one text run from an empty past."""
+    layout = cache_layout(session)
     length = len(ids)
-    feed: dict[str, np.ndarray] = {}
-    for value in session.get_inputs():
-        if value.name == "input_ids":
-            feed[value.name] = ids[None, :].astype(np.int64)
-        elif value.name == "attention_mask":
-            feed[value.name] = np.ones((1, length), dtype=np.int64)
-        elif value.name == "position_ids":
-            feed[value.name] = np.arange(length, dtype=np.int64)[None, :]
-        elif value.name.startswith(PAST_PREFIX):
-            heads, dim = value.shape[1], value.shape[3]
-            feed[value.name] = np.zeros((1, heads, 0, dim), dtype=_TYPES.get(value.type))
+    feed = {
+        "input_ids": ids[None, :].astype(np.int64),
+        "attention_mask": np.ones((1, length), dtype=np.int64),
+        **empty_past(layout, 1),
+    }
+    if layout.takes_positions:
+        feed["position_ids"] = np.arange(length, dtype=np.int64)[None, :]
     (logits,) = session.run(["logits"], feed)
     return logits[0]
 
