@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +18,7 @@ from models import NUM_LABELS
 from onnxport.errors import EXIT_BAD_INPUT, ConfigError, ExportError, SourceError
 from onnxport.export import export_to_onnx
 from onnxport.export.strategies import EXPORT_STRATEGIES, adapter_for, supported_opsets
-from onnxport.request.config import MAX_OPSET, MIN_OPSET, Exporter, SourceConfig
+from onnxport.request.config import MAX_OPSET, MIN_OPSET, Exporter, ExternalData, SourceConfig
 from plain_models import FACTORY
 
 
@@ -38,6 +41,50 @@ def _agrees_with_pytorch(path: Path, source, batch: int, size: int) -> None:
     actual = session.run(None, {k: v.numpy() for k, v in inputs.items()})
     for want, got in zip(expected, actual, strict=True):
         np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=1e-3)
+
+
+_WRITES: list[list[Path]] = []
+
+
+def _count_writes(event: str, args: tuple) -> None:
+    """An audit hook (installed once per process): files opened for writing, and renames
+    onto a file, while `_written` records."""
+    if not _WRITES:
+        return
+    if event == "open" and isinstance(args[0], str | Path) and args[1] and "w" in args[1]:
+        _WRITES[-1].append(Path(args[0]))
+    elif event == "os.rename":
+        _WRITES[-1].append(Path(args[1]))
+
+
+sys.addaudithook(_count_writes)
+
+
+@contextlib.contextmanager
+def _written() -> Iterator[list[Path]]:
+    names: list[Path] = []
+    _WRITES.append(names)
+    try:
+        yield names
+    finally:
+        _WRITES.remove(names)
+
+
+@pytest.mark.parametrize("external", [ExternalData.NEVER, ExternalData.ALWAYS])
+def test_the_dynamo_export_writes_the_model_file_once(source, tmp_path, external) -> None:
+    """Traces stripped in memory, weights written where they go: one write of each file
+    (there were three of the model file: the export, the stripping, the inlining)."""
+    path = tmp_path / "model.onnx"
+    with _written() as written:
+        export_to_onnx(
+            source("distilbert-token"), path, exporter=Exporter.DYNAMO, external_data=external
+        )
+    data = external is ExternalData.ALWAYS
+    names = sorted(p.name for p in written if p.parent == tmp_path)
+    assert names == ["model.onnx"] + ["model.onnx.data"] * data
+    assert path.with_name("model.onnx.data").exists() == data
+    assert machine_traces(path) == []
+    _agrees_with_pytorch(path, source("distilbert-token"), 2, 21)
 
 
 def test_torchscript_when_asked(exported, source) -> None:

@@ -14,20 +14,16 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import onnx
-
 from onnxport.artifact.records import AttemptRecord, ExportRecord
 from onnxport.errors import ConfigError, ExportError, one_line
 from onnxport.export.external_data import (
-    gather_external_data,
-    inline_external_data,
     wants_external_data,
     weights_bytes,
 )
-from onnxport.export.metadata import strip_debug_metadata
 from onnxport.export.strategies import (
     DYNAMO_OPSETS,
     EXPORT_STRATEGIES,
+    ExportOptions,
     ExportStrategy,
     adapter_for,
 )
@@ -103,34 +99,20 @@ def _attempt(
     strategy: ExportStrategy,
     source: Source,
     output_path: Path,
-    *,
-    opset_version: int,
-    external: bool,
-    keep_debug_metadata: bool,
-    keep: bool,
+    options: ExportOptions,
 ) -> tuple[AttemptRecord, TemplateData | None]:
-    """Run one strategy into `output_path` and finish its file as published models need it
-    (checked, debug metadata stripped, weights inline or in one `.data` file): its record,
-    and the template it kept. A failure is recorded, its files removed; a full disk raises."""
-    logger.info("exporting with the %s exporter (opset %d)", strategy.name, opset_version)
+    """Run one strategy into `output_path`, which leaves the file as published models need
+    it (checked, without this machine's paths, weights inline or in one `.data` file): its
+    record, and the template it kept. A failure is recorded, its files removed; a full disk
+    raises."""
+    logger.info("exporting with the %s exporter (opset %d)", strategy.name, options.opset)
     t0 = time.perf_counter()
     before = set(output_path.parent.iterdir())
     try:
         with warnings.catch_warnings(record=True) as raised, captured_stdout():
             warnings.simplefilter("always")
-            kept = strategy.run(source, output_path, opset_version, external, keep)
+            kept = strategy.run(source, output_path, options)
         _report_deprecations(strategy.name, raised)
-        # Checked while the weights are still external: the checker reads a self-contained
-        # file whole, twice over.
-        onnx.checker.check_model(str(output_path), full_check=False)
-        if not keep_debug_metadata:
-            # Before the weights come inline (dynamo always writes them external): the graph
-            # is then rewritten without reading them.
-            strip_debug_metadata(output_path)
-        if external:
-            gather_external_data(output_path, before)
-        else:
-            inline_external_data(output_path)
     except Exception as e:  # every exporter failure is recorded, then the next one runs
         _remove_new_files(output_path.parent, before)
         full = _disk_full(e)
@@ -223,15 +205,13 @@ def export_to_onnx(
                 )
             )
             continue
-        attempt, kept = _attempt(
-            strategy,
-            source,
-            output_path,
-            opset_version=opset_version,
+        options = ExportOptions(
+            opset=opset_version,
             external=external,
+            keep_template=keep_template is not None,
             keep_debug_metadata=keep_debug_metadata,
-            keep=keep_template is not None,
         )
+        attempt, kept = _attempt(strategy, source, output_path, options)
         attempts.append(attempt)
         if not attempt.ok:
             continue
@@ -268,17 +248,16 @@ def export_from_template(
     *,
     opset_version: int = DEFAULT_OPSET,
     external_data: ExternalData = ExternalData.AUTO,
-    keep_debug_metadata: bool = False,
 ) -> AttemptRecord:
     """Write `source`'s weights into `template`, the graph a dynamo export of the same
     architecture with the same settings kept, and finish the file as `export_to_onnx` does.
     The record says whether it worked: a template that does not fit the weights fails."""
 
-    def run(
-        source: Source, path: Path, opset: int, external: bool, keep: bool
-    ) -> TemplateData | None:
+    def run(source: Source, path: Path, options: ExportOptions) -> TemplateData | None:
+        # The template holds the debug metadata the export that made it kept (the cache's
+        # key says which): nothing to strip.
         graph = template_from_bytes(template.graph, template.bindings)
-        bind(graph, state_tensors(adapter_for(source)), path)
+        bind(graph, state_tensors(adapter_for(source)), path, external=options.external)
         return None
 
     output_path = Path(output_path)
@@ -287,9 +266,9 @@ def export_from_template(
         ExportStrategy("dynamo", DYNAMO_OPSETS, run),
         source,
         output_path,
-        opset_version=opset_version,
-        external=wants_external_data(weights_bytes(source.module), external_data),
-        keep_debug_metadata=keep_debug_metadata,
-        keep=False,
+        ExportOptions(
+            opset=opset_version,
+            external=wants_external_data(weights_bytes(source.module), external_data),
+        ),
     )
     return attempt

@@ -2,13 +2,12 @@
 
 Protobuf cannot hold more than 2 GiB, so larger weights must go to `<file>.data`; smaller
 ones may (`output.external_data: always`: ONNX Runtime then maps them instead of copying).
-The exporters write external data in their own ways; these helpers gather it into one file,
-or stream it back inline without holding a tensor in memory.
+The dynamo export's weights are written once, from memory, where they go (`save_model`); the
+TorchScript exporter writes external data its own way, gathered here into one file.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+from onnx.external_data_helper import uses_external_data
 
 from onnxport.errors import ConfigError, ExportError
 from onnxport.request.config import ExternalData
@@ -74,32 +73,77 @@ def _write_tensor(out: BinaryIO, tensor: ir.TensorProtocol) -> int:
     return array.nbytes
 
 
-def save_external(model: ir.Model, path: Path) -> None:
-    """Save `model` to `path`, each initializer of `EXTERNAL_THRESHOLD_BYTES` or more in
-    `<path>.data`, written one by one from memory. The model's initializers then refer to
-    that file."""
+def save_model(model: ir.Model, path: Path, *, external: bool) -> None:
+    """Save `model` to `path` in one write, each initializer of `EXTERNAL_THRESHOLD_BYTES` or
+    more written from memory, one by one: into `<path>.data` (`external`), to which the
+    model's initializers then refer, or else after the graph, a record of its own each
+    (`_write_inline`). The graph is checked first, without the weights (`_check_graph`).
+    """
     path = Path(path)
     data = path.with_name(path.name + ".data")
+    weights = []
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is None or tensor.dtype == ir.DataType.STRING:
+            continue
+        if tensor.nbytes >= EXTERNAL_THRESHOLD_BYTES:
+            weights.append((value, tensor))
+    # Each weight stands for itself in the graph as a reference to where it will be.
     offset = 0
-    with data.open("wb") as out:
-        for value in model.graph.initializers.values():
-            tensor = value.const_value
-            if tensor is None or tensor.dtype == ir.DataType.STRING:
-                continue
-            if tensor.nbytes < EXTERNAL_THRESHOLD_BYTES:
-                continue
-            length = _write_tensor(out, tensor)
-            value.const_value = ir.ExternalTensor(
-                data.name,
-                offset,
-                length,
-                tensor.dtype,
-                shape=tensor.shape,
-                name=str(value.name),
-                base_dir=path.parent,
-            )
-            offset += length
-    ir.save(model, path)
+    for value, tensor in weights:
+        value.const_value = ir.ExternalTensor(
+            data.name,
+            offset,
+            tensor.nbytes,
+            tensor.dtype,
+            shape=tensor.shape,
+            name=str(value.name),
+            base_dir=path.parent,
+        )
+        offset += tensor.nbytes
+    proto = ir.serde.serialize_model(model)
+    _check_graph(proto)
+    if external:
+        with data.open("wb") as out:
+            for _, tensor in weights:
+                _write_tensor(out, tensor)
+        with path.open("wb") as out:
+            out.write(proto.SerializeToString())
+        return
+    by_name = {str(value.name): tensor for value, tensor in weights}
+    records = []
+    for initializer in proto.graph.initializer:
+        if initializer.name in by_name:
+            record = onnx.TensorProto()
+            record.CopyFrom(initializer)
+            del record.external_data[:]
+            record.data_location = onnx.TensorProto.DEFAULT
+            records.append(record)
+    kept = [t for t in proto.graph.initializer if t.name not in by_name]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
+    with path.open("wb") as out:
+        out.write(proto.SerializeToString())
+        for record in records:
+            _write_inline(out, record, by_name[record.name])
+    for value, tensor in weights:
+        value.const_value = tensor
+
+
+def _check_graph(proto: onnx.ModelProto) -> None:
+    """ONNX's checker on `proto` whose weights are external (and may not be written yet):
+    they are checked as graph inputs of their type and shape, so the weights are not read."""
+    checked = onnx.ModelProto()
+    checked.CopyFrom(proto)
+    graph = checked.graph
+    weights = [t for t in graph.initializer if uses_external_data(t)]
+    kept = [t for t in graph.initializer if not uses_external_data(t)]
+    graph.input.extend(
+        onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in weights
+    )
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    onnx.checker.check_model(checked, full_check=False)
 
 
 def gather_external_data(path: Path, before: set[Path]) -> Path:
@@ -141,47 +185,16 @@ def _length_delimited(field: int, length: int) -> bytes:
     return _varint(field << 3 | 2) + _varint(length)
 
 
-def inline_external_data(path: Path) -> None:
-    """Make `path` self-contained again, streaming each tensor from its data file.
-
-    Protobuf merges repeated occurrences of a message field, so the model without its
-    external initializers, followed by one `graph { initializer { ... raw_data } }` record
-    per tensor, parses as the whole model. Each record is written in wire format around
-    bytes copied in chunks from the data file, so memory never holds a tensor (building the
-    records with the protobuf API copies each tensor three times: +440 MiB on DistilBERT).
-    """
-    model = onnx.load(str(path), load_external_data=False)
-    external = [t for t in model.graph.initializer if uses_external_data(t)]
-    if not external:
-        return
-    kept = [t for t in model.graph.initializer if not uses_external_data(t)]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    data_files = set()
-    merged = path.with_name(f".{path.name}.inline")
-    with merged.open("wb") as out:
-        out.write(model.SerializeToString())
-        for tensor in external:
-            info = ExternalDataInfo(tensor)
-            data_file = path.parent / info.location
-            data_files.add(data_file)
-            offset = info.offset or 0
-            length = info.length or data_file.stat().st_size - offset
-            del tensor.external_data[:]
-            tensor.data_location = onnx.TensorProto.DEFAULT
-            head = tensor.SerializeToString() + _length_delimited(_RAW_DATA, length)
-            record = _length_delimited(_INITIALIZER, len(head) + length)
-            out.write(_length_delimited(_GRAPH, len(record) + len(head) + length))
-            out.write(record + head)
-            with data_file.open("rb") as data:
-                data.seek(offset)
-                remaining = length
-                while remaining:
-                    chunk = data.read(min(_COPY_CHUNK, remaining))
-                    if not chunk:
-                        raise ExportError(f"{data_file} ends before tensor {tensor.name}")
-                    out.write(chunk)
-                    remaining -= len(chunk)
-    os.replace(merged, path)
-    for data_file in data_files:
-        data_file.unlink()
+def _write_inline(out: BinaryIO, record: onnx.TensorProto, tensor: ir.TensorProtocol) -> None:
+    """Write `record` (a tensor's name, type and shape) with `tensor`'s bytes as one
+    `graph { initializer { ... raw_data } }` record. Protobuf merges repeated occurrences of
+    a message field, so a model followed by such records parses as the model with those
+    initializers, and memory never holds a second copy of the tensor (building the records
+    with the protobuf API copies each tensor three times: +440 MiB on DistilBERT)."""
+    length = tensor.nbytes
+    head = record.SerializeToString() + _length_delimited(_RAW_DATA, length)
+    wrapped = _length_delimited(_INITIALIZER, len(head) + length)
+    out.write(_length_delimited(_GRAPH, len(wrapped) + len(head) + length))
+    out.write(wrapped + head)
+    if _write_tensor(out, tensor) != length:
+        raise ExportError(f"tensor {record.name} is not {length} bytes long")

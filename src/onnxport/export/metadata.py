@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
@@ -61,6 +62,40 @@ def strip_machine_traces(message: Message) -> int:
             continue  # tensor bytes and numbers: nothing to read
         for item in value if field.is_repeated else (value,):
             removed += strip_machine_traces(item)
+    return removed
+
+
+def _strip_entries(item: ir.Node | ir.Value | ir.Graph | ir.Function | ir.Model) -> int:
+    removed = 0
+    if item.doc_string and holds_machine_trace(item.doc_string):
+        item.doc_string = None
+        removed += 1
+    props = item.metadata_props
+    for key in [k for k, v in props.items() if holds_machine_trace(v)]:
+        del props[key]
+        removed += 1
+    return removed
+
+
+def strip_model_traces(model: ir.Model) -> int:
+    """`strip_machine_traces` for a model in memory (onnx_ir), before it is first saved:
+    the model, its graphs and functions, their nodes and values; returns how many entries
+    were removed."""
+    removed = _strip_entries(model)
+    for graph in (model.graph, *model.functions.values()):
+        removed += _strip_entries(graph)
+        values = [*graph.inputs, *graph.outputs]
+        if isinstance(graph, ir.Graph):
+            values += graph.initializers.values()
+        removed += sum(_strip_entries(value) for value in values)
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            removed += _strip_entries(node)
+            removed += sum(_strip_entries(value) for value in node.outputs)
+            for attribute in node.attributes.values():
+                if attribute.type is ir.AttributeType.GRAPH:
+                    removed += _strip_entries(attribute.as_graph())
+                elif attribute.type is ir.AttributeType.GRAPHS:
+                    removed += sum(_strip_entries(g) for g in attribute.as_graphs())
     return removed
 
 

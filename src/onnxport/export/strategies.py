@@ -11,9 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
 import torch
 
 from onnxport.errors import ExportError
+from onnxport.export.external_data import gather_external_data
+from onnxport.export.metadata import strip_debug_metadata, strip_model_traces
 from onnxport.export.template import (
     TemplateData,
     bind,
@@ -78,9 +81,19 @@ def _holds_torchscript(module: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.jit.ScriptModule) for m in module.modules())
 
 
-def _export_dynamo(
-    source: Source, path: Path, opset: int, external: bool, keep: bool
-) -> TemplateData | None:
+@dataclass(frozen=True)
+class ExportOptions:
+    """What a strategy is asked for besides the source and the file: the opset, whether the
+    weights go to `<file>.data`, whether to hand over its template (when it has one), and
+    whether the exporter's debug metadata stays (`export.metadata`)."""
+
+    opset: int
+    external: bool = False
+    keep_template: bool = False
+    keep_debug_metadata: bool = False
+
+
+def _export_dynamo(source: Source, path: Path, options: ExportOptions) -> TemplateData | None:
     if _holds_torchscript(source.module):
         raise ExportError(
             "torch.export cannot trace a TorchScript module; the TorchScript-based exporter "
@@ -88,15 +101,17 @@ def _export_dynamo(
         )
     inputs = source.example_inputs()
     args = tuple(inputs[name] for name in source.input_names)
-    program = dynamo_program(source, args, opset=opset, optimize=False)
+    program = dynamo_program(source, args, opset=options.opset, optimize=False)
+    if not options.keep_debug_metadata:
+        # In memory, before the model file is first written: it is written once.
+        strip_model_traces(program.model)
     state = state_tensors(adapter_for(source))
     template = make_template(program.model, state)
     del program  # the exported program holds the module's parameters
-    kept = TemplateData(template_bytes(template), dict(template.bindings)) if keep else None
-    # Saved with external data whatever the size: the save then streams the weights out one
-    # by one, where a self-contained save builds two in-memory copies of them (measured on
-    # DistilBERT-base: peak 1580 MiB vs 793 MiB). Small models are made self-contained again.
-    bind(template, state, path)
+    kept = None
+    if options.keep_template:
+        kept = TemplateData(template_bytes(template), dict(template.bindings))
+    bind(template, state, path, external=options.external)
     return kept
 
 
@@ -118,9 +133,8 @@ def _output_axes(source: Source) -> dict[str, dict[int, str]]:
     return axes
 
 
-def _export_torchscript(
-    source: Source, path: Path, opset: int, external: bool, keep: bool
-) -> TemplateData | None:
+def _export_torchscript(source: Source, path: Path, options: ExportOptions) -> TemplateData | None:
+    before = set(path.parent.iterdir())
     adapter: torch.nn.Module = adapter_for(source)
     inputs = source.example_inputs()
     args = tuple(inputs[name] for name in source.input_names)
@@ -133,20 +147,27 @@ def _export_torchscript(
         args,
         str(path),
         dynamo=False,
-        opset_version=opset,
+        opset_version=options.opset,
         input_names=list(source.input_names),
         output_names=list(source.output_names),
         dynamic_axes={**source.dynamic_axes, **_output_axes(source)},
         do_constant_folding=True,
     )
+    if not options.keep_debug_metadata:
+        strip_debug_metadata(path)  # torch wrote the file: rewritten if it held any
+    # Checked while a large model's weights are still in torch's files (a model torch wrote
+    # whole is read whole), then gathered into one `.data` file.
+    onnx.checker.check_model(str(path), full_check=False)
+    if options.external:
+        gather_external_data(path, before)
     # Its initializers are folded with the weights and named by the exporter, not after the
     # parameters: no template to keep.
     return None
 
 
-StrategyRun = Callable[[Source, Path, int, bool, bool], TemplateData | None]
-"""Export (source, to path, opset, weights external?, keep the template?); returns the template
-kept, when the strategy has one and was asked for it."""
+StrategyRun = Callable[[Source, Path, ExportOptions], TemplateData | None]
+"""Export source to path as the options say; returns the template kept, when the strategy has
+one and was asked for it."""
 
 
 @dataclass(frozen=True)

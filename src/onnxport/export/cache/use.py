@@ -16,15 +16,12 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-import onnx
-
 from onnxport.artifact.records import ExportCacheRecord, ExportRecord
 from onnxport.errors import CacheError
 from onnxport.export.cache.hint import HINT_FIELD, checkpoint_hint
 from onnxport.export.cache.key import cache_key, key_material, uncacheable
 from onnxport.export.cache.store import ExportCache, StoredEntry
 from onnxport.export.exporter import export_from_template, export_to_onnx
-from onnxport.export.metadata import strip_machine_traces
 from onnxport.export.template import TemplateData
 from onnxport.request.config import Exporter, ExternalData
 from onnxport.sources.base import Source
@@ -146,9 +143,8 @@ def _locked(
             keep_debug_metadata=settings.keep_debug_metadata,
         ),
     }
-    graph = kept[0].graph if settings.keep_debug_metadata else _stripped(kept[0].graph)
     try:
-        entry = cache.store(key, graph, kept[0].bindings, info)
+        entry = cache.store(key, kept[0].graph, kept[0].bindings, info)
     except OSError as e:  # a full disk: this conversion goes on, the next one exports
         logger.warning("export cache: cannot store entry %s: %s", key, e)
         why = f"cannot store the entry: {e.strerror or e}"
@@ -175,7 +171,6 @@ def _bind(
         TemplateData(found.graph, found.bindings),
         opset_version=settings.opset_version,
         external_data=settings.external_data,
-        keep_debug_metadata=settings.keep_debug_metadata,
     )
     if not attempt.ok:
         logger.warning("export cache: entry %s cannot be used: %s", entry.key, attempt.error)
@@ -195,13 +190,6 @@ def _bind(
             status="hit", key=entry.key, created_at=entry.created_at, versions=entry.versions
         ),
     )
-
-
-def _stripped(graph: bytes) -> bytes:
-    """The graph without the exporter's stack traces (they hold this machine's paths)."""
-    model = onnx.ModelProto.FromString(graph)
-    strip_machine_traces(model)
-    return model.SerializeToString()
 
 
 def _with(record: ExportRecord, cache: ExportCacheRecord) -> ExportRecord:
