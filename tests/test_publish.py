@@ -195,3 +195,71 @@ def test_staging_clears_stale_partials_before_it_starts(tmp_path: Path) -> None:
 def test_removing_partials_of_a_missing_parent_is_a_no_op(tmp_path: Path) -> None:
     remove_stale_partials(tmp_path / "missing" / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- each file hashed once ----------------------------------------------------------------
+
+
+def test_each_published_file_is_hashed_once_per_tracked_conversion(
+    checkpoint, tmp_path_factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The models are hashed when finished, the other files when the manifest is sealed, and
+    tracking trusts the manifest it is handed (it hashed the models three times, the other
+    files twice)."""
+    import collections
+
+    import mlflow
+
+    from onnxport.artifact import manifest as manifest_module
+    from onnxport.artifact import publish
+    from onnxport.pipeline import convert
+    from onnxport.request import ConversionRequest
+    from onnxport.request.config import ConversionConfig, ExperimentConfig
+    from onnxport.tracking import (
+        ensure_experiment,
+        log_conversion,
+        prepare_store,
+        resolve_artifact_location,
+        resolve_tracking_uri,
+    )
+    from orchestration_support import root_with_store
+
+    hashed: collections.Counter[Path] = collections.Counter()
+    real = manifest_module.sha256_file
+
+    def counting(path: Path, **kwargs) -> str:
+        hashed[Path(path).absolute()] += 1
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(manifest_module, "sha256_file", counting)
+    monkeypatch.setattr(publish, "sha256_file", counting)
+    root = root_with_store(tmp_path_factory, "hashed-once")
+    uri = resolve_tracking_uri(root, ExperimentConfig())
+    experiment = ensure_experiment(
+        prepare_store(uri), "hashed", resolve_artifact_location(root, ExperimentConfig())
+    )
+    staged: list[Path] = []
+
+    def track(manifest, staging: Path) -> None:
+        staged.append(staging.absolute())
+        log_conversion(manifest, staging)
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(experiment_id=experiment):
+            convert(
+                ConversionRequest(checkpoint(NAME), root / "out", ConversionConfig()),
+                before_publish=track,
+            )
+    finally:
+        mlflow.set_tracking_uri(previous)
+    # Hashed in the staging directory, published under its final name. (MLflow's copy of the
+    # text model is checked when MLflow loads it: another directory.)
+    files = sorted(
+        p.relative_to(root / "out")
+        for p in (root / "out").rglob("*")
+        if p.is_file() and p.name != "manifest.json"
+    )
+    assert Path("model_fp32.onnx") in files
+    assert {f: hashed[staged[0] / f] for f in files} == {f: 1 for f in files}

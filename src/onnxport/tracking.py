@@ -9,7 +9,6 @@ metrics, artifacts and the ONNX model itself.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import random
@@ -343,16 +342,19 @@ def log_conversion(
     if run is None:
         raise InternalError("log_conversion logs to the active MLflow run, and none is active")
     log_figures(MlflowClient(), run.info.run_id, manifest, directory)
-    published = PublishedDirectory.open(directory)
+    # The caller has just sealed `directory` with `manifest`: neither is read nor hashed again.
+    published = PublishedDirectory(directory, manifest)
     unservable = unservable_reason(published)
     if unservable is not None:
         logger.info("no text model logged: %s", unservable)
     for out in manifest.published_outputs():
         registered = registered_model_name if out.variant == "fp32" else None
         model_path = directory / out.file
+        # Loaded for this call alone, so the model MLflow saves (and changes: its weights
+        # go external) is this one, not a second copy.
         model = onnx.load(str(model_path))
         mlflow.onnx.log_model(
-            copy.deepcopy(model),
+            model,
             name=onnx_model_name(out.variant),
             signature=model_signature(model),
             input_example=input_example(directory, model_path),

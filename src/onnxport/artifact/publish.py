@@ -236,11 +236,17 @@ def seal(manifest: Manifest, directory: Path) -> Manifest:
     module directories, `1_Pooling/config.json`), and is returned."""
     for name, content in render_reports(manifest).items():
         (directory / name).write_bytes(content)
-    files = {
-        p.relative_to(directory).as_posix(): sha256_file(p)
-        for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.relative_to(directory).as_posix() != MANIFEST_FILENAME
-    }
+    # The models were hashed when they were finished (`finish_output`): not again.
+    known = {}
+    for out in manifest.published_outputs():
+        known[out.file] = out.sha256
+        if out.data_file:
+            known[out.data_file] = out.data_sha256
+    files = {}
+    for path in sorted(directory.rglob("*")):
+        name = path.relative_to(directory).as_posix()
+        if path.is_file() and name != MANIFEST_FILENAME:
+            files[name] = known.get(name) or sha256_file(path)
     sealed = manifest.model_copy(update={"files": files})
     (directory / MANIFEST_FILENAME).write_text(sealed.to_json(), encoding="utf-8")
     return sealed
