@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from onnxport.artifact.manifest import read_manifest
 from onnxport.errors import (
     ExecutionError,
     InternalError,
@@ -33,8 +34,18 @@ from onnxport.errors import (
 from onnxport.execution import ChildArguments, run_child
 from onnxport.execution.child import RESULT_ENV, parse_arguments
 from onnxport.isolation.channel import Channel, Outcome
+from onnxport.orchestration import execute_conversion
 from onnxport.progress import Stage, StageEvent, Status
-from onnxport.request.config import ConversionConfig
+from onnxport.request.config import ConversionConfig, load_conversion_config
+from onnxport.request.fingerprints import conversion_fingerprint
+from orchestration_support import (
+    CONVERSION_YAML,
+    EXEC_FP,
+    SPEC_FP,
+    lay_out_training_output,
+    root_with_store,
+    write_config_dir,
+)
 
 FAKE_CHILD = """
 # Stands in for `python -m onnxport.execution ...`; behaves as $FAKE_MODE says.
@@ -568,3 +579,41 @@ def test_real_child_converts_with_the_settings_it_is_handed_not_the_file(tmp_pat
     (args.config_dir / "conversion.yaml").write_text("onnx: [unclosed\n")
     with pytest.raises(SourceError, match="no-such-checkpoint"):
         run_child(args, timeout_seconds=300, config=ConversionConfig())
+
+
+@pytest.mark.slow
+def test_a_config_edited_after_the_parent_read_it_does_not_change_what_runs(
+    checkpoint, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`execute_conversion` names the directory by the fingerprint of the conversion.yaml it
+    read; the file is edited just before the child starts. What ran, and what the manifest
+    records, is what the parent read and fingerprinted."""
+    root = root_with_store(tmp_path_factory, "edited-config")
+    parent = lay_out_training_output(root, checkpoint("distilbert-token"))
+    config_dir = write_config_dir(root / "config")
+    read = load_conversion_config(config_dir)
+    edited = CONVERSION_YAML.replace("model_{quantization}", "edited_{quantization}")
+    real_popen = subprocess.Popen
+
+    def edit_then_start(command, *args, **kwargs):
+        if command[1:3] == ["-m", "onnxport.execution"]:
+            (config_dir / "conversion.yaml").write_text(edited, encoding="utf-8")
+        return real_popen(command, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", edit_then_start)
+    output = execute_conversion(
+        root_dir=root,
+        config_dir=config_dir,
+        parent_training_output_dir=parent,
+        parent_spec_fp=SPEC_FP,
+        parent_exec_fp=EXEC_FP,
+        experiment_config=None,
+        conversion_experiment_name="edited-config",
+        platform="local",
+    )
+    assert load_conversion_config(config_dir) != read, "the file was not edited"
+    manifest = read_manifest(output)
+    assert manifest.config == read.model_dump(mode="json")
+    assert output.name == f"conv_{conversion_fingerprint(SPEC_FP, EXEC_FP, read)}"
+    assert (output / "model_fp32.onnx").is_file()
+    assert list(output.glob("edited_*")) == []
