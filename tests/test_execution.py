@@ -8,6 +8,7 @@ these tests take milliseconds. Two slow tests run the real `python -m onnxport.e
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -484,6 +485,24 @@ def test_an_interrupted_caller_kills_the_child_and_its_children(
     with pytest.raises(KeyboardInterrupt):
         fake_child("hang", timeout_seconds=60)
     assert _gone(_grandchild_pid(fake_child.lines))
+
+
+def test_an_interrupt_as_the_child_starts_leaves_no_child(
+    fake_child, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal held while the child starts arrives as soon as the start is done, before the
+    watch begins: the child is stopped there, not left running unwatched."""
+    from onnxport import interrupts
+
+    @contextlib.contextmanager
+    def interrupted_when_unblocked(signals):
+        yield
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(interrupts, "blocked", interrupted_when_unblocked)
+    with pytest.raises(KeyboardInterrupt):
+        fake_child("hang", timeout_seconds=60)
+    assert [p for p in psutil.Process().children(recursive=True) if p.status() != "zombie"] == []
 
 
 def test_a_callback_that_raises_stops_the_child_and_its_error_reaches_the_caller(

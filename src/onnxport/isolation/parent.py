@@ -229,6 +229,7 @@ def _start(
     }
     # A signal sent to the child before it can handle it waits, blocked, until it does.
     blocked = (signal.SIGINT,) if own_session else interrupts.SIGNALS
+    process = None
     try:
         with interrupts.blocked(blocked):
             process = subprocess.Popen(
@@ -243,6 +244,10 @@ def _start(
             )
     except BaseException:
         ours.close()
+        if process is not None:  # this process's signal came as they were unblocked
+            with contextlib.suppress(ProcessLookupError):
+                (os.killpg if own_session else os.kill)(process.pid, signal.SIGKILL)
+            process.wait()
         raise
     finally:
         theirs.close()  # the child's copy alone keeps it open: its end is our end of channel
