@@ -8,19 +8,24 @@ these tests take milliseconds. Two slow tests run the real `python -m onnxport.e
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
+from onnxport.artifact.manifest import read_manifest
 from onnxport.errors import (
     ExecutionError,
     InternalError,
@@ -28,73 +33,108 @@ from onnxport.errors import (
     ValidationError,
 )
 from onnxport.execution import ChildArguments, run_child
-from onnxport.execution.child import parse_arguments
-from onnxport.execution.protocol import RESULT_ENV, Outcome, decode, encode
+from onnxport.execution.child import RESULT_ENV, parse_arguments
+from onnxport.isolation.channel import Channel, Outcome
+from onnxport.orchestration import execute_conversion
+from onnxport.progress import Stage, StageEvent, Status
+from onnxport.request.config import ConversionConfig, load_conversion_config
+from onnxport.request.fingerprints import conversion_fingerprint
+from orchestration_support import (
+    CONVERSION_YAML,
+    EXEC_FP,
+    SPEC_FP,
+    lay_out_training_output,
+    root_with_store,
+    write_config_dir,
+)
+
+FAKE_CHILD = """
+# Stands in for `python -m onnxport.execution ...`; behaves as $FAKE_MODE says.
+import logging, os, signal, subprocess, sys, time
+from pathlib import Path
+
+from onnxport.isolation.channel import Channel, Outcome
 from onnxport.progress import Stage, StageEvent, Status
 
-FAKE_CHILD = r"""#!/bin/bash
-# Stands in for `python -m onnxport.execution ...`; behaves as $FAKE_MODE says.
-send() { printf '%s\n' "$1" >&"$ONNXPORT_EVENTS_FD"; }
-event() {  # STAGE STATUS [SECONDS]
-  local body='{"stage": "%s", "status": "%s", "seconds": %s, "detail": null}'
-  send "{\"kind\": \"progress\", \"event\": $(printf "$body" "$1" "$2" "${3:-null}")}"
-}
-outcome() { send "{\"kind\": \"outcome\", \"outcome\": $1}"; }
-failure() {  # TYPE MESSAGE HINT-AS-JSON
-  outcome "{\"ok\": false, \"error\": {\"type\": \"$1\", \"message\": \"$2\", \"hint\": $3}}"
-}
-case "$FAKE_MODE" in
-  ok)
-    event load start
-    echo "args: $*"
-    echo "env: run=$MLFLOW_RUN_ID telemetry=$MLFLOW_DISABLE_TELEMETRY"
-    send '{"kind": "log", "name": "onnxport.pipeline", "level": 30, "message": "slow 100%"}'
-    sleep 0.5
-    event load done 0.5
-    outcome '{"ok": true, "manifest": "/out/manifest.json"}'
-    ;;
-  streamed)
-    echo "first"
-    event load start
+channel = Channel.from_environment()
+config = channel.receive()
+mode = os.environ["FAKE_MODE"]
+
+
+def event(stage, status, seconds=None):
+    channel.send(StageEvent(Stage(stage), Status(status), seconds))
+
+
+def say(line):
+    print(line, flush=True)
+
+
+def failure(kind, message, hint):
+    channel.send(Outcome(error={"type": kind, "message": message, "hint": hint}))
+
+
+published = Outcome(value=Path("/out/manifest.json"))
+if mode == "ok":
+    event("load", "start")
+    say("args: " + " ".join(sys.argv[1:]))
+    say(f"env: run={os.environ.get('MLFLOW_RUN_ID')} "
+        f"telemetry={os.environ.get('MLFLOW_DISABLE_TELEMETRY')}")
+    say(f"config: {config.onnx.opset_version if config else None}")
+    channel.send(logging.makeLogRecord(
+        {"name": "onnxport.pipeline", "levelno": 30, "levelname": "WARNING", "msg": "slow 100%"}
+    ))
+    time.sleep(0.5)
+    event("load", "done", 0.5)
+    channel.send(published)
+elif mode == "streamed":
+    say("first")
+    event("load", "start")
     # Wait (at most 30 s) for the parent to have handled "first" and the event while this
     # child still runs.
-    for _ in $(seq 300); do [ -e "$SEEN_FIRST" ] && [ -e "$SEEN_EVENT" ] && break; sleep 0.1; done
-    if [ -e "$SEEN_FIRST" ]; then echo "second"; else echo "first was not streamed"; fi
-    if [ -e "$SEEN_EVENT" ]; then event load done 0.1; else event export start; fi
-    outcome '{"ok": true, "manifest": "/out/manifest.json"}'
-    ;;
-  validation-error)
-    event load start
-    event load done 1.5
-    event validate start
-    echo "the child logs its error"
-    event validate failed 0.25
-    failure ValidationError "logits differ by 3.0" '"try torchscript"'
-    exit 1
-    ;;
-  unknown-error)
-    failure NoSuchError odd null
-    exit 1
-    ;;
-  stderr-only)
-    echo "SourceError: this looks like an error but is only text" >&2
-    echo '{"kind": "outcome", "outcome": {"ok": true, "manifest": "/printed/manifest.json"}}'
-    exit 3
-    ;;
-  garbage)
-    send '{"kind": "outcome", "outcome": {"ok": tr'
-    exit 1
-    ;;
-  silent) event load start; exit 0 ;;
-  sigkill) event load start; echo "about to die"; kill -KILL $$ ;;
-  sigterm) kill -TERM $$ ;;
-  hang)
-    event load start
-    sleep 300 &
-    echo "grandchild $!"
-    wait
-    ;;
-esac
+    for _ in range(300):
+        if os.path.exists(os.environ["SEEN_FIRST"]) and os.path.exists(os.environ["SEEN_EVENT"]):
+            break
+        time.sleep(0.1)
+    say("second" if os.path.exists(os.environ["SEEN_FIRST"]) else "first was not streamed")
+    if os.path.exists(os.environ["SEEN_EVENT"]):
+        event("load", "done", 0.1)
+    else:
+        event("export", "start")
+    channel.send(published)
+elif mode == "validation-error":
+    event("load", "start")
+    event("load", "done", 1.5)
+    event("validate", "start")
+    say("the child logs its error")
+    event("validate", "failed", 0.25)
+    failure("ValidationError", "logits differ by 3.0", "try torchscript")
+    sys.exit(1)
+elif mode == "unknown-error":
+    failure("NoSuchError", "odd", None)
+    sys.exit(1)
+elif mode == "stderr-only":
+    print("SourceError: this looks like an error but is only text", file=sys.stderr)
+    say("Outcome(value=PosixPath('/printed/manifest.json'))")
+    sys.exit(3)
+elif mode == "garbage":
+    class OnlyHere:  # the parent cannot unpickle what only this script defines
+        pass
+
+    channel.send(OnlyHere())
+    sys.exit(1)
+elif mode == "silent":
+    event("load", "start")
+elif mode == "sigkill":
+    event("load", "start")
+    say("about to die")
+    os.kill(os.getpid(), signal.SIGKILL)
+elif mode == "sigterm":
+    os.kill(os.getpid(), signal.SIGTERM)
+elif mode == "hang":
+    event("load", "start")
+    sleeper = subprocess.Popen(["sleep", "300"])
+    say(f"grandchild {sleeper.pid}")
+    sleeper.wait()
 """
 
 
@@ -116,7 +156,7 @@ class FakeRun:
 def fake_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeRun:
     """Make run_child start the stand-in script."""
     script = tmp_path / "fake-python"
-    script.write_text(FAKE_CHILD)
+    script.write_text(f"#!{sys.executable}\n{FAKE_CHILD}")
     script.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(script))
     return FakeRun()
@@ -212,22 +252,34 @@ def test_refreshing_the_export_cache_is_its_own_flag_beside_force() -> None:
 # ----------------------------------------------------------------------------- the channel
 
 
+@pytest.fixture
+def channel() -> Iterator[tuple[Channel, Channel]]:
+    """Both ends of a channel, in this process: (the parent's, the child's)."""
+    parent, child = socket.socketpair()
+    ends = Channel(parent), Channel(child)
+    yield ends
+    for end in ends:
+        end.close()
+
+
 @pytest.mark.parametrize(
     "message",
     [
         StageEvent(Stage.EXPORT, Status.START),
         StageEvent(Stage.VALIDATE, Status.FAILED, 0.25, "fp32"),
-        Outcome(manifest=Path("/out/manifest.json"), peak_rss_mb=812.5),
+        Outcome(value=Path("/out/manifest.json")),
         Outcome(error=ValidationError("logits differ", hint="try torchscript").to_dict()),
+        ConversionConfig().with_overrides(onnx={"opset_version": 17}),
     ],
 )
-def test_a_message_reads_back_as_it_was_written(message) -> None:
-    line = encode(message)
-    assert "\n" not in line
-    assert decode(line) == message
+def test_a_message_reads_back_as_it_was_written(channel, message) -> None:
+    parent, child = channel
+    child.send(message)
+    assert parent.receive() == message
 
 
-def test_a_log_record_reads_back_with_its_name_level_and_traceback() -> None:
+def test_a_log_record_reads_back_with_its_name_level_and_traceback(channel) -> None:
+    parent, child = channel
     try:
         raise KeyError("weights")
     except KeyError:
@@ -235,7 +287,8 @@ def test_a_log_record_reads_back_with_its_name_level_and_traceback() -> None:
             "onnxport.pipeline", logging.ERROR, __file__, 1, "%s at 100%%", ("failed",), None
         )
         record.exc_info = sys.exc_info()
-    decoded = decode(encode(record))
+    child.log_handler().handle(record)
+    decoded = parent.receive()
     assert isinstance(decoded, logging.LogRecord)
     assert (decoded.name, decoded.levelno, decoded.levelname) == (
         "onnxport.pipeline",
@@ -248,20 +301,22 @@ def test_a_log_record_reads_back_with_its_name_level_and_traceback() -> None:
     assert rest[-1] == "KeyError: 'weights'"
 
 
-@pytest.mark.parametrize(
-    "line",
-    [
-        '{"kind": "outcome", "outcome": {"ok": tr',
-        '{"kind": "outcome", "outcome": {"ok": false}}',
-        '{"kind": "progress", "event": {"stage": "no-such-stage", "status": "start"}}',
-        '{"kind": "gossip"}',
-        "[]",
-        "stage export done in 3.2 s",
-    ],
-)
-def test_anything_else_on_the_channel_is_refused(line: str) -> None:
-    with pytest.raises(ValueError, match="not a message of the conversion process"):
-        decode(line)
+def test_a_message_that_cannot_be_read_is_refused_and_the_next_one_read(channel) -> None:
+    parent, child = channel
+    child._end.sendall(struct.pack("!Q", 5) + b"junk!")
+    child.send(StageEvent(Stage.LOAD, Status.START))
+    with pytest.raises(ValueError, match="UnpicklingError"):
+        parent.receive()
+    assert parent.receive() == StageEvent(Stage.LOAD, Status.START)
+
+
+def test_a_message_cut_short_ends_the_channel(channel) -> None:
+    """What a child killed while it wrote leaves behind."""
+    parent, child = channel
+    child._end.sendall(struct.pack("!Q", 100) + b"only part of it")
+    child.close()
+    with pytest.raises(EOFError):
+        parent.receive()
 
 
 # ------------------------------------------------------------------------------ the runner
@@ -275,8 +330,15 @@ def test_success_returns_the_childs_result(fake_child: FakeRun) -> None:
     assert fake_child.lines == [
         "args: -m onnxport.execution " + " ".join(ARGS.argv()),
         "env: run=run-123 telemetry=true",
+        "config: None",  # none handed: the child reads --config-dir
     ]
     assert fake_child.events == _events(("load", "start", None), ("load", "done", 0.5))
+
+
+def test_the_child_is_handed_the_settings_the_parent_read(fake_child: FakeRun) -> None:
+    config = ConversionConfig().with_overrides(onnx={"opset_version": 17})
+    fake_child("ok", config=config)
+    assert "config: 17" in fake_child.lines
 
 
 def test_a_childs_warning_reaches_the_parents_logging_under_its_name(
@@ -354,13 +416,18 @@ def test_printed_text_is_not_mistaken_for_a_result(fake_child) -> None:
 def test_a_damaged_message_is_not_trusted(fake_child, caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(ExecutionError, match="code 1"):
         fake_child("garbage")
-    assert any("not a message of the conversion process" in m for m in caplog.messages)
+    assert any("a damaged message from the conversion process" in m for m in caplog.messages)
+
+
+def _stages(events: list[StageEvent]) -> list[tuple[str, str]]:
+    return [(e.stage.value, e.status.value) for e in events]
 
 
 def test_a_child_that_exits_without_an_outcome_is_an_execution_error(fake_child) -> None:
     with pytest.raises(ExecutionError, match="exited with code 0 without a result"):
         fake_child("silent")
-    assert fake_child.events == _events(("load", "start", None))
+    # The stage it began and never ended is reported failed, as one here would be.
+    assert _stages(fake_child.events) == [("load", "start"), ("load", "failed")]
 
 
 @pytest.mark.parametrize(("mode", "name"), [("sigkill", "SIGKILL"), ("sigterm", "SIGTERM")])
@@ -372,8 +439,8 @@ def test_a_child_killed_by_a_signal_is_an_execution_error_naming_it(
     assert name in str(raised.value)
     if name == "SIGKILL":
         assert "memory" in str(raised.value)  # the usual reason: the OOM killer
-        # What it sent before it died still arrives.
-        assert fake_child.events == _events(("load", "start", None))
+        # What it sent before it died still arrives; the stage it died in failed.
+        assert _stages(fake_child.events) == [("load", "start"), ("load", "failed")]
 
 
 def test_timeout_stops_the_child_and_its_whole_process_group(fake_child) -> None:
@@ -393,7 +460,7 @@ def test_an_interrupted_caller_kills_the_child_and_its_children(
     fake_child, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """KeyboardInterrupt in the caller: the child does not live on as an orphan."""
-    import onnxport.execution.runner as execution
+    import onnxport.execution.runner as runner
 
     real_sleep = time.sleep
     caller = threading.get_ident()
@@ -411,13 +478,31 @@ def test_an_interrupted_caller_kills_the_child_and_its_children(
             raise KeyboardInterrupt
         real_sleep(seconds)
 
-    monkeypatch.setattr(execution.time, "sleep", interrupting_sleep)
+    monkeypatch.setattr(time, "sleep", interrupting_sleep)
     # The stand-in child does not handle SIGINT (it never unblocks it): it is killed after
     # its grace period.
-    monkeypatch.setattr(execution, "STOP_GRACE_SECONDS", 0.5)
+    monkeypatch.setattr(runner, "STOP_GRACE_SECONDS", 0.5)
     with pytest.raises(KeyboardInterrupt):
         fake_child("hang", timeout_seconds=60)
     assert _gone(_grandchild_pid(fake_child.lines))
+
+
+def test_an_interrupt_as_the_child_starts_leaves_no_child(
+    fake_child, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal held while the child starts arrives as soon as the start is done, before the
+    watch begins: the child is stopped there, not left running unwatched."""
+    from onnxport import interrupts
+
+    @contextlib.contextmanager
+    def interrupted_when_unblocked(signals):
+        yield
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(interrupts, "blocked", interrupted_when_unblocked)
+    with pytest.raises(KeyboardInterrupt):
+        fake_child("hang", timeout_seconds=60)
+    assert [p for p in psutil.Process().children(recursive=True) if p.status() != "zombie"] == []
 
 
 def test_a_callback_that_raises_stops_the_child_and_its_error_reaches_the_caller(
@@ -500,3 +585,54 @@ def test_real_child_under_run_child_sends_its_events_and_its_typed_error(
     # Said once, by the error the parent raises: not in the child's lines too.
     assert not any("no-such-checkpoint" in line for line in lines), lines
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------- the settings: read once, by the parent
+
+
+@pytest.mark.slow
+def test_real_child_converts_with_the_settings_it_is_handed_not_the_file(tmp_path: Path) -> None:
+    """Handed the settings, the child never reads --config-dir: a file broken since the
+    parent read it changes nothing (the child stops at the missing checkpoint instead)."""
+    args = _missing_checkpoint(tmp_path)
+    (args.config_dir / "conversion.yaml").write_text("onnx: [unclosed\n")
+    with pytest.raises(SourceError, match="no-such-checkpoint"):
+        run_child(args, timeout_seconds=300, config=ConversionConfig())
+
+
+@pytest.mark.slow
+def test_a_config_edited_after_the_parent_read_it_does_not_change_what_runs(
+    checkpoint, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`execute_conversion` names the directory by the fingerprint of the conversion.yaml it
+    read; the file is edited just before the child starts. What ran, and what the manifest
+    records, is what the parent read and fingerprinted."""
+    root = root_with_store(tmp_path_factory, "edited-config")
+    parent = lay_out_training_output(root, checkpoint("distilbert-token"))
+    config_dir = write_config_dir(root / "config")
+    read = load_conversion_config(config_dir)
+    edited = CONVERSION_YAML.replace("model_{quantization}", "edited_{quantization}")
+    real_popen = subprocess.Popen
+
+    def edit_then_start(command, *args, **kwargs):
+        if command[1:3] == ["-m", "onnxport.execution"]:
+            (config_dir / "conversion.yaml").write_text(edited, encoding="utf-8")
+        return real_popen(command, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", edit_then_start)
+    output = execute_conversion(
+        root_dir=root,
+        config_dir=config_dir,
+        parent_training_output_dir=parent,
+        parent_spec_fp=SPEC_FP,
+        parent_exec_fp=EXEC_FP,
+        experiment_config=None,
+        conversion_experiment_name="edited-config",
+        platform="local",
+    )
+    assert load_conversion_config(config_dir) != read, "the file was not edited"
+    manifest = read_manifest(output)
+    assert manifest.config == read.model_dump(mode="json")
+    assert output.name == f"conv_{conversion_fingerprint(SPEC_FP, EXEC_FP, read)}"
+    assert (output / "model_fp32.onnx").is_file()
+    assert list(output.glob("edited_*")) == []

@@ -140,16 +140,16 @@ def stop():
 if STAGE == "startup":
     stop()
 else:
-    from onnxport.execution.protocol import ParentChannel
+    from onnxport.isolation.channel import Channel
 
-    send = ParentChannel.send
+    send = Channel.send
 
     def send_then_stop(channel, message):
         send(channel, message)
         if getattr(message, "stage", None) == STAGE and message.status == "start":
             stop()
 
-    ParentChannel.send = send_then_stop
+    Channel.send = send_then_stop
 runpy.run_module("onnxport.execution", run_name="__main__", alter_sys=True)
 """
 """`python -m onnxport.execution`, but it stops itself (SIGSTOP) where $ONNXPORT_TEST_STOP_AT
@@ -160,8 +160,6 @@ start to its parent and before any of the stage's work."""
 @contextlib.contextmanager
 def _children_that_stop(where: dict[str, str]) -> Iterator[None]:
     """Start each conversion child as `CHILD_THAT_STOPS`, stopping at `where[output_dir]`."""
-    import onnxport.execution.runner
-
     real = subprocess.Popen
 
     def stopping(command, *args, **kwargs):
@@ -171,11 +169,11 @@ def _children_that_stop(where: dict[str, str]) -> Iterator[None]:
             command = [command[0], "-c", CHILD_THAT_STOPS, *command[3:]]
         return real(command, *args, **kwargs)
 
-    onnxport.execution.runner.subprocess.Popen = stopping
+    subprocess.Popen = stopping
     try:
         yield
     finally:
-        onnxport.execution.runner.subprocess.Popen = real
+        subprocess.Popen = real
 
 
 def _stage_reached(events: list[StageEvent]) -> str:
@@ -371,8 +369,6 @@ def test_sigkill_in_every_stage_loses_nothing_and_the_next_run_converts(
 def _file_size_limit(limit: int) -> Iterator[None]:
     """Start the conversion child with RLIMIT_FSIZE = `limit` bytes (this process keeps its
     own): a write past it fails with EFBIG, Python ignoring SIGXFSZ."""
-    import onnxport.execution.runner
-
     real = subprocess.Popen
 
     def limited(command, *args, **kwargs):
@@ -384,12 +380,12 @@ def _file_size_limit(limit: int) -> Iterator[None]:
             kwargs["preexec_fn"] = preexec
         return real(command, *args, **kwargs)
 
-    previous = onnxport.execution.runner.subprocess.Popen
-    onnxport.execution.runner.subprocess.Popen = limited
+    previous = subprocess.Popen
+    subprocess.Popen = limited
     try:
         yield
     finally:
-        onnxport.execution.runner.subprocess.Popen = previous
+        subprocess.Popen = previous
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ RINGS = {
     "progress": 0,
     "process": 0,
     "interrupts": 0,
+    "isolation": 0,
     "tasks": 0,
     "samples": 0,
     "request": 0,

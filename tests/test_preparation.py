@@ -4,20 +4,19 @@ process torch never entered, so a large model's memory is gone before quantizati
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from models import edit_config_json
 from onnxport.errors import ExportError, SourceError
 from onnxport.export.cache.hint import HINT_FIELD, checkpoint_hint
 from onnxport.export.cache.store import CACHE_ENV, ExportCache
+from onnxport.isolation.child import SERVE
 from onnxport.pipeline import convert
 from onnxport.preparation import ISOLATE_ABOVE_BYTES, isolated, weights_on_disk
 from onnxport.progress import Stage, StageEvent, Status
@@ -140,8 +139,8 @@ def test_a_child_killed_mid_export_fails_the_conversion_cleanly(checkpoint, tmp_
     def kill_at_export(event: StageEvent) -> None:
         events.append(event)
         if (event.stage, event.status) == (Stage.EXPORT, Status.START):
-            (child,) = multiprocessing.active_children()
-            os.kill(child.pid, signal.SIGKILL)
+            (child,) = [p for p in psutil.Process().children() if SERVE in p.cmdline()]
+            child.kill()
 
     request = ConversionRequest(checkpoint("distilbert-token"), tmp_path / "out", ISOLATED)
     with pytest.raises(ExportError, match="killed by SIGKILL") as raised:

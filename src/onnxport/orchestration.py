@@ -172,6 +172,7 @@ def execute_conversion(
                 child = run_child(
                     plan.child_arguments(refresh_export_cache=force),
                     timeout_seconds=plan.config.execution.timeout_seconds,
+                    config=plan.config,  # what conv_fp describes: the file is not read again
                     env={
                         "MLFLOW_TRACKING_URI": tracking_uri,
                         "MLFLOW_RUN_ID": run_id,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import platform as _platform
-import resource
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +37,7 @@ from onnxport.passes import (
 )
 from onnxport.passes.search import SearchContext, Timer, search_optimization, search_quantization
 from onnxport.preparation import Prepared, isolated, prepare, prepare_in_a_child
+from onnxport.process import peak_rss_mb
 from onnxport.progress import ProgressCallback, Stage, StageClock, ignore_progress
 from onnxport.request import ConversionRequest
 from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantization
@@ -56,18 +56,6 @@ logger = logging.getLogger(__name__)
 EXPORT_DIRNAME = ".export"
 DECODE_TOKENS = 16
 """New tokens a language model generates when it is timed (`_timer`)."""
-
-
-def peak_rss_mb() -> float:
-    """The peak resident memory of the largest process of the conversion: this one, or the
-    export child (`preparation`), which has ended and been waited for by now."""
-    return (
-        max(
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-        )
-        / 1024.0
-    )
 
 
 def library_versions() -> dict[str, str]:
@@ -152,6 +140,7 @@ def convert(
                 # Publishing's figure is taken here, its copying and checksumming: the
                 # reports and the manifest written next show it (and so does its event).
                 timings={**run.timings, "publish": publishing.record()},
+                # This process's, or the export child's (`preparation`), reaped by now.
                 peak_rss_mb=round(peak_rss_mb(), 1),
                 machine=machine_record(),
                 versions=library_versions(),

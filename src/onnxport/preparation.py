@@ -3,38 +3,26 @@ conversion that needs torch.
 
 `prepare` runs the load and export stages and returns what the rest of the pipeline needs,
 torch-free (`Prepared`). For a large model (`execution.isolate_export`, by default above
-`ISOLATE_ABOVE_BYTES` of weights) it runs in a process of its own
+`ISOLATE_ABOVE_BYTES` of weights) it runs in a process of its own (`onnxport.isolation`)
 which ends before the passes begin: the model, the traced program and torch itself leave
 memory, and the passes and quantization run with what they need only. The child reports
-its stages and hands over its result (or its typed error) on a pipe.
+its stages and hands over its result (or its typed error) on its channel.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-import multiprocessing
-import signal
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from onnxport import interrupts
 from onnxport.artifact.records import ExportRecord, SourceRecord
-from onnxport.errors import (
-    CacheError,
-    ExportError,
-    InternalError,
-    OnnxportError,
-    SourceError,
-    error_from_dict,
-)
+from onnxport.errors import CacheError, ExportError, SourceError
+from onnxport.isolation.parent import call
 from onnxport.passes.base import PassContext
-from onnxport.process import exit_process, own_process
-from onnxport.progress import Stage, StageClock, StageEvent, Status
+from onnxport.progress import ProgressCallback, Stage, StageClock
 from onnxport.request import ConversionRequest
 from onnxport.request.config import ConversionConfig, Exporter, IsolateExport, Quantization
 from onnxport.tasks import Task
@@ -204,76 +192,20 @@ def _probably_cached(request: ConversionRequest) -> bool:
 
 
 def prepare_in_a_child(request: ConversionRequest, exported: Path, clock: StageClock) -> Prepared:
-    """`prepare` in a process of its own; its stages reach `clock` as they happen, its
-    error comes back as the same typed error.
-
-    The child is started fresh (`spawn`: nothing of this process's memory is shared) and
-    talks over one pipe only the two processes hold: stage events, then its result.
-    """
-    spawn = multiprocessing.get_context("spawn")
-    ours, theirs = spawn.Pipe(duplex=False)
-    child = spawn.Process(
-        target=_child,
-        args=(request, exported, theirs, logging.getLogger().getEffectiveLevel()),
-        name="onnxport-export",
-    )
-    with interrupts.blocked():  # Ctrl-C reaches this process alone, which stops the child
-        child.start()
-    theirs.close()  # the child holds the only writing end: EOF when it ends
-    result: tuple[bool, object] | None = None
-    running: dict[Stage, float] = {}  # the child's stages begun and not ended, since when
-    try:
-        while result is None:
-            interrupts.check()
-            try:
-                kind, payload = ours.recv()
-            except EOFError:
-                break
-            if kind == "event":
-                if payload.status is Status.START:
-                    running[payload.stage] = time.perf_counter()
-                else:
-                    running.pop(payload.stage, None)
-                clock.relay(payload)
-            else:
-                result = payload
-        child.join()
-    except BaseException:
-        with interrupts.shielded():  # the caller was interrupted: no export goes on unwatched
-            child.kill()
-            child.join()
-        raise
-    finally:
-        ours.close()
-    if result is None:
-        for stage, since in running.items():  # the child died in it
-            clock.relay(StageEvent(stage, Status.FAILED, round(time.perf_counter() - since, 3)))
-        code = child.exitcode or 0
-        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited {code}"
-        raise ExportError(
-            f"the export process {how} without a result",
-            hint="the machine may have run out of memory" if code == -signal.SIGKILL else None,
-        )
-    ok, value = result
-    if not ok:
-        raise error_from_dict(value)  # type: ignore[arg-type]
-    return value  # type: ignore[return-value]
+    """`prepare` in a process of its own (`isolation.parent.call`): its stages reach `clock`
+    as they happen, its error comes back as the same typed error, its death as an
+    `ExportError`."""
+    return call(
+        _prepare,
+        (request, exported),
+        name="export",
+        error_type=ExportError,
+        on_event=clock.relay,
+        on_line=lambda line: logger.info("[export] %s", line),
+    ).value
 
 
-def _child(request: ConversionRequest, exported: Path, parent: Connection, log_level: int) -> None:
-    """The export process: log as the parent logs, prepare, hand the result over, exit."""
-    own_process()
-    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("torch").setLevel(logging.ERROR)
-    try:
-        prepared = prepare(request, exported, StageClock(lambda e: parent.send(("event", e))))
-        result: tuple[bool, object] = (True, prepared)
-        code = 0
-    except (OnnxportError, InternalError) as e:
-        result, code = (False, e.to_dict()), e.exit_code
-    except Exception as e:  # a bug: the parent raises it as one
-        bug = InternalError(f"{type(e).__name__}: {e}")
-        result, code = (False, bug.to_dict()), bug.exit_code
-    parent.send(("result", result))
-    parent.close()
-    exit_process(code)
+def _prepare(job: tuple[ConversionRequest, Path], progress: ProgressCallback) -> Prepared:
+    """The export child's work."""
+    request, exported = job
+    return prepare(request, exported, StageClock(progress))

@@ -1,5 +1,6 @@
-"""Garbage collection in onnxport's own processes: the `onnxport` command and the conversion
-child, never a process that imports onnxport as a library.
+"""Process helpers: garbage collection at the start and the exit of onnxport's own processes
+(the `onnxport` command and its child processes, never a process that imports onnxport as a
+library), and the peak memory of a process, as the kernel records it.
 
 Such a process imports torch, transformers and onnxscript (about 400,000 objects that live
 until the end) and then traces a model, which makes millions more; every full collection
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import resource
 import sys
 from typing import NoReturn
 
@@ -52,3 +54,18 @@ def exit_process(code: int) -> NoReturn:
             stream.flush()
     gc.freeze()
     sys.exit(code)
+
+
+def peak_rss_mb(usage: resource.struct_rusage | None = None) -> float:
+    """The largest resident memory, in MB, that the kernel recorded (`ru_maxrss`): of the
+    child whose `usage` `os.wait4` returned (it and the children it waited for), or else of
+    this process and the children it waited for. The largest process's, not a sum: a child
+    that runs while its parent waits is measured at its own peak, however short."""
+    if usage is None:
+        usage_kib = max(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+        )
+    else:
+        usage_kib = usage.ru_maxrss
+    return usage_kib / 1024.0

@@ -1,7 +1,7 @@
 """Progress: the stages of a conversion and the events a stage reports as it starts and ends.
 
-No torch and nothing heavy: the CLI renders these events, and the conversion child sends them
-to its parent as JSON (`to_dict` / `from_dict`), so that no one parses log text.
+No torch and nothing heavy: the CLI renders these events, and a child process sends them to
+its parent as they happen (`onnxport.isolation`), so that no one parses log text.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
 from onnxport import interrupts
 from onnxport.errors import OnnxportError, one_line
@@ -63,23 +62,6 @@ class StageEvent:
     seconds: float | None = None
     """How long the stage took, on `done` and `failed`: the one clock of the stage."""
     detail: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "stage": self.stage.value,
-            "status": self.status.value,
-            "seconds": self.seconds,
-            "detail": self.detail,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StageEvent:
-        return cls(
-            Stage(data["stage"]),
-            Status(data["status"]),
-            data.get("seconds"),
-            data.get("detail"),
-        )
 
 
 ProgressCallback = Callable[[StageEvent], None]

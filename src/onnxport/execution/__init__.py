@@ -1,10 +1,10 @@
 """Isolated execution: the conversion runs in a child process, the parent watches it.
 
-The child (`child.py`: `python -m onnxport.execution ...`, the platform's flags) converts and
-tells its parent how it goes over one channel (`protocol.py`): progress events, its log
-records of WARNING and above, and its outcome, the manifest path or the error as data. The
-parent (`runner.run_child`) streams the child's log lines, hands on its events, enforces a
-timeout, records the child's peak memory, and re-raises a child's error as the same typed error.
+The child (`child.py`: `python -m onnxport.execution ...`, the platform's flags) converts with
+the settings its parent hands it and tells its parent how it goes; the parent
+(`runner.run_child`) returns where it published or raises its error as the same type. Both
+sides go through `onnxport.isolation`, as the export child of `onnxport.preparation` does:
+one channel, one watch (timeout, interrupts, peak memory), one way to report a child's death.
 """
 
 from onnxport.execution.child import LINEAGE_ENV, REGISTERED_MODEL_ENV, ChildArguments

@@ -1,26 +1,23 @@
 """The conversion child, `python -m onnxport.execution ...`: the platform's flags, the
 conversion, and the MLflow logging of the parent's run.
 
-It tells its parent (when it has one) how it goes through `protocol.ParentChannel`; run on
-its own, as Azure ML runs it, it logs its progress and writes its outcome to the result file.
-Nothing heavy is imported at module level: the parent and the Azure ML job builder import
-`ChildArguments` from here.
+With a parent (`runner.run_child`) it takes the settings the parent read from the channel
+(`onnxport.isolation`) and tells the parent how it goes there. Run on its own, as Azure ML
+runs it, it reads `--config-dir`, logs its progress, and writes its outcome to the result file
+(`--result-file` / `ONNXPORT_RESULT_FILE`) when one is named. Nothing heavy is imported at
+module level: the parent and the Azure ML job builder import `ChildArguments` from here.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
-import sys
-import threading
-import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from onnxport import interrupts
 from onnxport.errors import (
@@ -28,23 +25,21 @@ from onnxport.errors import (
     InternalError,
     OnnxportError,
     TrackingError,
+    error_from_dict,
     one_line,
 )
-from onnxport.execution.protocol import (
-    FORWARDED_LEVEL,
-    PARENT_PID_ENV,
-    RESULT_ENV,
-    Outcome,
-    ParentChannel,
-    log_event,
-    write_result_file,
-)
 from onnxport.interrupts import Interrupted
+from onnxport.isolation.channel import Channel, Outcome, log_event
+from onnxport.isolation.child import outcome_of, setup_logging, watch_parent
+from onnxport.process import peak_rss_mb
+from onnxport.progress import ProgressCallback, StageEvent
 
 logger = logging.getLogger("onnxport.execution")  # also when run as __main__
 
 REGISTERED_MODEL_ENV = "ONNXPORT_REGISTERED_MODEL_NAME"
 LINEAGE_ENV = "ONNXPORT_LINEAGE"
+RESULT_ENV = "ONNXPORT_RESULT_FILE"
+"""Where the child writes its outcome as one JSON object, with or without a parent."""
 
 
 @dataclass(frozen=True)
@@ -102,125 +97,108 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _exit_when_orphaned(parent_pid: int) -> None:
-    """Stop the child when its parent dies, so that no conversion runs on unwatched.
-
-    The child has its own session (so that the parent can kill its whole group), which
-    also means it outlives a killed parent; the MLflow run is marked FAILED on the way out.
-    """
-    while os.getppid() == parent_pid:
-        time.sleep(1.0)
-    logger.error("the parent process %d is gone; stopping the conversion", parent_pid)
+def _fail_the_run() -> None:
+    """The MLflow run of a conversion whose parent died ends FAILED, unless it was logged
+    and ended already."""
     run_id = os.environ.get("MLFLOW_RUN_ID")
-    if run_id:
-        with contextlib.suppress(Exception):
-            from mlflow.tracking import MlflowClient
+    if not run_id:
+        return
+    from mlflow.tracking import MlflowClient
 
-            client = MlflowClient()
-            if client.get_run(run_id).info.status == "RUNNING":  # not one logged and ended
-                client.set_terminated(run_id, status="FAILED")
-    os._exit(1)
-
-
-def _setup_logging(channel: ParentChannel | None) -> None:
-    """Log to stderr; with a parent, the records it must see go to it instead, whole."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    )
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    root.addHandler(handler)
-    if channel is not None:
-        handler.addFilter(lambda record: record.levelno < FORWARDED_LEVEL)
-        root.addHandler(channel.log_handler())
-    for noisy in ("torch", "onnx_ir", "onnxscript"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if noisy != "torch" else logging.ERROR)
+    client = MlflowClient()
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, status="FAILED")
 
 
 def child_main(argv: list[str]) -> int:
     # Watch the parent before the imports below, which take seconds: a parent killed
-    # meanwhile must not leave its run RUNNING. Its pid comes from the parent itself, so that
-    # a parent already gone when this line runs is noticed too.
-    parent_pid = int(os.environ.pop(PARENT_PID_ENV, "") or os.getppid())
-    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
-    channel = ParentChannel.from_environment()
+    # meanwhile must not leave its run RUNNING.
+    watch_parent(on_orphaned=_fail_the_run)
+    channel = Channel.from_environment()
     with interrupts.handling():
-        return _convert(channel, argv)
+        return _main(channel, argv)
 
 
-def _convert(channel: ParentChannel | None, argv: list[str]) -> int:
+def _main(channel: Channel | None, argv: list[str]) -> int:
     args = parse_arguments(argv)
     result_file = args.result_file or (
         Path(os.environ[RESULT_ENV]) if RESULT_ENV in os.environ else None
     )
-    _setup_logging(channel)
+    setup_logging(channel)
 
-    def finish(outcome: Outcome) -> None:
-        if channel is not None:
-            channel.send(outcome)
-        if result_file is not None:
-            write_result_file(result_file, outcome)
-
-    def progress(event) -> None:
+    def progress(event: StageEvent) -> None:
         if channel is not None:
             channel.send(event)
         else:
             log_event(logger, event)
 
     try:
-        # The parent starts this process with SIGINT and SIGTERM blocked: from here on they
-        # are handled, and one sent meanwhile arrives now.
+        # The parent starts this process with SIGINT blocked: from here on it is handled,
+        # and one sent meanwhile arrives now.
         interrupts.accept()
-        from onnxport.pipeline import convert
-        from onnxport.process import freeze_startup_objects
-        from onnxport.request import ConversionRequest
-        from onnxport.request.config import load_conversion_config
-
-        config = load_conversion_config(args.config_dir)
-        config = config.with_overrides(
-            onnx={
-                "opset_version": args.opset_version,
-                "quantization": "int8" if args.quantize_int8 else None,
-                "run_smoke_test": True if args.run_smoke_test else None,
-            }
+        # The settings the parent read, fingerprinted and sent; run on its own, the file's.
+        outcome, code = outcome_of(
+            lambda: _convert(args, channel.receive() if channel else None, progress)
         )
-        lineage = json.loads(os.environ.get(LINEAGE_ENV, "{}"))
-        lineage.setdefault("backbone", args.backbone)
-        if os.environ.get("MLFLOW_RUN_ID"):
-            lineage.setdefault("mlflow_run_id", os.environ["MLFLOW_RUN_ID"])
-        request = ConversionRequest(
-            source_path=args.checkpoint_path,
-            output_dir=args.output_dir,
-            config=config,
-            force=args.force,
-            refresh_export_cache=args.refresh_export_cache,
-            conv_fp=args.conv_fp,
-            lineage=lineage,
-        )
-        before_publish = _mlflow_logger() if os.environ.get("MLFLOW_RUN_ID") else None
-        freeze_startup_objects()
-        manifest = convert(request, progress=progress, before_publish=before_publish)
-    except OnnxportError as e:
-        if channel is None:  # a parent raises it again, and says it once
-            logger.error("%s", e)
-        finish(Outcome(error=e.to_dict()))
-        return e.exit_code
     except Interrupted as e:  # SIGINT from the parent, or SIGTERM (a cancelled job)
         stopped = ExecutionError(f"the conversion was stopped by {e}; nothing was published")
-        if channel is None:
-            logger.error("%s", stopped)
-        finish(Outcome(error=stopped.to_dict()))
-        return e.exit_code
-    except BaseException as e:
-        traceback.print_exc()
-        bug = InternalError(f"{type(e).__name__}: {e}")
-        finish(Outcome(error=bug.to_dict()))
-        return bug.exit_code
-    finish(
-        Outcome(manifest=Path(args.output_dir) / "manifest.json", peak_rss_mb=manifest.peak_rss_mb)
+        outcome, code = Outcome(error=stopped.to_dict()), e.exit_code
+    if channel is not None:
+        channel.send(outcome)
+    elif outcome.error is not None:  # a parent raises it again, and says it once
+        logger.error("%s", error_from_dict(outcome.error))
+    if result_file is not None:
+        write_result_file(result_file, outcome)
+    return code
+
+
+def _convert(args: argparse.Namespace, handed: object, progress: ProgressCallback) -> Path:
+    """Convert as the flags say, with the `handed` settings or else `--config-dir`'s; return
+    the published manifest's path."""
+    from onnxport.pipeline import convert
+    from onnxport.process import freeze_startup_objects
+    from onnxport.request import ConversionRequest
+    from onnxport.request.config import ConversionConfig, load_conversion_config
+
+    if handed is not None and not isinstance(handed, ConversionConfig):
+        raise InternalError(f"the parent sent {type(handed).__name__}, not the settings")
+    config = handed if handed is not None else load_conversion_config(args.config_dir)
+    config = config.with_overrides(
+        onnx={
+            "opset_version": args.opset_version,
+            "quantization": "int8" if args.quantize_int8 else None,
+            "run_smoke_test": True if args.run_smoke_test else None,
+        }
     )
-    return 0
+    lineage = json.loads(os.environ.get(LINEAGE_ENV, "{}"))
+    lineage.setdefault("backbone", args.backbone)
+    if os.environ.get("MLFLOW_RUN_ID"):
+        lineage.setdefault("mlflow_run_id", os.environ["MLFLOW_RUN_ID"])
+    request = ConversionRequest(
+        source_path=args.checkpoint_path,
+        output_dir=args.output_dir,
+        config=config,
+        force=args.force,
+        refresh_export_cache=args.refresh_export_cache,
+        conv_fp=args.conv_fp,
+        lineage=lineage,
+    )
+    before_publish = _mlflow_logger() if os.environ.get("MLFLOW_RUN_ID") else None
+    freeze_startup_objects()
+    convert(request, progress=progress, before_publish=before_publish)
+    return Path(args.output_dir) / "manifest.json"
+
+
+def write_result_file(path: Path, outcome: Outcome) -> None:
+    """The outcome as one JSON object, `{"ok": true, "manifest": ..., "peak_rss_mb": ...}` or
+    `{"ok": false, "error": ...}`, replaced atomically so that no reader sees half."""
+    if outcome.error is not None:
+        data: dict[str, Any] = {"ok": False, "error": outcome.error}
+    else:
+        data = {"ok": True, "manifest": str(outcome.value), "peak_rss_mb": round(peak_rss_mb(), 1)}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data), encoding="utf-8")
+    tmp.replace(path)
 
 
 def _mlflow_logger() -> Callable:
