@@ -102,12 +102,6 @@ def test_a_damaged_manifest_is_detected(copy_output, text: str) -> None:
         read_manifest(directory)
 
 
-def test_a_manifest_that_is_not_complete_is_not_trusted(copy_output) -> None:
-    directory = copy_output(NAME)
-    _edit_manifest(directory, status="failed")
-    assert verify_directory(directory) == ["status is 'failed'"]
-
-
 def test_a_manifest_listing_no_files_is_not_trusted(copy_output) -> None:
     directory = copy_output(NAME)
     _edit_manifest(directory, files={})
