@@ -53,7 +53,6 @@ class Status(str, Enum):
     START = "start"
     DONE = "done"
     FAILED = "failed"
-    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)

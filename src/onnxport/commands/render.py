@@ -30,14 +30,11 @@ class ProgressPrinter:
         indent = self.indent + "  " * len(self.running)
         if event.status is Status.START:
             self.running.append(event.stage)
-        if event.status is Status.START:
             line = f"[dim]…[/dim] {label}"
         elif event.status is Status.DONE:
             line = f"[green]✓[/green] {label} [dim]{event.seconds:.1f} s[/dim]"
-        elif event.status is Status.FAILED:
-            line = f"[red]✗[/red] {label} [dim]{event.seconds:.1f} s[/dim]"
         else:
-            line = f"[dim]- {label} ({event.status.value})[/dim]"
+            line = f"[red]✗[/red] {label} [dim]{event.seconds:.1f} s[/dim]"
         self.console.print(indent + line, highlight=False)
 
 
