@@ -22,6 +22,7 @@ RINGS = {
     "interrupts": 0,
     "tasks": 0,
     "samples": 0,
+    "names": 0,
     "request": 0,
     "sources": 1,
     "export": 1,

@@ -29,6 +29,7 @@ from onnxport.errors import (
     TrackingError,
     ValidationError,
 )
+from onnxport.names import Variant
 from onnxport.passes import (
     apply_pass,
     apply_sequence,
@@ -105,7 +106,7 @@ def convert(
     run = StageClock(progress)
     with interrupts.handling(), Staging(request.output_dir) as staging:
         work = staging.path
-        fp32_file = config.output.filename("fp32")
+        fp32_file = config.output.filename(Variant.FP32)
         exported = work / EXPORT_DIRNAME / fp32_file
         if isolated(request):
             prepared = prepare_in_a_child(request, exported, run)
@@ -215,7 +216,7 @@ def _fp32(
         move_model(exported, final)
     with run.stage(Stage.VALIDATE, ValidationError):
         return judge(
-            Candidate("fp32", final, passes),
+            Candidate(Variant.FP32, final, passes),
             prepared.references,
             task=prepared.task,
             rules=rules,

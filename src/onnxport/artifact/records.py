@@ -13,6 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
+from onnxport.names import StrEnum, Variant
+from onnxport.request.config import Exporter
+
 PYTORCH = "pytorch"
 SIZED_POSITION_EMBEDDINGS = "the model's position embeddings are sized for it"
 """Why a resolution is fixed when PyTorch refuses other sizes (ViT), and in manifests
@@ -52,9 +55,18 @@ class SentenceEmbeddingRecord(Record):
     the model's maximum."""
 
 
+class SourceKind(StrEnum):
+    """Which loader read the checkpoint (`onnxport.sources`)."""
+
+    HUGGINGFACE = "huggingface"
+    TORCH_EXPORT = "torch-export"
+    TORCHSCRIPT = "torchscript"
+    STATE_DICT = "state-dict"
+
+
 class SourceRecord(Record):
     path: str
-    kind: str
+    kind: SourceKind
     task: str
     architecture: str
     model_type: str | None = None
@@ -78,20 +90,32 @@ class SourceRecord(Record):
 class AttemptRecord(Record):
     """One exporter's try: whether it produced the model, and why not."""
 
-    exporter: str
+    exporter: Exporter
     ok: bool
     error: str | None = None
     seconds: float = 0.0
 
 
+class CacheStatus(StrEnum):
+    """What the export cache did for a conversion."""
+
+    HIT = "hit"
+    """The graph came from the cache and this checkpoint's weights were bound into it."""
+    MISS = "miss"
+    """Exported (and stored, when `ExportCacheRecord.stored`)."""
+    REFRESH = "refresh"
+    """Exported whatever the cache held (`ConversionRequest.refresh_export_cache`), then
+    stored."""
+    OFF = "off"
+    """Not used (`execution.export_cache: false`, or a cache that cannot be used)."""
+    UNSUPPORTED = "unsupported"
+    """A source or exporter whose graph the cache cannot hold."""
+
+
 class ExportCacheRecord(Record):
     """What the export cache did for this conversion (`onnxport.export.cache`)."""
 
-    status: str
-    """`hit`: the graph came from the cache and this checkpoint's weights were bound into it;
-    `miss`: exported (and stored when `stored`); `refresh`: exported whatever the cache held
-    (`--force`), then stored; `off`: not used (`--no-cache`, `execution.export_cache: false`);
-    `unsupported`: a source or exporter whose graph the cache cannot hold."""
+    status: CacheStatus
     key: str | None = None
     """The entry's key: a digest of what decides the graph (config, task, settings, versions)."""
     created_at: str | None = None
@@ -104,7 +128,7 @@ class ExportCacheRecord(Record):
 
 
 class ExportRecord(Record):
-    exporter: str
+    exporter: Exporter
     """The exporter that produced the model."""
     opset: int
     seconds: float
@@ -407,7 +431,7 @@ class OutputRecord(Record):
     facts and smoke test."""
 
     file: str
-    variant: str
+    variant: Variant
     published: bool = True
     sha256: str | None = None
     size_bytes: int | None = None
@@ -438,7 +462,7 @@ class VerifiedModelRecord(Record):
     of a conversion: the fp32 model's values and task agreement, a variant's task agreement."""
 
     file: str
-    variant: str
+    variant: Variant
     proven: bool
     validation: ValidationRecord
     localization: DivergenceRecord | None = None

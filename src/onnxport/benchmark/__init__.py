@@ -25,7 +25,12 @@ import onnxruntime as ort
 
 from onnxport.artifact.manifest import Manifest
 from onnxport.artifact.reader import PublishedDirectory
-from onnxport.artifact.records import BenchmarkRecord, BenchmarkSettingsRecord, TimingRecord
+from onnxport.artifact.records import (
+    BenchmarkRecord,
+    BenchmarkSettingsRecord,
+    SourceKind,
+    TimingRecord,
+)
 from onnxport.artifact.report import write_reports
 from onnxport.benchmark.runtimes import (
     directory_inputs,
@@ -118,7 +123,7 @@ def _sizes(
 ) -> tuple[list[int], str]:
     """The sizes of the grid and their name: the model's own image size for vision, the
     sequence length for Hugging Face text models, the input spec's `size` for the others."""
-    if manifest.source.kind != "huggingface":
+    if manifest.source.kind is not SourceKind.HUGGINGFACE:
         return list(settings.seq_lengths), "size"
     config = read_json(directory / "config.json")
     if TASKS[Task(manifest.source.task)].modality is Modality.VISION:

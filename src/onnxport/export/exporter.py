@@ -191,10 +191,10 @@ def export_to_onnx(
         # Loaded before anything is written: a path that holds no model leaves no directory.
         source = load_source(Path(source), source_config)
     output_path = Path(output_path)
-    wanted = [s for s in EXPORT_STRATEGIES if exporter is Exporter.AUTO or s.name == exporter.value]
+    wanted = [s for s in EXPORT_STRATEGIES if exporter in (Exporter.AUTO, s.name)]
     if source.task is Task.TEXT_GENERATION:
         # The TorchScript tracer fixes the cache's lengths at the example's.
-        wanted = [s for s in wanted if s.name == Exporter.DYNAMO.value]
+        wanted = [s for s in wanted if s.name is Exporter.DYNAMO]
         if not wanted:
             raise ConfigError(
                 "the TorchScript exporter cannot keep a KV cache's lengths dynamic, and "
@@ -284,7 +284,7 @@ def export_from_template(
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     attempt, _ = _attempt(
-        ExportStrategy("dynamo", DYNAMO_OPSETS, run),
+        ExportStrategy(Exporter.DYNAMO, DYNAMO_OPSETS, run),
         source,
         output_path,
         opset_version=opset_version,

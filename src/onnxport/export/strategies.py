@@ -151,14 +151,14 @@ kept, when the strategy has one and was asked for it."""
 
 @dataclass(frozen=True)
 class ExportStrategy:
-    name: str
+    name: Exporter
     opsets: range
     run: StrategyRun
 
 
 EXPORT_STRATEGIES: tuple[ExportStrategy, ...] = (
-    ExportStrategy("dynamo", DYNAMO_OPSETS, _export_dynamo),
-    ExportStrategy("torchscript", TORCHSCRIPT_OPSETS, _export_torchscript),
+    ExportStrategy(Exporter.DYNAMO, DYNAMO_OPSETS, _export_dynamo),
+    ExportStrategy(Exporter.TORCHSCRIPT, TORCHSCRIPT_OPSETS, _export_torchscript),
 )
 
 

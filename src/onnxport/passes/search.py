@@ -34,6 +34,7 @@ from onnxport.artifact.records import (
     SearchRecord,
 )
 from onnxport.errors import ValidationError
+from onnxport.names import Variant
 from onnxport.passes.base import OnnxPass, PassContext, apply_pass
 from onnxport.passes.optimize import OptimizePass
 from onnxport.passes.quantize import DynamicInt8Pass, StaticInt8Pass
@@ -65,7 +66,7 @@ class QuantizeSetting(Protocol):
     @property
     def name(self) -> str: ...
     @property
-    def variant(self) -> str:
+    def variant(self) -> Variant:
         """The name it is published as (and its file's, `output.filename`)."""
         ...
 
@@ -86,7 +87,7 @@ class Int8Setting:
     per_channel: bool
     op_types: tuple[str, ...] | None = None
     """What to quantize when the user names nothing; None: onnxruntime's defaults."""
-    variant: str = "int8"
+    variant: Variant = Variant.INT8
 
     def onnx_pass(self) -> OnnxPass:
         return StaticInt8Pass() if self.static else DynamicInt8Pass()
@@ -113,13 +114,13 @@ class WeightOnlySetting:
     """A decoder LM's weight-only variant, made as the explicit one is (the user's
     `quantize.block_size`, `symmetric`, `lm_head`)."""
 
-    variant: str
+    variant: Variant
     make: type[Int4Pass] | type[Int8WeightsPass]
     static: bool = False
 
     @property
     def name(self) -> str:
-        return self.variant
+        return str(self.variant)
 
     def onnx_pass(self) -> OnnxPass:
         return self.make()
@@ -145,8 +146,8 @@ INT8_SETTINGS: tuple[QuantizeSetting, ...] = (
     Int8Setting("static QDQ per-channel", static=True, per_channel=True, op_types=("MatMul",)),
 )
 WEIGHT_ONLY_SETTINGS: tuple[QuantizeSetting, ...] = (
-    WeightOnlySetting("int8-weights", Int8WeightsPass),
-    WeightOnlySetting("int4", Int4Pass),
+    WeightOnlySetting(Variant.INT8_WEIGHTS, Int8WeightsPass),
+    WeightOnlySetting(Variant.INT4, Int4Pass),
 )
 """fp16 is not a candidate: it is the variant for GPU serving, and the search times on ONNX
 Runtime's CPU provider (`verify.runtime.PROVIDERS`), where its ranking would say nothing
@@ -367,7 +368,7 @@ def _refusal(plan: QuantizeSearch, record: SearchRecord) -> ValidationError:
 
 
 def search_quantization(
-    base: Path, publish_at: Callable[[str], Path], *, search: SearchContext
+    base: Path, publish_at: Callable[[Variant], Path], *, search: SearchContext
 ) -> OutputRecord:
     """The fastest variant made from `base` that passes the search's rules, of the
     candidates `quantize_search` gives the task, published at `publish_at(its variant)`.
@@ -461,7 +462,9 @@ def search_optimization(exported: Path, final: Path, search: SearchContext) -> O
             path = final.with_name(f".{final.stem}.{level.value}.onnx")
             passes = (apply_pass(OptimizePass(level), exported, path, search.context),)
         # Localizing compares with PyTorch: once, for the graph as exported.
-        output = search.judge(Candidate("fp32", path, passes), locate=level is OptimizeLevel.NONE)
+        output = search.judge(
+            Candidate(Variant.FP32, path, passes), locate=level is OptimizeLevel.NONE
+        )
         if not output.published and path != exported:
             remove_model(path)
         tried.append(

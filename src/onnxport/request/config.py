@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic import ValidationError as PydanticValidationError
 
 from onnxport.errors import ConfigError, one_line
+from onnxport.names import StrEnum, Variant
 from onnxport.tasks import Task
 
 CONVERSION_CONFIG_FILENAME = "conversion.yaml"
@@ -55,11 +56,11 @@ class Quantization(str, Enum):
     or a decoder LM's `int8-weights` and `int4`."""
 
     @property
-    def variant(self) -> str:
+    def variant(self) -> Variant:
         """The published variant's name; `auto`'s is the int8 search's. A decoder LM's search
         publishes the variant it chooses under that one's name, `int8-weights` or `int4`
-        (`passes.search.quantize_search`)."""
-        return Quantization.INT8.value if self is Quantization.AUTO else self.value
+        (`passes.search.quantize_search`). `none` makes no variant: asking is a bug."""
+        return Variant.INT8 if self is Quantization.AUTO else Variant(self.value)
 
 
 # Spellings accepted for the same setting; `dynamic` is the platform's older name for int8.
@@ -74,7 +75,7 @@ class OptimizeLevel(str, Enum):
     """Measure every level on this machine and keep the fastest that validates."""
 
 
-class Exporter(str, Enum):
+class Exporter(StrEnum):
     AUTO = "auto"
     DYNAMO = "dynamo"
     TORCHSCRIPT = "torchscript"
@@ -169,12 +170,12 @@ class OutputConfig(_Strict):
         if not value.endswith(".onnx"):
             raise ValueError("must end with '.onnx'")
         try:
-            value.format(quantization="fp32")
+            value.format(quantization=Variant.FP32)
         except (KeyError, IndexError, ValueError) as e:
             raise ValueError(f"has a placeholder other than '{{quantization}}': {e}") from None
         return value
 
-    def filename(self, variant: str) -> str:
+    def filename(self, variant: Variant) -> str:
         return self.filename_pattern.format(quantization=variant)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from onnxport.artifact.records import SIZED_POSITION_EMBEDDINGS
+from onnxport.artifact.records import SIZED_POSITION_EMBEDDINGS, SourceKind
 from onnxport.errors import InternalError, SourceError, one_line
 from onnxport.samples import sample_texts
 from onnxport.sources.base import ModelFacts, Source
@@ -502,7 +502,7 @@ def load_huggingface(
         task=resolved_task,
         modality=info.modality,
         path=path,
-        kind="huggingface",
+        kind=SourceKind.HUGGINGFACE,
         architecture=architecture if task is None else type(model).__name__,
         input_names=tuple(names),
         output_names=output_names,

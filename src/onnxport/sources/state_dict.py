@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from onnxport.artifact.records import SourceKind
 from onnxport.errors import SourceError, one_line
 from onnxport.request.config import SourceConfig
 from onnxport.sources.base import Source
@@ -35,7 +36,6 @@ from onnxport.sources.plain import plain_source, read_input_spec
 
 logger = logging.getLogger(__name__)
 
-KIND = "state-dict"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _PICKLE_PROTOCOL_MARK = 0x80
 
@@ -208,7 +208,7 @@ def load_state_dict_source(path: Path, settings: SourceConfig) -> Source:
         model,
         spec,
         path=path,
-        kind=KIND,
+        kind=SourceKind.STATE_DICT,
         architecture=type(model).__name__,
         task=settings.task,
         weight_files=(path,),

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from onnxport.artifact.records import SourceKind
 from onnxport.errors import SourceError, one_line
 from onnxport.request.config import SourceConfig
 from onnxport.sources.base import Source
@@ -40,7 +41,6 @@ from onnxport.sources.plain import (
 
 logger = logging.getLogger(__name__)
 
-KIND = "torch-export"
 ARCHIVE_FORMAT = "archive_format"
 LEGACY_PROGRAM = "serialized_exported_program.json"
 _PAYLOAD_CONFIGS = ("_weights_config.json", "_constants_config.json")
@@ -163,7 +163,7 @@ def load_torch_export(path: Path, settings: SourceConfig) -> Source:
         program.module(),
         spec,
         path=path,
-        kind=KIND,
+        kind=SourceKind.TORCH_EXPORT,
         architecture=_architecture(program, path),
         task=settings.task,
         weight_files=(path,),

@@ -24,6 +24,7 @@ from onnxport.artifact.records import (
     ValidationRecord,
 )
 from onnxport.errors import ValidationError
+from onnxport.names import Variant
 from onnxport.tasks import Task
 from onnxport.verify.evaluation import Evaluation
 from onnxport.verify.generation import GenerationProof
@@ -68,7 +69,7 @@ class Rules:
 class Candidate:
     """A model the passes made, waiting for the gate's verdict."""
 
-    variant: str
+    variant: Variant
     path: Path
     passes: tuple[PassRecord, ...] = ()
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from onnxport.artifact.manifest import MANIFEST_FILENAME, read_manifest, verify_directory
 from onnxport.artifact.records import InputRecord, VerificationRecord, VerifiedModelRecord
 from onnxport.errors import VerifyInputError, one_line
+from onnxport.names import Variant
 from onnxport.request.config import ConversionConfig, parse_conversion_config
 from onnxport.tasks import Task
 from onnxport.verify.evaluation import Evaluation
@@ -71,7 +72,7 @@ def verify_published(directory: Path, *, against: Path | None = None) -> Verific
     config = parse_conversion_config(manifest.config, origin=str(directory / MANIFEST_FILENAME))
     source = load_source(checkpoint, config.source)
     notes = _changed_weights(source, manifest.source.weights_sha256)
-    fp32 = manifest.output("fp32")
+    fp32 = manifest.output(Variant.FP32)
     recorded = fp32.validation.shapes if fp32 and fp32.validation else None
     shapes = [(b, s) for b, s in recorded] if recorded else validation_shapes(source, config)
     task = source.task
@@ -85,7 +86,7 @@ def verify_published(directory: Path, *, against: Path | None = None) -> Verific
     models = []
     for out in manifest.published_outputs():
         path = directory / out.file
-        if out.variant == "fp32":
+        if out.variant is Variant.FP32:
             rules = answers.fp32_rules(config)
             locate = _locate_fp32(reload, references, opset=manifest.export.opset)
         else:
@@ -130,7 +131,7 @@ def verify_onnx_file(
     rules = answers.fp32_rules(config)
     if not names.same_inputs:  # the proof's loop feeds the graph by the checkpoint's names
         rules = dataclasses.replace(rules, generation=None)
-    proof = _prove(Candidate("fp32", model), references, task, rules, locate)
+    proof = _prove(Candidate(Variant.FP32, model), references, task, rules, locate)
     return VerificationRecord(
         target=str(model), against=str(against), models=[proof], notes=[*names.notes, *fitted]
     )

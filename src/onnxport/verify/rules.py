@@ -6,6 +6,7 @@ for a conversion and for `onnxport verify` alike.
 
 from __future__ import annotations
 
+from onnxport.names import Variant
 from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantization, Yardstick
 from onnxport.verify.compare import Tolerance
 from onnxport.verify.evaluation import Evaluation
@@ -28,7 +29,7 @@ def fp32_rules(
     on failure with what it suggests trying; `float64_skipped`: why PyTorch did not run in
     float64, when the budget was asked for; `generation`: PyTorch's greedy generations, which
     the model's must equal."""
-    default = DEFAULT_TOLERANCES["fp32"]
+    default = DEFAULT_TOLERANCES[Variant.FP32]
     validation = config.validation
     tolerance = Tolerance(
         atol=validation.atol or default.atol,
