@@ -45,7 +45,7 @@ from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantizatio
 from onnxport.tasks import Task
 from onnxport.testing import smoke_test_onnx_model
 from onnxport.verify.decode import generate_ids
-from onnxport.verify.divergence import locate_fp32_failure, locate_variant_failure
+from onnxport.verify.divergence import fp32_divergence, variant_divergence
 from onnxport.verify.gate import Candidate, judge
 from onnxport.verify.next_token import next_token_gate
 from onnxport.verify.rules import fp32_rules, variant_rules
@@ -183,10 +183,10 @@ def _fp32(
     where it is when the variants are made from it (any optimization), else it is moved."""
     config = request.config
 
-    def locate_fp32(model: Path, validation: ValidationRecord):
+    def search_divergence(model: Path, validation: ValidationRecord):
         from onnxport.sources import load_source  # a failure can afford torch's import
 
-        return locate_fp32_failure(
+        return fp32_divergence(
             lambda: load_source(request.source_path, config.source),
             model,
             prepared.references,
@@ -199,10 +199,10 @@ def _fp32(
     rules = fp32_rules(
         config, prepared.evaluation, origin, prepared.float64_skipped, prepared.generation
     )
-    locate = locate_fp32 if config.validation.localize else None
+    divergence_search = search_divergence if config.validation.localize else None
     if config.onnx.optimize is OptimizeLevel.AUTO:
         search = SearchContext(
-            prepared.context, prepared.references, prepared.task, rules, timer, locate
+            prepared.context, prepared.references, prepared.task, rules, timer, divergence_search
         )
         with run.stage(Stage.PASSES, PassError):
             return search_optimization(exported, final, search)
@@ -220,7 +220,7 @@ def _fp32(
             prepared.references,
             task=prepared.task,
             rules=rules,
-            locate=locate,
+            divergence_search=divergence_search,
         )
 
 
@@ -261,13 +261,13 @@ def _variant(
         )
     rules = variant_rules(config, prepared.evaluation, gate)
 
-    def locate(model: Path, validation: ValidationRecord):
-        return locate_variant_failure(base, model, prepared.references, validation)
+    def search_divergence(model: Path, validation: ValidationRecord):
+        return variant_divergence(base, model, prepared.references, validation)
 
     if config.onnx.quantization is Quantization.AUTO:
         # The search needs the divergence search to know which node to leave in float.
         search = SearchContext(
-            prepared.context, prepared.references, prepared.task, rules, timer, locate
+            prepared.context, prepared.references, prepared.task, rules, timer, search_divergence
         )
         return search_quantization(
             base, lambda variant: fp32.with_name(config.output.filename(variant)), search=search
@@ -280,7 +280,7 @@ def _variant(
         prepared.references,
         task=prepared.task,
         rules=rules,
-        locate=locate if config.validation.localize else None,
+        divergence_search=search_divergence if config.validation.localize else None,
     )
     if not judged.published:
         remove_model(path)

@@ -24,7 +24,16 @@ written before the reason was recorded."""
 
 
 class Record(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True, ser_json_inf_nan="strings")
+    # A field whose key predates its name (`alias`) is written under its key and read under
+    # either.
+    model_config = ConfigDict(
+        extra="allow",
+        frozen=True,
+        ser_json_inf_nan="strings",
+        serialize_by_alias=True,
+        validate_by_alias=True,
+        validate_by_name=True,
+    )
 
 
 # ------------------------------------------------------------------------------ load, export
@@ -440,8 +449,8 @@ class OutputRecord(Record):
     data_size_bytes: int | None = None
     passes: list[PassRecord] = Field(default_factory=list)
     validation: ValidationRecord | None = None
-    localization: DivergenceRecord | None = None
-    """Where a refused model parts ways with its reference."""
+    divergence: DivergenceRecord | None = Field(None, alias="localization")
+    """Where a refused model diverges from its reference."""
     smoke_test: SmokeTestRecord | None = None
     search: SearchRecord | None = None
     """The candidates measured and judged when the model was chosen by a search."""
@@ -465,8 +474,8 @@ class VerifiedModelRecord(Record):
     variant: Variant
     proven: bool
     validation: ValidationRecord
-    localization: DivergenceRecord | None = None
-    """Where a refused model parts ways with PyTorch (or a variant with the fp32 model)."""
+    divergence: DivergenceRecord | None = Field(None, alias="localization")
+    """Where a refused model diverges from PyTorch (or a variant from the fp32 model)."""
 
     def refusal(self) -> str:
         """Why it was refused, on one line: the failures, then where it diverges."""
@@ -474,8 +483,8 @@ class VerifiedModelRecord(Record):
         found = failures[0] if failures else "refused"
         if len(failures) > 1:
             found += f" (and {len(failures) - 1} more)"
-        if self.localization is not None:
-            found += f"; {self.localization.summary()}"
+        if self.divergence is not None:
+            found += f"; {self.divergence.summary()}"
         return f"{self.file} ({self.variant}): {found}"
 
 

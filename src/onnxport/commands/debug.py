@@ -30,8 +30,8 @@ def debug_command(
     from onnxport.artifact.reader import PublishedDirectory
     from onnxport.commands.console import setup_logging
     from onnxport.sources import load_source
-    from onnxport.verify.divergence.pytorch import localize_against_pytorch
-    from onnxport.verify.divergence.variant import localize_variant
+    from onnxport.verify.divergence.pytorch import divergence_from_pytorch
+    from onnxport.verify.divergence.variant import divergence_from_base
     from onnxport.verify.validate import DEFAULT_TOLERANCES, Judging
 
     setup_logging(verbose=False)
@@ -49,7 +49,7 @@ def debug_command(
         base = _variant_base(published, source, Path(scratch)) if variants else None
         del source  # loaded again after the ONNX side has run: never both in memory
         results = {
-            "fp32": localize_against_pytorch(
+            "fp32": divergence_from_pytorch(
                 lambda: load_source(Path(manifest.source.path), settings),
                 published.path / fp32.file,
                 inputs,
@@ -58,7 +58,7 @@ def debug_command(
             )
         }
         for out in variants:
-            results[out.variant] = localize_variant(
+            results[out.variant] = divergence_from_base(
                 base,
                 published.path / out.file,
                 inputs,

@@ -41,7 +41,7 @@ from onnxport.passes.quantize import DynamicInt8Pass, StaticInt8Pass
 from onnxport.passes.weight_only import Int4Pass, Int8WeightsPass
 from onnxport.request.config import OptimizeLevel, QuantizeConfig
 from onnxport.tasks import Task
-from onnxport.verify.gate import Candidate, Locate, Rules, judge
+from onnxport.verify.gate import Candidate, DivergenceSearch, Rules, judge
 from onnxport.verify.runtime import create_session, session_options
 from onnxport.verify.timing import measure_interleaved, open_onnx
 from onnxport.verify.validate import Reference
@@ -257,9 +257,9 @@ class SearchContext:
     task: Task
     rules: Rules
     timer: Timer
-    locate: Locate | None
+    divergence_search: DivergenceSearch | None
 
-    def judge(self, candidate: Candidate, *, locate: bool = True) -> OutputRecord:
+    def judge(self, candidate: Candidate, *, search_divergence: bool = True) -> OutputRecord:
         """The one gate, unchanged; a failing candidate is recorded, not raised: the search
         goes on to the next. Its refusal is logged at INFO: the manifest and the report list
         every candidate, and a search that then succeeds has nothing to warn of."""
@@ -268,7 +268,7 @@ class SearchContext:
             self.references,
             task=self.task,
             rules=dataclasses.replace(self.rules, on_failure="skip"),
-            locate=self.locate if locate else None,
+            divergence_search=self.divergence_search if search_divergence else None,
             skip_log_level=logging.INFO,
         )
 
@@ -373,14 +373,14 @@ def search_quantization(
     """The fastest variant made from `base` that passes the search's rules, of the
     candidates `quantize_search` gives the task, published at `publish_at(its variant)`.
 
-    `search.locate` is the divergence search for a candidate made from `base`: the node it
-    blames is left in float in the next try. Raises `ValidationError` with what was tried
+    `search.divergence_search` finds where a candidate made from `base` diverges: the node
+    it blames is left in float in the next try. Raises `ValidationError` with what was tried
     when none passes (unless `rules.on_failure` is `skip`: then the last record is returned
     unpublished).
     """
     plan = quantize_search(search.task)
     if not plan.leave_in_float:
-        search = dataclasses.replace(search, locate=None)
+        search = dataclasses.replace(search, divergence_search=None)
     settings = search.context.settings
     budget, most = settings.search_budget_seconds, settings.max_excluded_nodes
     started = time.perf_counter()
@@ -443,7 +443,7 @@ def search_quantization(
 
 
 def _blamed(output: OutputRecord) -> str | None:
-    found = output.localization
+    found = output.divergence
     return found.first.node if found is not None and found.first is not None else None
 
 
@@ -461,9 +461,9 @@ def search_optimization(exported: Path, final: Path, search: SearchContext) -> O
         if level is not OptimizeLevel.NONE:
             path = final.with_name(f".{final.stem}.{level.value}.onnx")
             passes = (apply_pass(OptimizePass(level), exported, path, search.context),)
-        # Localizing compares with PyTorch: once, for the graph as exported.
+        # The divergence search compares with PyTorch: once, for the graph as exported.
         output = search.judge(
-            Candidate(Variant.FP32, path, passes), locate=level is OptimizeLevel.NONE
+            Candidate(Variant.FP32, path, passes), search_divergence=level is OptimizeLevel.NONE
         )
         if not output.published and path != exported:
             remove_model(path)
@@ -490,7 +490,7 @@ def search_optimization(exported: Path, final: Path, search: SearchContext) -> O
 def _fp32_refusal(output: OutputRecord, rules: Rules) -> ValidationError:
     validation = output.validation
     failures = "; ".join(validation.failures[:3]) if validation else "no validation"
-    divergence = output.localization
+    divergence = output.divergence
     tries = [t for t in rules.remedies if t]
     return ValidationError(
         f"the fp32 ONNX model does not compute what PyTorch computes at any optimization "

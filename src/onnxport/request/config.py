@@ -204,7 +204,8 @@ class ValidationConfig(_Strict):
     min_task_agreement: float = Field(DEFAULT_MIN_TASK_AGREEMENT, ge=0.0, le=1.0)
     seed: int = 0
     localize: bool = True
-    """After a failed validation, find the first diverging node (`onnxport.verify.divergence`)."""
+    """After a failed validation, search for where the model diverges: its first diverging
+    node (`onnxport.verify.divergence`)."""
     eval_file: str | None = None
     """A labelled evaluation set (JSON lines, see `onnxport.verify.evaluation`): every model must
     then also keep PyTorch's entity F1 (token classification) or accuracy (sequence

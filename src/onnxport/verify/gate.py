@@ -2,7 +2,7 @@
 
 A model made by the export and its passes is validated against PyTorch on every reference
 shape (and, with a labelled set, scored on it in the same session). It passes, and the gate
-returns its finished record; or it fails, and the gate says where it parts ways (`locate`)
+returns its finished record; or it fails, and the gate says where it diverges (`divergence_search`)
 and either raises, publishing nothing, or (`on_failure: skip`: a variant with
 `quantize.on_failure: skip`, a candidate of a search) returns it as not published. The gate
 judges files; it does not remove them.
@@ -33,8 +33,9 @@ from onnxport.verify.validate import Judging, Reference, validate_model
 
 logger = logging.getLogger(__name__)
 
-Locate = Callable[[Path, ValidationRecord], DivergenceRecord | None]
-"""Where a failed model parts ways with its reference; None when it cannot be said."""
+DivergenceSearch = Callable[[Path, ValidationRecord], DivergenceRecord | None]
+"""Where a failed model diverges from its reference (`verify.divergence`); None when it
+cannot be said."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def judge(
     *,
     task: Task,
     rules: Rules,
-    locate: Locate | None = None,
+    divergence_search: DivergenceSearch | None = None,
     skip_log_level: int = logging.WARNING,
 ) -> OutputRecord:
     """The candidate's record once judged: published when it passes; otherwise the gate
@@ -111,7 +112,9 @@ def judge(
         )
     # Where the graph gives no answer there is no value to trace back to a node.
     refused = bool(validation.runtime_errors)
-    divergence = locate(candidate.path, validation) if locate and not refused else None
+    divergence = (
+        divergence_search(candidate.path, validation) if divergence_search and not refused else None
+    )
     what = (
         "does not accept every validation input"
         if refused
@@ -131,7 +134,7 @@ def judge(
             published=False,
             passes=list(candidate.passes),
             validation=validation,
-            localization=divergence,
+            divergence=divergence,
         )
     tries = [t for t in (divergence and divergence.suggestion, *rules.remedies) if t]
     raise ValidationError(

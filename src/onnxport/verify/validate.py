@@ -224,7 +224,7 @@ class Judging:
     @classmethod
     def recorded(cls, validation: ValidationRecord | None) -> Judging:
         """How `validation` judged the values, read back from the record (the fp32 tolerance
-        for a record without outputs), so that localization uses the same yardstick."""
+        for a record without outputs), so that the divergence search uses the same yardstick."""
         outputs = list(validation.outputs.values()) if validation is not None else []
         if validation is None or not outputs:
             return cls(DEFAULT_TOLERANCES[Variant.FP32])
