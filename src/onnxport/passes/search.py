@@ -41,7 +41,7 @@ from onnxport.passes.quantize import DynamicInt8Pass, StaticInt8Pass
 from onnxport.passes.weight_only import Int4Pass, Int8WeightsPass
 from onnxport.request.config import OptimizeLevel, QuantizeConfig
 from onnxport.tasks import Task
-from onnxport.verify.gate import Candidate, DivergenceSearch, Rules, judge
+from onnxport.verify.gate import Candidate, DivergenceSearch, Rules, judge, refusal
 from onnxport.verify.runtime import create_session, session_options
 from onnxport.verify.timing import measure_interleaved, open_onnx
 from onnxport.verify.validate import Reference
@@ -481,21 +481,7 @@ def search_optimization(exported: Path, final: Path, search: SearchContext) -> O
     chosen, record = _finish("optimize", tried, search.timer, started, None, keep=exported)
     if chosen is None:
         # The graph as exported fails: the conversion fails as it would without a search.
-        raise _fp32_refusal(tried[0].output, search.rules)
+        raise refusal(tried[0].output, search.rules, where="at any optimization level")
     return chosen.output.model_copy(
         update={"file": final.name, "data_file": data_file_of(final), "search": record}
-    )
-
-
-def _fp32_refusal(output: OutputRecord, rules: Rules) -> ValidationError:
-    validation = output.validation
-    failures = "; ".join(validation.failures[:3]) if validation else "no validation"
-    divergence = output.divergence
-    tries = [t for t in rules.remedies if t]
-    return ValidationError(
-        f"the fp32 ONNX model does not compute what PyTorch computes at any optimization "
-        f"level: {failures}"
-        + (f"; {divergence.summary()}" if divergence else "")
-        + (f"; {rules.origin}" if rules.origin else ""),
-        hint="nothing was published" + ("; try " + ", or ".join(tries) if tries else ""),
     )

@@ -74,10 +74,6 @@ class Candidate:
     path: Path
     passes: tuple[PassRecord, ...] = ()
 
-    def describe(self) -> str:
-        after = f" after {', '.join(p.name for p in self.passes)}" if self.passes else ""
-        return f"the {self.variant} ONNX model{after}"
-
 
 def judge(
     candidate: Candidate,
@@ -90,7 +86,7 @@ def judge(
 ) -> OutputRecord:
     """The candidate's record once judged: published when it passes; otherwise the gate
     raises `ValidationError` (nothing is published), or with `on_failure: skip` returns it
-    unpublished with where it fails, logged at `skip_log_level`: its file is then the
+    unpublished with where it diverges, logged at `skip_log_level`: its file is then the
     caller's to remove."""
     validation = validate_model(
         candidate.path,
@@ -111,33 +107,45 @@ def judge(
             validation=validation,
         )
     # Where the graph gives no answer there is no value to trace back to a node.
-    refused = bool(validation.runtime_errors)
-    divergence = (
-        divergence_search(candidate.path, validation) if divergence_search and not refused else None
+    search = divergence_search if not validation.runtime_errors else None
+    refused = OutputRecord(
+        file=candidate.path.name,
+        variant=candidate.variant,
+        published=False,
+        passes=list(candidate.passes),
+        validation=validation,
+        divergence=search(candidate.path, validation) if search is not None else None,
     )
+    error = refusal(refused, rules)
+    if rules.on_failure == "skip":
+        logger.log(skip_log_level, "%s; it is not published", error.message)
+        return refused
+    raise error
+
+
+def refusal(output: OutputRecord, rules: Rules, *, where: str | None = None) -> ValidationError:
+    """The gate's error for a model it refused (`output`, judged by `rules`): what the model
+    does not do, its first failures, where it diverges, how its graph was made, and what to
+    try; nothing was published. `where`: what else was tried (`at any optimization level`)."""
+    validation = output.validation
+    assert validation is not None, "the gate validates every model it refuses"
+    after = f" after {', '.join(p.name for p in output.passes)}" if output.passes else ""
     what = (
         "does not accept every validation input"
-        if refused
+        if validation.runtime_errors
         else "does not compute what PyTorch computes"
     )
+    divergence = output.divergence
     message = (
-        f"{candidate.describe()} {what}: "
+        f"the {output.variant} ONNX model{after} {what}"
+        + (f" {where}" if where else "")
+        + ": "
         + "; ".join(validation.failures[:3])
         + (f"; {divergence.summary()}" if divergence is not None else "")
         + (f"; {rules.origin}" if rules.origin else "")
     )
-    if rules.on_failure == "skip":
-        logger.log(skip_log_level, "%s; it is not published", message)
-        return OutputRecord(
-            file=candidate.path.name,
-            variant=candidate.variant,
-            published=False,
-            passes=list(candidate.passes),
-            validation=validation,
-            divergence=divergence,
-        )
     tries = [t for t in (divergence and divergence.suggestion, *rules.remedies) if t]
-    raise ValidationError(
+    return ValidationError(
         message,
         hint="nothing was published" + ("; try " + ", or ".join(tries) if tries else ""),
         details="\n".join(validation.runtime_errors) or None,
