@@ -38,7 +38,7 @@ from onnxport.request.config import (
     Exporter,
     ExternalData,
     SourceConfig,
-    opset_span,
+    unsupported_opset,
 )
 from onnxport.sources import load_source
 from onnxport.sources.base import Source
@@ -202,13 +202,10 @@ def export_to_onnx(
                 hint="set onnx.exporter to dynamo (or auto), or source.task to causal-lm for "
                 "the logits alone",
             )
-    if not any(opset_version in s.opsets for s in wanted):
+    refused = unsupported_opset(opset_version, [s.name for s in wanted])
+    if refused is not None:
         # A setting the user can fix, found before any export work: bad input, not a failure.
-        allowed = ", ".join(f"{s.name}: {opset_span(s.opsets)}" for s in wanted)
-        raise ConfigError(
-            f"opset {opset_version} is not supported by the installed exporter ({allowed})",
-            hint=f"set onnx.opset_version to {DEFAULT_OPSET}",
-        )
+        raise ConfigError(refused, hint=f"set onnx.opset_version to {DEFAULT_OPSET}")
     output_path.parent.mkdir(parents=True, exist_ok=True)
     external = wants_external_data(weights_bytes(source.module), external_data)
     attempts: list[AttemptRecord] = []
@@ -219,7 +216,7 @@ def export_to_onnx(
                 AttemptRecord(
                     exporter=strategy.name,
                     ok=False,
-                    error=f"opset {opset_version} outside {opset_span(strategy.opsets)}",
+                    error=unsupported_opset(opset_version, [strategy.name]),
                 )
             )
             continue

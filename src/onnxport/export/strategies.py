@@ -160,10 +160,3 @@ EXPORT_STRATEGIES: tuple[ExportStrategy, ...] = (
     ExportStrategy(Exporter.DYNAMO, DYNAMO_OPSETS, _export_dynamo),
     ExportStrategy(Exporter.TORCHSCRIPT, TORCHSCRIPT_OPSETS, _export_torchscript),
 )
-
-
-def supported_opsets() -> range:
-    return range(
-        min(s.opsets.start for s in EXPORT_STRATEGIES),
-        max(s.opsets.stop for s in EXPORT_STRATEGIES),
-    )

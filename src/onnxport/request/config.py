@@ -7,6 +7,7 @@ out-of-range values are `ConfigError`s that name the file, the key and what is a
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
@@ -82,13 +83,23 @@ class Exporter(StrEnum):
 
 
 EXPORTER_OPSETS = {Exporter.DYNAMO: range(18, 24), Exporter.TORCHSCRIPT: range(7, 21)}
-"""The opsets each installed torch.onnx exporter writes (`export.strategies` uses these)."""
+"""The opsets each installed torch.onnx exporter writes: the one place they are written
+(the settings, `export.strategies` and their messages read them here)."""
 MIN_OPSET = min(opsets.start for opsets in EXPORTER_OPSETS.values())
 MAX_OPSET = max(opsets.stop for opsets in EXPORTER_OPSETS.values()) - 1
 
 
-def opset_span(opsets: range) -> str:
-    return f"{opsets.start}-{opsets.stop - 1}"
+def unsupported_opset(opset: int, exporters: Sequence[Exporter]) -> str | None:
+    """Why none of `exporters` writes `opset`, with the opsets each does; None when one of
+    them writes it."""
+    if any(opset in EXPORTER_OPSETS[e] for e in exporters):
+        return None
+    spans = [(e, f"{EXPORTER_OPSETS[e].start}-{EXPORTER_OPSETS[e].stop - 1}") for e in exporters]
+    if len(spans) == 1:
+        ((exporter, span),) = spans
+        return f"opset {opset} is not supported by the {exporter} exporter ({span})"
+    each = ", ".join(f"{e}: {span}" for e, span in spans)
+    return f"opset {opset} is not supported by the installed exporters ({each})"
 
 
 class ExternalData(str, Enum):
@@ -117,24 +128,18 @@ class OnnxConfig(_Strict):
     @field_validator("opset_version")
     @classmethod
     def _supported_opset(cls, value: int) -> int:
-        if not MIN_OPSET <= value <= MAX_OPSET:
-            each = ", ".join(f"{e.value} {opset_span(o)}" for e, o in EXPORTER_OPSETS.items())
-            raise ValueError(
-                f"opset {value} is not supported by the installed exporters "
-                f"({MIN_OPSET}-{MAX_OPSET}: {each}); use {DEFAULT_OPSET}"
-            )
+        refused = unsupported_opset(value, tuple(EXPORTER_OPSETS))
+        if refused is not None:
+            raise ValueError(f"{refused}; use {DEFAULT_OPSET}")
         return value
 
     @model_validator(mode="after")
     def _opset_of_the_exporter(self) -> OnnxConfig:
         # Refused with the settings, not once the model is loaded and handed to the exporter.
-        opsets = EXPORTER_OPSETS.get(self.exporter)
-        if opsets is not None and self.opset_version not in opsets:
-            raise ValueError(
-                f"opset {self.opset_version} is not supported by the {self.exporter.value} "
-                f"exporter ({opset_span(opsets)}); choose an opset in that range, or "
-                "exporter: auto"
-            )
+        if self.exporter is not Exporter.AUTO:
+            refused = unsupported_opset(self.opset_version, (self.exporter,))
+            if refused is not None:
+                raise ValueError(f"{refused}; choose an opset in that range, or exporter: auto")
         return self
 
     @field_validator("quantization", mode="before")
