@@ -23,7 +23,7 @@ import psutil
 from onnxport import interrupts
 from onnxport.artifact.manifest import MANIFEST_FILENAME, Manifest, sha256_file, verify_directory
 from onnxport.artifact.records import OutputRecord, SmokeTestRecord
-from onnxport.artifact.report import render_reports
+from onnxport.artifact.report import REPORT_FILENAMES, write_reports
 from onnxport.errors import OutputError, PublishError
 
 logger = logging.getLogger(__name__)
@@ -231,16 +231,14 @@ def finish_output(
 
 
 def seal(manifest: Manifest, directory: Path) -> Manifest:
-    """Write the reports and the manifest into `directory`; the manifest written records
-    every other file's checksum (by its path inside `directory`: companions may sit in
-    module directories, `1_Pooling/config.json`), and is returned."""
-    for name, content in render_reports(manifest).items():
-        (directory / name).write_bytes(content)
+    """Record the checksum of every file in `directory` (by its path inside it: companions
+    may sit in module directories, `1_Pooling/config.json`), then write the reports and the
+    manifest as any change to a published directory does (`report.write_reports`); returns
+    the manifest written."""
+    sealed_apart = (MANIFEST_FILENAME, *REPORT_FILENAMES)
     files = {
         p.relative_to(directory).as_posix(): sha256_file(p)
         for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.relative_to(directory).as_posix() != MANIFEST_FILENAME
+        if p.is_file() and p.relative_to(directory).as_posix() not in sealed_apart
     }
-    sealed = manifest.model_copy(update={"files": files})
-    (directory / MANIFEST_FILENAME).write_text(sealed.to_json(), encoding="utf-8")
-    return sealed
+    return write_reports(directory, manifest.model_copy(update={"files": files}))
