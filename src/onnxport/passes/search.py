@@ -42,6 +42,7 @@ from onnxport.passes.weight_only import Int4Pass, Int8WeightsPass
 from onnxport.request.config import OptimizeLevel, QuantizeConfig
 from onnxport.tasks import Task
 from onnxport.verify.gate import Candidate, DivergenceSearch, Rules, judge, refusal
+from onnxport.verify.rules import FLOAT_LM_HEAD, SKIP_THE_VARIANT, SMALLER_BLOCKS
 from onnxport.verify.runtime import create_session, session_options
 from onnxport.verify.timing import measure_interleaved, open_onnx
 from onnxport.verify.validate import Reference
@@ -171,16 +172,15 @@ class QuantizeSearch:
     0.652 and 0.653 with 1 to 4 left in float, 60 s of a 71 s search)."""
 
 
-_SKIP = "quantize.on_failure: skip to publish the fp32 model alone"
 INT8_SEARCH = QuantizeSearch(
     "int8",
     INT8_SETTINGS,
-    (_SKIP, "a larger quantize.max_excluded_nodes or quantize.search_budget_seconds"),
+    (SKIP_THE_VARIANT, "a larger quantize.max_excluded_nodes or quantize.search_budget_seconds"),
 )
 WEIGHT_ONLY_SEARCH = QuantizeSearch(
     "weight-only",
     WEIGHT_ONLY_SETTINGS,
-    (_SKIP, "a smaller quantize.block_size", "quantize.lm_head: float"),
+    (SKIP_THE_VARIANT, SMALLER_BLOCKS, FLOAT_LM_HEAD),
     leave_in_float=False,
 )
 

@@ -16,6 +16,11 @@ from onnxport.verify.next_token import NextTokenGate
 from onnxport.verify.shapes import ExportOrigin
 from onnxport.verify.validate import DEFAULT_TOLERANCES, Judging
 
+# Remedies a refused variant's message offers, here and in the variant search's refusal.
+SKIP_THE_VARIANT = "quantize.on_failure: skip to publish the fp32 model alone"
+SMALLER_BLOCKS = "a smaller quantize.block_size"
+FLOAT_LM_HEAD = "quantize.lm_head: float"
+
 
 def fp32_rules(
     config: ConversionConfig,
@@ -72,9 +77,9 @@ def variant_rules(
     variant = config.onnx.quantization
     remedies = []
     if variant is Quantization.INT4:
-        remedies += ["quantization: int8-weights", "quantize.lm_head: float"]
+        remedies += ["quantization: int8-weights", FLOAT_LM_HEAD]
     if variant in (Quantization.INT4, Quantization.INT8_WEIGHTS):
-        remedies.append("a smaller quantize.block_size")
+        remedies.append(SMALLER_BLOCKS)
     if variant in (Quantization.INT8, Quantization.INT8_STATIC):
         remedies.append("quantization: auto (searches int8 settings and nodes to leave in float)")
     if variant is Quantization.INT8:
@@ -83,7 +88,7 @@ def variant_rules(
         remedies.append("quantize.per_channel: true")
     if not config.validation.localize:
         remedies.append("validation.localize: true to find which node to leave in float")
-    remedies.append("quantize.on_failure: skip to publish the fp32 model alone")
+    remedies.append(SKIP_THE_VARIANT)
     return Rules(
         judging=Judging(DEFAULT_TOLERANCES[variant.variant], elementwise=False),
         min_agreement=0.0 if next_token else config.validation.min_task_agreement,
