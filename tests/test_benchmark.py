@@ -273,7 +273,7 @@ def test_a_moved_source_checkpoint_suggests_no_pytorch(copy_output, tmp_path: Pa
     (directory / MANIFEST_FILENAME).write_text(manifest.to_json(), encoding="utf-8")
     with pytest.raises(BenchmarkInputError, match="cannot load the source checkpoint") as caught:
         benchmark_directory(directory, TINY)
-    assert "--no-pytorch" in str(caught.value.hint)
+    assert "include_pytorch=False" in str(caught.value.hint)
     assert benchmark_directory(directory, TINY, include_pytorch=False).runtimes
 
 

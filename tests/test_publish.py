@@ -75,7 +75,7 @@ def test_a_complete_directory_needs_force(copy_output) -> None:
     complete = copy_output(NAME)
     with pytest.raises(OutputError, match="already holds a complete conversion") as info:
         check_output_location(complete, force=False)
-    assert "--force" in str(info.value)
+    assert "force=True" in str(info.value)
     check_output_location(complete, force=True)
 
 

@@ -145,7 +145,7 @@ def check_output_location(final: Path, *, force: bool) -> None:
     if not problems and not force:
         raise OutputError(
             f"{final} already holds a complete conversion",
-            hint="pass --force to replace it (the old one stays until the new one is complete)",
+            hint="replace it with force=True (the old one stays until the new one is complete)",
         )
     if problems:
         logger.warning("%s is damaged (%s); it will be replaced", final, "; ".join(problems))

@@ -150,7 +150,7 @@ def _open_pytorch(manifest: Manifest, settings: BenchmarkSettings, largest: tupl
     except SourceError as e:
         raise BenchmarkInputError(
             f"cannot load the source checkpoint for PyTorch: {e.message}",
-            hint="pass --no-pytorch to benchmark the ONNX models alone",
+            hint="benchmark the ONNX models alone (include_pytorch=False)",
         ) from e
     make_inputs, kind = source_inputs(source, seed=settings.seed)
     warmed = warm_up(runtime, make_inputs(*largest), settings.warmup, rss_before=before)

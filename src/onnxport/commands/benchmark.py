@@ -27,8 +27,12 @@ from onnxport.benchmark import (
     record_benchmark,
 )
 from onnxport.commands.console import console, literal, print_path, stdout
+from onnxport.commands.flags import FlagNames
 from onnxport.errors import BenchmarkInputError
 from onnxport.verify.timing import default_threads
+
+FLAGS = FlagNames(arguments={"include_pytorch=False": "--no-pytorch"})
+"""What `benchmark` takes as flags, said in the errors it prints (`commands.flags`)."""
 
 
 def parse_sizes(text: str, option: str) -> tuple[int, ...]:

@@ -57,7 +57,7 @@ def load_torchscript(path: Path, settings: SourceConfig) -> Source:
         raise SourceError(
             f"{path} is a TorchScript module, which does not record its input shapes "
             f"(its forward takes: {arguments})",
-            hint="pass --input-spec FILE listing each input's name, dtype and shape",
+            hint="set source.input_spec to a file listing each input's name, dtype and shape",
         )
     spec = read_input_spec(settings.input_spec)
     return plain_source(

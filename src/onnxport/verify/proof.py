@@ -67,7 +67,7 @@ def verify_published(directory: Path, *, against: Path | None = None) -> Verific
     if against is None and not checkpoint.exists():
         raise VerifyInputError(
             f"the checkpoint {directory / MANIFEST_FILENAME} records, {checkpoint}, is not there",
-            hint="pass the checkpoint with --against CHECKPOINT",
+            hint="pass the checkpoint to prove against (against=CHECKPOINT)",
         )
     config = parse_conversion_config(manifest.config, origin=str(directory / MANIFEST_FILENAME))
     source = load_source(checkpoint, config.source)

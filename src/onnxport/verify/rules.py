@@ -77,13 +77,15 @@ def variant_rules(
     variant = config.onnx.quantization
     remedies = []
     if variant is Quantization.INT4:
-        remedies += ["quantization: int8-weights", FLOAT_LM_HEAD]
+        remedies += ["onnx.quantization: int8-weights", FLOAT_LM_HEAD]
     if variant in (Quantization.INT4, Quantization.INT8_WEIGHTS):
         remedies.append(SMALLER_BLOCKS)
     if variant in (Quantization.INT8, Quantization.INT8_STATIC):
-        remedies.append("quantization: auto (searches int8 settings and nodes to leave in float)")
+        remedies.append(
+            "onnx.quantization: auto, which searches int8 settings and nodes to leave in float"
+        )
     if variant is Quantization.INT8:
-        remedies.append("quantization: int8-static (calibrated)")
+        remedies.append("the calibrated onnx.quantization: int8-static")
     if not config.quantize.per_channel:
         remedies.append("quantize.per_channel: true")
     if not config.validation.localize:

@@ -110,5 +110,8 @@ def export_origin(export: ExportRecord, input_names: Sequence[str]) -> ExportOri
         sentence += ", because " + "; ".join(reasons)
     if export.cache is not None and export.cache.status is CacheStatus.HIT:
         sentence += f" (taken from export cache entry {export.cache.key})"
-        remedies.insert(0, "--force to export the graph again instead of taking it from the cache")
+        remedies.insert(
+            0,
+            "execution.export_cache: false to export the graph instead of taking it from the cache",
+        )
     return ExportOrigin(sentence, tuple(remedies))

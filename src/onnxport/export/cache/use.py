@@ -32,15 +32,15 @@ from onnxport.sources.base import Source
 logger = logging.getLogger(__name__)
 
 
-TURNED_OFF = "turned off (--no-cache, or execution.export_cache: false)"
+TURNED_OFF = "turned off (execution.export_cache: false)"
 
 
 class CacheUse(str, Enum):
     USE = "use"
     REFRESH = "refresh"
-    """Export whatever the cache holds, then store (`--force`)."""
+    """Export whatever the cache holds, then store (`ConversionRequest.refresh_export_cache`)."""
     OFF = "off"
-    """Neither read nor write (`--no-cache`, `execution.export_cache: false`)."""
+    """Neither read nor write (`execution.export_cache: false`)."""
 
 
 @dataclass(frozen=True)
