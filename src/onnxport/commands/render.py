@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -31,6 +32,8 @@ class ProgressPrinter:
         if event.status is Status.START:
             self.running.append(event.stage)
             line = f"[dim]…[/dim] {label}"
+            if event.detail:
+                line += f" [dim]({escape(event.detail)})[/dim]"
         elif event.status is Status.DONE:
             line = f"[green]✓[/green] {label} [dim]{event.seconds:.1f} s[/dim]"
         else:
