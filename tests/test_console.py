@@ -64,7 +64,7 @@ def _refused_node(error: str, hint: str) -> str:
     assert error.endswith(f"; try quantize.nodes_to_exclude: [{node}]"), error
     assert hint.startswith(
         f"  hint: nothing was published; try quantize.nodes_to_exclude: [{node}], "
-        "or onnx.quantization: auto"
+        "or onnx.quantization"
     )
     return node
 
