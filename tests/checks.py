@@ -75,7 +75,6 @@ def machine_traces(model_file: Path) -> list[str]:
 def check_published(directory: Path, manifest: Manifest, name: str, checkpoint: Path) -> None:
     """What every published conversion must satisfy, whichever way it was made."""
     expected = MODELS[name]
-    assert manifest.status == "complete"
     assert manifest.onnxport_version == __version__
     assert manifest.source.task == expected.task.value
     assert manifest.source.architecture == expected.architecture

@@ -16,36 +16,31 @@ from typing import Any
 
 import torch
 
+from onnxport.coverage.registry import (
+    HEADS,
+    HIDDEN,
+    IMAGE_SIZE,
+    INTERMEDIATE,
+    LAYERS,
+    MAX_POSITIONS,
+    SEED,
+    labels,
+)
 from onnxport.demo.training import corpus, train_wordpiece_tokenizer
 from onnxport.sources.generative import past_names, present_names
 from onnxport.tasks import Task
 
-# The trainer stops at ~480 tokens on the résumé corpus; the models leave room above that.
+# The dimensions are the coverage matrix's tiny models'; these models also read the demo's
+# tokenizer, which stops at ~480 tokens on the résumé corpus: room above that.
 TOKENIZER_VOCAB_SIZE = 500  # within the tiny models' 512 embeddings
 VOCAB_SIZE = 512
-HIDDEN = 32
-LAYERS = 2
-HEADS = 2
-INTERMEDIATE = 64
-MAX_POSITIONS = 128
 NUM_LABELS = 5
-IMAGE_SIZE = 32
 PATCH_SIZE = 8
-SEED = 0
 
 
 def _save(model: torch.nn.Module, directory: Path) -> Path:
     model.eval().save_pretrained(directory, safe_serialization=True)
     return directory
-
-
-def labels(count: int) -> dict[str, Any]:
-    """config.json's keys for `count` labels."""
-    return {
-        "num_labels": count,
-        "id2label": {i: f"LABEL_{i}" for i in range(count)},
-        "label2id": {f"LABEL_{i}": i for i in range(count)},
-    }
 
 
 def wordpiece_tokenizer(directory: Path) -> Any:

@@ -273,7 +273,7 @@ def test_a_moved_source_checkpoint_suggests_no_pytorch(copy_output, tmp_path: Pa
     (directory / MANIFEST_FILENAME).write_text(manifest.to_json(), encoding="utf-8")
     with pytest.raises(BenchmarkInputError, match="cannot load the source checkpoint") as caught:
         benchmark_directory(directory, TINY)
-    assert "--no-pytorch" in str(caught.value.hint)
+    assert "include_pytorch=False" in str(caught.value.hint)
     assert benchmark_directory(directory, TINY, include_pytorch=False).runtimes
 
 
@@ -361,7 +361,8 @@ def test_benchmark_command_prints_json_and_records_it(cli, copy_output) -> None:
     printed = json.loads(run.stdout)
     assert read_manifest(directory).benchmark.model_dump(mode="json") == printed
     assert {t["runtime"] for t in printed["timings"]} == {"pytorch", "fp32"}
-    assert "✓ benchmark" in run.stderr
+    assert "… benchmark (2 shapes, 1 threads, 3 iterations)" in run.stderr
+    assert f"✓ benchmark {printed['seconds']:.1f} s" in run.stderr, "the stage's one figure"
     assert verify_directory(directory) == []
 
 

@@ -443,7 +443,7 @@ def test_a_complete_output_needs_force(cli, checkpoint, copy_output) -> None:
     run = cli("convert", checkpoint("distilbert-token"), "-o", output, *FAST)
     assert run.code == 2
     assert "already holds a complete conversion" in run.stderr
-    assert "hint: pass --force" in run.stderr
+    assert "hint: replace it with --force" in run.stderr
     _no_traceback(run)
     assert (output / MANIFEST_FILENAME).read_bytes() == before
     assert verify_directory(output) == []

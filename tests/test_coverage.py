@@ -15,10 +15,10 @@ import torch
 import transformers
 
 from onnxport.coverage.matrix import CoverageRow, run_entry
-from onnxport.coverage.registry import ENTRIES, CoverageEntry, Quirks, entry
+from onnxport.coverage.registry import ENTRIES, CoverageEntry, entry
 from onnxport.coverage.table import documented_pairs, render_coverage
 from onnxport.export.strategies import adapter_for
-from onnxport.request.config import ConversionConfig, Exporter
+from onnxport.request.config import ConversionConfig
 from onnxport.sources import load_source
 from onnxport.tasks import Task, task_from_architecture
 
@@ -75,22 +75,6 @@ def test_entry_classes_exist_and_imply_their_task(item: CoverageEntry) -> None:
     assert task_from_architecture(item.model_class) is item.task
 
 
-def test_quirks_reach_the_conversion_settings() -> None:
-    quirky = CoverageEntry(
-        "x", Task.MASKED_LM, "BertForMaskedLM", "BertConfig", {},
-        Quirks(exporter=Exporter.TORCHSCRIPT, opset=17, atol=1e-3, min_agreement=0.98),
-    )  # fmt: skip
-    config = quirky.conversion_config()
-    assert config.onnx.exporter is Exporter.TORCHSCRIPT
-    assert config.onnx.opset_version == 17
-    assert config.validation.atol == 1e-3
-    assert config.validation.min_task_agreement == 0.98
-    assert "exporter torchscript" in quirky.quirks.describe()
-    plain = CoverageEntry("x", Task.MASKED_LM, "BertForMaskedLM", "BertConfig", {})
-    assert plain.conversion_config(TORCHSCRIPT) == TORCHSCRIPT
-    assert plain.quirks.describe() == ""
-
-
 def test_entry_lookup_by_name() -> None:
     assert entry("bert/masked-lm").model_class == "BertForMaskedLM"
     with pytest.raises(KeyError, match="no coverage entry"):
@@ -128,14 +112,14 @@ def test_fast_subset_converts_and_validates(name: str, tmp_path: Path) -> None:
 def test_a_failing_entry_is_a_row_with_its_reason(tmp_path: Path) -> None:
     item = entry("vit/image-classification")
     failing = CoverageEntry(
-        item.architecture, item.task, item.model_class, item.config_class, item.config,
-        Quirks(exporter=Exporter.DYNAMO, opset=17),
+        item.architecture, item.task, "ViTForNothing", item.config_class, item.config,
+        note="a model class transformers does not have",
     )  # fmt: skip
     row = run_entry(failing, tmp_path)
     assert not row.validated
     assert (row.exporter, row.max_abs_diff) == (None, None)
-    assert row.reason is not None and row.reason.startswith("config: ")
-    assert "opset 17 is not supported by the dynamo exporter (18-23)" in row.reason
+    assert row.reason is not None and row.reason.startswith("build: AttributeError")
+    assert row.notes is not None and "a model class transformers does not have" in row.notes
 
 
 # --- docs/coverage.md ---------------------------------------------------------------------

@@ -19,7 +19,7 @@ SPEC, EXEC = "abc123", "def456"
 
 
 def _fp(config: ConversionConfig, spec: str = SPEC, exec_: str = EXEC, variant: str = "1") -> str:
-    return conversion_fingerprint(spec, exec_, config, variant=variant)
+    return conversion_fingerprint(spec, exec_, config, version=variant)
 
 
 def _from_yaml(tmp_path: Path, text: str, name: str) -> ConversionConfig:

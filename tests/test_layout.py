@@ -23,6 +23,7 @@ RINGS = {
     "isolation": 0,
     "tasks": 0,
     "samples": 0,
+    "names": 0,
     "request": 0,
     "sources": 1,
     "export": 1,

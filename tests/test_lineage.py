@@ -31,7 +31,7 @@ def _parent() -> ParentTrainingOutput:
         path=TRAINING,
         checkpoint=TRAINING / "checkpoint",
         backbone="distilbert-base-uncased",
-        variant="2",
+        version="2",
         metadata={},
     )
 

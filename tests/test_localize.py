@@ -23,10 +23,10 @@ from onnxport.request.config import (
     SourceConfig,
 )
 from onnxport.sources import load_source
-from onnxport.verify.divergence import failing_input, locate_fp32_failure
+from onnxport.verify.divergence import failing_input, fp32_divergence
 from onnxport.verify.divergence.graph import producers
-from onnxport.verify.divergence.pytorch import localize_against_pytorch
-from onnxport.verify.divergence.variant import changed_nodes, localize_variant
+from onnxport.verify.divergence.pytorch import divergence_from_pytorch
+from onnxport.verify.divergence.variant import changed_nodes, divergence_from_base
 from onnxport.verify.references import add_exact_answers, compute_references
 from onnxport.verify.validate import DEFAULT_TOLERANCES, Judging, validate_model
 
@@ -62,7 +62,7 @@ def test_validation_fails_and_localization_names_the_node_and_module(broken, che
     path, src, references = broken
     validation = validate_model(path, references, task=src.task)
     assert not validation.passed
-    found = locate_fp32_failure(
+    found = fp32_divergence(
         lambda: load_source(checkpoint("distilbert-token"), SourceConfig()),
         path,
         references,
@@ -89,7 +89,7 @@ def test_an_intact_model_has_no_divergence(exported, source):
     result = exported("distilbert-token", Exporter.DYNAMO)
     src = source("distilbert-token")
     inputs = {k: v.numpy() for k, v in src.make_inputs(1, 16, 0).items()}
-    found = localize_against_pytorch(lambda: src, result.path, inputs, opset=18, judging=TOLERANCE)
+    found = divergence_from_pytorch(lambda: src, result.path, inputs, opset=18, judging=TOLERANCE)
     assert found.first is None
     assert found.compared > 20
 
@@ -98,7 +98,7 @@ def test_a_torchscript_export_says_localization_needs_dynamo(exported, source):
     result = exported("distilbert-token", Exporter.TORCHSCRIPT)
     src = source("distilbert-token")
     inputs = {k: v.numpy() for k, v in src.make_inputs(1, 16, 0).items()}
-    found = localize_against_pytorch(lambda: src, result.path, inputs, opset=18, judging=BUDGET)
+    found = divergence_from_pytorch(lambda: src, result.path, inputs, opset=18, judging=BUDGET)
     assert found.first is None and "dynamo" in found.note
 
 
@@ -181,7 +181,7 @@ def test_a_planted_bug_is_localized_by_its_error_against_float64(
     worst = max(logits.budget, key=lambda b: b.ratio).shape
     assert next(iter(inputs.values())).shape[1] == worst[1], "the shape the budget erred most"
 
-    found = locate_fp32_failure(lambda: src, path, exact_references, validation, opset=18)
+    found = fp32_divergence(lambda: src, path, exact_references, validation, opset=18)
 
     assert found is not None and found.max_error_ratio == DEFAULT_MAX_ERROR_RATIO
     first = found.first
@@ -199,7 +199,7 @@ def test_an_intact_model_has_no_divergence_against_float64(exported, source):
     result = exported("distilbert-token", Exporter.DYNAMO)
     src = source("distilbert-token")
     inputs = {k: v.numpy() for k, v in src.make_inputs(1, 16, 0).items()}
-    found = localize_against_pytorch(lambda: src, result.path, inputs, opset=18, judging=BUDGET)
+    found = divergence_from_pytorch(lambda: src, result.path, inputs, opset=18, judging=BUDGET)
     assert found.max_error_ratio == DEFAULT_MAX_ERROR_RATIO and found.compared > 20
     assert found.first is None and found.following == []
 
@@ -209,7 +209,7 @@ def test_variant_localization_ranks_quantized_nodes(exported, source, tmp_path):
     src = source("distilbert-token")
     apply_pass(DynamicInt8Pass(), result.path, tmp_path / "q.onnx", PassContext())
     inputs = {k: v.numpy() for k, v in src.make_inputs(1, 16, 0).items()}
-    found = localize_variant(
+    found = divergence_from_base(
         result.path, tmp_path / "q.onnx", inputs, tolerance=DEFAULT_TOLERANCES["int8"]
     )
     assert found.against == "fp32-onnx" and found.compared > 10
@@ -329,7 +329,7 @@ def test_static_qdq_localization_blames_only_nodes_the_quantizer_quantized(
     variant = _static_qdq(base, tmp_path / "s.onnx", src)
     assert changed_nodes(model, onnx.load(str(variant))) == matmuls
     inputs = {k: v.numpy() for k, v in src.make_inputs(1, 16, 0).items()}
-    found = localize_variant(base, variant, inputs, tolerance=DEFAULT_TOLERANCES["int8"])
+    found = divergence_from_base(base, variant, inputs, tolerance=DEFAULT_TOLERANCES["int8"])
     assert found.first is not None and found.exclude == [found.first.node]
     assert {d.node for d in (found.first, *found.following)} <= matmuls
     retried = _static_qdq(base, tmp_path / "r.onnx", src, nodes_to_exclude=found.exclude)

@@ -92,14 +92,14 @@ class Project:
 
     def expected_output_dir(self, platform: str = "local", backbone: str = BACKBONE) -> Path:
         config = load_conversion_config(self.config_dir)
-        conv_fp = conversion_fingerprint(self.spec_fp, self.exec_fp, config, variant="1")
+        conv_fp = conversion_fingerprint(self.spec_fp, self.exec_fp, config, version="1")
         return conversion_output_dir(
             self.root,
             platform=platform,
             backbone=backbone,
             parent_spec_fp=self.spec_fp,
             parent_exec_fp=self.exec_fp,
-            variant="1",
+            version="1",
             conv_fp=conv_fp,
         )
 

@@ -38,7 +38,7 @@ def model(exported, source, tmp_path_factory):
     return result, src, references
 
 
-def _context(src, exporter: str = "dynamo", **settings) -> PassContext:
+def _context(src, exporter: Exporter = Exporter.DYNAMO, **settings) -> PassContext:
     return PassContext(
         exporter=exporter,
         model_type=src.model_type,
@@ -108,7 +108,7 @@ def test_optimize_extended_on_a_torchscript_export_uses_the_ort_transformers_opt
         OptimizePass(OptimizeLevel.EXTENDED),
         result.path,
         tmp_path / "m.onnx",
-        _context(src, exporter="torchscript"),
+        _context(src, exporter=Exporter.TORCHSCRIPT),
     )
     assert out.details["engine"] == "onnxruntime.transformers.optimizer"
     assert out.nodes_after < out.nodes_before
@@ -146,7 +146,7 @@ def test_static_int8_writes_qdq_with_calibration(model, tmp_path):
     result, src, references = model
     samples = tuple({k: v.numpy() for k, v in src.make_inputs(1, 16, i).items()} for i in range(4))
     context = PassContext(
-        exporter="dynamo",
+        exporter=Exporter.DYNAMO,
         calibration=Calibration(samples, "test samples"),
         settings=QuantizeConfig(per_channel=True),
     )
@@ -186,7 +186,7 @@ def test_a_pass_that_raises_becomes_a_pass_error_naming_it(model, tmp_path):
     valid_copy = tmp_path / "in.onnx"
     shutil.copy(result.path, valid_copy)
     context = PassContext(
-        exporter="dynamo", calibration=Calibration(({"nonsense": np.zeros(1)},), "nonsense")
+        exporter=Exporter.DYNAMO, calibration=Calibration(({"nonsense": np.zeros(1)},), "nonsense")
     )
     with pytest.raises(PassError) as info:
         apply_pass(StaticInt8Pass(), valid_copy, tmp_path / "out.onnx", context)

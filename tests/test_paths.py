@@ -62,7 +62,7 @@ def test_output_dir_layout(tmp_path: Path) -> None:
         backbone=BACKBONE,
         parent_spec_fp=SPEC,
         parent_exec_fp=EXEC,
-        variant="1",
+        version="1",
         conv_fp="0123456789abcdef",
     )
     assert out == (
@@ -82,7 +82,7 @@ def test_output_dir_is_absolute_for_a_relative_root(
         backbone=BACKBONE,
         parent_spec_fp=SPEC,
         parent_exec_fp=EXEC,
-        variant="3",
+        version="3",
         conv_fp="ff00",
     )
     assert out.is_absolute()
@@ -118,7 +118,7 @@ def test_a_hostile_backbone_cannot_leave_the_conversion_tree(tmp_path: Path) -> 
         backbone="../../../../tmp/evil",
         parent_spec_fp=SPEC,
         parent_exec_fp=EXEC,
-        variant="1",
+        version="1",
         conv_fp="ff00",
     )
     assert out.resolve().is_relative_to((tmp_path / "outputs" / "conversion").resolve())
@@ -175,7 +175,7 @@ def test_reads_a_training_output(tmp_path: Path) -> None:
     assert parent.path == path.absolute()
     assert parent.checkpoint == path / "checkpoint"
     assert parent.backbone == BACKBONE
-    assert parent.variant == "2"
+    assert parent.version == "2"
     assert parent.training_id == f"spec_{SPEC}_exec_{EXEC}/v2"
     assert parent.metadata["epochs"] == 3
 
@@ -277,10 +277,10 @@ def test_fingerprints_that_disagree_with_the_path_are_a_config_error(
 
 
 def test_a_path_outside_the_convention_is_read_without_the_path_check(tmp_path: Path) -> None:
-    """A training output copied somewhere else still converts; its variant defaults to 1."""
+    """A training output copied somewhere else still converts; its version defaults to 1."""
     path = tmp_path / "my-training-run"
     (path / "checkpoint").mkdir(parents=True)
     (path / "metadata.json").write_text(json.dumps({"backbone": BACKBONE}))
     parent = _read(path, "ffff", "eeee")
     assert parent.backbone == BACKBONE
-    assert parent.variant == "1"
+    assert parent.version == "1"

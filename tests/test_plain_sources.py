@@ -189,7 +189,7 @@ def test_positional_module_flattens_outputs_and_keeps_its_model_in_eval_mode() -
 def test_pickled_state_dict_is_refused_without_the_opt_in(plain: PlainFiles) -> None:
     message = _refused(plain.pickle, _settings(factory=FACTORY, input_spec=plain.spec))
     assert "is a pickle (torch.save)" in message
-    assert "--allow-pickle" in message
+    assert "source.allow_pickle: true" in message
 
     allowed = _settings(factory=FACTORY, input_spec=plain.spec, allow_pickle=True)
     source = load_source(plain.pickle, allowed)
@@ -205,7 +205,7 @@ def test_cli_refuses_a_pickle_without_the_opt_in(cli, plain: PlainFiles, tmp_pat
         "--factory", FACTORY, "--input-spec", plain.spec,
     )  # fmt: skip
     assert run.code == EXIT_BAD_INPUT
-    assert "--allow-pickle" in run.stderr
+    assert "source.allow_pickle: true (--allow-pickle)" in run.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -241,7 +241,7 @@ def test_program_with_pickled_example_inputs_is_refused(plain: PlainFiles, tmp_p
     )
     message = _refused(tampered)
     assert "example inputs that are not plain tensors" in message
-    assert "--allow-pickle" in message
+    assert "source.allow_pickle: true" in message
 
 
 def test_program_with_pickled_weights_is_refused(plain: PlainFiles, tmp_path: Path) -> None:
@@ -262,7 +262,7 @@ def test_a_plain_pickle_is_not_taken_for_an_archive(tmp_path: Path) -> None:
     file.write_bytes(pickle.dumps({"w": [1.0]}, protocol=2))
     message = _refused(file)
     assert "without the model's code" in message
-    assert "--factory" in message
+    assert "source.factory" in message
 
 
 # --- what a plain source needs --------------------------------------------------------------
@@ -272,13 +272,13 @@ def test_torchscript_needs_an_input_spec_and_names_its_arguments(plain: PlainFil
     message = _refused(plain.torchscript)
     assert "does not record its input shapes" in message
     assert "features, mask" in message
-    assert "--input-spec" in message
+    assert "source.input_spec" in message
 
 
 def test_weights_need_a_factory_and_a_spec(plain: PlainFiles) -> None:
     message = _refused(plain.safetensors)
-    assert "needs --factory and --input-spec" in message
-    assert "needs --input-spec" in _refused(plain.safetensors, _settings(factory=FACTORY))
+    assert "needs source.factory and source.input_spec" in message
+    assert "needs source.input_spec" in _refused(plain.safetensors, _settings(factory=FACTORY))
 
 
 def test_factory_with_a_directory_is_refused(tmp_path: Path) -> None:
@@ -290,7 +290,7 @@ def test_factory_with_a_program_is_refused(plain: PlainFiles, kind: str) -> None
     path = plain.program if kind == "program" else plain.torchscript
     message = _refused(path, _settings(factory=FACTORY, input_spec=plain.spec))
     assert "holds its model's code" in message
-    assert "leave --factory out" in message
+    assert "leave source.factory out" in message
 
 
 def test_an_unknown_file_is_refused_listing_what_onnxport_loads(tmp_path: Path) -> None:

@@ -19,12 +19,10 @@ def test_progress_prints_one_line_per_event() -> None:
     printer(StageEvent(Stage.EXPORT, Status.START))
     printer(StageEvent(Stage.EXPORT, Status.DONE, 12.34))
     printer(StageEvent(Stage.VALIDATE, Status.FAILED, 0.5))
-    printer(StageEvent(Stage.BENCHMARK, Status.SKIPPED))
     assert console.export_text().splitlines() == [
         "… export to ONNX",
         "✓ export to ONNX 12.3 s",
         "✗ validate against PyTorch 0.5 s",
-        "- benchmark (skipped)",
     ]
 
 

@@ -181,7 +181,7 @@ def test_task_override_names_an_architecture_onnxport_does_not_know(copy_checkpo
     path = copy_checkpoint("roberta-sequence")
     edit_config_json(path, architectures=["RobertaForSomethingNew"])
     assert "names no architecture onnxport knows" in _refused(path)
-    assert "--task" in _refused(path)
+    assert "set source.task to one of" in _refused(path)
     loaded = load_source(path, SourceConfig(task=Task.SEQUENCE_CLASSIFICATION))
     assert loaded.architecture == "RobertaForSequenceClassification"
 
@@ -239,7 +239,7 @@ def test_pickle_checkpoint_is_refused_unless_allowed(checkpoint, tmp_path: Path)
     path = make_pickle_checkpoint(checkpoint("bert-token"), tmp_path / "pickled")
     message = _refused(path)
     assert "pytorch_model.bin" in message
-    assert "--allow-pickle" in message
+    assert "source.allow_pickle: true" in message
 
     loaded = load_source(path, SourceConfig(allow_pickle=True))
     assert loaded.weight_files == (path / "pytorch_model.bin",)
@@ -327,7 +327,7 @@ def test_unknown_model_type(copy_checkpoint) -> None:
     message = _refused(path)
     assert "unknown or invalid model" in message
     assert "'bertish-unknown'" in message
-    assert "--trust-remote-code" in message
+    assert "source.trust_remote_code: true" in message
 
 
 # --- bad weights --------------------------------------------------------------------------

@@ -432,4 +432,4 @@ def test_a_graph_from_the_export_cache_says_so_and_suggests_exporting_again() ->
     hit = ExportCacheRecord(status="hit", key="ab" * 16)
     origin = export_origin(_export(cache=hit), ["input_ids"])
     assert origin.sentence.endswith(f"(taken from export cache entry {'ab' * 16})")
-    assert origin.remedies[0].startswith("--force to export the graph again")
+    assert origin.remedies[0].startswith("execution.export_cache: false to export the graph")

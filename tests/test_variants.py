@@ -212,7 +212,7 @@ def test_a_layer_that_int8_breaks_is_named_and_excluding_it_passes(outlier, int8
 
 
 def test_a_skipped_variant_records_its_localization(skipped):
-    localization = skipped[0].output("int8").localization
+    localization = skipped[0].output("int8").divergence
     assert localization.against == "fp32-onnx"
     assert localization.first.op_type in ("MatMul", "Gather")
     assert localization.first.node == OUTLIER_NODE

@@ -16,15 +16,19 @@ import typer
 
 from onnxport import interrupts
 from onnxport.commands.azureml import azureml_app
+from onnxport.commands.benchmark import FLAGS as BENCHMARK_FLAGS
 from onnxport.commands.benchmark import benchmark_command, report_command
 from onnxport.commands.cache import cache_app
 from onnxport.commands.console import console, print_error
+from onnxport.commands.convert import FLAGS as CONVERT_FLAGS
 from onnxport.commands.convert import convert_command
 from onnxport.commands.debug import debug_command
 from onnxport.commands.demo import demo_command
+from onnxport.commands.flags import NO_FLAGS
 from onnxport.commands.predict import predict_command
 from onnxport.commands.run import run_command
 from onnxport.commands.serve import serve_command
+from onnxport.commands.verify import FLAGS as VERIFY_FLAGS
 from onnxport.commands.verify import verify_command
 from onnxport.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, OnnxportError
 from onnxport.interrupts import Interrupted
@@ -50,6 +54,11 @@ app.add_typer(azureml_app, name="azureml")
 app.add_typer(cache_app, name="cache")
 
 
+COMMAND_FLAGS = {"convert": CONVERT_FLAGS, "verify": VERIFY_FLAGS, "benchmark": BENCHMARK_FLAGS}
+"""The commands that take settings as flags: the errors they print say them beside the config
+keys and arguments the library names (`commands.flags`). The platform's `run` reads its
+settings from conversion.yaml, in the library's words."""
+
 PUBLISHING_COMMANDS = ("convert", "run", "demo")
 """The commands that publish a conversion: a Ctrl-C or SIGTERM at any moment of theirs stops
 them before they publish, and is never lost (`onnxport.interrupts`). Elsewhere (`serve`),
@@ -71,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             # Without standalone mode, click returns a `typer.Exit(code)` as the value.
             returned = app(args=args, prog_name="onnxport", standalone_mode=False)
     except OnnxportError as e:
-        return print_error(e, debug)
+        return print_error(e, debug, COMMAND_FLAGS.get(args[0], NO_FLAGS) if args else NO_FLAGS)
     except typer.Exit as e:
         return e.exit_code
     except (typer.Abort, KeyboardInterrupt) as e:

@@ -248,7 +248,7 @@ def _plan(
     parent = read_parent_training_output(
         Path(parent_training_output_dir), parent_spec_fp=spec_fp, parent_exec_fp=exec_fp
     )
-    conv_fp = conversion_fingerprint(spec_fp, exec_fp, config, variant=parent.variant)
+    conv_fp = conversion_fingerprint(spec_fp, exec_fp, config, version=parent.version)
     return _Plan(
         config_dir=config_dir,
         config=config,
@@ -261,7 +261,7 @@ def _plan(
             backbone=parent.backbone,
             parent_spec_fp=spec_fp,
             parent_exec_fp=exec_fp,
-            variant=parent.variant,
+            version=parent.version,
             conv_fp=conv_fp,
         ),
         lineage=local_lineage(
@@ -273,7 +273,7 @@ def _plan(
             parent_training_run_id=parent_training_run_id,
         ),
         run_name=f"conversion-{parent.backbone}-spec_{spec_fp}_exec_{exec_fp}"
-        f"-v{parent.variant}-{conv_fp}",
+        f"-v{parent.version}-{conv_fp}",
     )
 
 

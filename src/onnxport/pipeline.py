@@ -28,6 +28,7 @@ from onnxport.errors import (
     TrackingError,
     ValidationError,
 )
+from onnxport.names import Variant
 from onnxport.passes import (
     apply_pass,
     apply_sequence,
@@ -44,7 +45,7 @@ from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantizatio
 from onnxport.tasks import Task
 from onnxport.testing import smoke_test_onnx_model
 from onnxport.verify.decode import generate_ids
-from onnxport.verify.divergence import locate_fp32_failure, locate_variant_failure
+from onnxport.verify.divergence import fp32_divergence, variant_divergence
 from onnxport.verify.gate import Candidate, judge
 from onnxport.verify.next_token import next_token_gate
 from onnxport.verify.rules import fp32_rules, variant_rules
@@ -93,7 +94,7 @@ def convert(
     run = StageClock(progress)
     with interrupts.handling(), Staging(request.output_dir) as staging:
         work = staging.path
-        fp32_file = config.output.filename("fp32")
+        fp32_file = config.output.filename(Variant.FP32)
         exported = work / EXPORT_DIRNAME / fp32_file
         if isolated(request):
             prepared = prepare_in_a_child(request, exported, run)
@@ -171,10 +172,10 @@ def _fp32(
     where it is when the variants are made from it (any optimization), else it is moved."""
     config = request.config
 
-    def locate_fp32(model: Path, validation: ValidationRecord):
+    def search_divergence(model: Path, validation: ValidationRecord):
         from onnxport.sources import load_source  # a failure can afford torch's import
 
-        return locate_fp32_failure(
+        return fp32_divergence(
             lambda: load_source(request.source_path, config.source),
             model,
             prepared.references,
@@ -187,10 +188,10 @@ def _fp32(
     rules = fp32_rules(
         config, prepared.evaluation, origin, prepared.float64_skipped, prepared.generation
     )
-    locate = locate_fp32 if config.validation.localize else None
+    divergence_search = search_divergence if config.validation.localize else None
     if config.onnx.optimize is OptimizeLevel.AUTO:
         search = SearchContext(
-            prepared.context, prepared.references, prepared.task, rules, timer, locate
+            prepared.context, prepared.references, prepared.task, rules, timer, divergence_search
         )
         with run.stage(Stage.PASSES, PassError):
             return search_optimization(exported, final, search)
@@ -204,11 +205,11 @@ def _fp32(
         move_model(exported, final)
     with run.stage(Stage.VALIDATE, ValidationError):
         return judge(
-            Candidate("fp32", final, passes),
+            Candidate(Variant.FP32, final, passes),
             prepared.references,
             task=prepared.task,
             rules=rules,
-            locate=locate,
+            divergence_search=divergence_search,
         )
 
 
@@ -249,13 +250,13 @@ def _variant(
         )
     rules = variant_rules(config, prepared.evaluation, gate)
 
-    def locate(model: Path, validation: ValidationRecord):
-        return locate_variant_failure(base, model, prepared.references, validation)
+    def search_divergence(model: Path, validation: ValidationRecord):
+        return variant_divergence(base, model, prepared.references, validation)
 
     if config.onnx.quantization is Quantization.AUTO:
         # The search needs the divergence search to know which node to leave in float.
         search = SearchContext(
-            prepared.context, prepared.references, prepared.task, rules, timer, locate
+            prepared.context, prepared.references, prepared.task, rules, timer, search_divergence
         )
         return search_quantization(
             base, lambda variant: fp32.with_name(config.output.filename(variant)), search=search
@@ -268,7 +269,7 @@ def _variant(
         prepared.references,
         task=prepared.task,
         rules=rules,
-        locate=locate if config.validation.localize else None,
+        divergence_search=search_divergence if config.validation.localize else None,
     )
     if not judged.published:
         remove_model(path)

@@ -52,7 +52,6 @@ class Status(str, Enum):
     START = "start"
     DONE = "done"
     FAILED = "failed"
-    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -62,6 +61,7 @@ class StageEvent:
     seconds: float | None = None
     """How long the stage took, on `done` and `failed`: the one clock of the stage."""
     detail: str | None = None
+    """What the stage works on, said as it starts (`4 shapes, 2 threads, 20 iterations`)."""
 
 
 ProgressCallback = Callable[[StageEvent], None]
@@ -101,11 +101,14 @@ class StageClock:
         self.timings: dict[str, float] = {}
 
     @contextmanager
-    def stage(self, stage: Stage, error_type: type[OnnxportError]) -> Iterator[StageTimer]:
+    def stage(
+        self, stage: Stage, error_type: type[OnnxportError], detail: str | None = None
+    ) -> Iterator[StageTimer]:
         """Each stage's start and end are safe points to stop at: an interrupt that Python
-        dropped inside the stage (in a finalizer) stops the conversion at its end."""
+        dropped inside the stage (in a finalizer) stops the conversion at its end. `detail`:
+        what the stage works on, said with its start."""
         interrupts.check()
-        self.progress(StageEvent(stage, Status.START))
+        self.progress(StageEvent(stage, Status.START, detail=detail))
         timer = StageTimer()
         try:
             yield timer

@@ -22,6 +22,7 @@ from onnxport import interrupts
 from onnxport.artifact.manifest import MANIFEST_FILENAME, REPORT_FILENAME, Manifest
 from onnxport.artifact.records import ValidationRecord
 from onnxport.errors import InternalError, TrackingError, one_line
+from onnxport.names import Variant
 from onnxport.request.config import ExperimentConfig
 from onnxport.request.lineage import is_secret, lineage_tags
 from onnxport.tasks import PRESENT_PREFIX
@@ -348,7 +349,7 @@ def log_conversion(
     if unservable is not None:
         logger.info("no text model logged: %s", unservable)
     for out in manifest.published_outputs():
-        registered = registered_model_name if out.variant == "fp32" else None
+        registered = registered_model_name if out.variant is REGISTERED_VARIANT else None
         model_path = directory / out.file
         # Loaded for this call alone, so the model MLflow saves (and changes: its weights
         # go external) is this one, not a second copy.
@@ -369,7 +370,7 @@ def log_conversion(
             log_text_model(published, out.variant, registered_model_name=registered, tags=tags)
 
 
-REGISTERED_VARIANT = "fp32"
+REGISTERED_VARIANT = Variant.FP32
 
 
 def registrable_model(client, run_id: str):

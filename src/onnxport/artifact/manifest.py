@@ -1,7 +1,7 @@
 """The manifest: one record of a conversion, made of the stages' records (`records`) and
 written as `manifest.json`; the terminal table, the reports and the MLflow run render it.
 
-A directory is complete when its manifest says so and every file matches the checksum the
+A directory is complete when it holds a manifest and every file matches the checksum the
 manifest holds for it (`verify_directory`).
 """
 
@@ -29,11 +29,12 @@ REPORT_FILENAME = "report.md"
 
 
 class Manifest(Record):
-    """A conversion, written once as `manifest.json` when its directory is sealed."""
+    """A conversion, written once as `manifest.json` when its directory is sealed: a manifest
+    exists only for a complete conversion (earlier manifests said so in a `status` key,
+    which is read and kept like any key this version does not know)."""
 
     onnxport_version: str
     created_at: str
-    status: str = "complete"
     conv_fp: str | None = None
     lineage: dict[str, str] = Field(default_factory=dict)
     source: SourceRecord
@@ -90,8 +91,6 @@ def verify_directory(directory: Path) -> list[str]:
         manifest = read_manifest(directory)
     except OutputError as e:
         return [str(e)]
-    if manifest.status != "complete":
-        return [f"status is {manifest.status!r}"]
     problems = []
     for name, expected in manifest.files.items():
         file = directory / name

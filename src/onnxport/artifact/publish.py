@@ -23,7 +23,7 @@ import psutil
 from onnxport import interrupts
 from onnxport.artifact.manifest import MANIFEST_FILENAME, Manifest, sha256_file, verify_directory
 from onnxport.artifact.records import OutputRecord, SmokeTestRecord
-from onnxport.artifact.report import render_reports
+from onnxport.artifact.report import REPORT_FILENAMES, write_reports
 from onnxport.errors import OutputError, PublishError
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def check_output_location(final: Path, *, force: bool) -> None:
     if not problems and not force:
         raise OutputError(
             f"{final} already holds a complete conversion",
-            hint="pass --force to replace it (the old one stays until the new one is complete)",
+            hint="replace it with force=True (the old one stays until the new one is complete)",
         )
     if problems:
         logger.warning("%s is damaged (%s); it will be replaced", final, "; ".join(problems))
@@ -231,12 +231,12 @@ def finish_output(
 
 
 def seal(manifest: Manifest, directory: Path) -> Manifest:
-    """Write the reports and the manifest into `directory`; the manifest written records
-    every other file's checksum (by its path inside `directory`: companions may sit in
-    module directories, `1_Pooling/config.json`), and is returned."""
-    for name, content in render_reports(manifest).items():
-        (directory / name).write_bytes(content)
-    # The models were hashed when they were finished (`finish_output`): not again.
+    """Record the checksum of every file in `directory` (by its path inside it: companions
+    may sit in module directories, `1_Pooling/config.json`), then write the reports and the
+    manifest as any change to a published directory does (`report.write_reports`); returns
+    the manifest written. The models were hashed when they were finished (`finish_output`):
+    their records' checksums are taken, not computed again."""
+    sealed_apart = (MANIFEST_FILENAME, *REPORT_FILENAMES)
     known = {}
     for out in manifest.published_outputs():
         known[out.file] = out.sha256
@@ -245,8 +245,6 @@ def seal(manifest: Manifest, directory: Path) -> Manifest:
     files = {}
     for path in sorted(directory.rglob("*")):
         name = path.relative_to(directory).as_posix()
-        if path.is_file() and name != MANIFEST_FILENAME:
+        if path.is_file() and name not in sealed_apart:
             files[name] = known.get(name) or sha256_file(path)
-    sealed = manifest.model_copy(update={"files": files})
-    (directory / MANIFEST_FILENAME).write_text(sealed.to_json(), encoding="utf-8")
-    return sealed
+    return write_reports(directory, manifest.model_copy(update={"files": files}))

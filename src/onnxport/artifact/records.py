@@ -13,6 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
+from onnxport.names import StrEnum, Variant
+from onnxport.request.config import Exporter
+
 PYTORCH = "pytorch"
 SIZED_POSITION_EMBEDDINGS = "the model's position embeddings are sized for it"
 """Why a resolution is fixed when PyTorch refuses other sizes (ViT), and in manifests
@@ -21,7 +24,16 @@ written before the reason was recorded."""
 
 
 class Record(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True, ser_json_inf_nan="strings")
+    # A field whose key predates its name (`alias`) is written under its key and read under
+    # either.
+    model_config = ConfigDict(
+        extra="allow",
+        frozen=True,
+        ser_json_inf_nan="strings",
+        serialize_by_alias=True,
+        validate_by_alias=True,
+        validate_by_name=True,
+    )
 
 
 # ------------------------------------------------------------------------------ load, export
@@ -52,9 +64,18 @@ class SentenceEmbeddingRecord(Record):
     the model's maximum."""
 
 
+class SourceKind(StrEnum):
+    """Which loader read the checkpoint (`onnxport.sources`)."""
+
+    HUGGINGFACE = "huggingface"
+    TORCH_EXPORT = "torch-export"
+    TORCHSCRIPT = "torchscript"
+    STATE_DICT = "state-dict"
+
+
 class SourceRecord(Record):
     path: str
-    kind: str
+    kind: SourceKind
     task: str
     architecture: str
     model_type: str | None = None
@@ -78,20 +99,32 @@ class SourceRecord(Record):
 class AttemptRecord(Record):
     """One exporter's try: whether it produced the model, and why not."""
 
-    exporter: str
+    exporter: Exporter
     ok: bool
     error: str | None = None
     seconds: float = 0.0
 
 
+class CacheStatus(StrEnum):
+    """What the export cache did for a conversion."""
+
+    HIT = "hit"
+    """The graph came from the cache and this checkpoint's weights were bound into it."""
+    MISS = "miss"
+    """Exported (and stored, when `ExportCacheRecord.stored`)."""
+    REFRESH = "refresh"
+    """Exported whatever the cache held (`ConversionRequest.refresh_export_cache`), then
+    stored."""
+    OFF = "off"
+    """Not used (`execution.export_cache: false`, or a cache that cannot be used)."""
+    UNSUPPORTED = "unsupported"
+    """A source or exporter whose graph the cache cannot hold."""
+
+
 class ExportCacheRecord(Record):
     """What the export cache did for this conversion (`onnxport.export.cache`)."""
 
-    status: str
-    """`hit`: the graph came from the cache and this checkpoint's weights were bound into it;
-    `miss`: exported (and stored when `stored`); `refresh`: exported whatever the cache held
-    (`--force`), then stored; `off`: not used (`--no-cache`, `execution.export_cache: false`);
-    `unsupported`: a source or exporter whose graph the cache cannot hold."""
+    status: CacheStatus
     key: str | None = None
     """The entry's key: a digest of what decides the graph (config, task, settings, versions)."""
     created_at: str | None = None
@@ -104,7 +137,7 @@ class ExportCacheRecord(Record):
 
 
 class ExportRecord(Record):
-    exporter: str
+    exporter: Exporter
     """The exporter that produced the model."""
     opset: int
     seconds: float
@@ -407,7 +440,7 @@ class OutputRecord(Record):
     facts and smoke test."""
 
     file: str
-    variant: str
+    variant: Variant
     published: bool = True
     sha256: str | None = None
     size_bytes: int | None = None
@@ -416,8 +449,8 @@ class OutputRecord(Record):
     data_size_bytes: int | None = None
     passes: list[PassRecord] = Field(default_factory=list)
     validation: ValidationRecord | None = None
-    localization: DivergenceRecord | None = None
-    """Where a refused model parts ways with its reference."""
+    divergence: DivergenceRecord | None = Field(None, alias="localization")
+    """Where a refused model diverges from its reference."""
     smoke_test: SmokeTestRecord | None = None
     search: SearchRecord | None = None
     """The candidates measured and judged when the model was chosen by a search."""
@@ -438,11 +471,11 @@ class VerifiedModelRecord(Record):
     of a conversion: the fp32 model's values and task agreement, a variant's task agreement."""
 
     file: str
-    variant: str
+    variant: Variant
     proven: bool
     validation: ValidationRecord
-    localization: DivergenceRecord | None = None
-    """Where a refused model parts ways with PyTorch (or a variant with the fp32 model)."""
+    divergence: DivergenceRecord | None = Field(None, alias="localization")
+    """Where a refused model diverges from PyTorch (or a variant from the fp32 model)."""
 
     def refusal(self) -> str:
         """Why it was refused, on one line: the failures, then where it diverges."""
@@ -450,8 +483,8 @@ class VerifiedModelRecord(Record):
         found = failures[0] if failures else "refused"
         if len(failures) > 1:
             found += f" (and {len(failures) - 1} more)"
-        if self.localization is not None:
-            found += f"; {self.localization.summary()}"
+        if self.divergence is not None:
+            found += f"; {self.divergence.summary()}"
         return f"{self.file} ({self.variant}): {found}"
 
 

@@ -16,8 +16,6 @@ import datetime as dt
 import logging
 import os
 import platform
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +23,12 @@ import onnxruntime as ort
 
 from onnxport.artifact.manifest import Manifest
 from onnxport.artifact.reader import PublishedDirectory
-from onnxport.artifact.records import BenchmarkRecord, BenchmarkSettingsRecord, TimingRecord
+from onnxport.artifact.records import (
+    BenchmarkRecord,
+    BenchmarkSettingsRecord,
+    SourceKind,
+    TimingRecord,
+)
 from onnxport.artifact.report import write_reports
 from onnxport.benchmark.runtimes import (
     directory_inputs,
@@ -37,7 +40,8 @@ from onnxport.benchmark.runtimes import (
     warm_up,
 )
 from onnxport.benchmark.stability import unstable_reasons
-from onnxport.errors import BenchmarkInputError, SourceError
+from onnxport.errors import BenchmarkError, BenchmarkInputError, SourceError
+from onnxport.progress import ProgressCallback, Stage, StageClock, ignore_progress
 from onnxport.tasks import TASKS, Modality, Task
 from onnxport.verify.timing import (
     InputMaker,
@@ -118,7 +122,7 @@ def _sizes(
 ) -> tuple[list[int], str]:
     """The sizes of the grid and their name: the model's own image size for vision, the
     sequence length for Hugging Face text models, the input spec's `size` for the others."""
-    if manifest.source.kind != "huggingface":
+    if manifest.source.kind is not SourceKind.HUGGINGFACE:
         return list(settings.seq_lengths), "size"
     config = read_json(directory / "config.json")
     if TASKS[Task(manifest.source.task)].modality is Modality.VISION:
@@ -145,7 +149,7 @@ def _open_pytorch(manifest: Manifest, settings: BenchmarkSettings, largest: tupl
     except SourceError as e:
         raise BenchmarkInputError(
             f"cannot load the source checkpoint for PyTorch: {e.message}",
-            hint="pass --no-pytorch to benchmark the ONNX models alone",
+            hint="benchmark the ONNX models alone (include_pytorch=False)",
         ) from e
     make_inputs, kind = source_inputs(source, seed=settings.seed)
     warmed = warm_up(runtime, make_inputs(*largest), settings.warmup, rss_before=before)
@@ -192,7 +196,7 @@ def benchmark_directory(
     settings: BenchmarkSettings,
     *,
     include_pytorch: bool = True,
-    progress: Callable[[str], None] | None = None,
+    progress: ProgressCallback = ignore_progress,
 ) -> BenchmarkRecord:
     """Measure PyTorch eager (optional) and every published ONNX variant of `output_dir`.
 
@@ -200,7 +204,8 @@ def benchmark_directory(
         output_dir: a complete onnxport output directory.
         settings: the grid, threads, iterations and warm-up.
         include_pytorch: also load the source checkpoint the manifest records and run it.
-        progress: receives a short line once the input is checked and after each shape.
+        progress: receives the `benchmark` stage's events once the input is checked: its
+            start (with the grid) and its end.
 
     Raises `BenchmarkInputError` for a directory or settings that cannot be benchmarked.
     """
@@ -208,59 +213,52 @@ def benchmark_directory(
     manifest = _read_directory(output_dir)
     sizes, size_name = _sizes(manifest, output_dir, settings)
     shapes = [(b, s) for b in settings.batch_sizes for s in sizes]
-    report = progress or (lambda _: None)
-    report(f"{len(shapes)} shapes, {settings.threads} threads, {settings.iterations} iterations")
-    started = time.perf_counter()
-    versions = {"onnxruntime": ort.__version__, "python": platform.python_version()}
-    torch_threads = None
-    if include_pytorch:
-        import torch
+    grid = f"{len(shapes)} shapes, {settings.threads} threads, {settings.iterations} iterations"
+    with StageClock(progress).stage(Stage.BENCHMARK, BenchmarkError, detail=grid) as timer:
+        versions = {"onnxruntime": ort.__version__, "python": platform.python_version()}
+        torch_threads = None
+        if include_pytorch:
+            import torch
 
-        torch_threads = torch.get_num_threads()
-        versions["torch"] = torch.__version__
-    try:
-        largest = (max(settings.batch_sizes), max(sizes))
-        runtimes, make_inputs, kind = _runtimes(
-            manifest, output_dir, settings, largest, include_pytorch=include_pytorch
+            torch_threads = torch.get_num_threads()
+            versions["torch"] = torch.__version__
+        try:
+            largest = (max(settings.batch_sizes), max(sizes))
+            runtimes, make_inputs, kind = _runtimes(
+                manifest, output_dir, settings, largest, include_pytorch=include_pytorch
+            )
+            logger.info("benchmarking %s on %s", ", ".join(r.name for r in runtimes), grid)
+            timings = measure_interleaved(
+                runtimes,
+                shapes,
+                make_inputs,
+                iterations=settings.iterations,
+                warmup=settings.warmup,
+                on_shape=lambda done: logger.info("%s", _shape_line(done, size_name)),
+            )
+        finally:
+            if torch_threads is not None:
+                torch.set_num_threads(torch_threads)
+        spinning = "on" if settings.onnx_spinning else "off"
+        return BenchmarkRecord(
+            settings=settings.record(),
+            runtimes=[r.figures for r in runtimes],
+            timings=timings,
+            size_name=size_name,
+            inputs=kind,
+            machine={
+                "cpu_model": cpu_model(),
+                "logical_cpus": os.cpu_count(),
+                "threads": settings.threads,
+                "threading": f"torch.set_num_threads({settings.threads}); onnxruntime "
+                f"intra_op_num_threads={settings.threads}, inter_op_num_threads=1, "
+                f"spinning {spinning}",
+            },
+            versions=versions,
+            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            seconds=round(timer.record(), 2),
+            unstable=unstable_reasons(timings),
         )
-        logger.info(
-            "benchmarking %s on %d shapes, %d threads, %d iterations",
-            ", ".join(r.name for r in runtimes),
-            len(shapes),
-            settings.threads,
-            settings.iterations,
-        )
-        timings = measure_interleaved(
-            runtimes,
-            shapes,
-            make_inputs,
-            iterations=settings.iterations,
-            warmup=settings.warmup,
-            on_shape=lambda done: report(_shape_line(done, size_name)),
-        )
-    finally:
-        if torch_threads is not None:
-            torch.set_num_threads(torch_threads)
-    spinning = "on" if settings.onnx_spinning else "off"
-    return BenchmarkRecord(
-        settings=settings.record(),
-        runtimes=[r.figures for r in runtimes],
-        timings=timings,
-        size_name=size_name,
-        inputs=kind,
-        machine={
-            "cpu_model": cpu_model(),
-            "logical_cpus": os.cpu_count(),
-            "threads": settings.threads,
-            "threading": f"torch.set_num_threads({settings.threads}); onnxruntime "
-            f"intra_op_num_threads={settings.threads}, inter_op_num_threads=1, "
-            f"spinning {spinning}",
-        },
-        versions=versions,
-        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        seconds=round(time.perf_counter() - started, 2),
-        unstable=unstable_reasons(timings),
-    )
 
 
 def record_benchmark(output_dir: Path, result: BenchmarkRecord) -> Manifest:

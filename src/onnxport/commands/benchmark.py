@@ -27,8 +27,13 @@ from onnxport.benchmark import (
     record_benchmark,
 )
 from onnxport.commands.console import console, literal, print_path, stdout
+from onnxport.commands.flags import FlagNames
+from onnxport.commands.render import ProgressPrinter
 from onnxport.errors import BenchmarkInputError
 from onnxport.verify.timing import default_threads
+
+FLAGS = FlagNames(arguments={"include_pytorch=False": "--no-pytorch"})
+"""What `benchmark` takes as flags, said in the errors it prints (`commands.flags`)."""
 
 
 def parse_sizes(text: str, option: str) -> tuple[int, ...]:
@@ -47,22 +52,16 @@ def parse_sizes(text: str, option: str) -> tuple[int, ...]:
 def run_benchmark(
     output_dir: Path, settings: BenchmarkSettings, *, include_pytorch: bool, console: Console
 ) -> BenchmarkRecord:
-    """Measure, record in the manifest, re-render the reports, log to MLflow when tracked."""
-
-    # Lines like `onnxport convert`'s (render.ProgressPrinter), without importing the
-    # pipeline, which imports torch: `--no-pytorch` must not.
-    def progress(line: str) -> None:
-        console.print(literal("…", "dim").append(f" benchmark: {line}"), highlight=False)
-
+    """Measure, record in the manifest, re-render the reports, log to MLflow when tracked;
+    the benchmark stage's progress lines go to `console`, as `onnxport convert`'s do."""
     result = benchmark_directory(
-        output_dir, settings, include_pytorch=include_pytorch, progress=progress
+        output_dir, settings, include_pytorch=include_pytorch, progress=ProgressPrinter(console)
     )
     record_benchmark(output_dir, result)
     if os.environ.get("MLFLOW_RUN_ID"):
         from onnxport.tracking import log_benchmark
 
         log_benchmark(result, Path(output_dir))
-    console.print(f"[green]✓[/green] benchmark [dim]{result.seconds:.1f} s[/dim]")
     if result.unstable:
         console.print(literal(f"! {unstable_note(result)}", "yellow"))
     return result

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
+from onnxport.commands.flags import NO_FLAGS, FlagNames
 from onnxport.errors import InternalError, OnnxportError
 
 # Pipelines read our output from logs: keep tables whole rather than wrapped at 80 columns.
@@ -50,9 +51,10 @@ def setup_logging(verbose: bool) -> None:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 
-def print_error(error: BaseException, debug: bool) -> int:
+def print_error(error: BaseException, debug: bool, flags: FlagNames = NO_FLAGS) -> int:
     """Print `error` for a person and return the exit code: an onnxport error as its message
-    and hint; anything else (or a child's InternalError) as a bug to report."""
+    and hint, with the command's `flags` said beside the settings they name; anything else
+    (or a child's InternalError) as a bug to report."""
     if debug:
         traceback.print_exception(error)
         details = getattr(error, "details", None)
@@ -60,12 +62,13 @@ def print_error(error: BaseException, debug: bool) -> int:
             console.print(literal(f"details:\n{details}", "dim"), soft_wrap=True)
     if isinstance(error, OnnxportError):
         console.print(
-            f"[red]error[/red] ({error.stage}): {escape(error.message)}",
+            f"[red]error[/red] ({error.stage}): {escape(flags.said(error.message))}",
             highlight=False,
             soft_wrap=True,
         )
         if error.hint:
-            console.print(f"  hint: {error.hint}", highlight=False, soft_wrap=True, markup=False)
+            hint = flags.said(error.hint)
+            console.print(f"  hint: {hint}", highlight=False, soft_wrap=True, markup=False)
         return error.exit_code
     wrapped = (
         error

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from onnxport.commands.console import console, setup_logging, stdout
+from onnxport.commands.flags import FlagNames
 from onnxport.process import freeze_startup_objects
 from onnxport.request.config import (
     ConversionConfig,
@@ -17,6 +18,30 @@ from onnxport.request.config import (
     load_conversion_config,
 )
 from onnxport.tasks import Task
+
+FLAGS = FlagNames(
+    keys={
+        "onnx.opset_version": "--opset",
+        "onnx.exporter": "--exporter",
+        "onnx.quantization": "--quantize",
+        "onnx.optimize": "--optimize",
+        "validation.min_task_agreement": "--min-agreement",
+        "validation.localize": "--localize",
+        "output.external_data": "--external-data",
+        "output.keep_debug_metadata": "--keep-debug-metadata",
+        "execution.export_cache": "--cache",
+        "source.task": "--task",
+        "source.allow_pickle": "--allow-pickle",
+        "source.trust_remote_code": "--trust-remote-code",
+        "source.factory": "--factory",
+        "source.input_spec": "--input-spec",
+    },
+    arguments={
+        "force=True": "--force",
+        "include_pytorch=False": "onnxport benchmark --no-pytorch",
+    },
+)
+"""The settings `convert` takes as flags, said in the errors it prints (`commands.flags`)."""
 
 
 def _config(config_file: Path | None) -> ConversionConfig:

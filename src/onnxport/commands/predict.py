@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from onnxport.commands.console import setup_logging, stdout
+from onnxport.names import Variant
 from onnxport.predict import (
     DEFAULT_MAX_NEW_TOKENS,
     AggregationStrategy,
@@ -120,7 +121,9 @@ def predict_command(
     texts: Annotated[
         list[str], typer.Argument(metavar="TEXT", help="Texts to run, one argument each.")
     ],
-    variant: Annotated[str, typer.Option(help="Published model to run: fp32, int8, ...")] = "fp32",
+    variant: Annotated[
+        str, typer.Option(help="Published model to run: fp32, int8, ...")
+    ] = Variant.FP32.value,
     max_length: Annotated[
         int | None, typer.Option(help="Most tokens read per text (default: the model's).")
     ] = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -30,14 +31,13 @@ class ProgressPrinter:
         indent = self.indent + "  " * len(self.running)
         if event.status is Status.START:
             self.running.append(event.stage)
-        if event.status is Status.START:
             line = f"[dim]…[/dim] {label}"
+            if event.detail:
+                line += f" [dim]({escape(event.detail)})[/dim]"
         elif event.status is Status.DONE:
             line = f"[green]✓[/green] {label} [dim]{event.seconds:.1f} s[/dim]"
-        elif event.status is Status.FAILED:
-            line = f"[red]✗[/red] {label} [dim]{event.seconds:.1f} s[/dim]"
         else:
-            line = f"[dim]- {label} ({event.status.value})[/dim]"
+            line = f"[red]✗[/red] {label} [dim]{event.seconds:.1f} s[/dim]"
         self.console.print(indent + line, highlight=False)
 
 

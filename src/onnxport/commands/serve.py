@@ -14,6 +14,7 @@ import typer
 
 from onnxport.commands.console import console, setup_logging
 from onnxport.errors import ServeError
+from onnxport.names import Variant
 from onnxport.predict import LongText
 from onnxport.serving import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_KB
 
@@ -82,7 +83,7 @@ def serve_command(
             path, what = fetch_text_model(model_uri, Path(scratch)), model_uri
         else:
             assert output_dir is not None
-            chosen = variant or "fp32"
+            chosen = variant or Variant.FP32
             path = save_text_model(output_dir, chosen, Path(scratch) / "model", served)
             what = f"{output_dir} ({chosen})"
         console.print(

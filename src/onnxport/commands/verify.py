@@ -14,9 +14,12 @@ from rich.text import Text
 from onnxport.artifact.records import OutputComparisonRecord, VerificationRecord
 from onnxport.artifact.report.labels import generation_label
 from onnxport.commands.console import literal, print_path, setup_logging, stdout
+from onnxport.commands.flags import FlagNames
 from onnxport.errors import VerifyError, VerifyInputError
 
 _ANY_ONNX = "pass a directory onnxport published, or an .onnx file with --against CHECKPOINT"
+FLAGS = FlagNames(arguments={"against=CHECKPOINT": "--against CHECKPOINT"})
+"""What `verify` takes as flags, said in the errors it prints (`commands.flags`)."""
 
 
 def verify_command(

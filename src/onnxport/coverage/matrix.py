@@ -21,7 +21,7 @@ from onnxport.coverage.registry import CoverageEntry
 from onnxport.errors import OnnxportError, one_line
 from onnxport.pipeline import convert
 from onnxport.request import ConversionRequest
-from onnxport.request.config import DEFAULT_OPSET, ConversionConfig
+from onnxport.request.config import ConversionConfig
 from onnxport.sources.quirks import MODEL_TYPE_QUIRKS
 
 logger = logging.getLogger(__name__)
@@ -46,13 +46,13 @@ class CoverageRow:
     reason: str | None = None
     """Failures: the failed stage and its one-line message."""
     notes: str | None = None
-    """The entry's quirks, and exporters that failed before the one that worked."""
+    """The entry's note, and exporters that failed before the one that worked."""
 
 
 def _notes(entry: CoverageEntry, manifest: Manifest | None) -> str | None:
-    """The entry's quirks, what the loader knows of its model type, failed exporters, and
+    """The entry's note, what the loader knows of its model type, failed exporters, and
     the image sizes an image model takes."""
-    notes = [entry.quirks.describe()]
+    notes = [entry.note]
     known = MODEL_TYPE_QUIRKS.get(entry.model_type)
     if known is not None and known.note:
         notes.append(known.note)
@@ -80,22 +80,9 @@ def _error_ratio(manifest: Manifest) -> float | None:
 def run_entry(
     entry: CoverageEntry, workdir: Path, *, base: ConversionConfig | None = None
 ) -> CoverageRow:
-    """Build `entry`'s checkpoint under `workdir`, convert it, and describe the result."""
-    try:
-        config = entry.conversion_config(base)
-    except OnnxportError as e:  # quirks the settings refuse (an opset the exporter lacks)
-        return CoverageRow(
-            architecture=entry.architecture,
-            task=entry.task.value,
-            model_class=entry.model_class,
-            validated=False,
-            exporter=None,
-            opset=entry.quirks.opset or DEFAULT_OPSET,
-            max_abs_diff=None,
-            seconds=0.0,
-            reason=one_line(f"{e.stage}: {e}", REASON_LENGTH),
-            notes=_notes(entry, None),
-        )
+    """Build `entry`'s checkpoint under `workdir`, convert it with `base` (default: the
+    default settings), and describe the result."""
+    config = base or ConversionConfig()
     scratch = Path(workdir) / entry.name.replace("/", "__")
     if scratch.exists():
         shutil.rmtree(scratch)

@@ -2,9 +2,9 @@
 
 Every entry builds its checkpoint offline from a `transformers` config (hidden 32, 2 layers,
 small vocabulary and images), writes it with `save_pretrained()`, and is converted by the
-same pipeline as any user checkpoint. Whatever one architecture needs beyond the defaults (an
-exporter, an opset, a looser tolerance) is a `Quirks` value here, with its reason, and
-nowhere else; `docs/coverage.md` shows it beside the result.
+same pipeline as any user checkpoint, with the default settings. Where an entry's tiny model
+departs from the defaults of its config (an initializer range), its `note` says why, and
+`docs/coverage.md` shows it beside the result.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onnxport.request.config import ConversionConfig, Exporter
 from onnxport.tasks import Task
 
 SEED = 0
@@ -30,40 +29,6 @@ INIT_STD = 0.02
 
 
 @dataclass(frozen=True)
-class Quirks:
-    """What one entry needs that the defaults do not give, and why."""
-
-    exporter: Exporter | None = None
-    """None: the conversion's own setting (`auto`: dynamo first, TorchScript as fallback)."""
-    opset: int | None = None
-    atol: float | None = None
-    rtol: float | None = None
-    min_agreement: float | None = None
-    reason: str | None = None
-    """Why the entry departs from the defaults; shown in docs/coverage.md."""
-
-    def describe(self) -> str:
-        parts = []
-        if self.exporter is not None:
-            parts.append(f"exporter {self.exporter.value}")
-        if self.opset is not None:
-            parts.append(f"opset {self.opset}")
-        if self.atol is not None:
-            parts.append(f"atol {self.atol:g}")
-        if self.rtol is not None:
-            parts.append(f"rtol {self.rtol:g}")
-        if self.min_agreement is not None:
-            parts.append(f"agreement ≥ {self.min_agreement:g}")
-        text = ", ".join(parts)
-        if self.reason:
-            text = f"{text}: {self.reason}" if text else self.reason
-        return text
-
-
-DEFAULT_QUIRKS = Quirks()
-
-
-@dataclass(frozen=True)
 class CoverageEntry:
     """One (architecture, task) pair: how to build its tiny checkpoint and convert it."""
 
@@ -73,7 +38,8 @@ class CoverageEntry:
     """The `transformers` class saved, e.g. `BertForTokenClassification`."""
     config_class: str
     config: Mapping[str, Any] = field(hash=False)
-    quirks: Quirks = DEFAULT_QUIRKS
+    note: str | None = None
+    """Why the tiny model departs from the defaults; shown in docs/coverage.md."""
 
     @property
     def name(self) -> str:
@@ -92,7 +58,7 @@ class CoverageEntry:
 
         settings = dict(self.config)
         if self.task in _CLASSIFICATION_TASKS:
-            settings.update(_labels(NUM_LABELS))
+            settings.update(labels(NUM_LABELS))
         config = getattr(transformers, self.config_class)(**settings)
         torch.manual_seed(SEED)
         model = getattr(transformers, self.model_class)(config).eval()
@@ -105,21 +71,6 @@ class CoverageEntry:
         model.save_pretrained(directory)
         return directory
 
-    def conversion_config(self, base: ConversionConfig | None = None) -> ConversionConfig:
-        """The conversion settings: `base` (defaults) with this entry's quirks applied."""
-        quirks = self.quirks
-        return (base or ConversionConfig()).with_overrides(
-            onnx={
-                "exporter": quirks.exporter.value if quirks.exporter else None,
-                "opset_version": quirks.opset,
-            },
-            validation={
-                "atol": quirks.atol,
-                "rtol": quirks.rtol,
-                "min_task_agreement": quirks.min_agreement,
-            },
-        )
-
 
 _CLASSIFICATION_TASKS = (
     Task.TOKEN_CLASSIFICATION,
@@ -128,7 +79,8 @@ _CLASSIFICATION_TASKS = (
 )
 
 
-def _labels(count: int) -> dict[str, Any]:
+def labels(count: int) -> dict[str, Any]:
+    """config.json's keys for `count` labels (`LABEL_0`, ...)."""
     return {
         "num_labels": count,
         "id2label": {i: f"LABEL_{i}" for i in range(count)},
@@ -141,7 +93,7 @@ def _architecture(
     config_class: str,
     config: Mapping[str, Any],
     tasks: Mapping[Task, str],
-    quirks: Mapping[Task, Quirks] | Quirks = DEFAULT_QUIRKS,
+    note: str | None = None,
 ) -> tuple[CoverageEntry, ...]:
     """The entries of one architecture: its tiny config crossed with the tasks it supports."""
     return tuple(
@@ -151,7 +103,7 @@ def _architecture(
             model_class=model_class,
             config_class=config_class,
             config=config,
-            quirks=quirks if isinstance(quirks, Quirks) else quirks.get(task, DEFAULT_QUIRKS),
+            note=note,
         )
         for task, model_class in tasks.items()
     )
@@ -269,11 +221,9 @@ ENTRIES: tuple[CoverageEntry, ...] = (
             "initializer_range": 0.1,
         },
         _heads("MobileBert", TOKEN, SEQUENCE, QA),
-        Quirks(
-            reason="the tiny model is drawn with initializer_range 0.1: at the default 0.02 "
-            "its NoNorm layers shrink the signal until the classifier's outputs differ "
-            "between inputs by less than the 1e-4 tolerance"
-        ),
+        note="the tiny model is drawn with initializer_range 0.1: at the default 0.02 "
+        "its NoNorm layers shrink the signal until the classifier's outputs differ "
+        "between inputs by less than the 1e-4 tolerance",
     ),
     *_architecture(
         "convbert",
@@ -442,11 +392,9 @@ ENTRIES: tuple[CoverageEntry, ...] = (
             "initializer_range": 0.5,
         },
         _heads("MobileViT", IMAGE),
-        Quirks(
-            reason="the tiny model is drawn with initializer_range 0.5: at the default 0.02, "
-            "its BatchNorm scales (drawn from N(0, 0.02)) vanish the signal and every image "
-            "gets the same logits, which any graph would match"
-        ),
+        note="the tiny model is drawn with initializer_range 0.5: at the default 0.02, "
+        "its BatchNorm scales (drawn from N(0, 0.02)) vanish the signal and every image "
+        "gets the same logits, which any graph would match",
     ),
 )
 

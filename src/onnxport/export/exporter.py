@@ -34,7 +34,7 @@ from onnxport.request.config import (
     Exporter,
     ExternalData,
     SourceConfig,
-    opset_span,
+    unsupported_opset,
 )
 from onnxport.sources import load_source
 from onnxport.sources.base import Source
@@ -173,10 +173,10 @@ def export_to_onnx(
         # Loaded before anything is written: a path that holds no model leaves no directory.
         source = load_source(Path(source), source_config)
     output_path = Path(output_path)
-    wanted = [s for s in EXPORT_STRATEGIES if exporter is Exporter.AUTO or s.name == exporter.value]
+    wanted = [s for s in EXPORT_STRATEGIES if exporter in (Exporter.AUTO, s.name)]
     if source.task is Task.TEXT_GENERATION:
         # The TorchScript tracer fixes the cache's lengths at the example's.
-        wanted = [s for s in wanted if s.name == Exporter.DYNAMO.value]
+        wanted = [s for s in wanted if s.name is Exporter.DYNAMO]
         if not wanted:
             raise ConfigError(
                 "the TorchScript exporter cannot keep a KV cache's lengths dynamic, and "
@@ -184,13 +184,10 @@ def export_to_onnx(
                 hint="set onnx.exporter to dynamo (or auto), or source.task to causal-lm for "
                 "the logits alone",
             )
-    if not any(opset_version in s.opsets for s in wanted):
+    refused = unsupported_opset(opset_version, [s.name for s in wanted])
+    if refused is not None:
         # A setting the user can fix, found before any export work: bad input, not a failure.
-        allowed = ", ".join(f"{s.name}: {opset_span(s.opsets)}" for s in wanted)
-        raise ConfigError(
-            f"opset {opset_version} is not supported by the installed exporter ({allowed})",
-            hint=f"set onnx.opset_version to {DEFAULT_OPSET}",
-        )
+        raise ConfigError(refused, hint=f"set onnx.opset_version to {DEFAULT_OPSET}")
     output_path.parent.mkdir(parents=True, exist_ok=True)
     external = wants_external_data(weights_bytes(source.module), external_data)
     attempts: list[AttemptRecord] = []
@@ -201,7 +198,7 @@ def export_to_onnx(
                 AttemptRecord(
                     exporter=strategy.name,
                     ok=False,
-                    error=f"opset {opset_version} outside {opset_span(strategy.opsets)}",
+                    error=unsupported_opset(opset_version, [strategy.name]),
                 )
             )
             continue
@@ -263,7 +260,7 @@ def export_from_template(
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     attempt, _ = _attempt(
-        ExportStrategy("dynamo", DYNAMO_OPSETS, run),
+        ExportStrategy(Exporter.DYNAMO, DYNAMO_OPSETS, run),
         source,
         output_path,
         ExportOptions(

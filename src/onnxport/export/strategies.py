@@ -172,19 +172,12 @@ one and was asked for it."""
 
 @dataclass(frozen=True)
 class ExportStrategy:
-    name: str
+    name: Exporter
     opsets: range
     run: StrategyRun
 
 
 EXPORT_STRATEGIES: tuple[ExportStrategy, ...] = (
-    ExportStrategy("dynamo", DYNAMO_OPSETS, _export_dynamo),
-    ExportStrategy("torchscript", TORCHSCRIPT_OPSETS, _export_torchscript),
+    ExportStrategy(Exporter.DYNAMO, DYNAMO_OPSETS, _export_dynamo),
+    ExportStrategy(Exporter.TORCHSCRIPT, TORCHSCRIPT_OPSETS, _export_torchscript),
 )
-
-
-def supported_opsets() -> range:
-    return range(
-        min(s.opsets.start for s in EXPORT_STRATEGIES),
-        max(s.opsets.stop for s in EXPORT_STRATEGIES),
-    )

@@ -26,7 +26,7 @@ from onnxport.passes.quantize import (
 )
 from onnxport.passes.search import quantize_search
 from onnxport.passes.weight_only import Int4Pass, Int8WeightsPass
-from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantization
+from onnxport.request.config import ConversionConfig, Exporter, OptimizeLevel, Quantization
 from onnxport.tasks import Task
 
 if TYPE_CHECKING:  # sources import torch; the passes run without it
@@ -70,7 +70,7 @@ def quantization_pass(config: ConversionConfig) -> OnnxPass | None:
     return cls() if cls else None
 
 
-def pass_context(source: Source, exporter: str, config: ConversionConfig) -> PassContext:
+def pass_context(source: Source, exporter: Exporter, config: ConversionConfig) -> PassContext:
     """What the passes of this conversion need to know beyond the model file."""
     asked = config.onnx.quantization
     static = asked is Quantization.INT8_STATIC or (

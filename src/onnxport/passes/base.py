@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,6 +20,7 @@ from onnxport.artifact.files import remove_model
 from onnxport.artifact.records import PassRecord
 from onnxport.errors import OnnxportError, PassError, one_line
 from onnxport.passes.calibration import Calibration
+from onnxport.request.config import Exporter, QuantizeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -28,14 +29,15 @@ logger = logging.getLogger(__name__)
 class PassContext:
     """What passes may need to know beyond the model file."""
 
-    exporter: str = "dynamo"
+    exporter: Exporter = Exporter.DYNAMO
+    """The exporter that made the graph: the fusions differ (`passes.optimize`)."""
     model_type: str | None = None
     num_heads: int = 0
     hidden_size: int = 0
     calibration: Calibration | None = None
     """Static quantization's samples (`passes.calibration`)."""
-    settings: Any = None
-    """The `QuantizeConfig` of the conversion (per-channel, nodes to exclude, ...)."""
+    settings: QuantizeConfig = field(default_factory=QuantizeConfig)
+    """How the conversion quantizes (per-channel, nodes to exclude, ...)."""
     texts: tuple[np.ndarray, ...] = ()
     """A language model's real text, token ids per text, that its variants are judged on
     (`verify.next_token`); empty for other tasks."""

@@ -21,7 +21,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxport.passes.base import PassContext, has_external_data
-from onnxport.request.config import OptimizeLevel
+from onnxport.request.config import Exporter, OptimizeLevel
 from onnxport.verify.runtime import create_session, session_options
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class OptimizePass:
         if self.level is OptimizeLevel.BASIC:
             _ort_offline(model, output, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
             details: dict[str, Any] = {"level": "basic", "engine": "onnxruntime"}
-        elif context.exporter == "dynamo":
+        elif context.exporter is Exporter.DYNAMO:
             details = {"level": self.level.value, "engine": "onnxscript.rewriter.ort_fusions"}
             details.update(_fuse_dynamo(model, output))
         else:

@@ -102,14 +102,13 @@ def _without_preprocessing_advice() -> Iterator[None]:
 
 def _common_options(model: Path, context: PassContext) -> dict[str, Any]:
     settings = context.settings
-    if settings:
-        check_nodes_to_exclude(model, settings.nodes_to_exclude)
+    check_nodes_to_exclude(model, settings.nodes_to_exclude)
     options: dict[str, Any] = {
-        "per_channel": bool(settings and settings.per_channel),
-        "reduce_range": bool(settings and settings.reduce_range),
-        "nodes_to_exclude": list(settings.nodes_to_exclude) if settings else [],
+        "per_channel": settings.per_channel,
+        "reduce_range": settings.reduce_range,
+        "nodes_to_exclude": list(settings.nodes_to_exclude),
     }
-    if settings and settings.op_types:
+    if settings.op_types:
         options["op_types_to_quantize"] = list(settings.op_types)
     return options
 
@@ -171,7 +170,6 @@ class StaticInt8Pass:
         reader = _Calibration(context.calibration.inputs, names)
         CalibrationDataReader.register(_Calibration)
         options = _common_options(model, context)
-        options["per_channel"] = True if context.settings is None else options["per_channel"]
         with _without_preprocessing_advice():
             quantize_static(
                 model,

@@ -34,13 +34,15 @@ from onnxport.artifact.records import (
     SearchRecord,
 )
 from onnxport.errors import ValidationError
+from onnxport.names import Variant
 from onnxport.passes.base import OnnxPass, PassContext, apply_pass
 from onnxport.passes.optimize import OptimizePass
 from onnxport.passes.quantize import DynamicInt8Pass, StaticInt8Pass
 from onnxport.passes.weight_only import Int4Pass, Int8WeightsPass
 from onnxport.request.config import OptimizeLevel, QuantizeConfig
 from onnxport.tasks import Task
-from onnxport.verify.gate import Candidate, Locate, Rules, judge
+from onnxport.verify.gate import Candidate, DivergenceSearch, Rules, judge, refusal
+from onnxport.verify.rules import FLOAT_LM_HEAD, SKIP_THE_VARIANT, SMALLER_BLOCKS
 from onnxport.verify.runtime import create_session, session_options
 from onnxport.verify.timing import measure_interleaved, open_onnx
 from onnxport.verify.validate import Reference
@@ -65,7 +67,7 @@ class QuantizeSetting(Protocol):
     @property
     def name(self) -> str: ...
     @property
-    def variant(self) -> str:
+    def variant(self) -> Variant:
         """The name it is published as (and its file's, `output.filename`)."""
         ...
 
@@ -86,7 +88,7 @@ class Int8Setting:
     per_channel: bool
     op_types: tuple[str, ...] | None = None
     """What to quantize when the user names nothing; None: onnxruntime's defaults."""
-    variant: str = "int8"
+    variant: Variant = Variant.INT8
 
     def onnx_pass(self) -> OnnxPass:
         return StaticInt8Pass() if self.static else DynamicInt8Pass()
@@ -113,13 +115,13 @@ class WeightOnlySetting:
     """A decoder LM's weight-only variant, made as the explicit one is (the user's
     `quantize.block_size`, `symmetric`, `lm_head`)."""
 
-    variant: str
+    variant: Variant
     make: type[Int4Pass] | type[Int8WeightsPass]
     static: bool = False
 
     @property
     def name(self) -> str:
-        return self.variant
+        return str(self.variant)
 
     def onnx_pass(self) -> OnnxPass:
         return self.make()
@@ -145,8 +147,8 @@ INT8_SETTINGS: tuple[QuantizeSetting, ...] = (
     Int8Setting("static QDQ per-channel", static=True, per_channel=True, op_types=("MatMul",)),
 )
 WEIGHT_ONLY_SETTINGS: tuple[QuantizeSetting, ...] = (
-    WeightOnlySetting("int8-weights", Int8WeightsPass),
-    WeightOnlySetting("int4", Int4Pass),
+    WeightOnlySetting(Variant.INT8_WEIGHTS, Int8WeightsPass),
+    WeightOnlySetting(Variant.INT4, Int4Pass),
 )
 """fp16 is not a candidate: it is the variant for GPU serving, and the search times on ONNX
 Runtime's CPU provider (`verify.runtime.PROVIDERS`), where its ranking would say nothing
@@ -170,16 +172,15 @@ class QuantizeSearch:
     0.652 and 0.653 with 1 to 4 left in float, 60 s of a 71 s search)."""
 
 
-_SKIP = "quantize.on_failure: skip to publish the fp32 model alone"
 INT8_SEARCH = QuantizeSearch(
     "int8",
     INT8_SETTINGS,
-    (_SKIP, "a larger quantize.max_excluded_nodes or quantize.search_budget_seconds"),
+    (SKIP_THE_VARIANT, "a larger quantize.max_excluded_nodes or quantize.search_budget_seconds"),
 )
 WEIGHT_ONLY_SEARCH = QuantizeSearch(
     "weight-only",
     WEIGHT_ONLY_SETTINGS,
-    (_SKIP, "a smaller quantize.block_size", "quantize.lm_head: float"),
+    (SKIP_THE_VARIANT, SMALLER_BLOCKS, FLOAT_LM_HEAD),
     leave_in_float=False,
 )
 
@@ -256,9 +257,9 @@ class SearchContext:
     task: Task
     rules: Rules
     timer: Timer
-    locate: Locate | None
+    divergence_search: DivergenceSearch | None
 
-    def judge(self, candidate: Candidate, *, locate: bool = True) -> OutputRecord:
+    def judge(self, candidate: Candidate, *, search_divergence: bool = True) -> OutputRecord:
         """The one gate, unchanged; a failing candidate is recorded, not raised: the search
         goes on to the next. Its refusal is logged at INFO: the manifest and the report list
         every candidate, and a search that then succeeds has nothing to warn of."""
@@ -267,7 +268,7 @@ class SearchContext:
             self.references,
             task=self.task,
             rules=dataclasses.replace(self.rules, on_failure="skip"),
-            locate=self.locate if locate else None,
+            divergence_search=self.divergence_search if search_divergence else None,
             skip_log_level=logging.INFO,
         )
 
@@ -367,19 +368,19 @@ def _refusal(plan: QuantizeSearch, record: SearchRecord) -> ValidationError:
 
 
 def search_quantization(
-    base: Path, publish_at: Callable[[str], Path], *, search: SearchContext
+    base: Path, publish_at: Callable[[Variant], Path], *, search: SearchContext
 ) -> OutputRecord:
     """The fastest variant made from `base` that passes the search's rules, of the
     candidates `quantize_search` gives the task, published at `publish_at(its variant)`.
 
-    `search.locate` is the divergence search for a candidate made from `base`: the node it
-    blames is left in float in the next try. Raises `ValidationError` with what was tried
+    `search.divergence_search` finds where a candidate made from `base` diverges: the node
+    it blames is left in float in the next try. Raises `ValidationError` with what was tried
     when none passes (unless `rules.on_failure` is `skip`: then the last record is returned
     unpublished).
     """
     plan = quantize_search(search.task)
     if not plan.leave_in_float:
-        search = dataclasses.replace(search, locate=None)
+        search = dataclasses.replace(search, divergence_search=None)
     settings = search.context.settings
     budget, most = settings.search_budget_seconds, settings.max_excluded_nodes
     started = time.perf_counter()
@@ -442,7 +443,7 @@ def search_quantization(
 
 
 def _blamed(output: OutputRecord) -> str | None:
-    found = output.localization
+    found = output.divergence
     return found.first.node if found is not None and found.first is not None else None
 
 
@@ -460,8 +461,10 @@ def search_optimization(exported: Path, final: Path, search: SearchContext) -> O
         if level is not OptimizeLevel.NONE:
             path = final.with_name(f".{final.stem}.{level.value}.onnx")
             passes = (apply_pass(OptimizePass(level), exported, path, search.context),)
-        # Localizing compares with PyTorch: once, for the graph as exported.
-        output = search.judge(Candidate("fp32", path, passes), locate=level is OptimizeLevel.NONE)
+        # The divergence search compares with PyTorch: once, for the graph as exported.
+        output = search.judge(
+            Candidate(Variant.FP32, path, passes), search_divergence=level is OptimizeLevel.NONE
+        )
         if not output.published and path != exported:
             remove_model(path)
         tried.append(
@@ -478,21 +481,7 @@ def search_optimization(exported: Path, final: Path, search: SearchContext) -> O
     chosen, record = _finish("optimize", tried, search.timer, started, None, keep=exported)
     if chosen is None:
         # The graph as exported fails: the conversion fails as it would without a search.
-        raise _fp32_refusal(tried[0].output, search.rules)
+        raise refusal(tried[0].output, search.rules, where="at any optimization level")
     return chosen.output.model_copy(
         update={"file": final.name, "data_file": data_file_of(final), "search": record}
-    )
-
-
-def _fp32_refusal(output: OutputRecord, rules: Rules) -> ValidationError:
-    validation = output.validation
-    failures = "; ".join(validation.failures[:3]) if validation else "no validation"
-    divergence = output.localization
-    tries = [t for t in rules.remedies if t]
-    return ValidationError(
-        f"the fp32 ONNX model does not compute what PyTorch computes at any optimization "
-        f"level: {failures}"
-        + (f"; {divergence.summary()}" if divergence else "")
-        + (f"; {rules.origin}" if rules.origin else ""),
-        hint="nothing was published" + ("; try " + ", or ".join(tries) if tries else ""),
     )

@@ -100,7 +100,7 @@ class WeightOnlyPass:
     name = "quantize-weights"
 
     def run(self, model: Path, output: Path, context: PassContext) -> dict[str, Any]:
-        settings = context.settings or QuantizeConfig()
+        settings = context.settings
         check_nodes_to_exclude(model, settings.nodes_to_exclude)
         proto = onnx.load(str(model))
         head = _lm_head(proto.graph)

@@ -24,6 +24,7 @@ from tokenizers import Tokenizer
 
 from onnxport.artifact.reader import PublishedDirectory
 from onnxport.errors import PredictError
+from onnxport.names import Variant
 from onnxport.predict.chat import SPECIAL_TOKENS, chat_template, render_chat
 from onnxport.predict.predictions import FinishReason, GeneratedText
 from onnxport.predict.tokens import load_tokenizer, model_max_length, token_setting
@@ -88,7 +89,7 @@ class OnnxGenerator:
     def __init__(
         self,
         published: PublishedDirectory,
-        variant: str = "fp32",
+        variant: str = Variant.FP32,
         *,
         threads: int | None = None,
         batch_size: int = DEFAULT_GENERATION_BATCH,
@@ -135,7 +136,7 @@ class OnnxGenerator:
 
     @classmethod
     def open(
-        cls, directory: Path | str, variant: str = "fp32", *, threads: int | None = None
+        cls, directory: Path | str, variant: str = Variant.FP32, *, threads: int | None = None
     ) -> OnnxGenerator:
         return cls(PublishedDirectory.open(Path(directory)), variant, threads=threads)
 

@@ -21,6 +21,7 @@ from onnxport.artifact.manifest import Manifest
 from onnxport.artifact.reader import PublishedDirectory
 from onnxport.artifact.records import Pooling
 from onnxport.errors import PredictError, TextTooLongError, one_line
+from onnxport.names import Variant
 from onnxport.predict.generator import OnnxGenerator
 from onnxport.predict.pooling import sentence_vector
 from onnxport.predict.predictions import (
@@ -127,7 +128,7 @@ class OnnxPredictor:
     def __init__(
         self,
         directory: Path | str,
-        variant: str = "fp32",
+        variant: str = Variant.FP32,
         *,
         max_length: int | None = None,
         threads: int | None = None,

@@ -19,7 +19,7 @@ class ConversionRequest:
     config: ConversionConfig = field(default_factory=ConversionConfig)
     force: bool = False
     refresh_export_cache: bool = False
-    """Export even when the export cache holds the graph, and store it again (`--force`)."""
+    """Export even when the export cache holds the graph, and store it again."""
     conv_fp: str | None = None
     lineage: dict[str, str] = field(default_factory=dict)
 

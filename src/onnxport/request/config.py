@@ -7,6 +7,7 @@ out-of-range values are `ConfigError`s that name the file, the key and what is a
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic import ValidationError as PydanticValidationError
 
 from onnxport.errors import ConfigError, one_line
+from onnxport.names import StrEnum, Variant
 from onnxport.tasks import Task
 
 CONVERSION_CONFIG_FILENAME = "conversion.yaml"
@@ -55,11 +57,11 @@ class Quantization(str, Enum):
     or a decoder LM's `int8-weights` and `int4`."""
 
     @property
-    def variant(self) -> str:
+    def variant(self) -> Variant:
         """The published variant's name; `auto`'s is the int8 search's. A decoder LM's search
         publishes the variant it chooses under that one's name, `int8-weights` or `int4`
-        (`passes.search.quantize_search`)."""
-        return Quantization.INT8.value if self is Quantization.AUTO else self.value
+        (`passes.search.quantize_search`). `none` makes no variant: asking is a bug."""
+        return Variant.INT8 if self is Quantization.AUTO else Variant(self.value)
 
 
 # Spellings accepted for the same setting; `dynamic` is the platform's older name for int8.
@@ -74,20 +76,30 @@ class OptimizeLevel(str, Enum):
     """Measure every level on this machine and keep the fastest that validates."""
 
 
-class Exporter(str, Enum):
+class Exporter(StrEnum):
     AUTO = "auto"
     DYNAMO = "dynamo"
     TORCHSCRIPT = "torchscript"
 
 
 EXPORTER_OPSETS = {Exporter.DYNAMO: range(18, 24), Exporter.TORCHSCRIPT: range(7, 21)}
-"""The opsets each installed torch.onnx exporter writes (`export.strategies` uses these)."""
+"""The opsets each installed torch.onnx exporter writes: the one place they are written
+(the settings, `export.strategies` and their messages read them here)."""
 MIN_OPSET = min(opsets.start for opsets in EXPORTER_OPSETS.values())
 MAX_OPSET = max(opsets.stop for opsets in EXPORTER_OPSETS.values()) - 1
 
 
-def opset_span(opsets: range) -> str:
-    return f"{opsets.start}-{opsets.stop - 1}"
+def unsupported_opset(opset: int, exporters: Sequence[Exporter]) -> str | None:
+    """Why none of `exporters` writes `opset`, with the opsets each does; None when one of
+    them writes it."""
+    if any(opset in EXPORTER_OPSETS[e] for e in exporters):
+        return None
+    spans = [(e, f"{EXPORTER_OPSETS[e].start}-{EXPORTER_OPSETS[e].stop - 1}") for e in exporters]
+    if len(spans) == 1:
+        ((exporter, span),) = spans
+        return f"opset {opset} is not supported by the {exporter} exporter ({span})"
+    each = ", ".join(f"{e}: {span}" for e, span in spans)
+    return f"opset {opset} is not supported by the installed exporters ({each})"
 
 
 class ExternalData(str, Enum):
@@ -116,24 +128,18 @@ class OnnxConfig(_Strict):
     @field_validator("opset_version")
     @classmethod
     def _supported_opset(cls, value: int) -> int:
-        if not MIN_OPSET <= value <= MAX_OPSET:
-            each = ", ".join(f"{e.value} {opset_span(o)}" for e, o in EXPORTER_OPSETS.items())
-            raise ValueError(
-                f"opset {value} is not supported by the installed exporters "
-                f"({MIN_OPSET}-{MAX_OPSET}: {each}); use {DEFAULT_OPSET}"
-            )
+        refused = unsupported_opset(value, tuple(EXPORTER_OPSETS))
+        if refused is not None:
+            raise ValueError(f"{refused}; use {DEFAULT_OPSET}")
         return value
 
     @model_validator(mode="after")
     def _opset_of_the_exporter(self) -> OnnxConfig:
         # Refused with the settings, not once the model is loaded and handed to the exporter.
-        opsets = EXPORTER_OPSETS.get(self.exporter)
-        if opsets is not None and self.opset_version not in opsets:
-            raise ValueError(
-                f"opset {self.opset_version} is not supported by the {self.exporter.value} "
-                f"exporter ({opset_span(opsets)}); choose an opset in that range, or "
-                "exporter: auto"
-            )
+        if self.exporter is not Exporter.AUTO:
+            refused = unsupported_opset(self.opset_version, (self.exporter,))
+            if refused is not None:
+                raise ValueError(f"{refused}; choose an opset in that range, or exporter: auto")
         return self
 
     @field_validator("quantization", mode="before")
@@ -169,12 +175,12 @@ class OutputConfig(_Strict):
         if not value.endswith(".onnx"):
             raise ValueError("must end with '.onnx'")
         try:
-            value.format(quantization="fp32")
+            value.format(quantization=Variant.FP32)
         except (KeyError, IndexError, ValueError) as e:
             raise ValueError(f"has a placeholder other than '{{quantization}}': {e}") from None
         return value
 
-    def filename(self, variant: str) -> str:
+    def filename(self, variant: Variant) -> str:
         return self.filename_pattern.format(quantization=variant)
 
 
@@ -203,7 +209,8 @@ class ValidationConfig(_Strict):
     min_task_agreement: float = Field(DEFAULT_MIN_TASK_AGREEMENT, ge=0.0, le=1.0)
     seed: int = 0
     localize: bool = True
-    """After a failed validation, find the first diverging node (`onnxport.verify.divergence`)."""
+    """After a failed validation, search for where the model diverges: its first diverging
+    node (`onnxport.verify.divergence`)."""
     eval_file: str | None = None
     """A labelled evaluation set (JSON lines, see `onnxport.verify.evaluation`): every model must
     then also keep PyTorch's entity F1 (token classification) or accuracy (sequence

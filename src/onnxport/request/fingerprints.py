@@ -48,16 +48,18 @@ def _without_negative_zero(value: Any) -> Any:
 
 
 def conversion_fingerprint(
-    parent_spec_fp: str, parent_exec_fp: str, config: ConversionConfig, *, variant: str = "1"
+    parent_spec_fp: str, parent_exec_fp: str, config: ConversionConfig, *, version: str = "1"
 ) -> str:
-    """The conversion's fingerprint: equal inputs give equal fingerprints, whatever order."""
+    """The conversion's fingerprint: equal inputs give equal fingerprints, whatever order.
+    `version`: the training run's `v<n>` (`ParentTrainingOutput.version`)."""
     settings = _without_negative_zero(config.model_dump(mode="json"))
     for section in NON_SEMANTIC_SECTIONS:
         settings.pop(section, None)
     payload = {
         "parent_spec_fp": check_fingerprint(parent_spec_fp, "parent_spec_fp"),
         "parent_exec_fp": check_fingerprint(parent_exec_fp, "parent_exec_fp"),
-        "parent_variant": str(variant),
+        # The platform's word for the run's `v<n>`; renaming the key would change every conv_fp.
+        "parent_variant": str(version),
         "conversion": settings,
     }
     calibration = config.quantize.calibration_file

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_DIRNAME = "checkpoint"
 METADATA_FILENAME = "metadata.json"
 _TRAINING_ID = re.compile(r"^spec_(?P<spec>[0-9a-fA-F]+)_exec_(?P<exec>[0-9a-fA-F]+)$")
-_VARIANT = re.compile(r"^v(?P<n>\d+)$")
+_VERSION = re.compile(r"^v(?P<n>\d+)$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -30,12 +30,14 @@ class ParentTrainingOutput:
     path: Path
     checkpoint: Path
     backbone: str
-    variant: str
+    version: str
+    """The training run's `v<n>` (without the `v`): the platform's name for one run of a
+    training spec (its "variant"), never a published model's variant (`Variant`)."""
     metadata: dict[str, Any]
 
     @property
     def training_id(self) -> str:
-        return f"{self.path.parent.name}/v{self.variant}"
+        return f"{self.path.parent.name}/v{self.version}"
 
 
 def safe_segment(name: str) -> str:
@@ -94,8 +96,8 @@ def read_parent_training_output(
             f"{path} has no {CHECKPOINT_DIRNAME}/ directory",
             hint="check that the training run finished and saved its checkpoint",
         )
-    variant_match = _VARIANT.match(path.name)
-    variant = variant_match.group("n") if variant_match else "1"
+    version_match = _VERSION.match(path.name)
+    version = version_match.group("n") if version_match else "1"
     id_match = _TRAINING_ID.match(path.parent.name)
     if id_match:
         found = (id_match.group("spec").lower(), id_match.group("exec").lower())
@@ -116,7 +118,7 @@ def read_parent_training_output(
         path=path,
         checkpoint=checkpoint,
         backbone=backbone,
-        variant=variant,
+        version=version,
         metadata=metadata or {},
     )
 
@@ -128,7 +130,7 @@ def conversion_output_dir(
     backbone: str,
     parent_spec_fp: str,
     parent_exec_fp: str,
-    variant: str,
+    version: str,
     conv_fp: str,
 ) -> Path:
     return (
@@ -138,6 +140,6 @@ def conversion_output_dir(
         / safe_segment(platform)
         / safe_segment(backbone)
         / f"spec_{parent_spec_fp}_exec_{parent_exec_fp}"
-        / f"v{variant}"
+        / f"v{version}"
         / f"conv_{conv_fp}"
     )

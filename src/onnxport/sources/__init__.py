@@ -31,9 +31,9 @@ def _load_file(path: Path, settings: SourceConfig) -> Source:
         if is_kind(path):
             if settings.factory is not None:
                 raise SourceError(
-                    f"{path} is a {what}, which holds its model's code: --factory is for "
-                    "weights files",
-                    hint="leave --factory out",
+                    f"{path} is a {what}, which holds its model's code: source.factory is "
+                    "for weights files",
+                    hint="leave source.factory out",
                 )
             return load(path, settings)
     if settings.factory is not None or weights_format(path) is not None:
@@ -42,7 +42,7 @@ def _load_file(path: Path, settings: SourceConfig) -> Source:
         f"{path} is a file onnxport does not know how to load",
         hint="pass a Hugging Face checkpoint directory (config.json and model.safetensors), "
         "a torch.export program (.pt2), a TorchScript module (.pt), or a weights file with "
-        "--factory and --input-spec",
+        "source.factory and source.input_spec",
     )
 
 
@@ -67,8 +67,8 @@ def load_source(path: Path, settings: SourceConfig | None = None) -> Source:
         return _load_file(path, settings)
     if settings.factory is not None:
         raise SourceError(
-            f"--factory loads a weights file, and {path} is a directory",
-            hint="pass the .safetensors file itself, or leave --factory out for a "
+            f"source.factory loads a weights file, and {path} is a directory",
+            hint="pass the .safetensors file itself, or leave source.factory out for a "
             "Hugging Face checkpoint directory",
         )
     if not is_huggingface_checkpoint(path) and (path / "checkpoint").is_dir():

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from onnxport.artifact.manifest import sha256_file
-from onnxport.artifact.records import SentenceEmbeddingRecord, SourceRecord
+from onnxport.artifact.records import SentenceEmbeddingRecord, SourceKind, SourceRecord
 from onnxport.tasks import Modality, Task
 
 # An input factory builds named example inputs for a (batch, size) shape; `size` is the
@@ -47,8 +47,8 @@ class Source:
     task: Task
     modality: Modality
     path: Path
-    kind: str
-    """Which loader produced it: `huggingface`, `torch-export`, `torchscript`, `state-dict`."""
+    kind: SourceKind
+    """Which loader produced it."""
     architecture: str
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]

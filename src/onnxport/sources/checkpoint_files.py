@@ -69,7 +69,7 @@ def weight_files(path: Path, *, allow_pickle: bool) -> tuple[list[Path], bool]:
                 f"{path} holds pickle-based weights ({pickles[0].name}), which can run code "
                 "when loaded; onnxport loads safetensors only by default",
                 hint="re-save the checkpoint with safe_serialization=True, "
-                "or pass --allow-pickle if you trust its origin",
+                "or set source.allow_pickle: true if you trust its origin",
             )
         return pickles, False
     raise SourceError(

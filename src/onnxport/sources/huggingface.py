@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from onnxport.artifact.records import SIZED_POSITION_EMBEDDINGS
+from onnxport.artifact.records import SIZED_POSITION_EMBEDDINGS, SourceKind
 from onnxport.errors import InternalError, SourceError, one_line
 from onnxport.samples import sample_texts
 from onnxport.sources.base import ModelFacts, Source
@@ -59,7 +59,7 @@ def _resolve_task(config: Any, requested: Task | None, path: Path) -> tuple[Task
     raise SourceError(
         f"{path}/config.json names no architecture onnxport knows the task of "
         f"({architectures or 'none'})",
-        hint=f"pass --task, one of: {task_names()}",
+        hint=f"set source.task to one of: {task_names()}",
     )
 
 
@@ -127,7 +127,7 @@ def _load_model(path: Path, config: Any, task: Task, *, safetensors: bool, trust
     missing = list(info.get("missing_keys") or [])
     mismatched = list(info.get("mismatched_keys") or [])
     # Tensors the model has no place for mean that config.json describes a smaller model than
-    # the weights (fewer layers): loading would drop them silently. Another head (--task)
+    # the weights (fewer layers): loading would drop them silently. Another head (a task)
     # legitimately leaves the checkpoint's own head unused, so only the saved class is strict.
     own_class = type(model).__name__ in (getattr(config, "architectures", None) or [])
     unexpected = list(info.get("unexpected_keys") or []) if own_class else []
@@ -137,7 +137,7 @@ def _load_model(path: Path, config: Any, task: Task, *, safetensors: bool, trust
             f"the weights in {path} do not fit a {type(model).__name__}: "
             f"{len(missing)} missing, {len(mismatched)} mismatched and {len(unexpected)} "
             f"unexpected tensors ({names}, ...)",
-            hint="check --task and that config.json belongs to these weights",
+            hint="check source.task and that config.json belongs to these weights",
         )
     return model
 
@@ -411,7 +411,7 @@ def _export_config(path: Path, raw: dict[str, Any], *, trust_remote_code: bool):
         message = one_line(e)
         hint = "use a model type that the installed transformers knows"
         if not trust_remote_code:
-            hint += ", or pass --trust-remote-code for a custom model you trust"
+            hint += ", or set source.trust_remote_code: true for a custom model you trust"
         raise SourceError(
             f"unknown or invalid model in {path}/config.json "
             f"(model_type={raw.get('model_type')!r}): {message}",
@@ -502,7 +502,7 @@ def load_huggingface(
         task=resolved_task,
         modality=info.modality,
         path=path,
-        kind="huggingface",
+        kind=SourceKind.HUGGINGFACE,
         architecture=architecture if task is None else type(model).__name__,
         input_names=tuple(names),
         output_names=output_names,

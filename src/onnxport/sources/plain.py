@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
+from onnxport.artifact.records import SourceKind
 from onnxport.errors import SourceError, one_line
 from onnxport.sources.base import Source
 from onnxport.tasks import Modality, Task
@@ -206,7 +207,7 @@ def plain_source(
     spec: InputSpec,
     *,
     path: Path,
-    kind: str,
+    kind: SourceKind,
     architecture: str,
     task: Task | None,
     weight_files: tuple[Path, ...] = (),

@@ -1,4 +1,4 @@
-"""Load a state dict with the code that builds its model: `--factory module:callable`.
+"""Load a state dict with the code that builds its model: `source.factory: module:callable`.
 
 The weights are a safetensors file by default. A pickle (`torch.save`: `.pt`, `.pth`,
 `.bin`) loads only with `allow_pickle`, and then with `torch.load(weights_only=True)`,
@@ -8,8 +8,8 @@ The factory is user code, and importing it runs that code: that is the point, an
 happens only when the user names it. `module` is imported as `python -c "import module"`
 would from the current directory (which is put on `sys.path` for the import), or from
 PYTHONPATH; `callable` (a dotted path inside it) is called without arguments and must
-return the `nn.Module` the weights belong to. The input spec (`--input-spec`) describes
-its inputs.
+return the `nn.Module` the weights belong to. The input spec (`source.input_spec`)
+describes its inputs.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from onnxport.artifact.records import SourceKind
 from onnxport.errors import SourceError, one_line
 from onnxport.request.config import SourceConfig
 from onnxport.sources.base import Source
@@ -35,7 +36,6 @@ from onnxport.sources.plain import plain_source, read_input_spec
 
 logger = logging.getLogger(__name__)
 
-KIND = "state-dict"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _PICKLE_PROTOCOL_MARK = 0x80
 
@@ -72,7 +72,7 @@ def _read_weights(path: Path, *, allow_pickle: bool) -> dict[str, torch.Tensor]:
             f"{path} is a pickle (torch.save), which can run code when loaded; onnxport "
             "loads safetensors only by default",
             hint="save the weights with safetensors.torch.save_file(model.state_dict(), "
-            "'model.safetensors'), or pass --allow-pickle if you trust its origin",
+            "'model.safetensors'), or set source.allow_pickle: true if you trust its origin",
         )
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -125,31 +125,33 @@ def import_factory(reference: str) -> Callable[[], Any]:
     module_name, _, attribute = reference.partition(":")
     if not module_name or not attribute:
         raise SourceError(
-            f"--factory {reference!r} must name a module and a callable: `module:callable`",
-            hint="for example --factory my_project.models:build_model",
+            f"source.factory {reference!r} must name a module and a callable: `module:callable`",
+            hint="for example source.factory: my_project.models:build_model",
         )
     try:
         with _current_directory_on_path():
             module = importlib.import_module(module_name)
     except ImportError as e:
         raise SourceError(
-            f"cannot import {module_name!r} for --factory: {e}",
+            f"cannot import {module_name!r} for source.factory: {e}",
             hint="run from the directory that holds it, or add its directory to PYTHONPATH",
         ) from e
     except Exception as e:  # the user's module raised while being imported
         raise SourceError(
-            f"importing {module_name!r} for --factory raised {type(e).__name__}: {e}"
+            f"importing {module_name!r} for source.factory raised {type(e).__name__}: {e}"
         ) from e
     found: Any = module
     for part in attribute.split("."):
         if not hasattr(found, part):
             raise SourceError(
-                f"{module_name!r} has no {attribute!r} for --factory",
+                f"{module_name!r} has no {attribute!r} for source.factory",
                 hint=f"check the name after ':' in {reference!r}",
             )
         found = getattr(found, part)
     if not callable(found):
-        raise SourceError(f"--factory {reference!r} names a {type(found).__name__}, not a callable")
+        raise SourceError(
+            f"source.factory {reference!r} names a {type(found).__name__}, not a callable"
+        )
     return found
 
 
@@ -158,10 +160,10 @@ def _build_module(reference: str) -> torch.nn.Module:
     try:
         model = factory()
     except Exception as e:  # user code
-        raise SourceError(f"--factory {reference} raised {type(e).__name__}: {e}") from e
+        raise SourceError(f"source.factory {reference} raised {type(e).__name__}: {e}") from e
     if not isinstance(model, torch.nn.Module):
         raise SourceError(
-            f"--factory {reference} returned a {type(model).__name__}, not a torch.nn.Module"
+            f"source.factory {reference} returned a {type(model).__name__}, not a torch.nn.Module"
         )
     return model
 
@@ -171,17 +173,17 @@ def load_state_dict_source(path: Path, settings: SourceConfig) -> Source:
     path = Path(path)
     if settings.factory is None or settings.input_spec is None:
         missing = " and ".join(
-            flag
-            for flag, value in (
-                ("--factory", settings.factory),
-                ("--input-spec", settings.input_spec),
+            key
+            for key, value in (
+                ("source.factory", settings.factory),
+                ("source.input_spec", settings.input_spec),
             )
             if value is None
         )
         raise SourceError(
             f"{path} is a file of weights without the model's code: it needs {missing}",
-            hint="pass --factory module:callable (returns the nn.Module) and --input-spec FILE "
-            "(its inputs' names, dtypes and shapes)",
+            hint="set source.factory to module:callable (returns the nn.Module) and "
+            "source.input_spec to a file of its inputs' names, dtypes and shapes",
         )
     spec = read_input_spec(settings.input_spec)
     state = _read_weights(path, allow_pickle=settings.allow_pickle)
@@ -191,14 +193,14 @@ def load_state_dict_source(path: Path, settings: SourceConfig) -> Source:
     except RuntimeError as e:  # size mismatches
         message = one_line(e, 400)
         raise SourceError(
-            f"the weights in {path} do not fit the model from --factory {settings.factory}: "
+            f"the weights in {path} do not fit the model from source.factory {settings.factory}: "
             f"{message}",
             hint="check that the factory builds the model these weights were saved from",
         ) from e
     if result.missing_keys or result.unexpected_keys:
         names = ", ".join([*result.missing_keys, *result.unexpected_keys][:4])
         raise SourceError(
-            f"the weights in {path} do not fit {type(model).__name__} from --factory "
+            f"the weights in {path} do not fit {type(model).__name__} from source.factory "
             f"{settings.factory}: {len(result.missing_keys)} missing and "
             f"{len(result.unexpected_keys)} unexpected tensors ({names}, ...)",
             hint="check that the factory builds the model these weights were saved from",
@@ -208,7 +210,7 @@ def load_state_dict_source(path: Path, settings: SourceConfig) -> Source:
         model,
         spec,
         path=path,
-        kind=KIND,
+        kind=SourceKind.STATE_DICT,
         architecture=type(model).__name__,
         task=settings.task,
         weight_files=(path,),

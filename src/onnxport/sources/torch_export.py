@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from onnxport.artifact.records import SourceKind
 from onnxport.errors import SourceError, one_line
 from onnxport.request.config import SourceConfig
 from onnxport.sources.base import Source
@@ -40,7 +41,6 @@ from onnxport.sources.plain import (
 
 logger = logging.getLogger(__name__)
 
-KIND = "torch-export"
 ARCHIVE_FORMAT = "archive_format"
 LEGACY_PROGRAM = "serialized_exported_program.json"
 _PAYLOAD_CONFIGS = ("_weights_config.json", "_constants_config.json")
@@ -134,13 +134,13 @@ def load_torch_export(path: Path, settings: SourceConfig) -> Source:
         raise SourceError(f"{path} is not a readable torch.export archive: {e}") from e
     if pickled:
         # torch.export.load reads these with an unrestricted unpickler (torch.load falls back
-        # to weights_only=False), so --allow-pickle, which allows only weights_only=True,
+        # to weights_only=False), so source.allow_pickle, which allows only weights_only=True,
         # cannot make them safe: they are refused either way.
         raise SourceError(
             f"{path} holds pickled data ({pickled[0]}"
             f"{f' and {len(pickled) - 1} more' if len(pickled) > 1 else ''}), which can run "
             "code when loaded; torch.export.load would unpickle it unrestricted, so onnxport "
-            "loads pickle-free archives only, even with --allow-pickle",
+            "loads pickle-free archives only, even with source.allow_pickle: true",
             hint="export again with plain tensors (no tensor subclasses or custom objects)",
         )
     try:
@@ -157,13 +157,13 @@ def load_torch_export(path: Path, settings: SourceConfig) -> Source:
         raise SourceError(
             f"the input spec names {len(spec.inputs)} inputs but the program in {path} takes "
             f"{len(derived.inputs)} ({', '.join(derived.input_names)})",
-            hint="list the program's inputs in order, or leave --input-spec out",
+            hint="list the program's inputs in order, or leave source.input_spec out",
         )
     return plain_source(
         program.module(),
         spec,
         path=path,
-        kind=KIND,
+        kind=SourceKind.TORCH_EXPORT,
         architecture=_architecture(program, path),
         task=settings.task,
         weight_files=(path,),

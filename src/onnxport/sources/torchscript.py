@@ -18,14 +18,13 @@ from pathlib import Path
 
 import torch
 
+from onnxport.artifact.records import SourceKind
 from onnxport.errors import SourceError, one_line
 from onnxport.request.config import SourceConfig
 from onnxport.sources.base import Source
 from onnxport.sources.plain import plain_source, read_input_spec
 
 logger = logging.getLogger(__name__)
-
-KIND = "torchscript"
 
 
 def is_torchscript_archive(path: Path) -> bool:
@@ -58,14 +57,14 @@ def load_torchscript(path: Path, settings: SourceConfig) -> Source:
         raise SourceError(
             f"{path} is a TorchScript module, which does not record its input shapes "
             f"(its forward takes: {arguments})",
-            hint="pass --input-spec FILE listing each input's name, dtype and shape",
+            hint="set source.input_spec to a file listing each input's name, dtype and shape",
         )
     spec = read_input_spec(settings.input_spec)
     return plain_source(
         module,
         spec,
         path=path,
-        kind=KIND,
+        kind=SourceKind.TORCHSCRIPT,
         architecture=str(getattr(module, "original_name", None) or path.stem),
         task=settings.task,
         weight_files=(path,),

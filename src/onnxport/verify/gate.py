@@ -2,7 +2,7 @@
 
 A model made by the export and its passes is validated against PyTorch on every reference
 shape (and, with a labelled set, scored on it in the same session). It passes, and the gate
-returns its finished record; or it fails, and the gate says where it parts ways (`locate`)
+returns its finished record; or it fails, and the gate says where it diverges (`divergence_search`)
 and either raises, publishing nothing, or (`on_failure: skip`: a variant with
 `quantize.on_failure: skip`, a candidate of a search) returns it as not published. The gate
 judges files; it does not remove them.
@@ -24,6 +24,7 @@ from onnxport.artifact.records import (
     ValidationRecord,
 )
 from onnxport.errors import ValidationError
+from onnxport.names import Variant
 from onnxport.tasks import Task
 from onnxport.verify.evaluation import Evaluation
 from onnxport.verify.generation import GenerationProof
@@ -32,8 +33,9 @@ from onnxport.verify.validate import Judging, Reference, validate_model
 
 logger = logging.getLogger(__name__)
 
-Locate = Callable[[Path, ValidationRecord], DivergenceRecord | None]
-"""Where a failed model parts ways with its reference; None when it cannot be said."""
+DivergenceSearch = Callable[[Path, ValidationRecord], DivergenceRecord | None]
+"""Where a failed model diverges from its reference (`verify.divergence`); None when it
+cannot be said."""
 
 
 @dataclass(frozen=True)
@@ -68,13 +70,9 @@ class Rules:
 class Candidate:
     """A model the passes made, waiting for the gate's verdict."""
 
-    variant: str
+    variant: Variant
     path: Path
     passes: tuple[PassRecord, ...] = ()
-
-    def describe(self) -> str:
-        after = f" after {', '.join(p.name for p in self.passes)}" if self.passes else ""
-        return f"the {self.variant} ONNX model{after}"
 
 
 def judge(
@@ -83,12 +81,12 @@ def judge(
     *,
     task: Task,
     rules: Rules,
-    locate: Locate | None = None,
+    divergence_search: DivergenceSearch | None = None,
     skip_log_level: int = logging.WARNING,
 ) -> OutputRecord:
     """The candidate's record once judged: published when it passes; otherwise the gate
     raises `ValidationError` (nothing is published), or with `on_failure: skip` returns it
-    unpublished with where it fails, logged at `skip_log_level`: its file is then the
+    unpublished with where it diverges, logged at `skip_log_level`: its file is then the
     caller's to remove."""
     validation = validate_model(
         candidate.path,
@@ -109,31 +107,45 @@ def judge(
             validation=validation,
         )
     # Where the graph gives no answer there is no value to trace back to a node.
-    refused = bool(validation.runtime_errors)
-    divergence = locate(candidate.path, validation) if locate and not refused else None
+    search = divergence_search if not validation.runtime_errors else None
+    refused = OutputRecord(
+        file=candidate.path.name,
+        variant=candidate.variant,
+        published=False,
+        passes=list(candidate.passes),
+        validation=validation,
+        divergence=search(candidate.path, validation) if search is not None else None,
+    )
+    error = refusal(refused, rules)
+    if rules.on_failure == "skip":
+        logger.log(skip_log_level, "%s; it is not published", error.message)
+        return refused
+    raise error
+
+
+def refusal(output: OutputRecord, rules: Rules, *, where: str | None = None) -> ValidationError:
+    """The gate's error for a model it refused (`output`, judged by `rules`): what the model
+    does not do, its first failures, where it diverges, how its graph was made, and what to
+    try; nothing was published. `where`: what else was tried (`at any optimization level`)."""
+    validation = output.validation
+    assert validation is not None, "the gate validates every model it refuses"
+    after = f" after {', '.join(p.name for p in output.passes)}" if output.passes else ""
     what = (
         "does not accept every validation input"
-        if refused
+        if validation.runtime_errors
         else "does not compute what PyTorch computes"
     )
+    divergence = output.divergence
     message = (
-        f"{candidate.describe()} {what}: "
+        f"the {output.variant} ONNX model{after} {what}"
+        + (f" {where}" if where else "")
+        + ": "
         + "; ".join(validation.failures[:3])
         + (f"; {divergence.summary()}" if divergence is not None else "")
         + (f"; {rules.origin}" if rules.origin else "")
     )
-    if rules.on_failure == "skip":
-        logger.log(skip_log_level, "%s; it is not published", message)
-        return OutputRecord(
-            file=candidate.path.name,
-            variant=candidate.variant,
-            published=False,
-            passes=list(candidate.passes),
-            validation=validation,
-            localization=divergence,
-        )
     tries = [t for t in (divergence and divergence.suggestion, *rules.remedies) if t]
-    raise ValidationError(
+    return ValidationError(
         message,
         hint="nothing was published" + ("; try " + ", or ".join(tries) if tries else ""),
         details="\n".join(validation.runtime_errors) or None,

@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING
 from onnxport.artifact.manifest import MANIFEST_FILENAME, read_manifest, verify_directory
 from onnxport.artifact.records import InputRecord, VerificationRecord, VerifiedModelRecord
 from onnxport.errors import VerifyInputError, one_line
+from onnxport.names import Variant
 from onnxport.request.config import ConversionConfig, parse_conversion_config
 from onnxport.tasks import Task
 from onnxport.verify.evaluation import Evaluation
-from onnxport.verify.gate import Candidate, Locate, Rules, judge
+from onnxport.verify.gate import Candidate, DivergenceSearch, Rules, judge
 from onnxport.verify.generation import GenerationProof
 from onnxport.verify.rules import fp32_rules, variant_rules
 from onnxport.verify.runtime import create_session, declared_inputs
@@ -66,18 +67,18 @@ def verify_published(directory: Path, *, against: Path | None = None) -> Verific
     if against is None and not checkpoint.exists():
         raise VerifyInputError(
             f"the checkpoint {directory / MANIFEST_FILENAME} records, {checkpoint}, is not there",
-            hint="pass the checkpoint with --against CHECKPOINT",
+            hint="pass the checkpoint to prove against (against=CHECKPOINT)",
         )
     config = parse_conversion_config(manifest.config, origin=str(directory / MANIFEST_FILENAME))
     source = load_source(checkpoint, config.source)
     notes = _changed_weights(source, manifest.source.weights_sha256)
-    fp32 = manifest.output("fp32")
+    fp32 = manifest.output(Variant.FP32)
     recorded = fp32.validation.shapes if fp32 and fp32.validation else None
     shapes = [(b, s) for b, s in recorded] if recorded else validation_shapes(source, config)
     task = source.task
     answers = _answers(source, shapes, config)
     references = answers.references
-    del source  # loaded again to localize a refusal: never beside ONNX Runtime's copy
+    del source  # loaded again to find where a refusal diverges: never beside ONNX Runtime's
 
     def reload() -> Source:
         return load_source(checkpoint, config.source)
@@ -85,16 +86,16 @@ def verify_published(directory: Path, *, against: Path | None = None) -> Verific
     models = []
     for out in manifest.published_outputs():
         path = directory / out.file
-        if out.variant == "fp32":
+        if out.variant is Variant.FP32:
             rules = answers.fp32_rules(config)
-            locate = _locate_fp32(reload, references, opset=manifest.export.opset)
+            search = _fp32_divergence(reload, references, opset=manifest.export.opset)
         else:
             rules = variant_rules(config, answers.evaluation)
             # The variants are made from the exported graph; the published fp32 model is
             # that graph only when no pass changed it (else its nodes have other names).
             base = directory / fp32.file if fp32 is not None and not fp32.passes else None
-            locate = _locate_variant(base, references) if base is not None else None
-        models.append(_prove(Candidate(out.variant, path), references, task, rules, locate))
+            search = _variant_divergence(base, references) if base is not None else None
+        models.append(_prove(Candidate(out.variant, path), references, task, rules, search))
     return VerificationRecord(
         target=str(directory),
         against=str(checkpoint),
@@ -126,11 +127,11 @@ def verify_onnx_file(
     def reuse() -> Source:
         return source
 
-    locate = _locate_fp32(reuse, references, opset=opset) if names.same_inputs else None
+    search = _fp32_divergence(reuse, references, opset=opset) if names.same_inputs else None
     rules = answers.fp32_rules(config)
     if not names.same_inputs:  # the proof's loop feeds the graph by the checkpoint's names
         rules = dataclasses.replace(rules, generation=None)
-    proof = _prove(Candidate("fp32", model), references, task, rules, locate)
+    proof = _prove(Candidate(Variant.FP32, model), references, task, rules, search)
     return VerificationRecord(
         target=str(model), against=str(against), models=[proof], notes=[*names.notes, *fitted]
     )
@@ -149,7 +150,7 @@ class NameMatch:
 
     @property
     def same_inputs(self) -> bool:
-        """Whether the graph's inputs have the checkpoint's names: localization feeds both
+        """Whether the graph's inputs have the checkpoint's names: the divergence search feeds both
         graphs one input by the checkpoint's names (it pairs values by the exporter's node
         names, whatever the outputs are called)."""
         return all(ours == theirs for ours, theirs in self.inputs.items())
@@ -349,7 +350,7 @@ def _prove(
     references: list[Reference],
     task: Task,
     rules: Rules,
-    locate: Locate | None,
+    divergence_search: DivergenceSearch | None,
 ) -> VerifiedModelRecord:
     """The gate's verdict as a record: a refusal is a result here, not an error."""
     judged = judge(
@@ -357,7 +358,7 @@ def _prove(
         references,
         task=task,
         rules=dataclasses.replace(rules, on_failure="skip"),
-        locate=locate,
+        divergence_search=divergence_search,
         skip_log_level=logging.DEBUG,  # the command says it, once
     )
     assert judged.validation is not None  # the gate validates every candidate
@@ -366,26 +367,26 @@ def _prove(
         variant=candidate.variant,
         proven=judged.published,
         validation=judged.validation,
-        localization=judged.localization,
+        divergence=judged.divergence,
     )
 
 
-def _locate_fp32(load, references: list[Reference], *, opset: int) -> Locate:
-    from onnxport.verify.divergence import locate_fp32_failure
+def _fp32_divergence(load, references: list[Reference], *, opset: int) -> DivergenceSearch:
+    from onnxport.verify.divergence import fp32_divergence
 
-    def locate(model: Path, validation):
-        return locate_fp32_failure(load, model, references, validation, opset=opset)
+    def search(model: Path, validation):
+        return fp32_divergence(load, model, references, validation, opset=opset)
 
-    return locate
+    return search
 
 
-def _locate_variant(base: Path, references: list[Reference]) -> Locate:
-    from onnxport.verify.divergence import locate_variant_failure
+def _variant_divergence(base: Path, references: list[Reference]) -> DivergenceSearch:
+    from onnxport.verify.divergence import variant_divergence
 
-    def locate(model: Path, validation):
-        return locate_variant_failure(base, model, references, validation)
+    def search(model: Path, validation):
+        return variant_divergence(base, model, references, validation)
 
-    return locate
+    return search
 
 
 def _changed_weights(source: Source, recorded: dict[str, str]) -> list[str]:

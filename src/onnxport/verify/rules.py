@@ -6,6 +6,7 @@ for a conversion and for `onnxport verify` alike.
 
 from __future__ import annotations
 
+from onnxport.names import Variant
 from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantization, Yardstick
 from onnxport.verify.compare import Tolerance
 from onnxport.verify.evaluation import Evaluation
@@ -14,6 +15,11 @@ from onnxport.verify.generation import GenerationProof
 from onnxport.verify.next_token import NextTokenGate
 from onnxport.verify.shapes import ExportOrigin
 from onnxport.verify.validate import DEFAULT_TOLERANCES, Judging
+
+# Remedies a refused variant's message offers, here and in the variant search's refusal.
+SKIP_THE_VARIANT = "quantize.on_failure: skip to publish the fp32 model alone"
+SMALLER_BLOCKS = "a smaller quantize.block_size"
+FLOAT_LM_HEAD = "quantize.lm_head: float"
 
 
 def fp32_rules(
@@ -28,7 +34,7 @@ def fp32_rules(
     on failure with what it suggests trying; `float64_skipped`: why PyTorch did not run in
     float64, when the budget was asked for; `generation`: PyTorch's greedy generations, which
     the model's must equal."""
-    default = DEFAULT_TOLERANCES["fp32"]
+    default = DEFAULT_TOLERANCES[Variant.FP32]
     validation = config.validation
     tolerance = Tolerance(
         atol=validation.atol or default.atol,
@@ -71,18 +77,20 @@ def variant_rules(
     variant = config.onnx.quantization
     remedies = []
     if variant is Quantization.INT4:
-        remedies += ["quantization: int8-weights", "quantize.lm_head: float"]
+        remedies += ["onnx.quantization: int8-weights", FLOAT_LM_HEAD]
     if variant in (Quantization.INT4, Quantization.INT8_WEIGHTS):
-        remedies.append("a smaller quantize.block_size")
+        remedies.append(SMALLER_BLOCKS)
     if variant in (Quantization.INT8, Quantization.INT8_STATIC):
-        remedies.append("quantization: auto (searches int8 settings and nodes to leave in float)")
+        remedies.append(
+            "onnx.quantization: auto, which searches int8 settings and nodes to leave in float"
+        )
     if variant is Quantization.INT8:
-        remedies.append("quantization: int8-static (calibrated)")
+        remedies.append("the calibrated onnx.quantization: int8-static")
     if not config.quantize.per_channel:
         remedies.append("quantize.per_channel: true")
     if not config.validation.localize:
         remedies.append("validation.localize: true to find which node to leave in float")
-    remedies.append("quantize.on_failure: skip to publish the fp32 model alone")
+    remedies.append(SKIP_THE_VARIANT)
     return Rules(
         judging=Judging(DEFAULT_TOLERANCES[variant.variant], elementwise=False),
         min_agreement=0.0 if next_token else config.validation.min_task_agreement,

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from onnxport.artifact.records import ExportRecord, InputRecord
+from onnxport.artifact.records import CacheStatus, ExportRecord, InputRecord
 from onnxport.errors import one_line
-from onnxport.request.config import ConversionConfig
+from onnxport.request.config import ConversionConfig, Exporter
 from onnxport.tasks import generation_step
 
 if TYPE_CHECKING:  # loading imports torch; the shapes need only its fields
@@ -102,13 +102,16 @@ def export_origin(export: ExportRecord, input_names: Sequence[str]) -> ExportOri
     tried = {a.exporter for a in export.attempts}
     remedies += [
         f"onnx.exporter: {other}"
-        for other in ("dynamo", "torchscript")
+        for other in (Exporter.DYNAMO, Exporter.TORCHSCRIPT)
         if other not in tried and other != export.exporter
     ]
     sentence = f"the {export.exporter} exporter made the graph"
     if reasons:
         sentence += ", because " + "; ".join(reasons)
-    if export.cache is not None and export.cache.status == "hit":
+    if export.cache is not None and export.cache.status is CacheStatus.HIT:
         sentence += f" (taken from export cache entry {export.cache.key})"
-        remedies.insert(0, "--force to export the graph again instead of taking it from the cache")
+        remedies.insert(
+            0,
+            "execution.export_cache: false to export the graph instead of taking it from the cache",
+        )
     return ExportOrigin(sentence, tuple(remedies))

@@ -25,6 +25,7 @@ from onnxport.artifact.records import (
     YardstickRecord,
 )
 from onnxport.errors import one_line
+from onnxport.names import Variant
 from onnxport.request.config import DEFAULT_MIN_TASK_AGREEMENT, Yardstick
 from onnxport.tasks import TASKS, AgreementMetric, Task
 from onnxport.verify.compare import (
@@ -46,13 +47,13 @@ logger = logging.getLogger(__name__)
 
 # Elementwise tolerances per variant. fp32 must match closely; quantized variants are judged
 # by the task-level gate, their elementwise figures are recorded for the report.
-DEFAULT_TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(atol=1e-4, rtol=1e-3),
-    "fp16": Tolerance(atol=5e-2, rtol=5e-2),
-    "int8": Tolerance(atol=5e-1, rtol=5e-1),
-    "int8-static": Tolerance(atol=5e-1, rtol=5e-1),
-    "int4": Tolerance(atol=5e-1, rtol=5e-1),
-    "int8-weights": Tolerance(atol=5e-1, rtol=5e-1),
+DEFAULT_TOLERANCES: dict[Variant, Tolerance] = {
+    Variant.FP32: Tolerance(atol=1e-4, rtol=1e-3),
+    Variant.FP16: Tolerance(atol=5e-2, rtol=5e-2),
+    Variant.INT8: Tolerance(atol=5e-1, rtol=5e-1),
+    Variant.INT8_STATIC: Tolerance(atol=5e-1, rtol=5e-1),
+    Variant.INT4: Tolerance(atol=5e-1, rtol=5e-1),
+    Variant.INT8_WEIGHTS: Tolerance(atol=5e-1, rtol=5e-1),
 }
 
 
@@ -223,10 +224,10 @@ class Judging:
     @classmethod
     def recorded(cls, validation: ValidationRecord | None) -> Judging:
         """How `validation` judged the values, read back from the record (the fp32 tolerance
-        for a record without outputs), so that localization uses the same yardstick."""
+        for a record without outputs), so that the divergence search uses the same yardstick."""
         outputs = list(validation.outputs.values()) if validation is not None else []
         if validation is None or not outputs:
-            return cls(DEFAULT_TOLERANCES["fp32"])
+            return cls(DEFAULT_TOLERANCES[Variant.FP32])
         limit = next((o.max_error_ratio for o in outputs if o.max_error_ratio is not None), None)
         return cls(
             Tolerance(outputs[0].atol, outputs[0].rtol),
@@ -258,7 +259,7 @@ def validate_model(
     references: list[Reference],
     *,
     task: Task,
-    judging: Judging = Judging(DEFAULT_TOLERANCES["fp32"]),
+    judging: Judging = Judging(DEFAULT_TOLERANCES[Variant.FP32]),
     min_agreement: float = DEFAULT_MIN_TASK_AGREEMENT,
     evaluation: Evaluation | None = None,
     generation: GenerationProof | None = None,

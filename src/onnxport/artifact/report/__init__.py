@@ -43,10 +43,13 @@ def render_reports(manifest: Manifest) -> dict[str, bytes]:
 
 
 def write_reports(directory: Path, manifest: Manifest) -> Manifest:
-    """Render the reports into a published `directory`, and the manifest with their checksums.
+    """Render the reports into `directory`, and the manifest with their checksums beside the
+    others it holds: the one way a manifest is written, when a conversion is sealed
+    (`publish.seal`) and when a benchmark or `onnxport report` changes it.
 
     Each file is written to a temporary name and moved into place with `os.replace`, the
-    manifest last. Returns the manifest as written.
+    manifest last, so that no reader of a published directory sees a half-written file.
+    Returns the manifest as written.
     """
     directory = Path(directory)
     contents = render_reports(manifest)

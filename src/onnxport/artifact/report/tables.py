@@ -10,6 +10,7 @@ from onnxport.artifact.manifest import Manifest
 from onnxport.artifact.records import (
     PYTORCH,
     BenchmarkRecord,
+    CacheStatus,
     CandidateRecord,
     TimingRecord,
     ValidationRecord,
@@ -71,7 +72,7 @@ def inputs_fact(manifest: Manifest) -> str | None:
 
 def _from_cache(manifest: Manifest) -> str:
     cache = manifest.export.cache
-    if cache is None or cache.status != "hit":
+    if cache is None or cache.status is not CacheStatus.HIT:
         return ""
     made = f"made {cache.created_at} with torch {cache.versions.get('torch', '?')}"
     return f" (graph from the export cache: entry `{cache.key}`, {made})"

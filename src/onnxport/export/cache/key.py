@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from onnxport.artifact.records import SourceKind
 from onnxport.export.cache.hint import EXCLUDED_CONFIG_KEYS, exporter_versions
 from onnxport.export.strategies import DYNAMO_OPSETS, adapter_for
 from onnxport.export.template import state_tensors
@@ -46,7 +47,7 @@ def uncacheable(source: Source, exporter: Exporter, opset: int) -> str | None:
             "the TorchScript exporter folds the weights into the graph and names the results "
             "itself: its graph cannot take another checkpoint's weights"
         )
-    if source.kind != "huggingface":
+    if source.kind is not SourceKind.HUGGINGFACE:
         return (
             f"a {source.kind} source's graph comes from code the key cannot see (a factory, "
             "a program, a script): it is exported every time"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from onnxport.artifact.records import ExportCacheRecord, ExportRecord
+from onnxport.artifact.records import CacheStatus, ExportCacheRecord, ExportRecord
 from onnxport.errors import CacheError
 from onnxport.export.cache.hint import HINT_FIELD, checkpoint_hint
 from onnxport.export.cache.key import cache_key, key_material, uncacheable
@@ -29,15 +29,15 @@ from onnxport.sources.base import Source
 logger = logging.getLogger(__name__)
 
 
-TURNED_OFF = "turned off (--no-cache, or execution.export_cache: false)"
+TURNED_OFF = "turned off (execution.export_cache: false)"
 
 
 class CacheUse(str, Enum):
     USE = "use"
     REFRESH = "refresh"
-    """Export whatever the cache holds, then store (`--force`)."""
+    """Export whatever the cache holds, then store (`ConversionRequest.refresh_export_cache`)."""
     OFF = "off"
-    """Neither read nor write (`--no-cache`, `execution.export_cache: false`)."""
+    """Neither read nor write (`execution.export_cache: false`)."""
 
 
 @dataclass(frozen=True)
@@ -74,19 +74,19 @@ def export_with_cache(
     architecture's; the record's `cache` says what the cache did."""
     if use is CacheUse.OFF:
         record = _export(source, output_path, settings)
-        return _with(record, ExportCacheRecord(status="off", reason=TURNED_OFF))
+        return _with(record, ExportCacheRecord(status=CacheStatus.OFF, reason=TURNED_OFF))
     reason = uncacheable(source, settings.exporter, settings.opset_version)
     if reason is not None:
         logger.info("export cache: not used: %s", reason)
         record = _export(source, output_path, settings)
-        return _with(record, ExportCacheRecord(status="unsupported", reason=reason))
+        return _with(record, ExportCacheRecord(status=CacheStatus.UNSUPPORTED, reason=reason))
     try:
         cache = ExportCache.from_environment()
         cache.ensure()
     except CacheError as e:  # the conversion goes on without the cache
         logger.warning("export cache: not used: %s", e)
         record = _export(source, output_path, settings)
-        return _with(record, ExportCacheRecord(status="off", reason=e.message))
+        return _with(record, ExportCacheRecord(status=CacheStatus.OFF, reason=e.message))
     material = key_material(
         source, opset=settings.opset_version, keep_debug_metadata=settings.keep_debug_metadata
     )
@@ -96,7 +96,7 @@ def export_with_cache(
     except CacheError as e:  # only the lock raises it, before anything is exported
         logger.warning("export cache: not used: %s", e)
         record = _export(source, output_path, settings)
-        return _with(record, ExportCacheRecord(status="off", reason=e.message))
+        return _with(record, ExportCacheRecord(status=CacheStatus.OFF, reason=e.message))
 
 
 def _locked(
@@ -126,7 +126,7 @@ def _locked(
         damage = damage or lookup.damage
     kept: list[TemplateData] = []
     record = _export(source, output_path, settings, kept.append)
-    status = "refresh" if use is CacheUse.REFRESH else "miss"
+    status = CacheStatus.REFRESH if use is CacheUse.REFRESH else CacheStatus.MISS
     if not kept or not held:
         why = damage or "only the dynamo exporter's graph can be kept"
         return _with(record, ExportCacheRecord(status=status, key=key, reason=why))
@@ -187,7 +187,10 @@ def _bind(
         seconds=attempt.seconds,
         attempts=[attempt],
         cache=ExportCacheRecord(
-            status="hit", key=entry.key, created_at=entry.created_at, versions=entry.versions
+            status=CacheStatus.HIT,
+            key=entry.key,
+            created_at=entry.created_at,
+            versions=entry.versions,
         ),
     )
 

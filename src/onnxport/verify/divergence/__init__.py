@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from onnxport.artifact.records import DivergenceRecord, OutputComparisonRecord, ValidationRecord
-from onnxport.verify.divergence.pytorch import localize_against_pytorch
-from onnxport.verify.divergence.variant import localize_variant
+from onnxport.verify.divergence.pytorch import divergence_from_pytorch
+from onnxport.verify.divergence.variant import divergence_from_base
 from onnxport.verify.validate import Judging, Reference
 
-__all__ = ["failing_input", "locate_fp32_failure", "locate_variant_failure"]
+__all__ = ["failing_input", "fp32_divergence", "variant_divergence"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def _worst_shape(output: OutputComparisonRecord) -> list[int]:
     return output.worst_shape
 
 
-def locate_fp32_failure(
+def fp32_divergence(
     load_source: Callable[[], object],
     model_path: Path,
     references: Sequence[Reference],
@@ -54,7 +54,7 @@ def locate_fp32_failure(
     (`load_source`): the pipeline frees the PyTorch model before validation, and a failure
     can afford the reload."""
     try:
-        return localize_against_pytorch(
+        return divergence_from_pytorch(
             load_source,  # type: ignore[arg-type]
             model_path,
             failing_input(references, validation),
@@ -62,21 +62,21 @@ def locate_fp32_failure(
             judging=Judging.recorded(validation),
         )
     except Exception as e:  # a diagnostic must never hide the validation error itself
-        logger.warning("could not localize the divergence: %s: %s", type(e).__name__, e)
+        logger.warning("could not find where it diverges: %s: %s", type(e).__name__, e)
         return None
 
 
-def locate_variant_failure(
+def variant_divergence(
     base: Path, variant: Path, references: Sequence[Reference], validation: ValidationRecord
 ) -> DivergenceRecord | None:
     """Where a failed variant loses the most against the model it was made from."""
     try:
-        return localize_variant(
+        return divergence_from_base(
             base,
             variant,
             failing_input(references, validation),
             tolerance=Judging.recorded(validation).tolerance,
         )
     except Exception as e:  # a diagnostic must never hide the gate failure itself
-        logger.warning("could not localize the variant's loss: %s: %s", type(e).__name__, e)
+        logger.warning("could not find where the variant diverges: %s: %s", type(e).__name__, e)
         return None

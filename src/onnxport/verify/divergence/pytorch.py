@@ -146,7 +146,7 @@ def _float64_twin(module):
     return Float64(module)
 
 
-def localize_against_pytorch(
+def divergence_from_pytorch(
     load_source: Callable[[], Source],
     model_path: Path,
     inputs: Mapping[str, np.ndarray],
@@ -181,7 +181,7 @@ def localize_against_pytorch(
             first=None,
             **yardstick,
             note="the model carries no torch.onnx node metadata (exported with TorchScript?); "
-            "localization needs the dynamo exporter",
+            "finding where it diverges needs the dynamo exporter",
             seconds=round(time.perf_counter() - started, 3),
         )
     onnx_values = run_with_intermediates(model_path, paired, inputs)
@@ -201,7 +201,7 @@ def localize_against_pytorch(
         **yardstick,
         seconds=round(time.perf_counter() - started, 3),
     )
-    logger.info("localization (pytorch): %s", result.summary())
+    logger.info("divergence (pytorch): %s", result.summary())
     return result
 
 

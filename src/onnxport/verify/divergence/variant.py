@@ -68,7 +68,7 @@ def changed_nodes(fp32: onnx.ModelProto, variant: onnx.ModelProto) -> set[str]:
     }
 
 
-def localize_variant(
+def divergence_from_base(
     fp32_path: Path,
     variant_path: Path,
     inputs: Mapping[str, np.ndarray],
@@ -138,5 +138,5 @@ def localize_variant(
         "no node to leave in float",
         seconds=round(time.perf_counter() - started, 3),
     )
-    logger.info("localization (variant): %s", result.summary())
+    logger.info("divergence (variant): %s", result.summary())
     return result
