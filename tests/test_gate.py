@@ -1,4 +1,4 @@
-"""The accuracy gate on a trained model: variants are published only when they keep the answers.
+"""`verify.gate`, the one accuracy gate: variants are published only when they keep the answers.
 
 Random-weight models have near-tied logits, so int8 agreement on them says little; the gate
 is tested on a small tagger trained for a few seconds (the demo's recipe, fewer steps).
