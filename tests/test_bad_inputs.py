@@ -32,8 +32,8 @@ from models import _bert_config, edit_config_json
 from onnxport.artifact.manifest import verify_directory
 from onnxport.artifact.publish import OLD_MARKER, PARTIAL_MARKER
 from onnxport.errors import ConfigError, OnnxportError, SourceError, TrackingError
-from orchestration_support import EXEC_FP, SPEC_FP, root_with_store
 from suite import AZUREML_EXTRA
+from support import EXEC_FP, SPEC_FP, root_with_store
 from test_orchestration import (
     CONVERSION_TIMEOUT,
     FakeChild,

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from onnxport.artifact.manifest import read_manifest, verify_directory
-from orchestration_support import CONVERSION_YAML, root_with_store, write_config_dir
+from support import CONVERSION_YAML, root_with_store, write_config_dir
 from test_bad_inputs import leftovers
 from test_orchestration import CONVERSION_TIMEOUT, Project, conversion_children, make_project
 

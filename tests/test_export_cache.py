@@ -37,7 +37,7 @@ from onnxport.request import ConversionRequest
 from onnxport.request.config import ConversionConfig, Exporter
 from onnxport.request.fingerprints import conversion_fingerprint
 from onnxport.sources import load_source
-from orchestration_support import CONVERSION_YAML, corrupt_byte, root_with_store
+from support import CONVERSION_YAML, corrupt_byte, root_with_store
 from test_orchestration import CONVERSION_TIMEOUT, make_project
 
 NAME = "distilbert-token"

@@ -37,7 +37,7 @@ from onnxport.tracking import (
     resolve_tracking_uri,
 )
 from onnxport.verify.runtime import create_session, run_session
-from orchestration_support import root_with_store
+from support import root_with_store
 
 MODEL = "distilbert-token"
 MiB = 1024**2

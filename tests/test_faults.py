@@ -35,7 +35,7 @@ from onnxport.artifact.manifest import verify_directory
 from onnxport.artifact.publish import OLD_MARKER, Staging, remove_stale_partials
 from onnxport.errors import ExecutionError, ExportError, PublishError
 from onnxport.progress import Stage, StageEvent, Status
-from orchestration_support import CONVERSION_YAML, root_with_store, write_config_dir
+from support import CONVERSION_YAML, root_with_store, write_config_dir
 from test_bad_inputs import leftovers, snapshot
 from test_orchestration import CONVERSION_TIMEOUT, Project, conversion_children, make_project
 

@@ -43,7 +43,7 @@ from onnxport.request.config import ExperimentConfig, load_conversion_config
 from onnxport.request.fingerprints import conversion_fingerprint
 from onnxport.request.paths import conversion_output_dir
 from onnxport.tracking import resolve_tracking_uri
-from orchestration_support import (
+from support import (
     BACKBONE,
     CONVERSION_YAML,
     EXEC_FP,

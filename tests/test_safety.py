@@ -34,9 +34,9 @@ from onnxport.request.config import (
     load_experiment_config,
 )
 from onnxport.request.paths import safe_segment
-from orchestration_support import root_with_store
 from plain_models import FACTORY, copy_plain_files
 from suite import AZUREML_EXTRA
+from support import root_with_store
 from test_bad_inputs import assert_clean_failure
 from test_orchestration import FakeChild, make_project
 
