@@ -14,7 +14,6 @@ Fast cases run in process; the few that need the conversion child (~20 s each) a
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import subprocess
@@ -28,18 +27,21 @@ import pytest
 import torch
 import yaml
 
+from checks import assert_clean_failure
 from models import _bert_config, edit_config_json
 from onnxport.artifact.manifest import verify_directory
-from onnxport.artifact.publish import OLD_MARKER, PARTIAL_MARKER
 from onnxport.errors import ConfigError, OnnxportError, SourceError, TrackingError
 from suite import AZUREML_EXTRA
-from support import EXEC_FP, SPEC_FP, root_with_store
-from test_orchestration import (
+from support import (
     CONVERSION_TIMEOUT,
-    FakeChild,
+    EXEC_FP,
+    SPEC_FP,
     Project,
     conversion_children,
+    leftovers,
     make_project,
+    root_with_store,
+    snapshot,
 )
 
 GOOD = "distilbert-token"  # the earlier output every convert case must leave alone
@@ -50,33 +52,6 @@ REFUSED = ("Operation not permitted", "Read-only file system", "Permission denie
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def snapshot(directory: Path) -> dict[str, str]:
-    """Every file below `directory` (relative path) with its sha256: byte-identity."""
-    return {
-        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
-
-
-def leftovers(final: Path) -> list[str]:
-    """Hidden work directories (`.NAME.partial-*`, `.NAME.old-*`) beside `final`."""
-    if not final.parent.is_dir():
-        return []
-    markers = (f".{final.name}{PARTIAL_MARKER}", f".{final.name}{OLD_MARKER}")
-    return sorted(p.name for p in final.parent.iterdir() if p.name.startswith(markers))
-
-
-def assert_clean_failure(code: int, stdout: str, stderr: str, expected_code: int, says) -> None:
-    if os.environ.get("SHOW_ERRORS"):
-        print(f"\n---- exit {code}\n{stderr}")
-    assert code == expected_code, stderr
-    for fragment in says:
-        assert fragment in stderr, f"{fragment!r} not in:\n{stderr}"
-    assert "Traceback" not in stderr and "Traceback" not in stdout, stderr
-    assert "internal error" not in stderr, stderr
 
 
 @contextlib.contextmanager
@@ -604,14 +579,6 @@ def test_a_non_ascii_source_path_converts(cli, checkpoint, tmp_path) -> None:
 
 
 # ========================================== execute_conversion and python -m onnxport.cli
-
-
-@pytest.fixture
-def fake_child(monkeypatch: pytest.MonkeyPatch) -> FakeChild:
-    """No conversion child: every case here must fail before one would start."""
-    child = FakeChild()
-    monkeypatch.setattr("onnxport.orchestration.run_child", child)
-    return child
 
 
 def _conversion_yaml(text: str) -> Callable[[Project], dict]:

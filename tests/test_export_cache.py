@@ -37,8 +37,13 @@ from onnxport.request import ConversionRequest
 from onnxport.request.config import ConversionConfig, Exporter
 from onnxport.request.fingerprints import conversion_fingerprint
 from onnxport.sources import load_source
-from support import CONVERSION_YAML, corrupt_byte, root_with_store
-from test_orchestration import CONVERSION_TIMEOUT, make_project
+from support import (
+    CONVERSION_TIMEOUT,
+    CONVERSION_YAML,
+    corrupt_byte,
+    make_project,
+    root_with_store,
+)
 
 NAME = "distilbert-token"
 SHAPES = [(1, 8), (2, 37), (4, 128)]  # the tiny tagger's default validation shapes

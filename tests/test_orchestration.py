@@ -8,23 +8,19 @@ all of them are marked `slow`. The fast tests replace the child by a stand-in.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
-import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from onnxport.artifact.manifest import read_manifest, sha256_file, verify_directory
@@ -36,185 +32,26 @@ from onnxport.errors import (
     SourceError,
     TrackingError,
 )
-from onnxport.execution import LINEAGE_ENV, REGISTERED_MODEL_ENV, ChildArguments, run_child
-from onnxport.orchestration import execute_conversion
+from onnxport.execution import LINEAGE_ENV, REGISTERED_MODEL_ENV, ChildArguments
 from onnxport.progress import Stage, StageEvent, Status
-from onnxport.request.config import ExperimentConfig, load_conversion_config
-from onnxport.request.fingerprints import conversion_fingerprint
-from onnxport.request.paths import conversion_output_dir
-from onnxport.tracking import resolve_tracking_uri
 from support import (
     BACKBONE,
+    CONVERSION_TIMEOUT,
     CONVERSION_YAML,
     EXEC_FP,
     SPEC_FP,
+    FakeChild,
+    Project,
+    conversion_children,
     corrupt_byte,
-    lay_out_training_output,
+    make_project,
     root_with_store,
-    write_config_dir,
+    wait_for,
 )
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-CONVERSION_TIMEOUT = 600  # seconds a test waits for a conversion under a loaded machine
 REGISTERED_MODEL = "tiny-resume-tagger"
-
-
-# -------------------------------------------------------------------------------- helpers
-
-
-@dataclass
-class Project:
-    """A project root with a training output, a config dir and an MLflow experiment."""
-
-    root: Path
-    config_dir: Path
-    parent: Path
-    experiment: str
-    spec_fp: str = SPEC_FP
-    exec_fp: str = EXEC_FP
-    defaults: dict[str, Any] = field(default_factory=dict)
-
-    def call(self, **overrides: Any) -> Path:
-        arguments: dict[str, Any] = {
-            "root_dir": self.root,
-            "config_dir": self.config_dir,
-            "parent_training_output_dir": self.parent,
-            "parent_spec_fp": self.spec_fp,
-            "parent_exec_fp": self.exec_fp,
-            "experiment_config": None,
-            "conversion_experiment_name": self.experiment,
-            "platform": "local",
-            **self.defaults,
-            **overrides,
-        }
-        return execute_conversion(**arguments)
-
-    def expected_output_dir(self, platform: str = "local", backbone: str = BACKBONE) -> Path:
-        config = load_conversion_config(self.config_dir)
-        conv_fp = conversion_fingerprint(self.spec_fp, self.exec_fp, config, variant="1")
-        return conversion_output_dir(
-            self.root,
-            platform=platform,
-            backbone=backbone,
-            parent_spec_fp=self.spec_fp,
-            parent_exec_fp=self.exec_fp,
-            variant="1",
-            conv_fp=conv_fp,
-        )
-
-    @property
-    def tracking_uri(self) -> str:
-        return resolve_tracking_uri(self.root, ExperimentConfig())
-
-    def client(self):
-        from mlflow.tracking import MlflowClient
-
-        return MlflowClient(self.tracking_uri)
-
-    def runs(self) -> list:
-        if not (self.root / "mlflow.db").exists():
-            return []
-        client = self.client()
-        experiment = client.get_experiment_by_name(self.experiment)
-        if experiment is None:
-            return []
-        return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time"])
-
-    def conversion_runs(self) -> list:
-        return [r for r in self.runs() if r.data.tags.get("onnxport.cache_hit") != "true"]
-
-    def cache_hit_runs(self) -> list:
-        return [r for r in self.runs() if r.data.tags.get("onnxport.cache_hit") == "true"]
-
-    def partials(self) -> list[Path]:
-        out = self.expected_output_dir()
-        return sorted(out.parent.glob(f".{out.name}.partial-*")) if out.parent.exists() else []
-
-
-def make_project(
-    root: Path,
-    name: str,
-    checkpoint: Path | None = None,
-    *,
-    conversion: str = CONVERSION_YAML,
-    experiment_yaml: str | None = None,
-    metadata: dict | str | None = None,
-    spec_fp: str | None = None,
-    exec_fp: str | None = None,
-    config_dirname: str | None = None,
-) -> Project:
-    """A training output under `root` with its own fingerprints, config dir and experiment.
-
-    Without `checkpoint` the `checkpoint/` directory is empty: enough for everything that
-    happens before the child starts.
-    """
-    spec_fp = spec_fp or secrets.token_hex(3)
-    exec_fp = exec_fp or secrets.token_hex(3)
-    if checkpoint is None:
-        checkpoint = root / f"empty-checkpoint-{name}"
-        checkpoint.mkdir(parents=True, exist_ok=True)
-    parent = lay_out_training_output(
-        root, checkpoint, spec_fp=spec_fp, exec_fp=exec_fp, metadata=metadata
-    )
-    config_dir = write_config_dir(
-        root / (config_dirname or f"config-{name}"),
-        conversion=conversion,
-        experiment=experiment_yaml,
-    )
-    return Project(root, config_dir, parent, f"conversion-{name}", spec_fp, exec_fp)
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = CONVERSION_TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def conversion_children() -> list[psutil.Process]:
-    """This process's descendants that run `python -m onnxport.execution`."""
-    found = []
-    for process in psutil.Process().children(recursive=True):
-        try:
-            if any("onnxport.execution" in part for part in process.cmdline()):
-                found.append(process)
-        except psutil.Error:
-            continue
-    return found
-
-
-class FakeChild:
-    """Stands in for `run_child`: records what it was given, hands its callbacks `events`
-    and `lines`, and fails with `error` (by default as a killed child).
-
-    The call is bound to `run_child`'s own signature, so a parameter renamed or added there
-    breaks these tests instead of letting the stand-in accept what the real one refuses.
-    """
-
-    def __init__(
-        self,
-        events: tuple[StageEvent, ...] = (),
-        lines: tuple[str, ...] = (),
-        error: OnnxportError | None = None,
-    ) -> None:
-        self.calls: list[dict[str, Any]] = []
-        self.events = events
-        self.lines = lines
-        self.error = error or ExecutionError("the conversion process was killed by SIGKILL")
-
-    def __call__(self, *args: Any, **kwargs: Any):
-        bound = inspect.signature(run_child).bind(*args, **kwargs)
-        self.calls.append(dict(bound.arguments))
-        on_event, on_line = bound.arguments.get("on_event"), bound.arguments.get("on_line")
-        for event in self.events if on_event else ():
-            on_event(event)
-        for line in self.lines if on_line else ():
-            on_line(line)
-        raise self.error
 
 
 # ------------------------------------------------------------------------------- fixtures
@@ -230,13 +67,6 @@ def tiny_checkpoint(checkpoint: Callable[[str], Path]) -> Path:
 def shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project root whose MLflow store is migrated once for this module's tests."""
     return root_with_store(tmp_path_factory, "project")
-
-
-@pytest.fixture
-def fake_child(monkeypatch: pytest.MonkeyPatch) -> FakeChild:
-    child = FakeChild()
-    monkeypatch.setattr("onnxport.orchestration.run_child", child)
-    return child
 
 
 def test_the_stand_in_child_refuses_a_call_the_real_one_would_refuse(tmp_path: Path) -> None:

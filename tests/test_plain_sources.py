@@ -32,6 +32,7 @@ from plain_models import (
     build_model,
     example_args,
 )
+from support import rewrite_member
 
 TORCHSCRIPT_EXPORTER = {"exporter": "torchscript"}
 
@@ -220,14 +221,6 @@ def test_a_pickled_module_is_refused_even_with_the_opt_in(plain: PlainFiles) -> 
     assert "\x1b[" not in message and "\n" not in message
 
 
-def _rewrite_member(archive: Path, target: Path, suffix: str, content: bytes) -> Path:
-    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(target, "w") as copy:
-        for item in source.infolist():
-            data = content if item.filename.endswith(suffix) else source.read(item)
-            copy.writestr(item, data)
-    return target
-
-
 class _NotATensor:
     pass
 
@@ -236,7 +229,7 @@ def test_program_with_pickled_example_inputs_is_refused(plain: PlainFiles, tmp_p
     # torch.export.load retries such inputs with an unrestricted torch.load: onnxport must not.
     buffer = io.BytesIO()
     torch.save({"x": _NotATensor()}, buffer)
-    tampered = _rewrite_member(
+    tampered = rewrite_member(
         plain.program, tmp_path / "tampered.pt2", "sample_inputs/model.pt", buffer.getvalue()
     )
     message = _refused(tampered)
@@ -251,7 +244,7 @@ def test_program_with_pickled_weights_is_refused(plain: PlainFiles, tmp_path: Pa
     for meta in config["config"].values():
         meta["use_pickle"] = True
     content = json.dumps(config).encode()
-    tampered = _rewrite_member(
+    tampered = rewrite_member(
         plain.program, tmp_path / "tampered.pt2", "_weights_config.json", content
     )
     assert "holds pickled data" in _refused(tampered)
