@@ -1,5 +1,6 @@
 """Helpers shared by the test modules; the shared fixtures are in `conftest.py`.
 
+- conversions: `convert_with`, `pipeline.convert` with some settings changed;
 - training outputs and projects, laid out as the platform's training output
   (`outputs/final_training/local/<backbone>/spec_<fp>_exec_<fp>/v1/{checkpoint/,
   metadata.json}`) around a checkpoint from `models.py`, and `Project`, an
@@ -30,16 +31,37 @@ import psutil
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxport.artifact.manifest import Manifest
 from onnxport.artifact.publish import OLD_MARKER, PARTIAL_MARKER
 from onnxport.errors import ExecutionError, OnnxportError
 from onnxport.execution import run_child
 from onnxport.orchestration import execute_conversion
+from onnxport.pipeline import convert
 from onnxport.progress import StageEvent
-from onnxport.request.config import ExperimentConfig, load_conversion_config
+from onnxport.request import ConversionRequest
+from onnxport.request.config import ConversionConfig, ExperimentConfig, load_conversion_config
 from onnxport.request.fingerprints import conversion_fingerprint
 from onnxport.request.paths import conversion_output_dir
 from onnxport.tracking import resolve_tracking_uri
 from suite import build_once
+
+# ---------------------------------------------------------------------------- conversions
+
+
+def convert_with(
+    source_path: Path,
+    output_dir: Path,
+    config: ConversionConfig | None = None,
+    **sections: dict[str, Any],
+) -> Manifest:
+    """`pipeline.convert` of `source_path` into `output_dir` with `config` (the defaults
+    unless given), its `sections` changed as the command line changes them
+    (`onnx={"quantization": "int8"}`)."""
+    config = config or ConversionConfig()
+    if sections:
+        config = config.with_overrides(**sections)
+    return convert(ConversionRequest(source_path=source_path, output_dir=output_dir, config=config))
+
 
 # ----------------------------------------------------------- training outputs and projects
 

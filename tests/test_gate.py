@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from onnxport.artifact.manifest import Manifest, read_manifest, verify_directory
+from onnxport.artifact.manifest import read_manifest, verify_directory
 from onnxport.errors import ValidationError
-from onnxport.pipeline import convert
-from onnxport.request import ConversionRequest
-from onnxport.request.config import ConversionConfig
+from support import convert_with
 
 pytestmark = pytest.mark.slow
 
@@ -29,15 +27,10 @@ def trained(trained_tagger) -> Path:
     return trained_tagger
 
 
-def _convert(source: Path, output: Path, **sections) -> Manifest:
-    config = ConversionConfig().with_overrides(**sections)
-    return convert(ConversionRequest(source_path=source, output_dir=output, config=config))
-
-
 @pytest.fixture(scope="module")
 def int8(trained, tmp_path_factory):
     output = tmp_path_factory.mktemp("int8") / "out"
-    return _convert(trained, output, onnx={**FAST, "quantization": "int8"}), output
+    return convert_with(trained, output, onnx={**FAST, "quantization": "int8"}), output
 
 
 def test_int8_is_published_beside_fp32_with_agreement_above_the_gate(int8):
@@ -80,7 +73,7 @@ def outlier(trained, tmp_path_factory) -> Path:
 def skipped(outlier, tmp_path_factory):
     """The outlier model converted with an int8 gate it fails and `on_failure: skip`."""
     output = tmp_path_factory.mktemp("skipped") / "out"
-    manifest = _convert(
+    manifest = convert_with(
         outlier,
         output,
         onnx={**FAST, "quantization": "int8"},
@@ -96,7 +89,7 @@ def test_a_tight_budget_fails_the_conversion_and_publishes_nothing(outlier, skip
     budget = (measured + 1.0) / 2
     output = tmp_path / "out"
     with pytest.raises(ValidationError) as info:
-        _convert(
+        convert_with(
             outlier,
             output,
             onnx={**FAST, "quantization": "int8"},
@@ -120,7 +113,7 @@ def test_skip_publishes_fp32_alone_and_records_the_failed_variant(skipped):
 
 
 def test_with_extended_optimization_int8_is_made_from_the_exported_graph(trained, tmp_path):
-    manifest = _convert(
+    manifest = convert_with(
         trained,
         tmp_path / "out",
         onnx={"quantization": "int8", "optimize": "extended"},
@@ -136,7 +129,7 @@ def test_with_extended_optimization_int8_is_made_from_the_exported_graph(trained
 
 
 def test_fp16_variant_is_published(trained, tmp_path):
-    manifest = _convert(trained, tmp_path / "out", onnx={**FAST, "quantization": "fp16"})
+    manifest = convert_with(trained, tmp_path / "out", onnx={**FAST, "quantization": "fp16"})
     fp16 = manifest.output("fp16")
     assert fp16.published and fp16.validation.task_agreement.value >= 0.99
     assert fp16.validation.outputs["logits"].max_abs_diff < 0.05
@@ -148,7 +141,7 @@ def test_static_int8_calibrated_on_a_file_is_published_and_passes(trained, tmp_p
     output = tmp_path / "out"
     # Int8 residual Adds cost this 32-wide tagger ~1.5% of its argmaxes (0.983 with every op
     # type); int8 MatMuls alone keep 0.99, a little above the gate set here.
-    manifest = _convert(
+    manifest = convert_with(
         trained,
         output,
         onnx={**FAST, "quantization": "int8-static"},
@@ -176,7 +169,7 @@ def test_a_layer_that_int8_breaks_is_named_and_excluding_it_passes(outlier, int8
     checkpoint = outlier
 
     with pytest.raises(ValidationError) as info:
-        _convert(
+        convert_with(
             checkpoint, tmp_path / "a", onnx={**FAST, "quantization": "int8"}, validation=budget
         )
     message = str(info.value)
@@ -192,7 +185,7 @@ def test_a_layer_that_int8_breaks_is_named_and_excluding_it_passes(outlier, int8
     excluded = [node]
     for attempt in range(3):
         try:
-            manifest = _convert(
+            manifest = convert_with(
                 checkpoint,
                 tmp_path / f"b{attempt}",
                 onnx={**FAST, "quantization": "int8"},
@@ -236,7 +229,7 @@ def _eval_file(path: Path, count: int = 120) -> Path:
 
 def test_a_labelled_set_adds_entity_f1_to_the_gate(trained, tmp_path):
     evals = _eval_file(tmp_path / "eval.jsonl")
-    manifest = _convert(
+    manifest = convert_with(
         trained,
         tmp_path / "out",
         onnx={**FAST, "quantization": "int8"},
@@ -260,7 +253,7 @@ def test_a_variant_that_loses_entity_f1_is_not_published(outlier, tmp_path):
     evals = _eval_file(tmp_path / "eval.jsonl")
     output = tmp_path / "out"
     with pytest.raises(ValidationError) as info:
-        _convert(
+        convert_with(
             outlier,
             output,
             onnx={**FAST, "quantization": "int8"},
