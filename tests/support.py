@@ -335,6 +335,11 @@ def corrupt_byte(path: Path, offset: int | None = None) -> None:
     path.write_bytes(bytes(data))
 
 
+def overwrite(name: str, data: bytes) -> Callable[[Path], None]:
+    """A damage to a checkpoint: its file `name` replaced by `data`."""
+    return lambda directory: (directory / name).write_bytes(data)
+
+
 def rewrite_member(archive: Path, target: Path, suffix: str, content: bytes) -> Path:
     """A copy of the zip `archive` at `target`, its member ending in `suffix` now `content`."""
     with zipfile.ZipFile(archive) as source, zipfile.ZipFile(target, "w") as copy:

@@ -40,6 +40,7 @@ from support import (
     conversion_children,
     leftovers,
     make_project,
+    overwrite,
     root_with_store,
     snapshot,
 )
@@ -234,10 +235,6 @@ def _weights(transform: Callable[[bytes], bytes]) -> Callable[[Path], None]:
     return damage
 
 
-def _write(name: str, data: bytes) -> Callable[[Path], None]:
-    return lambda path: (path / name).write_bytes(data)
-
-
 def _truncate(name: str) -> Callable[[Path], None]:
     def damage(path: Path) -> None:
         data = (path / name).read_bytes()
@@ -290,7 +287,7 @@ def _read_only_output(ctx: Ctx) -> Path:
 CONVERT_CASES: dict[str, ConvertCase] = {
     # --- weights
     "zero-byte-safetensors": ConvertCase(
-        lambda ctx: [ctx.damaged("bert-encoder", _write("model.safetensors", b""))],
+        lambda ctx: [ctx.damaged("bert-encoder", overwrite("model.safetensors", b""))],
         2,
         ("model.safetensors is not a valid safetensors file",),
     ),
@@ -348,13 +345,13 @@ CONVERT_CASES: dict[str, ConvertCase] = {
         _config(hidden_size="32"), 2, ("hidden_size", "expected int")
     ),
     "config-json-that-is-a-list": ConvertCase(
-        lambda ctx: [ctx.damaged("bert-encoder", _write("config.json", b"[1, 2]"))],
+        lambda ctx: [ctx.damaged("bert-encoder", overwrite("config.json", b"[1, 2]"))],
         2,
         ("config.json must hold a JSON object",),
     ),
     # --- tokenizer files
     "tokenizer-json-of-binary-garbage": ConvertCase(
-        _tokenizer(_write("tokenizer.json", b"\x00\xff\xfe garbage")),
+        _tokenizer(overwrite("tokenizer.json", b"\x00\xff\xfe garbage")),
         2,
         ("the tokenizer files in", "cannot be loaded", "utf-8"),
     ),
@@ -362,15 +359,15 @@ CONVERT_CASES: dict[str, ConvertCase] = {
         _tokenizer(_truncate("tokenizer.json")), 2, ("tokenizer files", "cannot be loaded")
     ),
     "tokenizer-json-empty": ConvertCase(
-        _tokenizer(_write("tokenizer.json", b"")), 2, ("tokenizer files", "cannot be loaded")
+        _tokenizer(overwrite("tokenizer.json", b"")), 2, ("tokenizer files", "cannot be loaded")
     ),
     "tokenizer-json-of-the-wrong-shape": ConvertCase(
-        _tokenizer(_write("tokenizer.json", b'{"model": 3}')),
+        _tokenizer(overwrite("tokenizer.json", b'{"model": 3}')),
         2,
         ("tokenizer files", "cannot be loaded"),
     ),
     "tokenizer-config-not-json": ConvertCase(
-        _tokenizer(_write("tokenizer_config.json", b'{"model_max_length": ')),
+        _tokenizer(overwrite("tokenizer_config.json", b'{"model_max_length": ')),
         2,
         ("tokenizer files", "cannot be loaded"),
     ),
