@@ -1,23 +1,342 @@
-"""`verify.gate`, the one accuracy gate: variants are published only when they keep the answers.
+"""`verify.gate`, the one accuracy gate, for the fp32 model and every variant alike.
 
-Random-weight models have near-tied logits, so int8 agreement on them says little; the gate
-is tested on a small tagger trained for a few seconds (the demo's recipe, fewer steps).
+`judge` on tiny graphs whose answers the test chooses (fast): what passes and is published,
+each rule that refuses and what its message names, the limits themselves, and a failed
+variant skipped or refused with where it parts ways. Then the gate in conversions of a
+small tagger trained for a few seconds (the demo's recipe, fewer steps; slow): variants are
+published only when they keep the answers. Random-weight models have near-tied logits, so
+int8 agreement on them says little.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxport.artifact.manifest import read_manifest, verify_directory
+from onnxport.artifact.records import DivergenceRecord, PassRecord, ValidationRecord
 from onnxport.errors import ValidationError
-from support import convert_with
+from onnxport.tasks import Task
+from onnxport.verify.compare import Tolerance, error_budget
+from onnxport.verify.divergence import locate_variant_failure
+from onnxport.verify.evaluation import ACCURACY, EvalSet, Evaluation
+from onnxport.verify.gate import Candidate, Rules, judge
+from onnxport.verify.validate import DEFAULT_TOLERANCES, Judging, Reference
+from support import convert_with, identity_model
 
-pytestmark = pytest.mark.slow
+# ------------------------------------------------------------------ judge, on tiny graphs (fast)
+
+TOKENS = Task.TOKEN_CLASSIFICATION
+FP32 = Judging(DEFAULT_TOLERANCES["fp32"])
+RECORDED = Judging(DEFAULT_TOLERANCES["int8"], elementwise=False)
+"""A variant's judging: its values recorded, the task-level figures deciding."""
+OPTIMIZED = (PassRecord(name="optimize-basic"),)
+
+
+def _scores(*shape: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _references(scores: np.ndarray, expected: np.ndarray, exact=None) -> list[Reference]:
+    """PyTorch's answer `expected` to `scores` (and its float64 answer `exact`)."""
+    return [
+        Reference(
+            shape=scores.shape[:2],
+            inputs={"scores": scores},
+            outputs={"logits": expected},
+            exact=None if exact is None else {"logits": exact},
+        )
+    ]
+
+
+def _one_node_model(path: Path, op_type: str, value: float) -> Path:
+    """`logits = scores <op_type> value` in one node named `scale`: a variant made by
+    replacing it (another op type) is one that changed that node, as int8 changes a MatMul."""
+    dims = ["batch", "sequence", 3]
+    graph = helper.make_graph(
+        [helper.make_node(op_type, ["scores", "value"], ["logits"], name="scale")],
+        "one-node",
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, dims)],
+        [numpy_helper.from_array(np.array(value, dtype=np.float32), "value")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_model_that_gives_the_references_answers_passes_and_is_published(tmp_path) -> None:
+    scores = _scores(2, 5, 3)
+    model = identity_model(tmp_path / "model_fp32.onnx")
+    candidate = Candidate("fp32", model, OPTIMIZED)
+    record = judge(candidate, _references(scores, scores), task=TOKENS, rules=Rules(FP32, 0.99))
+    assert (record.file, record.variant, record.published) == ("model_fp32.onnx", "fp32", True)
+    assert record.passes == list(OPTIMIZED)
+    assert record.validation.passed and record.validation.task_agreement.value == 1.0
+    assert record.data_file is None and record.localization is None
+
+
+def test_the_record_names_the_external_data_file_beside_the_model(tmp_path) -> None:
+    scores = _scores(1, 4, 3)
+    model = identity_model(tmp_path / "model_fp32.onnx")
+    (tmp_path / "model_fp32.onnx.data").write_bytes(b"weights")
+    record = judge(
+        Candidate("fp32", model), _references(scores, scores), task=TOKENS, rules=Rules(FP32, 0.99)
+    )
+    assert record.data_file == "model_fp32.onnx.data"
+
+
+def test_values_beyond_the_tolerance_fail_naming_it_and_publish_nothing(tmp_path) -> None:
+    scores = _scores(1, 4, 3)
+    model = identity_model(tmp_path / "model_fp32.onnx", scale=1.01)
+    rules = Rules(FP32, 0.99, remedies=("another opset",), origin="it was traced at [1, 8]")
+    with pytest.raises(ValidationError) as raised:
+        judge(
+            Candidate("fp32", model, OPTIMIZED),
+            _references(scores, scores),
+            task=TOKENS,
+            rules=rules,
+        )
+    message = raised.value.message
+    assert message.startswith(
+        "the fp32 ONNX model after optimize-basic does not compute what PyTorch computes: "
+        "output 'logits' at shape [1, 4, 3]: max abs diff "
+    )
+    assert "exceed atol 0.0001 / rtol 0.001" in message
+    assert message.endswith("; it was traced at [1, 8]")
+    assert raised.value.hint == "nothing was published; try another opset"
+    assert raised.value.exit_code == 1
+
+
+def test_the_tolerance_holds_at_its_limit_and_fails_just_past_it(tmp_path) -> None:
+    scores = _scores(1, 4, 3)
+    scale = np.float32(1.001)
+    model = identity_model(tmp_path / "model.onnx", scale=float(scale))
+    found = np.abs((scores * scale).astype(np.float64) - scores.astype(np.float64)).max()
+    references = _references(scores, scores)
+
+    def rules(atol: float) -> Rules:
+        return Rules(Judging(Tolerance(atol=atol, rtol=0.0)), 0.99, on_failure="skip")
+
+    at_limit = judge(Candidate("fp32", model), references, task=TOKENS, rules=rules(found))
+    assert at_limit.published
+    past = judge(
+        Candidate("fp32", model), references, task=TOKENS, rules=rules(np.nextafter(found, 0))
+    )
+    assert not past.published
+
+
+def _agreeing_on_three_of_four(tmp_path) -> tuple[Path, list[Reference]]:
+    """A model whose argmax agrees with PyTorch's at 3 of 4 positions (0.75)."""
+    scores = _scores(1, 4, 3)
+    expected = scores.copy()
+    expected[0, 3] = -scores[0, 3]  # another argmax at the last position
+    assert (expected.argmax(-1) != scores.argmax(-1)).sum() == 1
+    return identity_model(tmp_path / "model_int8.onnx"), _references(scores, expected)
+
+
+def test_agreement_at_the_minimum_passes_and_just_below_it_fails(tmp_path) -> None:
+    model, references = _agreeing_on_three_of_four(tmp_path)
+    candidate = Candidate("int8", model)
+    passed = judge(candidate, references, task=TOKENS, rules=Rules(RECORDED, 0.75))
+    assert passed.published and passed.validation.task_agreement.value == 0.75
+    with pytest.raises(ValidationError) as raised:
+        judge(candidate, references, task=TOKENS, rules=Rules(RECORDED, 0.76))
+    assert "argmax_agreement 0.7500 is below the minimum 0.76 over shapes [[1, 4, 3]]" in str(
+        raised.value
+    )
+
+
+def test_a_variants_values_are_recorded_not_judged(tmp_path) -> None:
+    """The values of `int8` are far outside even its tolerance, but every argmax is kept."""
+    scores = _scores(1, 4, 3)
+    model = identity_model(tmp_path / "model_int8.onnx", scale=3.0)
+    record = judge(
+        Candidate("int8", model),
+        _references(scores, scores),
+        task=TOKENS,
+        rules=Rules(RECORDED, 0.99),
+    )
+    assert record.published
+    assert record.validation.outputs["logits"].passed is False
+    assert record.validation.elementwise_gate is False
+
+
+def _within_budget(tmp_path, onnx_error: float) -> tuple[Path, list[Reference]]:
+    """Values near 1 that PyTorch in float32 misses by 0.01 and ONNX by `onnx_error`, against
+    the exact (float64) answer: both far outside the fp32 tolerance."""
+    exact = 1.0 + np.linspace(0.0, 0.5, 12).reshape(1, 4, 3)
+    pytorch = (exact + 0.01).astype(np.float32)
+    scores = (exact + onnx_error).astype(np.float32)
+    model = identity_model(tmp_path / f"model-{onnx_error}.onnx")
+    return model, _references(scores, pytorch, exact)
+
+
+def test_an_error_within_the_budget_passes_where_the_tolerance_refuses(tmp_path) -> None:
+    model, references = _within_budget(tmp_path, 0.02)  # twice PyTorch's own error
+    budget = Judging(DEFAULT_TOLERANCES["fp32"], max_error_ratio=4.0)
+    record = judge(Candidate("fp32", model), references, task=TOKENS, rules=Rules(budget, 0.99))
+    assert record.published and record.validation.yardstick.mode == "budget"
+    assert record.validation.outputs["logits"].error_ratio == pytest.approx(2.0, rel=0.01)
+    with pytest.raises(ValidationError, match=re.escape("exceed atol 0.0001 / rtol 0.001")):
+        judge(Candidate("fp32", model), references, task=TOKENS, rules=Rules(FP32, 0.99))
+
+
+def test_an_error_beyond_the_budget_fails_naming_validation_max_error_ratio(tmp_path) -> None:
+    model, references = _within_budget(tmp_path, 0.05)
+    budget = Judging(DEFAULT_TOLERANCES["fp32"], max_error_ratio=4.0)
+    with pytest.raises(ValidationError) as raised:
+        judge(Candidate("fp32", model), references, task=TOKENS, rules=Rules(budget, 0.99))
+    message = str(raised.value)
+    assert "its error against PyTorch in float64 is 5x PyTorch's own float32 error" in message
+    assert "above validation.max_error_ratio 4" in message
+
+
+def test_the_budget_holds_at_its_limit_and_fails_just_past_it(tmp_path) -> None:
+    model, references = _within_budget(tmp_path, 0.03)
+    (reference,) = references
+    ratio = error_budget(
+        reference.inputs["scores"], reference.outputs["logits"], reference.exact["logits"]
+    ).ratio
+
+    def rules(limit: float) -> Rules:
+        budget = Judging(DEFAULT_TOLERANCES["fp32"], max_error_ratio=limit)
+        return Rules(budget, 0.99, on_failure="skip")
+
+    assert judge(Candidate("fp32", model), references, task=TOKENS, rules=rules(ratio)).published
+    past = rules(float(np.nextafter(ratio, 0)))
+    assert not judge(Candidate("fp32", model), references, task=TOKENS, rules=past).published
+
+
+def _labelled(tmp_path, max_drop: float) -> tuple[Path, list[Reference], Evaluation]:
+    """A sentence classifier that gets 3 of 4 labelled examples right, where PyTorch gets
+    them all: a drop of 0.25."""
+    scores = _scores(4, 3)
+    gold = tuple(int(i) for i in scores.argmax(-1))
+    wrong = (gold[0] + 1) % 3
+    eval_set = EvalSet(
+        path=tmp_path / "eval.jsonl",
+        metric=ACCURACY,
+        batches=({"scores": scores},),
+        word_ids=(),
+        gold=(wrong, *gold[1:]),
+        id2label={0: "a", 1: "b", 2: "c"},
+    )
+    model = identity_model(tmp_path / "model_int8.onnx", dims=("batch", 3))
+    references = [Reference((4, 3), {"scores": scores}, {"logits": scores})]
+    return model, references, Evaluation(eval_set, pytorch=1.0, max_drop=max_drop)
+
+
+def test_a_labelled_set_that_loses_more_than_max_drop_fails(tmp_path) -> None:
+    model, references, evaluation = _labelled(tmp_path, max_drop=0.25)
+    task = Task.SEQUENCE_CLASSIFICATION
+    rules = Rules(RECORDED, 0.99, evaluation=evaluation)
+    kept = judge(Candidate("int8", model), references, task=task, rules=rules)
+    assert kept.published and kept.validation.task_metric.value == 0.75
+
+    _, _, stricter = _labelled(tmp_path, max_drop=0.2)
+    rules = Rules(RECORDED, 0.99, evaluation=stricter)
+    with pytest.raises(ValidationError) as raised:
+        judge(Candidate("int8", model), references, task=task, rules=rules)
+    assert "accuracy 0.7500 on 4 labelled examples is more than 0.2 below PyTorch's 1.0000" in str(
+        raised.value
+    )
+
+
+def test_a_graph_that_refuses_an_input_says_so_with_the_runtimes_words(tmp_path) -> None:
+    scores = _scores(2, 4, 3)
+    model = identity_model(tmp_path / "model_fp32.onnx", dims=(1, 4, 3))
+    with pytest.raises(ValidationError) as raised:
+        judge(
+            Candidate("fp32", model),
+            _references(scores, scores),
+            task=TOKENS,
+            rules=Rules(FP32, 0.99),
+        )
+    assert str(raised.value).startswith(
+        "the fp32 ONNX model does not accept every validation input: "
+        "the graph does not accept inputs of shape [2, 4, 3]"
+    )
+    assert raised.value.details.startswith("at shape [2, 4, 3]: ")
+
+
+@pytest.fixture
+def broken_variant(tmp_path) -> tuple[Path, Path, list[Reference]]:
+    """An fp32 model, a variant that changed its one node and flips every argmax, and
+    the references the variant fails."""
+    fp32 = _one_node_model(tmp_path / "model_fp32.onnx", "Mul", 1.0)
+    variant = _one_node_model(tmp_path / "model_int8.onnx", "Div", -1.0)
+    scores = _scores(1, 4, 3)
+    return fp32, variant, _references(scores, scores)
+
+
+def _locate_against(fp32: Path, references: list[Reference]):
+    def locate(model: Path, validation: ValidationRecord) -> DivergenceRecord | None:
+        return locate_variant_failure(fp32, model, references, validation)
+
+    return locate
+
+
+def test_where_a_failing_variant_parts_ways_comes_first_among_the_remedies(
+    broken_variant,
+) -> None:
+    fp32, variant, references = broken_variant
+    rules = Rules(RECORDED, 0.99, remedies=("quantize.per_channel: true",))
+    with pytest.raises(ValidationError) as raised:
+        judge(
+            Candidate("int8", variant),
+            references,
+            task=TOKENS,
+            rules=rules,
+            locate=_locate_against(fp32, references),
+        )
+    assert "; the variant loses the most at node scale (Mul)" in str(raised.value)
+    assert raised.value.hint == (
+        "nothing was published; try quantize.nodes_to_exclude: [scale], "
+        "or quantize.per_channel: true"
+    )
+
+
+def test_skip_returns_the_failed_variant_unpublished_with_where_it_fails(
+    broken_variant, caplog
+) -> None:
+    fp32, variant, references = broken_variant
+    rules = Rules(RECORDED, 0.99, on_failure="skip")
+    locate = _locate_against(fp32, references)
+    with caplog.at_level(logging.INFO, logger="onnxport.verify.gate"):
+        record = judge(
+            Candidate("int8", variant), references, task=TOKENS, rules=rules, locate=locate
+        )
+        quiet = judge(
+            Candidate("int8", variant),
+            references,
+            task=TOKENS,
+            rules=rules,
+            locate=locate,
+            skip_log_level=logging.INFO,
+        )
+    assert quiet.published is False
+    assert record.published is False and record.validation.passed is False
+    assert record.localization.exclude == ["scale"]
+    assert variant.is_file(), "the gate judges files; removing them is the caller's"
+    logged = [
+        (r.levelno, r.getMessage()) for r in caplog.records if r.name == "onnxport.verify.gate"
+    ]
+    assert [level for level, _ in logged] == [logging.WARNING, logging.INFO]
+    assert all(m.startswith("the int8 ONNX model does not compute") for _, m in logged)
+    assert all(m.endswith("; it is not published") for _, m in logged)
+
+
+# ---------------------------------------------- the gate in conversions of a trained model (slow)
 
 FAST = {"exporter": "torchscript"}
 
@@ -33,6 +352,7 @@ def int8(trained, tmp_path_factory):
     return convert_with(trained, output, onnx={**FAST, "quantization": "int8"}), output
 
 
+@pytest.mark.slow
 def test_int8_is_published_beside_fp32_with_agreement_above_the_gate(int8):
     manifest, output = int8
     assert [o.variant for o in manifest.outputs] == ["fp32", "int8"]
@@ -83,6 +403,7 @@ def skipped(outlier, tmp_path_factory):
     return manifest, output
 
 
+@pytest.mark.slow
 def test_a_tight_budget_fails_the_conversion_and_publishes_nothing(outlier, skipped, tmp_path):
     measured = skipped[0].output("int8").validation.task_agreement.value
     assert measured < 0.999
@@ -102,6 +423,7 @@ def test_a_tight_budget_fails_the_conversion_and_publishes_nothing(outlier, skip
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_skip_publishes_fp32_alone_and_records_the_failed_variant(skipped):
     manifest, output = skipped
     record = manifest.output("int8")
@@ -112,6 +434,7 @@ def test_skip_publishes_fp32_alone_and_records_the_failed_variant(skipped):
     assert verify_directory(output) == []
 
 
+@pytest.mark.slow
 def test_with_extended_optimization_int8_is_made_from_the_exported_graph(trained, tmp_path):
     manifest = convert_with(
         trained,
@@ -128,6 +451,7 @@ def test_with_extended_optimization_int8_is_made_from_the_exported_graph(trained
     assert fp32.validation.passed and quantized.validation.passed
 
 
+@pytest.mark.slow
 def test_fp16_variant_is_published(trained, tmp_path):
     manifest = convert_with(trained, tmp_path / "out", onnx={**FAST, "quantization": "fp16"})
     fp16 = manifest.output("fp16")
@@ -135,6 +459,7 @@ def test_fp16_variant_is_published(trained, tmp_path):
     assert fp16.validation.outputs["logits"].max_abs_diff < 0.05
 
 
+@pytest.mark.slow
 def test_static_int8_calibrated_on_a_file_is_published_and_passes(trained, tmp_path):
     calibration = tmp_path / "samples.txt"
     calibration.write_text("Jane Doe works at Contoso Ltd\nEmail: jane@example.com\n")
@@ -161,6 +486,7 @@ def test_static_int8_calibrated_on_a_file_is_published_and_passes(trained, tmp_p
     assert verify_directory(output) == []
 
 
+@pytest.mark.slow
 def test_a_layer_that_int8_breaks_is_named_and_excluding_it_passes(outlier, int8, tmp_path):
     """One weight outlier makes per-tensor int8 zero out the rest of that layer's weights:
     the gate fails, localization names that layer, and its suggestion makes it pass."""
@@ -204,6 +530,7 @@ def test_a_layer_that_int8_breaks_is_named_and_excluding_it_passes(outlier, int8
     assert len(excluded) <= 2
 
 
+@pytest.mark.slow
 def test_a_skipped_variant_records_its_localization(skipped):
     localization = skipped[0].output("int8").localization
     assert localization.against == "fp32-onnx"
@@ -227,6 +554,7 @@ def _eval_file(path: Path, count: int = 120) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_labelled_set_adds_entity_f1_to_the_gate(trained, tmp_path):
     evals = _eval_file(tmp_path / "eval.jsonl")
     manifest = convert_with(
@@ -249,6 +577,7 @@ def test_a_labelled_set_adds_entity_f1_to_the_gate(trained, tmp_path):
     assert "on 120 labelled examples (PyTorch " in report
 
 
+@pytest.mark.slow
 def test_a_variant_that_loses_entity_f1_is_not_published(outlier, tmp_path):
     evals = _eval_file(tmp_path / "eval.jsonl")
     output = tmp_path / "out"
