@@ -697,7 +697,7 @@ def _cli_flags(project: Project, overrides: dict) -> list[str]:
 
 # `onnxport.cli.main` with the platform's flags is what `python -m onnxport.cli` runs; it is
 # called in process here so that `fake_child` can see that no conversion started. The real
-# subprocess is test_orchestration's test_cli_bad_input_exits_2_with_a_one_line_error_...
+# subprocess is test_run's test_cli_bad_input_exits_2_with_a_one_line_error_...
 @pytest.mark.parametrize("entry", ["execute_conversion", "onnxport.cli.main"])
 @pytest.mark.parametrize("case", list(API_CASES.values()), ids=list(API_CASES))
 def test_orchestration_refuses_bad_input_cleanly(
