@@ -1,7 +1,9 @@
-"""Checks every published conversion must pass, shared by the pipeline and CLI tests."""
+"""Checks shared by the tests: what every published conversion must pass (the pipeline and
+CLI tests), and what every refused command must look like."""
 
 from __future__ import annotations
 
+import os
 import site
 import sys
 import sysconfig
@@ -138,3 +140,15 @@ def check_agrees_on_a_new_shape(model_file: Path, loaded_source: Source) -> None
     )
     for want, got in zip(expected, actual, strict=True):
         np.testing.assert_allclose(got, want.numpy(), atol=FP32_ATOL, rtol=1e-3)
+
+
+def assert_clean_failure(code: int, stdout: str, stderr: str, expected_code: int, says) -> None:
+    """A refused command: exit `expected_code`, every fragment of `says` on stderr, and no
+    traceback or internal error (`SHOW_ERRORS=1` prints what it said)."""
+    if os.environ.get("SHOW_ERRORS"):
+        print(f"\n---- exit {code}\n{stderr}")
+    assert code == expected_code, stderr
+    for fragment in says:
+        assert fragment in stderr, f"{fragment!r} not in:\n{stderr}"
+    assert "Traceback" not in stderr and "Traceback" not in stdout, stderr
+    assert "internal error" not in stderr, stderr

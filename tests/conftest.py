@@ -36,6 +36,7 @@ from onnxport.request.config import ConversionConfig, Exporter
 from onnxport.sources import Source, load_source
 from onnxport.tasks import Task
 from suite import build_once, check_ci_has_the_extras, one_core_per_worker
+from support import FakeChild, root_with_store
 
 # Helper modules full of asserts: let pytest explain their failures as it does in tests.
 pytest.register_assert_rewrite("checks")
@@ -85,6 +86,29 @@ def isolated_export_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch)
     root = tmp_path_factory.mktemp("export-cache")
     monkeypatch.setenv("ONNXPORT_CACHE", str(root))
     return root
+
+
+@pytest.fixture
+def fake_child(monkeypatch: pytest.MonkeyPatch) -> FakeChild:
+    """`execute_conversion` without a conversion child: a stand-in (`support.FakeChild`)
+    records each call and fails as a killed child would."""
+    child = FakeChild()
+    monkeypatch.setattr("onnxport.orchestration.run_child", child)
+    return child
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(checkpoint: Callable[[str], Path]) -> Path:
+    """The tiny DistilBERT token tagger of `models.py`, which the orchestration tests lay
+    out as a training output."""
+    return checkpoint("distilbert-token")
+
+
+@pytest.fixture(scope="module")
+def shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project root with a copy of the migrated MLflow store, shared by a module's tests
+    (each names its project apart: `support.make_project`)."""
+    return root_with_store(tmp_path_factory, "project")
 
 
 @pytest.fixture(scope="session")

@@ -57,7 +57,7 @@ from onnxport.execution import LINEAGE_ENV
 from onnxport.execution.child import parse_arguments
 from onnxport.request.config import ConversionConfig, load_conversion_config
 from onnxport.request.fingerprints import conversion_fingerprint
-from orchestration_support import root_with_store
+from support import root_with_store
 
 SPEC_FP = "abc123"
 EXEC_FP = "def456"

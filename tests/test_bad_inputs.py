@@ -14,7 +14,6 @@ Fast cases run in process; the few that need the conversion child (~20 s each) a
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import subprocess
@@ -28,18 +27,22 @@ import pytest
 import torch
 import yaml
 
+from checks import assert_clean_failure
 from models import _bert_config, edit_config_json
 from onnxport.artifact.manifest import verify_directory
-from onnxport.artifact.publish import OLD_MARKER, PARTIAL_MARKER
 from onnxport.errors import ConfigError, OnnxportError, SourceError, TrackingError
-from orchestration_support import EXEC_FP, SPEC_FP, root_with_store
 from suite import AZUREML_EXTRA
-from test_orchestration import (
+from support import (
     CONVERSION_TIMEOUT,
-    FakeChild,
+    EXEC_FP,
+    SPEC_FP,
     Project,
     conversion_children,
+    leftovers,
     make_project,
+    overwrite,
+    root_with_store,
+    snapshot,
 )
 
 GOOD = "distilbert-token"  # the earlier output every convert case must leave alone
@@ -50,33 +53,6 @@ REFUSED = ("Operation not permitted", "Read-only file system", "Permission denie
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def snapshot(directory: Path) -> dict[str, str]:
-    """Every file below `directory` (relative path) with its sha256: byte-identity."""
-    return {
-        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
-
-
-def leftovers(final: Path) -> list[str]:
-    """Hidden work directories (`.NAME.partial-*`, `.NAME.old-*`) beside `final`."""
-    if not final.parent.is_dir():
-        return []
-    markers = (f".{final.name}{PARTIAL_MARKER}", f".{final.name}{OLD_MARKER}")
-    return sorted(p.name for p in final.parent.iterdir() if p.name.startswith(markers))
-
-
-def assert_clean_failure(code: int, stdout: str, stderr: str, expected_code: int, says) -> None:
-    if os.environ.get("SHOW_ERRORS"):
-        print(f"\n---- exit {code}\n{stderr}")
-    assert code == expected_code, stderr
-    for fragment in says:
-        assert fragment in stderr, f"{fragment!r} not in:\n{stderr}"
-    assert "Traceback" not in stderr and "Traceback" not in stdout, stderr
-    assert "internal error" not in stderr, stderr
 
 
 @contextlib.contextmanager
@@ -259,10 +235,6 @@ def _weights(transform: Callable[[bytes], bytes]) -> Callable[[Path], None]:
     return damage
 
 
-def _write(name: str, data: bytes) -> Callable[[Path], None]:
-    return lambda path: (path / name).write_bytes(data)
-
-
 def _truncate(name: str) -> Callable[[Path], None]:
     def damage(path: Path) -> None:
         data = (path / name).read_bytes()
@@ -315,7 +287,7 @@ def _read_only_output(ctx: Ctx) -> Path:
 CONVERT_CASES: dict[str, ConvertCase] = {
     # --- weights
     "zero-byte-safetensors": ConvertCase(
-        lambda ctx: [ctx.damaged("bert-encoder", _write("model.safetensors", b""))],
+        lambda ctx: [ctx.damaged("bert-encoder", overwrite("model.safetensors", b""))],
         2,
         ("model.safetensors is not a valid safetensors file",),
     ),
@@ -373,13 +345,13 @@ CONVERT_CASES: dict[str, ConvertCase] = {
         _config(hidden_size="32"), 2, ("hidden_size", "expected int")
     ),
     "config-json-that-is-a-list": ConvertCase(
-        lambda ctx: [ctx.damaged("bert-encoder", _write("config.json", b"[1, 2]"))],
+        lambda ctx: [ctx.damaged("bert-encoder", overwrite("config.json", b"[1, 2]"))],
         2,
         ("config.json must hold a JSON object",),
     ),
     # --- tokenizer files
     "tokenizer-json-of-binary-garbage": ConvertCase(
-        _tokenizer(_write("tokenizer.json", b"\x00\xff\xfe garbage")),
+        _tokenizer(overwrite("tokenizer.json", b"\x00\xff\xfe garbage")),
         2,
         ("the tokenizer files in", "cannot be loaded", "utf-8"),
     ),
@@ -387,15 +359,15 @@ CONVERT_CASES: dict[str, ConvertCase] = {
         _tokenizer(_truncate("tokenizer.json")), 2, ("tokenizer files", "cannot be loaded")
     ),
     "tokenizer-json-empty": ConvertCase(
-        _tokenizer(_write("tokenizer.json", b"")), 2, ("tokenizer files", "cannot be loaded")
+        _tokenizer(overwrite("tokenizer.json", b"")), 2, ("tokenizer files", "cannot be loaded")
     ),
     "tokenizer-json-of-the-wrong-shape": ConvertCase(
-        _tokenizer(_write("tokenizer.json", b'{"model": 3}')),
+        _tokenizer(overwrite("tokenizer.json", b'{"model": 3}')),
         2,
         ("tokenizer files", "cannot be loaded"),
     ),
     "tokenizer-config-not-json": ConvertCase(
-        _tokenizer(_write("tokenizer_config.json", b'{"model_max_length": ')),
+        _tokenizer(overwrite("tokenizer_config.json", b'{"model_max_length": ')),
         2,
         ("tokenizer files", "cannot be loaded"),
     ),
@@ -606,14 +578,6 @@ def test_a_non_ascii_source_path_converts(cli, checkpoint, tmp_path) -> None:
 # ========================================== execute_conversion and python -m onnxport.cli
 
 
-@pytest.fixture
-def fake_child(monkeypatch: pytest.MonkeyPatch) -> FakeChild:
-    """No conversion child: every case here must fail before one would start."""
-    child = FakeChild()
-    monkeypatch.setattr("onnxport.orchestration.run_child", child)
-    return child
-
-
 def _conversion_yaml(text: str) -> Callable[[Project], dict]:
     def change(project: Project) -> dict:
         (project.config_dir / "conversion.yaml").write_text(text, encoding="utf-8")
@@ -733,7 +697,7 @@ def _cli_flags(project: Project, overrides: dict) -> list[str]:
 
 # `onnxport.cli.main` with the platform's flags is what `python -m onnxport.cli` runs; it is
 # called in process here so that `fake_child` can see that no conversion started. The real
-# subprocess is test_orchestration's test_cli_bad_input_exits_2_with_a_one_line_error_...
+# subprocess is test_run's test_cli_bad_input_exits_2_with_a_one_line_error_...
 @pytest.mark.parametrize("entry", ["execute_conversion", "onnxport.cli.main"])
 @pytest.mark.parametrize("case", list(API_CASES.values()), ids=list(API_CASES))
 def test_orchestration_refuses_bad_input_cleanly(

@@ -443,7 +443,7 @@ def test_a_tracked_benchmark_logs_metrics_and_artifacts(
         resolve_artifact_location,
         resolve_tracking_uri,
     )
-    from orchestration_support import root_with_store
+    from support import root_with_store
 
     root = root_with_store(tmp_path_factory, "benchmark-tracking")
     uri = resolve_tracking_uri(root, ExperimentConfig())

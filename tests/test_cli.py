@@ -20,6 +20,7 @@ import yaml
 from checks import check_agrees_on_a_new_shape, check_published, machine_traces
 from models import CORE_MODELS, edit_config_json, make_pickle_checkpoint
 from onnxport.artifact.manifest import MANIFEST_FILENAME, read_manifest, verify_directory
+from support import overwrite
 
 FAST = ("--exporter", "torchscript")
 
@@ -239,10 +240,6 @@ def _damaged(name: str, damage: Callable[[Path], None]):
     return make
 
 
-def _write(name: str, text: bytes) -> Callable[[Path], None]:
-    return lambda path: (path / name).write_bytes(text)
-
-
 def _config_file(text: str):
     def make(tmp_path, checkpoint, copy_checkpoint) -> list:
         (tmp_path / "conversion.yaml").write_text(text, encoding="utf-8")
@@ -272,7 +269,7 @@ CASES = {
         ("has no config.json",),
     ),
     "invalid-json": Case(
-        _damaged("bert-encoder", _write("config.json", b'{"model_type": "bert",')),
+        _damaged("bert-encoder", overwrite("config.json", b'{"model_type": "bert",')),
         2,
         ("config.json is not valid JSON",),
     ),
@@ -292,7 +289,7 @@ CASES = {
         ("model.safetensors is truncated", "copy the checkpoint again"),
     ),
     "zero-byte-weights": Case(
-        _damaged("bert-encoder", _write("model.safetensors", b"")),
+        _damaged("bert-encoder", overwrite("model.safetensors", b"")),
         2,
         ("model.safetensors is not a valid safetensors file",),
     ),

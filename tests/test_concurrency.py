@@ -16,9 +16,16 @@ import sys
 import pytest
 
 from onnxport.artifact.manifest import read_manifest, verify_directory
-from orchestration_support import CONVERSION_YAML, root_with_store, write_config_dir
-from test_bad_inputs import leftovers
-from test_orchestration import CONVERSION_TIMEOUT, Project, conversion_children, make_project
+from support import (
+    CONVERSION_TIMEOUT,
+    CONVERSION_YAML,
+    Project,
+    conversion_children,
+    leftovers,
+    make_project,
+    root_with_store,
+    write_config_dir,
+)
 
 # Eight conversion processes at once: on one worker, not beside the fault tests' kills.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]

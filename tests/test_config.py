@@ -39,7 +39,7 @@ def readme_conversion_yaml() -> str:
     return section.split("```yaml\n", 1)[1].split("```", 1)[0]
 
 
-def _write(tmp_path: Path, text: str | bytes) -> Path:
+def _config_file(tmp_path: Path, text: str | bytes) -> Path:
     path = tmp_path / CONVERSION_CONFIG_FILENAME
     if isinstance(text, bytes):
         path.write_bytes(text)
@@ -49,7 +49,7 @@ def _write(tmp_path: Path, text: str | bytes) -> Path:
 
 
 def _refused(tmp_path: Path, text: str | bytes) -> str:
-    path = _write(tmp_path, text)
+    path = _config_file(tmp_path, text)
     with pytest.raises(ConfigError) as info:
         load_conversion_config(path)
     assert info.value.exit_code == EXIT_BAD_INPUT
@@ -76,7 +76,7 @@ def test_the_readme_conversion_yaml_loads_and_shows_every_setting_at_its_default
     tmp_path: Path,
 ) -> None:
     data = yaml.safe_load(readme_conversion_yaml())
-    config = load_conversion_config(_write(tmp_path, readme_conversion_yaml()))
+    config = load_conversion_config(_config_file(tmp_path, readme_conversion_yaml()))
     assert config.validation.shapes == [(1, 8), (2, 37), (4, 128)]
     defaults = ConversionConfig().model_dump(mode="json")
     assert data.keys() == defaults.keys(), "a section is missing from the README"
@@ -92,7 +92,7 @@ def test_the_readme_conversion_yaml_loads_and_shows_every_setting_at_its_default
 
 
 def test_design_minimal_example_loads_from_its_directory(tmp_path: Path) -> None:
-    _write(
+    _config_file(
         tmp_path,
         "target:   {format: onnx}\n"
         "onnx:     {opset_version: 17, quantization: none, run_smoke_test: false}\n"
@@ -105,7 +105,7 @@ def test_design_minimal_example_loads_from_its_directory(tmp_path: Path) -> None
 
 
 def test_keep_debug_metadata_is_read_from_yaml(tmp_path: Path) -> None:
-    config = load_conversion_config(_write(tmp_path, "output: {keep_debug_metadata: true}\n"))
+    config = load_conversion_config(_config_file(tmp_path, "output: {keep_debug_metadata: true}\n"))
     assert config.output.keep_debug_metadata is True
     message = _refused(tmp_path, "output: {keep_debug_metadata: sometimes}\n")
     assert "output.keep_debug_metadata: Input should be a valid boolean" in message
@@ -113,7 +113,7 @@ def test_keep_debug_metadata_is_read_from_yaml(tmp_path: Path) -> None:
 
 def test_strings_become_enums(tmp_path: Path) -> None:
     config = load_conversion_config(
-        _write(
+        _config_file(
             tmp_path,
             "onnx: {exporter: torchscript, optimize: basic}\n"
             "source: {task: token-classification}\n",
@@ -179,7 +179,7 @@ def test_an_opset_the_chosen_exporter_does_not_support_is_refused_when_read(
 
 @pytest.mark.parametrize("opset", [MIN_OPSET, 17, 18, MAX_OPSET])
 def test_opsets_inside_the_range_are_accepted(tmp_path: Path, opset: int) -> None:
-    config = load_conversion_config(_write(tmp_path, f"onnx: {{opset_version: {opset}}}\n"))
+    config = load_conversion_config(_config_file(tmp_path, f"onnx: {{opset_version: {opset}}}\n"))
     assert config.onnx.opset_version == opset
 
 
@@ -230,7 +230,9 @@ def test_directory_without_conversion_yaml_is_refused(tmp_path: Path) -> None:
     ],
 )
 def test_quantization_spellings(tmp_path: Path, spelling: str, expected: Quantization) -> None:
-    config = load_conversion_config(_write(tmp_path, f"onnx: {{quantization: '{spelling}'}}\n"))
+    config = load_conversion_config(
+        _config_file(tmp_path, f"onnx: {{quantization: '{spelling}'}}\n")
+    )
     assert config.onnx.quantization is expected
 
 
@@ -263,7 +265,7 @@ def test_filename_pattern_must_be_a_plain_name_per_variant(
 
 def test_filename_pattern_gives_each_variant_its_own_file(tmp_path: Path) -> None:
     config = load_conversion_config(
-        _write(tmp_path, 'output: {filename_pattern: "ner-{quantization}.onnx"}\n')
+        _config_file(tmp_path, 'output: {filename_pattern: "ner-{quantization}.onnx"}\n')
     )
     names = {config.output.filename(v) for v in ("fp32", "int8", "fp16")}
     assert names == {"ner-fp32.onnx", "ner-int8.onnx", "ner-fp16.onnx"}

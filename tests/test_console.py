@@ -22,14 +22,14 @@ from onnxport.artifact.manifest import read_manifest
 from onnxport.commands.console import print_error
 from onnxport.errors import PredictError, ValidationError
 from onnxport.predict import OnnxPredictor
-from orchestration_support import (
+from suite import build_once
+from support import (
     EXEC_FP,
     SPEC_FP,
     lay_out_training_output,
     root_with_store,
     write_config_dir,
 )
-from suite import build_once
 
 # A gate int8 cannot pass on the tiny random model: the variant is refused, and the message
 # names the node to leave in float, `quantize.nodes_to_exclude: [node_MatMul_82]`.

@@ -23,7 +23,7 @@ def tokenizer(checkpoint):
     return AutoTokenizer.from_pretrained(checkpoint("distilbert-token"), local_files_only=True)
 
 
-def _write(path: Path, *items) -> Path:
+def _jsonl(path: Path, *items) -> Path:
     path.write_text(
         "\n".join(i if isinstance(i, str) else json.dumps(i) for i in items) + "\n",
         encoding="utf-8",
@@ -45,7 +45,7 @@ GOOD = {"words": ["Jane", "Doe", "writes", "Python"], "labels": ["B-NAME", "I-NA
     ],
 )
 def test_a_bad_line_is_named(tokenizer, tmp_path, line, says) -> None:
-    path = _write(tmp_path / "eval.jsonl", GOOD, line)
+    path = _jsonl(tmp_path / "eval.jsonl", GOOD, line)
     with pytest.raises(ConfigError) as info:
         load_eval_set(path, Task.TOKEN_CLASSIFICATION, tokenizer, LABELS, NAMES)
     assert f"validation.eval_file {path}:{says.split(':')[0].split()[-1]}" in str(info.value)
@@ -54,7 +54,7 @@ def test_a_bad_line_is_named(tokenizer, tmp_path, line, says) -> None:
 
 
 def test_other_tasks_and_missing_files_are_refused(tokenizer, tmp_path) -> None:
-    path = _write(tmp_path / "eval.jsonl", GOOD)
+    path = _jsonl(tmp_path / "eval.jsonl", GOOD)
     with pytest.raises(ConfigError, match="for token or sequence classification"):
         load_eval_set(path, Task.FEATURE_EXTRACTION, tokenizer, LABELS, NAMES)
     with pytest.raises(ConfigError, match="cannot be read") as unreadable:
@@ -62,14 +62,14 @@ def test_other_tasks_and_missing_files_are_refused(tokenizer, tmp_path) -> None:
     # What to check is the file, not the format of lines nobody read.
     assert "JSON" not in (unreadable.value.hint or "")
     with pytest.raises(ConfigError, match="holds no examples"):
-        load_eval_set(_write(tmp_path / "e.jsonl", ""), Task.TOKEN_CLASSIFICATION, tokenizer,
+        load_eval_set(_jsonl(tmp_path / "e.jsonl", ""), Task.TOKEN_CLASSIFICATION, tokenizer,
                       LABELS, NAMES)  # fmt: skip
 
 
 def test_entity_f1_counts_exact_spans_at_first_sub_tokens(tokenizer, tmp_path) -> None:
     other = {"words": ["Contoso", "hired", "Bob"], "labels": ["O", "O", "B-NAME"]}
     eval_set = load_eval_set(
-        _write(tmp_path / "eval.jsonl", GOOD, other),
+        _jsonl(tmp_path / "eval.jsonl", GOOD, other),
         Task.TOKEN_CLASSIFICATION, tokenizer, LABELS, NAMES,
     )  # fmt: skip
     assert eval_set.metric == "entity_f1" and eval_set.examples == 2
@@ -95,7 +95,7 @@ def test_entity_f1_counts_exact_spans_at_first_sub_tokens(tokenizer, tmp_path) -
 def test_accuracy_for_sequence_classification(tokenizer, tmp_path) -> None:
     labels = {"NEGATIVE": 0, "POSITIVE": 1}
     eval_set = load_eval_set(
-        _write(tmp_path / "eval.jsonl", {"text": "good", "label": "POSITIVE"},
+        _jsonl(tmp_path / "eval.jsonl", {"text": "good", "label": "POSITIVE"},
                {"text": "bad", "label": "NEGATIVE"}, {"text": "fine", "label": "POSITIVE"}),
         Task.SEQUENCE_CLASSIFICATION, tokenizer, labels, NAMES,
     )  # fmt: skip

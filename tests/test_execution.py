@@ -39,7 +39,7 @@ from onnxport.orchestration import execute_conversion
 from onnxport.progress import Stage, StageEvent, Status
 from onnxport.request.config import ConversionConfig, load_conversion_config
 from onnxport.request.fingerprints import conversion_fingerprint
-from orchestration_support import (
+from support import (
     CONVERSION_YAML,
     EXEC_FP,
     SPEC_FP,

@@ -32,13 +32,17 @@ from onnxport.export.cache.hint import EXCLUDED_CONFIG_KEYS, HINT_FIELD, checkpo
 from onnxport.export.cache.key import cache_key, key_material, uncacheable
 from onnxport.export.cache.store import BINDINGS_FILE, ENTRY_FILE, GRAPH_FILE
 from onnxport.export.template import UNBOUND, template_from_bytes
-from onnxport.pipeline import convert
-from onnxport.request import ConversionRequest
 from onnxport.request.config import ConversionConfig, Exporter
 from onnxport.request.fingerprints import conversion_fingerprint
 from onnxport.sources import load_source
-from orchestration_support import CONVERSION_YAML, corrupt_byte, root_with_store
-from test_orchestration import CONVERSION_TIMEOUT, make_project
+from support import (
+    CONVERSION_TIMEOUT,
+    CONVERSION_YAML,
+    convert_with,
+    corrupt_byte,
+    make_project,
+    root_with_store,
+)
 
 NAME = "distilbert-token"
 SHAPES = [(1, 8), (2, 37), (4, 128)]  # the tiny tagger's default validation shapes
@@ -60,10 +64,6 @@ def cache_at(root: Path):
             os.environ.pop(CACHE_ENV)
         else:
             os.environ[CACHE_ENV] = before
-
-
-def _convert(checkpoint: Path, output: Path, config: ConversionConfig | None = None) -> Manifest:
-    return convert(ConversionRequest(checkpoint, output, config=config or ConversionConfig()))
 
 
 def _outputs(model: Path, source) -> list[np.ndarray]:
@@ -106,8 +106,8 @@ def warm(checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Warm:
     work = tmp_path_factory.mktemp("warm-cache")
     second = retrained(checkpoint(NAME), work / "second", seed=1)
     with cache_at(work / "cache"):
-        first = _convert(checkpoint(NAME), work / "first")
-        bound = _convert(second, work / "bound")
+        first = convert_with(checkpoint(NAME), work / "first")
+        bound = convert_with(second, work / "bound")
         used_before = _last_used(work / "cache")
         run = run_cli("convert", second, "-o", work / "fresh", "--no-cache")
         assert run.code == 0, run.stderr
@@ -180,7 +180,7 @@ def test_the_next_checkpoint_binds_its_own_weights_and_equals_its_own_export(
 @pytest.mark.slow
 def test_another_quantize_setting_reuses_the_export(warm: Warm, monkeypatch, tmp_path) -> None:
     monkeypatch.setenv(CACHE_ENV, str(warm.root))
-    manifest = _convert(warm.second, tmp_path / "int8", INT8)
+    manifest = convert_with(warm.second, tmp_path / "int8", INT8)
     assert manifest.export.cache is not None and manifest.export.cache.status == "hit"
     assert [o.variant for o in manifest.published_outputs()] == ["fp32", "int8"]
 
@@ -191,7 +191,7 @@ def test_a_damaged_graph_is_detected_rebuilt_and_never_used(warm: Warm, monkeypa
     (entry,), _ = cache.entries()
     corrupt_byte(entry.path / GRAPH_FILE)
     monkeypatch.setenv(CACHE_ENV, str(cache.root))
-    manifest = _convert(warm.second, tmp_path / "out")
+    manifest = convert_with(warm.second, tmp_path / "out")
     record = manifest.export.cache
     assert record is not None and (record.status, record.stored) == ("miss", True)
     assert "damaged" in record.reason and GRAPH_FILE in record.reason
@@ -209,7 +209,7 @@ def test_an_entry_that_cannot_be_locked_is_exported_around(warm: Warm, monkeypat
     lock.unlink(missing_ok=True)
     lock.mkdir(parents=True)
     monkeypatch.setenv(CACHE_ENV, str(cache.root))
-    manifest = _convert(warm.second, tmp_path / "out")
+    manifest = convert_with(warm.second, tmp_path / "out")
     record = manifest.export.cache
     assert record is not None and record.status == "off"
     assert f"cannot lock entry {entry.key}" in record.reason
@@ -252,7 +252,7 @@ def test_weights_bound_wrong_are_refused_by_the_gate_and_nothing_is_published(
     monkeypatch.setenv(CACHE_ENV, str(cache.root))
     config = ConversionConfig().with_overrides(validation={"localize": False})
     with pytest.raises(ValidationError, match="does not compute what PyTorch computes"):
-        _convert(warm.second, tmp_path / "out", config)
+        convert_with(warm.second, tmp_path / "out", config)
     assert not (tmp_path / "out").exists()
 
 

@@ -21,9 +21,7 @@ from checks import check_agrees_on_a_new_shape, machine_traces
 from onnxport.artifact.manifest import read_manifest, verify_directory
 from onnxport.errors import ConfigError
 from onnxport.export.external_data import EXTERNAL_DATA_THRESHOLD_BYTES, wants_external_data
-from onnxport.pipeline import convert
 from onnxport.predict import OnnxPredictor
-from onnxport.request import ConversionRequest
 from onnxport.request.config import (
     ConversionConfig,
     ExperimentConfig,
@@ -37,7 +35,7 @@ from onnxport.tracking import (
     resolve_tracking_uri,
 )
 from onnxport.verify.runtime import create_session, run_session
-from orchestration_support import root_with_store
+from support import convert_with, root_with_store
 
 MODEL = "distilbert-token"
 MiB = 1024**2
@@ -68,22 +66,19 @@ def test_the_setting_is_read_from_yaml_in_any_case() -> None:
     assert config.output.external_data is ExternalData.ALWAYS
 
 
-def _convert(checkpoint: Path, output: Path, external_data: str) -> None:
-    config = ConversionConfig().with_overrides(
-        onnx={"quantization": "int8"},
-        # Random weights: int8 moves near-tied argmaxes; the gate is not under test here.
-        validation={"min_task_agreement": 0.01},
-        output={"external_data": external_data},
-    )
-    convert(ConversionRequest(source_path=checkpoint, output_dir=output, config=config))
+INT8 = ConversionConfig().with_overrides(
+    onnx={"quantization": "int8"},
+    # Random weights: int8 moves near-tied argmaxes; the gate is not under test here.
+    validation={"min_task_agreement": 0.01},
+)
 
 
 @pytest.fixture(scope="module")
 def converted(checkpoint, tmp_path_factory) -> tuple[Path, Path]:
     """The same tiny model converted with its weights outside (`always`) and inside."""
     root = tmp_path_factory.mktemp("external-data")
-    _convert(checkpoint(MODEL), root / "two-files", "always")
-    _convert(checkpoint(MODEL), root / "one-file", "never")
+    convert_with(checkpoint(MODEL), root / "two-files", INT8, output={"external_data": "always"})
+    convert_with(checkpoint(MODEL), root / "one-file", INT8, output={"external_data": "never"})
     return root / "two-files", root / "one-file"
 
 

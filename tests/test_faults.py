@@ -35,9 +35,17 @@ from onnxport.artifact.manifest import verify_directory
 from onnxport.artifact.publish import OLD_MARKER, Staging, remove_stale_partials
 from onnxport.errors import ExecutionError, ExportError, PublishError
 from onnxport.progress import Stage, StageEvent, Status
-from orchestration_support import CONVERSION_YAML, root_with_store, write_config_dir
-from test_bad_inputs import leftovers, snapshot
-from test_orchestration import CONVERSION_TIMEOUT, Project, conversion_children, make_project
+from support import (
+    CONVERSION_TIMEOUT,
+    CONVERSION_YAML,
+    Project,
+    conversion_children,
+    leftovers,
+    make_project,
+    root_with_store,
+    snapshot,
+    write_config_dir,
+)
 
 # Kills in the conversion's stages: on one worker, not beside the concurrency test.
 pytestmark = pytest.mark.xdist_group("processes")

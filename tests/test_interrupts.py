@@ -29,7 +29,7 @@ from onnxport.pipeline import convert
 from onnxport.progress import Stage, StageClock, StageEvent, Status
 from onnxport.request import ConversionRequest
 from onnxport.request.config import ConversionConfig
-from test_orchestration import make_project
+from support import make_project
 
 dropped = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 """For the tests whose interrupt Python drops on purpose, printing "Exception ignored"."""

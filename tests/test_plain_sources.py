@@ -17,9 +17,7 @@ import yaml
 
 from onnxport.artifact.manifest import read_manifest, sha256_file
 from onnxport.errors import EXIT_BAD_INPUT, ConfigError, SourceError
-from onnxport.pipeline import convert
-from onnxport.request import ConversionRequest
-from onnxport.request.config import ConversionConfig, SourceConfig, parse_conversion_config
+from onnxport.request.config import SourceConfig, parse_conversion_config
 from onnxport.sources import load_source
 from onnxport.sources.plain import DEFAULT_SHAPES, EXAMPLE_SHAPE, PositionalModule
 from onnxport.tasks import Modality, Task
@@ -32,6 +30,7 @@ from plain_models import (
     build_model,
     example_args,
 )
+from support import convert_with, rewrite_member
 
 TORCHSCRIPT_EXPORTER = {"exporter": "torchscript"}
 
@@ -45,13 +44,6 @@ def _refused(path: Path, settings: SourceConfig | None = None) -> str:
         load_source(path, settings)
     assert info.value.exit_code == EXIT_BAD_INPUT
     return str(info.value)
-
-
-def _convert(path: Path, output: Path, *, onnx: dict | None = None, **source) -> Path:
-    onnx = TORCHSCRIPT_EXPORTER if onnx is None else onnx
-    config = ConversionConfig().with_overrides(source=source, onnx=onnx)
-    convert(ConversionRequest(source_path=path, output_dir=output, config=config))
-    return output
 
 
 def _check_converted(output: Path, path: Path, kind: str, outputs: tuple[str, ...]) -> None:
@@ -81,14 +73,16 @@ def _check_converted(output: Path, path: Path, kind: str, outputs: tuple[str, ..
 
 
 def test_torch_export_program_converts(plain: PlainFiles, tmp_path: Path) -> None:
-    output = _convert(plain.program, tmp_path / "out")
+    output = tmp_path / "out"
+    convert_with(plain.program, output, onnx=TORCHSCRIPT_EXPORTER)
     _check_converted(output, plain.program, "torch-export", ("output_0", "output_1"))
 
 
 def test_torchscript_module_converts_with_the_torchscript_exporter(
     plain: PlainFiles, tmp_path: Path
 ) -> None:
-    output = _convert(plain.torchscript, tmp_path / "out", onnx={}, input_spec=plain.spec)
+    output = tmp_path / "out"
+    convert_with(plain.torchscript, output, source={"input_spec": plain.spec})
     _check_converted(output, plain.torchscript, "torchscript", ("logits", "hidden"))
     attempts = read_manifest(output).export.attempts
     assert [(a.exporter, a.ok) for a in attempts] == [("dynamo", False), ("torchscript", True)]
@@ -96,7 +90,13 @@ def test_torchscript_module_converts_with_the_torchscript_exporter(
 
 
 def test_state_dict_with_factory_and_spec_converts(plain: PlainFiles, tmp_path: Path) -> None:
-    output = _convert(plain.safetensors, tmp_path / "out", factory=FACTORY, input_spec=plain.spec)
+    output = tmp_path / "out"
+    convert_with(
+        plain.safetensors,
+        output,
+        onnx=TORCHSCRIPT_EXPORTER,
+        source={"factory": FACTORY, "input_spec": plain.spec},
+    )
     _check_converted(output, plain.safetensors, "state-dict", ("logits", "hidden"))
 
 
@@ -105,12 +105,13 @@ def test_state_dict_with_factory_and_spec_converts(plain: PlainFiles, tmp_path: 
 def test_plain_sources_convert_with_the_dynamo_exporter(
     plain: PlainFiles, tmp_path: Path, kind: str
 ) -> None:
+    output = tmp_path / "out"
     if kind == "program":
-        output = _convert(plain.program, tmp_path / "out", onnx={})
+        convert_with(plain.program, output)
         _check_converted(output, plain.program, "torch-export", ("output_0", "output_1"))
     else:
-        output = _convert(
-            plain.safetensors, tmp_path / "out", onnx={}, factory=FACTORY, input_spec=plain.spec
+        convert_with(
+            plain.safetensors, output, source={"factory": FACTORY, "input_spec": plain.spec}
         )
         _check_converted(output, plain.safetensors, "state-dict", ("logits", "hidden"))
     assert read_manifest(output).export.exporter == "dynamo"
@@ -220,14 +221,6 @@ def test_a_pickled_module_is_refused_even_with_the_opt_in(plain: PlainFiles) -> 
     assert "\x1b[" not in message and "\n" not in message
 
 
-def _rewrite_member(archive: Path, target: Path, suffix: str, content: bytes) -> Path:
-    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(target, "w") as copy:
-        for item in source.infolist():
-            data = content if item.filename.endswith(suffix) else source.read(item)
-            copy.writestr(item, data)
-    return target
-
-
 class _NotATensor:
     pass
 
@@ -236,7 +229,7 @@ def test_program_with_pickled_example_inputs_is_refused(plain: PlainFiles, tmp_p
     # torch.export.load retries such inputs with an unrestricted torch.load: onnxport must not.
     buffer = io.BytesIO()
     torch.save({"x": _NotATensor()}, buffer)
-    tampered = _rewrite_member(
+    tampered = rewrite_member(
         plain.program, tmp_path / "tampered.pt2", "sample_inputs/model.pt", buffer.getvalue()
     )
     message = _refused(tampered)
@@ -251,7 +244,7 @@ def test_program_with_pickled_weights_is_refused(plain: PlainFiles, tmp_path: Pa
     for meta in config["config"].values():
         meta["use_pickle"] = True
     content = json.dumps(config).encode()
-    tampered = _rewrite_member(
+    tampered = rewrite_member(
         plain.program, tmp_path / "tampered.pt2", "_weights_config.json", content
     )
     assert "holds pickled data" in _refused(tampered)

@@ -223,7 +223,7 @@ def test_each_published_file_is_hashed_once_per_tracked_conversion(
         resolve_artifact_location,
         resolve_tracking_uri,
     )
-    from orchestration_support import root_with_store
+    from support import root_with_store
 
     hashed: collections.Counter[Path] = collections.Counter()
     real = manifest_module.sha256_file

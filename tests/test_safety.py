@@ -24,6 +24,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from checks import assert_clean_failure
 from models import edit_config_json, make_pickle_checkpoint
 from onnxport.artifact.manifest import verify_directory
 from onnxport.errors import SourceError
@@ -34,11 +35,9 @@ from onnxport.request.config import (
     load_experiment_config,
 )
 from onnxport.request.paths import safe_segment
-from orchestration_support import root_with_store
 from plain_models import FACTORY, copy_plain_files
 from suite import AZUREML_EXTRA
-from test_bad_inputs import assert_clean_failure
-from test_orchestration import FakeChild, make_project
+from support import make_project, rewrite_member, root_with_store
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "onnxport"
 FAST = ("--exporter", "torchscript")
@@ -481,13 +480,6 @@ HOSTILE_BACKBONES = (
 )
 
 
-@pytest.fixture
-def fake_child(monkeypatch: pytest.MonkeyPatch) -> FakeChild:
-    child = FakeChild()
-    monkeypatch.setattr("onnxport.orchestration.run_child", child)
-    return child
-
-
 @pytest.mark.parametrize("backbone", HOSTILE_BACKBONES)
 def test_a_hostile_backbone_in_metadata_json_stays_under_the_root(
     tmp_path_factory, fake_child, backbone: str
@@ -580,13 +572,12 @@ def test_a_program_archive_with_pickled_members_never_runs_code(plain, tmp_path)
 
     from onnxport.request.config import SourceConfig
     from onnxport.sources import load_source
-    from test_plain_sources import _rewrite_member
 
     marker = tmp_path / "ran"
     buffer = io.BytesIO()
     torch.save({"x": _LeavesAMarker(marker)}, buffer)
     files = plain
-    evil = _rewrite_member(
+    evil = rewrite_member(
         files.program, tmp_path / "evil.pt2", "sample_inputs/model.pt", buffer.getvalue()
     )
     for allow_pickle in (False, True):

@@ -16,9 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from onnxport.artifact.manifest import Manifest, verify_directory
 from onnxport.errors import ValidationError
-from onnxport.pipeline import convert
-from onnxport.request import ConversionRequest
-from onnxport.request.config import ConversionConfig
+from support import convert_with
 
 pytestmark = pytest.mark.slow
 
@@ -43,11 +41,6 @@ def outlier(trained_tagger, tmp_path_factory) -> Path:
     return checkpoint
 
 
-def _convert(source: Path, output: Path, **sections) -> Manifest:
-    config = ConversionConfig().with_overrides(**sections)
-    return convert(ConversionRequest(source_path=source, output_dir=output, config=config))
-
-
 class _Kept(logging.Handler):
     """The records logged at WARNING and above while it is attached to the root logger."""
 
@@ -66,7 +59,7 @@ def searched_and_warned(outlier, tmp_path_factory) -> tuple[Manifest, Path, list
     kept = _Kept()
     logging.getLogger().addHandler(kept)
     try:
-        manifest = _convert(outlier, output, onnx={**FAST, "quantization": "auto"})
+        manifest = convert_with(outlier, output, onnx={**FAST, "quantization": "auto"})
     finally:
         logging.getLogger().removeHandler(kept)
     gate = [r.getMessage() for r in kept.records if r.name == "onnxport.verify.gate"]
@@ -81,7 +74,7 @@ def searched(searched_and_warned) -> tuple[Manifest, Path]:
 
 def test_plain_int8_fails_the_gate_on_an_activation_outlier(outlier, tmp_path) -> None:
     with pytest.raises(ValidationError, match=r"int8 ONNX model .* does not compute"):
-        _convert(outlier, tmp_path / "out", onnx={**FAST, "quantization": "int8"})
+        convert_with(outlier, tmp_path / "out", onnx={**FAST, "quantization": "int8"})
     assert not (tmp_path / "out").exists()
 
 
@@ -145,7 +138,7 @@ def test_the_machine_and_the_search_are_in_the_reports(searched) -> None:
 
 def test_no_passing_candidate_is_refused_with_what_was_tried(outlier, tmp_path) -> None:
     with pytest.raises(ValidationError) as raised:
-        _convert(
+        convert_with(
             outlier,
             tmp_path / "out",
             onnx={**FAST, "quantization": "auto"},
@@ -159,7 +152,7 @@ def test_no_passing_candidate_is_refused_with_what_was_tried(outlier, tmp_path) 
 
 
 def test_the_budget_stops_the_search_and_skip_publishes_fp32_alone(outlier, tmp_path) -> None:
-    manifest = _convert(
+    manifest = convert_with(
         outlier,
         tmp_path / "out",
         onnx={**FAST, "quantization": "auto"},
@@ -173,7 +166,7 @@ def test_the_budget_stops_the_search_and_skip_publishes_fp32_alone(outlier, tmp_
 
 
 def test_optimize_auto_keeps_the_fastest_level_that_validates(checkpoint, tmp_path) -> None:
-    manifest = _convert(
+    manifest = convert_with(
         checkpoint("distilbert-token"),
         tmp_path / "out",
         onnx={**FAST, "optimize": "auto"},

@@ -33,7 +33,7 @@ from onnxport.serving.package import (
     package_variant,
     save_text_model,
 )
-from orchestration_support import root_with_store
+from support import root_with_store
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = (

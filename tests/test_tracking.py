@@ -25,7 +25,7 @@ from onnxport.tracking import (
     run_status,
     with_retry,
 )
-from orchestration_support import migrated_store, root_with_store
+from support import migrated_store, root_with_store
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from onnxport.verify.validate import (
     Reference,
     validate_model,
 )
+from support import edit_initializer, identity_model
 
 SHAPES = [(1, 8), (2, 37), (4, 128)]
 RECORDED = Judging(DEFAULT_TOLERANCES["fp32"], elementwise=False)
@@ -38,37 +38,10 @@ def token_references(source) -> list[Reference]:
     return compute_references(source("distilbert-token"), SHAPES)
 
 
-def edit_initializer(
-    model_path: Path, target: Path, name_suffix: str, change: Callable[[np.ndarray], np.ndarray]
-) -> str:
-    """Save a copy of `model_path` with one initializer changed; return that initializer's name."""
-    model = onnx.load(str(model_path))
-    (initializer,) = [i for i in model.graph.initializer if i.name.endswith(name_suffix)]
-    changed = change(numpy_helper.to_array(initializer).copy()).astype(np.float32)
-    initializer.CopyFrom(numpy_helper.from_array(changed, initializer.name))
-    onnx.save(model, str(target))
-    return initializer.name
-
-
 def largest_float_initializer(model_path: Path) -> str:
     model = onnx.load(str(model_path))
     floats = [i for i in model.graph.initializer if i.data_type == TensorProto.FLOAT]
     return max(floats, key=lambda i: int(np.prod(i.dims))).name
-
-
-def identity_model(path: Path, *, scale: float = 1.0, dims: tuple = ("batch", "sequence", 3)):
-    """`logits = scores * scale`: a model whose outputs the test chooses exactly."""
-    graph = helper.make_graph(
-        [helper.make_node("Mul", ["scores", "scale"], ["logits"])],
-        "identity",
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, list(dims))],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, list(dims))],
-        [numpy_helper.from_array(np.array(scale, dtype=np.float32), "scale")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
 
 
 # --- real exported models -----------------------------------------------------------------

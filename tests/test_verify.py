@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from models import HIDDEN, INTERMEDIATE
-from test_validate import edit_initializer, identity_model
+from support import edit_initializer, identity_model
 
 TINY = "distilbert-token"
 

@@ -1,4 +1,4 @@
-"""Localization: a graph made wrong in one known place is found at exactly that place."""
+"""`verify.divergence`: a graph made wrong in one known place is found at exactly that place."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Which platform a conversion runs on: from the environment, unless the caller says."""
+"""`request.hosting`: which platform a conversion runs on, from the environment unless the
+caller says."""
 
 from __future__ import annotations
 
