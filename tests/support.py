@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -20,7 +21,7 @@ import secrets
 import shutil
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -394,3 +395,15 @@ def edit_initializer(
     initializer.CopyFrom(numpy_helper.from_array(changed, initializer.name))
     onnx.save(model, str(target))
     return initializer.name
+
+
+@contextlib.contextmanager
+def using_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's tracking URI set to `uri` in this process for the block, and unset after.
+    (`mlflow.set_tracking_uri(previous)` would pin the default it resolved, and its
+    environment variable, for every later test of the worker: a test that points MLflow
+    elsewhere through `MLFLOW_TRACKING_URI` would then log to the wrong store.)"""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with _use_tracking_uri(uri):
+        yield

@@ -35,7 +35,7 @@ from onnxport.tracking import (
     resolve_tracking_uri,
 )
 from onnxport.verify.runtime import create_session, run_session
-from support import convert_with, root_with_store
+from support import convert_with, root_with_store, using_tracking_uri
 
 MODEL = "distilbert-token"
 MiB = 1024**2
@@ -165,14 +165,10 @@ def test_tracking_logs_the_model_with_its_weights(converted, tmp_path_factory) -
     client = prepare_store(uri)
     artifacts = resolve_artifact_location(root, experiment)
     experiment_id = ensure_experiment(client, "external", artifacts)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
+    with using_tracking_uri(uri):
         with mlflow.start_run(experiment_id=experiment_id) as run:
             log_conversion(read_manifest(two), two)
         logged = mlflow.onnx.load_model(f"runs:/{run.info.run_id}/onnx_fp32")
-    finally:
-        mlflow.set_tracking_uri(previous)
     published = onnx.load(str(two / "model_fp32.onnx"))
     weights = {i.name: onnx.numpy_helper.to_array(i) for i in published.graph.initializer}
     assert weights, "the published model has initializers"

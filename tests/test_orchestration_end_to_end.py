@@ -27,6 +27,7 @@ from support import (
     Project,
     corrupt_byte,
     make_project,
+    using_tracking_uri,
 )
 
 REGISTERED_MODEL = "tiny-resume-tagger"
@@ -176,10 +177,8 @@ def _run_onnx(model, sequence: int = 8) -> dict[str, Any]:
 def tracking(e2e: Conversion):
     import mlflow
 
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(e2e.project.tracking_uri)
-    yield mlflow
-    mlflow.set_tracking_uri(previous)
+    with using_tracking_uri(e2e.project.tracking_uri):
+        yield mlflow
 
 
 @pytest.mark.slow

@@ -223,7 +223,7 @@ def test_each_published_file_is_hashed_once_per_tracked_conversion(
         resolve_artifact_location,
         resolve_tracking_uri,
     )
-    from support import root_with_store
+    from support import root_with_store, using_tracking_uri
 
     hashed: collections.Counter[Path] = collections.Counter()
     real = manifest_module.sha256_file
@@ -245,16 +245,11 @@ def test_each_published_file_is_hashed_once_per_tracked_conversion(
         staged.append(staging.absolute())
         log_conversion(manifest, staging)
 
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        with mlflow.start_run(experiment_id=experiment):
-            convert(
-                ConversionRequest(checkpoint(NAME), root / "out", ConversionConfig()),
-                before_publish=track,
-            )
-    finally:
-        mlflow.set_tracking_uri(previous)
+    with using_tracking_uri(uri), mlflow.start_run(experiment_id=experiment):
+        convert(
+            ConversionRequest(checkpoint(NAME), root / "out", ConversionConfig()),
+            before_publish=track,
+        )
     # Hashed in the staging directory, published under its final name. (MLflow's copy of the
     # text model is checked when MLflow loads it: another directory.)
     files = sorted(

@@ -33,7 +33,7 @@ from onnxport.serving.package import (
     package_variant,
     save_text_model,
 )
-from support import root_with_store
+from support import root_with_store, using_tracking_uri
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = (
@@ -260,9 +260,7 @@ def logged_text(converted, tmp_path_factory: pytest.TempPathFactory):
     experiment_id = ensure_experiment(
         prepare_store(uri), "serving", resolve_artifact_location(root, ExperimentConfig())
     )
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
+    with using_tracking_uri(uri):
         with mlflow.start_run(experiment_id=experiment_id) as run:
             log_text_model(
                 PublishedDirectory.open(output),
@@ -271,8 +269,6 @@ def logged_text(converted, tmp_path_factory: pytest.TempPathFactory):
                 tags={"onnxport.conv_fp": "c0ffee"},
             )
         yield uri, run.info.run_id, output
-    finally:
-        mlflow.set_tracking_uri(previous)
 
 
 FRESH_LOAD = """
@@ -334,12 +330,8 @@ def registered_model(logged_text):
     import mlflow.pyfunc
 
     uri, _, output = logged_text
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
+    with using_tracking_uri(uri):
         return mlflow.pyfunc.load_model(f"models:/{REGISTERED}/1"), output
-    finally:
-        mlflow.set_tracking_uri(previous)
 
 
 def _invoke(model, body, content_type: str = JSON):

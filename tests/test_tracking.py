@@ -25,7 +25,7 @@ from onnxport.tracking import (
     run_status,
     with_retry,
 )
-from support import migrated_store, root_with_store
+from support import migrated_store, root_with_store, using_tracking_uri
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -341,9 +341,7 @@ def logged(checkpoint, tmp_path_factory: pytest.TempPathFactory):
     experiment_id = ensure_experiment(
         client, "signature", resolve_artifact_location(root, ExperimentConfig())
     )
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
+    with using_tracking_uri(uri):
         with mlflow.start_run(experiment_id=experiment_id) as run:
             # As the conversion child has it: its conv_fp and the lineage the parent passed on.
             lineage = {"parent_training_run_id": TRAINING_RUN_ID, "conv_fp": CONV_FP}
@@ -352,8 +350,6 @@ def logged(checkpoint, tmp_path_factory: pytest.TempPathFactory):
             )
             log_conversion(manifest, output, registered_model_name=REGISTERED_NAME)
         yield uri, run.info.run_id, output
-    finally:
-        mlflow.set_tracking_uri(previous)
 
 
 def _model_uris(run_id: str) -> dict[str, str]:

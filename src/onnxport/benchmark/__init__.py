@@ -197,6 +197,7 @@ def benchmark_directory(
     *,
     include_pytorch: bool = True,
     progress: ProgressCallback = ignore_progress,
+    manifest: Manifest | None = None,
 ) -> BenchmarkRecord:
     """Measure PyTorch eager (optional) and every published ONNX variant of `output_dir`.
 
@@ -206,11 +207,13 @@ def benchmark_directory(
         include_pytorch: also load the source checkpoint the manifest records and run it.
         progress: receives the `benchmark` stage's events once the input is checked: its
             start (with the grid) and its end.
+        manifest: the manifest of `output_dir` when the caller has just published it (the
+            directory is then neither read nor checked again); by default it is opened.
 
     Raises `BenchmarkInputError` for a directory or settings that cannot be benchmarked.
     """
     output_dir = Path(output_dir)
-    manifest = _read_directory(output_dir)
+    manifest = manifest or _read_directory(output_dir)
     sizes, size_name = _sizes(manifest, output_dir, settings)
     shapes = [(b, s) for b in settings.batch_sizes for s in sizes]
     grid = f"{len(shapes)} shapes, {settings.threads} threads, {settings.iterations} iterations"
@@ -261,12 +264,15 @@ def benchmark_directory(
         )
 
 
-def record_benchmark(output_dir: Path, result: BenchmarkRecord) -> Manifest:
-    """Write `result` into the manifest's `benchmark` section and re-render the reports.
+def record_benchmark(
+    output_dir: Path, result: BenchmarkRecord, manifest: Manifest | None = None
+) -> Manifest:
+    """Write `result` into the manifest's `benchmark` section and re-render the reports;
+    returns the manifest written. `manifest`: the directory's, when the caller holds it.
 
     The report files are rewritten through temporary files and `os.replace`, the manifest
     (with their new checksums) last, so that no reader sees a half-written file.
     """
     output_dir = Path(output_dir)
-    manifest = _read_directory(output_dir)
+    manifest = manifest or _read_directory(output_dir)
     return write_reports(output_dir, manifest.model_copy(update={"benchmark": result}))

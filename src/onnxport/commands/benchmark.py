@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from onnxport.artifact.manifest import Manifest, read_manifest
+from onnxport.artifact.manifest import Manifest
 from onnxport.artifact.records import BenchmarkRecord
 from onnxport.artifact.report import REPORT_HTML_FILENAME, REPORT_PLOT_FILENAME, rerender_reports
 from onnxport.artifact.report.tables import latency_row, unstable_note
@@ -50,32 +50,46 @@ def parse_sizes(text: str, option: str) -> tuple[int, ...]:
 
 
 def run_benchmark(
-    output_dir: Path, settings: BenchmarkSettings, *, include_pytorch: bool, console: Console
-) -> BenchmarkRecord:
+    output_dir: Path,
+    settings: BenchmarkSettings,
+    *,
+    include_pytorch: bool,
+    console: Console,
+    manifest: Manifest | None = None,
+) -> Manifest:
     """Measure, record in the manifest, re-render the reports, log to MLflow when tracked;
-    the benchmark stage's progress lines go to `console`, as `onnxport convert`'s do."""
+    returns the manifest written, the figures in its `benchmark`. The benchmark stage's
+    progress lines go to `console`, as `onnxport convert`'s do. `manifest`: the directory's,
+    when the caller has just published it (the directory is not read again)."""
     result = benchmark_directory(
-        output_dir, settings, include_pytorch=include_pytorch, progress=ProgressPrinter(console)
+        output_dir,
+        settings,
+        include_pytorch=include_pytorch,
+        progress=ProgressPrinter(console),
+        manifest=manifest,
     )
-    record_benchmark(output_dir, result)
+    written = record_benchmark(output_dir, result, manifest)
     if os.environ.get("MLFLOW_RUN_ID"):
         from onnxport.tracking import log_benchmark
 
         log_benchmark(result, Path(output_dir))
     if result.unstable:
         console.print(literal(f"! {unstable_note(result)}", "yellow"))
-    return result
+    return written
 
 
-def benchmark_published(output_dir: Path, console: Console) -> Manifest:
-    """The last stage of `onnxport convert --benchmark`: the default grid, PyTorch included.
+def benchmark_published(output_dir: Path, manifest: Manifest, console: Console) -> Manifest:
+    """The last stage of `onnxport convert --benchmark`, on the directory it has just
+    published with `manifest`: the default grid, PyTorch included.
 
     Its table goes to `console` (stderr) with the progress lines, so that `--json` keeps
     stdout for the manifest; returns the manifest with the benchmark recorded.
     """
-    result = run_benchmark(output_dir, BenchmarkSettings(), include_pytorch=True, console=console)
-    console.print(benchmark_table(result))
-    return read_manifest(output_dir)
+    written = run_benchmark(
+        output_dir, BenchmarkSettings(), include_pytorch=True, console=console, manifest=manifest
+    )
+    console.print(benchmark_table(written.benchmark))
+    return written
 
 
 def benchmark_table(result: BenchmarkRecord) -> Table:
@@ -124,7 +138,8 @@ def benchmark_command(
         iterations=iterations,
         warmup=warmup,
     )
-    result = run_benchmark(output_dir, settings, include_pytorch=not no_pytorch, console=console)
+    written = run_benchmark(output_dir, settings, include_pytorch=not no_pytorch, console=console)
+    result = written.benchmark
     if json_output:
         stdout.print_json(result.model_dump_json())
         return

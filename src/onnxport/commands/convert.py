@@ -169,7 +169,7 @@ def convert_command(
     if benchmark:
         from onnxport.commands.benchmark import benchmark_published
 
-        manifest = benchmark_published(output, console)
+        manifest = benchmark_published(output, manifest, console)
     if json_output:
         stdout.print_json(manifest.to_json())
         return

@@ -82,4 +82,4 @@ def _demo_benchmark(output: Path):
         console.print("    [dim]reusing the recorded benchmark[/dim]")
         return recorded
     settings = BenchmarkSettings(batch_sizes=(1,), seq_lengths=(32, 128), iterations=30)
-    return run_benchmark(output, settings, include_pytorch=True, console=console)
+    return run_benchmark(output, settings, include_pytorch=True, console=console).benchmark
