@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, settings
 
 from models import MODELS, build_llama_chat
 from onnxport.artifact.manifest import Manifest
-from onnxport.artifact.records import ExportRecord
+from onnxport.artifact.records.export import ExportRecord
 from onnxport.export import export_to_onnx
 from onnxport.pipeline import convert
 from onnxport.progress import StageEvent

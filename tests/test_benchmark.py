@@ -19,7 +19,7 @@ from onnxport.artifact.manifest import (
     sha256_file,
     verify_directory,
 )
-from onnxport.artifact.records import BenchmarkRecord, RuntimeRecord, TimingRecord
+from onnxport.artifact.records.benchmark import BenchmarkRecord, RuntimeRecord, TimingRecord
 from onnxport.artifact.report import REPORT_HTML_FILENAME, REPORT_PLOT_FILENAME
 from onnxport.benchmark import BenchmarkSettings, benchmark_directory, record_benchmark
 from onnxport.benchmark.stability import unstable_reasons

@@ -22,7 +22,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxport.artifact.manifest import read_manifest, verify_directory
-from onnxport.artifact.records import DivergenceRecord, PassRecord, ValidationRecord
+from onnxport.artifact.records.divergence import DivergenceRecord
+from onnxport.artifact.records.export import PassRecord
+from onnxport.artifact.records.validation import ValidationRecord
 from onnxport.errors import ValidationError
 from onnxport.tasks import Task
 from onnxport.verify.compare import Tolerance, error_budget

@@ -15,7 +15,7 @@ from onnx import numpy_helper
 from tests.models import build_llama_chat
 
 from onnxport.artifact.manifest import Manifest
-from onnxport.artifact.records import NextTokenRecord
+from onnxport.artifact.records.validation import NextTokenRecord
 from onnxport.errors import ValidationError
 from onnxport.passes import Int4Pass, Int8WeightsPass, PassContext
 from onnxport.passes import search as search_module

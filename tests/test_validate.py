@@ -12,7 +12,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from models import NUM_LABELS
-from onnxport.artifact.records import AttemptRecord, ExportCacheRecord, ExportRecord
+from onnxport.artifact.records.export import AttemptRecord, ExportCacheRecord, ExportRecord
 from onnxport.request.config import Exporter, SourceConfig
 from onnxport.sources import load_source
 from onnxport.tasks import Task

@@ -19,7 +19,9 @@ from onnxport.artifact.companions import publish_companions
 from onnxport.artifact.files import move_model, remove_model
 from onnxport.artifact.manifest import Manifest
 from onnxport.artifact.publish import Staging, check_output_location, finish_output, seal
-from onnxport.artifact.records import OutputRecord, PassRecord, SmokeTestRecord, ValidationRecord
+from onnxport.artifact.records.export import PassRecord
+from onnxport.artifact.records.outputs import OutputRecord
+from onnxport.artifact.records.validation import SmokeTestRecord, ValidationRecord
 from onnxport.errors import (
     PassError,
     PublishError,

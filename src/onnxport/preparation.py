@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from onnxport.artifact.records import ExportRecord, SourceRecord
+from onnxport.artifact.records.export import ExportRecord
+from onnxport.artifact.records.source import SourceRecord
 from onnxport.errors import CacheError, ExportError, SourceError
 from onnxport.isolation.parent import call
 from onnxport.passes.base import PassContext

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from onnxport import interrupts
 from onnxport.artifact.manifest import MANIFEST_FILENAME, REPORT_FILENAME, Manifest
-from onnxport.artifact.records import ValidationRecord
+from onnxport.artifact.records.validation import ValidationRecord
 from onnxport.errors import InternalError, TrackingError, one_line
 from onnxport.names import Variant
 from onnxport.request.config import ExperimentConfig
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # the benchmark module imports onnxruntime; the parent proces
     import onnx
     from mlflow.models.signature import ModelSignature
 
-    from onnxport.artifact.records import BenchmarkRecord
+    from onnxport.artifact.records.benchmark import BenchmarkRecord
 
 logger = logging.getLogger(__name__)
 
@@ -433,7 +433,7 @@ def register_reused(client, name: str, model, manifest: Manifest) -> str:
 
 def benchmark_metrics(result: BenchmarkRecord) -> dict[str, float]:
     """`benchmark.<runtime>.b<batch>.s<size>.p50_ms` and the like, per runtime and shape."""
-    from onnxport.artifact.records import PYTORCH
+    from onnxport.artifact.records.benchmark import PYTORCH
 
     metrics: dict[str, float] = {}
     for runtime in result.runtimes:

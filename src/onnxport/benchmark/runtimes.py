@@ -20,7 +20,7 @@ import onnxruntime as ort
 import psutil
 
 from onnxport.artifact.manifest import Manifest
-from onnxport.artifact.records import PYTORCH, RuntimeRecord
+from onnxport.artifact.records.benchmark import PYTORCH, RuntimeRecord
 from onnxport.samples import sample_texts
 from onnxport.tasks import Modality
 from onnxport.verify.runtime import create_session

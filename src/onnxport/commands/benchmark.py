@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from onnxport.artifact.manifest import Manifest, read_manifest
-from onnxport.artifact.records import BenchmarkRecord
+from onnxport.artifact.records.benchmark import BenchmarkRecord
 from onnxport.artifact.report import REPORT_HTML_FILENAME, REPORT_PLOT_FILENAME, rerender_reports
 from onnxport.artifact.report.tables import latency_row, unstable_note
 from onnxport.benchmark import (

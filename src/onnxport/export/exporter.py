@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from onnxport.artifact.records import AttemptRecord, ExportRecord
+from onnxport.artifact.records.export import AttemptRecord, ExportRecord
 from onnxport.errors import ConfigError, ExportError, one_line
 from onnxport.export.external_data import (
     wants_external_data,

@@ -27,12 +27,8 @@ import numpy as np
 import onnxruntime as ort
 
 from onnxport.artifact.files import copy_model, data_file_of, move_model, remove_model
-from onnxport.artifact.records import (
-    CandidateRecord,
-    OutputRecord,
-    PassRecord,
-    SearchRecord,
-)
+from onnxport.artifact.records.export import PassRecord
+from onnxport.artifact.records.outputs import CandidateRecord, OutputRecord, SearchRecord
 from onnxport.errors import ValidationError
 from onnxport.names import Variant
 from onnxport.passes.base import OnnxPass, PassContext, apply_pass

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from onnxport.artifact.records import SIZED_POSITION_EMBEDDINGS, SourceKind
+from onnxport.artifact.records.source import SIZED_POSITION_EMBEDDINGS, SourceKind
 from onnxport.errors import InternalError, SourceError, one_line
 from onnxport.samples import sample_texts
 from onnxport.sources.base import ModelFacts, Source

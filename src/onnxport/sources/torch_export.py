@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from onnxport.artifact.records import SourceKind
+from onnxport.artifact.records.source import SourceKind
 from onnxport.errors import SourceError, one_line
 from onnxport.request.config import SourceConfig
 from onnxport.sources.base import Source

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from onnxport.artifact.records import CacheStatus, ExportRecord, InputRecord
+from onnxport.artifact.records.export import CacheStatus, ExportRecord
+from onnxport.artifact.records.validation import InputRecord
 from onnxport.errors import one_line
 from onnxport.request.config import ConversionConfig, Exporter
 from onnxport.tasks import generation_step

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxport.artifact.records import (
+from onnxport.artifact.records.validation import (
     ErrorBudgetRecord,
     OutputComparisonRecord,
     TaskAgreementRecord,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from onnxport.artifact.records import CacheStatus, ExportCacheRecord, ExportRecord
+from onnxport.artifact.records.export import CacheStatus, ExportCacheRecord, ExportRecord
 from onnxport.errors import CacheError
 from onnxport.export.cache.hint import HINT_FIELD, checkpoint_hint
 from onnxport.export.cache.key import cache_key, key_material, uncacheable
