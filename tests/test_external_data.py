@@ -22,11 +22,8 @@ from onnxport.artifact.manifest import read_manifest, verify_directory
 from onnxport.errors import ConfigError
 from onnxport.export.external_data import EXTERNAL_DATA_THRESHOLD_BYTES, wants_external_data
 from onnxport.predict import OnnxPredictor
-from onnxport.request.config import (
-    ConversionConfig,
-    ExperimentConfig,
-    ExternalData,
-)
+from onnxport.request.config import ConversionConfig, ExperimentConfig
+from onnxport.request.export_config import ExternalData
 from onnxport.tracking import (
     ensure_experiment,
     log_conversion,

@@ -22,7 +22,8 @@ from onnxport.passes import search as search_module
 from onnxport.passes.search import Timer, _fastest
 from onnxport.pipeline import convert
 from onnxport.request import ConversionRequest
-from onnxport.request.config import ConversionConfig, QuantizeConfig
+from onnxport.request.config import ConversionConfig
+from onnxport.request.quantize_config import QuantizeConfig
 from onnxport.tasks import Task
 from onnxport.verify.gate import Candidate, judge
 from onnxport.verify.next_token import failures, next_token_gate

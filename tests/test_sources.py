@@ -21,7 +21,7 @@ from models import (
     write_sentence_modules,
 )
 from onnxport.errors import EXIT_BAD_INPUT, SourceError
-from onnxport.request.config import SourceConfig
+from onnxport.request.sections import SourceConfig
 from onnxport.sources import load_source
 from onnxport.sources.generative import DECODE_PAST_TOKENS
 from onnxport.sources.huggingface import (

@@ -43,7 +43,8 @@ from onnxport.preparation import Prepared, isolated, prepare, prepare_in_a_child
 from onnxport.process import peak_rss_mb
 from onnxport.progress import ProgressCallback, Stage, StageClock, ignore_progress
 from onnxport.request import ConversionRequest
-from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantization
+from onnxport.request.config import ConversionConfig
+from onnxport.request.export_config import OptimizeLevel, Quantization
 from onnxport.tasks import Task
 from onnxport.testing import smoke_test_onnx_model
 from onnxport.verify.decode import generate_ids

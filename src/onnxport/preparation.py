@@ -25,7 +25,9 @@ from onnxport.isolation.parent import call
 from onnxport.passes.base import PassContext
 from onnxport.progress import ProgressCallback, Stage, StageClock
 from onnxport.request import ConversionRequest
-from onnxport.request.config import ConversionConfig, Exporter, IsolateExport, Quantization
+from onnxport.request.config import ConversionConfig
+from onnxport.request.export_config import Exporter, Quantization
+from onnxport.request.sections import IsolateExport
 from onnxport.tasks import Task
 from onnxport.verify.evaluation import Evaluation
 from onnxport.verify.generation import GenerationProof

@@ -48,7 +48,7 @@ def open_pytorch(manifest: Manifest, *, threads: int) -> tuple[Runtime, Any]:
     import torch
 
     from onnxport.export.strategies import adapter_for
-    from onnxport.request.config import SourceConfig
+    from onnxport.request.sections import SourceConfig
     from onnxport.sources import load_source
 
     torch.set_num_threads(threads)

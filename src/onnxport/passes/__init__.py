@@ -26,7 +26,8 @@ from onnxport.passes.quantize import (
 )
 from onnxport.passes.search import quantize_search
 from onnxport.passes.weight_only import Int4Pass, Int8WeightsPass
-from onnxport.request.config import ConversionConfig, Exporter, OptimizeLevel, Quantization
+from onnxport.request.config import ConversionConfig
+from onnxport.request.export_config import Exporter, OptimizeLevel, Quantization
 from onnxport.tasks import Task
 
 if TYPE_CHECKING:  # sources import torch; the passes run without it

@@ -35,7 +35,8 @@ from onnxport.passes.base import OnnxPass, PassContext, apply_pass
 from onnxport.passes.optimize import OptimizePass
 from onnxport.passes.quantize import DynamicInt8Pass, StaticInt8Pass
 from onnxport.passes.weight_only import Int4Pass, Int8WeightsPass
-from onnxport.request.config import OptimizeLevel, QuantizeConfig
+from onnxport.request.export_config import OptimizeLevel
+from onnxport.request.quantize_config import QuantizeConfig
 from onnxport.tasks import Task
 from onnxport.verify.gate import Candidate, DivergenceSearch, Rules, judge, refusal
 from onnxport.verify.rules import FLOAT_LM_HEAD, SKIP_THE_VARIANT, SMALLER_BLOCKS

@@ -20,7 +20,7 @@ import torch
 
 from onnxport.artifact.records.source import SourceKind
 from onnxport.errors import SourceError, one_line
-from onnxport.request.config import SourceConfig
+from onnxport.request.sections import SourceConfig
 from onnxport.sources.base import Source
 from onnxport.sources.plain import plain_source, read_input_spec
 

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from onnxport.artifact.records import Record
 from onnxport.names import StrEnum
-from onnxport.request.config import Exporter
+from onnxport.request.export_config import Exporter
 
 
 class AttemptRecord(Record):

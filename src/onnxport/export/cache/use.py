@@ -23,7 +23,7 @@ from onnxport.export.cache.key import cache_key, key_material, uncacheable
 from onnxport.export.cache.store import ExportCache, StoredEntry
 from onnxport.export.exporter import export_from_template, export_to_onnx
 from onnxport.export.template import TemplateData
-from onnxport.request.config import Exporter, ExternalData
+from onnxport.request.export_config import Exporter, ExternalData
 from onnxport.sources.base import Source
 
 logger = logging.getLogger(__name__)
