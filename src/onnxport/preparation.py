@@ -122,7 +122,7 @@ def _fixed_resolution_fallback(
     (a size fixed inside it at export): the source with its own resolution fixed, declared
     with the reason, and the references at that resolution; None when the graph takes them
     all. A model that validates at its own resolution is not refused for the others."""
-    from onnxport.sources.huggingface import native_side, with_fixed_resolution
+    from onnxport.sources.huggingface_inputs import native_side, with_fixed_resolution
     from onnxport.verify.validate import first_refusal
 
     side = native_side(source)
