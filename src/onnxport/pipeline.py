@@ -38,7 +38,8 @@ from onnxport.passes import (
     optimize_passes,
     quantization_pass,
 )
-from onnxport.passes.search import SearchContext, Timer, search_optimization, search_quantization
+from onnxport.passes.search import SearchContext, search_optimization, search_quantization
+from onnxport.passes.search_timing import Timer
 from onnxport.preparation import Prepared, isolated, prepare, prepare_in_a_child
 from onnxport.process import peak_rss_mb
 from onnxport.progress import ProgressCallback, Stage, StageClock, ignore_progress

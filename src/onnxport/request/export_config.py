@@ -35,7 +35,7 @@ class Quantization(str, Enum):
     def variant(self) -> Variant:
         """The published variant's name; `auto`'s is the int8 search's. A decoder LM's search
         publishes the variant it chooses under that one's name, `int8-weights` or `int4`
-        (`passes.search.quantize_search`). `none` makes no variant: asking is a bug."""
+        (`passes.candidates.quantize_search`). `none` makes no variant: asking is a bug."""
         return Variant.INT8 if self is Quantization.AUTO else Variant(self.value)
 
 
