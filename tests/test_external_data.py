@@ -24,9 +24,9 @@ from onnxport.export.external_data import EXTERNAL_DATA_THRESHOLD_BYTES, wants_e
 from onnxport.predict import OnnxPredictor
 from onnxport.request.config import ConversionConfig, ExperimentConfig
 from onnxport.request.export_config import ExternalData
-from onnxport.tracking import (
+from onnxport.tracking.conversion import log_conversion
+from onnxport.tracking.store import (
     ensure_experiment,
-    log_conversion,
     prepare_store,
     resolve_artifact_location,
     resolve_tracking_uri,

@@ -170,7 +170,7 @@ def test_a_tokenizer_without_a_pad_token_pads_with_eos_on_the_left(llama_chat: P
 
 
 def test_mlflow_metrics_hold_the_proof_and_one_figure_for_the_cache(generated) -> None:
-    from onnxport.tracking import _metrics
+    from onnxport.tracking.conversion import _metrics
 
     _, manifest = generated
     metrics = _metrics(manifest)

@@ -59,7 +59,7 @@ def run_benchmark(
     )
     record_benchmark(output_dir, result)
     if os.environ.get("MLFLOW_RUN_ID"):
-        from onnxport.tracking import log_benchmark
+        from onnxport.tracking.benchmark import log_benchmark
 
         log_benchmark(result, Path(output_dir))
     if result.unstable:
