@@ -31,7 +31,7 @@ from azure.core.pipeline.transport import HttpRequest, RequestsTransportResponse
 
 from onnxport.azureml.job import MODEL_OUTPUT
 from onnxport.azureml.sdk import TERMINAL_STATUSES
-from onnxport.tracking import ensure_experiment, prepare_store
+from onnxport.tracking.store import ensure_experiment, prepare_store
 
 TRAINING_ENVIRONMENT = "azureml:training-env:1"
 

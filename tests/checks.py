@@ -28,7 +28,7 @@ from onnxport.artifact.manifest import (
 )
 from onnxport.export.strategies import adapter_for
 from onnxport.sources import Source
-from onnxport.sources.huggingface import TEXT_EXAMPLE_SHAPE
+from onnxport.sources.huggingface_inputs import TEXT_EXAMPLE_SHAPE
 from onnxport.tasks import Modality
 
 FP32_ATOL = 1e-4

@@ -27,12 +27,13 @@ from hypothesis import HealthCheck, settings
 
 from models import MODELS, build_llama_chat
 from onnxport.artifact.manifest import Manifest
-from onnxport.artifact.records import ExportRecord
+from onnxport.artifact.records.export import ExportRecord
 from onnxport.export import export_to_onnx
 from onnxport.pipeline import convert
 from onnxport.progress import StageEvent
 from onnxport.request import ConversionRequest
-from onnxport.request.config import ConversionConfig, Exporter
+from onnxport.request.config import ConversionConfig
+from onnxport.request.export_config import Exporter
 from onnxport.sources import Source, load_source
 from onnxport.tasks import Task
 from suite import build_once, check_ci_has_the_extras, one_core_per_worker

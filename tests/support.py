@@ -43,7 +43,7 @@ from onnxport.request import ConversionRequest
 from onnxport.request.config import ConversionConfig, ExperimentConfig, load_conversion_config
 from onnxport.request.fingerprints import conversion_fingerprint
 from onnxport.request.paths import conversion_output_dir
-from onnxport.tracking import resolve_tracking_uri
+from onnxport.tracking.store import resolve_tracking_uri
 from suite import build_once
 
 # ---------------------------------------------------------------------------- conversions
@@ -310,7 +310,7 @@ def migrated_store(tmp_path_factory) -> Path:
     Created once per test run (the schema migration takes seconds); tests that need a
     store of their own get a copy of it from `root_with_store`.
     """
-    from onnxport.tracking import prepare_store
+    from onnxport.tracking.store import prepare_store
 
     def migrate(directory: Path) -> None:
         prepare_store(resolve_tracking_uri(directory / "not-yet-created", ExperimentConfig()))

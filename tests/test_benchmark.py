@@ -19,7 +19,7 @@ from onnxport.artifact.manifest import (
     sha256_file,
     verify_directory,
 )
-from onnxport.artifact.records import BenchmarkRecord, RuntimeRecord, TimingRecord
+from onnxport.artifact.records.benchmark import BenchmarkRecord, RuntimeRecord, TimingRecord
 from onnxport.artifact.report import REPORT_HTML_FILENAME, REPORT_PLOT_FILENAME
 from onnxport.benchmark import BenchmarkSettings, benchmark_directory, record_benchmark
 from onnxport.benchmark.stability import unstable_reasons
@@ -336,7 +336,7 @@ def test_unstable_figures_are_recorded_and_claim_no_speed_up(
     html = (directory / REPORT_HTML_FILENAME).read_text(encoding="utf-8")
     assert "Unstable timings, no speed-up claimed" in html
     assert (directory / REPORT_PLOT_FILENAME).is_file() and verify_directory(directory) == []
-    from onnxport.tracking import benchmark_metrics
+    from onnxport.tracking.benchmark import benchmark_metrics
 
     metrics = benchmark_metrics(manifest.benchmark)
     assert metrics["benchmark.unstable"] == 1.0
@@ -436,7 +436,7 @@ def test_a_tracked_benchmark_logs_metrics_and_artifacts(
     cli, copy_output, tmp_path_factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from onnxport.request.config import ExperimentConfig
-    from onnxport.tracking import (
+    from onnxport.tracking.store import (
         create_run,
         ensure_experiment,
         prepare_store,

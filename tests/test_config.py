@@ -11,18 +11,20 @@ import yaml
 from onnxport.errors import EXIT_BAD_INPUT, ConfigError
 from onnxport.request.config import (
     CONVERSION_CONFIG_FILENAME,
-    DEFAULT_OPSET,
     EXPERIMENT_CONFIG_FILENAME,
-    MAX_OPSET,
-    MIN_OPSET,
     ConversionConfig,
     ExperimentConfig,
-    Exporter,
-    OptimizeLevel,
-    Quantization,
     load_conversion_config,
     load_experiment_config,
     parse_conversion_config,
+)
+from onnxport.request.export_config import (
+    DEFAULT_OPSET,
+    MAX_OPSET,
+    MIN_OPSET,
+    Exporter,
+    OptimizeLevel,
+    Quantization,
 )
 from onnxport.tasks import Task
 

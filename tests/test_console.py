@@ -246,7 +246,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxport.passes.base import PassContext, apply_pass
 from onnxport.passes.quantize import DynamicInt8Pass
-from onnxport.tracking import prepare_store
+from onnxport.tracking.store import prepare_store
 
 work = Path(sys.argv[1])
 graph = helper.make_graph(

@@ -15,13 +15,11 @@ from onnxport.passes import DynamicInt8Pass, PassContext, StaticInt8Pass, apply_
 from onnxport.passes.calibration import Calibration
 from onnxport.pipeline import convert
 from onnxport.request import ConversionRequest
-from onnxport.request.config import (
-    DEFAULT_MAX_ERROR_RATIO,
-    ConversionConfig,
-    Exporter,
-    QuantizeConfig,
-    SourceConfig,
-)
+from onnxport.request.config import ConversionConfig
+from onnxport.request.export_config import Exporter
+from onnxport.request.quantize_config import QuantizeConfig
+from onnxport.request.sections import SourceConfig
+from onnxport.request.validation_config import DEFAULT_MAX_ERROR_RATIO
 from onnxport.sources import load_source
 from onnxport.verify.divergence import failing_input, fp32_divergence
 from onnxport.verify.divergence.graph import producers

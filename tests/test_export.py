@@ -18,7 +18,8 @@ from models import NUM_LABELS
 from onnxport.errors import EXIT_BAD_INPUT, ConfigError, ExportError, SourceError
 from onnxport.export import export_to_onnx
 from onnxport.export.strategies import EXPORT_STRATEGIES, adapter_for
-from onnxport.request.config import MAX_OPSET, MIN_OPSET, Exporter, ExternalData, SourceConfig
+from onnxport.request.export_config import MAX_OPSET, MIN_OPSET, Exporter, ExternalData
+from onnxport.request.sections import SourceConfig
 from plain_models import FACTORY
 
 
@@ -228,7 +229,7 @@ def test_every_exporter_failing_is_an_export_error_that_leaves_no_files(
 def test_an_operator_no_exporter_converts_is_named_with_a_workaround(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from onnxport.request.config import SourceConfig
+    from onnxport.request.sections import SourceConfig
     from onnxport.sources import load_source
 
     save_file({}, tmp_path / "no_weights.safetensors")

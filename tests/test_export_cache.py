@@ -32,7 +32,8 @@ from onnxport.export.cache.hint import EXCLUDED_CONFIG_KEYS, HINT_FIELD, checkpo
 from onnxport.export.cache.key import cache_key, key_material, uncacheable
 from onnxport.export.cache.store import BINDINGS_FILE, ENTRY_FILE, GRAPH_FILE
 from onnxport.export.template import UNBOUND, template_from_bytes
-from onnxport.request.config import ConversionConfig, Exporter
+from onnxport.request.config import ConversionConfig
+from onnxport.request.export_config import Exporter
 from onnxport.request.fingerprints import conversion_fingerprint
 from onnxport.sources import load_source
 from support import (

@@ -22,14 +22,11 @@ from onnxport.artifact.manifest import read_manifest, verify_directory
 from onnxport.errors import ConfigError
 from onnxport.export.external_data import EXTERNAL_DATA_THRESHOLD_BYTES, wants_external_data
 from onnxport.predict import OnnxPredictor
-from onnxport.request.config import (
-    ConversionConfig,
-    ExperimentConfig,
-    ExternalData,
-)
-from onnxport.tracking import (
+from onnxport.request.config import ConversionConfig, ExperimentConfig
+from onnxport.request.export_config import ExternalData
+from onnxport.tracking.conversion import log_conversion
+from onnxport.tracking.store import (
     ensure_experiment,
-    log_conversion,
     prepare_store,
     resolve_artifact_location,
     resolve_tracking_uri,

@@ -22,7 +22,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxport.artifact.manifest import read_manifest, verify_directory
-from onnxport.artifact.records import DivergenceRecord, PassRecord, ValidationRecord
+from onnxport.artifact.records.divergence import DivergenceRecord
+from onnxport.artifact.records.export import PassRecord
+from onnxport.artifact.records.validation import ValidationRecord
 from onnxport.errors import ValidationError
 from onnxport.tasks import Task
 from onnxport.verify.compare import Tolerance, error_budget
@@ -279,11 +281,11 @@ def broken_variant(tmp_path) -> tuple[Path, Path, list[Reference]]:
     return fp32, variant, _references(scores, scores)
 
 
-def _locate_against(fp32: Path, references: list[Reference]):
-    def locate(model: Path, validation: ValidationRecord) -> DivergenceRecord | None:
+def _divergence_search(fp32: Path, references: list[Reference]):
+    def search(model: Path, validation: ValidationRecord) -> DivergenceRecord | None:
         return variant_divergence(fp32, model, references, validation)
 
-    return locate
+    return search
 
 
 def test_where_a_failing_variant_parts_ways_comes_first_among_the_remedies(
@@ -297,7 +299,7 @@ def test_where_a_failing_variant_parts_ways_comes_first_among_the_remedies(
             references,
             task=TOKENS,
             rules=rules,
-            locate=_locate_against(fp32, references),
+            divergence_search=_divergence_search(fp32, references),
         )
     assert "; the variant loses the most at node scale (Mul)" in str(raised.value)
     assert raised.value.hint == (
@@ -311,17 +313,21 @@ def test_skip_returns_the_failed_variant_unpublished_with_where_it_fails(
 ) -> None:
     fp32, variant, references = broken_variant
     rules = Rules(RECORDED, 0.99, on_failure="skip")
-    locate = _locate_against(fp32, references)
+    search = _divergence_search(fp32, references)
     with caplog.at_level(logging.INFO, logger="onnxport.verify.gate"):
         record = judge(
-            Candidate("int8", variant), references, task=TOKENS, rules=rules, locate=locate
+            Candidate("int8", variant),
+            references,
+            task=TOKENS,
+            rules=rules,
+            divergence_search=search,
         )
         quiet = judge(
             Candidate("int8", variant),
             references,
             task=TOKENS,
             rules=rules,
-            locate=locate,
+            divergence_search=search,
             skip_log_level=logging.INFO,
         )
     assert quiet.published is False

@@ -152,7 +152,7 @@ def test_causal_lm_by_name_exports_the_logits_alone(llama_chat: Path, tmp_path: 
 
 def test_the_torchscript_exporter_is_refused_for_a_kv_cache(llama_chat, tmp_path) -> None:
     from onnxport.export import export_to_onnx
-    from onnxport.request.config import Exporter
+    from onnxport.request.export_config import Exporter
 
     source = load_source(llama_chat)
     target = tmp_path / "never" / "model.onnx"
@@ -170,7 +170,7 @@ def test_a_tokenizer_without_a_pad_token_pads_with_eos_on_the_left(llama_chat: P
 
 
 def test_mlflow_metrics_hold_the_proof_and_one_figure_for_the_cache(generated) -> None:
-    from onnxport.tracking import _metrics
+    from onnxport.tracking.conversion import _metrics
 
     _, manifest = generated
     metrics = _metrics(manifest)

@@ -15,14 +15,14 @@ from onnx import numpy_helper
 from tests.models import build_llama_chat
 
 from onnxport.artifact.manifest import Manifest
-from onnxport.artifact.records import NextTokenRecord
+from onnxport.artifact.records.validation import NextTokenRecord
 from onnxport.errors import ValidationError
-from onnxport.passes import Int4Pass, Int8WeightsPass, PassContext
-from onnxport.passes import search as search_module
-from onnxport.passes.search import Timer, _fastest
+from onnxport.passes import Int4Pass, Int8WeightsPass, PassContext, candidates, search_timing
+from onnxport.passes.search_timing import Timer, fastest
 from onnxport.pipeline import convert
 from onnxport.request import ConversionRequest
-from onnxport.request.config import ConversionConfig, QuantizeConfig
+from onnxport.request.config import ConversionConfig
+from onnxport.request.quantize_config import QuantizeConfig
 from onnxport.tasks import Task
 from onnxport.verify.gate import Candidate, judge
 from onnxport.verify.next_token import failures, next_token_gate
@@ -201,12 +201,12 @@ def test_the_timer_ranks_by_time_per_generated_token(monkeypatch, converted) -> 
         next(clock)
         return tokens
 
-    monkeypatch.setattr(search_module.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(search_timing.time, "perf_counter", lambda: now[0])
     timer = Timer([], threads=1, decode=decode, decode_label=DECODE_KEY)
     found = timer.latencies(models)
     assert found == {"slow": {DECODE_KEY: 1000.0}, "fast": {DECODE_KEY: 500.0}}
-    assert _fastest(found) == "fast"
-    assert next(clock) == 2 * (1 + search_module.DECODE_ROUNDS)
+    assert fastest(found) == "fast"
+    assert next(clock) == 2 * (1 + search_timing.DECODE_ROUNDS)
 
 
 def _auto(root: Path, **validation) -> tuple[Manifest, Path]:
@@ -234,9 +234,9 @@ class _BrokenInt8Weights(Int8WeightsPass):
         return details
 
 
-def _with_settings(monkeypatch, *settings: search_module.WeightOnlySetting) -> None:
-    plan = dataclasses.replace(search_module.WEIGHT_ONLY_SEARCH, settings=settings)
-    monkeypatch.setattr(search_module, "WEIGHT_ONLY_SEARCH", plan)
+def _with_settings(monkeypatch, *settings: candidates.WeightOnlySetting) -> None:
+    plan = dataclasses.replace(candidates.WEIGHT_ONLY_SEARCH, settings=settings)
+    monkeypatch.setattr(candidates, "WEIGHT_ONLY_SEARCH", plan)
 
 
 @pytest.fixture(scope="module")
@@ -245,10 +245,10 @@ def auto(tmp_path_factory) -> tuple[Manifest, Path]:
 
 
 def test_auto_on_a_language_model_tries_its_weight_only_variants() -> None:
-    plan = search_module.quantize_search(Task.TEXT_GENERATION)
+    plan = candidates.quantize_search(Task.TEXT_GENERATION)
     assert [s.variant for s in plan.settings] == ["int8-weights", "int4"]
     assert not any(s.static for s in plan.settings)  # no calibration to make
-    encoder = search_module.quantize_search(Task.FEATURE_EXTRACTION)
+    encoder = candidates.quantize_search(Task.FEATURE_EXTRACTION)
     assert {s.variant for s in encoder.settings} == {"int8"}
 
 
@@ -280,8 +280,8 @@ def test_auto_publishes_the_fastest_passing_lm_variant_under_its_own_name(auto) 
 def test_auto_publishes_the_other_lm_variant_when_one_fails_its_gate(monkeypatch, tmp_path) -> None:
     _with_settings(
         monkeypatch,
-        search_module.WeightOnlySetting("int8-weights", Int8WeightsPass),
-        search_module.WeightOnlySetting("int4", _BrokenInt4),
+        candidates.WeightOnlySetting("int8-weights", Int8WeightsPass),
+        candidates.WeightOnlySetting("int4", _BrokenInt4),
     )
     manifest, output = _auto(tmp_path)
     variant = manifest.outputs[1]
@@ -299,8 +299,8 @@ def test_auto_publishes_the_other_lm_variant_when_one_fails_its_gate(monkeypatch
 def test_auto_refuses_naming_every_lm_variant_when_none_passes(monkeypatch, tmp_path) -> None:
     _with_settings(
         monkeypatch,
-        search_module.WeightOnlySetting("int8-weights", _BrokenInt8Weights),
-        search_module.WeightOnlySetting("int4", _BrokenInt4),
+        candidates.WeightOnlySetting("int8-weights", _BrokenInt8Weights),
+        candidates.WeightOnlySetting("int4", _BrokenInt4),
     )
     with pytest.raises(ValidationError) as info:
         _auto(tmp_path)

@@ -15,7 +15,8 @@ from onnxport.artifact.manifest import (
     sha256_file,
     verify_directory,
 )
-from onnxport.artifact.records import DivergenceRecord, OutputComparisonRecord
+from onnxport.artifact.records.divergence import DivergenceRecord
+from onnxport.artifact.records.validation import OutputComparisonRecord
 from onnxport.errors import OutputError
 
 NAME = "distilbert-token"

@@ -22,7 +22,9 @@ from onnxport.passes import (
     quantization_pass,
 )
 from onnxport.passes.calibration import Calibration
-from onnxport.request.config import ConversionConfig, Exporter, OptimizeLevel, QuantizeConfig
+from onnxport.request.config import ConversionConfig
+from onnxport.request.export_config import Exporter, OptimizeLevel
+from onnxport.request.quantize_config import QuantizeConfig
 from onnxport.verify.references import compute_references
 from onnxport.verify.runtime import create_session, run_session
 

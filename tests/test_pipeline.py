@@ -31,7 +31,8 @@ from onnxport.pipeline import convert
 from onnxport.preparation import validation_shapes
 from onnxport.progress import StageEvent
 from onnxport.request import ConversionRequest
-from onnxport.request.config import ConversionConfig, SourceConfig
+from onnxport.request.config import ConversionConfig
+from onnxport.request.sections import SourceConfig
 from onnxport.sources import load_source
 from onnxport.tasks import Task
 from onnxport.verify.references import compute_references

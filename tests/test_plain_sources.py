@@ -17,7 +17,8 @@ import yaml
 
 from onnxport.artifact.manifest import read_manifest, sha256_file
 from onnxport.errors import EXIT_BAD_INPUT, ConfigError, SourceError
-from onnxport.request.config import SourceConfig, parse_conversion_config
+from onnxport.request.config import parse_conversion_config
+from onnxport.request.sections import SourceConfig
 from onnxport.sources import load_source
 from onnxport.sources.plain import DEFAULT_SHAPES, EXAMPLE_SHAPE, PositionalModule
 from onnxport.tasks import Modality, Task

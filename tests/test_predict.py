@@ -23,7 +23,7 @@ import torch
 from models import MAX_POSITIONS, _bert_config, wordpiece_tokenizer, write_sentence_modules
 from onnxport.artifact.manifest import MANIFEST_FILENAME, read_manifest
 from onnxport.artifact.reader import PublishedDirectory
-from onnxport.artifact.records import OutputRecord
+from onnxport.artifact.records.outputs import OutputRecord
 from onnxport.errors import OutputError
 from onnxport.pipeline import convert
 from onnxport.predict import (

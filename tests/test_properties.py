@@ -16,20 +16,19 @@ import yaml
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from onnxport.request.config import (
+from onnxport.request.config import ConversionConfig, parse_conversion_config
+from onnxport.request.export_config import (
     DEFAULT_OPSET,
     EXPORTER_OPSETS,
     MAX_OPSET,
     MIN_OPSET,
-    ConversionConfig,
     Exporter,
     ExternalData,
     OptimizeLevel,
     Quantization,
-    Yardstick,
-    parse_conversion_config,
 )
 from onnxport.request.fingerprints import conversion_fingerprint
+from onnxport.request.validation_config import Yardstick
 from onnxport.tasks import Task
 
 SPEC, EXEC = "abc123", "def456"

@@ -216,9 +216,9 @@ def test_each_published_file_is_hashed_once_per_tracked_conversion(
     from onnxport.pipeline import convert
     from onnxport.request import ConversionRequest
     from onnxport.request.config import ConversionConfig, ExperimentConfig
-    from onnxport.tracking import (
+    from onnxport.tracking.conversion import log_conversion
+    from onnxport.tracking.store import (
         ensure_experiment,
-        log_conversion,
         prepare_store,
         resolve_artifact_location,
         resolve_tracking_uri,

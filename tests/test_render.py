@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from onnxport.artifact.records import CandidateRecord, SearchRecord
+from onnxport.artifact.records.outputs import CandidateRecord, SearchRecord
 from onnxport.commands.render import ChildLines, ProgressPrinter, manifest_tables, print_manifest
 from onnxport.progress import Stage, StageEvent, Status
 

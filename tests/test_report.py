@@ -17,15 +17,14 @@ from onnxport.artifact.manifest import (
     read_manifest,
     verify_directory,
 )
-from onnxport.artifact.records import (
+from onnxport.artifact.records.benchmark import (
     BenchmarkRecord,
     BenchmarkSettingsRecord,
-    CandidateRecord,
     RuntimeRecord,
-    SearchRecord,
     TimingRecord,
-    YardstickRecord,
 )
+from onnxport.artifact.records.outputs import CandidateRecord, SearchRecord
+from onnxport.artifact.records.validation import YardstickRecord
 from onnxport.artifact.report import (
     REPORT_FILENAMES,
     REPORT_HTML_FILENAME,

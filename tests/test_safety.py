@@ -27,13 +27,8 @@ from hypothesis import strategies as st
 from checks import assert_clean_failure
 from models import edit_config_json, make_pickle_checkpoint
 from onnxport.artifact.manifest import verify_directory
-from onnxport.errors import SourceError
-from onnxport.request.config import (
-    ConfigError,
-    ConversionConfig,
-    load_conversion_config,
-    load_experiment_config,
-)
+from onnxport.errors import ConfigError, SourceError
+from onnxport.request.config import ConversionConfig, load_conversion_config, load_experiment_config
 from onnxport.request.paths import safe_segment
 from plain_models import FACTORY, copy_plain_files
 from suite import AZUREML_EXTRA
@@ -157,7 +152,7 @@ def test_every_torch_load_on_the_way_asks_for_weights_only(
 ) -> None:
     """Behaviourally too: loading pickled weights with the opt-in, through transformers and
     through the state-dict loader, calls torch.load with weights_only=True only."""
-    from onnxport.request.config import SourceConfig
+    from onnxport.request.sections import SourceConfig
     from onnxport.sources import load_source
 
     calls: list[object] = []
@@ -570,7 +565,7 @@ def test_a_program_archive_with_pickled_members_never_runs_code(plain, tmp_path)
     with an unrestricted torch.load, so they are refused, with or without --allow-pickle."""
     import io
 
-    from onnxport.request.config import SourceConfig
+    from onnxport.request.sections import SourceConfig
     from onnxport.sources import load_source
 
     marker = tmp_path / "ran"

@@ -247,7 +247,7 @@ def logged_text(converted, tmp_path_factory: pytest.TempPathFactory):
     import mlflow
 
     from onnxport.request.config import ExperimentConfig
-    from onnxport.tracking import (
+    from onnxport.tracking.store import (
         ensure_experiment,
         prepare_store,
         resolve_artifact_location,

@@ -21,10 +21,10 @@ from models import (
     write_sentence_modules,
 )
 from onnxport.errors import EXIT_BAD_INPUT, SourceError
-from onnxport.request.config import SourceConfig
+from onnxport.request.sections import SourceConfig
 from onnxport.sources import load_source
 from onnxport.sources.generative import DECODE_PAST_TOKENS
-from onnxport.sources.huggingface import (
+from onnxport.sources.huggingface_inputs import (
     DEFAULT_TEXT_SHAPES,
     TEXT_EXAMPLE_SHAPE,
     other_resolutions,
@@ -226,7 +226,7 @@ def test_model_type_quirks_apply_on_load_and_warn(tmp_path: Path, caplog) -> Non
 
     path = entry("big-bird/sequence-classification").build(tmp_path / "big-bird")
     assert json.loads((path / "config.json").read_text())["attention_type"] == "block_sparse"
-    with caplog.at_level("WARNING", logger="onnxport.sources.huggingface"):
+    with caplog.at_level("WARNING", logger="onnxport.sources.huggingface_config"):
         loaded = load_source(path)
     assert loaded.module.config.attention_type == "original_full"
     assert MODEL_TYPE_QUIRKS["big_bird"].note in caplog.text

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from models import NUM_LABELS
 from onnxport.errors import SmokeTestError
-from onnxport.request.config import Exporter
+from onnxport.request.export_config import Exporter
 from onnxport.testing import DEFAULT_DIM_VALUES, generate_inputs, smoke_test_onnx_model
 from onnxport.verify.references import compute_references
 from onnxport.verify.runtime import create_session

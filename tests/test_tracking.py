@@ -13,7 +13,7 @@ import pytest
 
 from onnxport.errors import TrackingError
 from onnxport.request.config import ExperimentConfig
-from onnxport.tracking import (
+from onnxport.tracking.store import (
     create_run,
     end_run,
     ensure_experiment,
@@ -326,7 +326,7 @@ def logged(checkpoint, tmp_path_factory: pytest.TempPathFactory):
     from onnxport.pipeline import convert
     from onnxport.request import ConversionRequest
     from onnxport.request.config import ConversionConfig
-    from onnxport.tracking import log_conversion
+    from onnxport.tracking.conversion import log_conversion
 
     root = root_with_store(tmp_path_factory, "logged-signature")
     output = root / "converted"

@@ -12,8 +12,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from models import NUM_LABELS
-from onnxport.artifact.records import AttemptRecord, ExportCacheRecord, ExportRecord
-from onnxport.request.config import Exporter, SourceConfig
+from onnxport.artifact.records.export import AttemptRecord, ExportCacheRecord, ExportRecord
+from onnxport.request.export_config import Exporter
+from onnxport.request.sections import SourceConfig
 from onnxport.sources import load_source
 from onnxport.tasks import Task
 from onnxport.verify.compare import Tolerance

@@ -38,14 +38,12 @@ from onnxport.request.paths import (
     conversion_output_dir,
     read_parent_training_output,
 )
-from onnxport.tracking import (
+from onnxport.tracking.conversion import log_figures, register_reused, registrable_model
+from onnxport.tracking.store import (
     create_run,
     ensure_experiment,
     failed_unless_finished,
-    log_figures,
     prepare_store,
-    register_reused,
-    registrable_model,
     resolve_artifact_location,
     resolve_tracking_uri,
     with_retry,

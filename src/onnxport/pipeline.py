@@ -19,7 +19,9 @@ from onnxport.artifact.companions import publish_companions
 from onnxport.artifact.files import move_model, remove_model
 from onnxport.artifact.manifest import Manifest
 from onnxport.artifact.publish import Staging, check_output_location, finish_output, seal
-from onnxport.artifact.records import OutputRecord, PassRecord, SmokeTestRecord, ValidationRecord
+from onnxport.artifact.records.export import PassRecord
+from onnxport.artifact.records.outputs import OutputRecord
+from onnxport.artifact.records.validation import SmokeTestRecord, ValidationRecord
 from onnxport.errors import (
     PassError,
     PublishError,
@@ -36,12 +38,14 @@ from onnxport.passes import (
     optimize_passes,
     quantization_pass,
 )
-from onnxport.passes.search import SearchContext, Timer, search_optimization, search_quantization
+from onnxport.passes.search import SearchContext, search_optimization, search_quantization
+from onnxport.passes.search_timing import Timer
 from onnxport.preparation import Prepared, isolated, prepare, prepare_in_a_child
 from onnxport.process import peak_rss_mb
 from onnxport.progress import ProgressCallback, Stage, StageClock, ignore_progress
 from onnxport.request import ConversionRequest
-from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantization
+from onnxport.request.config import ConversionConfig
+from onnxport.request.export_config import OptimizeLevel, Quantization
 from onnxport.tasks import Task
 from onnxport.testing import smoke_test_onnx_model
 from onnxport.verify.decode import generate_ids

@@ -18,13 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from onnxport.artifact.records import ExportRecord, SourceRecord
+from onnxport.artifact.records.export import ExportRecord
+from onnxport.artifact.records.source import SourceRecord
 from onnxport.errors import CacheError, ExportError, SourceError
 from onnxport.isolation.parent import call
 from onnxport.passes.base import PassContext
 from onnxport.progress import ProgressCallback, Stage, StageClock
 from onnxport.request import ConversionRequest
-from onnxport.request.config import ConversionConfig, Exporter, IsolateExport, Quantization
+from onnxport.request.config import ConversionConfig
+from onnxport.request.export_config import Exporter, Quantization
+from onnxport.request.sections import IsolateExport
 from onnxport.tasks import Task
 from onnxport.verify.evaluation import Evaluation
 from onnxport.verify.generation import GenerationProof
@@ -119,7 +122,7 @@ def _fixed_resolution_fallback(
     (a size fixed inside it at export): the source with its own resolution fixed, declared
     with the reason, and the references at that resolution; None when the graph takes them
     all. A model that validates at its own resolution is not refused for the others."""
-    from onnxport.sources.huggingface import native_side, with_fixed_resolution
+    from onnxport.sources.huggingface_inputs import native_side, with_fixed_resolution
     from onnxport.verify.validate import first_refusal
 
     side = native_side(source)

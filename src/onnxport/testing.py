@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from onnxport.artifact.records import SmokeTestRecord
+from onnxport.artifact.records.validation import SmokeTestRecord
 from onnxport.errors import SmokeTestError, one_line
 from onnxport.verify.runtime import create_session, run_session
 

@@ -14,14 +14,11 @@ from typing import Any
 
 from pydantic import Field
 
-from onnxport.artifact.records import (
-    BenchmarkRecord,
-    ExportRecord,
-    MachineRecord,
-    OutputRecord,
-    Record,
-    SourceRecord,
-)
+from onnxport.artifact.records import Record
+from onnxport.artifact.records.benchmark import BenchmarkRecord, MachineRecord
+from onnxport.artifact.records.export import ExportRecord
+from onnxport.artifact.records.outputs import OutputRecord
+from onnxport.artifact.records.source import SourceRecord
 from onnxport.errors import OutputError, one_line
 
 MANIFEST_FILENAME = "manifest.json"

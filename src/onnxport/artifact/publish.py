@@ -22,7 +22,8 @@ import psutil
 
 from onnxport import interrupts
 from onnxport.artifact.manifest import MANIFEST_FILENAME, Manifest, sha256_file, verify_directory
-from onnxport.artifact.records import OutputRecord, SmokeTestRecord
+from onnxport.artifact.records.outputs import OutputRecord
+from onnxport.artifact.records.validation import SmokeTestRecord
 from onnxport.artifact.report import REPORT_FILENAMES, write_reports
 from onnxport.errors import OutputError, PublishError
 

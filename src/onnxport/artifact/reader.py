@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxport.artifact.manifest import Manifest, read_manifest, verify_directory
-from onnxport.artifact.records import OutputRecord
+from onnxport.artifact.records.outputs import OutputRecord
 from onnxport.errors import OutputError, one_line
 
 CONVERT_AGAIN = "convert again"

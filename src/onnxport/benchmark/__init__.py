@@ -23,12 +23,12 @@ import onnxruntime as ort
 
 from onnxport.artifact.manifest import Manifest
 from onnxport.artifact.reader import PublishedDirectory
-from onnxport.artifact.records import (
+from onnxport.artifact.records.benchmark import (
     BenchmarkRecord,
     BenchmarkSettingsRecord,
-    SourceKind,
     TimingRecord,
 )
+from onnxport.artifact.records.source import SourceKind
 from onnxport.artifact.report import write_reports
 from onnxport.benchmark.runtimes import (
     directory_inputs,

@@ -20,7 +20,7 @@ import onnxruntime as ort
 import psutil
 
 from onnxport.artifact.manifest import Manifest
-from onnxport.artifact.records import PYTORCH, RuntimeRecord
+from onnxport.artifact.records.benchmark import PYTORCH, RuntimeRecord
 from onnxport.samples import sample_texts
 from onnxport.tasks import Modality
 from onnxport.verify.runtime import create_session
@@ -48,7 +48,7 @@ def open_pytorch(manifest: Manifest, *, threads: int) -> tuple[Runtime, Any]:
     import torch
 
     from onnxport.export.strategies import adapter_for
-    from onnxport.request.config import SourceConfig
+    from onnxport.request.sections import SourceConfig
     from onnxport.sources import load_source
 
     torch.set_num_threads(threads)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from onnxport.artifact.records import TimingRecord
+from onnxport.artifact.records.benchmark import TimingRecord
 
 __all__ = ["ORDER_MARGIN", "SPREAD_LIMIT", "unstable_reasons"]
 

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from onnxport.artifact.manifest import Manifest
-from onnxport.artifact.records import BenchmarkRecord
+from onnxport.artifact.records.benchmark import BenchmarkRecord
 from onnxport.artifact.report import REPORT_HTML_FILENAME, REPORT_PLOT_FILENAME, rerender_reports
 from onnxport.artifact.report.tables import latency_row, unstable_note
 from onnxport.benchmark import (
@@ -70,7 +70,7 @@ def run_benchmark(
     )
     written = record_benchmark(output_dir, result, manifest)
     if os.environ.get("MLFLOW_RUN_ID"):
-        from onnxport.tracking import log_benchmark
+        from onnxport.tracking.benchmark import log_benchmark
 
         log_benchmark(result, Path(output_dir))
     if result.unstable:

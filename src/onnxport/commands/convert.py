@@ -10,13 +10,8 @@ import typer
 from onnxport.commands.console import console, setup_logging, stdout
 from onnxport.commands.flags import FlagNames
 from onnxport.process import freeze_startup_objects
-from onnxport.request.config import (
-    ConversionConfig,
-    Exporter,
-    ExternalData,
-    OptimizeLevel,
-    load_conversion_config,
-)
+from onnxport.request.config import ConversionConfig, load_conversion_config
+from onnxport.request.export_config import Exporter, ExternalData, OptimizeLevel
 from onnxport.tasks import Task
 
 FLAGS = FlagNames(

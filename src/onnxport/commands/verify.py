@@ -11,7 +11,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from onnxport.artifact.records import OutputComparisonRecord, VerificationRecord
+from onnxport.artifact.records.validation import OutputComparisonRecord
+from onnxport.artifact.records.verification import VerificationRecord
 from onnxport.artifact.report.labels import generation_label
 from onnxport.commands.console import literal, print_path, setup_logging, stdout
 from onnxport.commands.flags import FlagNames

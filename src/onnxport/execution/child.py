@@ -205,7 +205,8 @@ def _mlflow_logger() -> Callable:
     """Log the staged conversion to the parent's run before it is published."""
 
     def log(manifest, directory: Path) -> None:
-        from onnxport.tracking import log_conversion, quiet_mlflow
+        from onnxport.tracking.conversion import log_conversion
+        from onnxport.tracking.store import quiet_mlflow
 
         quiet_mlflow()
         import mlflow

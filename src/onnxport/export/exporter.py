@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from onnxport.artifact.records import AttemptRecord, ExportRecord
+from onnxport.artifact.records.export import AttemptRecord, ExportRecord
 from onnxport.errors import ConfigError, ExportError, one_line
 from onnxport.export.external_data import (
     wants_external_data,
@@ -29,13 +29,8 @@ from onnxport.export.strategies import (
 )
 from onnxport.export.template import TemplateData, bind, state_tensors, template_from_bytes
 from onnxport.export.workarounds import captured_stdout
-from onnxport.request.config import (
-    DEFAULT_OPSET,
-    Exporter,
-    ExternalData,
-    SourceConfig,
-    unsupported_opset,
-)
+from onnxport.request.export_config import DEFAULT_OPSET, Exporter, ExternalData, unsupported_opset
+from onnxport.request.sections import SourceConfig
 from onnxport.sources import load_source
 from onnxport.sources.base import Source
 from onnxport.tasks import Task

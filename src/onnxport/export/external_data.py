@@ -18,7 +18,7 @@ import onnx_ir as ir
 from onnx.external_data_helper import uses_external_data
 
 from onnxport.errors import ConfigError, ExportError
-from onnxport.request.config import ExternalData
+from onnxport.request.export_config import ExternalData
 
 if TYPE_CHECKING:
     import torch

@@ -24,7 +24,7 @@ from onnxport.export.template import (
     state_tensors,
     template_bytes,
 )
-from onnxport.request.config import EXPORTER_OPSETS, Exporter
+from onnxport.request.export_config import EXPORTER_OPSETS, Exporter
 from onnxport.sources.base import Source
 
 DYNAMO_OPSETS = EXPORTER_OPSETS[Exporter.DYNAMO]

@@ -17,6 +17,7 @@ from onnxport.passes.base import (
     count_nodes,
 )
 from onnxport.passes.calibration import calibration, gate_texts
+from onnxport.passes.candidates import quantize_search
 from onnxport.passes.optimize import OptimizePass
 from onnxport.passes.quantize import (
     DynamicInt8Pass,
@@ -24,9 +25,9 @@ from onnxport.passes.quantize import (
     StaticInt8Pass,
     check_nodes_to_exclude,
 )
-from onnxport.passes.search import quantize_search
 from onnxport.passes.weight_only import Int4Pass, Int8WeightsPass
-from onnxport.request.config import ConversionConfig, Exporter, OptimizeLevel, Quantization
+from onnxport.request.config import ConversionConfig
+from onnxport.request.export_config import Exporter, OptimizeLevel, Quantization
 from onnxport.tasks import Task
 
 if TYPE_CHECKING:  # sources import torch; the passes run without it

@@ -17,10 +17,11 @@ import numpy as np
 import onnx
 
 from onnxport.artifact.files import remove_model
-from onnxport.artifact.records import PassRecord
+from onnxport.artifact.records.export import PassRecord
 from onnxport.errors import OnnxportError, PassError, one_line
 from onnxport.passes.calibration import Calibration
-from onnxport.request.config import Exporter, QuantizeConfig
+from onnxport.request.export_config import Exporter
+from onnxport.request.quantize_config import QuantizeConfig
 
 logger = logging.getLogger(__name__)
 

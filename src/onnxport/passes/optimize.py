@@ -21,7 +21,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxport.passes.base import PassContext, has_external_data
-from onnxport.request.config import Exporter, OptimizeLevel
+from onnxport.request.export_config import Exporter, OptimizeLevel
 from onnxport.verify.runtime import create_session, session_options
 
 logger = logging.getLogger(__name__)

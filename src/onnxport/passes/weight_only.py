@@ -22,7 +22,7 @@ from onnx import numpy_helper
 
 from onnxport.passes.base import PassContext, save_like
 from onnxport.passes.quantize import check_nodes_to_exclude, quantized_nodes
-from onnxport.request.config import LmHead, QuantizeConfig
+from onnxport.request.quantize_config import LmHead, QuantizeConfig
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ LM writes text after prompts (`generate`, with `OnnxGenerator`). Nothing on this
 torch or transformers, so a serving process stays small and starts fast.
 """
 
-from onnxport.artifact.records import Pooling
+from onnxport.artifact.records.source import Pooling
 from onnxport.errors import PredictError, TextTooLongError
 from onnxport.predict.generator import DEFAULT_MAX_NEW_TOKENS, OnnxGenerator
 from onnxport.predict.predictions import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxport.artifact.records import Pooling
+from onnxport.artifact.records.source import Pooling
 
 # torch.nn.functional.normalize's default: a zero vector stays zero instead of dividing by 0.
 NORMALIZE_EPSILON = 1e-12

@@ -19,7 +19,7 @@ from tokenizers import Encoding, Tokenizer
 
 from onnxport.artifact.manifest import Manifest
 from onnxport.artifact.reader import PublishedDirectory
-from onnxport.artifact.records import Pooling
+from onnxport.artifact.records.source import Pooling
 from onnxport.errors import PredictError, TextTooLongError, one_line
 from onnxport.names import Variant
 from onnxport.predict.generator import OnnxGenerator

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from onnxport.errors import SourceError
-from onnxport.request.config import SourceConfig
+from onnxport.request.sections import SourceConfig
 from onnxport.sources.base import InputFactory, Source
 from onnxport.sources.checkpoint_files import is_huggingface_checkpoint
 from onnxport.sources.huggingface import load_huggingface

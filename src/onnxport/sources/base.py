@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from onnxport.artifact.manifest import sha256_file
-from onnxport.artifact.records import SentenceEmbeddingRecord, SourceKind, SourceRecord
+from onnxport.artifact.records.source import SentenceEmbeddingRecord, SourceKind, SourceRecord
 from onnxport.tasks import Modality, Task
 
 # An input factory builds named example inputs for a (batch, size) shape; `size` is the

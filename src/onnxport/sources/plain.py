@@ -28,7 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from onnxport.artifact.records import SourceKind
+from onnxport.artifact.records.source import SourceKind
 from onnxport.errors import SourceError, one_line
 from onnxport.sources.base import Source
 from onnxport.tasks import Modality, Task

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from onnxport.artifact.records import Pooling, SentenceEmbeddingRecord
+from onnxport.artifact.records.source import Pooling, SentenceEmbeddingRecord
 from onnxport.errors import SourceError, one_line
 
 MODULES_FILE = "modules.json"

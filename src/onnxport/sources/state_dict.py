@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
-from onnxport.artifact.records import SourceKind
+from onnxport.artifact.records.source import SourceKind
 from onnxport.errors import SourceError, one_line
-from onnxport.request.config import SourceConfig
+from onnxport.request.sections import SourceConfig
 from onnxport.sources.base import Source
 from onnxport.sources.checkpoint_files import check_safetensors
 from onnxport.sources.plain import plain_source, read_input_spec

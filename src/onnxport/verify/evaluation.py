@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from onnxport.artifact.records import TaskMetricRecord
+from onnxport.artifact.records.validation import TaskMetricRecord
 from onnxport.errors import ConfigError
 from onnxport.tasks import Task
 from onnxport.verify.runtime import run_session

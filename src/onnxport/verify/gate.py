@@ -17,12 +17,10 @@ from pathlib import Path
 from typing import Literal
 
 from onnxport.artifact.files import data_file_of
-from onnxport.artifact.records import (
-    DivergenceRecord,
-    OutputRecord,
-    PassRecord,
-    ValidationRecord,
-)
+from onnxport.artifact.records.divergence import DivergenceRecord
+from onnxport.artifact.records.export import PassRecord
+from onnxport.artifact.records.outputs import OutputRecord
+from onnxport.artifact.records.validation import ValidationRecord
 from onnxport.errors import ValidationError
 from onnxport.names import Variant
 from onnxport.tasks import Task

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from onnxport.artifact.records import GenerationProofRecord, GreedyDivergenceRecord
+from onnxport.artifact.records.validation import GenerationProofRecord, GreedyDivergenceRecord
 from onnxport.verify.decode import generate_ids
 
 PROOF_PROMPTS = (

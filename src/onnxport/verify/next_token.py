@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from onnxport.artifact.records import NextTokenRecord
+from onnxport.artifact.records.validation import NextTokenRecord
 from onnxport.verify.decode import cache_layout, empty_past
 from onnxport.verify.runtime import create_session
 

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from onnxport.artifact.manifest import MANIFEST_FILENAME, read_manifest, verify_directory
-from onnxport.artifact.records import InputRecord, VerificationRecord, VerifiedModelRecord
+from onnxport.artifact.records.validation import InputRecord
+from onnxport.artifact.records.verification import VerificationRecord, VerifiedModelRecord
 from onnxport.errors import VerifyInputError, one_line
 from onnxport.names import Variant
 from onnxport.request.config import ConversionConfig, parse_conversion_config

@@ -21,7 +21,8 @@ from torch.overrides import TorchFunctionMode
 
 from onnxport.errors import SourceError, one_line
 from onnxport.export.strategies import adapter_for
-from onnxport.request.config import ConversionConfig, Yardstick
+from onnxport.request.config import ConversionConfig
+from onnxport.request.validation_config import Yardstick
 from onnxport.sources.base import Source
 from onnxport.tasks import Task
 from onnxport.verify.evaluation import Evaluation, load_eval_set

@@ -7,7 +7,9 @@ for a conversion and for `onnxport verify` alike.
 from __future__ import annotations
 
 from onnxport.names import Variant
-from onnxport.request.config import ConversionConfig, OptimizeLevel, Quantization, Yardstick
+from onnxport.request.config import ConversionConfig
+from onnxport.request.export_config import OptimizeLevel, Quantization
+from onnxport.request.validation_config import Yardstick
 from onnxport.verify.compare import Tolerance
 from onnxport.verify.evaluation import Evaluation
 from onnxport.verify.gate import Rules

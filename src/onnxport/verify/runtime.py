@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _state
 
-from onnxport.artifact.records import InputRecord
+from onnxport.artifact.records.validation import InputRecord
 
 PROVIDERS = ["CPUExecutionProvider"]
 LOG_SEVERITY = 4

@@ -12,9 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from onnxport.artifact.records import CacheStatus, ExportRecord, InputRecord
+from onnxport.artifact.records.export import CacheStatus, ExportRecord
+from onnxport.artifact.records.validation import InputRecord
 from onnxport.errors import one_line
-from onnxport.request.config import ConversionConfig, Exporter
+from onnxport.request.config import ConversionConfig
+from onnxport.request.export_config import Exporter
 from onnxport.tasks import generation_step
 
 if TYPE_CHECKING:  # loading imports torch; the shapes need only its fields

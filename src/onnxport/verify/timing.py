@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxport.artifact.records import MachineRecord, RuntimeRecord, TimingRecord
+from onnxport.artifact.records.benchmark import MachineRecord, RuntimeRecord, TimingRecord
 from onnxport.verify.runtime import configured_threads, create_session, session_options
 
 logger = logging.getLogger(__name__)

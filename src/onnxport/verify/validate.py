@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxport.artifact.records import (
+from onnxport.artifact.records.validation import (
     ErrorBudgetRecord,
     OutputComparisonRecord,
     TaskAgreementRecord,
@@ -26,7 +26,7 @@ from onnxport.artifact.records import (
 )
 from onnxport.errors import one_line
 from onnxport.names import Variant
-from onnxport.request.config import DEFAULT_MIN_TASK_AGREEMENT, Yardstick
+from onnxport.request.validation_config import DEFAULT_MIN_TASK_AGREEMENT, Yardstick
 from onnxport.tasks import TASKS, AgreementMetric, Task
 from onnxport.verify.compare import (
     ErrorBudget,

@@ -3,7 +3,7 @@ the report: the shapes validated, the error ratio and its limit, the generation 
 
 from __future__ import annotations
 
-from onnxport.artifact.records import GenerationProofRecord, ValidationRecord
+from onnxport.artifact.records.validation import GenerationProofRecord, ValidationRecord
 from onnxport.tasks import generation_step
 
 

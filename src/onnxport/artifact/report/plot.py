@@ -7,7 +7,7 @@ import io
 from typing import TYPE_CHECKING
 
 from onnxport.artifact.manifest import Manifest
-from onnxport.artifact.records import PYTORCH
+from onnxport.artifact.records.benchmark import PYTORCH
 from onnxport.artifact.report.tables import candidate_label
 
 if TYPE_CHECKING:

@@ -7,14 +7,10 @@ import dataclasses
 from dataclasses import dataclass
 
 from onnxport.artifact.manifest import Manifest
-from onnxport.artifact.records import (
-    PYTORCH,
-    BenchmarkRecord,
-    CacheStatus,
-    CandidateRecord,
-    TimingRecord,
-    ValidationRecord,
-)
+from onnxport.artifact.records.benchmark import PYTORCH, BenchmarkRecord, TimingRecord
+from onnxport.artifact.records.export import CacheStatus
+from onnxport.artifact.records.outputs import CandidateRecord
+from onnxport.artifact.records.validation import ValidationRecord
 from onnxport.artifact.report.labels import error_ratio_label, generation_label, shapes_label
 
 

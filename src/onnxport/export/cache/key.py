@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from onnxport.artifact.records import SourceKind
+from onnxport.artifact.records.source import SourceKind
 from onnxport.export.cache.hint import EXCLUDED_CONFIG_KEYS, exporter_versions
 from onnxport.export.strategies import DYNAMO_OPSETS, adapter_for
 from onnxport.export.template import state_tensors
-from onnxport.request.config import Exporter
+from onnxport.request.export_config import Exporter
 from onnxport.request.fingerprints import canonical_json
 from onnxport.sources.base import Source
 from onnxport.sources.generative import CausalLMWithPast

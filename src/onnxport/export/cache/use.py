@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from onnxport.artifact.records import CacheStatus, ExportCacheRecord, ExportRecord
+from onnxport.artifact.records.export import CacheStatus, ExportCacheRecord, ExportRecord
 from onnxport.errors import CacheError
 from onnxport.export.cache.hint import HINT_FIELD, checkpoint_hint
 from onnxport.export.cache.key import cache_key, key_material, uncacheable
 from onnxport.export.cache.store import ExportCache, StoredEntry
 from onnxport.export.exporter import export_from_template, export_to_onnx
 from onnxport.export.template import TemplateData
-from onnxport.request.config import Exporter, ExternalData
+from onnxport.request.export_config import Exporter, ExternalData
 from onnxport.sources.base import Source
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxport.artifact.records import DivergenceRecord, OutputComparisonRecord, ValidationRecord
+from onnxport.artifact.records.divergence import DivergenceRecord
+from onnxport.artifact.records.validation import OutputComparisonRecord, ValidationRecord
 from onnxport.verify.divergence.pytorch import divergence_from_pytorch
 from onnxport.verify.divergence.variant import divergence_from_base
 from onnxport.verify.validate import Judging, Reference

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxport.artifact.records import NodeDivergenceRecord
+from onnxport.artifact.records.divergence import NodeDivergenceRecord
 from onnxport.verify.compare import TensorComparison
 from onnxport.verify.runtime import create_session, run_session, session_options
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from onnxport.artifact.manifest import MANIFEST_FILENAME
 from onnxport.artifact.reader import PublishedDirectory
-from onnxport.artifact.records import DivergenceRecord
+from onnxport.artifact.records.divergence import DivergenceRecord
 from onnxport.names import Variant
 from onnxport.request.config import ConversionConfig, parse_conversion_config
 from onnxport.tasks import Modality

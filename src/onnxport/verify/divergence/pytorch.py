@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from onnxport.artifact.records import DivergenceRecord, NodeDivergenceRecord
+from onnxport.artifact.records.divergence import DivergenceRecord, NodeDivergenceRecord
 from onnxport.verify.compare import ErrorBudget, TensorComparison, compare, error_budget
 from onnxport.verify.divergence.graph import (
     Producer,

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxport.artifact.records import DivergenceRecord, NodeDivergenceRecord
+from onnxport.artifact.records.divergence import DivergenceRecord, NodeDivergenceRecord
 from onnxport.verify.compare import Tolerance, compare, relative_l2
 from onnxport.verify.divergence.graph import (
     producers,

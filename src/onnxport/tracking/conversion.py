@@ -1,171 +1,27 @@
-"""MLflow tracking: the store, the conversion run and what is logged to it.
-
-The parent prepares the store (runs the database migration once, under a lock, before any
-child starts), creates the run with its tags (built by `request.lineage`), and makes sure it
-ends FINISHED or FAILED. The child continues the run (`MLFLOW_RUN_ID`) and logs parameters,
-metrics, artifacts and the ONNX model itself.
-"""
+"""What a conversion logs to its MLflow run: parameters, metrics, the reports and the ONNX
+models (with their signature and an input example), and the registration of the fp32 model."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import random
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from onnxport import interrupts
 from onnxport.artifact.manifest import MANIFEST_FILENAME, REPORT_FILENAME, Manifest
-from onnxport.artifact.records import ValidationRecord
-from onnxport.errors import InternalError, TrackingError, one_line
+from onnxport.artifact.records.validation import ValidationRecord
+from onnxport.errors import InternalError
 from onnxport.names import Variant
-from onnxport.request.config import ExperimentConfig
-from onnxport.request.lineage import is_secret, lineage_tags
+from onnxport.request.lineage import lineage_tags
 from onnxport.tasks import PRESENT_PREFIX
+from onnxport.tracking.store import quiet_mlflow, with_retry
 
-if TYPE_CHECKING:  # the benchmark module imports onnxruntime; the parent process need not
+if TYPE_CHECKING:
     import numpy as np
     import onnx
     from mlflow.models.signature import ModelSignature
 
-    from onnxport.artifact.records import BenchmarkRecord
-
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
-RUN_TYPE = "conversion"
-DB_FILENAME = "mlflow.db"
-ARTIFACTS_DIRNAME = "mlartifacts"
-
-
-def quiet_mlflow() -> None:
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("DO_NOT_TRACK", "true")
-    # Imported first: its import sets its loggers to INFO, which would undo the level set here
-    # ("Creating initial MLflow database tables..." on a new store, for a Python caller).
-    import mlflow  # noqa: F401
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
-def resolve_tracking_uri(root_dir: Path, experiment: ExperimentConfig) -> str:
-    if experiment.tracking_uri:
-        return experiment.tracking_uri
-    return f"sqlite:///{(Path(root_dir).absolute() / DB_FILENAME).as_posix()}"
-
-
-def resolve_artifact_location(root_dir: Path, experiment: ExperimentConfig) -> str:
-    if experiment.artifact_location:
-        return experiment.artifact_location
-    return (Path(root_dir).absolute() / ARTIFACTS_DIRNAME).as_uri()
-
-
-def _is_locked(error: BaseException) -> bool:
-    text = str(error).lower()
-    return "database is locked" in text or "database table is locked" in text
-
-
-def with_retry(call: Callable[[], T], *, attempts: int = 8) -> T:
-    """Retry an MLflow call that SQLite refused because another process held the lock."""
-    for attempt in range(attempts):
-        try:
-            return call()
-        except Exception as e:  # MLflow wraps sqlite's OperationalError in its own types
-            if not _is_locked(e) or attempt == attempts - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1) + random.random() * 0.2)
-    raise AssertionError("unreachable")
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    """The database file of a `sqlite:///` URI; None for other stores and in-memory SQLite."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
-    return Path(path) if path and path != ":memory:" else None
-
-
-def prepare_store(tracking_uri: str):
-    """An `MlflowClient` on a store that exists and is migrated; fails early if unreachable."""
-    quiet_mlflow()
-    from filelock import FileLock
-    from mlflow.tracking import MlflowClient
-
-    db = _sqlite_path(tracking_uri)
-    try:
-        if db is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
-            # Creating the store runs the schema migration; two processes doing it at once
-            # on a new file collide, so the first does it under a lock and the rest wait.
-            with FileLock(str(db) + ".lock", timeout=120):
-                client = MlflowClient(tracking_uri)
-                with_retry(lambda: client.search_experiments(max_results=1))
-        else:
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-            client = MlflowClient(tracking_uri)
-            client.search_experiments(max_results=1)
-    except Exception as e:  # any failure here means the store cannot be used
-        message = one_line(e, 200)
-        raise TrackingError(
-            f"cannot reach the MLflow tracking store {tracking_uri}: {message}",
-            hint="check tracking_uri in experiment.yaml, or leave it out for a local SQLite store",
-        ) from e
-    return client
-
-
-def ensure_experiment(client, name: str, artifact_location: str | None) -> str:
-    def get_or_create() -> str:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        try:
-            return client.create_experiment(name, artifact_location=artifact_location)
-        except Exception:  # another process created it first
-            experiment = client.get_experiment_by_name(name)
-            if experiment is None:
-                raise
-            return experiment.experiment_id
-
-    return with_retry(get_or_create)
-
-
-def create_run(client, experiment_id: str, *, run_name: str, tags: dict[str, str]) -> str:
-    safe = {k: v for k, v in tags.items() if not is_secret(k)}
-    safe["mlflow.runType"] = RUN_TYPE
-    run = with_retry(lambda: client.create_run(experiment_id, run_name=run_name, tags=safe))
-    return run.info.run_id
-
-
-def end_run(client, run_id: str, status: str) -> None:
-    with_retry(lambda: client.set_terminated(run_id, status=status))
-
-
-def run_status(client, run_id: str) -> str:
-    return with_retry(lambda: client.get_run(run_id)).info.status
-
-
-@contextmanager
-def failed_unless_finished(client, run_id: str) -> Iterator[None]:
-    """End the run FAILED if the block raises or leaves it unfinished (the parent's duty);
-    KILLED if it was interrupted (Ctrl-C, SIGTERM)."""
-    try:
-        yield
-    except BaseException as e:
-        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
-        try:
-            with interrupts.shielded():
-                end_run(client, run_id, status)
-        except Exception:
-            logger.exception("could not mark MLflow run %s %s", run_id, status)
-        raise
-    if run_status(client, run_id) not in ("FINISHED", "FAILED", "KILLED"):
-        end_run(client, run_id, "FINISHED")
 
 
 def _metrics(manifest: Manifest) -> dict[str, float]:
@@ -429,46 +285,3 @@ def register_reused(client, name: str, model, manifest: Manifest) -> str:
         )
     )
     return str(created.version)
-
-
-def benchmark_metrics(result: BenchmarkRecord) -> dict[str, float]:
-    """`benchmark.<runtime>.b<batch>.s<size>.p50_ms` and the like, per runtime and shape."""
-    from onnxport.artifact.records import PYTORCH
-
-    metrics: dict[str, float] = {}
-    for runtime in result.runtimes:
-        metrics[f"benchmark.{runtime.name}.load_seconds"] = runtime.load_seconds
-        if runtime.rss_growth_mb is not None:
-            metrics[f"benchmark.{runtime.name}.rss_growth_mb"] = runtime.rss_growth_mb
-    for t in result.timings:
-        prefix = f"benchmark.{t.runtime}.b{t.batch_size}.s{t.size}"
-        metrics[f"{prefix}.p50_ms"] = t.p50_ms
-        metrics[f"{prefix}.p90_ms"] = t.p90_ms
-        metrics[f"{prefix}.p99_ms"] = t.p99_ms
-        metrics[f"{prefix}.throughput"] = t.throughput
-        speedup = result.speedup(t)
-        if speedup is not None and t.runtime != PYTORCH:
-            metrics[f"{prefix}.speedup_vs_pytorch"] = round(speedup, 4)
-    # Unstable figures log no speed-up (`BenchmarkRecord.speedup`); this says why.
-    metrics["benchmark.unstable"] = 1.0 if result.unstable else 0.0
-    return {k.replace("-", "_"): v for k, v in metrics.items()}
-
-
-def log_benchmark(result: BenchmarkRecord, directory: Path) -> None:
-    """Log benchmark figures as metrics and the reports as artifacts to the active run, or
-    to the run `MLFLOW_RUN_ID` names."""
-    quiet_mlflow()
-    import mlflow
-
-    from onnxport.artifact.report import REPORT_HTML_FILENAME, REPORT_PLOT_FILENAME
-
-    run = contextlib.nullcontext() if mlflow.active_run() else mlflow.start_run()
-    try:
-        with run:
-            mlflow.log_metrics(benchmark_metrics(result))
-            for name in (REPORT_FILENAME, REPORT_HTML_FILENAME, REPORT_PLOT_FILENAME):
-                if (directory / name).is_file():
-                    mlflow.log_artifact(str(directory / name))
-    except Exception as e:  # MLflow and its stores raise many types
-        message = one_line(e)
-        raise TrackingError(f"cannot log the benchmark to MLflow: {message}") from e
