@@ -1,4 +1,4 @@
-"""External data: weights in `<model file>.data` beside the model, and back inline.
+"""External data: weights in `<model file>.data` beside the model, or inline after the graph.
 
 Protobuf cannot hold more than 2 GiB, so larger weights must go to `<file>.data`; smaller
 ones may (`output.external_data: always`: ONNX Runtime then maps them instead of copying).
