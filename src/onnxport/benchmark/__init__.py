@@ -259,7 +259,7 @@ def benchmark_directory(
             },
             versions=versions,
             created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            seconds=round(timer.record(), 2),
+            seconds=timer.record(),
             unstable=unstable_reasons(timings),
         )
 
