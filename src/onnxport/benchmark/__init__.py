@@ -213,7 +213,7 @@ def benchmark_directory(
     Raises `BenchmarkInputError` for a directory or settings that cannot be benchmarked.
     """
     output_dir = Path(output_dir)
-    manifest = manifest or _read_directory(output_dir)
+    manifest = manifest if manifest is not None else _read_directory(output_dir)
     sizes, size_name = _sizes(manifest, output_dir, settings)
     shapes = [(b, s) for b in settings.batch_sizes for s in sizes]
     grid = f"{len(shapes)} shapes, {settings.threads} threads, {settings.iterations} iterations"
@@ -274,5 +274,5 @@ def record_benchmark(
     (with their new checksums) last, so that no reader sees a half-written file.
     """
     output_dir = Path(output_dir)
-    manifest = manifest or _read_directory(output_dir)
+    manifest = manifest if manifest is not None else _read_directory(output_dir)
     return write_reports(output_dir, manifest.model_copy(update={"benchmark": result}))
