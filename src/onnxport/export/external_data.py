@@ -105,8 +105,9 @@ def save_model(model: ir.Model, path: Path, *, external: bool) -> None:
     _check_graph(proto)
     if external:
         with data.open("wb") as out:
-            for _, tensor in weights:
-                _write_tensor(out, tensor)
+            for value, tensor in weights:
+                if _write_tensor(out, tensor) != tensor.nbytes:  # the offsets assumed it
+                    raise ExportError(f"tensor {value.name} is not {tensor.nbytes} bytes long")
         with path.open("wb") as out:
             out.write(proto.SerializeToString())
         return
