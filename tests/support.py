@@ -163,6 +163,9 @@ class Project:
             "experiment_config": None,
             "conversion_experiment_name": self.experiment,
             "platform": "local",
+            # The tests read a reuse's run right after the call: it is written before the
+            # call returns (the detached recorder has tests of its own).
+            "wait_for_tracking": True,
             **self.defaults,
             **overrides,
         }

@@ -3,7 +3,8 @@
 Four processes ask for the same conversion and four for four different ones, all as the
 platform calls onnxport (`python -m onnxport.cli --config-dir ...`), on one project root and
 one store. Expected: one conversion per request (the others wait on the request's lock and
-reuse it), every process recorded as a run that ended, and no "database is locked" anywhere.
+reuse it), every process recorded as a run that ended (a reuse's run by the detached
+recorders, drained here once the processes are done), and no "database is locked" anywhere.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 import pytest
 
 from onnxport.artifact.manifest import read_manifest, verify_directory
+from onnxport.tracking.reuse import journal_dir, record_pending
 from support import (
     CONVERSION_TIMEOUT,
     CONVERSION_YAML,
@@ -88,6 +90,8 @@ def test_four_same_and_four_different_requests_against_one_store(
         assert leftovers(output) == []
     assert conversion_children() == []
 
+    record_pending(root)  # waits for the reuses' recorders, and writes what they left
+    assert list(journal_dir(root).glob("*.json")) == []
     runs = same.runs()
     assert len(runs) == SAME + DIFFERENT, "every process is recorded as a run"
     assert {r.info.status for r in runs} == {"FINISHED"}

@@ -18,6 +18,7 @@ from onnxport.artifact.manifest import verify_directory
 from onnxport.errors import ExportError
 from onnxport.execution import LINEAGE_ENV
 from onnxport.progress import Stage, StageEvent, Status
+from onnxport.tracking.reuse import record_pending
 from support import (
     CONVERSION_TIMEOUT,
     EXEC_FP,
@@ -140,6 +141,7 @@ def test_cli_run_force_converts_again_over_a_complete_result(
     assert main(args) == 0
     assert capsys.readouterr().out.strip() == str(expected)
     assert fake_child.calls == []  # reused
+    record_pending(shared_root)  # the reuse's run, written as its detached recorder would
     assert main([*args, "--force"]) == 1  # converted again, by the stand-in child that fails
     (call,) = fake_child.calls
     assert call["arguments"].output_dir == expected
@@ -192,6 +194,7 @@ def test_two_concurrent_cli_processes_convert_once_and_return_the_same_directory
         assert stdout.strip() == str(expected)
         assert "Traceback" not in stderr
     assert verify_directory(expected) == []
+    record_pending(tmp_path)  # waits for the reuse's recorder, and writes what it left
     (conversion,) = project.conversion_runs()
     (hit,) = project.cache_hit_runs()
     assert conversion.info.status == "FINISHED"

@@ -1,8 +1,9 @@
 """The platform-facing API: `execute_conversion` for a finished training run.
 
 Reads the training output, fingerprints the request, and either returns the complete
-directory of an identical earlier conversion or runs the conversion in an isolated child
-process, tracked in MLflow with its lineage. One conversion per `conv_fp` at a time: a
+directory of an identical earlier conversion (its reuse recorded in MLflow, by default by a
+detached recorder: `tracking.reuse`) or runs the conversion in an isolated child process,
+tracked in MLflow with its lineage. One conversion per `conv_fp` at a time: a
 second caller waits on a file lock and then reuses the first one's result.
 """
 
@@ -17,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from onnxport import interrupts
-from onnxport.artifact.manifest import read_manifest, verify_directory
+from onnxport.artifact.manifest import verify_directory
 from onnxport.artifact.publish import remove_stale_partials
-from onnxport.errors import ConfigError, TrackingError, one_line
+from onnxport.errors import ConfigError
 from onnxport.execution import LINEAGE_ENV, REGISTERED_MODEL_ENV, ChildArguments, run_child
 from onnxport.progress import ProgressCallback
 from onnxport.request.config import (
@@ -38,7 +39,7 @@ from onnxport.request.paths import (
     conversion_output_dir,
     read_parent_training_output,
 )
-from onnxport.tracking.conversion import log_figures, register_reused, registrable_model
+from onnxport.tracking.reuse import ReuseRecord, defer_reuse, record_reuse
 from onnxport.tracking.store import (
     create_run,
     ensure_experiment,
@@ -46,7 +47,6 @@ from onnxport.tracking.store import (
     prepare_store,
     resolve_artifact_location,
     resolve_tracking_uri,
-    with_retry,
 )
 
 logger = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ def execute_conversion(
     parent_training_run_id: str | None = None,
     *,
     force: bool = False,
+    wait_for_tracking: bool = False,
     on_log_line: Callable[[str], None] | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> Path:
@@ -110,6 +111,9 @@ def execute_conversion(
         parent_training_run_id: the training run's MLflow run id, recorded as lineage.
         force: rebuild even if a complete identical conversion exists, exporting even when
             the export cache holds the graph.
+        wait_for_tracking: a reused conversion returns once its MLflow run is written, not
+            as soon as the directory is checked (its run is then written by a detached
+            recorder, `tracking.reuse`). A reuse that registers its model always waits.
         on_log_line: receives the conversion process's log lines as they come (its records
             of WARNING and above go to this process's logging instead).
         on_progress: receives the conversion's `StageEvent`s as they come; default: logged.
@@ -129,12 +133,33 @@ def execute_conversion(
     )
     experiment = plan.experiment
     tracking_uri = resolve_tracking_uri(Path(root_dir), experiment)
-    client = prepare_store(tracking_uri)  # fails here, before converting, if unreachable
-    experiment_id = ensure_experiment(
-        client, experiment.experiment_name, resolve_artifact_location(Path(root_dir), experiment)
-    )
+    artifact_location = resolve_artifact_location(Path(root_dir), experiment)
     tags = run_tags(plan.lineage, plan.config, user_tags=experiment.tags)
     output_dir = plan.output_dir
+    reuse = ReuseRecord(
+        tracking_uri=tracking_uri,
+        experiment_name=experiment.experiment_name,
+        artifact_location=artifact_location,
+        run_name=plan.run_name + "-reused",
+        tags=tags,
+        output_dir=output_dir,
+        registered_model_name=experiment.registered_model_name,
+    )
+    # A complete directory is returned without a lock (it is replaced, if ever, by one
+    # rename) and without MLflow, unless the caller waits for the reuse's run.
+    if not force and output_dir.is_dir() and not verify_directory(output_dir):
+        if wait_for_tracking or reuse.registered_model_name:
+            record_reuse(reuse)
+        else:
+            defer_reuse(reuse, Path(root_dir))
+        logger.info(
+            "reusing the complete conversion %s (%.2f s)",
+            output_dir,
+            time.perf_counter() - started,
+        )
+        return output_dir
+    client = prepare_store(tracking_uri)  # fails here, before anything is made, if unreachable
+    experiment_id = ensure_experiment(client, experiment.experiment_name, artifact_location)
 
     from filelock import FileLock
 
@@ -146,15 +171,9 @@ def execute_conversion(
         # First: a killed run's leftovers go, and an earlier result it had moved aside returns.
         remove_stale_partials(output_dir)
         if not force and not verify_directory(output_dir):
-            _record_reuse(
-                client,
-                experiment_id,
-                plan.run_name,
-                tags,
-                output_dir,
-                registered_model_name=experiment.registered_model_name,
-                tracking_uri=tracking_uri,
-            )
+            # Made while this call waited for the lock, or returned from aside: the store is
+            # open, so the reuse's run is written at once.
+            record_reuse(reuse, client)
             logger.info(
                 "reusing the complete conversion %s (%.2f s)",
                 output_dir,
@@ -273,54 +292,3 @@ def _plan(
         run_name=f"conversion-{parent.backbone}-spec_{spec_fp}_exec_{exec_fp}"
         f"-v{parent.version}-{conv_fp}",
     )
-
-
-def _record_reuse(
-    client,
-    experiment_id: str,
-    run_name: str,
-    tags: dict,
-    output_dir: Path,
-    *,
-    registered_model_name: str | None,
-    tracking_uri: str,
-) -> None:
-    """A FINISHED run in this call's experiment that says the result was reused, points at
-    the run that made it and holds its figures and files; with `registered_model_name`, the
-    model that run logged is registered under it (once per conversion). The settings of this
-    call apply as they would to a conversion, or it says before recording anything why not."""
-    manifest = read_manifest(output_dir)
-    original = manifest.lineage.get("mlflow_run_id", "")
-    model = None
-    if registered_model_name:
-        model = registrable_model(client, original)
-        if model is None:
-            raise TrackingError(
-                f"cannot register the reused conversion {output_dir} as "
-                f"{registered_model_name}: the tracking store {tracking_uri} holds no model "
-                f"logged by the run that made it ({original or 'none recorded'})",
-                hint="convert again with force to log and register it in this store",
-            )
-    run_id = create_run(
-        client,
-        experiment_id,
-        run_name=run_name + "-reused",
-        tags={
-            **tags,
-            "onnxport.cache_hit": "true",
-            "onnxport.original_run_id": original,
-            "onnxport.output_dir": str(output_dir),
-        },
-    )
-    with failed_unless_finished(client, run_id):
-        try:
-            log_figures(client, run_id, manifest, output_dir)
-            if registered_model_name and model is not None:  # found above
-                version = register_reused(client, registered_model_name, model, manifest)
-                uri = f"models:/{registered_model_name}/{version}"
-                with_retry(lambda: client.set_tag(run_id, "onnxport.registered_model", uri))
-                logger.info("the reused conversion is registered as %s", uri)
-        except Exception as e:  # MLflow and its stores raise many types
-            raise TrackingError(
-                f"cannot record the reuse of {output_dir} in MLflow run {run_id}: {one_line(e)}"
-            ) from e

@@ -7,5 +7,6 @@ metrics, artifacts and the ONNX model itself.
 
 `store`: the store, experiments and runs (with retries on a locked database);
 `conversion`: what a conversion logs, and the registration of its model;
+`reuse`: the run of a reused conversion, written at once or by a detached recorder;
 `benchmark`: what `onnxport benchmark` logs.
 """

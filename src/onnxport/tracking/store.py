@@ -120,10 +120,22 @@ def ensure_experiment(client, name: str, artifact_location: str | None) -> str:
     return with_retry(get_or_create)
 
 
-def create_run(client, experiment_id: str, *, run_name: str, tags: dict[str, str]) -> str:
+def create_run(
+    client,
+    experiment_id: str,
+    *,
+    run_name: str,
+    tags: dict[str, str],
+    start_time: int | None = None,
+) -> str:
+    """A new run; `start_time` in ms since the epoch (default: now)."""
     safe = {k: v for k, v in tags.items() if not is_secret(k)}
     safe["mlflow.runType"] = RUN_TYPE
-    run = with_retry(lambda: client.create_run(experiment_id, run_name=run_name, tags=safe))
+    run = with_retry(
+        lambda: client.create_run(
+            experiment_id, start_time=start_time, run_name=run_name, tags=safe
+        )
+    )
     return run.info.run_id
 
 
