@@ -38,13 +38,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psutil
 from common import machine, now
+
+from onnxport.benchmark.generation import memory_bandwidth, weights_read_per_token
 
 PROMPTS = (
     "Explain in a few sentences why the sky is blue.",
@@ -245,53 +246,6 @@ class Worker:
 
 
 # ---- the machine's memory bandwidth ---------------------------------------------------------
-
-
-def memory_bandwidth(*, threads: int, mib: int = 512, repeats: int = 7) -> dict[str, float]:
-    """Best GB/s of numpy copies (`np.copyto`, counted as read + write bytes) and reads
-    (`sum` of a float32 array) over `repeats`, with the array split over `threads` threads
-    (numpy releases the GIL for both)."""
-    a = np.ones(mib * 1024 * 1024 // 4, dtype=np.float32)
-    b = np.empty_like(a)
-    parts = np.array_split(np.arange(a.size), threads)
-    bounds = [(int(p[0]), int(p[-1]) + 1) for p in parts]
-
-    def best(run: Callable[[int, int], object], bytes_moved: int) -> float:
-        seconds = []
-        with ThreadPoolExecutor(threads) as pool:
-            for _ in range(repeats):
-                started = time.perf_counter()
-                list(pool.map(lambda lo_hi: run(*lo_hi), bounds))
-                seconds.append(time.perf_counter() - started)
-        return bytes_moved / min(seconds) / 1e9
-
-    return {
-        "copy_gb_s": best(lambda lo, hi: np.copyto(b[lo:hi], a[lo:hi]), 2 * a.nbytes),
-        "read_gb_s": best(lambda lo, hi: a[lo:hi].sum(), a.nbytes),
-    }
-
-
-def weights_read_per_token(model: Path) -> int:
-    """The initializer bytes a one-token step reads: every initializer except those used
-    only as a Gather's table (an embedding, of which a step reads one row)."""
-    import onnx
-
-    graph = onnx.load(str(model), load_external_data=False).graph
-    gathered: set[str] = set()
-    used: set[str] = set()
-    for node in graph.node:
-        for position, name in enumerate(node.input):
-            if node.op_type == "Gather" and position == 0:
-                gathered.add(name)
-            else:
-                used.add(name)
-    total = 0
-    for tensor in graph.initializer:
-        if tensor.name in gathered and tensor.name not in used:
-            continue
-        size = int(np.prod(tensor.dims, dtype=np.int64))
-        total += size * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    return total
 
 
 def pytorch_weights_read(checkpoint: Path) -> int:

@@ -470,3 +470,55 @@ def test_a_tracked_benchmark_logs_metrics_and_artifacts(
     assert "benchmark.pytorch.b1.s8.speedup_vs_pytorch" not in metrics
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"report.md", REPORT_HTML_FILENAME, REPORT_PLOT_FILENAME} <= artifacts
+
+
+# ------------------------------------------------------------------- text generation
+
+
+def test_a_text_generation_conversion_is_measured_generating(cli, copy_output) -> None:
+    """Prefill at two prompt lengths, decode tokens/s, each runtime's own peak RSS and its
+    share of the measured memory bandwidth, PyTorch's `generate()` the reference."""
+    directory = copy_output("gpt2-generation")
+    run = cli(
+        *("benchmark", directory, "--seq-lengths", "4,12", "--new-tokens", "6"),
+        *("--rounds", "2", "--threads", "1", "--json"),
+    )
+    assert run.code == 0, run.stderr
+    result = BenchmarkRecord.model_validate_json(run.stdout)
+    assert read_manifest(directory).benchmark == result
+    assert verify_directory(directory) == []
+    generation = result.generation
+    assert generation is not None
+    names = [d.runtime for d in generation.decode]
+    assert names[0] == "pytorch" and "fp32" in names
+    assert {(t.runtime, t.batch_size, t.size) for t in result.timings} == {
+        (name, 1, length) for name in names for length in (4, 12)
+    }
+    assert {t.iterations for t in result.timings} == {3 * 2}  # 3 forwards a round, 2 rounds
+    assert (result.settings.new_tokens, result.settings.rounds) == (6, 2)
+    assert generation.bandwidth_gb_s > 0.5
+    assert len(generation.prompt_tokens) == 3
+    for decode in generation.decode:
+        assert len(decode.tokens_per_s_rounds) == 2
+        assert min(decode.tokens_per_s_rounds) <= decode.tokens_per_s
+        assert decode.tokens_per_s <= max(decode.tokens_per_s_rounds)
+        assert decode.bytes_per_token > 0
+        expected = decode.tokens_per_s * decode.bytes_per_token / (generation.bandwidth_gb_s * 1e9)
+        assert decode.bandwidth_share == pytest.approx(expected)
+    by_name = {d.runtime: d for d in generation.decode}
+    assert by_name["fp32"].same_tokens == "3/3", "the proven graph generates PyTorch's tokens"
+    assert by_name["pytorch"].same_tokens is None
+    # Each runtime measured in a process of its own: torch's import alone outweighs the graph.
+    assert by_name["pytorch"].peak_rss_mb > by_name["fp32"].peak_rss_mb > 0
+    report = (directory / "report.md").read_text(encoding="utf-8")
+    assert "## Benchmark: decode" in report
+    assert "| fp32 | " in report.split("## Benchmark: decode")[1]
+
+
+def test_a_generation_longer_than_the_model_reads_is_refused(cli, copy_output) -> None:
+    directory = copy_output("gpt2-generation")
+    before = (directory / MANIFEST_FILENAME).read_bytes()
+    run = cli("benchmark", directory, "--seq-lengths", "4", "--new-tokens", "100000")
+    assert run.code == 2, run.stderr
+    assert "new tokens make" in run.stderr and "more than the" in run.stderr
+    assert (directory / MANIFEST_FILENAME).read_bytes() == before

@@ -60,7 +60,8 @@ def peak_rss_mb(usage: resource.struct_rusage | None = None) -> float:
     """The largest resident memory, in MB, that the kernel recorded (`ru_maxrss`): of the
     child whose `usage` `os.wait4` returned (it and the children it waited for), or else of
     this process and the children it waited for. The largest process's, not a sum: a child
-    that runs while its parent waits is measured at its own peak, however short."""
+    that runs while its parent waits is measured at its own peak, however short. A child's
+    figure is at least its parent's memory when it was forked (`own_peak_rss_mb` is not)."""
     if usage is None:
         usage_kib = max(
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
@@ -69,3 +70,18 @@ def peak_rss_mb(usage: resource.struct_rusage | None = None) -> float:
     else:
         usage_kib = usage.ru_maxrss
     return usage_kib / 1024.0
+
+
+def own_peak_rss_mb() -> float:
+    """This process's own peak resident memory, in MB, since it started its program: Linux's
+    `VmHWM`. Unlike `ru_maxrss`, it leaves out the parent's memory at the fork, which the
+    kernel counts in a child's `ru_maxrss` (a child of a parent holding torch starts with
+    torch's peak). Elsewhere, `ru_maxrss`."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return peak_rss_mb(resource.getrusage(resource.RUSAGE_SELF))

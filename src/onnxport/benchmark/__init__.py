@@ -60,6 +60,10 @@ DEFAULT_BATCH_SIZES = (1, 8)
 DEFAULT_SEQ_LENGTHS = (32, 128)
 DEFAULT_ITERATIONS = 20
 DEFAULT_WARMUP = 3
+DEFAULT_NEW_TOKENS = 64
+DEFAULT_ROUNDS = 3
+PREFILL_REPEATS = 3
+"""A text-generation benchmark's forwards per prompt length, in each round."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,9 @@ class BenchmarkSettings:
         warmup: untimed runs per runtime and shape before the timed ones.
         seed: seed of the generated inputs.
         onnx_spinning: let ONNX Runtime's idle threads spin (see `onnx_session_options`).
+        new_tokens: a text-generation conversion: the tokens generated after each prompt.
+        rounds: a text-generation conversion: how many times each runtime is measured, in
+            interleaved rounds (its prompt lengths are `seq_lengths`, its batch 1).
     """
 
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
@@ -83,6 +90,8 @@ class BenchmarkSettings:
     warmup: int = DEFAULT_WARMUP
     seed: int = 0
     onnx_spinning: bool = False
+    new_tokens: int = DEFAULT_NEW_TOKENS
+    rounds: int = DEFAULT_ROUNDS
 
     def __post_init__(self) -> None:
         for name in ("batch_sizes", "seq_lengths"):
@@ -92,13 +101,26 @@ class BenchmarkSettings:
             if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
                 raise BenchmarkInputError(f"{name} must be positive integers, not {list(values)}")
             object.__setattr__(self, name, tuple(dict.fromkeys(values)))
-        for name in ("threads", "iterations"):
+        for name in ("threads", "iterations", "new_tokens", "rounds"):
             if getattr(self, name) < 1:
                 raise BenchmarkInputError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.warmup < 0:
             raise BenchmarkInputError(f"warmup must be 0 or more, not {self.warmup}")
 
-    def record(self) -> BenchmarkSettingsRecord:
+    def record(self, *, generation: bool = False) -> BenchmarkSettingsRecord:
+        """What was measured: a text-generation conversion's grid is batch 1, its prompt
+        lengths `seq_lengths`, `PREFILL_REPEATS` forwards each per round after one warm-up."""
+        if generation:
+            return BenchmarkSettingsRecord(
+                batch_sizes=[1],
+                seq_lengths=list(self.seq_lengths),
+                threads=self.threads,
+                iterations=PREFILL_REPEATS * self.rounds,
+                warmup=1,
+                seed=self.seed,
+                new_tokens=self.new_tokens,
+                rounds=self.rounds,
+            )
         return BenchmarkSettingsRecord(
             batch_sizes=list(self.batch_sizes),
             seq_lengths=list(self.seq_lengths),
@@ -136,6 +158,8 @@ def _sizes(
             f"sequence length {too_long[0]} is more than the {limit} tokens this model reads",
             hint=f"use sequence lengths up to {limit}",
         )
+    if Task(manifest.source.task) is Task.TEXT_GENERATION:
+        return list(settings.seq_lengths), "prompt length"
     return list(settings.seq_lengths), "sequence length"
 
 
@@ -215,6 +239,15 @@ def benchmark_directory(
     output_dir = Path(output_dir)
     manifest = manifest if manifest is not None else _read_directory(output_dir)
     sizes, size_name = _sizes(manifest, output_dir, settings)
+    if Task(manifest.source.task) is Task.TEXT_GENERATION:
+        return _benchmark_generation(
+            output_dir,
+            manifest,
+            settings,
+            sizes,
+            include_pytorch=include_pytorch,
+            progress=progress,
+        )
     shapes = [(b, s) for b in settings.batch_sizes for s in sizes]
     grid = f"{len(shapes)} shapes, {settings.threads} threads, {settings.iterations} iterations"
     with StageClock(progress).stage(Stage.BENCHMARK, BenchmarkError, detail=grid) as timer:
@@ -242,25 +275,81 @@ def benchmark_directory(
         finally:
             if torch_threads is not None:
                 torch.set_num_threads(torch_threads)
-        spinning = "on" if settings.onnx_spinning else "off"
         return BenchmarkRecord(
             settings=settings.record(),
             runtimes=[r.figures for r in runtimes],
             timings=timings,
             size_name=size_name,
             inputs=kind,
-            machine={
-                "cpu_model": cpu_model(),
-                "logical_cpus": os.cpu_count(),
-                "threads": settings.threads,
-                "threading": f"torch.set_num_threads({settings.threads}); onnxruntime "
-                f"intra_op_num_threads={settings.threads}, inter_op_num_threads=1, "
-                f"spinning {spinning}",
-            },
+            machine=_machine(settings),
             versions=versions,
             created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             seconds=timer.record(),
             unstable=unstable_reasons(timings),
+        )
+
+
+def _machine(settings: BenchmarkSettings) -> dict[str, object]:
+    spinning = "on" if settings.onnx_spinning else "off"
+    return {
+        "cpu_model": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "threads": settings.threads,
+        "threading": f"torch.set_num_threads({settings.threads}); onnxruntime "
+        f"intra_op_num_threads={settings.threads}, inter_op_num_threads=1, "
+        f"spinning {spinning}",
+    }
+
+
+def _benchmark_generation(
+    output_dir: Path,
+    manifest: Manifest,
+    settings: BenchmarkSettings,
+    prompt_lengths: list[int],
+    *,
+    include_pytorch: bool,
+    progress: ProgressCallback,
+) -> BenchmarkRecord:
+    """A text-generation conversion's benchmark (`benchmark.generation`): each runtime in a
+    process of its own, in `settings.rounds` interleaved rounds."""
+    from onnxport.benchmark.generation import benchmark_generation, generation_prompts
+
+    prompts = generation_prompts(
+        PublishedDirectory(output_dir, manifest), prompt_lengths, settings.new_tokens
+    )
+    detail = (
+        f"prefill at {', '.join(map(str, prompt_lengths))} tokens, decode of "
+        f"{settings.new_tokens} tokens, {settings.rounds} rounds, {settings.threads} threads"
+    )
+    with StageClock(progress).stage(Stage.BENCHMARK, BenchmarkError, detail=detail) as timer:
+        versions = {"onnxruntime": ort.__version__, "python": platform.python_version()}
+        if include_pytorch:
+            import torch
+
+            versions["torch"] = torch.__version__
+        runtimes, timings, generation = benchmark_generation(
+            output_dir,
+            manifest,
+            prompts,
+            prompt_lengths=prompt_lengths,
+            new_tokens=settings.new_tokens,
+            rounds=settings.rounds,
+            repeats=PREFILL_REPEATS,
+            threads=settings.threads,
+            include_pytorch=include_pytorch,
+        )
+        return BenchmarkRecord(
+            settings=settings.record(generation=True),
+            runtimes=runtimes,
+            timings=timings,
+            size_name="prompt length",
+            inputs="the chat template's prompts and raw text, tokenized",
+            machine=_machine(settings),
+            versions=versions,
+            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            seconds=timer.record(),
+            unstable=unstable_reasons(timings),
+            generation=generation,
         )
 
 

@@ -40,6 +40,18 @@ def rss_bytes() -> int:
     return psutil.Process().memory_info().rss
 
 
+def load_recorded_source(manifest: Manifest) -> Any:
+    """The source checkpoint the manifest records, loaded with the settings it recorded."""
+    from onnxport.request.sections import SourceConfig
+    from onnxport.sources import load_source
+
+    try:
+        settings = SourceConfig.model_validate(manifest.config.get("source", {}))
+    except ValueError:
+        settings = SourceConfig()
+    return load_source(Path(manifest.source.path), settings)
+
+
 def open_pytorch(manifest: Manifest, *, threads: int) -> tuple[Runtime, Any]:
     """PyTorch eager on the source checkpoint the manifest records; also returns its Source.
 
@@ -48,16 +60,10 @@ def open_pytorch(manifest: Manifest, *, threads: int) -> tuple[Runtime, Any]:
     import torch
 
     from onnxport.export.strategies import adapter_for
-    from onnxport.request.sections import SourceConfig
-    from onnxport.sources import load_source
 
     torch.set_num_threads(threads)
-    try:
-        settings = SourceConfig.model_validate(manifest.config.get("source", {}))
-    except ValueError:
-        settings = SourceConfig()
     started = time.perf_counter()
-    source = load_source(Path(manifest.source.path), settings)
+    source = load_recorded_source(manifest)
     seconds = time.perf_counter() - started
     adapter = adapter_for(source)
     names = source.input_names

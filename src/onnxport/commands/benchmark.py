@@ -18,9 +18,16 @@ from rich.table import Table
 from onnxport.artifact.manifest import Manifest
 from onnxport.artifact.records.benchmark import BenchmarkRecord
 from onnxport.artifact.report import REPORT_HTML_FILENAME, REPORT_PLOT_FILENAME, rerender_reports
-from onnxport.artifact.report.tables import latency_row, unstable_note
+from onnxport.artifact.report.benchmark_tables import (
+    DECODE_HEADERS,
+    decode_row,
+    latency_row,
+    unstable_note,
+)
 from onnxport.benchmark import (
     DEFAULT_ITERATIONS,
+    DEFAULT_NEW_TOKENS,
+    DEFAULT_ROUNDS,
     DEFAULT_WARMUP,
     BenchmarkSettings,
     benchmark_directory,
@@ -88,8 +95,22 @@ def benchmark_published(output_dir: Path, manifest: Manifest, console: Console) 
     written = run_benchmark(
         output_dir, BenchmarkSettings(), include_pytorch=True, console=console, manifest=manifest
     )
-    console.print(benchmark_table(written.benchmark))
+    for table in benchmark_tables(written.benchmark):
+        console.print(table)
     return written
+
+
+def benchmark_tables(result: BenchmarkRecord) -> list[Table]:
+    """The latencies, and a text-generation conversion's decode figures."""
+    tables = [benchmark_table(result)]
+    if result.generation is not None:
+        decode = Table(title=f"decode, {result.settings.new_tokens} new tokens (greedy, batch 1)")
+        for index, column in enumerate(DECODE_HEADERS):
+            decode.add_column(column, justify="left" if index == 0 else "right")
+        for d in result.generation.decode:
+            decode.add_row(*(literal(cell) for cell in decode_row(result, d)))
+        tables.append(decode)
+    return tables
 
 
 def benchmark_table(result: BenchmarkRecord) -> Table:
@@ -123,6 +144,12 @@ def benchmark_command(
         int, typer.Option(help="Timed runs per runtime and shape.")
     ] = DEFAULT_ITERATIONS,
     warmup: Annotated[int, typer.Option(help="Untimed runs before them.")] = DEFAULT_WARMUP,
+    new_tokens: Annotated[
+        int, typer.Option(help="Text generation: tokens generated after each prompt.")
+    ] = DEFAULT_NEW_TOKENS,
+    rounds: Annotated[
+        int, typer.Option(help="Text generation: interleaved rounds, each runtime once per round.")
+    ] = DEFAULT_ROUNDS,
     no_pytorch: Annotated[
         bool, typer.Option("--no-pytorch", help="Benchmark the ONNX models alone (no torch).")
     ] = False,
@@ -130,13 +157,20 @@ def benchmark_command(
         bool, typer.Option("--json", help="Print the figures as JSON instead of a table.")
     ] = False,
 ) -> None:
-    """Measure PyTorch eager and every published ONNX model, interleaved; update the report."""
+    """Measure PyTorch eager and every published ONNX model, interleaved; update the report.
+
+    A text-generation conversion is measured generating: prefill latency at each of
+    --seq-lengths (batch 1), decode tokens/s over --new-tokens after 3 chat prompts, and each
+    runtime's peak RSS, each runtime in a process of its own, in --rounds interleaved rounds.
+    """
     settings = BenchmarkSettings(
         batch_sizes=parse_sizes(batch_sizes, "--batch-sizes"),
         seq_lengths=parse_sizes(seq_lengths, "--seq-lengths"),
         threads=default_threads() if threads is None else threads,
         iterations=iterations,
         warmup=warmup,
+        new_tokens=new_tokens,
+        rounds=rounds,
     )
     written = run_benchmark(output_dir, settings, include_pytorch=not no_pytorch, console=console)
     result = written.benchmark
@@ -144,7 +178,8 @@ def benchmark_command(
         stdout.print_json(result.model_dump_json())
         return
     print_path(stdout, "output", output_dir)
-    stdout.print(benchmark_table(result))
+    for table in benchmark_tables(result):
+        stdout.print(table)
     print_path(
         stdout, "report", f"{output_dir / REPORT_HTML_FILENAME} (plot: {REPORT_PLOT_FILENAME})"
     )

@@ -9,7 +9,7 @@ from rich.text import Text
 
 from onnxport.artifact.manifest import Manifest
 from onnxport.artifact.report.labels import error_ratio_label, generation_label, shapes_label
-from onnxport.artifact.report.tables import Table as ReportTable
+from onnxport.artifact.report.table import Table as ReportTable
 from onnxport.artifact.report.tables import resolution_note, search_tables
 from onnxport.commands.console import literal, print_path
 from onnxport.progress import Stage, StageEvent, Status

@@ -74,6 +74,46 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text[: min(found)], True) if found else (text, False)
 
 
+class Prompting:
+    """How a text-generation directory's prompts become token ids, without its model: its
+    tokenizer, chat template, special tokens, end tokens and pad token."""
+
+    def __init__(self, published: PublishedDirectory) -> None:
+        directory = published.path
+        config = published.json_file("config.json")
+        tokenizer_config = published.json_file("tokenizer_config.json", required=False)
+        self.tokenizer: Tokenizer = load_tokenizer(directory)
+        self.context = model_max_length(config, tokenizer_config)
+        """The most tokens the model reads: prompt and new tokens together."""
+        self.special_tokens = {
+            name: token
+            for name in SPECIAL_TOKENS
+            if (token := token_setting(tokenizer_config, name)) is not None
+        }
+        self.chat_template = chat_template(directory, tokenizer_config)
+        eos = self.special_tokens.get("eos_token")
+        self.end_ids = _end_ids(published, config, self.tokenizer.token_to_id(eos) if eos else None)
+        pad = self.special_tokens.get("pad_token")
+        pad_id = self.tokenizer.token_to_id(pad) if pad else None
+        if pad_id is None and not self.end_ids:
+            raise PredictError(
+                f"{directory} names no end token (generation_config.json, config.json "
+                "and tokenizer_config.json have no eos_token_id or eos_token)",
+                hint="set eos_token_id in the checkpoint's generation_config.json",
+            )
+        self.pad_id: int = pad_id if pad_id is not None else self.end_ids[0]
+
+    def ids(self, prompt: str, *, raw: bool = False) -> list[int]:
+        """The tokens the model reads for `prompt`: the chat template's rendering of it as the
+        user's message, tokenized without adding special tokens again (the template writes
+        its own); `raw`, or without a template, the prompt as transformers' tokenizer encodes
+        it (its special tokens added)."""
+        if raw or self.chat_template is None:
+            return self.tokenizer.encode(prompt).ids
+        text = render_chat(self.chat_template, prompt, self.special_tokens)
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+
 class OnnxGenerator:
     """Text generation with a published text-generation variant (`OnnxGenerator.open`).
 
@@ -95,30 +135,12 @@ class OnnxGenerator:
         batch_size: int = DEFAULT_GENERATION_BATCH,
     ) -> None:
         self.directory = published.path
-        config = published.json_file("config.json")
-        tokenizer_config = published.json_file("tokenizer_config.json", required=False)
-        self._tokenizer: Tokenizer = load_tokenizer(self.directory)
-        self.context = model_max_length(config, tokenizer_config)
+        self.prompting = Prompting(published)
+        self.context = self.prompting.context
         """The most tokens the model reads: prompt and new tokens together."""
-        self._special_tokens = {
-            name: token
-            for name in SPECIAL_TOKENS
-            if (token := token_setting(tokenizer_config, name)) is not None
-        }
-        self.chat_template = chat_template(self.directory, tokenizer_config)
-        eos = self._special_tokens.get("eos_token")
-        self.end_ids = _end_ids(
-            published, config, self._tokenizer.token_to_id(eos) if eos else None
-        )
-        pad = self._special_tokens.get("pad_token")
-        pad_id = self._tokenizer.token_to_id(pad) if pad else None
-        if pad_id is None and not self.end_ids:
-            raise PredictError(
-                f"{self.directory} names no end token (generation_config.json, config.json "
-                "and tokenizer_config.json have no eos_token_id or eos_token)",
-                hint="set eos_token_id in the checkpoint's generation_config.json",
-            )
-        self.pad_id: int = pad_id if pad_id is not None else self.end_ids[0]
+        self.chat_template = self.prompting.chat_template
+        self.end_ids = self.prompting.end_ids
+        self.pad_id = self.prompting.pad_id
         self.batch_size = batch_size
         model_path = published.model_file(variant)
         self._session = create_session(model_path, session_options(threads=threads, spinning=False))
@@ -141,14 +163,8 @@ class OnnxGenerator:
         return cls(PublishedDirectory.open(Path(directory)), variant, threads=threads)
 
     def prompt_ids(self, prompt: str, *, raw: bool = False) -> list[int]:
-        """The tokens the model reads for `prompt`: the chat template's rendering of it as the
-        user's message, tokenized without adding special tokens again (the template writes
-        its own); `raw`, or without a template, the prompt as transformers' tokenizer encodes
-        it (its special tokens added)."""
-        if raw or self.chat_template is None:
-            return self._tokenizer.encode(prompt).ids
-        text = render_chat(self.chat_template, prompt, self._special_tokens)
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
+        """The tokens the model reads for `prompt` (`Prompting.ids`)."""
+        return self.prompting.ids(prompt, raw=raw)
 
     def generate(
         self,
@@ -183,7 +199,9 @@ class OnnxGenerator:
             self._check_fits(index, len(ids), limit)
 
         def stopped(tokens: Sequence[int]) -> bool:
-            return cut_at_stop(self._tokenizer.decode(tokens, skip_special_tokens=True), stops)[1]
+            return cut_at_stop(
+                self.prompting.tokenizer.decode(tokens, skip_special_tokens=True), stops
+            )[1]
 
         results = []
         for first in range(0, len(encoded), self.batch_size):
@@ -198,7 +216,7 @@ class OnnxGenerator:
                 finished=stopped if stops else None,
             )
             for row, tokens in enumerate(generated.tokens):
-                text = self._tokenizer.decode(tokens, skip_special_tokens=True)
+                text = self.prompting.tokenizer.decode(tokens, skip_special_tokens=True)
                 text, stopped = cut_at_stop(text, stops)
                 ended = stopped or generated.finished[row]
                 reason = FinishReason.STOP if ended else FinishReason.LENGTH

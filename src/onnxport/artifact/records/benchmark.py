@@ -30,6 +30,10 @@ class BenchmarkSettingsRecord(Record):
     warmup: int
     seed: int = 0
     onnx_spinning: bool = False
+    new_tokens: int | None = None
+    """A text-generation benchmark: the tokens generated per prompt (None: not one)."""
+    rounds: int | None = None
+    """A text-generation benchmark: how many times each runtime measured, interleaved."""
 
 
 class RuntimeRecord(Record):
@@ -64,6 +68,37 @@ class TimingRecord(Record):
     """Samples per second at the median latency: batch_size / p50."""
 
 
+class DecodeRecord(Record):
+    """One runtime generating: greedy, batch 1, from the first new token to the last."""
+
+    runtime: str
+    tokens_per_s: float
+    """The median over the rounds (each: every prompt's decode steps over their time)."""
+    tokens_per_s_rounds: list[float]
+    peak_rss_mb: float
+    """The peak RSS of the process that measured this runtime alone (load included)."""
+    bytes_per_token: int | None
+    """What a decode step reads: the weights it multiplies (an embedding table, of which it
+    reads a row, left out) and the KV cache at the mean past length."""
+    bandwidth_share: float | None
+    """tokens/s x bytes_per_token over the machine's measured memory bandwidth."""
+    same_tokens: str | None = None
+    """Prompts whose greedy tokens equal PyTorch's, as `k/n`; None for PyTorch itself."""
+
+
+class GenerationBenchmarkRecord(Record):
+    """A text-generation conversion's decode figures (its prefill figures are the timings)."""
+
+    prompt_tokens: list[int]
+    """The length of each chat prompt generated from."""
+    bandwidth_gb_s: float
+    """This machine's memory bandwidth: the best of numpy copies and reads, same threads."""
+    decode: list[DecodeRecord]
+
+    def runtime(self, name: str) -> DecodeRecord | None:
+        return next((d for d in self.decode if d.runtime == name), None)
+
+
 class BenchmarkRecord(Record):
     """`onnxport benchmark`'s figures: every runtime on every shape, measured interleaved."""
 
@@ -82,6 +117,9 @@ class BenchmarkRecord(Record):
     """Why the figures are the machine's noise rather than the models' (a wide spread, a
     larger input faster than a smaller one); empty when they are consistent. No speed-up is
     claimed from unstable figures."""
+    generation: GenerationBenchmarkRecord | None = None
+    """A text-generation conversion's decode figures; `timings` then hold its prefill (batch
+    1, an empty cache, one forward over a prompt of each length)."""
 
     def timing(self, runtime: str, batch_size: int, size: int) -> TimingRecord | None:
         key = (runtime, batch_size, size)

@@ -6,7 +6,8 @@ import base64
 import html
 
 from onnxport.artifact.manifest import Manifest
-from onnxport.artifact.report.tables import PLOT_BENCHMARK, PLOT_SEARCH, Table, sections
+from onnxport.artifact.report.table import Table
+from onnxport.artifact.report.tables import PLOT_BENCHMARK, PLOT_SEARCH, sections
 
 _CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2330;

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from onnxport.artifact.manifest import Manifest
-from onnxport.artifact.report.tables import PLOT_BENCHMARK, Table, sections
+from onnxport.artifact.report.table import Table
+from onnxport.artifact.report.tables import PLOT_BENCHMARK, sections
 
 REPORT_PLOT_FILENAME = "report.png"
 

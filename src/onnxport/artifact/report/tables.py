@@ -7,25 +7,17 @@ import dataclasses
 from dataclasses import dataclass
 
 from onnxport.artifact.manifest import Manifest
-from onnxport.artifact.records.benchmark import PYTORCH, BenchmarkRecord, TimingRecord
 from onnxport.artifact.records.export import CacheStatus
 from onnxport.artifact.records.outputs import CandidateRecord
 from onnxport.artifact.records.validation import ValidationRecord
+from onnxport.artifact.report.benchmark_tables import (
+    benchmark_note,
+    benchmark_tables,
+    decode_note,
+    decode_table,
+)
 from onnxport.artifact.report.labels import error_ratio_label, generation_label, shapes_label
-
-
-@dataclass(frozen=True)
-class Table:
-    headers: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
-    numeric: frozenset[int] = frozenset()
-    """Column indexes right-aligned in HTML."""
-
-
-def size(num_bytes: int | None) -> str:
-    if num_bytes is None:
-        return "-"
-    return f"{num_bytes / 1e6:.1f} MB"
+from onnxport.artifact.report.table import Table, size
 
 
 def resolution_note(manifest: Manifest) -> str | None:
@@ -235,85 +227,6 @@ def _budget_table(validation: ValidationRecord) -> Table:
     return Table(headers, tuple(rows), frozenset(range(2, 8)))
 
 
-def _speedup(result: BenchmarkRecord, timing: TimingRecord) -> str:
-    if timing.runtime == PYTORCH:
-        return "reference"
-    if result.unstable:
-        return "unstable"
-    ratio = result.speedup(timing)
-    return "-" if ratio is None else f"{ratio:.2f}x"
-
-
-def latency_row(result: BenchmarkRecord, t: TimingRecord) -> tuple[str, ...]:
-    """One row of the latency table, as the report and the terminal both show it."""
-    return (
-        str(t.batch_size),
-        str(t.size),
-        t.runtime,
-        f"{t.p50_ms:.2f}",
-        f"{t.p90_ms:.2f}",
-        f"{t.p99_ms:.2f}",
-        f"{t.throughput:.1f}",
-        _speedup(result, t),
-    )
-
-
-def benchmark_tables(result: BenchmarkRecord) -> tuple[Table, Table]:
-    runtimes = Table(
-        ("runtime", "engine", "file", "size", "load s", "RSS growth after warm-up"),
-        tuple(
-            (
-                r.name,
-                r.engine,
-                r.file or "-",
-                size(r.size_bytes),
-                f"{r.load_seconds:.2f}",
-                "-" if r.rss_growth_mb is None else f"{r.rss_growth_mb:.0f} MB",
-            )
-            for r in result.runtimes
-        ),
-        frozenset({3, 4, 5}),
-    )
-    order = {r.name: i for i, r in enumerate(result.runtimes)}
-    timings = sorted(result.timings, key=lambda t: (t.batch_size, t.size, order.get(t.runtime, 0)))
-    latency = Table(
-        (
-            "batch",
-            result.size_name,
-            "runtime",
-            "p50 ms",
-            "p90 ms",
-            "p99 ms",
-            "samples/s",
-            "speed-up vs PyTorch (p50)",
-        ),
-        tuple(latency_row(result, t) for t in timings),
-        frozenset({0, 1, 3, 4, 5, 6, 7}),
-    )
-    return runtimes, latency
-
-
-def benchmark_note(result: BenchmarkRecord) -> str:
-    s = result.settings
-    versions = ", ".join(f"{k} {v}" for k, v in result.versions.items())
-    return (
-        f"Measured {result.created_at} on {result.machine.get('cpu_model')} "
-        f"({result.machine.get('logical_cpus')} logical CPUs), {s.threads} threads "
-        f"({result.machine.get('threading')}). {s.iterations} timed runs per runtime and "
-        f"shape after {s.warmup} warm-up runs, interleaved (each iteration runs every runtime "
-        f"once, in rotating order) on the same inputs ({result.inputs}); {versions}."
-        + (f" {unstable_note(result)}" if result.unstable else "")
-    )
-
-
-def unstable_note(result: BenchmarkRecord) -> str:
-    """What the report, the plot and the terminal say of unstable figures."""
-    return (
-        f"Unstable timings, no speed-up claimed: {'; '.join(result.unstable)}. Measure again "
-        "on an idle machine, or with more iterations."
-    )
-
-
 def candidate_label(candidate: CandidateRecord) -> str:
     """A candidate of a search as a reader names it: `dynamic per-channel, 2 nodes left in
     float`."""
@@ -431,6 +344,14 @@ def sections(manifest: Manifest) -> list[Section]:
                 plot=PLOT_BENCHMARK,
             )
         )
+        if result.generation is not None:
+            found.append(
+                Section(
+                    "Benchmark: decode",
+                    note=decode_note(result),
+                    tables=(decode_table(result),),
+                )
+            )
     timings = Table(
         ("stage", "seconds"),
         tuple((k, f"{v:.2f}") for k, v in manifest.timings.items()),
