@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import io
+import json
 import logging
 import os
+import pickle
 import shutil
 import sys
 import tempfile
@@ -26,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from models import MODELS, build_llama_chat
-from onnxport.artifact.manifest import Manifest
+from onnxport.artifact.manifest import Manifest, read_manifest
 from onnxport.artifact.records.export import ExportRecord
 from onnxport.export import export_to_onnx
 from onnxport.pipeline import convert
@@ -185,23 +188,31 @@ class Converted:
 @pytest.fixture(scope="session")
 def converted(checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Converted]:
     """`converted(name)`: `pipeline.convert` of a checkpoint with the TorchScript exporter
-    (fast); the CLI tests cover the default dynamo exporter. Shared: copy before damaging."""
-    root = tmp_path_factory.mktemp("converted")
+    (fast); the CLI tests cover the default dynamo exporter. Converted once for both
+    workers (`suite.build_once`). Shared: copy before damaging."""
     done: dict[str, Converted] = {}
     fast = ConversionConfig().with_overrides(onnx={"exporter": "torchscript"})
 
     def get(name: str) -> Converted:
         if name not in done:
-            events: list[StageEvent] = []
-            # A KV cache exports with the dynamo exporter only.
-            generative = MODELS[name].task is Task.TEXT_GENERATION
-            request = ConversionRequest(
-                source_path=checkpoint(name),
-                output_dir=root / name,
-                config=ConversionConfig() if generative else fast,
-            )
-            manifest = convert(request, progress=events.append)
-            done[name] = Converted(manifest, root / name, tuple(events))
+
+            def build(root: Path) -> None:
+                events: list[StageEvent] = []
+                # A KV cache exports with the dynamo exporter only.
+                generative = MODELS[name].task is Task.TEXT_GENERATION
+                request = ConversionRequest(
+                    source_path=checkpoint(name),
+                    output_dir=root / "published" / name,
+                    config=ConversionConfig() if generative else fast,
+                )
+                convert(request, progress=events.append)
+                (root / "events.pickle").write_bytes(pickle.dumps(events))
+
+            root = build_once(tmp_path_factory, f"converted-{name}", build)
+            events = pickle.loads((root / "events.pickle").read_bytes())
+            # In a directory of its own: a test checks that nothing is left beside it.
+            output = root / "published" / name
+            done[name] = Converted(read_manifest(output), output, tuple(events))
         return done[name]
 
     return get
@@ -284,14 +295,20 @@ def cli() -> Callable[..., CliRun]:
 @pytest.fixture(scope="session")
 def cli_converted(checkpoint, tmp_path_factory: pytest.TempPathFactory):
     """`cli_converted(name)`: `onnxport convert CHECKPOINT -o DIR` in process, default
-    settings (dynamo exporter); returns the run and the output directory."""
-    root = tmp_path_factory.mktemp("cli-converted")
+    settings (dynamo exporter), once for both workers; returns the run and the output
+    directory."""
     done: dict[str, tuple[CliRun, Path]] = {}
 
     def get(name: str) -> tuple[CliRun, Path]:
         if name not in done:
-            output = root / name
-            done[name] = (run_cli("convert", checkpoint(name), "-o", output), output)
+
+            def build(root: Path) -> None:
+                run = run_cli("convert", checkpoint(name), "-o", root / "published" / name)
+                (root / "run.json").write_text(json.dumps(dataclasses.asdict(run)))
+
+            root = build_once(tmp_path_factory, f"cli-converted-{name}", build)
+            run = CliRun(**json.loads((root / "run.json").read_text()))
+            done[name] = (run, root / "published" / name)
         return done[name]
 
     return get
