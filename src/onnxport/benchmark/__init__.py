@@ -331,7 +331,6 @@ def _benchmark_generation(
             output_dir,
             manifest,
             prompts,
-            prompt_lengths=prompt_lengths,
             new_tokens=settings.new_tokens,
             rounds=settings.rounds,
             repeats=PREFILL_REPEATS,

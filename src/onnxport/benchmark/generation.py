@@ -321,7 +321,6 @@ def benchmark_generation(
     manifest: Manifest,
     prompts: Prompts,
     *,
-    prompt_lengths: Sequence[int],
     new_tokens: int,
     rounds: int,
     repeats: int,
@@ -333,9 +332,9 @@ def benchmark_generation(
     runtimes, the prefill timings (batch 1, size = prompt length) and the decode figures."""
     from onnxport.isolation.parent import call
 
-    published = PublishedDirectory(output_dir, manifest)
-    chats, prefills, pad_id = prompts.chats, prompts.prefills, prompts.pad_id
-    files = {str(out.variant): output_dir / out.file for out in manifest.published_outputs()}
+    chats, prefills = prompts.chats, prompts.prefills
+    outputs = {str(out.variant): out for out in manifest.published_outputs()}
+    files = {name: output_dir / out.file for name, out in outputs.items()}
     names = ([PYTORCH] if include_pytorch else []) + list(files)
     job = {
         name: Job(
@@ -347,7 +346,7 @@ def benchmark_generation(
             prefills=tuple(tuple(p) for p in prefills),
             new_tokens=new_tokens,
             repeats=repeats,
-            pad_id=pad_id,
+            pad_id=prompts.pad_id,
         )
         for name in names
     }
@@ -399,34 +398,35 @@ def benchmark_generation(
                 same_tokens=same,
             )
         )
-        for length in prompt_lengths:
+        for length in (len(p) for p in prefills):
             ms = [v for m in runs for v in m.prefill_ms[length]]
             timings.append(_timing(name, length, ms))
-        runtimes.append(_runtime_record(name, files.get(name), published, runs))
+        load = round(statistics.median(m.load_seconds for m in runs), 4)
+        if name == PYTORCH:
+            runtimes.append(_pytorch_record(Path(manifest.source.path), load))
+        else:
+            out = outputs[name]
+            runtimes.append(
+                RuntimeRecord(
+                    name=name,
+                    engine="onnxruntime",
+                    file=out.file,
+                    size_bytes=out.total_size_bytes or 0,
+                    load_seconds=load,
+                )
+            )
     generation = GenerationBenchmarkRecord(
         prompt_tokens=[len(c) for c in chats], bandwidth_gb_s=bandwidth, decode=decode
     )
     return runtimes, timings, generation
 
 
-def _runtime_record(
-    name: str, model: Path | None, published: PublishedDirectory, runs: list[Measured]
-) -> RuntimeRecord:
-    load = statistics.median(m.load_seconds for m in runs)
-    if model is None:
-        files = [f for f in Path(published.manifest.source.path).glob("*.safetensors")]
-        return RuntimeRecord(
-            name=PYTORCH,
-            engine="pytorch-eager",
-            file=files[0].name if len(files) == 1 else None,
-            size_bytes=sum(f.stat().st_size for f in files),
-            load_seconds=round(load, 4),
-        )
-    data = model.with_name(model.name + ".data")
+def _pytorch_record(checkpoint: Path, load_seconds: float) -> RuntimeRecord:
+    files = sorted(checkpoint.glob("*.safetensors")) if checkpoint.is_dir() else [checkpoint]
     return RuntimeRecord(
-        name=name,
-        engine="onnxruntime",
-        file=model.name,
-        size_bytes=model.stat().st_size + (data.stat().st_size if data.is_file() else 0),
-        load_seconds=round(load, 4),
+        name=PYTORCH,
+        engine="pytorch-eager",
+        file=files[0].name if len(files) == 1 else None,
+        size_bytes=sum(f.stat().st_size for f in files if f.is_file()),
+        load_seconds=load_seconds,
     )
