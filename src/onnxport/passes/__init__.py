@@ -82,6 +82,7 @@ def pass_context(source: Source, exporter: Exporter, config: ConversionConfig) -
         model_type=source.model_type,
         num_heads=source.facts.num_heads,
         hidden_size=source.facts.hidden_size,
+        max_positions=source.facts.max_positions,
         calibration=calibration(source, config) if static else None,
         settings=config.quantize,
         texts=gate_texts(source, config) if source.task is Task.TEXT_GENERATION else (),

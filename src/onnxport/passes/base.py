@@ -35,6 +35,8 @@ class PassContext:
     model_type: str | None = None
     num_heads: int = 0
     hidden_size: int = 0
+    max_positions: int = 0
+    """The most positions the model reads: a decoder's fused rotary caches hold as many."""
     calibration: Calibration | None = None
     """Static quantization's samples (`passes.calibration`)."""
     settings: QuantizeConfig = field(default_factory=QuantizeConfig)

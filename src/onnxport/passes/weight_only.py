@@ -21,6 +21,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxport.passes.base import PassContext, save_like
+from onnxport.passes.decoder_fusion import fuse_decoder
 from onnxport.passes.quantize import check_nodes_to_exclude, quantized_nodes
 from onnxport.request.quantize_config import LmHead, QuantizeConfig
 
@@ -108,6 +109,14 @@ class WeightOnlyPass:
         excluded = set(settings.nodes_to_exclude)
         if head is not None and settings.lm_head is not LmHead.FLOAT:
             untied = _untie(proto.graph, head)
+        fusions = None
+        # Fused after the head is untied (else its Transpose and MatMul fuse into a
+        # FusedMatMul the quantizer passes over); not when the user names nodes to keep.
+        if context.max_positions and not settings.nodes_to_exclude:
+            fused = fuse_decoder(proto, max_positions=context.max_positions)
+            if fused is not None:
+                proto, fusions = fused
+                head = _lm_head(proto.graph)
         # The head is quantized with the others unless it is kept in float, or in 8 bits
         # when the others take 4 (a pass of its own below).
         kept_apart = (LmHead.FLOAT,) if self.bits == 8 else (LmHead.FLOAT, LmHead.INT8)
@@ -126,6 +135,7 @@ class WeightOnlyPass:
             "accuracy_level": settings.accuracy_level,
             "lm_head": settings.lm_head.value if head is not None else None,
             "lm_head_untied": untied,
+            "decoder_fusion": fusions,
             "nodes_to_exclude": list(settings.nodes_to_exclude),
             "quantized_nodes": quantized_nodes(output),
         }

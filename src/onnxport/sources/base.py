@@ -35,6 +35,8 @@ class ModelFacts:
     num_heads: int = 0
     """Attention heads (0: unknown, or per stage): the TorchScript graph's fusions need it."""
     hidden_size: int = 0
+    max_positions: int = 0
+    """The most positions the model reads (`max_position_embeddings`; 0: unknown)."""
     label2id: Mapping[str, int] = field(default_factory=dict)
     """The classifier's labels (config.json), which a labelled evaluation set names."""
 

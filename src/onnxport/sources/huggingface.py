@@ -245,6 +245,7 @@ def load_huggingface(
         facts=ModelFacts(
             num_heads=_int_setting(config, "num_attention_heads"),
             hidden_size=_int_setting(config, "hidden_size"),
+            max_positions=_int_setting(config, "max_position_embeddings"),
             label2id={str(k): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()},
         ),
     )
