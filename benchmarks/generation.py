@@ -2,7 +2,7 @@
 each published ONNX variant of a text-generation conversion.
 
 Each runtime lives in its own worker process (this script run with `--worker`), so that its
-peak RSS (`ru_maxrss`) is its own: PyTorch with `attn_implementation="eager"` (what onnxport
+peak RSS (`VmHWM`) is its own: PyTorch with `attn_implementation="eager"` (what onnxport
 validates against) and with the default `sdpa`, and one worker per published ONNX variant
 (which imports neither torch nor transformers). The parent tokenizes and drives the workers
 in interleaved rounds: each round runs every runtime once, in rotating order, while the
@@ -14,7 +14,7 @@ Per runtime:
 - decode tokens/s, prefill excluded: 3 chat prompts (through the chat template), greedy,
   64 new tokens each (end tokens ignored on both sides, so that every runtime decodes the
   same number of steps), timed from the first new token to the last;
-- peak RSS of the worker process (`ru_maxrss`), and its RSS once loaded;
+- peak RSS of the worker process (`VmHWM`: its own, not its parent's at the fork), and its RSS once loaded;
 - whether its greedy tokens are identical to PyTorch eager's;
 - decode as a share of the memory-bandwidth limit: the bytes a decode step reads (the
   weights that the step multiplies, plus the KV cache at the mean past length) times
@@ -32,12 +32,10 @@ import argparse
 import functools
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +43,13 @@ import numpy as np
 import psutil
 from common import machine, now
 
-from onnxport.benchmark.generation import memory_bandwidth, weights_read_per_token
+from onnxport.benchmark.generation import (
+    OnnxGeneration,
+    PyTorchGeneration,
+    memory_bandwidth,
+    weights_read_per_token,
+)
+from onnxport.process import own_peak_rss_mb
 
 PROMPTS = (
     "Explain in a few sentences why the sky is blue.",
@@ -75,91 +79,9 @@ def _rss_mb() -> float:
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-class _PyTorchWorker:
-    def __init__(self, checkpoint: Path, attention: str, threads: int) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        torch.set_num_threads(threads)
-        self.torch = torch
-        self.model = AutoModelForCausalLM.from_pretrained(
-            checkpoint, attn_implementation=attention, dtype=torch.float32
-        ).eval()
-        # End tokens are ignored: every runtime decodes the same number of steps.
-        self.model.generation_config.eos_token_id = None
-
-    def prefill(self, ids: list[int]) -> None:
-        tensor = self.torch.tensor([ids])
-        with self.torch.inference_mode():
-            self.model(
-                input_ids=tensor, attention_mask=self.torch.ones_like(tensor), use_cache=True
-            )
-
-    def generate(self, ids: list[int], new: int, stamp: Callable[[], None]) -> list[int]:
-        from transformers.generation.streamers import BaseStreamer
-
-        class Stamps(BaseStreamer):
-            def __init__(self) -> None:
-                self.prompt_seen = False
-
-            def put(self, value: Any) -> None:
-                if self.prompt_seen:
-                    stamp()
-                self.prompt_seen = True
-
-            def end(self) -> None:
-                pass
-
-        tensor = self.torch.tensor([ids])
-        with self.torch.inference_mode():
-            out = self.model.generate(
-                tensor,
-                attention_mask=self.torch.ones_like(tensor),
-                max_new_tokens=new,
-                do_sample=False,
-                pad_token_id=self.model.config.pad_token_id,
-                streamer=Stamps(),
-            )
-        return [int(t) for t in out[0, len(ids) :]]
-
-
-class _OnnxWorker:
-    def __init__(self, model: Path, threads: int, pad_id: int) -> None:
-        from onnxport.verify.decode import cache_layout
-        from onnxport.verify.runtime import create_session, session_options
-
-        self.session = create_session(model, session_options(threads=threads, spinning=False))
-        self.layout = cache_layout(self.session)
-        self.pad_id = pad_id
-
-    def prefill(self, ids: list[int]) -> None:
-        from onnxport.verify.decode import generate_ids
-
-        generate_ids(
-            self.session,
-            [ids],
-            max_new_tokens=1,
-            end_ids=(),
-            pad_id=self.pad_id,
-            layout=self.layout,
-        )
-
-    def generate(self, ids: list[int], new: int, stamp: Callable[[], None]) -> list[int]:
-        from onnxport.verify.decode import generate_ids
-
-        generated = generate_ids(
-            self.session,
-            [ids],
-            max_new_tokens=new,
-            end_ids=(),
-            pad_id=self.pad_id,
-            layout=self.layout,
-            on_step=lambda step, logits: stamp(),
-        )
-        return generated.tokens[0]
+    # Not ru_maxrss: a child's counts its parent's memory at the fork (this parent has
+    # transformers' tokenizer loaded).
+    return own_peak_rss_mb()
 
 
 def _stamp(stamps: list[float]) -> None:
@@ -171,11 +93,18 @@ def worker(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
     kind, _, target = args.worker.partition(":")
-    runtime: _PyTorchWorker | _OnnxWorker
+    runtime: PyTorchGeneration | OnnxGeneration
     if kind == "pytorch":
-        runtime = _PyTorchWorker(args.checkpoint, target, args.threads)
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(args.threads)
+        model = AutoModelForCausalLM.from_pretrained(
+            args.checkpoint, attn_implementation=target, dtype=torch.float32
+        ).eval()
+        runtime = PyTorchGeneration(model, args.pad_id)
     else:
-        runtime = _OnnxWorker(Path(target), args.threads, args.pad_id)
+        runtime = OnnxGeneration(Path(target), args.threads, args.pad_id)
     reply: dict[str, Any] = {"load_s": time.perf_counter() - started, "rss_mb": _rss_mb()}
     print(json.dumps(reply), flush=True)
     for line in sys.stdin:

@@ -92,20 +92,27 @@ class Measured:
     """The child's own peak (`process.own_peak_rss_mb`), loading included."""
 
 
-class _PyTorch:
-    def __init__(self, job: Job) -> None:
+class PyTorchGeneration:
+    """PyTorch eager `generate()` on a loaded `*ForCausalLM`, greedy, end tokens ignored (so
+    that every runtime decodes the same number of steps)."""
+
+    def __init__(self, model: Any, pad_id: int) -> None:
         import torch
 
+        self.torch = torch
+        self.model = model
+        self.model.generation_config.eos_token_id = None
+        self.pad_id = pad_id
+
+    @classmethod
+    def recorded(cls, directory: Path, pad_id: int) -> PyTorchGeneration:
+        """On the source checkpoint that `directory`'s manifest records, loaded as the
+        conversion loaded it."""
         from onnxport.artifact.manifest import read_manifest
         from onnxport.benchmark.runtimes import load_recorded_source
 
-        torch.set_num_threads(job.threads)
-        self.torch = torch
-        source = load_recorded_source(read_manifest(job.directory))
-        self.model = source.module.model  # the *ForCausalLM inside the flat-signature wrapper
-        # End tokens are ignored: every runtime decodes the same number of steps.
-        self.model.generation_config.eos_token_id = None
-        self.pad_id = job.pad_id
+        source = load_recorded_source(read_manifest(directory))
+        return cls(source.module.model, pad_id)  # inside the flat-signature wrapper
 
     def prefill(self, ids: Sequence[int]) -> None:
         tensor = self.torch.tensor([list(ids)])
@@ -115,6 +122,8 @@ class _PyTorch:
             )
 
     def generate(self, ids: Sequence[int], new: int, stamp: Callable[[], None]) -> list[int]:
+        """`new` tokens after `ids`; `stamp` is called as each new token after the first
+        comes."""
         from transformers.generation.streamers import BaseStreamer
 
         class Stamps(BaseStreamer):
@@ -142,17 +151,17 @@ class _PyTorch:
         return [int(t) for t in out[0, len(ids) :]]
 
 
-class _Onnx:
-    def __init__(self, job: Job) -> None:
+class OnnxGeneration:
+    """onnxport's own loop (`verify.decode.generate_ids`) on one ONNX file, greedy, end
+    tokens ignored; the same calls as `PyTorchGeneration`."""
+
+    def __init__(self, model: Path, threads: int, pad_id: int) -> None:
         from onnxport.verify.decode import cache_layout
         from onnxport.verify.runtime import create_session, session_options
 
-        assert job.model is not None
-        self.session = create_session(
-            job.model, session_options(threads=job.threads, spinning=False)
-        )
+        self.session = create_session(model, session_options(threads=threads, spinning=False))
         self.layout = cache_layout(self.session)
-        self.pad_id = job.pad_id
+        self.pad_id = pad_id
 
     def prefill(self, ids: Sequence[int]) -> None:
         from onnxport.verify.decode import generate_ids
@@ -188,7 +197,14 @@ def _stamp(stamps: list[float]) -> None:
 def measure(job: Job, progress: object = None) -> Measured:
     """One runtime loaded, warmed up and measured (the function each child runs)."""
     started = time.perf_counter()
-    runtime = _PyTorch(job) if job.model is None else _Onnx(job)
+    runtime: PyTorchGeneration | OnnxGeneration
+    if job.model is None:
+        import torch
+
+        torch.set_num_threads(job.threads)
+        runtime = PyTorchGeneration.recorded(job.directory, job.pad_id)
+    else:
+        runtime = OnnxGeneration(job.model, job.threads, job.pad_id)
     load_seconds = time.perf_counter() - started
     runtime.generate(job.chats[0], WARMUP_TOKENS, lambda: None)
     for ids in job.prefills:
