@@ -14,7 +14,8 @@ Per runtime:
 - decode tokens/s, prefill excluded: 3 chat prompts (through the chat template), greedy,
   64 new tokens each (end tokens ignored on both sides, so that every runtime decodes the
   same number of steps), timed from the first new token to the last;
-- peak RSS of the worker process (`VmHWM`: its own, not its parent's at the fork), and its RSS once loaded;
+- peak RSS of the worker process (`VmHWM`: its own, not its parent's at the fork), and
+  its RSS once loaded;
 - whether its greedy tokens are identical to PyTorch eager's;
 - decode as a share of the memory-bandwidth limit: the bytes a decode step reads (the
   weights that the step multiplies, plus the KV cache at the mean past length) times
