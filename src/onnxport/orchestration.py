@@ -152,12 +152,7 @@ def execute_conversion(
             record_reuse(reuse)
         else:
             defer_reuse(reuse, Path(root_dir))
-        logger.info(
-            "reusing the complete conversion %s (%.2f s)",
-            output_dir,
-            time.perf_counter() - started,
-        )
-        return output_dir
+        return _reused(output_dir, started)
     client = prepare_store(tracking_uri)  # fails here, before anything is made, if unreachable
     experiment_id = ensure_experiment(client, experiment.experiment_name, artifact_location)
 
@@ -174,12 +169,7 @@ def execute_conversion(
             # Made while this call waited for the lock, or returned from aside: the store is
             # open, so the reuse's run is written at once.
             record_reuse(reuse, client)
-            logger.info(
-                "reusing the complete conversion %s (%.2f s)",
-                output_dir,
-                time.perf_counter() - started,
-            )
-            return output_dir
+            return _reused(output_dir, started)
         run_id = create_run(client, experiment_id, run_name=plan.run_name, tags=tags)
         logger.info(
             "converting %s into %s (MLflow run %s)", plan.parent.checkpoint, output_dir, run_id
@@ -208,6 +198,13 @@ def execute_conversion(
             client.log_metric(run_id, "child_peak_rss_mb", child.peak_rss_mb)
             client.log_metric(run_id, "seconds.total", time.perf_counter() - started)
     logger.info("conversion complete in %.1f s: %s", time.perf_counter() - started, output_dir)
+    return output_dir
+
+
+def _reused(output_dir: Path, started: float) -> Path:
+    logger.info(
+        "reusing the complete conversion %s (%.2f s)", output_dir, time.perf_counter() - started
+    )
     return output_dir
 
 

@@ -9,6 +9,10 @@ The vocabulary projection (the MatMul that makes `logits`) is stored as `quantiz
 says. A model with tied embeddings feeds it the embedding's weight through a Transpose, which
 the quantizer passes over (it quantizes initializers only): the transposed weight is then
 made an initializer of its own, quantized, while the embedding's Gather keeps the float one.
+
+A decoder's attention is fused for ONNX Runtime first (`passes.decoder_fusion`: one
+GroupQueryAttention per layer, its Q/K/V and gate/up MatMuls merged), when every layer fuses
+and no `quantize.nodes_to_exclude` names nodes; the pass records what it fused.
 """
 
 from __future__ import annotations
