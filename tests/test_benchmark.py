@@ -510,6 +510,11 @@ def test_a_text_generation_conversion_is_measured_generating(cli, copy_output) -
     assert by_name["pytorch"].same_tokens is None
     # Each runtime measured in a process of its own: torch's import alone outweighs the graph.
     assert by_name["pytorch"].peak_rss_mb > by_name["fp32"].peak_rss_mb > 0
+    from onnxport.tracking.benchmark import benchmark_metrics
+
+    metrics = benchmark_metrics(result)
+    assert metrics["benchmark.fp32.decode.tokens_per_s"] == by_name["fp32"].tokens_per_s
+    assert metrics["benchmark.memory_bandwidth_gb_s"] == generation.bandwidth_gb_s
     report = (directory / "report.md").read_text(encoding="utf-8")
     assert "## Benchmark: decode" in report
     assert "| fp32 | " in report.split("## Benchmark: decode")[1]

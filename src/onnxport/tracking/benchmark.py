@@ -16,7 +16,8 @@ if TYPE_CHECKING:  # the benchmark module imports onnxruntime; the parent proces
 
 
 def benchmark_metrics(result: BenchmarkRecord) -> dict[str, float]:
-    """`benchmark.<runtime>.b<batch>.s<size>.p50_ms` and the like, per runtime and shape."""
+    """`benchmark.<runtime>.b<batch>.s<size>.p50_ms` and the like, per runtime and shape; a
+    text-generation conversion's `benchmark.<runtime>.decode.tokens_per_s` and the like."""
     from onnxport.artifact.records.benchmark import PYTORCH
 
     metrics: dict[str, float] = {}
@@ -33,6 +34,14 @@ def benchmark_metrics(result: BenchmarkRecord) -> dict[str, float]:
         speedup = result.speedup(t)
         if speedup is not None and t.runtime != PYTORCH:
             metrics[f"{prefix}.speedup_vs_pytorch"] = round(speedup, 4)
+    if result.generation is not None:
+        for decode in result.generation.decode:
+            prefix = f"benchmark.{decode.runtime}.decode"
+            metrics[f"{prefix}.tokens_per_s"] = decode.tokens_per_s
+            metrics[f"{prefix}.peak_rss_mb"] = decode.peak_rss_mb
+            if decode.bandwidth_share is not None:
+                metrics[f"{prefix}.bandwidth_share"] = decode.bandwidth_share
+        metrics["benchmark.memory_bandwidth_gb_s"] = result.generation.bandwidth_gb_s
     # Unstable figures log no speed-up (`BenchmarkRecord.speedup`); this says why.
     metrics["benchmark.unstable"] = 1.0 if result.unstable else 0.0
     return {k.replace("-", "_"): v for k, v in metrics.items()}
