@@ -4,6 +4,7 @@ detached recorder from the project's journal, once, or stays pending with the re
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from onnxport.tracking.reuse import (
     journal_dir,
     record_pending,
 )
-from support import Project, make_project
+from support import Project, leftovers, make_project
 
 pytestmark = pytest.mark.slow
 
@@ -124,3 +125,19 @@ def test_a_reuse_waits_for_its_run_when_asked_or_when_it_registers(
     (hit,) = project.cache_hit_runs()  # written before the call returned
     assert hit.info.status == "FINISHED"
     assert not any(journal_dir(shared_root).glob(f"*{hit.data.tags[REUSE_ID_TAG]}*"))
+
+
+def test_a_reuse_removes_a_killed_runs_leftovers_and_keeps_a_running_ones(
+    shared_root: Path, converted
+) -> None:
+    project = _reusable(shared_root, "leftovers", converted)
+    final = project.expected_output_dir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    killed = final.parent / f".{final.name}.partial-{dead}-0"
+    running = final.parent / f".{final.name}.partial-{os.getppid()}-1"  # a live process
+    for work in (killed, running):
+        work.mkdir()
+    project.defaults = {"wait_for_tracking": False}
+    assert project.call() == final
+    assert leftovers(final) == [running.name]

@@ -146,8 +146,10 @@ def execute_conversion(
         registered_model_name=experiment.registered_model_name,
     )
     # A complete directory is returned without a lock (it is replaced, if ever, by one
-    # rename) and without MLflow, unless the caller waits for the reuse's run.
+    # rename) and without MLflow, unless the caller waits for the reuse's run. A killed
+    # run's leftovers still go: only those of processes that no longer run are touched.
     if not force and output_dir.is_dir() and not verify_directory(output_dir):
+        remove_stale_partials(output_dir)
         if wait_for_tracking or reuse.registered_model_name:
             record_reuse(reuse)
         else:
