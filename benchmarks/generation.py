@@ -45,6 +45,8 @@ import psutil
 from common import machine, now
 
 from onnxport.benchmark.generation import (
+    PREFILL_TEXT,
+    PROMPTS,
     OnnxGeneration,
     PyTorchGeneration,
     memory_bandwidth,
@@ -52,22 +54,6 @@ from onnxport.benchmark.generation import (
 )
 from onnxport.process import own_peak_rss_mb
 
-PROMPTS = (
-    "Explain in a few sentences why the sky is blue.",
-    "Write a short Python function that checks whether a number is prime.",
-    "Give me three tips for a productive morning routine.",
-)
-PREFILL_TEXT = (
-    "The history of computing is a story of abstractions built on abstractions. Early "
-    "machines were programmed by rewiring panels; later, stored programs let the same "
-    "hardware run different instructions. Assemblers named the instructions, compilers "
-    "translated structured languages into them, and operating systems shared one machine "
-    "among many programs. Each layer hid the one below it, and each let more people build "
-    "more things. Networks joined machines, the web joined documents, and phones put a "
-    "computer in every pocket. Machine learning added programs that are trained rather than "
-    "written: a model's behaviour comes from data, and deploying it means converting the "
-    "trained weights into a form that a runtime can execute quickly and faithfully. "
-) * 4
 PYTORCH_EAGER = "pytorch eager"
 MB = 1024.0 * 1024.0
 
@@ -222,9 +208,10 @@ def prompts(checkpoint: Path, prefill_lengths: list[int]) -> tuple[list[list[int
         )
         for text in PROMPTS
     ]
-    long = tokenizer(PREFILL_TEXT)["input_ids"]
-    if len(long) < max(prefill_lengths):
-        raise SystemExit(f"the prefill text has {len(long)} tokens: fewer than asked for")
+    text = PREFILL_TEXT
+    while len(tokenizer(text)["input_ids"]) < max(prefill_lengths):
+        text += PREFILL_TEXT
+    long = tokenizer(text)["input_ids"]
     fixed = {n: long[:n] for n in prefill_lengths}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return chats, fixed, int(pad)
