@@ -50,7 +50,7 @@ from onnxport.benchmark.generation import (
     OnnxGeneration,
     PyTorchGeneration,
     memory_bandwidth,
-    weights_read_per_token,
+    step_bytes,
 )
 from onnxport.process import own_peak_rss_mb
 
@@ -183,13 +183,6 @@ def pytorch_weights_read(checkpoint: Path) -> int:
     return total if config.get("tie_word_embeddings") else total - embedding
 
 
-def kv_bytes_per_position(checkpoint: Path) -> int:
-    config = json.loads((checkpoint / "config.json").read_text())
-    heads = config.get("num_key_value_heads", config["num_attention_heads"])
-    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    return 2 * config["num_hidden_layers"] * heads * head_dim * 4
-
-
 # ---- the parent -----------------------------------------------------------------------------
 
 
@@ -260,12 +253,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         ends = {w.name: w.close() for w in workers}
     bandwidth = memory_bandwidth(threads=args.threads)
     limit = max(bandwidth.values())
-    kv_position = kv_bytes_per_position(args.checkpoint)
+    read = {name: step_bytes(path) for name, path in files.items()}
+    kv_position = next(iter(read.values()))[1]
     mean_past = statistics.mean(len(c) for c in chats) + args.new_tokens / 2
     pytorch_bytes = pytorch_weights_read(args.checkpoint)
     rows = []
     for w in workers:
-        weights = weights_read_per_token(files[w.name]) if w.name in files else pytorch_bytes
+        weights = read[w.name][0] if w.name in read else pytorch_bytes
         per_token = weights + kv_position * mean_past
         decode = statistics.median(samples[w.name]["decode_tok_s"])
         same = [a == b for a, b in zip(tokens[w.name], tokens[PYTORCH_EAGER])]

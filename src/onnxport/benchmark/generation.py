@@ -251,34 +251,35 @@ def memory_bandwidth(*, threads: int, mib: int = 512, repeats: int = 7) -> dict[
     }
 
 
-def weights_read_per_token(model: Path) -> int:
-    """The initializer bytes a one-token step reads: every initializer except those used
-    only as a Gather's table (an embedding, of which a step reads one row)."""
+def step_bytes(model: Path) -> tuple[int, int]:
+    """What a one-token decode step of `model` reads, from its graph alone (the weights are
+    not loaded): the initializer bytes it multiplies (every initializer except those used
+    only as a Gather's table: an embedding, of which a step reads one row), and the KV
+    cache's bytes per cached position (its `past_key_values.*` inputs)."""
     import onnx
 
+    from onnxport.tasks import PAST_PREFIX
+
     graph = onnx.load(str(model), load_external_data=False).graph
+    itemsize = onnx.helper.tensor_dtype_to_np_dtype
     gathered: set[str] = set()
     used: set[str] = set()
     for node in graph.node:
         for position, name in enumerate(node.input):
             (gathered if node.op_type == "Gather" and position == 0 else used).add(name)
-    total = 0
+    weights = 0
     for tensor in graph.initializer:
         if tensor.name in gathered and tensor.name not in used:
             continue
         size = int(np.prod(tensor.dims, dtype=np.int64))
-        total += size * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    return total
-
-
-def kv_bytes_per_position(model: Path) -> int:
-    """The KV cache's bytes per cached position, from the graph's past inputs."""
-    from onnxport.verify.decode import cache_layout
-    from onnxport.verify.runtime import create_session, session_options
-
-    layout = cache_layout(create_session(model, session_options(threads=1)))
-    itemsize = np.dtype(layout.dtype).itemsize
-    return sum(heads * dim * itemsize for heads, dim in layout.shapes)
+        weights += size * itemsize(tensor.data_type).itemsize
+    per_position = 0
+    for value in graph.input:
+        if value.name.startswith(PAST_PREFIX):
+            tensor = value.type.tensor_type
+            heads, head_size = tensor.shape.dim[1].dim_value, tensor.shape.dim[3].dim_value
+            per_position += heads * head_size * itemsize(tensor.elem_type).itemsize
+    return weights, per_position
 
 
 # ---- the parent ----------------------------------------------------------------------------
@@ -389,13 +390,14 @@ def benchmark_generation(
         )
     bandwidth = max(memory_bandwidth(threads=threads).values())
     fp32 = files.get(str(Variant.FP32)) or next(iter(files.values()))
-    kv_position = kv_bytes_per_position(fp32)
+    read = {name: step_bytes(path) for name, path in files.items()}
     mean_past = statistics.mean(len(c) for c in chats) + new_tokens / 2
     runtimes, timings, decode = [], [], []
     for name in names:
         runs = measured[name]
-        model = files.get(name, fp32)  # PyTorch multiplies the same fp32 weights
-        per_token = int(weights_read_per_token(model) + kv_position * mean_past)
+        # PyTorch multiplies the fp32 weights.
+        weights, kv_position = read.get(name) or read.get(str(Variant.FP32)) or step_bytes(fp32)
+        per_token = int(weights + kv_position * mean_past)
         rates = [m.decode_steps / m.decode_seconds for m in runs]
         rate = statistics.median(rates)
         same = None

@@ -297,7 +297,4 @@ def fuse_decoder(
     if _interface(fused) != before:
         logger.info("the decoder's attention is not fused: its inputs or outputs would change")
         return None
-    operators = collections.Counter(n.op_type for n in fused.graph.node)
-    counts["nodes"] = len(fused.graph.node)
-    counts["GroupQueryAttention"] = operators["GroupQueryAttention"]
     return fused, counts
