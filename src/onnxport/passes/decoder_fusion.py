@@ -2,13 +2,13 @@
 quantized: GroupQueryAttention, RotaryEmbedding and SkipSimplifiedLayerNormalization
 (com.microsoft), and the MatMuls that read one activation (Q, K, V; gate, up) merged into one.
 
-A decode step of SmolLM2-135M runs about 2,100 nodes unfused; MatMulNBits then takes half the
-kernel time and the rest is per-node work. Fused, 460 nodes, and the int8-weights variant
-decodes 1.2x faster (measured: benchmarks/README.md). onnxscript's `ort_fusions` does most of
-it, but not GroupQueryAttention on these graphs (its cos/sin-cache and causal-mask patterns
-predate transformers 5's, and its rewrite would take the sequence lengths from
-`position_ids`, which drops a left-padded batch's mask), so `_GroupQueryAttention` here
-rewrites the scaled dot-product attention that `ort_fusions` found into one:
+SmolLM2-135M's graph has 2,269 nodes unfused; in an 8-bit decode step MatMulNBits then
+takes half the kernel time and the rest is per-node work. Fused, 462 nodes, and the
+int8-weights variant decodes 1.2x faster (measured: benchmarks/README.md). onnxscript's
+`ort_fusions` does most of it, but not GroupQueryAttention on these graphs: its
+cos/sin-cache and causal-mask patterns predate transformers 5's, and its rewrite would take
+the sequence lengths from `position_ids`, which drops a left-padded batch's mask. So the rule
+of `_rule` here rewrites the scaled dot-product attention that `ort_fusions` found into one:
 - Q and K rotated by RotaryEmbedding fed the graph's own `position_ids` (exact for a
   left-padded batch), with cos/sin caches made from the graph's own `inv_freq`;
 - GroupQueryAttention (`do_rotary` 0) with the past, `seqlens_k` = total - 1 and
