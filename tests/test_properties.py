@@ -67,6 +67,7 @@ SECTIONS: dict[str, dict[str, st.SearchStrategy]] = {
         "optimize": st.sampled_from([o.value for o in OptimizeLevel]),
         "run_smoke_test": st.booleans(),
         "exporter": st.sampled_from([e.value for e in Exporter]),
+        "repeat_layers": st.booleans(),
     },
     "output": {
         "filename_pattern": st.builds(

@@ -91,6 +91,7 @@ def prepare(request: ConversionRequest, exported: Path, clock: StageClock) -> Pr
         exporter=config.onnx.exporter,
         external_data=config.output.external_data,
         keep_debug_metadata=config.output.keep_debug_metadata,
+        repeat_layers=config.onnx.repeat_layers,
     )
     with clock.stage(Stage.EXPORT, ExportError):
         export = export_with_cache(source, exported, settings, use)
@@ -187,6 +188,7 @@ def _probably_cached(request: ConversionRequest) -> bool:
         request.source_path,
         opset=config.onnx.opset_version,
         keep_debug_metadata=config.output.keep_debug_metadata,
+        repeat_layers=config.onnx.repeat_layers,
     )
     try:
         return hint is not None and ExportCache.from_environment().holds(HINT_FIELD, hint)

@@ -23,6 +23,7 @@ from onnxport.export.external_data import (
 from onnxport.export.strategies import (
     DYNAMO_OPSETS,
     EXPORT_STRATEGIES,
+    Exported,
     ExportOptions,
     ExportStrategy,
     adapter_for,
@@ -106,7 +107,7 @@ def _attempt(
     try:
         with warnings.catch_warnings(record=True) as raised, captured_stdout():
             warnings.simplefilter("always")
-            kept = strategy.run(source, output_path, options)
+            exported = strategy.run(source, output_path, options)
         _report_deprecations(strategy.name, raised)
     except Exception as e:  # every exporter failure is recorded, then the next one runs
         _remove_new_files(output_path.parent, before)
@@ -124,7 +125,13 @@ def _attempt(
         )
         return failed, None
     seconds = round(time.perf_counter() - t0, 3)
-    return AttemptRecord(exporter=strategy.name, ok=True, seconds=seconds), kept
+    record = AttemptRecord(
+        exporter=strategy.name,
+        ok=True,
+        seconds=seconds,
+        traced_layers=exported.traced_layers,
+    )
+    return record, exported.template
 
 
 def export_to_onnx(
@@ -136,6 +143,7 @@ def export_to_onnx(
     exporter: Exporter = Exporter.AUTO,
     external_data: ExternalData = ExternalData.AUTO,
     keep_debug_metadata: bool = False,
+    repeat_layers: bool = True,
     keep_template: Callable[[TemplateData], None] | None = None,
 ) -> ExportRecord:
     """Export `source` to `output_path` with the first strategy that works; the record says
@@ -154,6 +162,8 @@ def export_to_onnx(
         external_data: whether the weights go to `<output_path>.data` (`auto`: by size).
         keep_debug_metadata: keep the exporter's stack traces and source locations, which
             hold this machine's file paths (`export.metadata`); by default they are removed.
+        repeat_layers: trace a decoder whose layers are alike with four of them and repeat
+            the others (`export.layers`); False traces every layer.
         keep_template: receives the graph without weights the dynamo exporter made
             (`export.template`), when it made the model; the export cache keeps it.
     """
@@ -202,6 +212,7 @@ def export_to_onnx(
             external=external,
             keep_template=keep_template is not None,
             keep_debug_metadata=keep_debug_metadata,
+            repeat_layers=repeat_layers,
         )
         attempt, kept = _attempt(strategy, source, output_path, options)
         attempts.append(attempt)
@@ -245,12 +256,12 @@ def export_from_template(
     architecture with the same settings kept, and finish the file as `export_to_onnx` does.
     The record says whether it worked: a template that does not fit the weights fails."""
 
-    def run(source: Source, path: Path, options: ExportOptions) -> TemplateData | None:
+    def run(source: Source, path: Path, options: ExportOptions) -> Exported:
         # The template holds the debug metadata the export that made it kept (the cache's
         # key says which): nothing to strip.
         graph = template_from_bytes(template.graph, template.bindings)
         bind(graph, state_tensors(adapter_for(source)), path, external=options.external)
-        return None
+        return Exported()
 
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,15 +7,26 @@ export cache keeps for the next checkpoint of the architecture.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 import torch
 
 from onnxport.errors import ExportError
 from onnxport.export.external_data import gather_external_data
+from onnxport.export.layers import (
+    ADAPTER_PREFIX,
+    TRACED_LAYERS,
+    LayerStack,
+    decoder_layers,
+    fewer_layers,
+    fill_layers,
+)
 from onnxport.export.metadata import strip_debug_metadata, strip_model_traces
 from onnxport.export.template import (
     TemplateData,
@@ -26,6 +37,9 @@ from onnxport.export.template import (
 )
 from onnxport.request.export_config import EXPORTER_OPSETS, Exporter
 from onnxport.sources.base import Source
+from onnxport.sources.generative import CausalLMWithPast, with_past
+
+logger = logging.getLogger(__name__)
 
 DYNAMO_OPSETS = EXPORTER_OPSETS[Exporter.DYNAMO]
 TORCHSCRIPT_OPSETS = EXPORTER_OPSETS[Exporter.TORCHSCRIPT]
@@ -84,35 +98,81 @@ def _holds_torchscript(module: torch.nn.Module) -> bool:
 @dataclass(frozen=True)
 class ExportOptions:
     """What a strategy is asked for besides the source and the file: the opset, whether the
-    weights go to `<file>.data`, whether to hand over its template (when it has one), and
-    whether the exporter's debug metadata stays (`export.metadata`)."""
+    weights go to `<file>.data`, whether to hand over its template (when it has one),
+    whether the exporter's debug metadata stays (`export.metadata`), and whether a decoder's
+    alike layers may be traced four and repeated (`export.layers`)."""
 
     opset: int
     external: bool = False
     keep_template: bool = False
     keep_debug_metadata: bool = False
+    repeat_layers: bool = True
 
 
-def _export_dynamo(source: Source, path: Path, options: ExportOptions) -> TemplateData | None:
+def _export_dynamo(source: Source, path: Path, options: ExportOptions) -> Exported:
     if _holds_torchscript(source.module):
         raise ExportError(
             "torch.export cannot trace a TorchScript module; the TorchScript-based exporter "
             "converts it"
         )
-    inputs = source.example_inputs()
-    args = tuple(inputs[name] for name in source.input_names)
-    program = dynamo_program(source, args, opset=options.opset, optimize=False)
+    state = state_tensors(adapter_for(source))
+    graph, traced = _dynamo_graph(
+        source, state, opset=options.opset, repeat_layers=options.repeat_layers
+    )
     if not options.keep_debug_metadata:
         # In memory, before the model file is first written: it is written once.
-        strip_model_traces(program.model)
-    state = state_tensors(adapter_for(source))
-    template = make_template(program.model, state)
-    del program  # the exported program holds the module's parameters
+        strip_model_traces(graph)
+    template = make_template(graph, state)
+    del graph  # its initializers hold the module's parameters
     kept = None
     if options.keep_template:
         kept = TemplateData(template_bytes(template), dict(template.bindings))
     bind(template, state, path, external=options.external)
-    return kept
+    return Exported(kept, traced)
+
+
+def layer_scope(stack: LayerStack) -> str:
+    """How the exporter's name scopes (and the weights' names) start in `stack`'s layers."""
+    return f"{ADAPTER_PREFIX}{stack.path}."
+
+
+def trace_fewer_layers(source: Source, stack: LayerStack, *, opset: int) -> ir.Model:
+    """The dynamo exporter's graph (before its optimizer) of the generative `source` with
+    the first `TRACED_LAYERS` of `stack`'s layers alone, traced as `source` would be."""
+    with fewer_layers(stack):
+        made = with_past(stack.model, stack.model.config, None)
+        shallow = dataclasses.replace(
+            source,
+            module=made.module,
+            input_names=made.input_names,
+            output_names=made.output_names,
+            dynamic_axes=made.dynamic_axes,
+            trace_inputs=made.inputs.trace_inputs,
+        )
+        inputs = shallow.example_inputs()
+        args = tuple(inputs[name] for name in shallow.input_names)
+        return dynamo_program(shallow, args, opset=opset, optimize=False).model
+
+
+def _dynamo_graph(
+    source: Source, state: Mapping[str, torch.Tensor], *, opset: int, repeat_layers: bool
+) -> tuple[ir.Model, int | None]:
+    """The dynamo exporter's graph of `source` before its optimizer, and how many of its
+    layers were traced when the others were repeated from them (`export.layers`)."""
+    module = source.module
+    if repeat_layers and isinstance(module, CausalLMWithPast):
+        stack, why = decoder_layers(module.model, module.layers)
+        if stack is not None:
+            graph = trace_fewer_layers(source, stack, opset=opset)
+            why = fill_layers(graph, layer_scope(stack), TRACED_LAYERS, stack.count, state)
+            if why is None:
+                logger.info("traced %d of %d layers", TRACED_LAYERS, stack.count)
+                return graph, TRACED_LAYERS
+            del graph
+        logger.info("tracing every layer: %s", why)
+    inputs = source.example_inputs()
+    args = tuple(inputs[name] for name in source.input_names)
+    return dynamo_program(source, args, opset=opset, optimize=False).model, None
 
 
 def _output_axes(source: Source) -> dict[str, dict[int, str]]:
@@ -133,7 +193,7 @@ def _output_axes(source: Source) -> dict[str, dict[int, str]]:
     return axes
 
 
-def _export_torchscript(source: Source, path: Path, options: ExportOptions) -> TemplateData | None:
+def _export_torchscript(source: Source, path: Path, options: ExportOptions) -> Exported:
     before = set(path.parent.iterdir())
     adapter: torch.nn.Module = adapter_for(source)
     inputs = source.example_inputs()
@@ -162,12 +222,20 @@ def _export_torchscript(source: Source, path: Path, options: ExportOptions) -> T
         gather_external_data(path, before)
     # Its initializers are folded with the weights and named by the exporter, not after the
     # parameters: no template to keep.
-    return None
+    return Exported()
 
 
-StrategyRun = Callable[[Source, Path, ExportOptions], TemplateData | None]
-"""Export source to path as the options say; returns the template kept, when the strategy has
-one and was asked for it."""
+@dataclass(frozen=True)
+class Exported:
+    """What a strategy hands back besides the file: the template it kept, when it has one
+    and was asked for it, and how many layers it traced when it repeated the others."""
+
+    template: TemplateData | None = None
+    traced_layers: int | None = None
+
+
+StrategyRun = Callable[[Source, Path, ExportOptions], Exported]
+"""Export source to path as the options say."""
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,11 @@ class OnnxConfig(Section):
     optimize: OptimizeLevel = OptimizeLevel.NONE
     run_smoke_test: bool = True
     exporter: Exporter = Exporter.AUTO
+    repeat_layers: bool = True
+    """A decoder whose layers are all alike is traced with four of them and the others are
+    repeated in the graph (`onnxport.export.layers`): its first export takes a fraction of
+    the time, and the graph is proven like any other. `false` traces every layer; only then
+    do the graph's values carry the FX names the divergence search pairs them by."""
 
     @field_validator("opset_version")
     @classmethod

@@ -19,6 +19,9 @@ class AttemptRecord(Record):
     ok: bool
     error: str | None = None
     seconds: float = 0.0
+    traced_layers: int | None = None
+    """The layers the exporter traced when it repeated them for the others
+    (`export.layers`); None: it traced the whole model."""
 
 
 class CacheStatus(StrEnum):

@@ -49,7 +49,9 @@ def exporter_versions() -> dict[str, str]:
     return found
 
 
-def checkpoint_hint(checkpoint: Path, *, opset: int, keep_debug_metadata: bool) -> str | None:
+def checkpoint_hint(
+    checkpoint: Path, *, opset: int, keep_debug_metadata: bool, repeat_layers: bool = True
+) -> str | None:
     """The hint for a Hugging Face checkpoint directory exported with these settings; None
     for a path that is not one (its export is not cached)."""
     # Not `sources.checkpoint_files.read_config_json`: importing the `onnxport.sources`
@@ -67,4 +69,6 @@ def checkpoint_hint(checkpoint: Path, *, opset: int, keep_debug_metadata: bool) 
         "keep_debug_metadata": keep_debug_metadata,
         "versions": exporter_versions(),
     }
+    if not repeat_layers:  # as `key.key_material` names it
+        material["repeat_layers"] = False
     return hashlib.sha256(canonical_json(material).encode()).hexdigest()[:32]

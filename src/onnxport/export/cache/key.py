@@ -79,7 +79,9 @@ def _tied(state: dict[str, torch.Tensor]) -> list[list[str]]:
     return sorted(sorted(names) for names in groups.values() if len(names) > 1)
 
 
-def key_material(source: Source, *, opset: int, keep_debug_metadata: bool) -> dict[str, Any]:
+def key_material(
+    source: Source, *, opset: int, keep_debug_metadata: bool, repeat_layers: bool = True
+) -> dict[str, Any]:
     """What decides the graph of `source`'s dynamo export with these settings."""
     module = _transformers_model(source)
     config = module.config
@@ -109,6 +111,8 @@ def key_material(source: Source, *, opset: int, keep_debug_metadata: bool) -> di
         },
         "versions": exporter_versions(),
     }
+    if not repeat_layers:  # named only when off: the default's keys are the keys of before
+        material["export"]["repeat_layers"] = False
     # Through JSON once: config values that are not JSON types (a dtype) become strings.
     return json.loads(json.dumps(material, default=str))
 

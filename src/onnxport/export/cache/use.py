@@ -48,6 +48,7 @@ class ExportSettings:
     exporter: Exporter
     external_data: ExternalData
     keep_debug_metadata: bool
+    repeat_layers: bool = True
 
 
 def _export(
@@ -63,6 +64,7 @@ def _export(
         exporter=settings.exporter,
         external_data=settings.external_data,
         keep_debug_metadata=settings.keep_debug_metadata,
+        repeat_layers=settings.repeat_layers,
         keep_template=keep,
     )
 
@@ -88,7 +90,10 @@ def export_with_cache(
         record = _export(source, output_path, settings)
         return _with(record, ExportCacheRecord(status=CacheStatus.OFF, reason=e.message))
     material = key_material(
-        source, opset=settings.opset_version, keep_debug_metadata=settings.keep_debug_metadata
+        source,
+        opset=settings.opset_version,
+        keep_debug_metadata=settings.keep_debug_metadata,
+        repeat_layers=settings.repeat_layers,
     )
     try:
         with cache.lock(cache_key(material)) as held:
@@ -141,6 +146,7 @@ def _locked(
             source.path,
             opset=settings.opset_version,
             keep_debug_metadata=settings.keep_debug_metadata,
+            repeat_layers=settings.repeat_layers,
         ),
     }
     try:

@@ -99,6 +99,7 @@ def _variant_base(
             exporter=published.manifest.export.exporter,
             external_data=config.output.external_data,
             keep_debug_metadata=config.output.keep_debug_metadata,
+            repeat_layers=config.onnx.repeat_layers,
         ),
         CacheUse.USE if config.execution.export_cache else CacheUse.OFF,
     )

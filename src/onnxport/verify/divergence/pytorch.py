@@ -180,8 +180,9 @@ def divergence_from_pytorch(
             compared=0,
             first=None,
             **yardstick,
-            note="the model carries no torch.onnx node metadata (exported with TorchScript?); "
-            "finding where it diverges needs the dynamo exporter",
+            note="the model's nodes name no FX node (exported with TorchScript, or a decoder "
+            "whose layers were repeated from a trace of four); finding where it diverges "
+            "needs the dynamo exporter tracing every layer (onnx.repeat_layers: false)",
             seconds=round(time.perf_counter() - started, 3),
         )
     onnx_values = run_with_intermediates(model_path, paired, inputs)
