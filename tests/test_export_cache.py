@@ -387,6 +387,9 @@ def test_the_key_holds_the_export_settings(source) -> None:
     default = cache_key(key_material(tagger, opset=18, keep_debug_metadata=False))
     assert cache_key(key_material(tagger, opset=19, keep_debug_metadata=False)) != default
     assert cache_key(key_material(tagger, opset=18, keep_debug_metadata=True)) != default
+    # A graph traced whole carries the FX names a repeated one lacks: another entry.
+    whole = key_material(tagger, opset=18, keep_debug_metadata=False, repeat_layers=False)
+    assert cache_key(whole) != default
 
 
 def test_what_the_cache_cannot_hold_says_why(source) -> None:

@@ -4,7 +4,7 @@ torch.export's time grows with the operators it traces, and a decoder is its lay
 SmolLM2-135M (30 layers), tracing all of them took 83 s of a 99 s conversion, tracing four
 12 s. When every layer is the same module up to its index and its weights (`decoder_layers`),
 the export traces `TRACED_LAYERS` of them (`fewer_layers`) and `fill_layers` builds the
-whole graph from that one: the first layer, which may make values the others share, two
+whole graph from that trace: the first layer, which may make values the others share, two
 alike, and the last, which feeds the head. The middle layers are copies of the third, each
 fed the previous one's values, its own past and its own weights (named as the full model's,
 so that the weights bind by name as in any dynamo export: `export.template`).
@@ -35,7 +35,14 @@ from typing import Any
 import onnx_ir as ir
 import torch
 
-from onnxport.tasks import PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE
+from onnxport.tasks import (
+    PAST_KEY,
+    PAST_PREFIX,
+    PAST_VALUE,
+    PRESENT_KEY,
+    PRESENT_PREFIX,
+    PRESENT_VALUE,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -434,8 +441,8 @@ class _Copier:
     def _interface(self) -> None:
         """The graph's inputs and outputs: the step's, then every layer's past (present)."""
         graph = self.graph
-        steps = [v for v in graph.inputs if not (v.name or "").startswith(_PAST)]
-        heads = [v for v in graph.outputs if not (v.name or "").startswith(_PRESENT)]
+        steps = [v for v in graph.inputs if not (v.name or "").startswith(PAST_PREFIX)]
+        heads = [v for v in graph.outputs if not (v.name or "").startswith(PRESENT_PREFIX)]
         pasts = [self.pasts[i][t] for i in range(self.count) for t in (PAST_KEY, PAST_VALUE)]
         presents = [
             self.presents[i][t] for i in range(self.count) for t in (PRESENT_KEY, PRESENT_VALUE)
@@ -444,10 +451,6 @@ class _Copier:
         graph.inputs.extend([*steps, *pasts])
         graph.outputs.clear()
         graph.outputs.extend([*heads, *presents])
-
-
-_PAST = PAST_KEY.split("{", 1)[0]
-_PRESENT = PRESENT_KEY.split("{", 1)[0]
 
 
 def fill_layers(
