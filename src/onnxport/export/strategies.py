@@ -17,7 +17,7 @@ import onnx
 import onnx_ir as ir
 import torch
 
-from onnxport.errors import ExportError
+from onnxport.errors import ExportError, one_line
 from onnxport.export.external_data import gather_external_data
 from onnxport.export.layers import (
     ADAPTER_PREFIX,
@@ -163,12 +163,17 @@ def _dynamo_graph(
     if repeat_layers and isinstance(module, CausalLMWithPast):
         stack, why = decoder_layers(module.model, module.layers)
         if stack is not None:
-            graph = trace_fewer_layers(source, stack, opset=opset)
-            why = fill_layers(graph, layer_scope(stack), TRACED_LAYERS, stack.count, state)
-            if why is None:
-                logger.info("traced %d of %d layers", TRACED_LAYERS, stack.count)
-                return graph, TRACED_LAYERS
-            del graph
+            try:
+                graph = trace_fewer_layers(source, stack, opset=opset)
+            except Exception as e:  # the whole model may still trace: it decides
+                failed = f"{type(e).__name__}: {one_line(e)}"
+                why = f"the trace of {TRACED_LAYERS} layers failed ({failed})"
+            else:
+                why = fill_layers(graph, layer_scope(stack), TRACED_LAYERS, stack.count, state)
+                if why is None:
+                    logger.info("traced %d of %d layers", TRACED_LAYERS, stack.count)
+                    return graph, TRACED_LAYERS
+                del graph
         logger.info("tracing every layer: %s", why)
     inputs = source.example_inputs()
     args = tuple(inputs[name] for name in source.input_names)
