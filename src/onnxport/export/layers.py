@@ -26,7 +26,6 @@ generation against PyTorch's, every layer run.
 from __future__ import annotations
 
 import contextlib
-import logging
 import re
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -43,8 +42,6 @@ from onnxport.tasks import (
     PRESENT_PREFIX,
     PRESENT_VALUE,
 )
-
-logger = logging.getLogger(__name__)
 
 TRACED_LAYERS = 4
 MIN_LAYERS = TRACED_LAYERS + 2
@@ -69,6 +66,11 @@ class LayerStack:
     attribute: str
     path: str
     count: int
+
+    @property
+    def scope(self) -> str:
+        """How the exporter's name scopes, and the weights' names, start in these layers."""
+        return f"{ADAPTER_PREFIX}{self.path}."
 
 
 def _attributes(module: torch.nn.Module) -> dict[tuple[str, str], Any]:
@@ -290,14 +292,10 @@ def _check(layers: _Layers, traced: int, count: int) -> None:
             fed, theirs = sorted(fed, key=repr), sorted(theirs, key=repr)
         if fed != theirs:
             raise _Unlike(f"{node.name} and {after.name} are not fed alike")
-        for kind, *rest in fed:
-            missing = [
-                layers.prefix(i) + rest[0]
-                for i in range(pattern + 1, count)
-                if kind == "weight" and layers.prefix(i) + rest[0] not in layers.state
-            ]
-            if missing:
-                raise _Unlike(f"the model has no weight {missing[0]}")
+        for weight in (rest[0] for kind, *rest in fed if kind == "weight"):
+            for i in range(pattern + 1, count):
+                if layers.prefix(i) + weight not in layers.state:
+                    raise _Unlike(f"the model has no weight {layers.prefix(i)}{weight}")
         for mine in node.outputs:
             for user, _ in mine.uses():
                 at = layers.place.get(user)
@@ -306,15 +304,16 @@ def _check(layers: _Layers, traced: int, count: int) -> None:
             presents = (PRESENT_KEY.format(pattern), PRESENT_VALUE.format(pattern))
             if mine.is_graph_output() and mine.name not in presents:
                 raise _Unlike(f"{mine.name} is a graph output")
-    for i in (pattern, last):
-        for template in (PRESENT_KEY, PRESENT_VALUE):
-            present = layers.outputs.get(template.format(i))
-            producer = present.producer() if present is not None else None
-            if producer is None or layers.place.get(producer, (None,))[0] != i:
-                raise _Unlike(f"{template.format(i)} is not made by its layer")
+    for i in range(traced):
         for template in (PAST_KEY, PAST_VALUE):
             if template.format(i) not in layers.inputs:
                 raise _Unlike(f"no input {template.format(i)}")
+        for template in (PRESENT_KEY, PRESENT_VALUE):
+            present = layers.outputs.get(template.format(i))
+            producer = present.producer() if present is not None else None
+            made_by = layers.place.get(producer, (None,))[0] if producer is not None else None
+            if present is None or (i >= pattern and made_by != i):
+                raise _Unlike(f"{template.format(i)} is not made by its layer")
 
 
 class _Copier:
@@ -337,8 +336,7 @@ class _Copier:
         }
 
     def _relabel(self, node: ir.Node, layer: int, of: int) -> None:
-        """`node`, traced in layer `of`, labelled as in `layer`: its modules' paths. It no
-        longer names an FX node of a program that has it (`pkg.torch.onnx.fx_node`)."""
+        """`node`, traced in layer `of`, labelled as in `layer`: its modules' paths."""
         old_scope = re.compile(rf"{re.escape(self.layers.scope)}{of}(?!\d)")
         for key in (_NAME_SCOPES, "namespace"):
             text = node.metadata_props.get(key)
@@ -409,30 +407,27 @@ class _Copier:
         final = self.count - 1
         # The traced last layer becomes the model's last: renamed first, so that the copies
         # can take the names it had.
-        for node in last_nodes:
-            for value in node.inputs:
-                kind, *rest = layers.feed(value, self.last)
+        fed = [[layers.feed(v, self.last) for v in node.inputs] for node in last_nodes]
+        for node, feeds in zip(last_nodes, fed):
+            for value, (kind, *rest) in zip(node.inputs, feeds):
                 if kind == "weight" and value is not None:
                     value.name = layers.prefix(final) + rest[0]
-        for kind in ("pasts", "presents"):
-            moved = getattr(self, kind).pop(self.last)
+        for by_layer in (self.pasts, self.presents):
+            moved = by_layer.pop(self.last)
             for template, value in moved.items():
                 value.name = template.format(final)
-            getattr(self, kind)[final] = moved
+            by_layer[final] = moved
         previous = layers.nodes[self.pattern]
         anchor = previous[-1]
         for layer in range(self.pattern + 1, final):
             made = self.copy(layer, previous)
             graph.insert_after(anchor, made)
             anchor, previous = made[-1], made
-        pattern_nodes = {id(n): i for i, n in enumerate(layers.nodes[self.pattern])}
-        for node in last_nodes:
-            for index, value in enumerate(node.inputs):
-                producer = value.producer() if value is not None else None
-                at = pattern_nodes.get(id(producer))
-                if at is not None and value is not None:
-                    node.replace_input_with(index, previous[at].outputs[value.index()])
-        for node in last_nodes:
+        # Fed, as traced, by the pattern layer: now by the copy before it.
+        for node, feeds in zip(last_nodes, fed):
+            for index, (kind, *rest) in enumerate(feeds):
+                if kind == "previous":
+                    node.replace_input_with(index, previous[rest[0]].outputs[rest[1]])
             self._relabel(node, final, self.last)
         for node in graph:
             node.metadata_props.pop(_FX_NODE, None)

@@ -20,7 +20,6 @@ import torch
 from onnxport.errors import ExportError, one_line
 from onnxport.export.external_data import gather_external_data
 from onnxport.export.layers import (
-    ADAPTER_PREFIX,
     TRACED_LAYERS,
     LayerStack,
     decoder_layers,
@@ -131,11 +130,6 @@ def _export_dynamo(source: Source, path: Path, options: ExportOptions) -> Export
     return Exported(kept, traced)
 
 
-def layer_scope(stack: LayerStack) -> str:
-    """How the exporter's name scopes (and the weights' names) start in `stack`'s layers."""
-    return f"{ADAPTER_PREFIX}{stack.path}."
-
-
 def trace_fewer_layers(source: Source, stack: LayerStack, *, opset: int) -> ir.Model:
     """The dynamo exporter's graph (before its optimizer) of the generative `source` with
     the first `TRACED_LAYERS` of `stack`'s layers alone, traced as `source` would be."""
@@ -169,7 +163,7 @@ def _dynamo_graph(
                 failed = f"{type(e).__name__}: {one_line(e)}"
                 why = f"the trace of {TRACED_LAYERS} layers failed ({failed})"
             else:
-                why = fill_layers(graph, layer_scope(stack), TRACED_LAYERS, stack.count, state)
+                why = fill_layers(graph, stack.scope, TRACED_LAYERS, stack.count, state)
                 if why is None:
                     logger.info("traced %d of %d layers", TRACED_LAYERS, stack.count)
                     return graph, TRACED_LAYERS
