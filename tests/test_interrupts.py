@@ -67,6 +67,25 @@ def test_an_interrupt_dropped_in_a_finalizer_stops_at_the_end_of_the_stage() -> 
     assert [e.detail for e in events] == [None, "went on"]  # the stage's own end was not reached
 
 
+class _FailsWhenCollected:
+    def __del__(self) -> None:
+        raise ValueError("a finalizer's own error")
+
+
+def test_a_dropped_interrupt_prints_no_traceback_and_other_dropped_errors_still_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reported: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: reported.append(info.exc_value))
+    with pytest.raises(Interrupted), interrupts.handling():
+        _SignalsWhenCollected()  # Python drops its interrupt: nothing is printed
+        _FailsWhenCollected()  # not ours: reported as Python would
+        interrupts.check()
+    assert [type(e) for e in reported] == [ValueError]
+    _FailsWhenCollected()
+    assert [type(e) for e in reported] == [ValueError, ValueError]  # the hook is the host's again
+
+
 def test_no_handler_is_left_behind_and_a_host_handler_is_kept() -> None:
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with interrupts.handling():

@@ -17,6 +17,7 @@ default SIGTERM action): a host application's own handlers are left alone.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,6 +60,18 @@ def _handler(signum: int, _frame: object) -> None:
         raise Interrupted(signum, tuple(_published))
 
 
+def _quiet_when_dropped(hook: object) -> object:
+    """`sys.unraisablehook` that says nothing of an `Interrupted` Python dropped (it was
+    recorded, and is raised again at the next safe point), and passes anything else to
+    `hook`: the user sees no "Exception ignored" traceback for their own Ctrl-C."""
+
+    def unraisable(info: object) -> None:
+        if not isinstance(getattr(info, "exc_value", None), Interrupted):
+            hook(info)  # type: ignore[operator]
+
+    return unraisable
+
+
 def _takes_over(signum: int) -> bool:
     current = signal.getsignal(signum)
     if signum == signal.SIGINT:
@@ -82,10 +95,13 @@ def handling() -> Iterator[None]:
         yield
         return
     taken = {}
+    hook = sys.unraisablehook
     if not _handling:
         for signum in SIGNALS:
             if _takes_over(signum):
                 taken[signum] = signal.signal(signum, _handler)
+        if taken:
+            sys.unraisablehook = _quiet_when_dropped(hook)  # type: ignore[assignment]
     _handling += 1
     ended = False
     try:
@@ -97,6 +113,8 @@ def handling() -> Iterator[None]:
         if not _handling:
             for signum, previous in taken.items():
                 signal.signal(signum, previous)
+            if taken:
+                sys.unraisablehook = hook
             if _received is not None:
                 left = Interrupted(_received, tuple(_published))
             _received = None
